@@ -1,0 +1,1 @@
+"""How commands reach a host. See base.py for the contract."""

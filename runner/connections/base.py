@@ -1,0 +1,56 @@
+"""The connection contract: run a cmd.exe command line, put and get a file.
+
+A step module only ever sees this protocol, never SSH or the lab. Commands
+are complete cmd.exe command lines (rendered by runner.windows.cmdline);
+remote paths are Windows paths (``C:\\Temp\\alice.reg``).
+
+Faults are raised as runner.errors classes: ConnectionFault (transient,
+host unreachable when retries run out), AuthenticationFault/HostKeyFault
+(permanent). A command that ran and returned a non-zero exit code is *not*
+an exception: it is a CommandResult with ``rc != 0``; the step interprets it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one command line returned: cmd.exe's exit code and decoded output."""
+
+    rc: int
+    stdout: str
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+@runtime_checkable
+class Connection(Protocol):
+    """One open channel to one host, reused by every step and task of a run."""
+
+    host: str
+
+    def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+        """Run one cmd.exe command line and wait for it."""
+        ...
+
+    def put(self, data: bytes, remote_path: str) -> None:
+        """Write ``data`` to ``remote_path`` on the host (replacing it)."""
+        ...
+
+    def get(self, remote_path: str) -> bytes:
+        """Read the file at ``remote_path`` on the host."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; safe to call twice."""
+        ...
+
+
+# A factory builds a Connection for a host of the inventory. Each connection
+# kind ("lab", "ssh") registers one in runner.connections.registry.
+ConnectionFactory = Callable[..., Connection]

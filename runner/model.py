@@ -1,0 +1,147 @@
+"""The typed model of an inventory and a playbook (frozen dataclasses).
+
+The loader builds these from validated YAML; the planner and engine read
+them. Nothing here does I/O.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+TargetKind = Literal["host", "user"]
+
+
+@dataclass(frozen=True)
+class Host:
+    """A machine: a Windows client, the Exchange IM server or an LCS pool server.
+
+    ``connection`` names the connection kind ("lab", "ssh"); ``vars`` are the
+    merged variables (group vars, then host vars) the host sees.
+    """
+
+    name: str
+    connection: str = "lab"
+    address: str | None = None
+    port: int | None = None
+    user: str | None = None
+    groups: tuple[str, ...] = ()
+    vars: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class User:
+    """A person being migrated, with the client machines they use.
+
+    ``alias`` is the unique id (``alice``); ``im_address`` the Exchange IM
+    address (``alice@im.contoso.com``); ``clients`` the host names of the
+    machines whose registry holds their contact list. ``sip_uri`` overrides
+    the inventory's mapping rule for this user; ``wave`` names the wave the
+    user moves in (gradual scenarios).
+    """
+
+    alias: str
+    im_address: str
+    clients: tuple[str, ...] = ()
+    display_name: str | None = None
+    sid: str | None = None
+    ad_guid: str | None = None
+    sip_uri: str | None = None
+    home_server: str | None = None
+    wave: str | None = None
+    vars: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Group:
+    """An inventory group: its own hosts, child groups and variables."""
+
+    name: str
+    hosts: tuple[str, ...] = ()
+    children: tuple[str, ...] = ()
+    vars: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Hosts, groups, users and global variables (``all.vars``)."""
+
+    path: str
+    hosts: Mapping[str, Host]
+    groups: Mapping[str, Group]
+    users: Mapping[str, User]
+    vars: Mapping[str, Any] = field(default_factory=dict)
+
+    def group_hosts(self, group: str) -> list[str]:
+        """All host names in ``group`` and its descendants, in inventory order."""
+        seen: dict[str, None] = {}
+        stack = [group]
+        visited: set[str] = set()
+        while stack:
+            g = stack.pop(0)
+            if g in visited or g not in self.groups:
+                continue
+            visited.add(g)
+            for h in self.groups[g].hosts:
+                seen.setdefault(h, None)
+            stack.extend(self.groups[g].children)
+        return list(seen)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a play: a step module with arguments.
+
+    ``args`` are raw (untemplated); ``fingerprint`` is a hash of the step's
+    definition (module, args, when, play vars it uses) so that editing a step
+    re-runs it on resume. ``line`` is where it starts in the playbook file.
+    """
+
+    name: str
+    module: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    when: str | None = None
+    tags: tuple[str, ...] = ()
+    retries: int | None = None
+    delay: float | None = None
+    throttle: int | None = None
+    ignore_errors: bool = False
+    fingerprint: str = ""
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Serial:
+    """How a play is cut into waves.
+
+    ``over`` is "users" or "hosts"; either ``size`` (a count), ``percent``,
+    or ``attribute`` (a user attribute such as ``wave``: one wave per value,
+    in order of first appearance or ``order`` when given) is set.
+    """
+
+    over: Literal["users", "hosts"] = "users"
+    size: int | None = None
+    percent: float | None = None
+    attribute: str | None = None
+    order: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Play:
+    """A play: target hosts/groups (and users), variables, waves and steps."""
+
+    name: str
+    hosts: str = "all"
+    users: str = "all"
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    serial: Serial | None = None
+    max_fail_percentage: float | None = None
+    steps: tuple[Step, ...] = ()
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Playbook:
+    """A validated playbook file: its plays in order."""
+
+    path: str
+    plays: tuple[Play, ...]

@@ -1,0 +1,122 @@
+"""The step module contract (DESIGN.md): probe first, change second.
+
+A step module is a file in runner/steps/ defining one subclass of ``StepModule``
+with a unique ``name``. It declares what it targets (each host of the play, or
+each user of the play), the JSON Schema of its arguments, and implements:
+
+- ``probe(ctx, target) -> Diff | None``: read-only; None means "already in the
+  desired state" (status ok). Check mode stops here.
+- ``apply(ctx, target, diff) -> StepResult``: make the change; must be safe to
+  repeat (a resumed run may apply again after a crash before the checkpoint).
+
+A step never prints, never writes the state store and never knows which
+connection kind carries its commands: it asks ``ctx.connection(host)`` for a
+Connection and returns structured data. Faults are raised as
+runner.errors.TransientFault / PermanentFault / ConnectionFault.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Mapping, Protocol
+
+from runner.connections.base import Connection
+from runner.model import Host, Inventory, User
+
+Status = Literal["ok", "changed", "skipped", "failed", "unreachable"]
+
+
+@dataclass
+class Diff:
+    """What a probe found to change: a one-line summary, human-readable lines for
+    ``--diff``, and structured data handed on to ``apply``."""
+
+    summary: str
+    lines: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    """The outcome of one task. ``data`` is JSON-serialisable and stored in the
+    checkpoint; ``warnings`` are shown in the recap (e.g. unmappable contacts)."""
+
+    status: Status
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.status == "changed"
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A file written on the control node: where, how big, its sha256."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+class Artifacts(Protocol):
+    """Artifact storage on the control node (atomic write + fsync)."""
+
+    def write(self, name: str, data: bytes) -> ArtifactRef:
+        """Store ``data`` under the relative ``name`` (e.g. ``contacts/alice/pc01.reg``)."""
+        ...
+
+    def read(self, name: str) -> bytes | None:
+        """The current content stored under ``name``, or None."""
+        ...
+
+
+class TaskRecord(Protocol):
+    """A finished task as the state store remembers it (read-only view for steps)."""
+
+    step: str
+    module: str
+    target: str
+    status: str
+    data: Mapping[str, Any]
+
+
+class StepContext(Protocol):
+    """What the engine gives a step for one task."""
+
+    args: Mapping[str, Any]          # the step's arguments, templated
+    vars: Mapping[str, Any]          # play + inventory + host/user variables
+    inventory: Inventory
+    check: bool                      # --check: probe only
+    run_id: str
+    artifacts: Artifacts
+
+    def connection(self, host: str) -> Connection:
+        """The run's shared connection to ``host`` (opened lazily, reused)."""
+        ...
+
+    def previous(self, module: str, target: str) -> list[TaskRecord]:
+        """Finished outcomes of ``module`` for ``target`` in this or an earlier
+        run on the same state directory (newest first): how a later step knows
+        that e.g. verify_contacts passed for a user."""
+        ...
+
+    def facts(self, host: str) -> Mapping[str, Any] | None:
+        """Facts gathered by inventory_clients for ``host``, if any."""
+        ...
+
+
+class StepModule:
+    """Base class of step modules. Subclasses set the class attributes."""
+
+    name: ClassVar[str] = ""
+    target: ClassVar[Literal["host", "user"]] = "host"
+    args_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
+    #: The module only reads (facts, verification): no Diff ever changes anything.
+    read_only: ClassVar[bool] = False
+
+    def probe(self, ctx: StepContext, target: Host | User) -> Diff | None:
+        raise NotImplementedError
+
+    def apply(self, ctx: StepContext, target: Host | User, diff: Diff) -> StepResult:
+        raise NotImplementedError
