@@ -1,0 +1,539 @@
+"""The LCS 2005 pool store of the lab: a real SQLite database per pool server.
+
+Lives at ``hosts/<lcs>/lcs.db`` (WAL, safe across processes). It holds what
+the LCS WMI provider exposes (DOMAIN.md, "Contacts on LCS"); the emulated
+``wmic`` reads and writes it through :class:`LcsStore`, which enforces the
+keys and limits of the real classes and raises :class:`WmiError` with the
+HRESULTs WMI returns (codes from the WBEMSTATUS enumeration, wbemcli.h).
+
+Schema (inspect with ``sqlite3 hosts/lcs01/lcs.db``)::
+
+    meta(name TEXT PRIMARY KEY, value TEXT)            -- schema_version, server_dn
+    pool_settings(name TEXT PRIMARY KEY, value TEXT)   -- MSFT_SIPESEmSetting: MaxContactsPerUser (default 150)
+    users(                                             -- MSFT_SIPESUserSetting (+ the AD msRTCSIP-* it implies)
+      instance_id TEXT PRIMARY KEY,        -- AD user GUID in braces, upper case: {0123...}
+      user_dn TEXT NOT NULL,
+      display_name TEXT,
+      primary_uri TEXT NOT NULL UNIQUE COLLATE NOCASE,   -- msRTCSIP-PrimaryUserAddress, sip:alice@contoso.com
+      enabled INTEGER NOT NULL,                          -- msRTCSIP-UserEnabled
+      home_server_dn TEXT NOT NULL,                      -- msRTCSIP-PrimaryHomeServer
+      target_server_dn TEXT,                             -- msRTCSIP-TargetHomeServer (during a move)
+      created TEXT NOT NULL, modified TEXT NOT NULL)
+    contact_groups(                                    -- MSFT_SIPESUserContactGroupData
+      user_instance_id TEXT REFERENCES users ON DELETE CASCADE,
+      group_id INTEGER CHECK (group_id BETWEEN 1 AND 64),   -- assigned by the server
+      name TEXT NOT NULL,                                   -- <= 128 characters
+      external_url TEXT,
+      PRIMARY KEY (user_instance_id, group_id))
+    contacts(                                          -- MSFT_SIPESUserContactData
+      user_instance_id TEXT REFERENCES users ON DELETE CASCADE,
+      sip_uri TEXT NOT NULL COLLATE NOCASE,                 -- <= 454, not updatable
+      name TEXT,                                            -- <= 256
+      external_url TEXT,                                    -- <= 2048
+      subscribed INTEGER NOT NULL,
+      group_ids TEXT NOT NULL DEFAULT '',                   -- space separated ids (<= 64) of contact_groups
+      PRIMARY KEY (user_instance_id, sip_uri))
+
+Limits enforced (doc unless marked): at most 64 groups per user, group ids
+1..64 chosen by the server (a GroupID given on create is ignored); at most
+``MaxContactsPerUser`` contacts per user (WBEM_E_QUOTA_VIOLATION beyond
+it); ``SIPURI`` cannot be changed (WBEM_E_INVALID_PARAMETER) and must start
+with ``sip:``; a contact's GroupID must name existing groups of the user;
+PrimaryURI unique across the pool (WBEM_E_ALREADY_EXISTS); deleting a
+group removes its id from the contacts (conv).
+"""
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_CONTACTS = 150
+MAX_GROUPS = 64
+MAX_GROUP_NAME = 128
+MAX_SIPURI = 454
+MAX_NAME = 256
+MAX_EXTERNAL_URL = 2048
+
+# HRESULTs (WBEMSTATUS, wbemcli.h) with the descriptions wmic prints.
+WBEM_E_FAILED = 0x80041001
+WBEM_E_NOT_FOUND = 0x80041002
+WBEM_E_INVALID_PARAMETER = 0x80041008
+WBEM_E_INVALID_CLASS = 0x80041010
+WBEM_E_INVALID_QUERY = 0x80041017
+WBEM_E_ALREADY_EXISTS = 0x80041019
+WBEM_E_SERVER_TOO_BUSY = 0x80041045
+WBEM_E_QUOTA_VIOLATION = 0x8004106C
+WBEM_E_INVALID_NAMESPACE = 0x8004100E
+RPC_S_SERVER_UNAVAILABLE = 0x800706BA
+
+DESCRIPTIONS = {
+    WBEM_E_FAILED: "Generic failure",
+    WBEM_E_NOT_FOUND: "Not found",
+    WBEM_E_INVALID_PARAMETER: "Invalid parameter",
+    WBEM_E_INVALID_CLASS: "Invalid class",
+    WBEM_E_INVALID_QUERY: "Invalid query",
+    WBEM_E_ALREADY_EXISTS: "Already exists",
+    WBEM_E_SERVER_TOO_BUSY: "Server is busy",
+    WBEM_E_QUOTA_VIOLATION: "Quota violation",
+    WBEM_E_INVALID_NAMESPACE: "Invalid namespace",
+    RPC_S_SERVER_UNAVAILABLE: "The RPC server is unavailable.",
+}
+
+
+class WmiError(Exception):
+    """A failed WMI operation: ``code`` is the HRESULT wmic reports."""
+
+    def __init__(self, code: int, detail: str | None = None) -> None:
+        self.code = code
+        self.description = detail or DESCRIPTIONS.get(code, "Generic failure")
+        super().__init__(f"0x{code:08X} {self.description}")
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS pool_settings(name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS users(
+  instance_id TEXT PRIMARY KEY,
+  user_dn TEXT NOT NULL,
+  display_name TEXT,
+  primary_uri TEXT NOT NULL UNIQUE COLLATE NOCASE,
+  enabled INTEGER NOT NULL,
+  home_server_dn TEXT NOT NULL,
+  target_server_dn TEXT,
+  created TEXT NOT NULL,
+  modified TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS contact_groups(
+  user_instance_id TEXT NOT NULL REFERENCES users(instance_id) ON DELETE CASCADE,
+  group_id INTEGER NOT NULL CHECK (group_id BETWEEN 1 AND 64),
+  name TEXT NOT NULL CHECK (length(name) <= 128),
+  external_url TEXT,
+  PRIMARY KEY (user_instance_id, group_id));
+CREATE TABLE IF NOT EXISTS contacts(
+  user_instance_id TEXT NOT NULL REFERENCES users(instance_id) ON DELETE CASCADE,
+  sip_uri TEXT NOT NULL COLLATE NOCASE CHECK (length(sip_uri) <= 454),
+  name TEXT CHECK (name IS NULL OR length(name) <= 256),
+  external_url TEXT CHECK (external_url IS NULL OR length(external_url) <= 2048),
+  subscribed INTEGER NOT NULL,
+  group_ids TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (user_instance_id, sip_uri));
+"""
+
+# WMI class -> (key properties, all properties in MOF order)
+CLASSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "MSFT_SIPESUserSetting": (("InstanceID",), (
+        "InstanceID", "UserDN", "DisplayName", "PrimaryURI", "Enabled",
+        "HomeServerDN", "TargetServerDN")),
+    "MSFT_SIPESUserContactGroupData": (("GroupID", "UserInstanceID"), (
+        "UserInstanceID", "GroupID", "Name", "ExternalURL")),
+    "MSFT_SIPESUserContactData": (("SIPURI", "UserInstanceID"), (
+        "UserInstanceID", "SIPURI", "Name", "ExternalURL", "Subscribed", "GroupID")),
+    "MSFT_SIPESEmSetting": (("Backend",), ("Backend", "MaxContactsPerUser")),
+}
+
+
+def canonical_class(name: str) -> str:
+    """The class name as declared, looked up case-insensitively (WMI names are)."""
+    for c in CLASSES:
+        if c.lower() == name.lower():
+            return c
+    raise WmiError(WBEM_E_INVALID_CLASS)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _as_bool(v: Any, prop: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return v != 0
+    s = str(v).strip().upper()
+    if s in ("TRUE", "1", "-1"):
+        return True
+    if s in ("FALSE", "0"):
+        return False
+    raise WmiError(WBEM_E_INVALID_PARAMETER, f"Invalid value for {prop}")
+
+
+def _as_int(v: Any, prop: str) -> int:
+    try:
+        return int(str(v).strip())
+    except ValueError as exc:
+        raise WmiError(WBEM_E_INVALID_PARAMETER, f"Invalid value for {prop}") from exc
+
+
+def _group_list(v: Any) -> list[int]:
+    if v is None or v == "":
+        return []
+    items = v if isinstance(v, (list, tuple)) else [x for x in str(v).replace(",", " ").split()]
+    return [_as_int(x, "GroupID") for x in items]
+
+
+def normalise_guid(g: str) -> str:
+    """``{0123abcd-...}`` -> upper case with braces (the key form WMI shows)."""
+    g = str(g).strip()
+    if not g.startswith("{"):
+        g = "{" + g + "}"
+    return g.upper()
+
+
+def check_sip_uri(uri: str, *, prop: str = "SIPURI") -> None:
+    """Refuse what LCS refuses: no ``sip:`` scheme, no user@domain, 0.0.0.0 or multicast hosts."""
+    if not isinstance(uri, str) or not uri.lower().startswith("sip:") or len(uri) > MAX_SIPURI:
+        raise WmiError(WBEM_E_INVALID_PARAMETER, f"Invalid {prop}")
+    rest = uri[4:]
+    user, at, domain = rest.rpartition("@")
+    if not at or not user or not domain or any(c.isspace() for c in rest):
+        raise WmiError(WBEM_E_INVALID_PARAMETER, f"Invalid {prop}")
+    try:
+        ip = ipaddress.ip_address(domain)
+    except ValueError:
+        return
+    if ip.is_multicast or ip.is_unspecified:
+        raise WmiError(WBEM_E_INVALID_PARAMETER, f"Invalid {prop}")
+
+
+@dataclass
+class Instance:
+    """One WMI instance: class name and its properties (WMI names)."""
+
+    cls: str
+    props: dict[str, Any]
+
+    def path(self, node: str, namespace: str = r"ROOT\CIMV2") -> str:
+        """The WMI object path wmic prints for set/delete (keys in alphabetical order)."""
+        keys = CLASSES[self.cls][0]
+        parts = []
+        for k in sorted(keys, key=str.lower):
+            v = self.props.get(k)
+            if isinstance(v, str):
+                parts.append(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"')
+            else:
+                parts.append(f"{k}={v}")
+        return f"\\\\{node}\\{namespace}:{self.cls}.{','.join(parts)}"
+
+
+class LcsStore:
+    """The pool's SQLite store, with the semantics of the LCS WMI classes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(self.path)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=30000")
+
+    # -- lifecycle -----------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, *, server_dn: str, backend: str = r"(local)\rtc",
+               max_contacts: int = DEFAULT_MAX_CONTACTS) -> "LcsStore":
+        """Create an empty pool store (used by the generator)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+            ("schema_version", str(SCHEMA_VERSION)), ("server_dn", server_dn), ("backend", backend)])
+        db.execute("INSERT OR REPLACE INTO pool_settings VALUES ('MaxContactsPerUser', ?)", (str(max_contacts),))
+        db.commit()
+        db.close()
+        return cls(path)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    def __enter__(self) -> "LcsStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def meta(self, name: str) -> str | None:
+        """A value of the meta table (``server_dn``, ``backend``, ``schema_version``)."""
+        row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def server_dn(self) -> str:
+        """The distinguished name of this pool (what users' HomeServerDN must equal)."""
+        return self.meta("server_dn") or ""
+
+    @property
+    def max_contacts(self) -> int:
+        """``MSFT_SIPESEmSetting.MaxContactsPerUser``."""
+        row = self._db.execute("SELECT value FROM pool_settings WHERE name='MaxContactsPerUser'").fetchone()
+        return int(row[0]) if row else DEFAULT_MAX_CONTACTS
+
+    # -- reading -------------------------------------------------------
+    def instances(self, cls: str, hints: Mapping[str, Any] | None = None) -> list[Instance]:
+        """Instances of a WMI class; ``hints`` (property=value, ANDed) narrow the SQL query.
+
+        Hints are only an optimisation: the caller still evaluates its full
+        where clause on the result.
+        """
+        cls = canonical_class(cls)
+        hints = {k.lower(): v for k, v in (hints or {}).items()}
+        if cls == "MSFT_SIPESEmSetting":
+            return [Instance(cls, {"Backend": self.meta("backend"), "MaxContactsPerUser": self.max_contacts})]
+        if cls == "MSFT_SIPESUserSetting":
+            sql, args = "SELECT * FROM users", []
+            conds = []
+            if "instanceid" in hints and isinstance(hints["instanceid"], str):
+                conds.append("instance_id = ?")
+                args.append(normalise_guid(hints["instanceid"]))
+            if "primaryuri" in hints and isinstance(hints["primaryuri"], str):
+                conds.append("primary_uri = ?")
+                args.append(hints["primaryuri"])
+            if conds:
+                sql += " WHERE " + " AND ".join(conds)
+            rows = self._db.execute(sql + " ORDER BY rowid", args).fetchall()
+            return [Instance(cls, self._user_props(r)) for r in rows]
+        uid = hints.get("userinstanceid")
+        where, args = "", []
+        if isinstance(uid, str):
+            where, args = " WHERE user_instance_id = ?", [normalise_guid(uid)]
+        if cls == "MSFT_SIPESUserContactGroupData":
+            rows = self._db.execute(
+                "SELECT user_instance_id, group_id, name, external_url FROM contact_groups"
+                + where + " ORDER BY user_instance_id, group_id", args).fetchall()
+            return [Instance(cls, {"UserInstanceID": r[0], "GroupID": r[1], "Name": r[2],
+                                   "ExternalURL": r[3]}) for r in rows]
+        rows = self._db.execute(
+            "SELECT user_instance_id, sip_uri, name, external_url, subscribed, group_ids FROM contacts"
+            + where + " ORDER BY user_instance_id, rowid", args).fetchall()
+        return [Instance(cls, {"UserInstanceID": r[0], "SIPURI": r[1], "Name": r[2], "ExternalURL": r[3],
+                               "Subscribed": bool(r[4]), "GroupID": [int(x) for x in r[5].split()]})
+                for r in rows]
+
+    @staticmethod
+    def _user_props(r: tuple) -> dict[str, Any]:
+        return {"InstanceID": r[0], "UserDN": r[1], "DisplayName": r[2], "PrimaryURI": r[3],
+                "Enabled": bool(r[4]), "HomeServerDN": r[5], "TargetServerDN": r[6]}
+
+    def user(self, instance_id: str) -> dict[str, Any] | None:
+        """The MSFT_SIPESUserSetting properties of one user, or None."""
+        r = self._db.execute("SELECT * FROM users WHERE instance_id=?", (normalise_guid(instance_id),)).fetchone()
+        return self._user_props(r) if r else None
+
+    # -- writing -------------------------------------------------------
+    def create(self, cls: str, props: Mapping[str, Any]) -> Instance:
+        """Create an instance (``wmic path CLASS create ...``); returns it with server-set values."""
+        cls = canonical_class(cls)
+        p = {k.lower(): v for k, v in props.items()}
+        self._check_props(cls, p)
+        with self._tx() as db:
+            if cls == "MSFT_SIPESUserSetting":
+                return self._create_user(db, p)
+            if cls == "MSFT_SIPESUserContactGroupData":
+                return self._create_group(db, p)
+            if cls == "MSFT_SIPESUserContactData":
+                return self._create_contact(db, p)
+        raise WmiError(WBEM_E_FAILED, "Provider is not capable of the attempted operation")
+
+    def update(self, inst: Instance, changes: Mapping[str, Any]) -> Instance:
+        """Change properties of an existing instance (``wmic ... set``)."""
+        cls = inst.cls
+        c = {k.lower(): v for k, v in changes.items()}
+        self._check_props(cls, c)
+        keys = {k.lower() for k in CLASSES[cls][0]}
+        for k in c:
+            if k in keys and str(c[k]).lower() != str(inst.props[self._prop(cls, k)]).lower():
+                raise WmiError(WBEM_E_INVALID_PARAMETER, f"{self._prop(cls, k)} cannot be updated")
+        with self._tx() as db:
+            if cls == "MSFT_SIPESEmSetting":
+                if "maxcontactsperuser" in c:
+                    n = _as_int(c["maxcontactsperuser"], "MaxContactsPerUser")
+                    if n < 1:
+                        raise WmiError(WBEM_E_INVALID_PARAMETER, "Invalid value for MaxContactsPerUser")
+                    db.execute("UPDATE pool_settings SET value=? WHERE name='MaxContactsPerUser'", (str(n),))
+            elif cls == "MSFT_SIPESUserSetting":
+                self._update_user(db, inst, c)
+            elif cls == "MSFT_SIPESUserContactGroupData":
+                if "name" in c:
+                    self._check_group_name(db, inst.props["UserInstanceID"], c["name"], inst.props["GroupID"])
+                    db.execute("UPDATE contact_groups SET name=? WHERE user_instance_id=? AND group_id=?",
+                               (c["name"], inst.props["UserInstanceID"], inst.props["GroupID"]))
+                if "externalurl" in c:
+                    db.execute("UPDATE contact_groups SET external_url=? WHERE user_instance_id=? AND group_id=?",
+                               (c["externalurl"], inst.props["UserInstanceID"], inst.props["GroupID"]))
+            else:
+                self._update_contact(db, inst, c)
+        fresh = self.instances(cls, {k: inst.props[k] for k in CLASSES[cls][0] if k != "Backend"})
+        for f in fresh:
+            if all(str(f.props[k]).lower() == str(inst.props[k]).lower() for k in CLASSES[cls][0]):
+                return f
+        return inst
+
+    def delete(self, inst: Instance) -> None:
+        """Delete an instance (``wmic ... delete``)."""
+        p = inst.props
+        with self._tx() as db:
+            if inst.cls == "MSFT_SIPESUserSetting":
+                db.execute("DELETE FROM users WHERE instance_id=?", (p["InstanceID"],))
+            elif inst.cls == "MSFT_SIPESUserContactGroupData":
+                uid, gid = p["UserInstanceID"], int(p["GroupID"])
+                db.execute("DELETE FROM contact_groups WHERE user_instance_id=? AND group_id=?", (uid, gid))
+                for sip, ids in db.execute("SELECT sip_uri, group_ids FROM contacts WHERE user_instance_id=?",
+                                           (uid,)).fetchall():
+                    lst = [x for x in ids.split() if int(x) != gid]
+                    if len(lst) != len(ids.split()):
+                        db.execute("UPDATE contacts SET group_ids=? WHERE user_instance_id=? AND sip_uri=?",
+                                   (" ".join(lst), uid, sip))
+            elif inst.cls == "MSFT_SIPESUserContactData":
+                db.execute("DELETE FROM contacts WHERE user_instance_id=? AND sip_uri=?",
+                           (p["UserInstanceID"], p["SIPURI"]))
+            else:
+                raise WmiError(WBEM_E_FAILED, "Provider is not capable of the attempted operation")
+
+    # -- helpers -------------------------------------------------------
+    @staticmethod
+    def _prop(cls: str, lower: str) -> str:
+        for n in CLASSES[cls][1]:
+            if n.lower() == lower:
+                return n
+        return lower
+
+    @staticmethod
+    def _check_props(cls: str, p: Mapping[str, Any]) -> None:
+        known = {n.lower() for n in CLASSES[cls][1]}
+        for k in p:
+            if k not in known:
+                raise WmiError(WBEM_E_NOT_FOUND, f"Property {k} not found")
+        for k, limit in (("name", MAX_GROUP_NAME if cls.endswith("GroupData") else MAX_NAME),
+                         ("externalurl", MAX_EXTERNAL_URL), ("sipuri", MAX_SIPURI)):
+            v = p.get(k)
+            if v is not None and len(str(v)) > limit:
+                raise WmiError(WBEM_E_INVALID_PARAMETER, f"{LcsStore._prop(cls, k)} exceeds {limit} characters")
+
+    def _require_user(self, db: sqlite3.Connection, uid: Any) -> str:
+        if not uid:
+            raise WmiError(WBEM_E_INVALID_PARAMETER, "UserInstanceID is required")
+        uid = normalise_guid(uid)
+        row = db.execute("SELECT home_server_dn FROM users WHERE instance_id=?", (uid,)).fetchone()
+        if row is None:
+            raise WmiError(WBEM_E_NOT_FOUND, "User not found")
+        if self.server_dn and row[0].lower() != self.server_dn.lower():
+            raise WmiError(WBEM_E_INVALID_PARAMETER, "User is not homed on this server")
+        return uid
+
+    def _create_user(self, db: sqlite3.Connection, p: dict[str, Any]) -> Instance:
+        for req in ("instanceid", "userdn", "primaryuri", "homeserverdn"):
+            if not p.get(req):
+                raise WmiError(WBEM_E_INVALID_PARAMETER, f"{self._prop('MSFT_SIPESUserSetting', req)} is required")
+        check_sip_uri(str(p["primaryuri"]), prop="PrimaryURI")
+        uid = normalise_guid(p["instanceid"])
+        if db.execute("SELECT 1 FROM users WHERE instance_id=? OR primary_uri=?",
+                      (uid, p["primaryuri"])).fetchone():
+            raise WmiError(WBEM_E_ALREADY_EXISTS)
+        now = _now()
+        enabled = _as_bool(p.get("enabled", True), "Enabled")
+        db.execute("INSERT INTO users VALUES (?,?,?,?,?,?,?,?,?)", (
+            uid, p["userdn"], p.get("displayname"), p["primaryuri"], int(enabled),
+            p["homeserverdn"], p.get("targetserverdn"), now, now))
+        r = db.execute("SELECT * FROM users WHERE instance_id=?", (uid,)).fetchone()
+        return Instance("MSFT_SIPESUserSetting", self._user_props(r))
+
+    def _update_user(self, db: sqlite3.Connection, inst: Instance, c: dict[str, Any]) -> None:
+        cols = {"userdn": "user_dn", "displayname": "display_name", "primaryuri": "primary_uri",
+                "enabled": "enabled", "homeserverdn": "home_server_dn", "targetserverdn": "target_server_dn"}
+        sets, args = [], []
+        for k, v in c.items():
+            if k == "primaryuri":
+                check_sip_uri(str(v), prop="PrimaryURI")
+                clash = db.execute("SELECT 1 FROM users WHERE primary_uri=? AND instance_id<>?",
+                                   (v, inst.props["InstanceID"])).fetchone()
+                if clash:
+                    raise WmiError(WBEM_E_ALREADY_EXISTS)
+            if k == "enabled":
+                v = int(_as_bool(v, "Enabled"))
+            sets.append(f"{cols[k]}=?")
+            args.append(v)
+        if sets:
+            db.execute(f"UPDATE users SET {', '.join(sets)}, modified=? WHERE instance_id=?",
+                       args + [_now(), inst.props["InstanceID"]])
+
+    def _check_group_name(self, db: sqlite3.Connection, uid: str, name: Any, own: int | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise WmiError(WBEM_E_INVALID_PARAMETER, "Name is required")
+        clash = db.execute("SELECT group_id FROM contact_groups WHERE user_instance_id=? AND name=?",
+                           (uid, name)).fetchone()
+        if clash and clash[0] != own:
+            raise WmiError(WBEM_E_ALREADY_EXISTS)
+
+    def _create_group(self, db: sqlite3.Connection, p: dict[str, Any]) -> Instance:
+        uid = self._require_user(db, p.get("userinstanceid"))
+        self._check_group_name(db, uid, p.get("name"))
+        used = {r[0] for r in db.execute("SELECT group_id FROM contact_groups WHERE user_instance_id=?", (uid,))}
+        free = [i for i in range(1, MAX_GROUPS + 1) if i not in used]
+        if not free:
+            raise WmiError(WBEM_E_QUOTA_VIOLATION, f"User already has {MAX_GROUPS} contact groups")
+        gid = free[0]
+        db.execute("INSERT INTO contact_groups VALUES (?,?,?,?)", (uid, gid, p["name"], p.get("externalurl")))
+        return Instance("MSFT_SIPESUserContactGroupData",
+                        {"UserInstanceID": uid, "GroupID": gid, "Name": p["name"], "ExternalURL": p.get("externalurl")})
+
+    def _check_groups(self, db: sqlite3.Connection, uid: str, ids: list[int]) -> None:
+        if len(ids) > MAX_GROUPS:
+            raise WmiError(WBEM_E_INVALID_PARAMETER, f"GroupID holds more than {MAX_GROUPS} entries")
+        if ids:
+            have = {r[0] for r in db.execute("SELECT group_id FROM contact_groups WHERE user_instance_id=?", (uid,))}
+            if any(i not in have for i in ids):
+                raise WmiError(WBEM_E_INVALID_PARAMETER, "GroupID names a group that does not exist")
+
+    def _create_contact(self, db: sqlite3.Connection, p: dict[str, Any]) -> Instance:
+        uid = self._require_user(db, p.get("userinstanceid"))
+        sip = p.get("sipuri")
+        if not isinstance(sip, str) or not sip.lower().startswith("sip:"):
+            raise WmiError(WBEM_E_INVALID_PARAMETER, "Invalid SIPURI")
+        if "subscribed" not in p:
+            raise WmiError(WBEM_E_INVALID_PARAMETER, "Subscribed is required")
+        subscribed = _as_bool(p["subscribed"], "Subscribed")
+        ids = _group_list(p.get("groupid"))
+        self._check_groups(db, uid, ids)
+        if db.execute("SELECT 1 FROM contacts WHERE user_instance_id=? AND sip_uri=?", (uid, sip)).fetchone():
+            raise WmiError(WBEM_E_ALREADY_EXISTS)
+        n = db.execute("SELECT count(*) FROM contacts WHERE user_instance_id=?", (uid,)).fetchone()[0]
+        if n >= self.max_contacts:
+            raise WmiError(WBEM_E_QUOTA_VIOLATION,
+                           f"The user already has the maximum number of contacts ({self.max_contacts})")
+        db.execute("INSERT INTO contacts VALUES (?,?,?,?,?,?)",
+                   (uid, sip, p.get("name"), p.get("externalurl"), int(subscribed), " ".join(map(str, ids))))
+        return Instance("MSFT_SIPESUserContactData", {
+            "UserInstanceID": uid, "SIPURI": sip, "Name": p.get("name"), "ExternalURL": p.get("externalurl"),
+            "Subscribed": subscribed, "GroupID": ids})
+
+    def _update_contact(self, db: sqlite3.Connection, inst: Instance, c: dict[str, Any]) -> None:
+        uid, sip = inst.props["UserInstanceID"], inst.props["SIPURI"]
+        self._require_user(db, uid)
+        if "groupid" in c:
+            ids = _group_list(c["groupid"])
+            self._check_groups(db, uid, ids)
+            db.execute("UPDATE contacts SET group_ids=? WHERE user_instance_id=? AND sip_uri=?",
+                       (" ".join(map(str, ids)), uid, sip))
+        for k, col in (("name", "name"), ("externalurl", "external_url")):
+            if k in c:
+                db.execute(f"UPDATE contacts SET {col}=? WHERE user_instance_id=? AND sip_uri=?", (c[k], uid, sip))
+        if "subscribed" in c:
+            db.execute("UPDATE contacts SET subscribed=? WHERE user_instance_id=? AND sip_uri=?",
+                       (int(_as_bool(c["subscribed"], "Subscribed")), uid, sip))
