@@ -1,0 +1,566 @@
+"""The ``ssh`` connection: cmd.exe command lines and SFTP files over paramiko.
+
+One SSH transport per host, opened on first use and reused by every step and
+task (a round trip costs far more than Python does), closed by ``close()``.
+Built for Windows hosts running OpenSSH for Windows, whose default shell is
+cmd.exe and whose SFTP server shows ``C:\\x\\y`` as ``/C:/x/y``.
+
+Host variables (inventory ``vars``; see inventories/example-ssh.yml):
+
+- ``ssh_key_file``: private key; its passphrase, if any, comes from the
+  environment variable named by ``ssh_key_passphrase_env``.
+- ``ssh_agent`` (bool, default true): also offer the keys of ``SSH_AUTH_SOCK``.
+- ``ssh_password_env`` / ``ssh_password_file``: *name* of an environment
+  variable, or path of a file, holding the password (never the password).
+- ``ssh_known_hosts``: known_hosts file (default ``~/.ssh/known_hosts``);
+  hashed entries and ``[host]:port`` entries are understood.
+- ``ssh_proxy_jump``: ``user@host:port`` or an inventory host name (bastion).
+- ``ssh_connect_timeout``, ``ssh_command_timeout``, ``ssh_keepalive_interval``
+  (seconds), ``ssh_codepage`` (default ``cp437``, see ``decode_output``).
+
+Fault classification (runner.errors): refused, reset, EOF, timeouts and a
+channel closed mid-command without an exit status are ConnectionFault
+(transient); a refused login is AuthenticationFault and an unknown or changed
+host key HostKeyFault (both permanent, never retried). No password or
+passphrase ever reaches a message, an exception, a repr or an event.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import select
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from runner.connections.base import CommandResult
+from runner.errors import (
+    AuthenticationFault,
+    ConnectionFault,
+    HostKeyFault,
+    PermanentFault,
+)
+from runner.model import Host, Inventory
+
+DEFAULT_CODEPAGE = "cp437"   # the OEM code page of US-English Windows consoles
+DEFAULT_KEEPALIVE = 15.0
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+class _Secret:
+    """Holds a password or passphrase; prints as ``***`` everywhere."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret ***>"
+
+    __str__ = __repr__
+
+
+def _opt(options: Any, name: str, default: Any) -> Any:
+    return getattr(options, name, default) if options is not None else default
+
+
+def decode_output(data: bytes, codepage: str = DEFAULT_CODEPAGE) -> str:
+    """Decode a Windows program's output: UTF-16LE, else UTF-8, else ``codepage``.
+
+    wmic and ``reg export`` write UTF-16LE (with a BOM, or without one when
+    piped: then every second byte of ASCII text is NUL); modern tools write
+    UTF-8; cmd.exe and old tools write the console's OEM code page (cp437 on
+    US-English Windows, cp850 in Western Europe: set ``ssh_codepage``).
+    """
+    if not data:
+        return ""
+    if data.startswith(codecs.BOM_UTF16_LE):
+        return data[2:].decode("utf-16-le", errors="replace")
+    if _looks_utf16le(data):
+        return data.decode("utf-16-le", errors="replace")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode(codepage, errors="replace")
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _looks_utf16le(data: bytes) -> bool:
+    """True when NULs sit at odd offsets (UTF-16LE text) and almost never at even ones."""
+    sample = data[:1024]
+    if len(sample) < 4:
+        return False
+    pairs = len(sample) // 2
+    odd_nuls = sum(1 for i in range(1, pairs * 2, 2) if sample[i] == 0)
+    even_nuls = sum(1 for i in range(0, pairs * 2, 2) if sample[i] == 0)
+    return odd_nuls >= 0.6 * pairs and even_nuls <= 0.1 * pairs
+
+
+def windows_to_sftp_path(path: str) -> str:
+    """Map ``C:\\x\\y`` to ``/C:/x/y``, the form OpenSSH for Windows' SFTP server uses.
+
+    UNC paths (``\\\\server\\share``) cannot be reached through SFTP and are refused.
+    """
+    p = path.replace("\\", "/")
+    if p.startswith("//"):
+        raise PermanentFault(f"SFTP cannot reach the UNC path {path!r}; copy it with a command instead")
+    if len(p) >= 2 and p[1] == ":" and p[0].isalpha():
+        return "/" + p[0].upper() + ":" + (p[2:] if p[2:].startswith("/") else "/" + p[2:])
+    if p.startswith("/"):
+        return p
+    raise PermanentFault(f"remote path {path!r} is not an absolute Windows path (like C:\\Temp\\x)")
+
+
+def host_key_name(address: str, port: int) -> str:
+    """The name under which known_hosts stores ``address:port`` (OpenSSH rules)."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def _parse_jump(spec: str) -> tuple[str | None, str, int | None]:
+    """Split ``user@host:port`` into its parts (user and port optional)."""
+    user = None
+    if "@" in spec:
+        user, spec = spec.rsplit("@", 1)
+    port = None
+    if spec.startswith("["):            # [addr]:port
+        addr, _, rest = spec[1:].partition("]")
+        if rest.startswith(":"):
+            port = int(rest[1:])
+        return user, addr, port
+    if spec.count(":") == 1:
+        spec, p = spec.split(":")
+        port = int(p)
+    return user, spec, port
+
+
+class SSHConnection:
+    """A Connection (runner.connections.base) to one Windows host over SSH."""
+
+    def __init__(self, host: Host, inventory: Inventory | None = None, options: Any = None,
+                 *, _depth: int = 0) -> None:
+        self.host = host.name
+        self._host = host
+        self._inventory = inventory
+        self._options = options
+        self._depth = _depth
+        v = dict(host.vars or {})
+        self._vars = v
+        self.address = host.address or host.name
+        self.port = int(host.port or v.get("ssh_port") or 22)
+        self.user = host.user or v.get("ssh_user") or os.environ.get("USER") or "root"
+        self.connect_timeout = float(v.get("ssh_connect_timeout", _opt(options, "connect_timeout", 10)))
+        self.command_timeout = float(v.get("ssh_command_timeout", _opt(options, "command_timeout", 300)))
+        self.keepalive = float(v.get("ssh_keepalive_interval", DEFAULT_KEEPALIVE))
+        self.codepage = str(v.get("ssh_codepage", DEFAULT_CODEPAGE))
+        self.accept_new = bool(_opt(options, "accept_new_host_keys", False))
+        kh = v.get("ssh_known_hosts") or "~/.ssh/known_hosts"
+        self.known_hosts = self._resolve_path(str(kh))
+        self.key_file = self._resolve_path(str(v["ssh_key_file"])) if v.get("ssh_key_file") else None
+        self.use_agent = bool(v.get("ssh_agent", True))
+        self.proxy_jump = v.get("ssh_proxy_jump") or None
+        self._lock = threading.RLock()
+        self._transport: paramiko.Transport | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._jump: SSHConnection | None = None
+        self._closed = False
+
+    # --- helpers -------------------------------------------------------
+    def _resolve_path(self, p: str) -> Path:
+        path = Path(os.path.expanduser(p))
+        if not path.is_absolute() and self._inventory is not None and self._inventory.path:
+            path = Path(self._inventory.path).resolve().parent / path
+        return path
+
+    def _where(self) -> str:
+        return f"{self.user}@{self.address}:{self.port}"
+
+    def __repr__(self) -> str:
+        state = "open" if self._transport is not None and self._transport.is_active() else "idle"
+        return f"<SSHConnection {self.host} {self._where()} {state}>"
+
+    def _password(self) -> _Secret | None:
+        env = self._vars.get("ssh_password_env")
+        if env:
+            val = os.environ.get(str(env))
+            if val is None:
+                raise AuthenticationFault(
+                    f"{self.host}: environment variable {env} (ssh_password_env) is not set", host=self.host)
+            return _Secret(val)
+        pfile = self._vars.get("ssh_password_file")
+        if pfile:
+            path = self._resolve_path(str(pfile))
+            try:
+                return _Secret(path.read_text(encoding="utf-8").rstrip("\r\n"))
+            except OSError as exc:
+                raise AuthenticationFault(
+                    f"{self.host}: cannot read ssh_password_file {path}: {exc.strerror}", host=self.host) from None
+        return None
+
+    def _load_key(self) -> paramiko.PKey | None:
+        if self.key_file is None:
+            return None
+        env = self._vars.get("ssh_key_passphrase_env")
+        passphrase = None
+        if env:
+            val = os.environ.get(str(env))
+            if val is None:
+                raise AuthenticationFault(
+                    f"{self.host}: environment variable {env} (ssh_key_passphrase_env) is not set", host=self.host)
+            passphrase = _Secret(val)
+        try:
+            return paramiko.PKey.from_path(str(self.key_file),
+                                           passphrase.reveal() if passphrase else None)
+        except FileNotFoundError:
+            raise AuthenticationFault(f"{self.host}: ssh_key_file {self.key_file} does not exist",
+                                      host=self.host) from None
+        except paramiko.PasswordRequiredException:
+            raise AuthenticationFault(
+                f"{self.host}: ssh_key_file {self.key_file} is encrypted; name the environment variable "
+                "holding its passphrase in ssh_key_passphrase_env", host=self.host) from None
+        except (paramiko.SSHException, ValueError, OSError):
+            raise AuthenticationFault(
+                f"{self.host}: cannot load ssh_key_file {self.key_file} (wrong passphrase or "
+                "unsupported key format)", host=self.host) from None
+
+    # --- connecting -----------------------------------------------------
+    def _open_socket(self) -> Any:
+        if self.proxy_jump:
+            if self._depth > 5:
+                raise PermanentFault(f"{self.host}: ssh_proxy_jump chain is too long (a loop?)", host=self.host)
+            if self._jump is None:
+                self._jump = SSHConnection(self._jump_host(), self._inventory, self._options,
+                                           _depth=self._depth + 1)
+            transport = self._jump._ensure_transport()
+            try:
+                return transport.open_channel("direct-tcpip", (self.address, self.port), ("127.0.0.1", 0),
+                                              timeout=self.connect_timeout)
+            except paramiko.ChannelException as exc:
+                raise ConnectionFault(f"{self.host}: jump host {self._jump.host} could not reach "
+                                      f"{self.address}:{self.port} ({exc.text})", host=self.host) from None
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise ConnectionFault(f"{self.host}: jump host {self._jump.host} failed: "
+                                      f"{type(exc).__name__}", host=self.host) from None
+        try:
+            return socket.create_connection((self.address, self.port), timeout=self.connect_timeout)
+        except socket.timeout:
+            raise ConnectionFault(f"{self.host}: connection to {self.address}:{self.port} timed out "
+                                  f"after {self.connect_timeout:g}s", host=self.host) from None
+        except ConnectionRefusedError:
+            raise ConnectionFault(f"{self.host}: connection to {self.address}:{self.port} refused",
+                                  host=self.host) from None
+        except OSError as exc:
+            raise ConnectionFault(f"{self.host}: cannot connect to {self.address}:{self.port}: "
+                                  f"{exc.strerror or exc}", host=self.host) from None
+
+    def _jump_host(self) -> Host:
+        spec = str(self.proxy_jump)
+        inv_hosts = self._inventory.hosts if self._inventory is not None else {}
+        if spec in inv_hosts:
+            return inv_hosts[spec]
+        user, addr, port = _parse_jump(spec)
+        jvars = {k: val for k, val in self._vars.items() if k != "ssh_proxy_jump"}
+        return Host(name=spec, connection="ssh", address=addr, port=port or 22,
+                    user=user or self.user, vars=jvars)
+
+    def _ensure_transport(self) -> paramiko.Transport:
+        with self._lock:
+            if self._closed:
+                raise ConnectionFault(f"{self.host}: connection already closed", host=self.host)
+            if self._transport is not None and self._transport.is_active():
+                return self._transport
+            self._drop_transport()
+            sock = self._open_socket()
+            t = paramiko.Transport(sock)
+            try:
+                t.banner_timeout = self.connect_timeout
+                t.handshake_timeout = self.connect_timeout
+                t.auth_timeout = self.connect_timeout
+                known = self._known_keys()
+                self._prefer_known_key_types(t, known)
+                try:
+                    t.start_client(timeout=self.connect_timeout)
+                except (paramiko.SSHException, EOFError, OSError) as exc:
+                    raise ConnectionFault(f"{self.host}: SSH handshake with {self.address}:{self.port} failed "
+                                          f"({_brief(exc)})", host=self.host) from None
+                self._verify_host_key(t, known)
+                self._authenticate(t)
+                if self.keepalive > 0:
+                    t.set_keepalive(int(max(1, self.keepalive)))
+            except BaseException:
+                t.close()
+                raise
+            self._transport = t
+            return t
+
+    def _known_keys(self) -> paramiko.HostKeys:
+        hk = paramiko.HostKeys()
+        if self.known_hosts.exists():
+            try:
+                hk.load(str(self.known_hosts))
+            except (OSError, paramiko.SSHException) as exc:
+                raise HostKeyFault(f"{self.host}: cannot read known_hosts {self.known_hosts}: {exc}",
+                                   host=self.host) from None
+        return hk
+
+    def _prefer_known_key_types(self, t: paramiko.Transport, known: paramiko.HostKeys) -> None:
+        entry = known.lookup(host_key_name(self.address, self.port))
+        if not entry:
+            return
+        opts = t.get_security_options()
+        types = list(entry.keys())
+        if "ssh-rsa" in types:
+            types = ["rsa-sha2-512", "rsa-sha2-256"] + types
+        preferred = [k for k in types if k in opts.key_types]
+        opts.key_types = preferred + [k for k in opts.key_types if k not in preferred]
+
+    def _verify_host_key(self, t: paramiko.Transport, known: paramiko.HostKeys) -> None:
+        key = t.get_remote_server_key()
+        name = host_key_name(self.address, self.port)
+        entry = known.lookup(name)
+        scan = f"ssh-keyscan -p {self.port} {self.address} >> {self.known_hosts}"
+        if entry:
+            kt = key.get_name()
+            ours = entry.get(kt)
+            if ours is None and kt.startswith("rsa-sha2"):
+                ours = entry.get("ssh-rsa")
+            if ours is not None and ours == key:
+                return
+            if ours is not None or entry:
+                raise HostKeyFault(
+                    f"{self.host}: HOST KEY MISMATCH for {name}: the {key.get_name()} key offered "
+                    f"(SHA256 {_fingerprint(key)}) is not the one in {self.known_hosts}. The host was "
+                    "reinstalled, or someone is intercepting the connection. Only after verifying the new key "
+                    f"out of band: ssh-keygen -R '{name}' -f {self.known_hosts} && {scan}",
+                    host=self.host, data={"fingerprint": _fingerprint(key)})
+        if not self.accept_new:
+            raise HostKeyFault(
+                f"{self.host}: host key of {name} ({key.get_name()} SHA256 {_fingerprint(key)}) is not in "
+                f"{self.known_hosts}. Verify it and add it ({scan}), or run with "
+                "--accept-new-host-keys to trust new hosts on first use",
+                host=self.host, data={"fingerprint": _fingerprint(key)})
+        self._remember_key(name, key)
+
+    def _remember_key(self, name: str, key: paramiko.PKey) -> None:
+        """accept-new: append the unknown host's key to known_hosts (never replaces one)."""
+        with _KNOWN_HOSTS_LOCK:
+            self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            current = self._known_keys().lookup(name)
+            if current:              # another thread added it meanwhile: check against it
+                if current.get(key.get_name()) == key:
+                    return
+                raise HostKeyFault(f"{self.host}: HOST KEY MISMATCH for {name} (changed while connecting)",
+                                   host=self.host)
+            fd = os.open(self.known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a", encoding="ascii") as fh:
+                fh.write(f"{name} {key.get_name()} {key.get_base64()}\n")
+
+    def _authenticate(self, t: paramiko.Transport) -> None:
+        tried: list[str] = []
+        allowed: list[str] | None = None
+        key = self._load_key()
+        candidates: list[tuple[str, paramiko.PKey]] = []
+        if key is not None:
+            candidates.append((f"key {self.key_file}", key))
+        if self.use_agent and os.environ.get("SSH_AUTH_SOCK"):
+            try:
+                for k in paramiko.Agent().get_keys():
+                    candidates.append(("agent key", k))
+            except paramiko.SSHException:
+                pass
+        try:
+            for label, k in candidates:
+                tried.append(label)
+                try:
+                    t.auth_publickey(self.user, k)
+                    if t.is_authenticated():
+                        return
+                except paramiko.BadAuthenticationType as exc:
+                    allowed = list(exc.allowed_types)
+                    break
+                except paramiko.AuthenticationException:
+                    continue
+            password = self._password()
+            if password is not None and (allowed is None or "password" in allowed):
+                tried.append("password")
+                try:
+                    t.auth_password(self.user, password.reveal())
+                    if t.is_authenticated():
+                        return
+                except paramiko.BadAuthenticationType as exc:
+                    allowed = list(exc.allowed_types)
+                except paramiko.AuthenticationException:
+                    pass
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if isinstance(exc, paramiko.AuthenticationException):
+                pass
+            else:
+                raise ConnectionFault(f"{self.host}: connection lost during authentication ({_brief(exc)})",
+                                      host=self.host) from None
+        how = ", ".join(tried) if tried else "no credentials configured (ssh_key_file, ssh_agent, ssh_password_env)"
+        extra = f"; server accepts: {', '.join(allowed)}" if allowed else ""
+        raise AuthenticationFault(f"{self.host}: authentication as {self.user} at {self.address}:{self.port} "
+                                  f"refused (tried: {how}){extra}", host=self.host)
+
+    def _drop_transport(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:
+                pass
+            self._sftp = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    # --- the Connection protocol --------------------------------------
+    def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+        """Run one cmd.exe command line; ConnectionFault on drop or timeout."""
+        limit = float(timeout if timeout is not None else self.command_timeout)
+        t = self._ensure_transport()
+        try:
+            chan = t.open_session(timeout=self.connect_timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            self._broken()
+            raise ConnectionFault(f"{self.host}: cannot open a session channel ({_brief(exc)})",
+                                  host=self.host) from None
+        try:
+            chan.exec_command(command)
+            status, out, err = self._collect(chan, limit)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            self._broken()
+            raise ConnectionFault(f"{self.host}: connection lost while running a command ({_brief(exc)})",
+                                  host=self.host) from None
+        finally:
+            chan.close()
+        return CommandResult(rc=status, stdout=decode_output(out, self.codepage),
+                             stderr=decode_output(err, self.codepage))
+
+    def _collect(self, chan: paramiko.Channel, limit: float) -> tuple[int, bytes, bytes]:
+        deadline = time.monotonic() + limit
+        out: list[bytes] = []
+        err: list[bytes] = []
+        fd = chan.fileno()
+        while True:
+            if chan.recv_ready():
+                out.append(chan.recv(65536))
+                continue
+            if chan.recv_stderr_ready():
+                err.append(chan.recv_stderr(65536))
+                continue
+            if chan.eof_received or chan.closed:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConnectionFault(f"{self.host}: command timed out after {limit:g}s", host=self.host,
+                                      data={"timeout": limit})
+            if not chan.get_transport() or not chan.get_transport().is_active():
+                break
+            select.select([fd], [], [], min(remaining, 1.0))
+        # output is complete; the exit status follows (or never comes on a drop)
+        while not chan.exit_status_ready():
+            remaining = deadline - time.monotonic()
+            if chan.closed or remaining <= 0 or not (chan.get_transport() and chan.get_transport().is_active()):
+                break
+            chan.status_event.wait(min(remaining, 0.5))
+        while chan.recv_ready():
+            out.append(chan.recv(65536))
+        while chan.recv_stderr_ready():
+            err.append(chan.recv_stderr(65536))
+        if not chan.exit_status_ready():
+            self._broken()
+            if time.monotonic() >= deadline:
+                raise ConnectionFault(f"{self.host}: command timed out after {limit:g}s", host=self.host,
+                                      data={"timeout": limit})
+            raise ConnectionFault(f"{self.host}: connection dropped mid-command (no exit status)",
+                                  host=self.host)
+        status = chan.recv_exit_status()
+        if status == -1:
+            raise ConnectionFault(f"{self.host}: command ended without an exit status (killed?)",
+                                  host=self.host)
+        return status, b"".join(out), b"".join(err)
+
+    def _broken(self) -> None:
+        with self._lock:
+            if self._transport is not None and not self._transport.is_active():
+                self._drop_transport()
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        with self._lock:
+            t = self._ensure_transport()
+            if self._sftp is None or self._sftp.get_channel() is None or self._sftp.get_channel().closed:
+                try:
+                    self._sftp = paramiko.SFTPClient.from_transport(t)
+                except (paramiko.SSHException, EOFError, OSError) as exc:
+                    self._broken()
+                    raise ConnectionFault(f"{self.host}: cannot start SFTP ({_brief(exc)})",
+                                          host=self.host) from None
+                if self._sftp is None:
+                    raise ConnectionFault(f"{self.host}: cannot start SFTP", host=self.host)
+                self._sftp.get_channel().settimeout(self.command_timeout)
+            return self._sftp
+
+    def put(self, data: bytes, remote_path: str) -> None:
+        """Write ``data`` to the Windows path ``remote_path`` through SFTP (replacing it)."""
+        path = windows_to_sftp_path(remote_path)
+        with self._lock:
+            sftp = self._sftp_client()
+            try:
+                with sftp.open(path, "wb") as fh:
+                    fh.set_pipelined(True)
+                    fh.write(data)
+            except (FileNotFoundError, PermissionError) as exc:
+                raise PermanentFault(f"{self.host}: cannot write {remote_path}: {exc.strerror or exc}",
+                                     host=self.host) from None
+            except IOError as exc:
+                self._on_sftp_error(exc, f"writing {remote_path}")
+
+    def get(self, remote_path: str) -> bytes:
+        """Read the file at the Windows path ``remote_path`` through SFTP."""
+        path = windows_to_sftp_path(remote_path)
+        with self._lock:
+            sftp = self._sftp_client()
+            try:
+                with sftp.open(path, "rb") as fh:
+                    fh.prefetch()
+                    return fh.read()
+            except (FileNotFoundError, PermissionError) as exc:
+                raise PermanentFault(f"{self.host}: cannot read {remote_path}: {exc.strerror or exc}",
+                                     host=self.host, data={"missing": isinstance(exc, FileNotFoundError)}) from None
+            except IOError as exc:
+                self._on_sftp_error(exc, f"reading {remote_path}")
+        raise AssertionError("unreachable")
+
+    def _on_sftp_error(self, exc: BaseException, what: str) -> None:
+        if isinstance(exc, (socket.timeout, EOFError, paramiko.SSHException)) or self._sftp is None \
+                or self._sftp.get_channel().closed:
+            self._sftp = None
+            self._broken()
+            raise ConnectionFault(f"{self.host}: connection lost {what} ({_brief(exc)})", host=self.host) from None
+        raise PermanentFault(f"{self.host}: SFTP error {what}: {_brief(exc)}", host=self.host) from None
+
+    def close(self) -> None:
+        """Close the SFTP session, the transport and any jump host; safe twice."""
+        with self._lock:
+            self._closed = True
+            self._drop_transport()
+            if self._jump is not None:
+                self._jump.close()
+                self._jump = None
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return key.fingerprint.split(":", 1)[-1] if hasattr(key, "fingerprint") else key.get_base64()[:16]
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception's type and message (paramiko never puts secrets in them)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
