@@ -1,0 +1,672 @@
+"""Load playbooks and inventories: YAML -> JSON Schema -> typed model, errors as file:line:col.
+
+Every problem found in one pass is reported (``InputErrors``), each located at
+the YAML node it is about and phrased for a person, not as a jsonschema dump:
+``pb.yml:7:7: unknown key 'retires' in step 'Export' (did you mean 'retries'?)``.
+
+Public: ``load_playbook(path) -> Playbook``, ``load_inventory(path) -> Inventory``.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import jsonschema
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from runner.errors import InputError, InputErrors, RunnerError
+from runner.model import Group, Host, Inventory, Play, Playbook, Serial, Step, User
+from runner.templating import check_syntax, is_template
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+STEP_KEYWORDS = ("name", "when", "tags", "retries", "delay", "throttle", "ignore_errors")
+LAB_DEFAULTS = {"dir": ".lab/default", "clients": 50, "users_per_client": 2, "contacts": 20, "seed": 1}
+
+Path_ = tuple  # a path into the document: keys and list indexes
+
+
+# -- YAML with marks ----------------------------------------------------------
+
+class MarkedLoader(yaml.SafeLoader):
+    """SafeLoader that keeps the composed node tree (every node has start_mark
+    line/column) so that any document path can be located afterwards."""
+
+
+class Document:
+    """A parsed YAML file: its data and its node tree, for locating paths."""
+
+    def __init__(self, file: str, data: Any, root: Node | None) -> None:
+        self.file = file
+        self.data = data
+        self.root = root
+
+    def nodes(self, path: Iterable[Any]) -> tuple[Node | None, Node | None]:
+        """(key node, value node) at ``path``; the deepest existing node when a step is missing."""
+        key: Node | None = None
+        node = self.root
+        for part in path:
+            if isinstance(node, MappingNode):
+                for k, v in node.value:
+                    if isinstance(k, ScalarNode) and k.value == str(part):
+                        key, node = k, v
+                        break
+                else:
+                    return key, node
+            elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
+                key, node = None, node.value[part]
+            else:
+                return key, node
+        return key, node
+
+    def error(self, message: str, path: Iterable[Any] = (), *, at_key: bool = False) -> InputError:
+        """An InputError located at ``path`` (its key when ``at_key``)."""
+        key, node = self.nodes(path)
+        target = key if (at_key and key is not None) else node
+        if target is None:
+            return InputError(message, self.file)
+        return InputError(message, self.file, target.start_mark.line + 1, target.start_mark.column + 1)
+
+    def where(self, path: Iterable[Any]) -> str:
+        """``file:line:col`` of ``path``, for "first defined at" hints."""
+        e = self.error("", path)
+        return str(e)[:-2] if e.line else self.file
+
+
+def _duplicate_keys(node: Node | None, file: str, seen: set[int] | None = None) -> list[InputError]:
+    """Every duplicate key in every mapping of the tree, located at the duplicate."""
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:
+        return []
+    seen.add(id(node))
+    errors: list[InputError] = []
+    if isinstance(node, MappingNode):
+        first: dict[str, Node] = {}
+        for k, v in node.value:
+            if isinstance(k, ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                if k.value in first:
+                    m, f = k.start_mark, first[k.value].start_mark
+                    errors.append(InputError(
+                        f"duplicate key '{k.value}' (first defined at line {f.line + 1}, column {f.column + 1})",
+                        file, m.line + 1, m.column + 1))
+                else:
+                    first[k.value] = k
+            errors += _duplicate_keys(v, file, seen)
+    elif isinstance(node, SequenceNode):
+        for v in node.value:
+            errors += _duplicate_keys(v, file, seen)
+    return errors
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Document:
+    """Read and parse one YAML file; missing/unreadable files, syntax errors and
+    duplicate keys become InputError(s) with their location."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError("file not found", file) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not a YAML file", file) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file) from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", file) from None
+    loader = MarkedLoader(text)
+    try:
+        root = loader.get_single_node()
+        dups = _duplicate_keys(root, file)
+        if dups:
+            raise InputErrors(dups)
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem:
+            what = f"{exc.context}, {exc.problem}"
+        raise InputError(f"YAML syntax error: {what}", file,
+                         mark.line + 1 if mark else None, mark.column + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"YAML error: {exc}", file) from None
+    finally:
+        loader.dispose()
+    return Document(file, data, root)
+
+
+# -- schema errors in plain words ---------------------------------------------
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema ``schemas/<name>.schema.json``."""
+    with open(SCHEMA_DIR / f"{name}.schema.json", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+_TYPE_WORDS = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+               "number": "a number", "boolean": "true or false", "null": "empty"}
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _field(path: Path_) -> str:
+    for part in reversed(path):
+        if isinstance(part, str):
+            return part
+    return "the document"
+
+
+def _label(path: Path_) -> str:
+    """How to name the value at ``path`` in a message: 'retries', item 2 of 'clients'."""
+    if not path:
+        return "the document"
+    last = path[-1]
+    if isinstance(last, int):
+        return f"item {last + 1} of '{_field(path[:-1])}'"
+    return f"'{last}'"
+
+
+def _type_words(t: Any) -> str:
+    types = t if isinstance(t, list) else [t]
+    return " or ".join(_TYPE_WORDS.get(x, x) for x in types)
+
+
+def schema_errors(doc: Document, instance: Any, validator: jsonschema.protocols.Validator,
+                  context: Callable[[Path_], str], base: Path_ = (),
+                  skip: Callable[[Path_, Any], bool] | None = None) -> list[InputError]:
+    """Validate ``instance`` (found at ``base`` in ``doc``) and word every error."""
+    out: list[InputError] = []
+    for err in validator.iter_errors(instance):
+        path = tuple(base) + tuple(err.absolute_path)
+        if skip and skip(path, err):
+            continue
+        ctx = context(path)
+        in_ctx = f" in {ctx}" if ctx else ""
+        schema = err.schema if isinstance(err.schema, dict) else {}
+        v = err.validator
+        if v == "additionalProperties" and isinstance(err.instance, dict):
+            allowed = set(schema.get("properties", {}))
+            patterns = schema.get("patternProperties", {})
+            for key in err.instance:
+                if key in allowed or any(re.search(p, str(key)) for p in patterns):
+                    continue
+                if isinstance(schema.get("additionalProperties"), dict):
+                    continue
+                kctx = context(path + (key,))
+                out.append(doc.error(f"unknown key '{key}'" + (f" in {kctx}" if kctx else "")
+                                     + _suggest(str(key), allowed), path + (key,), at_key=True))
+            continue
+        if "x-error" in schema and v not in ("required",):
+            out.append(doc.error(f"{_label(path)} {schema['x-error']}{in_ctx}", path))
+            continue
+        if v == "required":
+            missing = [k for k in err.validator_value if not (isinstance(err.instance, dict) and k in err.instance)]
+            what = ctx or _label(path)
+            for k in missing:
+                out.append(doc.error(f"{what} is missing required key '{k}'", path))
+            continue
+        if v == "type":
+            msg = f"{_label(path)} must be {_type_words(err.validator_value)}"
+        elif v == "enum":
+            msg = (f"{_label(path)} must be one of " + ", ".join(str(x) for x in err.validator_value)
+                   + f" (got {err.instance!r})")
+            in_ctx += _suggest(str(err.instance), map(str, err.validator_value))
+        elif v == "const":
+            msg = f"{_label(path)} must be {err.validator_value!r} (got {err.instance!r})"
+        elif v in ("minimum", "exclusiveMinimum"):
+            msg = f"{_label(path)} must be at least {err.validator_value} (got {err.instance!r})"
+        elif v in ("maximum", "exclusiveMaximum"):
+            msg = f"{_label(path)} must be at most {err.validator_value} (got {err.instance!r})"
+        elif v == "minItems":
+            msg = f"{_label(path)} must not be empty" if err.validator_value == 1 else \
+                f"{_label(path)} needs at least {err.validator_value} items"
+        elif v == "minLength":
+            msg = f"{_label(path)} must not be empty"
+        elif v == "pattern":
+            msg = f"{_label(path)} has an unexpected form: {err.instance!r}"
+        elif v in ("oneOf", "anyOf"):
+            best = jsonschema.exceptions.best_match(err.context) if err.context else None
+            msg = f"{_label(path)} is not valid" + (f": {best.message}" if best else "")
+        else:
+            msg = f"{_label(path)}: {err.message}"
+        out.append(doc.error(msg + in_ctx, path))
+    return out
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema)
+
+
+# -- playbooks ----------------------------------------------------------------
+
+def _play_name(data: Any, i: int) -> str:
+    if isinstance(data, list) and i < len(data) and isinstance(data[i], dict) and isinstance(data[i].get("name"), str):
+        return data[i]["name"]
+    return f"play {i + 1}"
+
+
+def _playbook_context(data: Any) -> Callable[[Path_], str]:
+    def context(path: Path_) -> str:
+        if len(path) >= 3 and path[1] == "steps" and isinstance(path[2], int):
+            try:
+                name = data[path[0]]["steps"][path[2]].get("name")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                name = None
+            return f"step '{name}'" if isinstance(name, str) else f"step {path[2] + 1} of {_play_name(data, path[0])!r}"
+        if len(path) >= 1 and isinstance(path[0], int):
+            return f"play '{_play_name(data, path[0])}'"
+        return ""
+    return context
+
+
+def _pattern(value: Any) -> str:
+    if value is None:
+        return "all"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _serial(value: Any, step_kinds: set[str]) -> Serial | None:
+    if value is None:
+        return None
+    auto_over = "users" if "user" in step_kinds or not step_kinds else "hosts"
+
+    def size_of(v: Any) -> dict[str, Any]:
+        if isinstance(v, str) and v.endswith("%"):
+            return {"percent": float(v[:-1])}
+        return {"size": int(v)}
+
+    if isinstance(value, dict):
+        over = value.get("over") or ("users" if value.get("attribute") else auto_over)
+        extra = size_of(value["size"]) if "size" in value else {}
+        return Serial(over=over, attribute=value.get("attribute"),
+                      order=tuple(str(o) for o in value.get("order") or ()), **extra)
+    return Serial(over=auto_over, **size_of(value))
+
+
+def fingerprint(module: str, args: Any, when: Any, play_vars: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a step's definition (editing it changes this)."""
+    canon = json.dumps({"module": module, "args": args, "when": when, "vars": play_vars},
+                       sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def _template_errors(doc: Document, value: Any, path: Path_, ctx: str) -> list[InputError]:
+    errors: list[InputError] = []
+    if isinstance(value, str) and is_template(value):
+        problem = check_syntax(value)
+        if problem:
+            errors.append(doc.error(f"template syntax error in {ctx}: {problem}", path))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            errors += _template_errors(doc, v, path + (k,), ctx)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            errors += _template_errors(doc, v, path + (i,), ctx)
+    return errors
+
+
+def load_playbook(path: str | os.PathLike[str]) -> Playbook:
+    """Parse and validate a playbook file; raise InputError/InputErrors (exit 4) with every problem."""
+    from runner.steps.registry import all_steps
+
+    doc = read_yaml(path)
+    data = doc.data
+    if data is None:
+        raise InputError("the playbook is empty; expected a list of plays", doc.file)
+    context = _playbook_context(data)
+    modules = all_steps()
+
+    def skip(p: Path_, err: Any) -> bool:
+        # Keys of a step that are not keywords are module keys: checked below, with better words.
+        return len(p) == 4 and p[1] == "steps" and p[3] not in STEP_KEYWORDS
+
+    errors = schema_errors(doc, data, _validator(load_schema("playbook")), context, skip=skip)
+    if not isinstance(data, list):
+        raise InputErrors(errors or [doc.error("the playbook must be a list of plays")])
+
+    plays: list[Play] = []
+    step_names: dict[str, Path_] = {}
+    for pi, pdata in enumerate(data):
+        if not isinstance(pdata, dict):
+            continue
+        play_vars = dict(pdata.get("vars") or {}) if isinstance(pdata.get("vars"), dict) else {}
+        steps: list[Step] = []
+        kinds: set[str] = set()
+        for si, sdata in enumerate(pdata.get("steps") or [] if isinstance(pdata.get("steps"), list) else []):
+            spath: Path_ = (pi, "steps", si)
+            if not isinstance(sdata, dict):
+                continue
+            name = sdata.get("name")
+            label = f"step '{name}'" if isinstance(name, str) else context(spath)
+            if isinstance(name, str):
+                if name in step_names:
+                    errors.append(doc.error(f"duplicate step name '{name}' (first used at "
+                                            f"{doc.where(step_names[name] + ('name',))}); step names must be unique",
+                                            spath + ("name",)))
+                else:
+                    step_names[name] = spath
+            module_keys = [k for k in sdata if k not in STEP_KEYWORDS]
+            found = [k for k in module_keys if k in modules]
+            for k in module_keys:
+                if k in modules:
+                    continue
+                close_kw = difflib.get_close_matches(str(k), STEP_KEYWORDS, n=1, cutoff=0.75)
+                if close_kw or found:
+                    errors.append(doc.error(f"unknown key '{k}' in {label}" + _suggest(str(k), STEP_KEYWORDS + tuple(modules)),
+                                            spath + (k,), at_key=True))
+                else:
+                    known = ", ".join(sorted(modules)) or "(none)"
+                    errors.append(doc.error(f"unknown step module '{k}' in {label}" + _suggest(str(k), modules)
+                                            + f"; known modules: {known}", spath + (k,), at_key=True))
+            if not module_keys:
+                known = ", ".join(sorted(modules)) or "(none)"
+                errors.append(doc.error(f"{label} names no step module; known modules: {known}", spath))
+            if len(found) > 1:
+                errors.append(doc.error(f"{label} names more than one step module: {', '.join(found)}",
+                                        spath + (found[1],), at_key=True))
+            if len(found) != 1:
+                continue
+            module = found[0]
+            cls = modules[module]
+            kinds.add(cls.target)
+            args = sdata.get(module)
+            args = {} if args is None else args
+            if isinstance(args, dict):
+                args_ctx = f"the arguments of {label} ({module})"
+                errors += schema_errors(
+                    doc, args, _validator(cls.args_schema), lambda p, c=args_ctx: c, base=spath + (module,),
+                    skip=lambda p, err: is_template(err.instance))
+                errors += _template_errors(doc, args, spath + (module,), label)
+            when = sdata.get("when")
+            if isinstance(when, str):
+                problem = check_syntax(when if is_template(when) else "{{ " + when + " }}")
+                if problem:
+                    errors.append(doc.error(f"template syntax error in 'when' of {label}: {problem}",
+                                            spath + ("when",)))
+            if isinstance(when, bool):
+                when = "true" if when else "false"
+            tags = sdata.get("tags") or ()
+            tags = (tags,) if isinstance(tags, str) else tuple(str(t) for t in tags) if isinstance(tags, list) else ()
+            key_node, _ = doc.nodes(spath + ("name",))
+            if not isinstance(name, str):
+                continue
+            try:
+                steps.append(Step(
+                    name=name, module=module, args=args if isinstance(args, dict) else {},
+                    when=when if isinstance(when, str) else None, tags=tags,
+                    retries=sdata.get("retries"), delay=sdata.get("delay"), throttle=sdata.get("throttle"),
+                    ignore_errors=bool(sdata.get("ignore_errors", False)),
+                    fingerprint=fingerprint(module, args, when, play_vars),
+                    line=key_node.start_mark.line + 1 if key_node is not None else None))
+            except (TypeError, ValueError):
+                continue  # already reported by the schema
+        try:
+            serial = _serial(pdata.get("serial"), kinds)
+        except (TypeError, ValueError, KeyError):
+            serial = None  # reported by the schema
+        _, pnode = doc.nodes((pi,))
+        plays.append(Play(
+            name=_play_name(data, pi), hosts=_pattern(pdata.get("hosts")), users=_pattern(pdata.get("users")),
+            vars=play_vars, serial=serial, max_fail_percentage=pdata.get("max_fail_percentage"),
+            steps=tuple(steps), line=pnode.start_mark.line + 1 if pnode is not None else None))
+    if errors:
+        raise InputErrors(_sorted(errors))
+    return Playbook(path=doc.file, plays=tuple(plays))
+
+
+def _sorted(errors: list[InputError]) -> list[InputError]:
+    unique: dict[str, InputError] = {}
+    for e in errors:
+        unique.setdefault(str(e), e)
+    return sorted(unique.values(), key=lambda e: (e.file or "", e.line or 0, e.col or 0))
+
+
+# -- inventories --------------------------------------------------------------
+
+def _inventory_context(path: Path_) -> str:
+    label = ""
+    i = 0
+    while i < len(path):
+        part = path[i]
+        if i == 0 and part == "all":
+            label = "group 'all'"
+        elif i == 0 and part == "users" and len(path) > 1:
+            return f"user '{path[1]}'"
+        elif part == "children" and i + 1 < len(path):
+            label = f"group '{path[i + 1]}'"
+            i += 1
+        elif part == "hosts" and i + 1 < len(path):
+            label = f"host '{path[i + 1]}'"
+            i += 1
+        elif part == "lab" and i == 0:
+            label = "the lab plugin settings"
+        i += 1
+    return label
+
+
+def _resolve_lab_dir(vars_: dict[str, Any], base: Path) -> dict[str, Any]:
+    lab_dir = vars_.get("lab_dir")
+    if isinstance(lab_dir, str) and lab_dir and not os.path.isabs(lab_dir):
+        vars_ = dict(vars_)
+        vars_["lab_dir"] = str((base / lab_dir).resolve())
+    return vars_
+
+
+class _InventoryBuilder:
+    """Walks the validated inventory data into groups, hosts and users."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.base = Path(doc.file).resolve().parent
+        self.errors: list[InputError] = []
+        self.group_defs: dict[str, tuple[dict[str, Any], Path_]] = {}
+        self.group_refs: list[tuple[str, str, Path_]] = []      # (child, parent, path)
+        self.children: dict[str, list[str]] = {}
+        self.own_hosts: dict[str, list[str]] = {}
+        self.host_defs: dict[str, tuple[dict[str, Any], Path_]] = {}
+        self.host_order: list[str] = []
+
+    def visit_group(self, name: str, gdef: dict[str, Any], path: Path_) -> None:
+        if name in self.group_defs:
+            self.errors.append(self.doc.error(
+                f"group '{name}' is defined twice (first at {self.doc.where(self.group_defs[name][1])}); "
+                "refer to it elsewhere with an empty value (`{name}:`)".replace("{name}", name), path, at_key=True))
+            return
+        self.group_defs[name] = (gdef, path)
+        self.children.setdefault(name, [])
+        self.own_hosts.setdefault(name, [])
+        for hname, hdef in (gdef.get("hosts") or {}).items():
+            hname = str(hname)
+            hpath = path + ("hosts", hname)
+            self.own_hosts[name].append(hname)
+            if hname not in self.host_order:
+                self.host_order.append(hname)
+            if hdef:  # a non-empty entry defines the host's settings
+                if hname in self.host_defs:
+                    self.errors.append(self.doc.error(
+                        f"host '{hname}' is defined twice (first at {self.doc.where(self.host_defs[hname][1])}); "
+                        "host names must be unique", hpath, at_key=True))
+                else:
+                    self.host_defs[hname] = (hdef, hpath)
+        for cname, cdef in (gdef.get("children") or {}).items():
+            cname = str(cname)
+            cpath = path + ("children", cname)
+            self.children[name].append(cname)
+            if cdef is None:
+                self.group_refs.append((cname, name, cpath))
+            else:
+                self.visit_group(cname, cdef, cpath)
+
+    def check_groups(self) -> None:
+        for child, parent, path in self.group_refs:
+            if child not in self.group_defs:
+                self.errors.append(self.doc.error(
+                    f"group '{child}' (child of '{parent}') is not defined anywhere"
+                    + _suggest(child, self.group_defs) + "; define it with a mapping (even {})", path, at_key=True))
+        # cycles (only possible through references)
+        state: dict[str, int] = {}
+
+        def dfs(g: str, trail: list[str]) -> None:
+            state[g] = 1
+            for c in self.children.get(g, []):
+                if state.get(c) == 1:
+                    cycle = trail[trail.index(c):] + [c] if c in trail else [g, c]
+                    self.errors.append(self.doc.error("group cycle: " + " -> ".join(cycle),
+                                                      self.group_defs[g][1], at_key=True))
+                elif c in self.group_defs and state.get(c) is None:
+                    dfs(c, trail + [c])
+            state[g] = 2
+
+        for g in list(self.group_defs):
+            if state.get(g) is None:
+                dfs(g, [g])
+
+    def depths(self) -> dict[str, int]:
+        depth = {"all": 0}
+        for _ in range(len(self.group_defs) + 1):
+            changed = False
+            for g, kids in self.children.items():
+                if g not in depth:
+                    continue
+                for c in kids:
+                    if depth.get(c, -1) < depth[g] + 1:
+                        depth[c] = depth[g] + 1
+                        changed = True
+            if not changed:
+                break
+        return depth
+
+    def ancestors(self) -> dict[str, set[str]]:
+        parents: dict[str, set[str]] = {}
+        for g, kids in self.children.items():
+            for c in kids:
+                parents.setdefault(c, set()).add(g)
+        result: dict[str, set[str]] = {}
+        for g in self.group_defs:
+            seen: set[str] = set()
+            stack = [g]
+            while stack:
+                x = stack.pop()
+                if x in seen:
+                    continue
+                seen.add(x)
+                stack.extend(parents.get(x, ()))
+            result[g] = seen
+        return result
+
+
+def load_inventory(path: str | os.PathLike[str]) -> Inventory:
+    """Parse and validate an inventory (or run the lab plugin); raise InputError/InputErrors (exit 4)."""
+    doc = read_yaml(path)
+    data = doc.data
+    if data is None:
+        raise InputError("the inventory is empty; expected 'all:' and 'users:'", doc.file)
+    if isinstance(data, dict) and "plugin" in data:
+        return _load_lab_plugin(doc)
+    schema = dict(load_schema("inventory"))
+    schema.pop("oneOf", None)
+    schema["$ref"] = "#/$defs/static"
+    errors = schema_errors(doc, data, _validator(schema), _inventory_context)
+    if not isinstance(data, dict) or not isinstance(data.get("all", {}), (dict, type(None))):
+        raise InputErrors(errors or [doc.error("the inventory must be a mapping with 'all' and 'users'")])
+    if errors:
+        # The structure is wrong; building the model would only add confusing follow-up errors.
+        raise InputErrors(_sorted(errors))
+
+    b = _InventoryBuilder(doc)
+    b.visit_group("all", data.get("all") or {}, ("all",))
+    b.check_groups()
+    users_data = data.get("users") or {}
+    host_names = set(b.host_order)
+
+    depth = b.depths()
+    ancestors = b.ancestors()
+    order = {g: i for i, g in enumerate(b.group_defs)}
+    group_vars = {g: _resolve_lab_dir(dict(d.get("vars") or {}), b.base) for g, (d, _) in b.group_defs.items()}
+    all_vars = group_vars.get("all", {})
+
+    groups: dict[str, Group] = {}
+    for g, (gdef, _) in b.group_defs.items():
+        groups[g] = Group(name=g, hosts=tuple(dict.fromkeys(b.own_hosts[g])),
+                          children=tuple(dict.fromkeys(b.children[g])), vars=group_vars[g])
+
+    hosts: dict[str, Host] = {}
+    for h in b.host_order:
+        direct = [g for g, hs in b.own_hosts.items() if h in hs]
+        member = set().union(*(ancestors.get(g, {g}) for g in direct)) | {"all"}
+        ordered = sorted(member, key=lambda g: (depth.get(g, 0), order.get(g, 0)))
+        merged: dict[str, Any] = {}
+        for g in ordered:
+            merged.update(group_vars.get(g, {}))
+        hdef = b.host_defs.get(h, ({}, ()))[0] or {}
+        merged.update(_resolve_lab_dir(dict(hdef.get("vars") or {}), b.base))
+        connection = hdef.get("connection") or ("lab" if merged.get("lab_dir") else "ssh")
+        hosts[h] = Host(name=h, connection=connection, address=hdef.get("address"), port=hdef.get("port"),
+                        user=hdef.get("user"), groups=tuple(ordered), vars=merged)
+
+    users: dict[str, User] = {}
+    addresses: dict[str, str] = {}
+    for alias, udef in users_data.items():
+        alias = str(alias)
+        upath: Path_ = ("users", alias)
+        clients = tuple(str(c) for c in udef.get("clients") or ())
+        for ci, c in enumerate(clients):
+            if c not in host_names:
+                b.errors.append(doc.error(f"user '{alias}': client '{c}' is not a host in this inventory"
+                                          + _suggest(c, host_names), upath + ("clients", ci)))
+        home = udef.get("home_server")
+        if home is not None and home not in host_names:
+            b.errors.append(doc.error(f"user '{alias}': home_server '{home}' is not a host in this inventory"
+                                      + _suggest(home, host_names), upath + ("home_server",)))
+        addr = str(udef.get("im_address", "")).lower()
+        if addr in addresses:
+            b.errors.append(doc.error(f"user '{alias}' has the same im_address as user '{addresses[addr]}'; "
+                                      "users must be unique", upath + ("im_address",)))
+        else:
+            addresses[addr] = alias
+        wave = udef.get("wave")
+        users[alias] = User(alias=alias, im_address=udef["im_address"], clients=clients,
+                            display_name=udef.get("display_name"), sid=udef.get("sid"),
+                            ad_guid=udef.get("ad_guid"), sip_uri=udef.get("sip_uri"), home_server=home,
+                            wave=None if wave is None else str(wave), vars=dict(udef.get("vars") or {}))
+    if b.errors:
+        raise InputErrors(_sorted(b.errors))
+    return Inventory(path=doc.file, hosts=hosts, groups=groups, users=users, vars=all_vars)
+
+
+def _load_lab_plugin(doc: Document) -> Inventory:
+    """``plugin: lab``: ensure the lab exists (H4's generator) and load the inventory it wrote."""
+    schema = dict(load_schema("inventory"))
+    schema.pop("oneOf", None)
+    schema["$ref"] = "#/$defs/lab_plugin"
+    errors = schema_errors(doc, doc.data, _validator(schema), _inventory_context)
+    if errors:
+        raise InputErrors(_sorted(errors))
+    settings = {**LAB_DEFAULTS, **(doc.data.get("lab") or {})}
+    try:
+        from runner.lab.generator import ensure_lab
+    except ImportError as exc:
+        raise InputError(f"the lab inventory plugin is not available ({exc})", doc.file) from None
+    try:
+        generated = ensure_lab(Path(settings["dir"]), clients=settings["clients"],
+                               users_per_client=settings["users_per_client"],
+                               contacts=settings["contacts"], seed=settings["seed"])
+    except RunnerError:
+        raise
+    except OSError as exc:
+        raise doc.error(f"cannot create the lab in {settings['dir']}: {exc}", ("lab",)) from None
+    inv_doc = read_yaml(generated)
+    if isinstance(inv_doc.data, dict) and "plugin" in inv_doc.data:
+        raise InputError("the lab generator returned another plugin inventory", str(generated))
+    return load_inventory(generated)

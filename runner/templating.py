@@ -1,0 +1,167 @@
+"""Templating of step arguments and ``when`` conditions (jinja2, sandboxed, strict).
+
+- ``render(value, variables)`` renders every string inside dicts/lists; a string
+  that is exactly one ``{{ expr }}`` yields the expression's native value (a
+  list stays a list, 3 stays an int), anything else yields a string.
+- ``evaluate_when(expr, variables)`` accepts ``"{{ x > 1 }}"``, a bare
+  expression ``"x > 1"`` (Ansible style) or a YAML boolean.
+- An undefined variable, a sandbox violation or a runtime error while
+  rendering raises ``TemplateError``, a PermanentFault: the engine fails that
+  task at once (retrying cannot define a variable) with a message naming
+  the variable. ``check_syntax`` lets the loader report syntax errors early.
+
+Compiled templates are cached by source text: the engine renders the same few
+strings for thousands of tasks.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any, Callable, Mapping
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+from runner.errors import PermanentFault
+
+_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                            keep_trailing_newline=True)
+_PURE = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.S)
+_MARKERS = ("{{", "{%", "{#")
+_UNDEFINED = re.compile(r"'([^']+)' is undefined")
+_NO_ATTR = re.compile(r"has no attribute '([^']+)'")
+
+
+class TemplateError(PermanentFault):
+    """A template could not be rendered (undefined variable, sandbox violation,
+    syntax error). Permanent: the engine fails the task without retrying."""
+
+    def __init__(self, message: str, *, template: str | None = None) -> None:
+        self.template = template
+        super().__init__(message)
+
+
+def is_template(value: Any) -> bool:
+    """True when ``value`` is a string with jinja markup in it."""
+    return isinstance(value, str) and any(m in value for m in _MARKERS)
+
+
+def _pure_expression(source: str) -> str | None:
+    m = _PURE.match(source)
+    if not m:
+        return None
+    expr = m.group("expr")
+    if "{{" in expr or "}}" in expr:
+        return None
+    return expr
+
+
+@lru_cache(maxsize=4096)
+def _compiled_expression(expr: str) -> Callable[..., Any]:
+    return _ENV.compile_expression(expr, undefined_to_none=False)
+
+
+@lru_cache(maxsize=4096)
+def _compiled_template(source: str) -> jinja2.Template:
+    return _ENV.from_string(source)
+
+
+def _explain(exc: Exception, source: str) -> TemplateError:
+    text = str(exc)
+    if isinstance(exc, jinja2.UndefinedError):
+        m = _UNDEFINED.search(text)
+        if m:
+            return TemplateError(f"undefined variable '{m.group(1)}' in {source!r}", template=source)
+        m = _NO_ATTR.search(text)
+        if m:
+            return TemplateError(f"undefined attribute '{m.group(1)}' in {source!r} ({text})",
+                                 template=source)
+        return TemplateError(f"undefined value in {source!r}: {text}", template=source)
+    if isinstance(exc, SecurityError):
+        return TemplateError(f"unsafe operation in {source!r}: {text}", template=source)
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return TemplateError(f"template syntax error in {source!r}: {exc.message}", template=source)
+    return TemplateError(f"cannot render {source!r}: {type(exc).__name__}: {text}", template=source)
+
+
+def _defined(value: Any) -> Any:
+    """Raise the UndefinedError a StrictUndefined result carries (expressions return it unraised)."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return value
+
+
+def check_syntax(source: str) -> str | None:
+    """The syntax error message of ``source`` (a template string), or None if it compiles."""
+    try:
+        expr = _pure_expression(source)
+        if expr is not None:
+            _compiled_expression(expr)
+        else:
+            _compiled_template(source)
+    except jinja2.TemplateSyntaxError as exc:
+        return exc.message or str(exc)
+    return None
+
+
+def render_string(source: str, variables: Mapping[str, Any]) -> Any:
+    """Render one string; a pure ``{{ expr }}`` returns the native value."""
+    if not any(m in source for m in _MARKERS):
+        return source
+    try:
+        expr = _pure_expression(source)
+        if expr is not None:
+            return _defined(_compiled_expression(expr)(**variables))
+        return _compiled_template(source).render(variables)
+    except TemplateError:
+        raise
+    except Exception as exc:  # jinja raises many types; all become one clear fault
+        raise _explain(exc, source) from None
+
+
+def render(value: Any, variables: Mapping[str, Any]) -> Any:
+    """Render every string in ``value`` (recursively through dicts, lists, tuples)."""
+    if isinstance(value, str):
+        return render_string(value, variables)
+    if isinstance(value, Mapping):
+        return {render(k, variables) if isinstance(k, str) else k: render(v, variables)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, variables) for v in value]
+    if isinstance(value, tuple):
+        return tuple(render(v, variables) for v in value)
+    return value
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0", ""}
+
+
+def evaluate_when(expr: str | bool | None, variables: Mapping[str, Any]) -> bool:
+    """Evaluate a ``when`` condition to a bool.
+
+    None means "no condition" (True). A string result "true"/"false" (as a
+    mixed template like ``"{{ a }}"`` may produce) is read as that boolean;
+    any other string is an error rather than a silent truthy value.
+    """
+    if expr is None:
+        return True
+    if isinstance(expr, bool):
+        return expr
+    source = str(expr)
+    if is_template(source):
+        value = render_string(source, variables)
+    else:
+        try:
+            value = _defined(_compiled_expression(source)(**variables))
+        except Exception as exc:
+            raise _explain(exc, source) from None
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise TemplateError(f"'when' condition {source!r} gave {value!r}, not true or false",
+                            template=source)
+    return bool(value)
