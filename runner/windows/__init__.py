@@ -1,0 +1,1 @@
+"""Windows command builders and output parsers (cmd.exe, reg.exe, msiexec, sc)."""

@@ -1,0 +1,89 @@
+"""msiexec: the install command builder and the classification of its exit codes.
+
+Exit codes (doc: DOMAIN.md; Microsoft "MsiExec.exe and InstMsi.exe error
+messages", learn.microsoft.com/windows/win32/msi/error-codes):
+0 success; 3010 success, reboot required; 1641 success, the installer
+started a reboot; 1618 another installation is in progress (transient:
+retry later); 1603 fatal error during installation; 1619 the package could
+not be opened; anything else is a permanent failure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from runner.windows.cmdline import Command, Quoted
+
+DEFAULT_LOG = r"C:\Windows\Temp\runner-wm51.log"
+
+MESSAGES: dict[int, str] = {
+    0: "The action completed successfully.",
+    1602: "User cancelled installation.",
+    1603: "Fatal error during installation.",
+    1605: "This action is only valid for products that are currently installed.",
+    1618: "Another installation is already in progress.",
+    1619: "This installation package could not be opened.",
+    1620: "This installation package could not be opened (invalid package).",
+    1624: "Error applying transforms.",
+    1625: "This installation is forbidden by system policy.",
+    1633: "This installation package is not supported on this processor type.",
+    1638: "Another version of this product is already installed.",
+    1639: "Invalid command line argument.",
+    1641: "The installer has initiated a restart.",
+    3010: "A restart is required to complete the install.",
+}
+
+
+class MsiOutcome(Enum):
+    """What an msiexec exit code means for the step."""
+
+    OK = "ok"
+    REBOOT_REQUIRED = "reboot_required"
+    REBOOT_STARTED = "reboot_started"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class MsiResult:
+    """An exit code with its meaning and the installer's message for it."""
+
+    rc: int
+    outcome: MsiOutcome
+    message: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome in (MsiOutcome.OK, MsiOutcome.REBOOT_REQUIRED, MsiOutcome.REBOOT_STARTED)
+
+    @property
+    def reboot_required(self) -> bool:
+        return self.outcome in (MsiOutcome.REBOOT_REQUIRED, MsiOutcome.REBOOT_STARTED)
+
+
+def classify(rc: int) -> MsiResult:
+    """Classify an msiexec exit code."""
+    if rc == 0:
+        outcome = MsiOutcome.OK
+    elif rc == 3010:
+        outcome = MsiOutcome.REBOOT_REQUIRED
+    elif rc == 1641:
+        outcome = MsiOutcome.REBOOT_STARTED
+    elif rc == 1618:
+        outcome = MsiOutcome.TRANSIENT
+    else:
+        outcome = MsiOutcome.PERMANENT
+    return MsiResult(rc, outcome, MESSAGES.get(rc, f"msiexec failed with exit code {rc}."))
+
+
+def install(package: str, *, log: str | None = DEFAULT_LOG, quiet: bool = True,
+            norestart: bool = True) -> Command:
+    """``msiexec /i PACKAGE [/qn] [/norestart] [/l*v LOG]``."""
+    bits: list = ["msiexec", "/i", Quoted(package)]
+    if quiet:
+        bits.append("/qn")
+    if norestart:
+        bits.append("/norestart")
+    if log:
+        bits += ["/l*v", Quoted(log)]
+    return Command(*bits)
