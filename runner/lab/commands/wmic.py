@@ -1,0 +1,400 @@
+r"""``wmic`` of the lab: WMI command line over the LCS store and client files.
+
+Syntax accepted (``wmic /?`` on Windows XP/2003)::
+
+    wmic [/namespace:\\root\cimv2] [/node:NAME] [/nointeractive|/interactive:off] [/failfast:on]
+         (path CLASS | datafile | ALIAS) [where "COND" | where (COND) | where COND]
+         ( get [PROP[,PROP...]] [/value | /all | /format:list | /format:csv | /format:table]
+         | create PROP=VALUE[,PROP=VALUE...]
+         | set PROP=VALUE[,PROP=VALUE...]
+         | delete )
+
+Output (what real wmic prints; the MS docs on wmic describe the verbs and
+formats but not byte layouts, so the exact layout follows observed wmic
+output and is marked (conv) where it is our choice):
+
+- table (default): a header of the property names, *sorted
+  alphabetically* as wmic does, each column padded to its widest cell plus
+  two spaces, one row per instance, then a blank line.
+- ``/format:list`` and ``/value``: per instance two blank lines then
+  ``Name=Value`` lines (properties sorted), and two blank lines at the end.
+- ``/format:csv``: a blank line, ``Node,Prop1,Prop2`` then ``NODE,v1,v2``
+  per instance. Like real wmic, values are NOT escaped: a value containing
+  a comma breaks the CSV -- use ``/format:list`` to read arbitrary data.
+- Booleans print ``TRUE``/``FALSE``, arrays ``{1,2}`` / ``{"a","b"}``,
+  NULL as empty.
+- Nothing matched: ``No Instance(s) Available.`` on stderr, exit code 0.
+- ``create``: ``Instance creation successful.``
+- ``set``: per instance ``Updating property(s) of '<path>'`` then
+  ``Property(s) update successful.``
+- ``delete``: per instance ``Deleting instance <path>`` then
+  ``Instance deletion successful.``
+- Errors: ``ERROR:`` / ``Code = 0x8004....`` / ``Description = ...`` /
+  ``Facility = WMI`` on stderr; exit code = the HRESULT as cmd.exe's
+  %ERRORLEVEL% shows it (a negative 32-bit number, e.g. -2147217339 for
+  0x80041045 WBEM_E_SERVER_TOO_BUSY); callers should read the ``Code``
+  line, which survives transports that truncate exit codes.
+- Unknown alias: ``ALIAS - Alias not found.`` exit 44210 (conv).
+
+Values in ``create``/``set`` are ``"double quoted"`` (``\"`` and ``\\`` escape
+inside, conv), ``'single quoted'``, bare words/numbers, ``TRUE``/``FALSE``;
+arrays as ``{1,2}`` or ``(1,2)`` (conv). WQL strings in where clauses follow
+runner.lab.wql.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from runner.connections.base import CommandResult
+from runner.lab.lcs import (
+    CLASSES, WBEM_E_INVALID_CLASS, WBEM_E_INVALID_NAMESPACE, WBEM_E_INVALID_QUERY, Instance, WmiError,
+)
+from runner.lab.wql import Where, parse_where
+
+CRLF = "\r\n"
+ALIAS_NOT_FOUND_RC = 44210
+GLOBAL_SWITCH_RC = 44135
+
+
+class Provider(Protocol):
+    """Where instances of a class come from (the LCS store, the client file system)."""
+
+    def instances(self, cls: str, hints: dict[str, Any]) -> list[Instance]: ...
+    def create(self, cls: str, props: dict[str, Any]) -> Instance: ...
+    def update(self, inst: Instance, changes: dict[str, Any]) -> Instance: ...
+    def delete(self, inst: Instance) -> None: ...
+
+
+@dataclass
+class WmicHost:
+    """What wmic needs of the host it runs on.
+
+    ``provider(cls)`` returns the provider of a class or raises
+    WmiError(WBEM_E_INVALID_CLASS); ``mutated(command)`` records a mutating
+    command in the host's journal; ``properties(cls)`` lists a class's
+    properties in declaration order.
+    """
+
+    node: str
+    provider: Callable[[str], Provider]
+    properties: Callable[[str], tuple[str, ...]]
+    mutated: Callable[[str], None] = lambda _cmd: None
+    canonical: Callable[[str], str] = lambda c: c
+
+
+@dataclass
+class WmicCommand:
+    """A parsed wmic command line."""
+
+    namespace: str = r"root\cimv2"
+    cls: str = ""
+    where: Where | None = None
+    verb: str = ""
+    props: list[str] = field(default_factory=list)
+    assignments: dict[str, Any] = field(default_factory=dict)
+    fmt: str = "table"
+
+
+class UsageError(Exception):
+    """A wmic syntax error: the message and exit code wmic gives."""
+
+    def __init__(self, message: str, rc: int = GLOBAL_SWITCH_RC) -> None:
+        self.message = message
+        self.rc = rc
+        super().__init__(message)
+
+
+def split_args(raw: str) -> list[str]:
+    """Split wmic's argument text into tokens, keeping quotes and (...) groups intact."""
+    toks: list[str] = []
+    cur: list[str] = []
+    i, depth, quote = 0, 0, ""
+    while i < len(raw):
+        c = raw[i]
+        if quote:
+            cur.append(c)
+            if c == "\\" and quote == '"' and i + 1 < len(raw) and raw[i + 1] in '"\\':
+                cur.append(raw[i + 1])
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+            cur.append(c)
+        elif c == "(":
+            depth += 1
+            cur.append(c)
+        elif c == ")":
+            depth = max(0, depth - 1)
+            cur.append(c)
+        elif c.isspace() and depth == 0:
+            if cur:
+                toks.append("".join(cur))
+                cur = []
+        else:
+            cur.append(c)
+        i += 1
+    if cur:
+        toks.append("".join(cur))
+    return toks
+
+
+def _strip_outer(tok: str) -> str:
+    if len(tok) >= 2 and ((tok[0] == tok[-1] == '"') or (tok[0] == "(" and tok[-1] == ")")):
+        return tok[1:-1]
+    return tok
+
+
+def _split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside quotes and braces."""
+    parts, cur, quote, depth = [], [], "", 0
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            cur.append(c)
+            if c == "\\" and quote == '"' and i + 1 < len(text):
+                cur.append(text[i + 1])
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+            cur.append(c)
+        elif c in "({":
+            depth += 1
+            cur.append(c)
+        elif c in ")}":
+            depth -= 1
+            cur.append(c)
+        elif c == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_value(text: str) -> Any:
+    """A create/set value: quoted string, TRUE/FALSE, NULL, number, array or bare word."""
+    t = text.strip()
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "\"'":
+        body, out, i = t[1:-1], [], 0
+        while i < len(body):
+            if body[i] == "\\" and i + 1 < len(body) and body[i + 1] in "\"'\\":
+                out.append(body[i + 1])
+                i += 2
+            else:
+                out.append(body[i])
+                i += 1
+        return "".join(out)
+    if len(t) >= 2 and ((t[0], t[-1]) in (("{", "}"), ("(", ")"))):
+        return [parse_value(x) for x in _split_top(t[1:-1])]
+    up = t.upper()
+    if up in ("TRUE", "FALSE"):
+        return up == "TRUE"
+    if up == "NULL":
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        return t
+
+
+def parse_assignments(text: str) -> dict[str, Any]:
+    """``A="x",B=TRUE`` -> {"A": "x", "B": True}."""
+    out: dict[str, Any] = {}
+    for part in _split_top(text):
+        name, eq, val = part.partition("=")
+        if not eq or not name.strip():
+            raise UsageError("Invalid assignment(s).", 44134)
+        out[name.strip()] = parse_value(val)
+    return out
+
+
+ALIASES = {"datafile": "CIM_DataFile"}
+
+
+def parse_command(raw: str) -> WmicCommand:
+    """Parse wmic's argument text into a WmicCommand (UsageError on bad syntax)."""
+    toks = split_args(raw)
+    cmd = WmicCommand()
+    i = 0
+    while i < len(toks) and toks[i].startswith("/"):
+        sw, _, val = toks[i][1:].partition(":")
+        sw = sw.lower()
+        if sw == "namespace":
+            cmd.namespace = _strip_outer(val).lstrip("\\")
+        elif sw in ("node", "nointeractive", "interactive", "failfast", "locale", "trace", "output"):
+            pass
+        else:
+            raise UsageError(f"Invalid Global Switch.")
+        i += 1
+    if i >= len(toks):
+        raise UsageError("Invalid GET Expression.", 44135)
+    if toks[i].lower() == "path":
+        if i + 1 >= len(toks):
+            raise UsageError("Invalid PATH expression.", 44135)
+        cmd.cls = toks[i + 1]
+        i += 2
+    elif toks[i].lower() in ALIASES:
+        cmd.cls = ALIASES[toks[i].lower()]
+        i += 1
+    else:
+        raise UsageError(f"{toks[i]} - Alias not found.", ALIAS_NOT_FOUND_RC)
+    if i < len(toks) and toks[i].lower() == "where":
+        if i + 1 >= len(toks):
+            raise UsageError("Invalid query", 44135)
+        cmd.where = parse_where(_strip_outer(toks[i + 1]))
+        i += 2
+    if i >= len(toks):
+        raise UsageError("Invalid verb.", 44100)
+    verb = toks[i].lower()
+    rest = toks[i + 1:]
+    cmd.verb = verb
+    if verb in ("get", "list"):
+        names: list[str] = []
+        for t in rest:
+            low = t.lower()
+            if low in ("/value", "/format:list", "/format:\"list\"", "/all"):
+                cmd.fmt = "list" if low != "/all" else "table"
+            elif low.startswith("/format:"):
+                f = low.split(":", 1)[1].strip('"')
+                if f.endswith(".xsl"):
+                    f = f[:-4]
+                if f not in ("list", "csv", "table", "textvaluelist", "value"):
+                    raise UsageError("Invalid XSL format (or) file name.", 44135)
+                cmd.fmt = "list" if f in ("textvaluelist", "value") else f
+            elif t.startswith("/"):
+                raise UsageError(f"Invalid switch.", 44135)
+            else:
+                names.extend(x.strip() for x in t.split(",") if x.strip())
+        cmd.props = names
+    elif verb in ("create", "set"):
+        if not rest:
+            raise UsageError("Invalid assignment(s).", 44134)
+        cmd.assignments = parse_assignments(" ".join(rest))
+    elif verb == "delete":
+        if rest and not all(t.startswith("/") for t in rest):
+            raise UsageError("Invalid verb switch.", 44135)
+    else:
+        raise UsageError("Invalid verb.", 44100)
+    return cmd
+
+
+def format_value(v: Any) -> str:
+    """Render a property value the way wmic does."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, (list, tuple)):
+        return "{" + ",".join(f'"{x}"' if isinstance(x, str) else format_value(x) for x in v) + "}"
+    return str(v)
+
+
+def render(instances: list[Instance], props: list[str], fmt: str, node: str) -> str:
+    """Render instances in wmic's table, list or csv format."""
+    props = sorted(props, key=str.lower)
+    rows = [[format_value(i.props.get(p)) for p in props] for i in instances]
+    if fmt == "list":
+        out = []
+        for r in rows:
+            out.append(CRLF + CRLF)
+            out.extend(f"{p}={v}{CRLF}" for p, v in zip(props, r))
+        out.append(CRLF + CRLF)
+        return "".join(out)
+    if fmt == "csv":
+        lines = ["", ",".join(["Node"] + props)]
+        lines.extend(",".join([node] + r) for r in rows)
+        return CRLF.join(lines) + CRLF
+    widths = [max([len(p)] + [len(r[k]) for r in rows]) + 2 for k, p in enumerate(props)]
+    lines = ["".join(p.ljust(w) for p, w in zip(props, widths))]
+    lines.extend("".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
+    return CRLF.join(lines) + CRLF + CRLF
+
+
+def error_text(err: WmiError) -> str:
+    """The ``ERROR:`` block wmic prints for a failed WMI call."""
+    return f"ERROR:{CRLF}Code = 0x{err.code:08x}{CRLF}Description = {err.description}{CRLF}Facility = WMI{CRLF}"
+
+
+def hresult_rc(code: int) -> int:
+    """The HRESULT as cmd.exe's %ERRORLEVEL% prints it (signed 32-bit)."""
+    return code - (1 << 32) if code & 0x80000000 else code
+
+
+def run_wmic(raw: str, host: WmicHost) -> CommandResult:
+    """Execute one wmic command against ``host`` and return what wmic would print."""
+    try:
+        cmd = parse_command(raw)
+    except UsageError as e:
+        return CommandResult(e.rc, "", e.message + CRLF)
+    except WmiError as e:
+        return CommandResult(hresult_rc(e.code), "", error_text(e))
+    try:
+        if cmd.namespace.lower() not in ("root\\cimv2", "root/cimv2"):
+            raise WmiError(WBEM_E_INVALID_NAMESPACE)
+        cls = host.canonical(cmd.cls)
+        provider = host.provider(cls)
+        all_props = host.properties(cls)
+        if cmd.verb == "create":
+            if cmd.where is not None:
+                raise UsageError("Invalid verb.", 44100)
+            host.mutated("wmic " + raw)
+            provider.create(cls, _known(cmd.assignments, all_props))
+            return CommandResult(0, "Instance creation successful." + CRLF)
+        hints = cmd.where.hints if cmd.where else {}
+        found = provider.instances(cls, hints)
+        if cmd.where is not None:
+            found = [i for i in found if cmd.where.matches(i.props)]
+        if not found:
+            return CommandResult(0, "", "No Instance(s) Available." + CRLF)
+        if cmd.verb in ("get", "list"):
+            props = [_canon_prop(p, all_props) for p in cmd.props] or list(all_props)
+            return CommandResult(0, render(found, props, cmd.fmt, host.node))
+        out = []
+        host.mutated("wmic " + raw)
+        if cmd.verb == "set":
+            changes = _known(cmd.assignments, all_props)
+            for inst in found:
+                out.append(f"Updating property(s) of '{inst.path(host.node)}'{CRLF}")
+                provider.update(inst, changes)
+                out.append("Property(s) update successful." + CRLF)
+        else:
+            for inst in found:
+                out.append(f"Deleting instance {inst.path(host.node)}{CRLF}")
+                provider.delete(inst)
+                out.append("Instance deletion successful." + CRLF)
+        return CommandResult(0, "".join(out))
+    except UsageError as e:
+        return CommandResult(e.rc, "", e.message + CRLF)
+    except WmiError as e:
+        partial = "".join(locals().get("out") or [])
+        return CommandResult(hresult_rc(e.code), partial, error_text(e))
+
+
+def _canon_prop(name: str, all_props: tuple[str, ...]) -> str:
+    for p in all_props:
+        if p.lower() == name.lower():
+            return p
+    raise WmiError(WBEM_E_INVALID_QUERY)
+
+
+def _known(assign: dict[str, Any], all_props: tuple[str, ...]) -> dict[str, Any]:
+    return {_canon_prop(k, all_props): v for k, v in assign.items()}
+
+
+def class_properties(cls: str) -> tuple[str, ...]:
+    """Properties of an LCS class or CIM_DataFile, in declaration order."""
+    if cls == "CIM_DataFile":
+        return DATAFILE_PROPS
+    if cls not in CLASSES:
+        raise WmiError(WBEM_E_INVALID_CLASS)
+    return CLASSES[cls][1]
+
+
+DATAFILE_PROPS = ("Name", "Drive", "Path", "FileName", "Extension", "FileSize", "Version", "Manufacturer")
