@@ -27,6 +27,7 @@ passphrase ever reaches a message, an exception, a repr or an event.
 from __future__ import annotations
 
 import codecs
+import logging
 import os
 import select
 import socket
@@ -49,6 +50,8 @@ from runner.model import Host, Inventory
 DEFAULT_CODEPAGE = "cp437"   # the OEM code page of US-English Windows consoles
 DEFAULT_KEEPALIVE = 15.0
 _KNOWN_HOSTS_LOCK = threading.Lock()
+# paramiko logs handshake failures with tracebacks; we raise classified faults instead
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class _Secret:

@@ -1,0 +1,683 @@
+"""``runner lab serve``: the lab's hosts behind Debian's real OpenSSH sshd on loopback.
+
+How it works (the SSH protocol is entirely OpenSSH's; we only route sockets):
+
+- Every simulated host gets a loopback address (127.0.x.y, from lab.json;
+  assigned and written back when absent). One sshd listens on at most 16
+  sockets, so instead of one daemon per 16 addresses a small acceptor of
+  ours listens on ``address:port`` for every host and hands each accepted
+  socket to a fresh ``sshd -i`` (inetd mode) as its stdin/stdout. A served
+  lab of 1,000 hosts is 1,000 listening sockets in one process.
+- sshd runs with a generated host key (``DIR/ssh/ssh_host_ed25519_key``), a
+  generated client key pair (``DIR/ssh/id_ed25519``, in authorized_keys),
+  public-key authentication only, and ``ForceCommand`` running this module's
+  ``session`` entry point. The session reads the host from the local address
+  in ``SSH_CONNECTION`` and either runs ``SSH_ORIGINAL_COMMAND`` in the lab's
+  Windows shell (``python -m runner.lab.shell --dir DIR``, run in-process) or,
+  for the sftp subsystem, relays SFTP to ``/usr/lib/openssh/sftp-server``
+  while rewriting every path: ``/C:/x/y`` (how OpenSSH for Windows names
+  ``C:\\x\\y``) becomes ``DIR/hosts/<host>/fs/C/x/y``; nothing can escape
+  the host's ``fs`` directory.
+- A host whose lab fault ``down`` is 1.0 has its connections closed at once
+  (the client sees a dropped connection).
+- It writes ``DIR/ssh/inventory.yml`` (the lab's users and groups, hosts with
+  ``connection: ssh``) and ``DIR/ssh/known_hosts``, and stops on Ctrl-C/SIGTERM.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import resource
+import selectors
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from runner.errors import RunnerError
+
+SSHD = "/usr/sbin/sshd"
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+INSTALL_HINT = "install Debian's OpenSSH server: apt-get install openssh-server"
+
+
+class ServeError(RunnerError):
+    """The lab cannot be served (sshd missing, address in use, no lab)."""
+
+
+# --------------------------------------------------------------------------
+# lab.json: hosts and their loopback addresses
+# --------------------------------------------------------------------------
+def _host_entries(meta: dict) -> list[dict]:
+    hosts = meta.get("hosts", [])
+    if isinstance(hosts, dict):
+        return [dict(v or {}, name=k) if isinstance(v, dict) else {"name": k} for k, v in hosts.items()]
+    return [h if isinstance(h, dict) else {"name": str(h)} for h in hosts]
+
+
+def lab_addresses(lab_dir: Path) -> dict[str, str]:
+    """Host name -> loopback address from lab.json, assigning 127.0.1.1... to hosts without one.
+
+    Assigned addresses are written back into lab.json so the lab shell and
+    every later serve agree on them.
+    """
+    path = lab_dir / "lab.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ServeError(f"{lab_dir} is not a lab (no lab.json); create one with `runner lab init`") from None
+    entries = _host_entries(meta)
+    used = {e["address"] for e in entries if e.get("address")}
+    changed = False
+    counter = 0
+    for e in entries:
+        if e.get("address"):
+            continue
+        while True:
+            counter += 1
+            addr = f"127.0.{1 + (counter - 1) // 254}.{1 + (counter - 1) % 254}"
+            if addr not in used:
+                break
+        e["address"] = addr
+        used.add(addr)
+        changed = True
+    if changed:
+        raw = meta.get("hosts")
+        if isinstance(raw, dict):
+            for e in entries:
+                if isinstance(raw.get(e["name"]), dict):
+                    raw[e["name"]]["address"] = e["address"]
+                else:
+                    raw[e["name"]] = {"address": e["address"]}
+        else:
+            meta["hosts"] = entries
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+    out: dict[str, str] = {}
+    for e in entries:
+        if not e["address"].startswith("127."):
+            raise ServeError(f"lab.json: host {e['name']} has address {e['address']} outside 127.0.0.0/8")
+        out[e["name"]] = e["address"]
+    return out
+
+
+def _down_hosts(lab_dir: Path) -> set[str]:
+    try:
+        meta = json.loads((lab_dir / "lab.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    hosts = (meta.get("faults") or {}).get("hosts") or {}
+    return {h for h, f in hosts.items() if isinstance(f, dict) and float(f.get("down", 0) or 0) >= 1.0}
+
+
+# --------------------------------------------------------------------------
+# the server
+# --------------------------------------------------------------------------
+class LabServer:
+    """Serve a lab over OpenSSH: ``start()``, then ``stop()`` (or use as a context manager)."""
+
+    def __init__(self, lab_dir: Path, *, port: int = 2222, inventory_out: Path | None = None,
+                 session_command: str | None = None) -> None:
+        self.lab_dir = Path(lab_dir).resolve()
+        self.port = port
+        self.ssh_dir = self.lab_dir / "ssh"
+        self.inventory_out = Path(inventory_out).resolve() if inventory_out else self.ssh_dir / "inventory.yml"
+        self.session_command = session_command
+        self.addresses: dict[str, str] = {}
+        self.by_address: dict[str, str] = {}
+        self._listeners: list[socket.socket] = []
+        self._children: dict[int, tuple[subprocess.Popen, str]] = {}
+        self._children_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe()
+
+    # paths
+    @property
+    def host_key(self) -> Path:
+        return self.ssh_dir / "ssh_host_ed25519_key"
+
+    @property
+    def client_key(self) -> Path:
+        return self.ssh_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh_dir / "known_hosts"
+
+    @property
+    def config(self) -> Path:
+        return self.ssh_dir / "sshd_config"
+
+    @property
+    def log(self) -> Path:
+        return self.ssh_dir / "sshd.log"
+
+    def prepare(self) -> None:
+        """Generate keys, sshd_config, known_hosts and the SSH inventory (idempotent)."""
+        check_sshd()
+        self.addresses = lab_addresses(self.lab_dir)
+        self.by_address = {a: h for h, a in self.addresses.items()}
+        self.ssh_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.ssh_dir, 0o700)
+        for key in (self.host_key, self.client_key):
+            if not key.exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "runner-lab",
+                                "-f", str(key)], check=True, stdin=subprocess.DEVNULL)
+        shutil.copyfile(self.client_key.with_suffix(".pub"), self.ssh_dir / "authorized_keys")
+        host_pub = self.host_key.with_suffix(".pub").read_text().split()
+        with open(self.known_hosts, "w", encoding="ascii") as fh:
+            for addr in self.addresses.values():
+                name = addr if self.port == 22 else f"[{addr}]:{self.port}"
+                fh.write(f"{name} {host_pub[0]} {host_pub[1]}\n")
+        self.config.write_text(self._sshd_config(), encoding="utf-8")
+        if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
+            # sshd's privilege separation directory, normally created by the Debian service
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        write_ssh_inventory(self)
+
+    def _sshd_config(self) -> str:
+        py = shlex.quote(sys.executable)
+        session = self.session_command or f"{py} -m runner.lab.serve session --dir {shlex.quote(str(self.lab_dir))}"
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        user = _current_user()
+        lines = [
+            f"# generated by `runner lab serve` for {self.lab_dir}; run as sshd -i per connection",
+            f"HostKey {self.host_key}",
+            f"AuthorizedKeysFile {self.ssh_dir / 'authorized_keys'}",
+            f"AllowUsers {user}",
+            "StrictModes no",
+            "UsePAM no",
+            "PermitRootLogin prohibit-password",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "AuthenticationMethods publickey",
+            "PermitUserEnvironment no",
+            "PrintMotd no",
+            "PrintLastLog no",
+            "UseDNS no",
+            "X11Forwarding no",
+            "PermitTunnel no",
+            "AllowAgentForwarding no",
+            # a jump host may only open channels to the lab's own addresses (ProxyJump tests)
+            "AllowTcpForwarding local",
+            "PermitListen none",
+            "PermitOpen " + " ".join(f"{a}:{self.port}" for a in self.addresses.values()),
+            "LoginGraceTime 30",
+            "ClientAliveInterval 30",
+            "LogLevel VERBOSE",
+            f"SetEnv PYTHONPATH={pkg_root} RUNNER_LAB_DIR={self.lab_dir}",
+            f"Subsystem sftp {py} -m runner.lab.serve sftp",
+            f"ForceCommand {session}",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def start(self) -> None:
+        """Prepare, listen on every host address and start accepting (in a thread)."""
+        self.prepare()
+        _raise_fd_limit(len(self.addresses) * 2 + 256)
+        try:
+            for addr in self.addresses.values():
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((addr, self.port))
+                s.listen(128)
+                s.setblocking(False)
+                self._listeners.append(s)
+        except OSError as exc:
+            self._close_listeners()
+            raise ServeError(f"cannot listen on {addr}:{self.port}: {exc.strerror}") from None
+        self._thread = threading.Thread(target=self._accept_loop, name="lab-serve-acceptor", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        for s in self._listeners:
+            sel.register(s, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        while not self._stop.is_set():
+            for key, _ in sel.select(timeout=1.0):
+                if key.fileobj == self._wake_r:
+                    continue
+                try:
+                    conn, _peer = key.fileobj.accept()  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    if self._stop.is_set():
+                        break
+                    continue
+                self._hand_over(conn)
+            self._reap()
+        sel.close()
+
+    def _hand_over(self, conn: socket.socket) -> None:
+        """Give an accepted connection to a fresh ``sshd -i`` (or drop it for a down host)."""
+        try:
+            local = conn.getsockname()[0]
+            host = self.by_address.get(local, "?")
+            if host in _down_hosts(self.lab_dir):
+                conn.close()
+                return
+            conn.setblocking(True)
+            proc = subprocess.Popen(
+                [SSHD, "-i", "-f", str(self.config), "-E", str(self.log)],
+                stdin=conn.fileno(), stdout=conn.fileno(), stderr=subprocess.DEVNULL,
+                close_fds=True, start_new_session=True)
+            with self._children_lock:
+                self._children[proc.pid] = (proc, host)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _reap(self) -> None:
+        with self._children_lock:
+            for pid, (proc, _h) in list(self._children.items()):
+                if proc.poll() is not None:
+                    del self._children[pid]
+
+    def session_pids(self, host: str | None = None) -> list[int]:
+        """Process ids of the sshd sessions currently serving ``host`` (all when None)."""
+        self._reap()
+        with self._children_lock:
+            return [pid for pid, (_p, h) in self._children.items() if host is None or h == host]
+
+    def stop(self) -> None:
+        """Stop accepting and end every sshd session (their whole process groups)."""
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._close_listeners()
+        with self._children_lock:
+            children = list(self._children.values())
+            self._children.clear()
+        for proc, _h in children:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for proc, _h in children:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+
+    def _close_listeners(self) -> None:
+        for s in self._listeners:
+            s.close()
+        self._listeners.clear()
+
+    def __enter__(self) -> "LabServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def check_sshd() -> None:
+    """Refuse clearly when OpenSSH's sshd or ssh-keygen is not installed."""
+    if not os.access(SSHD, os.X_OK):
+        raise ServeError(f"{SSHD} not found: {INSTALL_HINT}")
+    if not os.access(SFTP_SERVER, os.X_OK):
+        raise ServeError(f"{SFTP_SERVER} not found: {INSTALL_HINT}")
+    if shutil.which("ssh-keygen") is None:
+        raise ServeError("ssh-keygen not found: install it with apt-get install openssh-client")
+
+
+def _current_user() -> str:
+    import pwd
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < needed:
+            raise ServeError(f"serving {needed // 2} hosts needs {needed} open files; the limit is {hard}")
+
+
+# --------------------------------------------------------------------------
+# the SSH inventory
+# --------------------------------------------------------------------------
+def _lab_inventory_file(lab_dir: Path) -> Path | None:
+    for name in ("inventory.yml", "inventory.yaml"):
+        if (lab_dir / name).is_file():
+            return lab_dir / name
+    found = sorted(p for p in lab_dir.glob("*.y*ml"))
+    return found[0] if found else None
+
+
+_ROLE_GROUPS = {"client": "clients", "exchange_im": "exchange_im_servers", "lcs": "lcs_servers"}
+
+
+def write_ssh_inventory(server: LabServer) -> Path:
+    """Write the lab's inventory with every host reached over SSH through ``server``."""
+    import yaml
+
+    src = _lab_inventory_file(server.lab_dir)
+    if src is not None:
+        doc = yaml.safe_load(src.read_text(encoding="utf-8")) or {}
+    else:
+        meta = json.loads((server.lab_dir / "lab.json").read_text(encoding="utf-8"))
+        children: dict[str, dict] = {}
+        for e in _host_entries(meta):
+            group = _ROLE_GROUPS.get(str(e.get("role")), "clients")
+            children.setdefault(group, {"hosts": {}})["hosts"][e["name"]] = {}
+        doc = {"all": {"children": children}}
+    all_ = doc.setdefault("all", {})
+    vars_ = dict(all_.get("vars") or {})
+    vars_.pop("lab_dir", None)
+    vars_.update({
+        "ssh_key_file": str(server.client_key),
+        "ssh_known_hosts": str(server.known_hosts),
+        "ssh_agent": False,
+        "ssh_connect_timeout": 10,
+    })
+    all_["vars"] = vars_
+    user = _current_user()
+
+    def rewrite(group: dict) -> None:
+        hosts = group.get("hosts") or {}
+        for name in list(hosts):
+            entry = dict(hosts[name] or {})
+            entry.update({"connection": "ssh", "address": server.addresses.get(name, entry.get("address")),
+                          "port": server.port, "user": user})
+            hosts[name] = entry
+        for child in (group.get("children") or {}).values():
+            if isinstance(child, dict):
+                rewrite(child)
+
+    rewrite(all_)
+    server.inventory_out.parent.mkdir(parents=True, exist_ok=True)
+    server.inventory_out.write_text(
+        "# SSH inventory of a served lab, written by `runner lab serve`\n"
+        + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return server.inventory_out
+
+
+# --------------------------------------------------------------------------
+# the ForceCommand side: one process per SSH session
+# --------------------------------------------------------------------------
+def session_host(lab_dir: Path) -> str:
+    """The lab host this SSH session is for: the local address in SSH_CONNECTION."""
+    conn = os.environ.get("SSH_CONNECTION", "").split()
+    if len(conn) < 4:
+        raise ServeError("SSH_CONNECTION is not set: the session must run under sshd")
+    local = conn[2]
+    for name, addr in lab_addresses(lab_dir).items():
+        if addr == local:
+            return name
+    raise ServeError(f"no lab host has address {local}")
+
+
+def session_main(lab_dir: Path) -> int:
+    """ForceCommand entry point: SFTP relay for the sftp subsystem, else the lab shell."""
+    original = os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    if re.search(r"-m runner\.lab\.serve sftp\s*$", original):
+        host = session_host(lab_dir)
+        fs_root = lab_dir / "hosts" / host / "fs"
+        (fs_root / "C").mkdir(parents=True, exist_ok=True)
+        return sftp_relay(str(fs_root))
+    import runpy
+    sys.argv = ["runner.lab.shell", "--dir", str(lab_dir)]
+    try:
+        runpy.run_module("runner.lab.shell", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+# --- SFTP path rewriting ------------------------------------------------------
+FXP_INIT, FXP_OPEN, FXP_LSTAT, FXP_SETSTAT, FXP_OPENDIR, FXP_REMOVE, FXP_MKDIR = 1, 3, 7, 9, 11, 13, 14
+FXP_RMDIR, FXP_REALPATH, FXP_STAT, FXP_RENAME, FXP_READLINK, FXP_SYMLINK = 15, 16, 17, 18, 19, 20
+FXP_STATUS, FXP_NAME, FXP_EXTENDED = 101, 104, 200
+_ONE_PATH = {FXP_OPEN, FXP_LSTAT, FXP_SETSTAT, FXP_OPENDIR, FXP_REMOVE, FXP_MKDIR, FXP_RMDIR,
+             FXP_REALPATH, FXP_STAT, FXP_READLINK}
+_TWO_PATHS = {FXP_RENAME, FXP_SYMLINK}
+_EXT_PATHS = {"posix-rename@openssh.com": 2, "hardlink@openssh.com": 2, "statvfs@openssh.com": 1,
+              "lsetstat@openssh.com": 1, "expand-path@openssh.com": 1}
+_EXT_PASS = {"fsync@openssh.com", "limits@openssh.com", "copy-data", "users-groups-by-id@openssh.com"}
+_DRIVE = re.compile(r"^/?([A-Za-z]):(/.*)?$")
+
+
+def map_sftp_path(path: str, fs_root: str) -> str:
+    """``/C:/x/y`` (or ``C:\\x\\y``) -> ``<fs_root>/C/x/y``; never outside ``fs_root``."""
+    p = path.replace("\\", "/")
+    m = _DRIVE.match(p)
+    if m:
+        drive, rest = m.group(1).upper(), m.group(2) or "/"
+    else:
+        drive, rest = "C", p           # relative or drive-less paths live on C:
+    rest = posixpath.normpath("/" + rest.lstrip("/"))
+    return fs_root + "/" + drive + ("" if rest == "/" else rest)
+
+
+def unmap_sftp_path(path: str, fs_root: str) -> str:
+    """The inverse of map_sftp_path for paths the server reports (REALPATH)."""
+    if path == fs_root or not path.startswith(fs_root + "/"):
+        return "/C:/"
+    tail = path[len(fs_root) + 1:]
+    drive, _, rest = tail.partition("/")
+    return f"/{drive}:/{rest}"
+
+
+class _Packet:
+    """Reads/writes SFTP v3 fields in a packet body."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.pos = 0
+
+    def u32(self) -> int:
+        (v,) = struct.unpack_from(">I", self.body, self.pos)
+        self.pos += 4
+        return v
+
+    def string(self) -> bytes:
+        n = self.u32()
+        v = self.body[self.pos:self.pos + n]
+        self.pos += n
+        return v
+
+
+def _s(b: bytes) -> bytes:
+    return struct.pack(">I", len(b)) + b
+
+
+def _read_packet(stream: BinaryIO) -> bytes | None:
+    head = _read_exact(stream, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    return _read_exact(stream, n)
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = stream.read(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def sftp_relay(fs_root: str, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
+    """Relay SFTP between the SSH channel and sftp-server, rewriting paths into ``fs_root``."""
+    cin = stdin or sys.stdin.buffer
+    cout = stdout or sys.stdout.buffer
+    proc = subprocess.Popen([SFTP_SERVER, "-d", fs_root + "/C"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, bufsize=0)
+    assert proc.stdin is not None and proc.stdout is not None
+    realpath_ids: set[int] = set()
+    ids_lock = threading.Lock()
+    out_lock = threading.Lock()
+    enc = "utf-8"
+
+    def mp(b: bytes) -> bytes:
+        return map_sftp_path(b.decode(enc, "surrogateescape"), fs_root).encode(enc, "surrogateescape")
+
+    def reply_unsupported(req_id: int) -> None:
+        body = bytes([FXP_STATUS]) + struct.pack(">II", req_id, 8) + _s(b"unsupported in the lab") + _s(b"")
+        with out_lock:
+            cout.write(struct.pack(">I", len(body)) + body)
+            cout.flush()
+
+    def client_to_server() -> None:
+        while True:
+            body = _read_packet(cin)
+            if body is None:
+                break
+            ptype = body[0]
+            if ptype in _ONE_PATH or ptype in _TWO_PATHS or ptype == FXP_EXTENDED:
+                pk = _Packet(body)
+                pk.pos = 1
+                req_id = pk.u32()
+                new = bytes([ptype]) + struct.pack(">I", req_id)
+                if ptype == FXP_EXTENDED:
+                    name = pk.string()
+                    count = _EXT_PATHS.get(name.decode("ascii", "replace"))
+                    if count is None:
+                        if name.decode("ascii", "replace") not in _EXT_PASS:
+                            reply_unsupported(req_id)
+                            continue
+                        count = 0
+                    new += _s(name)
+                else:
+                    count = 2 if ptype in _TWO_PATHS else 1
+                    if ptype in (FXP_REALPATH,):
+                        with ids_lock:
+                            realpath_ids.add(req_id)
+                if name_is_expand(ptype, body):
+                    with ids_lock:
+                        realpath_ids.add(req_id)
+                for _ in range(count):
+                    new += _s(mp(pk.string()))
+                body = new + body[pk.pos:]
+            proc.stdin.write(struct.pack(">I", len(body)) + body)  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+
+    def server_to_client() -> None:
+        while True:
+            body = _read_packet(proc.stdout)  # type: ignore[arg-type]
+            if body is None:
+                break
+            if body[0] == FXP_NAME:
+                pk = _Packet(body)
+                pk.pos = 1
+                req_id = pk.u32()
+                with ids_lock:
+                    was_realpath = req_id in realpath_ids
+                    realpath_ids.discard(req_id)
+                if was_realpath:
+                    count = pk.u32()
+                    new = bytes([FXP_NAME]) + struct.pack(">II", req_id, count)
+                    if count >= 1:
+                        filename = pk.string().decode(enc, "surrogateescape")
+                        pk.string()
+                        virt = unmap_sftp_path(filename, fs_root).encode(enc, "surrogateescape")
+                        new += _s(virt) + _s(virt)
+                    body = new + body[pk.pos:]
+            with out_lock:
+                cout.write(struct.pack(">I", len(body)) + body)
+                cout.flush()
+
+    reader = threading.Thread(target=client_to_server, daemon=True)
+    reader.start()
+    try:
+        server_to_client()
+    finally:
+        reader.join(timeout=1)
+    return proc.wait()
+
+
+def name_is_expand(ptype: int, body: bytes) -> bool:
+    """True for an expand-path@openssh.com request (its NAME reply is a path to unmap)."""
+    return ptype == FXP_EXTENDED and b"expand-path@openssh.com" in body[:40]
+
+
+def _session_cli(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m runner.lab.serve")
+    parser.add_argument("mode", choices=["session", "sftp"])
+    parser.add_argument("--dir", default=os.environ.get("RUNNER_LAB_DIR"))
+    args = parser.parse_args(argv)
+    if not args.dir:
+        print("lab directory unknown (--dir or RUNNER_LAB_DIR)", file=sys.stderr)
+        return 1
+    try:
+        if args.mode == "sftp":
+            host = session_host(Path(args.dir))
+            return sftp_relay(str(Path(args.dir).resolve() / "hosts" / host / "fs"))
+        return session_main(Path(args.dir).resolve())
+    except ServeError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+
+
+# --------------------------------------------------------------------------
+# the click command (registered in runner/lab/cli.py)
+# --------------------------------------------------------------------------
+def _make_command() -> Any:
+    import click
+
+    @click.command("serve")
+    @click.option("--dir", "lab_dir", default=".lab/default", show_default=True,
+                  type=click.Path(file_okay=False, path_type=Path), help="Lab directory to serve.")
+    @click.option("--port", default=2222, show_default=True, type=click.IntRange(1, 65535),
+                  help="TCP port on every host's loopback address.")
+    @click.option("--inventory-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Where to write the SSH inventory (default DIR/ssh/inventory.yml).")
+    def serve_command(lab_dir: Path, port: int, inventory_out: Path | None) -> None:
+        """Serve the lab over real SSH (OpenSSH sshd on 127.0.x.y) until Ctrl-C."""
+        server = LabServer(lab_dir, port=port, inventory_out=inventory_out)
+        try:
+            server.start()
+        except (ServeError, subprocess.CalledProcessError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        first = next(iter(server.addresses.items()), ("?", "?"))
+        click.echo(f"serving {len(server.addresses)} hosts of {server.lab_dir} on port {port} "
+                   f"(e.g. {first[0]} at {first[1]})")
+        click.echo(f"inventory:   {server.inventory_out}")
+        click.echo(f"known_hosts: {server.known_hosts}")
+        click.echo(f"try: ssh -i {server.client_key} -o UserKnownHostsFile={server.known_hosts} "
+                   f"-p {port} {_current_user()}@{first[1]} \"reg query HKLM\\SOFTWARE\"")
+        click.echo("Ctrl-C to stop")
+        while not stop.wait(0.5):
+            pass
+        server.stop()
+        click.echo("stopped")
+
+    return serve_command
+
+
+if __name__ == "__main__":
+    sys.exit(_session_cli(sys.argv[1:]))
+else:
+    serve_command = _make_command()
