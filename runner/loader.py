@@ -73,9 +73,9 @@ class Document:
             return InputError(message, self.file)
         return InputError(message, self.file, target.start_mark.line + 1, target.start_mark.column + 1)
 
-    def where(self, path: Iterable[Any]) -> str:
+    def where(self, path: Iterable[Any], *, at_key: bool = False) -> str:
         """``file:line:col`` of ``path``, for "first defined at" hints."""
-        e = self.error("", path)
+        e = self.error("", path, at_key=at_key)
         return str(e)[:-2] if e.line else self.file
 
 
@@ -480,7 +480,7 @@ class _InventoryBuilder:
     def visit_group(self, name: str, gdef: dict[str, Any], path: Path_) -> None:
         if name in self.group_defs:
             self.errors.append(self.doc.error(
-                f"group '{name}' is defined twice (first at {self.doc.where(self.group_defs[name][1])}); "
+                f"group '{name}' is defined twice (first at {self.doc.where(self.group_defs[name][1], at_key=True)}); "
                 "refer to it elsewhere with an empty value (`{name}:`)".replace("{name}", name), path, at_key=True))
             return
         self.group_defs[name] = (gdef, path)
@@ -495,7 +495,7 @@ class _InventoryBuilder:
             if hdef:  # a non-empty entry defines the host's settings
                 if hname in self.host_defs:
                     self.errors.append(self.doc.error(
-                        f"host '{hname}' is defined twice (first at {self.doc.where(self.host_defs[hname][1])}); "
+                        f"host '{hname}' is defined twice (first at {self.doc.where(self.host_defs[hname][1], at_key=True)}); "
                         "host names must be unique", hpath, at_key=True))
                 else:
                     self.host_defs[hname] = (hdef, hpath)

@@ -1,0 +1,408 @@
+"""Specification of playbook/inventory loading: every error class with its file:line:col message."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runner.errors import InputError, InputErrors
+from runner.loader import load_inventory, load_playbook
+from runner.steps.base import StepModule
+from runner.steps.registry import register
+
+
+@register
+class LoaderHostStep(StepModule):
+    name = "ldr_host"
+    target = "host"
+    args_schema = {"type": "object", "additionalProperties": False,
+                   "properties": {"count": {"type": "integer"}, "path": {"type": "string"}}}
+
+
+@register
+class LoaderUserStep(StepModule):
+    name = "ldr_user"
+    target = "user"
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return str(p)
+
+
+def messages(exc: InputError, tmp_path: Path) -> list[str]:
+    errors = exc.errors if isinstance(exc, InputErrors) else [exc]
+    return [str(InputError(e.message, e.file, e.line, e.col)).replace(str(tmp_path) + "/", "") for e in errors]
+
+
+def playbook_errors(tmp_path: Path, text: str) -> list[str]:
+    path = write(tmp_path, "pb.yml", text)
+    with pytest.raises(InputError) as info:
+        load_playbook(path)
+    assert info.value.exit_code == 4
+    return messages(info.value, tmp_path)
+
+
+def inventory_errors(tmp_path: Path, text: str) -> list[str]:
+    path = write(tmp_path, "inv.yml", text)
+    with pytest.raises(InputError) as info:
+        load_inventory(path)
+    return messages(info.value, tmp_path)
+
+
+GOOD_PLAYBOOK = """
+- name: Gradual
+  hosts: clients
+  serial: {over: users, attribute: wave}
+  vars: {pkg: 'x.msi'}
+  steps:
+    - name: Upgrade
+      ldr_host: {count: 3}
+      tags: [upgrade]
+      retries: 2
+    - name: Export
+      ldr_user:
+      when: "{{ user.alias != 'bob' }}"
+"""
+
+INVENTORY = """
+all:
+  vars: {domain: contoso.com, level: all}
+  children:
+    clients:
+      vars: {level: clients}
+      hosts:
+        pc0001: {}
+        pc0002: {address: 127.0.0.2, port: 2222, user: admin, vars: {level: host}}
+      children:
+        pilot:
+          vars: {level: pilot, pilot: true}
+          hosts: {pc0001: }
+    lcs_servers:
+      hosts: {lcs01: {connection: lab}}
+users:
+  alice: {im_address: alice@im.contoso.com, clients: [pc0001], wave: 1}
+  bob: {im_address: bob@im.contoso.com, clients: [pc0002], display_name: Bob, vars: {x: 1}}
+"""
+
+
+def test_valid_playbook_loads_into_the_model(tmp_path):
+    pb = load_playbook(write(tmp_path, "pb.yml", GOOD_PLAYBOOK))
+    play = pb.plays[0]
+    assert play.name == "Gradual" and play.hosts == "clients" and play.users == "all"
+    assert play.serial.over == "users" and play.serial.attribute == "wave"
+    up, ex = play.steps
+    assert (up.module, dict(up.args), up.tags, up.retries, up.line) == ("ldr_host", {"count": 3}, ("upgrade",), 2, 6)
+    assert (ex.module, dict(ex.args), ex.when) == ("ldr_user", {}, "{{ user.alias != 'bob' }}")
+    assert len(up.fingerprint) == 64 and up.fingerprint != ex.fingerprint
+
+
+def test_editing_a_step_changes_its_fingerprint_only(tmp_path):
+    a = load_playbook(write(tmp_path, "a.yml", GOOD_PLAYBOOK)).plays[0].steps
+    b = load_playbook(write(tmp_path, "b.yml", GOOD_PLAYBOOK.replace("count: 3", "count: 4"))).plays[0].steps
+    assert a[0].fingerprint != b[0].fingerprint
+    assert a[1].fingerprint == b[1].fingerprint
+
+
+def test_scalar_serial_cuts_users_when_the_play_has_user_steps_else_hosts(tmp_path):
+    pb = load_playbook(write(tmp_path, "pb.yml", """
+        - hosts: clients
+          serial: "25%"
+          steps: [{name: A, ldr_user: {}}]
+        - hosts: clients
+          serial: 10
+          steps: [{name: B, ldr_host: {}}]
+    """))
+    assert (pb.plays[0].serial.over, pb.plays[0].serial.percent) == ("users", 25.0)
+    assert (pb.plays[1].serial.over, pb.plays[1].serial.size) == ("hosts", 10)
+    assert pb.plays[0].name == "play 1"
+
+
+def test_unknown_key_names_the_step_and_suggests_the_keyword(tmp_path):
+    assert playbook_errors(tmp_path, """
+        - name: P
+          steps:
+            - name: Export
+              ldr_user: {}
+              retires: 3
+    """) == ["pb.yml:5:7: unknown key 'retires' in step 'Export' (did you mean 'retries'?)"]
+
+
+def test_unknown_play_key(tmp_path):
+    assert playbook_errors(tmp_path, """
+        - name: P
+          serail: 3
+          steps: [{name: A, ldr_host: {}}]
+    """) == ["pb.yml:2:3: unknown key 'serail' in play 'P' (did you mean 'serial'?)"]
+
+
+def test_wrong_type(tmp_path):
+    assert playbook_errors(tmp_path, """
+        - name: P
+          steps:
+            - name: A
+              ldr_host: {}
+              retries: many
+    """) == ["pb.yml:5:16: 'retries' must be an integer in step 'A'"]
+
+
+def test_missing_required_key(tmp_path):
+    assert playbook_errors(tmp_path, """
+        - name: P
+          hosts: all
+    """) == ["pb.yml:1:3: play 'P' is missing required key 'steps'"]
+    assert playbook_errors(tmp_path, """
+        - name: P
+          steps:
+            - ldr_host: {}
+    """) == ["pb.yml:3:7: step 1 of 'P' is missing required key 'name'"]
+
+
+def test_bad_serial(tmp_path):
+    assert playbook_errors(tmp_path, """
+        - name: P
+          serial: {over: people, attribute: wave}
+          steps: [{name: A, ldr_host: {}}]
+    """) == ["pb.yml:2:11: 'serial' must be a count, a percentage like '25%' or {over:…, attribute:…} in play 'P'"]
+    assert playbook_errors(tmp_path, """
+        - name: P
+          serial: "ten%"
+          steps: [{name: A, ldr_host: {}}]
+    """) == ["pb.yml:2:11: 'serial' must be a count, a percentage like '25%' or {over:…, attribute:…} in play 'P'"]
+
+
+def test_duplicate_yaml_key(tmp_path):
+    assert playbook_errors(tmp_path, """
+        - name: P
+          hosts: all
+          hosts: clients
+          steps: [{name: A, ldr_host: {}}]
+    """) == ["pb.yml:3:3: duplicate key 'hosts' (first defined at line 2, column 3)"]
+
+
+def test_duplicate_step_name(tmp_path):
+    assert playbook_errors(tmp_path, """
+        - name: P
+          steps:
+            - {name: A, ldr_host: {}}
+        - name: Q
+          steps:
+            - {name: A, ldr_user: {}}
+    """) == ["pb.yml:6:14: duplicate step name 'A' (first used at pb.yml:3:14); step names must be unique"]
+
+
+def test_unknown_module_lists_known_modules_and_suggests(tmp_path):
+    errors = playbook_errors(tmp_path, """
+        - name: P
+          steps:
+            - name: A
+              ldr_hots: {}
+    """)
+    assert len(errors) == 1
+    assert errors[0].startswith("pb.yml:4:7: unknown step module 'ldr_hots' in step 'A' (did you mean 'ldr_host'?); "
+                                "known modules: ")
+    assert "ldr_host" in errors[0].split("known modules: ")[1]
+    assert "ldr_user" in errors[0].split("known modules: ")[1]
+
+
+def test_step_without_module(tmp_path):
+    errors = playbook_errors(tmp_path, """
+        - name: P
+          steps:
+            - name: A
+              tags: [x]
+    """)
+    assert errors[0].startswith("pb.yml:3:7: step 'A' names no step module; known modules: ")
+
+
+def test_bad_module_args(tmp_path):
+    assert playbook_errors(tmp_path, """
+        - name: P
+          steps:
+            - name: A
+              ldr_host: {count: three, colour: red}
+    """) == [
+        "pb.yml:4:25: 'count' must be an integer in the arguments of step 'A' (ldr_host)",
+        "pb.yml:4:32: unknown key 'colour' in the arguments of step 'A' (ldr_host)",
+    ]
+
+
+def test_templated_module_args_are_not_type_checked_but_syntax_checked(tmp_path):
+    pb = load_playbook(write(tmp_path, "ok.yml", """
+        - name: P
+          steps: [{name: A, ldr_host: {count: "{{ n }}"}}]
+    """))
+    assert pb.plays[0].steps[0].args == {"count": "{{ n }}"}
+    errors = playbook_errors(tmp_path, """
+        - name: P
+          steps: [{name: A, ldr_host: {path: "{{ n + }}"}, when: "x ==="}]
+    """)
+    assert errors[0].startswith("pb.yml:2:38: template syntax error in step 'A':")
+    assert errors[1].startswith("pb.yml:2:58: template syntax error in 'when' of step 'A':")
+
+
+def test_yaml_syntax_error(tmp_path):
+    assert playbook_errors(tmp_path, """
+        - name: P
+          steps: [{name: A, ldr_host: {}
+    """) == ["pb.yml:3:1: YAML syntax error: while parsing a flow mapping, expected ',' or '}', but got '<stream end>'"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError) as info:
+        load_playbook(tmp_path / "nope.yml")
+    assert str(info.value) == f"{tmp_path}/nope.yml: file not found"
+    with pytest.raises(InputError, match="is a directory"):
+        load_inventory(tmp_path)
+
+
+def test_empty_playbook(tmp_path):
+    assert playbook_errors(tmp_path, "# nothing\n") == ["pb.yml: the playbook is empty; expected a list of plays"]
+
+
+def test_all_errors_are_reported_in_file_order(tmp_path):
+    errors = playbook_errors(tmp_path, """
+        - name: P
+          serial: 0
+          steps:
+            - {name: A, ldr_host: {}, retires: 1}
+            - {name: A, ldr_host: {}}
+    """)
+    assert [e.split(": ")[0] for e in errors] == ["pb.yml:2:11", "pb.yml:4:31", "pb.yml:5:14"]
+
+
+def test_inventory_vars_cascade_all_then_groups_parent_first_then_host(tmp_path):
+    inv = load_inventory(write(tmp_path, "inv.yml", INVENTORY))
+    pc1, pc2, lcs = inv.hosts["pc0001"], inv.hosts["pc0002"], inv.hosts["lcs01"]
+    assert pc1.vars == {"domain": "contoso.com", "level": "pilot", "pilot": True}
+    assert pc2.vars == {"domain": "contoso.com", "level": "host"}
+    assert lcs.vars == {"domain": "contoso.com", "level": "all"}
+    assert pc1.groups == ("all", "clients", "pilot")
+    assert (pc2.address, pc2.port, pc2.user, pc2.connection) == ("127.0.0.2", 2222, "admin", "ssh")
+    assert lcs.connection == "lab"
+    assert list(inv.hosts) == ["pc0001", "pc0002", "lcs01"]
+    assert inv.group_hosts("clients") == ["pc0001", "pc0002"]
+    assert inv.users["alice"].wave == "1" and inv.users["alice"].clients == ("pc0001",)
+    assert inv.users["bob"].vars == {"x": 1} and inv.users["bob"].display_name == "Bob"
+
+
+def test_lab_dir_is_resolved_against_the_inventory_file_and_means_lab_connections(tmp_path):
+    (tmp_path / "sub").mkdir()
+    inv = load_inventory(write(tmp_path / "sub", "inv.yml", """
+        all:
+          vars: {lab_dir: ../lab}
+          hosts: {pc1: {}}
+    """))
+    assert inv.vars["lab_dir"] == str((tmp_path / "lab").resolve())
+    assert inv.hosts["pc1"].connection == "lab"
+    assert inv.hosts["pc1"].vars["lab_dir"] == inv.vars["lab_dir"]
+
+
+def test_unknown_client_host(tmp_path):
+    assert inventory_errors(tmp_path, """
+        all:
+          hosts: {pc0001: {}}
+        users:
+          alice: {im_address: alice@im.contoso.com, clients: [pc0001, pc0010]}
+    """) == ["inv.yml:4:63: user 'alice': client 'pc0010' is not a host in this inventory (did you mean 'pc0001'?)"]
+
+
+def test_inventory_unknown_key_and_bad_enum(tmp_path):
+    assert inventory_errors(tmp_path, """
+        all:
+          hosts:
+            pc0001: {adress: 127.0.0.2}
+            lcs01: {connection: sssh}
+    """) == [
+        "inv.yml:3:14: unknown key 'adress' in host 'pc0001' (did you mean 'address'?)",
+        "inv.yml:4:25: 'connection' must be one of lab, ssh (got 'sssh') in host 'lcs01' (did you mean 'ssh'?)",
+    ]
+
+
+def test_inventory_user_fields_are_checked(tmp_path):
+    assert inventory_errors(tmp_path, """
+        all: {hosts: {pc1: }}
+        users:
+          alice: {clients: [pc1]}
+          bob: {im_address: bob}
+    """) == [
+        "inv.yml:3:10: user 'alice' is missing required key 'im_address'",
+        "inv.yml:4:21: 'im_address' must be an address like alice@im.contoso.com in user 'bob'",
+    ]
+
+
+def test_duplicate_users_and_hosts_are_errors(tmp_path):
+    assert inventory_errors(tmp_path, """
+        all:
+          children:
+            a: {hosts: {pc1: {port: 22}}}
+            b: {hosts: {pc1: {port: 23}}}
+        users:
+          alice: {im_address: alice@x.com}
+          alias2: {im_address: Alice@X.com}
+    """) == [
+        "inv.yml:4:17: host 'pc1' is defined twice (first at inv.yml:3:17); host names must be unique",
+        "inv.yml:7:24: user 'alias2' has the same im_address as user 'alice'; users must be unique",
+    ]
+
+
+def test_group_children_must_exist_and_not_cycle(tmp_path):
+    assert inventory_errors(tmp_path, """
+        all:
+          children:
+            a: {children: {b: , missing: }}
+            b: {children: {a: }}
+    """) == [
+        "inv.yml:3:25: group 'missing' (child of 'a') is not defined anywhere; define it with a mapping (even {})",
+        "inv.yml:4:5: group cycle: a -> b -> a",
+    ]
+
+
+def test_host_in_several_groups_is_one_host(tmp_path):
+    inv = load_inventory(write(tmp_path, "inv.yml", """
+        all:
+          children:
+            a: {hosts: {pc1: {port: 22}}}
+            b: {hosts: {pc1: }}
+    """))
+    assert list(inv.hosts) == ["pc1"] and inv.hosts["pc1"].groups == ("all", "a", "b")
+
+
+def test_lab_plugin_calls_the_generator_and_loads_its_inventory(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    generated = write(tmp_path, "generated.yml", """
+        all:
+          vars: {lab_dir: lab}
+          children: {clients: {hosts: {pc0001: {}}}}
+        users: {alice: {im_address: alice@im.contoso.com, clients: [pc0001]}}
+    """)
+
+    def ensure_lab(directory, *, clients, users_per_client, contacts, seed):
+        calls.append((directory, clients, users_per_client, contacts, seed))
+        return Path(generated)
+
+    module = types.ModuleType("runner.lab.generator")
+    module.ensure_lab = ensure_lab
+    monkeypatch.setitem(sys.modules, "runner.lab.generator", module)
+    inv = load_inventory(write(tmp_path, "lab.yml", """
+        plugin: lab
+        lab: {dir: .lab/x, clients: 3}
+    """))
+    assert calls == [(Path(".lab/x"), 3, 2, 20, 1)]
+    assert inv.hosts["pc0001"].connection == "lab"
+    assert inv.users["alice"].clients == ("pc0001",)
+
+
+def test_lab_plugin_settings_are_validated(tmp_path):
+    assert inventory_errors(tmp_path, """
+        plugin: lab
+        lab: {clients: 0, seeds: 1}
+    """) == [
+        "inv.yml:2:16: 'clients' must be at least 1 (got 0) in the lab plugin settings",
+        "inv.yml:2:19: unknown key 'seeds' in the lab plugin settings (did you mean 'seed'?)",
+    ]
