@@ -1,0 +1,1003 @@
+"""Lab storage: the lab directory, its hosts, their registry, files, services and journal.
+
+Layout of a lab directory (documented for administrators; inspect with sqlite3):
+
+- ``lab.json``: ``{"format": "lab/1", "seed", "domains", "hosts": {name:
+  {"role": "client"|"exchange_im"|"lcs", "address": "127.x.y.z", "env": {...},
+  ...}}, "faults": {...}, "shares": {...}}``.
+- ``hosts/<name>/fs/<drive letter>/...``: the host's files, as real files.
+  UNC paths ``\\\\server\\share\\rest`` live in ``shares/<server>/<share>/rest``.
+- ``hosts/<name>/host.db`` (SQLite, WAL): HKLM (tables ``reg_key``,
+  ``reg_value``), ``hive_mount`` (HKU mounts: name, hive file, in_use),
+  ``service``, ``product`` (Windows Installer records), ``process`` (running
+  programs), ``journal`` (mutating commands) and ``counter`` (fault counters).
+- A user hive (``NTUSER.DAT`` in the profile folder) is a SQLite file with the
+  same ``reg_key``/``reg_value`` tables (``PRAGMA application_id`` = 0x4C414248,
+  "LABH"). Schema:
+  ``reg_key(path_lc TEXT PRIMARY KEY, path TEXT, parent_lc TEXT)``, path relative
+  to the hive root, ``\\``-separated, case preserved (``""`` is the root);
+  ``reg_value(seq INTEGER PRIMARY KEY, key_lc, name_lc, name, type, data)``,
+  ``type`` like ``REG_SZ``; ``data`` TEXT for REG_SZ/REG_EXPAND_SZ, INTEGER for
+  REG_DWORD/REG_QWORD, JSON list TEXT for REG_MULTI_SZ, BLOB otherwise.
+
+Concurrency: engine threads and served-lab processes share a lab. Each thread
+has its own SQLite connections (WAL, busy_timeout 30 s, ``BEGIN IMMEDIATE``
+for writes); file writes are atomic renames.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from runner.errors import InputError
+from runner.windows.regfile import RegData, RegKey, RegValue, type_number
+
+LAB_FORMAT = "lab/1"
+HIVE_APP_ID = 0x4C414248  # "LABH"
+BUSY_TIMEOUT_MS = 30000
+
+SCHEMA_HIVE = """
+CREATE TABLE IF NOT EXISTS reg_key (path_lc TEXT PRIMARY KEY, path TEXT NOT NULL, parent_lc TEXT);
+CREATE INDEX IF NOT EXISTS reg_key_parent ON reg_key(parent_lc);
+CREATE TABLE IF NOT EXISTS reg_value (seq INTEGER PRIMARY KEY, key_lc TEXT NOT NULL,
+  name_lc TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, data, UNIQUE(key_lc, name_lc));
+INSERT OR IGNORE INTO reg_key VALUES ('', '', NULL);
+"""
+SCHEMA_HOST = SCHEMA_HIVE + """
+CREATE TABLE IF NOT EXISTS hive_mount (name_lc TEXT PRIMARY KEY, name TEXT NOT NULL,
+  file TEXT NOT NULL, in_use INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS service (name_lc TEXT PRIMARY KEY, name TEXT NOT NULL,
+  display_name TEXT NOT NULL, type INTEGER NOT NULL DEFAULT 16, state TEXT NOT NULL,
+  start_type TEXT NOT NULL, binary_path TEXT NOT NULL DEFAULT '', account TEXT NOT NULL DEFAULT 'LocalSystem',
+  dependencies TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS product (code_lc TEXT PRIMARY KEY, code TEXT NOT NULL, name TEXT NOT NULL,
+  version TEXT NOT NULL, publisher TEXT NOT NULL DEFAULT '', installed_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS process (name_lc TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY, ts REAL NOT NULL, program TEXT NOT NULL,
+  command TEXT NOT NULL, rc INTEGER);
+CREATE INDEX IF NOT EXISTS journal_ts ON journal(ts);
+CREATE TABLE IF NOT EXISTS counter (kind TEXT PRIMARY KEY, n INTEGER NOT NULL);
+"""
+
+UNINSTALL_KEY = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall"
+HIVE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+class LabError(Exception):
+    """A lab operation that failed the way Windows would fail (base class)."""
+
+
+class KeyNotFound(LabError):
+    """Registry key or value does not exist (ERROR_FILE_NOT_FOUND)."""
+
+
+class AccessDenied(LabError):
+    """Windows' ERROR_ACCESS_DENIED (e.g. unloading a hive that is in use)."""
+
+
+class SharingViolation(LabError):
+    """ERROR_SHARING_VIOLATION: the file is in use (a hive already loaded)."""
+
+
+class InvalidPath(LabError):
+    """A Windows path or registry key name that Windows would reject."""
+
+
+# -- registry paths -----------------------------------------------------------
+
+ROOTS = {
+    "HKLM": "HKLM", "HKEY_LOCAL_MACHINE": "HKLM",
+    "HKU": "HKU", "HKEY_USERS": "HKU",
+    "HKCU": "HKCU", "HKEY_CURRENT_USER": "HKCU",
+    "HKCR": "HKCR", "HKEY_CLASSES_ROOT": "HKCR",
+    "HKCC": "HKCC", "HKEY_CURRENT_CONFIG": "HKCC",
+}
+LONG_ROOT = {"HKLM": "HKEY_LOCAL_MACHINE", "HKU": "HKEY_USERS", "HKCU": "HKEY_CURRENT_USER",
+             "HKCR": "HKEY_CLASSES_ROOT", "HKCC": "HKEY_CURRENT_CONFIG"}
+
+
+def split_key(path: str) -> tuple[str, list[str]]:
+    """``HKEY_USERS\\S-1\\Software`` -> ("HKU", ["S-1", "Software"]); InvalidPath if the root is unknown."""
+    parts = [p for p in path.strip().strip("\\").split("\\")]
+    if not parts or parts[0].upper() not in ROOTS:
+        raise InvalidPath(f"invalid key name {path!r}")
+    rest = [p for p in parts[1:] if p != ""]
+    return ROOTS[parts[0].upper()], rest
+
+
+def long_key(path: str) -> str:
+    """The key path as reg.exe prints it: ``HKEY_LOCAL_MACHINE\\SOFTWARE\\...``."""
+    root, parts = split_key(path)
+    return "\\".join([LONG_ROOT[root], *parts])
+
+
+def _store_data(type_: str, data: RegData) -> Any:
+    n = type_number(type_)
+    if n in (1, 2):
+        return "" if data is None else str(data)
+    if n in (4, 11):
+        return int(data or 0)
+    if n == 7:
+        if isinstance(data, str):
+            data = [data]
+        return json.dumps(list(data or []), ensure_ascii=False)
+    if isinstance(data, str):
+        return data.encode("utf-16-le")
+    return bytes(data or b"")
+
+
+def _load_data(type_: str, stored: Any) -> RegData:
+    n = type_number(type_)
+    if n == 7:
+        return list(json.loads(stored or "[]"))
+    if n in (4, 11):
+        return int(stored or 0)
+    if n in (1, 2):
+        return "" if stored is None else str(stored)
+    return bytes(stored or b"")
+
+
+# -- SQLite connections ---------------------------------------------------------
+
+_local = threading.local()
+
+
+def _connect(path: Path, schema: str) -> sqlite3.Connection:
+    """A per-thread cached connection in WAL mode with the schema applied."""
+    cache: dict[str, sqlite3.Connection] = getattr(_local, "conns", None) or {}
+    _local.conns = cache
+    key = str(path)
+    conn = cache.get(key)
+    if conn is not None:
+        return conn
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    if conn.execute("PRAGMA user_version").fetchone()[0] != 1:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in schema.strip().split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA application_id={HIVE_APP_ID}")
+            conn.execute("PRAGMA user_version=1")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    cache[key] = conn
+    return conn
+
+
+_depth: dict[int, int] = {}
+_depth_lock = threading.Lock()
+
+
+@contextmanager
+def write_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A nestable write transaction (``BEGIN IMMEDIATE`` at the outermost level)."""
+    k = id(conn)
+    d = _depth.get(k, 0)
+    if d == 0 and not conn.in_transaction:
+        conn.execute("BEGIN IMMEDIATE")
+        _depth[k] = 1
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            _depth.pop(k, None)
+            raise
+        _depth.pop(k, None)
+        conn.execute("COMMIT")
+    else:
+        _depth[k] = d + 1
+        try:
+            yield conn
+        finally:
+            _depth[k] = d
+
+
+def close_thread_connections() -> None:
+    """Close this thread's cached SQLite connections (tests, forks, unloads)."""
+    for conn in (getattr(_local, "conns", None) or {}).values():
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
+    _local.conns = {}
+
+
+# -- hives ------------------------------------------------------------------------
+
+class Hive:
+    """One registry hive in a SQLite database (HKLM in host.db, or an NTUSER.DAT)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @staticmethod
+    def _lc(parts: list[str]) -> str:
+        return "\\".join(parts).lower()
+
+    def find_key(self, parts: list[str]) -> str | None:
+        """The stored (case-preserved) path of a key, or None."""
+        row = self.conn.execute("SELECT path FROM reg_key WHERE path_lc=?", (self._lc(parts),)).fetchone()
+        return None if row is None else row[0]
+
+    def create_key(self, parts: list[str]) -> bool:
+        """Create a key and its parents; True if it did not exist."""
+        if self.find_key(parts) is not None:
+            return False
+        with write_tx(self.conn):
+            path = ""
+            for i, part in enumerate(parts):
+                lc = self._lc(parts[: i + 1])
+                row = self.conn.execute("SELECT path FROM reg_key WHERE path_lc=?", (lc,)).fetchone()
+                if row is None:
+                    newpath = part if not path else path + "\\" + part
+                    self.conn.execute("INSERT INTO reg_key VALUES (?,?,?)", (lc, newpath, self._lc(parts[:i])))
+                    path = newpath
+                else:
+                    path = row[0]
+        return True
+
+    def set_value(self, parts: list[str], name: str, type_: str, data: RegData) -> None:
+        """Create or replace a value (keeps the stored case of an existing name)."""
+        type_number(type_)
+        with write_tx(self.conn):
+            self.create_key(parts)
+            klc = self._lc(parts)
+            stored = _store_data(type_, data)
+            cur = self.conn.execute("UPDATE reg_value SET type=?, data=? WHERE key_lc=? AND name_lc=?",
+                                    (type_.upper(), stored, klc, name.lower()))
+            if cur.rowcount == 0:
+                self.conn.execute("INSERT INTO reg_value (key_lc, name_lc, name, type, data) VALUES (?,?,?,?,?)",
+                                  (klc, name.lower(), name, type_.upper(), stored))
+
+    def values(self, parts: list[str]) -> list[RegValue]:
+        """The key's values in creation order."""
+        rows = self.conn.execute("SELECT name, type, data FROM reg_value WHERE key_lc=? ORDER BY seq",
+                                 (self._lc(parts),)).fetchall()
+        return [RegValue(n, t, _load_data(t, d)) for n, t, d in rows]
+
+    def get_value(self, parts: list[str], name: str) -> RegValue | None:
+        row = self.conn.execute("SELECT name, type, data FROM reg_value WHERE key_lc=? AND name_lc=?",
+                                (self._lc(parts), name.lower())).fetchone()
+        return None if row is None else RegValue(row[0], row[1], _load_data(row[1], row[2]))
+
+    def delete_value(self, parts: list[str], name: str) -> bool:
+        with write_tx(self.conn):
+            cur = self.conn.execute("DELETE FROM reg_value WHERE key_lc=? AND name_lc=?",
+                                    (self._lc(parts), name.lower()))
+        return cur.rowcount > 0
+
+    def delete_values(self, parts: list[str]) -> int:
+        with write_tx(self.conn):
+            cur = self.conn.execute("DELETE FROM reg_value WHERE key_lc=?", (self._lc(parts),))
+        return cur.rowcount
+
+    def delete_key(self, parts: list[str]) -> bool:
+        """Delete a key with all subkeys and values; the hive root only loses its contents."""
+        lc = self._lc(parts)
+        with write_tx(self.conn):
+            if self.find_key(parts) is None:
+                return False
+            lo, hi = (lc + "\\", lc + "]") if lc else ("", "\uffff")
+            self.conn.execute("DELETE FROM reg_value WHERE key_lc=? OR (key_lc>=? AND key_lc<?)", (lc, lo, hi))
+            self.conn.execute("DELETE FROM reg_key WHERE (path_lc=? AND path_lc<>'') OR (path_lc>=? AND path_lc<?)",
+                              (lc, lo, hi))
+        return True
+
+    def subkeys(self, parts: list[str]) -> list[str]:
+        """Names of direct subkeys, sorted case-insensitively (as the registry keeps them)."""
+        rows = self.conn.execute("SELECT path FROM reg_key WHERE parent_lc=?", (self._lc(parts),)).fetchall()
+        names = [r[0].rsplit("\\", 1)[-1] for r in rows]
+        return sorted(names, key=lambda s: s.upper())
+
+    def bulk_load(self, items: list[tuple[str, list[tuple[str, str, RegData]]]]) -> None:
+        """Insert many keys (relative paths) with values in one transaction (the fast path).
+
+        Existing keys keep their stored case; new subkeys take the case given here.
+        """
+        keys: dict[str, tuple[str, str | None]] = {}
+        vals: list[tuple[str, str, str, str, Any]] = []
+        for path, values in items:
+            parts = [p for p in path.split("\\") if p]
+            for i in range(len(parts), 0, -1):
+                lc = "\\".join(parts[:i]).lower()
+                if lc in keys:
+                    break
+                keys[lc] = ("\\".join(parts[:i]), "\\".join(parts[: i - 1]).lower())
+            klc = "\\".join(parts).lower()
+            for name, type_, data in values:
+                type_number(type_)
+                vals.append((klc, name.lower(), name, type_.upper(), _store_data(type_, data)))
+        with write_tx(self.conn):
+            self.conn.executemany("INSERT OR IGNORE INTO reg_key VALUES (?,?,?)",
+                                  [(lc, p, parent) for lc, (p, parent) in keys.items()])
+            self.conn.executemany(
+                "INSERT INTO reg_value (key_lc, name_lc, name, type, data) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(key_lc, name_lc) DO UPDATE SET type=excluded.type, data=excluded.data", vals)
+
+
+_templates: dict[str, bytes] = {}
+
+
+def _template(schema: str) -> bytes:
+    """A serialized empty database with ``schema`` (built once per process)."""
+    t = _templates.get(schema)
+    if t is None:
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        for stmt in schema.strip().split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA application_id={HIVE_APP_ID}")
+        conn.execute("PRAGMA user_version=1")
+        t = _templates[schema] = conn.serialize()
+        conn.close()
+    return t
+
+
+def memory_db(schema: str) -> sqlite3.Connection:
+    """An in-memory database with ``schema``, to be serialized to a file when built."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.deserialize(_template(schema))
+    return conn
+
+
+def write_db_file(conn: sqlite3.Connection, real_path: Path) -> None:
+    """Serialize an in-memory database to ``real_path`` atomically."""
+    real_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = real_path.with_name(real_path.name + ".tmp%d.%d" % (os.getpid(), threading.get_ident()))
+    tmp.write_bytes(conn.serialize())
+    os.replace(tmp, real_path)
+
+
+def create_hive_file(real_path: Path, items: list[tuple[str, list[tuple[str, str, RegData]]]] = ()) -> None:
+    """Write a new hive file (replacing any) built in memory: the bulk path.
+
+    ``items``: (key path relative to the hive root, [(name, type, data)...]).
+    """
+    conn = memory_db(SCHEMA_HIVE)
+    try:
+        Hive(conn).bulk_load(list(items))
+        write_db_file(conn, real_path)
+    finally:
+        conn.close()
+
+
+# -- data classes -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mount:
+    """A hive mounted under HKU: ``name`` (SID or temp name), Windows ``file``, ``in_use``."""
+
+    name: str
+    file: str
+    in_use: bool
+
+
+@dataclass(frozen=True)
+class Service:
+    """A Windows service as ``sc`` shows it."""
+
+    name: str
+    display_name: str
+    type: int
+    state: str          # RUNNING | STOPPED | ...
+    start_type: str     # AUTO_START | DEMAND_START | DISABLED | BOOT_START | SYSTEM_START
+    binary_path: str
+    account: str
+    dependencies: str
+
+
+@dataclass(frozen=True)
+class Product:
+    """An installed Windows Installer product."""
+
+    code: str
+    name: str
+    version: str
+    publisher: str
+    installed_at: float
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One mutating command run on a host."""
+
+    host: str
+    ts: float
+    program: str
+    command: str
+    rc: int | None
+
+
+# -- registry facade --------------------------------------------------------------
+
+class Registry:
+    """The host's registry: HKLM in host.db, HKU\\<name> mapped to hive files by the mount table."""
+
+    def __init__(self, host: "LabHost") -> None:
+        self.host = host
+
+    def _hive(self, path: str) -> tuple[Hive, list[str]]:
+        root, parts = split_key(path)
+        if root == "HKLM":
+            return Hive(self.host.db()), parts
+        if root == "HKU":
+            if not parts:
+                raise InvalidPath("HKU itself is not a hive")
+            m = self.mount(parts[0])
+            if m is None:
+                raise KeyNotFound(path)
+            real = self.host.fs.resolve(m.file)
+            if not real.exists():
+                raise KeyNotFound(path)
+            return Hive(_connect(real, SCHEMA_HIVE)), parts[1:]
+        raise KeyNotFound(f"{path}: only HKLM and HKU exist in the lab")
+
+    def key_exists(self, path: str) -> bool:
+        root, parts = split_key(path)
+        if root == "HKU" and not parts:
+            return True
+        try:
+            hive, rel = self._hive(path)
+        except KeyNotFound:
+            return False
+        return hive.find_key(rel) is not None
+
+    def key_path(self, path: str) -> str:
+        """The case-preserved long form of an existing key (KeyNotFound otherwise)."""
+        root, parts = split_key(path)
+        if root == "HKU" and not parts:
+            return "HKEY_USERS"
+        hive, rel = self._hive(path)
+        stored = hive.find_key(rel)
+        if stored is None:
+            raise KeyNotFound(path)
+        prefix = [LONG_ROOT[root]] + ([self.mount(parts[0]).name] if root == "HKU" else [])  # type: ignore[union-attr]
+        return "\\".join(prefix + ([stored] if stored else []))
+
+    def create_key(self, path: str) -> bool:
+        hive, rel = self._hive(path)
+        return hive.create_key(rel)
+
+    def set_value(self, path: str, name: str, type: str, data: RegData) -> None:
+        hive, rel = self._hive(path)
+        hive.set_value(rel, name, type, data)
+
+    def get_value(self, path: str, name: str) -> RegValue | None:
+        hive, rel = self._hive(path)
+        return hive.get_value(rel, name)
+
+    def values(self, path: str) -> list[RegValue]:
+        hive, rel = self._hive(path)
+        if hive.find_key(rel) is None:
+            raise KeyNotFound(path)
+        return hive.values(rel)
+
+    def subkeys(self, path: str) -> list[str]:
+        root, parts = split_key(path)
+        if root == "HKU" and not parts:
+            return sorted((m.name for m in self.mounts()), key=str.upper)
+        hive, rel = self._hive(path)
+        if hive.find_key(rel) is None:
+            raise KeyNotFound(path)
+        return hive.subkeys(rel)
+
+    def delete_value(self, path: str, name: str) -> bool:
+        hive, rel = self._hive(path)
+        return hive.delete_value(rel, name)
+
+    def delete_values(self, path: str) -> int:
+        hive, rel = self._hive(path)
+        if hive.find_key(rel) is None:
+            raise KeyNotFound(path)
+        return hive.delete_values(rel)
+
+    def delete_key(self, path: str) -> bool:
+        hive, rel = self._hive(path)
+        return hive.delete_key(rel)
+
+    def walk(self, path: str) -> Iterator[tuple[str, list[RegValue]]]:
+        """Depth-first (key path, values) for a key and all its subkeys, long key names."""
+        top = self.key_path(path)
+        stack = [top]
+        while stack:
+            p = stack.pop()
+            yield p, self.values(p)
+            stack.extend(reversed([p + "\\" + s for s in self.subkeys(p)]))
+
+    def export_keys(self, path: str) -> list[RegKey]:
+        """The key tree as RegKey sections for render_reg (reg export)."""
+        return [RegKey(p, vals) for p, vals in self.walk(path)]
+
+    def import_keys(self, keys: list[RegKey]) -> None:
+        """Apply parsed .reg sections (creations, value sets, deletions)."""
+        for k in keys:
+            if k.delete:
+                self.delete_key(k.path)
+                continue
+            hive, rel = self._hive(k.path)
+            with write_tx(hive.conn):
+                hive.create_key(rel)
+                for v in k.values:
+                    if v.delete:
+                        hive.delete_value(rel, v.name)
+                    else:
+                        hive.set_value(rel, v.name, v.type, v.data)
+
+    def bulk_set(self, path: str, values: list[tuple[str, str, RegData]]) -> None:
+        """Set many values of one key in one transaction."""
+        hive, rel = self._hive(path)
+        hive.bulk_load([("\\".join(rel), values)])
+
+    # hive mounts (reg load / reg unload)
+    def mounts(self) -> list[Mount]:
+        rows = self.host.db().execute("SELECT name, file, in_use FROM hive_mount ORDER BY name_lc").fetchall()
+        return [Mount(n, f, bool(u)) for n, f, u in rows]
+
+    def mount(self, name: str) -> Mount | None:
+        row = self.host.db().execute("SELECT name, file, in_use FROM hive_mount WHERE name_lc=?",
+                                     (name.lower(),)).fetchone()
+        return None if row is None else Mount(row[0], row[1], bool(row[2]))
+
+    def load_hive(self, name: str, file: str, *, in_use: bool = False, create: bool = False) -> None:
+        """Mount the hive file ``file`` (Windows path) at ``HKU\\name``.
+
+        Raises SharingViolation if that file is already mounted (a logged-on
+        user's NTUSER.DAT, or loaded twice), AccessDenied if the name is taken,
+        FileNotFoundError if the file does not exist (unless ``create``).
+        """
+        real = self.host.fs.resolve(file)
+        if not real.is_file():
+            if not create:
+                raise FileNotFoundError(file)
+            create_hive_file(real)
+        db = self.host.db()
+        with write_tx(db):
+            if self.mount(name) is not None:
+                raise AccessDenied(f"HKU\\{name} is already loaded")
+            for m in self.mounts():
+                if self.host.fs.resolve(m.file) == real:
+                    raise SharingViolation(f"{file} is in use as HKU\\{m.name}")
+            db.execute("INSERT INTO hive_mount VALUES (?,?,?,?)", (name.lower(), name, file, int(in_use)))
+
+    def unload_hive(self, name: str) -> None:
+        """Unmount ``HKU\\name``: KeyNotFound if not mounted, AccessDenied if in use."""
+        db = self.host.db()
+        with write_tx(db):
+            m = self.mount(name)
+            if m is None:
+                raise KeyNotFound(f"HKU\\{name}")
+            if m.in_use:
+                raise AccessDenied(f"HKU\\{name} is in use")
+            db.execute("DELETE FROM hive_mount WHERE name_lc=?", (name.lower(),))
+
+    def set_in_use(self, name: str, in_use: bool) -> None:
+        """Mark a mounted hive as in use (its user logged on) or not."""
+        db = self.host.db()
+        with write_tx(db):
+            db.execute("UPDATE hive_mount SET in_use=? WHERE name_lc=?", (int(in_use), name.lower()))
+
+
+# -- services, products, processes --------------------------------------------------
+
+class Services:
+    """The host's Windows services (``sc``)."""
+
+    def __init__(self, host: "LabHost") -> None:
+        self.host = host
+
+    def add(self, name: str, display_name: str, *, state: str = "RUNNING", start_type: str = "AUTO_START",
+            binary_path: str = "", account: str = "LocalSystem", type: int = 0x10,
+            dependencies: str = "") -> None:
+        db = self.host.db()
+        with write_tx(db):
+            db.execute("INSERT OR REPLACE INTO service VALUES (?,?,?,?,?,?,?,?,?)",
+                       (name.lower(), name, display_name, type, state, start_type, binary_path, account,
+                        dependencies))
+
+    def get(self, name: str) -> Service | None:
+        row = self.host.db().execute("SELECT name, display_name, type, state, start_type, binary_path, account, "
+                                     "dependencies FROM service WHERE name_lc=?", (name.lower(),)).fetchone()
+        return None if row is None else Service(*row)
+
+    def list(self) -> list[Service]:
+        rows = self.host.db().execute("SELECT name, display_name, type, state, start_type, binary_path, account, "
+                                      "dependencies FROM service ORDER BY name_lc").fetchall()
+        return [Service(*r) for r in rows]
+
+    def set_state(self, name: str, state: str) -> None:
+        db = self.host.db()
+        with write_tx(db):
+            db.execute("UPDATE service SET state=? WHERE name_lc=?", (state, name.lower()))
+
+    def set_start_type(self, name: str, start_type: str) -> None:
+        db = self.host.db()
+        with write_tx(db):
+            db.execute("UPDATE service SET start_type=? WHERE name_lc=?", (start_type, name.lower()))
+
+
+class Products:
+    """Windows Installer products of the host; ``add`` also writes the Uninstall key."""
+
+    def __init__(self, host: "LabHost") -> None:
+        self.host = host
+
+    def add(self, code: str, name: str, version: str, publisher: str = "Microsoft Corporation",
+            install_location: str = "") -> None:
+        db = self.host.db()
+        with write_tx(db):
+            db.execute("INSERT OR REPLACE INTO product VALUES (?,?,?,?,?,?)",
+                       (code.lower(), code, name, version, publisher, time.time()))
+            key = UNINSTALL_KEY + "\\" + code
+            self.host.registry.bulk_set(key, [
+                ("DisplayName", "REG_SZ", name), ("DisplayVersion", "REG_SZ", version),
+                ("Publisher", "REG_SZ", publisher), ("InstallLocation", "REG_SZ", install_location),
+                ("UninstallString", "REG_EXPAND_SZ", f"MsiExec.exe /X{code}"),
+                ("WindowsInstaller", "REG_DWORD", 1)])
+
+    def remove(self, code: str) -> bool:
+        db = self.host.db()
+        with write_tx(db):
+            cur = db.execute("DELETE FROM product WHERE code_lc=?", (code.lower(),))
+            self.host.registry.delete_key(UNINSTALL_KEY + "\\" + code)
+        return cur.rowcount > 0
+
+    def get(self, code: str) -> Product | None:
+        row = self.host.db().execute("SELECT code, name, version, publisher, installed_at FROM product "
+                                     "WHERE code_lc=?", (code.lower(),)).fetchone()
+        return None if row is None else Product(*row)
+
+    def list(self) -> list[Product]:
+        rows = self.host.db().execute("SELECT code, name, version, publisher, installed_at FROM product "
+                                      "ORDER BY name").fetchall()
+        return [Product(*r) for r in rows]
+
+
+# -- the host ----------------------------------------------------------------
+
+DEFAULT_ENV = {
+    "SystemDrive": "C:",
+    "SystemRoot": r"C:\WINDOWS",
+    "windir": r"C:\WINDOWS",
+    "ProgramFiles": r"C:\Program Files",
+    "CommonProgramFiles": r"C:\Program Files\Common Files",
+    "ALLUSERSPROFILE": r"C:\Documents and Settings\All Users",
+    "USERPROFILE": r"C:\Documents and Settings\Administrator",
+    "HOMEDRIVE": "C:",
+    "HOMEPATH": r"\Documents and Settings\Administrator",
+    "APPDATA": r"C:\Documents and Settings\Administrator\Application Data",
+    "TEMP": r"C:\DOCUME~1\ADMINI~1\LOCALS~1\Temp",
+    "TMP": r"C:\DOCUME~1\ADMINI~1\LOCALS~1\Temp",
+    "USERNAME": "Administrator",
+    "OS": "Windows_NT",
+    "ComSpec": r"C:\WINDOWS\system32\cmd.exe",
+    "PATHEXT": ".COM;.EXE;.BAT;.CMD;.VBS;.VBE;.JS;.JSE;.WSF;.WSH",
+    "PATH": r"C:\WINDOWS\system32;C:\WINDOWS;C:\WINDOWS\System32\Wbem",
+    "PROCESSOR_ARCHITECTURE": "x86",
+    "NUMBER_OF_PROCESSORS": "1",
+}
+
+
+class LabHost:
+    """One simulated Windows machine of a lab."""
+
+    def __init__(self, lab: "Lab", name: str, config: dict[str, Any]) -> None:
+        self.lab = lab
+        self.name = name
+        self.config = config
+        self.dir = lab.path / "hosts" / name
+        self.registry = Registry(self)
+        self.fs = FileSystem(self)
+        self.services = Services(self)
+        self.products = Products(self)
+        self._bulk_conn: sqlite3.Connection | None = None
+
+    @property
+    def role(self) -> str:
+        return str(self.config.get("role", "client"))
+
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection to host.db (created with its schema on first use)."""
+        if self._bulk_conn is not None:
+            return self._bulk_conn
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return _connect(self.dir / "host.db", SCHEMA_HOST)
+
+    @contextmanager
+    def bulk(self) -> Iterator["LabHost"]:
+        """Generation mode for a host not yet created: host.db is built in memory, written at the end.
+
+        Use from one thread; other threads do not see the host until the block ends.
+        If host.db already exists this is just one transaction.
+        """
+        path = self.dir / "host.db"
+        if path.exists():
+            with write_tx(self.db()):
+                yield self
+            return
+        self._bulk_conn = memory_db(SCHEMA_HOST)
+        try:
+            yield self
+            write_db_file(self._bulk_conn, path)
+        finally:
+            self._bulk_conn.close()
+            self._bulk_conn = None
+
+    def environment(self) -> dict[str, str]:
+        """The environment cmd.exe starts with (DEFAULT_ENV, COMPUTERNAME, lab.json overrides)."""
+        env = dict(DEFAULT_ENV)
+        env["COMPUTERNAME"] = self.name.upper()
+        env.update({str(k): str(v) for k, v in (self.config.get("env") or {}).items()})
+        return env
+
+    # journal
+    def record(self, program: str, command: str, rc: int | None = None) -> None:
+        """Append a mutating command to the host's journal."""
+        db = self.db()
+        with write_tx(db):
+            db.execute("INSERT INTO journal (ts, program, command, rc) VALUES (?,?,?,?)",
+                       (time.time(), program, command, rc))
+
+    def journal(self, since: float | None = None) -> list[JournalEntry]:
+        """Mutating commands run on this host, oldest first (optionally from ``since`` on)."""
+        if not (self.dir / "host.db").exists():
+            return []
+        rows = self.db().execute("SELECT ts, program, command, rc FROM journal WHERE ts>=? ORDER BY id",
+                                 (since or 0.0,)).fetchall()
+        return [JournalEntry(self.name, *r) for r in rows]
+
+    # processes
+    def processes(self) -> set[str]:
+        """Lower-case image names of running programs (e.g. ``msmsgs.exe``)."""
+        return {r[0] for r in self.db().execute("SELECT name_lc FROM process")}
+
+    def start_process(self, name: str) -> None:
+        db = self.db()
+        with write_tx(db):
+            db.execute("INSERT OR IGNORE INTO process VALUES (?,?)", (name.lower(), name))
+
+    def stop_process(self, name: str) -> None:
+        db = self.db()
+        with write_tx(db):
+            db.execute("DELETE FROM process WHERE name_lc=?", (name.lower(),))
+
+    def next_counter(self, kind: str) -> int:
+        """Increment and return a persistent per-host counter (fault decisions)."""
+        db = self.db()
+        with write_tx(db):
+            db.execute("INSERT INTO counter VALUES (?, 0) ON CONFLICT(kind) DO UPDATE SET n=n+1", (kind,))
+            return int(db.execute("SELECT n FROM counter WHERE kind=?", (kind,)).fetchone()[0])
+
+    # users
+    def add_user_profile(self, sid: str, profile_dir: str, *, logged_on: bool = False,
+                         items: list[tuple[str, list[tuple[str, str, RegData]]]] = ()) -> str:
+        """Create a profile: ProfileList entry, ``NTUSER.DAT`` with ``items``, HKU\\<sid> if logged on.
+
+        ``profile_dir`` like ``C:\\Documents and Settings\\alice``; returns the hive's Windows path.
+        """
+        hive_path = profile_dir.rstrip("\\") + "\\NTUSER.DAT"
+        create_hive_file(self.fs.resolve(hive_path), list(items))
+        rel = profile_dir
+        sd = self.environment()["SystemDrive"]
+        if rel.lower().startswith(sd.lower()):
+            rel = "%SystemDrive%" + rel[len(sd):]
+        self.registry.bulk_set(r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList" + "\\" + sid,
+                               [("ProfileImagePath", "REG_EXPAND_SZ", rel), ("Flags", "REG_DWORD", 0),
+                                ("State", "REG_DWORD", 0)])
+        if logged_on:
+            self.registry.load_hive(sid, hive_path, in_use=True)
+        return hive_path
+
+
+# -- the file system -----------------------------------------------------------
+
+BAD_CHARS = set('<>:"|?*') | {chr(i) for i in range(32)}
+
+
+class FileSystem:
+    """Windows paths of one host mapped onto real files under ``hosts/<name>/fs``."""
+
+    def __init__(self, host: LabHost) -> None:
+        self.host = host
+        self.root = host.dir / "fs"
+        self.cwd = host.environment().get("USERPROFILE", "C:\\") if host.config is not None else "C:\\"
+
+    def _components(self, path: str, cwd: str | None = None) -> tuple[Path, list[str]]:
+        p = path.replace("/", "\\").strip()
+        if not p:
+            raise InvalidPath("empty path")
+        if p.startswith("\\\\"):
+            parts = [x for x in p[2:].split("\\") if x]
+            if len(parts) < 2:
+                raise InvalidPath(f"invalid UNC path {path!r}")
+            base = self.host.lab.path / "shares"
+        else:
+            if len(p) >= 2 and p[1] == ":":
+                drive, rest = p[0].upper(), p[2:]
+                if not rest.startswith("\\"):
+                    cw = cwd or self.cwd
+                    rest = (cw[2:] if cw[:1].upper() == drive else "\\") + "\\" + rest
+            elif p.startswith("\\"):
+                cw = cwd or self.cwd
+                drive, rest = (cw[0].upper() if cw[1:2] == ":" else "C"), p
+            else:
+                cw = cwd or self.cwd
+                return self._components(cw.rstrip("\\") + "\\" + p)
+            parts = [drive] + [x for x in rest.split("\\") if x]
+            base = self.root
+        out: list[str] = []
+        for part in parts:
+            if part == ".":
+                continue
+            if part == "..":
+                if len(out) > (2 if p.startswith("\\\\") else 1):
+                    out.pop()
+                continue
+            if any(c in BAD_CHARS for c in part):
+                raise InvalidPath(f"The filename, directory name, or volume label syntax is incorrect: {path!r}")
+            out.append(part.rstrip(" .") or part)
+        return base, out
+
+    def resolve(self, path: str, cwd: str | None = None) -> Path:
+        """The real path for a Windows path, matching existing names case-insensitively."""
+        base, parts = self._components(path, cwd)
+        cur = base
+        for i, part in enumerate(parts):
+            cand = cur / part
+            if not cand.exists() and cur.is_dir():
+                low = part.lower()
+                for entry in os.listdir(cur):
+                    if entry.lower() == low:
+                        cand = cur / entry
+                        break
+            cur = cand
+        return cur
+
+    def exists(self, path: str) -> bool:
+        return self.resolve(path).exists()
+
+    def is_dir(self, path: str) -> bool:
+        return self.resolve(path).is_dir()
+
+    def read(self, path: str) -> bytes:
+        """File contents; FileNotFoundError / IsADirectoryError like open()."""
+        return self.resolve(path).read_bytes()
+
+    def write(self, path: str, data: bytes, *, append: bool = False, make_dirs: bool = True) -> None:
+        """Write (atomically, by rename) or append; parents are created when ``make_dirs``."""
+        real = self.resolve(path)
+        if real.is_dir():
+            raise IsADirectoryError(path)
+        if make_dirs:
+            real.parent.mkdir(parents=True, exist_ok=True)
+        elif not real.parent.is_dir():
+            raise FileNotFoundError(path)
+        if append:
+            with open(real, "ab") as f:
+                f.write(data)
+            return
+        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=".lab-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, real)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def delete(self, path: str) -> bool:
+        real = self.resolve(path)
+        if real.is_file():
+            real.unlink()
+            return True
+        return False
+
+    def mkdir(self, path: str, *, parents: bool = True) -> None:
+        self.resolve(path).mkdir(parents=parents, exist_ok=True)
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in a directory, sorted case-insensitively, hiding SQLite side files."""
+        real = self.resolve(path)
+        return sorted((n for n in os.listdir(real) if not n.endswith(HIVE_SUFFIXES) and not n.startswith(".lab-")),
+                      key=str.lower)
+
+    def file_version(self, path: str) -> str | None:
+        """The FileVersion of a lab executable (see runner.lab.binaries), None if it has none."""
+        from runner.lab.binaries import read_version_info
+        info = read_version_info(self.read(path))
+        return None if info is None else info.get("FileVersion")
+
+
+# -- the lab ----------------------------------------------------------------------
+
+class Lab:
+    """A lab directory (see the module docstring for its layout)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).resolve()
+        cfg = self.path / "lab.json"
+        if not cfg.is_file():
+            raise InputError(f"no lab at {self.path} (lab.json missing)", str(cfg))
+        try:
+            self.config: dict[str, Any] = json.loads(cfg.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise InputError(f"lab.json: {e.msg}", str(cfg), e.lineno, e.colno) from None
+        hosts = self.config.get("hosts") or {}
+        if isinstance(hosts, list):
+            hosts = {h["name"]: h for h in hosts}
+        self.hosts_config: dict[str, dict[str, Any]] = hosts
+        self._by_lower = {n.lower(): n for n in hosts}
+        self._hosts: dict[str, LabHost] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, path: Path | str, config: dict[str, Any]) -> "Lab":
+        """Create (or overwrite the config of) a lab directory; returns the opened Lab.
+
+        ``config`` keys: ``seed``, ``domains``, ``hosts`` ({name: {role, address,
+        env?}}), ``faults``, ``shares``; missing ones get defaults.
+        """
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "hosts").mkdir(exist_ok=True)
+        (p / "shares").mkdir(exist_ok=True)
+        cfg = {"format": LAB_FORMAT, "seed": 0, "domains": {}, "hosts": {}, "shares": {},
+               "faults": {"seed": 0, "global": {}, "hosts": {}}}
+        cfg.update(config)
+        tmp = p / ".lab.json.tmp"
+        tmp.write_text(json.dumps(cfg, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, p / "lab.json")
+        return cls(p)
+
+    def host_names(self) -> list[str]:
+        return list(self.hosts_config)
+
+    def host(self, name: str) -> LabHost:
+        """The LabHost for a host name (case-insensitive); KeyError if the lab has no such host."""
+        real = self._by_lower.get(name.lower())
+        if real is None:
+            raise KeyError(f"lab has no host {name!r}")
+        with self._lock:
+            h = self._hosts.get(real)
+            if h is None:
+                h = LabHost(self, real, self.hosts_config[real])
+                self._hosts[real] = h
+            return h
+
+    def host_by_address(self, address: str) -> LabHost | None:
+        for n, c in self.hosts_config.items():
+            if c.get("address") == address:
+                return self.host(n)
+        return None
+
+    def share_path(self, server: str, share: str) -> Path:
+        """The real directory of the UNC share ``\\\\server\\share`` (created)."""
+        p = self.path / "shares" / server / share
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def mutations_since(self, ts: float) -> list[JournalEntry]:
+        """Every host's journal entries from ``ts`` on, oldest first."""
+        out: list[JournalEntry] = []
+        for n in self.hosts_config:
+            if (self.path / "hosts" / n / "host.db").exists():
+                out.extend(self.host(n).journal(since=ts))
+        return sorted(out, key=lambda e: e.ts)
