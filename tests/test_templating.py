@@ -1,0 +1,52 @@
+"""Specification of templating: native values, strict undefined, sandbox, when."""
+from __future__ import annotations
+
+import pytest
+
+from runner.errors import PermanentFault
+from runner.templating import TemplateError, check_syntax, evaluate_when, render
+
+VARS = {"user": {"alias": "alice", "clients": ["pc1", "pc2"], "n": 3}, "domain": "contoso.com"}
+
+
+def test_strings_in_nested_structures_are_rendered():
+    assert render({"to": "sip:{{ user.alias }}@{{ domain }}", "list": ["{{ user.n }}", 7], "plain": "x"}, VARS) == {
+        "to": "sip:alice@contoso.com", "list": [3, 7], "plain": "x"}
+
+
+def test_a_pure_expression_keeps_its_native_type():
+    assert render("{{ user.clients }}", VARS) == ["pc1", "pc2"]
+    assert render("  {{ user.n + 1 }} ", VARS) == 4
+    assert render("{{ user.n }} and {{ user.n }}", VARS) == "3 and 3"
+
+
+def test_undefined_variable_is_a_permanent_fault_naming_it():
+    with pytest.raises(TemplateError, match=r"undefined variable 'colour' in '\{\{ colour \}\}'") as info:
+        render({"a": ["{{ colour }}"]}, VARS)
+    assert isinstance(info.value, PermanentFault)
+    with pytest.raises(TemplateError, match="undefined attribute 'sid'"):
+        render("x-{{ user.sid }}", VARS)
+    with pytest.raises(TemplateError, match="undefined attribute 'sid'"):
+        render("{{ user.sid }}", VARS)
+
+
+def test_sandbox_refuses_unsafe_attribute_access():
+    with pytest.raises(TemplateError, match="unsafe operation"):
+        render("{{ user.__class__.__mro__ }}", VARS)
+
+
+def test_when_accepts_templates_bare_expressions_and_booleans():
+    assert evaluate_when("{{ user.n > 2 }}", VARS) is True
+    assert evaluate_when("user.alias == 'bob'", VARS) is False
+    assert evaluate_when(None, VARS) is True
+    assert evaluate_when(False, VARS) is False
+    assert evaluate_when("false", VARS) is False
+    with pytest.raises(TemplateError, match="not true or false"):
+        evaluate_when("{{ user.alias }}", VARS)
+    with pytest.raises(TemplateError, match="undefined variable 'missing'"):
+        evaluate_when("missing > 1", VARS)
+
+
+def test_check_syntax_reports_errors_without_variables():
+    assert check_syntax("{{ a.b }} x") is None
+    assert check_syntax("{{ a + }}") is not None
