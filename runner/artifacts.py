@@ -1,0 +1,106 @@
+"""Artifacts on the control node: content-addressed files, written atomically and durably.
+
+``write("contacts/alice/pc01.reg", data)`` stores the bytes as
+``<state>/artifacts/contacts/alice/pc01.<sha12>.reg`` (tmp file in the same
+directory, fsync, ``os.replace``, fsync of the directory) and records that
+version as the *current* one of the name in the state store, committed
+before ``write`` returns. A changed content under the same name keeps the
+old version beside the new one; writing identical content again is a no-op
+(same file, no new record).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from runner.errors import RunnerError
+from runner.state import StateStore
+from runner.steps.base import ArtifactRef
+
+
+def _versioned_name(name: str, sha: str) -> PurePosixPath:
+    rel = PurePosixPath(name)
+    suffix = rel.suffix
+    stem = rel.name[: -len(suffix)] if suffix else rel.name
+    return rel.with_name(f"{stem}.{sha[:12]}{suffix}")
+
+
+def _check_name(name: str) -> PurePosixPath:
+    rel = PurePosixPath(name.replace("\\", "/"))
+    if not name or rel.is_absolute() or any(p in ("..", "") for p in rel.parts):
+        raise RunnerError(f"invalid artifact name {name!r}: must be a relative path without '..'")
+    return rel
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class ArtifactStore:
+    """The ``Artifacts`` a step gets: files under ``<state>/artifacts/``, versions in the store."""
+
+    def __init__(self, store: StateStore, *, run_id: str | None = None, task_key: str | None = None,
+                 root: Path | None = None) -> None:
+        self.store = store
+        self.root = root or (store.directory / "artifacts")
+        self.run_id = run_id
+        self.task_key = task_key
+
+    def for_task(self, task_key: str) -> "ArtifactStore":
+        """The same store, recording ``task_key`` as the writer of new versions."""
+        return ArtifactStore(self.store, run_id=self.run_id, task_key=task_key, root=self.root)
+
+    def write(self, name: str, data: bytes) -> ArtifactRef:
+        """Store ``data`` as the current version of ``name``; durable when this returns."""
+        rel = _check_name(name)
+        sha = hashlib.sha256(data).hexdigest()
+        key = str(rel)
+        current = self.store.current_artifact(key)
+        if current is not None and current.sha256 == sha and (self.root / current.path).exists():
+            return ArtifactRef(path=str(self.root / current.path), sha256=sha, size=current.size)
+        versioned = _versioned_name(key, sha)
+        target = self.root / versioned
+        if not (target.exists() and _sha_of(target) == sha):
+            atomic_write(target, data)
+        self.store.add_artifact(key, str(versioned), sha, len(data),
+                                task_key=self.task_key, run_id=self.run_id)
+        return ArtifactRef(path=str(target), sha256=sha, size=len(data))
+
+    def read(self, name: str) -> bytes | None:
+        """The current content of ``name`` (checked against its sha256), or None."""
+        current = self.store.current_artifact(str(_check_name(name)))
+        if current is None:
+            return None
+        path = self.root / current.path
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if hashlib.sha256(data).hexdigest() != current.sha256:
+            raise RunnerError(f"artifact {path} does not match its recorded sha256 (changed on disk?)")
+        return data
+
+
+def _sha_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,161 @@
+"""Pick a connection factory by ``host.connection`` and share one connection per host.
+
+Factories live in their own modules (``runner.connections.lab.LabConnection``,
+``runner.connections.ssh.SSHConnection``) and are imported only when a host
+of that kind is first contacted, so a lab-only run never imports paramiko.
+Tests may add kinds with ``register_kind``.
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from runner.connections.base import Connection
+from runner.errors import ConnectionFault, RunnerError, StepFault
+from runner.model import Host, Inventory
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """Run-wide connection settings from the command line."""
+
+    accept_new_host_keys: bool = False
+    connect_timeout: float = 10
+    command_timeout: float = 300
+
+
+Factory = Callable[[Host, Inventory, ConnectionOptions], Connection]
+
+#: kind -> "module:attribute" of its factory, imported lazily.
+_KINDS: dict[str, str] = {
+    "lab": "runner.connections.lab:LabConnection",
+    "ssh": "runner.connections.ssh:SSHConnection",
+}
+_extra: dict[str, Factory] = {}
+
+
+class UnknownConnectionKind(RunnerError):
+    """An inventory host names a connection kind nobody provides."""
+
+
+def register_kind(kind: str, factory: Factory) -> None:
+    """Make ``kind`` usable as ``host.connection`` (tests register in-memory kinds)."""
+    _extra[kind] = factory
+
+
+def factory_for(kind: str) -> Factory:
+    """The factory for connection ``kind``; a clear RunnerError for an unknown one."""
+    if kind in _extra:
+        return _extra[kind]
+    target = _KINDS.get(kind)
+    if target is None:
+        known = ", ".join(sorted({*_KINDS, *_extra}))
+        raise UnknownConnectionKind(f"unknown connection kind {kind!r} (known: {known})")
+    module_name, attr = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownConnectionKind(
+            f"connection kind {kind!r} is not available: cannot import {module_name} ({exc})") from None
+    return getattr(module, attr)
+
+
+def open_connection(host: Host, inventory: Inventory, options: ConnectionOptions) -> Connection:
+    """Open a connection to ``host`` with the factory of its connection kind."""
+    return factory_for(host.connection)(host, inventory, options)
+
+
+class ConnectionPool:
+    """One connection per host for a whole run: opened lazily, reused, closed at the end.
+
+    Opening is serialised per host (concurrent tasks wait for the one open).
+    A failed open is remembered for ``failure_memo`` seconds so that tasks
+    queued behind it fail at once with the same fault instead of each
+    waiting for a timeout; a retry after backoff opens again. A host the
+    engine gave up on (``mark_unreachable``) fails at once for the rest of
+    the run.
+    """
+
+    def __init__(self, inventory: Inventory, options: ConnectionOptions | None = None, *,
+                 failure_memo: float = 1.0,
+                 opener: Callable[[Host, Inventory, ConnectionOptions], Connection] = open_connection) -> None:
+        self.inventory = inventory
+        self.options = options or ConnectionOptions()
+        self.failure_memo = failure_memo
+        self._opener = opener
+        self._lock = threading.Lock()
+        self._host_locks: dict[str, threading.Lock] = {}
+        self._open: dict[str, Connection] = {}
+        self._failed: dict[str, tuple[float, StepFault]] = {}
+        self._unreachable: dict[str, str] = {}
+        self._closed = False
+        self.opened = 0
+
+    def _host_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._host_locks.setdefault(name, threading.Lock())
+
+    def get(self, name: str) -> Connection:
+        """The shared connection to host ``name``, opening it on first use."""
+        conn = self._open.get(name)
+        if conn is not None:
+            return conn
+        if name in self._unreachable:
+            raise ConnectionFault(f"{name} is unreachable ({self._unreachable[name]})", host=name)
+        host = self.inventory.hosts.get(name)
+        if host is None:
+            raise ConnectionFault(f"{name} is not a host of the inventory", host=name)
+        with self._host_lock(name):
+            conn = self._open.get(name)
+            if conn is not None:
+                return conn
+            if self._closed:
+                raise ConnectionFault("the run is over: connections are closed", host=name)
+            failed = self._failed.get(name)
+            if failed and time.monotonic() - failed[0] < self.failure_memo:
+                raise failed[1]
+            try:
+                conn = self._opener(host, self.inventory, self.options)
+            except StepFault as exc:
+                if exc.host is None:
+                    exc.host = name
+                self._failed[name] = (time.monotonic(), exc)
+                raise
+            self._failed.pop(name, None)
+            self._open[name] = conn
+            self.opened += 1
+            return conn
+
+    def invalidate(self, name: str) -> None:
+        """Drop a connection that failed mid-command so the next use reopens it."""
+        with self._host_lock(name):
+            conn = self._open.pop(name, None)
+        if conn is not None:
+            _close_quietly(conn)
+
+    def mark_unreachable(self, name: str, reason: str) -> None:
+        """Give up on ``name`` for the rest of the run."""
+        self._unreachable[name] = reason
+        self.invalidate(name)
+
+    def is_unreachable(self, name: str) -> bool:
+        return name in self._unreachable
+
+    def close(self) -> None:
+        """Close every open connection (errors while closing are ignored)."""
+        with self._lock:
+            self._closed = True
+            conns = list(self._open.values())
+            self._open.clear()
+        for conn in conns:
+            _close_quietly(conn)
+
+
+def _close_quietly(conn: Connection) -> None:
+    try:
+        conn.close()
+    except Exception:  # closing a broken connection must not fail the run
+        pass

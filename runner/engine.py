@@ -1,0 +1,373 @@
+"""Run a plan: steps in order, each step's tasks concurrently, with retries and checkpoints.
+
+Per play, per wave, per step: the step's tasks run on a thread pool bounded
+by ``forks`` and the step's ``throttle``. A task already finished by an
+earlier session of the run (same fingerprint) is skipped; ``when`` is
+evaluated; then probe -> (check mode: report) -> apply, retried with
+tenacity when the fault is transient. Every outcome becomes a ``task_end``
+event for the subscribers (state store, output); the store is flushed
+before the next step starts, so a task never runs before the outcomes it
+depends on are committed.
+
+Ansible semantics: a target that failed a step drops out of the rest of
+the play (unless ``ignore_errors``); an unreachable host is skipped for the
+rest of the run but does not stop the others; after each wave, the play
+stops if more than ``max_fail_percentage`` of the wave's targets failed
+(or all of them, when no percentage is set).
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_exponential,
+                      wait_random)
+
+from runner.artifacts import ArtifactStore
+from runner.connections.registry import ConnectionOptions, ConnectionPool
+from runner.context import TaskContext, task_variables
+from runner.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, StepFault)
+from runner.events import (PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event,
+                           Subscriber, TaskOutcome)
+from runner.model import Host
+from runner.plan import Plan, PlannedPlay, Task, Wave
+from runner.state import StateStore
+from runner.steps.base import Diff, StepModule, StepResult
+from runner.steps.registry import get_step
+from runner.templating import evaluate_when
+
+COUNTERS = ("ok", "changed", "failed", "skipped", "unreachable", "retried", "ignored")
+
+
+@dataclass
+class EngineOptions:
+    """How the engine runs: concurrency, check mode, retry defaults, connection settings."""
+
+    forks: int = 25
+    check: bool = False
+    diff: bool = False
+    default_retries: int = 3
+    default_delay: float = 1.0
+    max_delay: float = 60.0
+    connection: ConnectionOptions = field(default_factory=ConnectionOptions)
+
+
+@dataclass
+class RunSummary:
+    """What a run came to: status, exit code, per-target counters and totals."""
+
+    run_id: str
+    status: str
+    exit_code: int
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False
+    stopped_reason: str | None = None
+    tasks_run: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "exit_code": self.exit_code,
+                "totals": self.totals, "counts": self.counts, "interrupted": self.interrupted,
+                "stopped_reason": self.stopped_reason}
+
+
+def _steps_of(wave: Wave) -> list[list[Task]]:
+    """The wave's tasks grouped by step, in plan order (the planner emits them step by step)."""
+    groups: list[list[Task]] = []
+    for task in wave.tasks:
+        if groups and groups[-1][0].step.name == task.step.name:
+            groups[-1].append(task)
+        else:
+            groups.append([task])
+    return groups
+
+
+def _target_id(task: Task) -> str:
+    return f"{task.kind}:{task.target_name}"
+
+
+class Engine:
+    """Runs one plan against one inventory, recording into ``store`` under ``run_id``.
+
+    ``subscribers`` get every event, on the thread that called ``run``. In
+    check mode nothing is written to the store (earlier checkpoints are
+    still honoured, so the report matches what ``apply`` would do).
+    """
+
+    def __init__(self, inventory: Any, store: StateStore, run_id: str, options: EngineOptions | None = None,
+                 subscribers: Iterable[Subscriber] = (), *, resumed: bool = False,
+                 pool: ConnectionPool | None = None) -> None:
+        self.inventory = inventory
+        self.store = store
+        self.run_id = run_id
+        self.options = options or EngineOptions()
+        self.resumed = resumed
+        self.subscribers: list[Subscriber] = list(subscribers)
+        if not self.options.check:
+            self.subscribers.insert(0, store.subscriber(run_id))
+        self.pool = pool or ConnectionPool(inventory, self.options.connection,
+                                           failure_memo=min(1.0, self.options.default_delay / 2))
+        self.artifacts = ArtifactStore(store, run_id=run_id)
+        self._stop = threading.Event()
+        self._facts: dict[str, Mapping[str, Any]] = {}
+        self._counts: dict[str, dict[str, int]] = {}
+        self._failed_any = False
+        self._unreachable_any = False
+        self._tasks_run = 0
+
+    # -- control ----------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Stop scheduling new tasks; tasks in flight finish (first Ctrl-C)."""
+        self._stop.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._stop.is_set()
+
+    def emit(self, kind: str, **data: Any) -> None:
+        event = Event(kind, data)
+        for sub in self.subscribers:
+            sub(event)
+
+    # -- the run ----------------------------------------------------------------
+
+    def run(self, plan: Plan) -> RunSummary:
+        """Execute ``plan`` and return its summary (the caller closes the store)."""
+        tasks = plan.tasks()
+        completed = self.store.completed(self.run_id) if self.resumed else {}
+        if not self.options.check:
+            self.store.register_tasks(self.run_id, (
+                (t.key, t.play_index, t.step.name, t.step.module, t.kind, t.target_name, t.wave,
+                 t.step.fingerprint) for t in tasks))
+        self.emit(RUN_START, run_id=self.run_id, resumed=self.resumed, check=self.options.check,
+                  tasks=len(tasks), plays=len(plan.plays))
+        stopped: str | None = None
+        executor = ThreadPoolExecutor(max_workers=max(1, self.options.forks), thread_name_prefix="task")
+        try:
+            for pplay in plan.plays:
+                if self._stop.is_set() or stopped:
+                    break
+                stopped = self._run_play(pplay, completed, executor)
+        finally:
+            executor.shutdown(wait=True)
+            self.pool.close()
+            self.store.flush()
+        summary = self._summary(stopped)
+        self.emit(RUN_END, run_id=self.run_id, status=summary.status, exit_code=summary.exit_code,
+                  summary=summary)
+        return summary
+
+    def _run_play(self, pplay: PlannedPlay, completed: Mapping[str, str],
+                  executor: ThreadPoolExecutor) -> str | None:
+        play = pplay.play
+        self.emit(PLAY_START, play=pplay.index, name=play.name,
+                  waves=[w.name for w in pplay.waves])
+        dropped: set[str] = set()
+        for wave in pplay.waves:
+            if self._stop.is_set():
+                return None
+            wave_targets = {_target_id(t) for t in wave.tasks}
+            bad: set[str] = set()
+            for step_tasks in _steps_of(wave):
+                if self._stop.is_set():
+                    break
+                step = step_tasks[0].step
+                self.emit(STEP_START, play=pplay.index, step=step.name, module=step.module,
+                          wave=wave.name, tasks=len(step_tasks))
+                for outcome, task in self._run_step(pplay, step_tasks, completed, dropped, executor):
+                    if outcome.status in ("failed", "unreachable") and not outcome.ignored:
+                        bad.add(_target_id(task))
+                        dropped.add(_target_id(task))
+                self.store.flush()
+            if self._stop.is_set():
+                return None
+            limit = play.max_fail_percentage
+            failed_pct = 100.0 * len(bad) / len(wave_targets) if wave_targets else 0.0
+            if limit is not None:
+                stop = failed_pct > limit
+                reason = (f"{len(bad)} of {len(wave_targets)} targets of wave failed "
+                          f"({failed_pct:.0f}% > max_fail_percentage {limit:g}%)")
+            else:
+                stop = bool(wave_targets) and len(bad) == len(wave_targets)
+                reason = f"all {len(wave_targets)} targets of the wave failed"
+            self.emit(WAVE_END, play=pplay.index, wave=wave.name, targets=len(wave_targets),
+                      failed=len(bad), stopped=stop, reason=reason if stop else "")
+            if stop:
+                return f"play '{play.name}' stopped after wave {wave.name or '(all)'}: {reason}"
+        return None
+
+    def _run_step(self, pplay: PlannedPlay, tasks: list[Task], completed: Mapping[str, str],
+                  dropped: set[str], executor: ThreadPoolExecutor) -> list[tuple[TaskOutcome, Task]]:
+        results: list[tuple[TaskOutcome, Task]] = []
+        runnable: deque[Task] = deque()
+        for task in tasks:
+            if _target_id(task) in dropped:
+                continue
+            fp = completed.get(task.key)
+            if fp is not None and fp == task.step.fingerprint:
+                results.append((self._finish(task, self._outcome(
+                    task, "skipped", message="done in an earlier run", resumed=True)), task))
+                continue
+            if task.kind == "host" and self.pool.is_unreachable(task.target_name):
+                results.append((self._finish(task, self._outcome(
+                    task, "unreachable", message="host unreachable earlier in this run")), task))
+                continue
+            runnable.append(task)
+        step = tasks[0].step
+        limit = max(1, self.options.forks)
+        if step.throttle:
+            limit = min(limit, step.throttle)
+        inflight: dict[Future[TaskOutcome], Task] = {}
+        while runnable or inflight:
+            while runnable and len(inflight) < limit and not self._stop.is_set():
+                task = runnable.popleft()
+                inflight[executor.submit(self._run_task, pplay, task)] = task
+            if not inflight:
+                break
+            done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
+            for fut in done:
+                task = inflight.pop(fut)
+                results.append((self._finish(task, fut.result()), task))
+        return results
+
+    # -- one task ----------------------------------------------------------------
+
+    def _outcome(self, task: Task, status: str, **kw: Any) -> TaskOutcome:
+        now = time.time()
+        kw.setdefault("started", now)
+        kw.setdefault("ended", now)
+        return TaskOutcome(key=task.key, play_index=task.play_index, step=task.step.name,
+                           module=task.step.module, kind=task.kind, target=task.target_name,
+                           status=status, wave=task.wave, fingerprint=task.step.fingerprint, **kw)
+
+    def _run_task(self, pplay: PlannedPlay, task: Task) -> TaskOutcome:
+        """Run one task in a worker thread; never raises."""
+        started = time.time()
+        attempts = 0
+        step = task.step
+        diff: Diff | None = None
+        try:
+            variables = task_variables(self.inventory, pplay.play, task)
+            ctx = TaskContext(task=task, variables=variables, inventory=self.inventory,
+                              check=self.options.check, run_id=self.run_id,
+                              artifacts=self.artifacts.for_task(task.key), pool=self.pool,
+                              store=self.store, facts_overlay=self._facts)
+            if step.when is not None and not evaluate_when(step.when, variables):
+                return self._outcome(task, "skipped", started=started, message="condition is false")
+            module_cls = get_step(step.module)
+            if module_cls is None:
+                return self._outcome(task, "failed", started=started,
+                                     message=f"unknown step module {step.module!r}")
+            module = module_cls()
+            retries = self.options.default_retries if step.retries is None else step.retries
+            delay = self.options.default_delay if step.delay is None else step.delay
+            retrying = Retrying(
+                stop=stop_any(stop_after_attempt(max(0, retries) + 1), lambda _: self._stop.is_set()),
+                wait=(wait_exponential(multiplier=delay, max=max(delay, self.options.max_delay))
+                      + wait_random(0, delay)),
+                retry=retry_if_exception(lambda e: isinstance(e, StepFault) and e.transient),
+                sleep=self._sleep, reraise=True)
+            result: StepResult | None = None
+            for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    try:
+                        result, diff = self._attempt(module, ctx, task)
+                    except StepFault as fault:
+                        if fault.unreachable:
+                            self.pool.invalidate(fault.host or self._host_of(task) or "")
+                        raise
+            assert result is not None
+            status = result.status
+            if status not in ("ok", "changed", "skipped", "failed", "unreachable"):
+                return self._outcome(task, "failed", started=started, attempts=attempts,
+                                     message=f"step returned an unknown status {status!r}")
+            return self._outcome(task, status, started=started, ended=time.time(), attempts=attempts,
+                                 message=result.message, data=dict(result.data),
+                                 warnings=list(result.warnings), diff=diff,
+                                 ignored=status == "failed" and step.ignore_errors)
+        except StepFault as fault:
+            status = "unreachable" if fault.unreachable else "failed"
+            message = fault.message
+            if self._stop.is_set() and fault.transient:
+                message += " (interrupted while retrying)"
+            data = dict(fault.data)
+            if fault.unreachable and fault.host:
+                data.setdefault("host", fault.host)
+            return self._outcome(task, status, started=started, ended=time.time(), attempts=attempts,
+                                 message=message, data=data, diff=diff,
+                                 ignored=status == "failed" and step.ignore_errors)
+        except Exception as exc:  # a bug in a step must fail its task, not the run
+            return self._outcome(task, "failed", started=started, ended=time.time(), attempts=attempts,
+                                 message=f"{type(exc).__name__}: {exc}", diff=diff,
+                                 traceback=traceback.format_exc(), ignored=step.ignore_errors)
+
+    def _attempt(self, module: StepModule, ctx: TaskContext, task: Task) -> tuple[StepResult, Diff | None]:
+        diff = module.probe(ctx, task.target)
+        if diff is None:
+            return StepResult("ok"), None
+        if self.options.check and not module.read_only:
+            return StepResult("changed", message=diff.summary), diff
+        result = module.apply(ctx, task.target, diff)
+        if not isinstance(result, StepResult):
+            raise TypeError(f"{type(module).__name__}.apply returned {type(result).__name__}, not StepResult")
+        return result, diff
+
+    def _sleep(self, seconds: float) -> None:
+        """Backoff sleep that a Ctrl-C cuts short."""
+        self._stop.wait(seconds)
+
+    @staticmethod
+    def _host_of(task: Task) -> str | None:
+        return task.target.name if isinstance(task.target, Host) else None
+
+    # -- bookkeeping (main thread) ---------------------------------------------------
+
+    def _finish(self, task: Task, outcome: TaskOutcome) -> TaskOutcome:
+        """Account for an outcome, mark unreachable hosts, keep facts, emit the event."""
+        if not outcome.resumed:
+            self._tasks_run += 1
+        if outcome.status == "unreachable":
+            self._unreachable_any = True
+            host = outcome.data.get("host") or self._host_of(task)
+            if host and not self.pool.is_unreachable(host):
+                self.pool.mark_unreachable(host, outcome.message)
+        elif outcome.status == "failed" and not outcome.ignored:
+            self._failed_any = True
+        if (task.kind == "host" and outcome.status in ("ok", "changed")
+                and isinstance(outcome.data.get("facts"), Mapping)):
+            facts = dict(outcome.data["facts"])
+            self._facts[task.target_name] = facts
+            if not self.options.check:
+                self.store.set_facts(task.target_name, facts, self.run_id)
+        c = self._counts.setdefault(outcome.target, dict.fromkeys(COUNTERS, 0))
+        c["ignored" if outcome.ignored else outcome.status] += 1
+        if outcome.retried:
+            c["retried"] += 1
+        self.emit(TASK_END, outcome=outcome)
+        return outcome
+
+    def _summary(self, stopped: str | None) -> RunSummary:
+        totals = dict.fromkeys(COUNTERS, 0)
+        for c in self._counts.values():
+            for k, v in c.items():
+                totals[k] += v
+        if self._stop.is_set():
+            status, code = "interrupted", EXIT_INTERRUPTED
+        elif stopped:
+            status, code = "stopped", EXIT_FAILED
+        elif self._failed_any:
+            status, code = "failed", EXIT_FAILED
+        elif self._unreachable_any:
+            status, code = "unreachable", EXIT_UNREACHABLE
+        else:
+            status, code = "ok", EXIT_OK
+        return RunSummary(run_id=self.run_id, status=status, exit_code=code, counts=self._counts,
+                          totals=totals, interrupted=self._stop.is_set(), stopped_reason=stopped,
+                          tasks_run=self._tasks_run)
