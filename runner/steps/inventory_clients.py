@@ -1,0 +1,165 @@
+"""inventory_clients: gather each client's facts (OS, Messenger, profiles, contact lists).
+
+One round trip reads ``ver``, the environment, the Uninstall and ProfileList
+keys, ``reg query HKU`` and the contact key of every logged-on inventory
+user of the host; a second one (only when some user is not logged on and
+``load_hives`` is true) loads, reads and always unloads their NTUSER.DAT.
+
+Policy: an inventory user without a profile on the host is a warning (in
+the result and ``facts.users[alias].problem``); Windows Messenger missing
+fails the task unless ``require_messenger: false``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from runner.model import Host
+from runner.steps import _clients as cl
+from runner.steps.base import Diff, StepContext, StepModule, StepResult
+from runner.windows import reg
+from runner.windows.cmdline import Command, Quoted
+from runner.windows.imcontacts import DEFAULT_CONTACTS_KEY, contacts_from_keys
+
+DEFAULT_MESSENGER_EXE = r"C:\Program Files\Messenger\msmsgs.exe"
+
+
+def version_tuple(version: str | None) -> tuple[int, ...]:
+    """``"5.1.0715"`` -> ``(5, 1, 715)``; unparsable parts stop the tuple."""
+    out: list[int] = []
+    for part in (version or "").split("."):
+        m = re.match(r"\d+", part)
+        if not m:
+            break
+        out.append(int(m.group()))
+    return tuple(out)
+
+
+def _messenger_from_uninstall(keys: list) -> dict[str, Any] | None:
+    for key in keys:
+        name = reg.value_of(key, "DisplayName")
+        if isinstance(name, str) and "messenger" in name.lower():
+            version = reg.value_of(key, "DisplayVersion")
+            return {"installed": True, "product": name, "version": version if isinstance(version, str) else None,
+                    "product_code": key.path.rsplit("\\", 1)[-1], "source": "uninstall"}
+    return None
+
+
+def _file_version(stdout: str) -> str | None:
+    m = re.search(r"^\s*Version=(\S+)", stdout, re.MULTILINE)
+    return m.group(1) if m else None
+
+
+def _contact_summary(stdout: str, contacts_key: str) -> dict[str, Any]:
+    doc = contacts_from_keys(reg.parse_query(stdout), contacts_key)
+    return {"present": True, "count": len(doc["contacts"]), "profiles": doc["profiles"]}
+
+
+class InventoryClients(StepModule):
+    """Gather client facts for later steps and ``runner status``."""
+
+    name = "inventory_clients"
+    target = "host"
+    read_only = True
+    args_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "require_messenger": {"type": "boolean", "default": True},
+            "load_hives": {"type": "boolean", "default": True},
+            "contacts_key": {"type": "string", "minLength": 1},
+            "messenger_exe": {"type": "string", "minLength": 1},
+        },
+    }
+
+    def probe(self, ctx: StepContext, target: Host) -> Diff | None:  # type: ignore[override]
+        return Diff(summary=f"gather facts of {target.name}")
+
+    def apply(self, ctx: StepContext, target: Host, diff: Diff) -> StepResult:  # type: ignore[override]
+        facts, warnings = gather(ctx, target)
+        data = {"facts": facts}
+        if not facts["messenger"]["installed"] and ctx.args.get("require_messenger", True):
+            return StepResult("failed", f"Windows Messenger is not installed on {target.name}",
+                              data=data, warnings=warnings)
+        n = len(facts["users"])
+        return StepResult("ok", f"{facts['os'] or 'unknown OS'}; Messenger "
+                          f"{facts['messenger'].get('version') or 'missing'}; {n} inventory user(s)",
+                          data=data, warnings=warnings)
+
+
+def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
+    """Read the facts of ``host`` (read-only, at most two round trips)."""
+    contacts_key = str(ctx.args.get("contacts_key") or ctx.vars.get("contacts_key") or DEFAULT_CONTACTS_KEY)
+    exe = str(ctx.args.get("messenger_exe") or DEFAULT_MESSENGER_EXE)
+    users = cl.client_users(ctx.inventory, host.name)
+    conn = ctx.connection(host.name)
+    wql = "name='" + exe.replace("\\", "\\\\") + "'"
+    base = [Command("ver"), Command("echo", "%SystemDrive%"), Command("echo", "%ProgramFiles%"),
+            reg.query(cl.UNINSTALL, recursive=True), reg.query(cl.PROFILE_LIST, recursive=True),
+            reg.query("HKU"),
+            Command("wmic", "datafile", "where", Quoted(wql), "get", "Version", "/value")]
+    per_user = [reg.query(f"HKU\\{u.sid}\\{contacts_key}", recursive=True) if u.sid else Command("ver")
+                for u in users]
+    sections, _ = cl.run_sections(conn, base + per_user)
+    text = [s.stdout if s is not None and s.ok else "" for s in sections]
+    env = {"SystemDrive": text[1].strip() or "C:", "ProgramFiles": text[2].strip() or r"C:\Program Files"}
+    os_line = next((ln.strip() for ln in text[0].splitlines() if ln.strip()), None)
+    messenger = _messenger_from_uninstall(reg.parse_query(text[3]))
+    file_version = _file_version(text[6])
+    if messenger is None and file_version:
+        messenger = {"installed": True, "product": "Windows Messenger", "version": file_version,
+                     "product_code": None, "source": "file"}
+    messenger = messenger or {"installed": False, "product": None, "version": None, "product_code": None,
+                              "source": None}
+    messenger["file_version"] = file_version
+    found = cl.profiles(reg.parse_query(text[4]), reg.parse_query(text[5]), env)
+    loaded = sorted(s for s in reg.subkeys(reg.parse_query(text[5]), "HKU"))
+    warnings: list[str] = []
+    user_facts: dict[str, Any] = {}
+    unloaded: list[tuple[Any, cl.Profile]] = []
+    for i, user in enumerate(users):
+        p = cl.profile_for(user, found)
+        if p is None:
+            warnings.append(f"{user.alias}: no profile on {host.name}")
+            user_facts[user.alias] = {"sid": user.sid, "profile": None, "loaded": False, "contacts": None,
+                                      "problem": "no profile"}
+            continue
+        entry: dict[str, Any] = {"sid": p.sid, "profile": p.path, "loaded": p.loaded, "contacts": None}
+        sec = sections[len(base) + i]
+        if p.loaded and user.sid:
+            entry["contacts"] = (_contact_summary(sec.stdout, contacts_key) if sec is not None and sec.ok
+                                 else {"present": False, "count": 0, "profiles": []})
+        else:
+            unloaded.append((user, p))
+        user_facts[user.alias] = entry
+    if unloaded and ctx.args.get("load_hives", True):
+        _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings)
+    facts = {"os": os_line, "env": env, "messenger": messenger,
+             "profiles": {sid: {"path": p.path, "loaded": p.loaded} for sid, p in found.items()},
+             "loaded_hives": loaded, "users": user_facts, "contacts_key": contacts_key}
+    return facts, warnings
+
+
+def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
+                   user_facts: dict[str, Any], warnings: list[str]) -> None:
+    """Load, read and unload (always, same line) the hives of users not logged on."""
+    commands: list[Command] = []
+    for user, p in unloaded:
+        name = cl.hive_name(user.alias)
+        commands += [reg.load(name, p.path.rstrip("\\") + "\\NTUSER.DAT"),
+                     reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True), reg.unload(name)]
+    commands.append(reg.query("HKU"))
+    sections, stderr = cl.run_sections(conn, commands)
+    for i, (user, _p) in enumerate(unloaded):
+        load, query = sections[3 * i], sections[3 * i + 1]
+        if load is None or not load.ok:
+            why = "hive locked" if cl.is_locked_text(stderr) else "hive could not be loaded"
+            user_facts[user.alias]["problem"] = why
+            warnings.append(f"{user.alias}: {why} on {host}")
+            continue
+        user_facts[user.alias]["contacts"] = (_contact_summary(query.stdout, contacts_key)
+                                              if query is not None and query.ok
+                                              else {"present": False, "count": 0, "profiles": []})
+    for user, _p in unloaded:
+        if cl.still_loaded(sections[-1], cl.hive_name(user.alias)):
+            cl.unload_verified(conn, host, cl.hive_name(user.alias))
