@@ -34,9 +34,13 @@ Path_ = tuple  # a path into the document: keys and list indexes
 
 # -- YAML with marks ----------------------------------------------------------
 
-class MarkedLoader(yaml.SafeLoader):
-    """SafeLoader that keeps the composed node tree (every node has start_mark
-    line/column) so that any document path can be located afterwards."""
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class MarkedLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """SafeLoader (libyaml's when available: large inventories) that keeps the
+    composed node tree (every node has start_mark line/column) so that any
+    document path can be located afterwards."""
 
 
 class Document:
@@ -475,7 +479,8 @@ class _InventoryBuilder:
         self.children: dict[str, list[str]] = {}
         self.own_hosts: dict[str, list[str]] = {}
         self.host_defs: dict[str, tuple[dict[str, Any], Path_]] = {}
-        self.host_order: list[str] = []
+        self.host_order: dict[str, None] = {}
+        self.host_groups: dict[str, list[str]] = {}
 
     def visit_group(self, name: str, gdef: dict[str, Any], path: Path_) -> None:
         if name in self.group_defs:
@@ -490,8 +495,8 @@ class _InventoryBuilder:
             hname = str(hname)
             hpath = path + ("hosts", hname)
             self.own_hosts[name].append(hname)
-            if hname not in self.host_order:
-                self.host_order.append(hname)
+            self.host_order.setdefault(hname, None)
+            self.host_groups.setdefault(hname, []).append(name)
             if hdef:  # a non-empty entry defines the host's settings
                 if hname in self.host_defs:
                     self.errors.append(self.doc.error(
@@ -603,7 +608,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
 
     hosts: dict[str, Host] = {}
     for h in b.host_order:
-        direct = [g for g, hs in b.own_hosts.items() if h in hs]
+        direct = b.host_groups[h]
         member = set().union(*(ancestors.get(g, {g}) for g in direct)) | {"all"}
         ordered = sorted(member, key=lambda g: (depth.get(g, 0), order.get(g, 0)))
         merged: dict[str, Any] = {}
