@@ -244,10 +244,14 @@ def test_templated_module_args_are_not_type_checked_but_syntax_checked(tmp_path)
 
 
 def test_yaml_syntax_error(tmp_path):
-    assert playbook_errors(tmp_path, """
+    errors = playbook_errors(tmp_path, """
         - name: P
           steps: [{name: A, ldr_host: {}
-    """) == ["pb.yml:3:1: YAML syntax error: while parsing a flow mapping, expected ',' or '}', but got '<stream end>'"]
+    """)
+    # libyaml and the pure-Python parser word the end differently
+    assert len(errors) == 1
+    assert errors[0].startswith("pb.yml:3:1: YAML syntax error: while parsing a flow mapping, ")
+    assert "expected ',' or '}'" in errors[0]
 
 
 def test_missing_file(tmp_path):
