@@ -220,7 +220,7 @@ class SSHConnection:
             passphrase = _Secret(val)
         try:
             return paramiko.PKey.from_path(str(self.key_file),
-                                           passphrase.reveal() if passphrase else None)
+                                           passphrase.reveal().encode("utf-8") if passphrase else None)
         except FileNotFoundError:
             raise AuthenticationFault(f"{self.host}: ssh_key_file {self.key_file} does not exist",
                                       host=self.host) from None
@@ -228,7 +228,7 @@ class SSHConnection:
             raise AuthenticationFault(
                 f"{self.host}: ssh_key_file {self.key_file} is encrypted; name the environment variable "
                 "holding its passphrase in ssh_key_passphrase_env", host=self.host) from None
-        except (paramiko.SSHException, ValueError, OSError):
+        except Exception:  # never chain: the library's exception may quote the passphrase
             raise AuthenticationFault(
                 f"{self.host}: cannot load ssh_key_file {self.key_file} (wrong passphrase or "
                 "unsupported key format)", host=self.host) from None
