@@ -168,9 +168,10 @@ def mapping_for(vars: Mapping[str, Any], inventory: Inventory | None = None,
     (from ``vars``, else the inventory's), the user's ``vars.sip_mapping`` over
     it, and every inventory user's explicit ``sip_uri``."""
     rule = vars.get("sip_mapping")
-    if rule is None and inventory is not None:
-        rule = inventory.vars.get("sip_mapping")
     override = (user.vars or {}).get("sip_mapping") if user is not None else None
+    if (rule is None or (override is not None and rule == override)) and inventory is not None:
+        # task variables already hold the user's override in place of the rule
+        rule = inventory.vars.get("sip_mapping")
     users: dict[str, str] = {}
     if inventory is not None:
         for u in inventory.users.values():

@@ -1,0 +1,67 @@
+"""Helpers shared by the LCS/Exchange steps: the user's export, LCS server, verification record.
+
+Private to runner/steps (the leading underscore keeps it out of step discovery).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from runner.errors import PermanentFault
+from runner.lcs.contacts import ExportedContact, parse_export
+from runner.lcs.server import LcsServer, home_server, instance_id
+from runner.model import User
+from runner.steps.base import StepContext
+
+
+def _artifact_names(data: Any) -> Iterable[str]:
+    """Artifact names of the normalised JSON export found in a task's data (any key)."""
+    if isinstance(data, str):
+        if data.lower().endswith(".json"):
+            yield data
+    elif isinstance(data, Mapping):
+        for key in ("artifact", "json_artifact", "json", "merged", "contacts_artifact"):
+            if key in data:
+                yield from _artifact_names(data[key])
+        for value in data.values():
+            yield from _artifact_names(value)
+    elif isinstance(data, (list, tuple)):
+        for value in data:
+            yield from _artifact_names(value)
+
+
+def latest_export(ctx: StepContext, user: User) -> tuple[list[ExportedContact], str] | None:
+    """The user's exported contacts from the newest successful export_contacts
+    outcome that names a readable JSON artifact, with that artifact's name; None
+    when the user was never exported."""
+    for record in ctx.previous("export_contacts", user.alias):
+        if record.status not in ("ok", "changed"):
+            continue
+        for name in dict.fromkeys(_artifact_names(dict(record.data))):
+            path = name
+            data = ctx.artifacts.read(path)
+            if data is None and "/artifacts/" in name.replace("\\", "/"):
+                path = name.replace("\\", "/").split("/artifacts/", 1)[1]
+                data = ctx.artifacts.read(path)
+            if data is not None:
+                return parse_export(data), path
+    return None
+
+
+def require_export(ctx: StepContext, user: User) -> tuple[list[ExportedContact], str]:
+    """Like latest_export, but a missing export is a failure that says what to run."""
+    found = latest_export(ctx, user)
+    if found is None:
+        raise PermanentFault(f"no contact export for {user.alias}: run export_contacts for this user first")
+    return found
+
+
+def lcs_for(ctx: StepContext, user: User) -> tuple[LcsServer, str]:
+    """The user's LCS home server session and the user's InstanceID."""
+    host = home_server(user, ctx.inventory, ctx.vars)
+    return LcsServer(ctx.connection(host), host), instance_id(user)
+
+
+def verified(ctx: StepContext, user: User) -> bool:
+    """True when verify_contacts passed for ``user`` in this or an earlier run."""
+    return any(r.status in ("ok", "changed") and (r.data or {}).get("verified")
+               for r in ctx.previous("verify_contacts", user.alias))

@@ -1,0 +1,70 @@
+"""disable_exchange_im: clear a user's Exchange IM attributes once they are safe on LCS.
+
+Refuses unless the user is enabled on LCS and verify_contacts passed for
+them in this or an earlier run, or the playbook says users recreate their
+contacts themselves (``contacts_recreated_by_users: true``, scenario 1).
+``force: true`` overrides the refusal with a loud warning. The change is an
+LDIF modify (delete of each msExchIM* attribute still present) put on the
+Exchange IM server and applied with ``ldifde -i -f``.
+"""
+from __future__ import annotations
+
+from runner.errors import PermanentFault
+from runner.lcs.exchange import Directory, clear_im_change, exchange_server
+from runner.model import User
+from runner.steps._lcs import lcs_for, verified
+from runner.steps.base import Diff, StepContext, StepModule, StepResult
+from runner.windows import ldif, wmic
+
+
+class DisableExchangeIm(StepModule):
+    """Remove the user's msExchIM* attributes (Exchange IM disabled for them)."""
+
+    name = "disable_exchange_im"
+    target = "user"
+    args_schema = {"type": "object", "additionalProperties": False, "properties": {
+        "contacts_recreated_by_users": {"type": "boolean", "default": False},
+        "force": {"type": "boolean", "default": False}}}
+
+    def probe(self, ctx: StepContext, target: User) -> Diff | None:
+        host = exchange_server(ctx.inventory, ctx.vars)
+        entry = Directory(ctx.connection(host), host, ctx.vars).im_user(target.im_address)
+        if entry is None:
+            return None
+        change = clear_im_change(entry)
+        if not change.mods:
+            return None
+        pending = self._pending(ctx, target)
+        warnings = []
+        if pending:
+            if ctx.args.get("force"):
+                warnings.append(f"FORCED: disabling Exchange IM for {target.alias} although {pending}")
+            elif ctx.check:
+                warnings.append(f"would refuse now: {pending}")
+            else:
+                raise PermanentFault(f"refusing to disable Exchange IM for {target.alias}: {pending} "
+                                     "(force: true overrides)")
+        lines = [f"- {entry.dn}: {attr}" for _, attr, _ in change.mods] + [f"! {w}" for w in warnings]
+        return Diff(f"clear {len(change.mods)} IM attribute(s) of {target.alias}", lines,
+                    {"dn": entry.dn, "attrs": [a for _, a, _ in change.mods], "warnings": warnings})
+
+    @staticmethod
+    def _pending(ctx: StepContext, user: User) -> str | None:
+        """Why the user is not yet safe to disable, or None."""
+        server, iid = lcs_for(ctx, user)
+        state = server.read(iid, contacts=False)
+        if state.user is None or not wmic.parse_bool(state.user.get("Enabled")):
+            return f"{user.alias} is not enabled on LCS ({server.host})"
+        if ctx.args.get("contacts_recreated_by_users"):
+            return None
+        if not verified(ctx, user):
+            return f"verify_contacts has not passed for {user.alias}"
+        return None
+
+    def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
+        host = exchange_server(ctx.inventory, ctx.vars)
+        d = diff.data
+        Directory(ctx.connection(host), host, ctx.vars).apply(
+            [ldif.Change(d["dn"], "modify", [("delete", a, []) for a in d["attrs"]])])
+        return StepResult("changed", f"Exchange IM disabled for {target.alias}",
+                          {"dn": d["dn"], "cleared": d["attrs"], "forced": bool(d["warnings"])}, d["warnings"])

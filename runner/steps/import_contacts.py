@@ -1,0 +1,79 @@
+"""import_contacts: add a user's exported Exchange IM contacts to LCS as a set union.
+
+Reads the newest export artifact of the user, then in one round trip the
+user's LCS groups, contacts and the pool's MaxContactsPerUser; plans with
+runner.lcs.contacts.plan_import (never duplicate, remove or rename), creates
+the missing groups first and re-reads their server-assigned ids, then the
+contacts, batched within cmd.exe's line limit. Unmappable and over-limit
+contacts are in the result's data and warnings. In coexistence (gradual
+scenarios) ungrouped contacts go to ``coexistence_group``.
+"""
+from __future__ import annotations
+
+from runner.errors import PermanentFault
+from runner.lcs.contacts import plan_import
+from runner.lcs.mapping import mapping_for
+from runner.model import User
+from runner.steps._lcs import latest_export, lcs_for, require_export
+from runner.steps.base import Diff, StepContext, StepModule, StepResult
+
+
+class ImportContacts(StepModule):
+    """Create the missing groups and contacts of one user on LCS."""
+
+    name = "import_contacts"
+    target = "user"
+    args_schema = {"type": "object", "additionalProperties": False, "properties": {
+        "coexistence": {"type": "boolean", "default": False,
+                        "description": "put ungrouped contacts into coexistence_group"},
+        "coexistence_group": {"type": "string", "minLength": 1, "maxLength": 128,
+                              "default": "Exchange IM Contacts"}}}
+
+    def _plan(self, ctx: StepContext, user: User):
+        found = latest_export(ctx, user)
+        if found is None:
+            if ctx.check:  # the export step before this one has not run in check mode
+                return None, "", None, ""
+            found = require_export(ctx, user)
+        exported, artifact = found
+        server, iid = lcs_for(ctx, user)
+        state = server.read(iid)
+        if state.user is None and not ctx.check:
+            raise PermanentFault(f"user {user.alias} is not enabled on {server.host}: run enable_lcs_users first")
+        group = None
+        if ctx.args.get("coexistence", False):
+            group = str(ctx.args.get("coexistence_group") or "Exchange IM Contacts")
+        plan = plan_import(exported, state.contacts, state.groups, mapping_for(ctx.vars, ctx.inventory, user),
+                           max_contacts=state.max_contacts, coexistence_group=group)
+        return plan, artifact, server, iid
+
+    def probe(self, ctx: StepContext, target: User) -> Diff | None:
+        plan, artifact, server, _ = self._plan(ctx, target)
+        if plan is None:
+            return Diff(f"import {target.alias}'s contacts once they are exported", [f"+ contacts of {target.alias}"])
+        if not plan.changes:
+            return None
+        lines = [f"+ group {g!r}" for g in plan.groups_to_create]
+        lines += [f"+ contact {c.uri} ({c.name!r}{', ' + ', '.join(c.groups) if c.groups else ''})"
+                  for c in plan.contacts_to_add]
+        lines += [f"! {w}" for w in plan.warnings()]
+        return Diff(f"add {len(plan.contacts_to_add)} contact(s), {len(plan.groups_to_create)} group(s) "
+                    f"on {server.host}", lines, {"artifact": artifact})
+
+    def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
+        # Re-plan: the probe's view may be stale after a retry or a crash.
+        plan, artifact, server, iid = self._plan(ctx, target)
+        warnings = plan.warnings()
+        groups, failures = [], []
+        if plan.groups_to_create or plan.contacts_to_add:
+            groups, failures = server.create_groups(iid, plan.groups_to_create)
+        created, failed = server.create_contacts(iid, plan.contacts_to_add, groups) if plan.contacts_to_add \
+            else ([], [])
+        data = {**plan.as_dict(), "artifact": artifact, "created": created, "failed": failed}
+        warnings += failures
+        if failed:
+            return StepResult("failed", f"{len(failed)} contact(s) could not be created on {server.host}: "
+                              + ", ".join(failed[:10]), data, warnings)
+        status = "changed" if created or plan.groups_to_create else "ok"
+        return StepResult(status, f"added {len(created)} contact(s), {len(plan.groups_to_create)} group(s)",
+                          data, warnings)

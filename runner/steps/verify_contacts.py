@@ -1,0 +1,54 @@
+"""verify_contacts: read a user's LCS contacts back and compare them with the export.
+
+Every mappable contact of the newest export must be on LCS, except those
+that could not fit because the user is at MaxContactsPerUser (reported as
+warnings). Missing contacts fail the task, by name. Passing is recorded as
+``data.verified = true``: disable_exchange_im relies on it.
+"""
+from __future__ import annotations
+
+from runner.lcs.contacts import verify
+from runner.lcs.mapping import mapping_for
+from runner.model import User
+from runner.steps._lcs import latest_export, lcs_for, require_export
+from runner.steps.base import Diff, StepContext, StepModule, StepResult
+
+
+class VerifyContacts(StepModule):
+    """Compare LCS with the export; read-only."""
+
+    name = "verify_contacts"
+    target = "user"
+    read_only = True
+    args_schema = {"type": "object", "additionalProperties": False, "properties": {}}
+
+    def probe(self, ctx: StepContext, target: User) -> Diff | None:
+        if ctx.check and latest_export(ctx, target) is None:
+            return Diff(f"verify {target.alias}'s contacts once they are exported", [], {"pending": True})
+        exported, artifact = require_export(ctx, target)
+        server, iid = lcs_for(ctx, target)
+        state = server.read(iid)
+        ver = verify(exported, state.contacts, mapping_for(ctx.vars, ctx.inventory, target),
+                     max_contacts=state.max_contacts)
+        data = {"verified": ver.passed and state.user is not None, "artifact": artifact,
+                "expected": ver.expected, "present": ver.present, "missing": ver.missing,
+                "over_limit": ver.over_limit,
+                "unmappable": [{"address": u.address, "reason": u.reason} for u in ver.unmappable]}
+        # Always hand over to apply, which only reports: verification is the result.
+        return Diff(f"verify {ver.expected} contact(s) on {server.host}", [], data)
+
+    def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
+        d = diff.data
+        if d.get("pending"):
+            return StepResult("skipped", diff.summary)
+        warnings = [f"contact {u} not on LCS: over the server's per-user limit" for u in d["over_limit"]]
+        warnings += [f"unmappable contact {u['address']}: {u['reason']}" for u in d["unmappable"]]
+        if not d["verified"] and ctx.check:
+            return StepResult("skipped", f"check mode: not verified yet ({len(d['missing'])} contact(s) "
+                              "not imported yet)", d, warnings)
+        if not d["verified"]:
+            missing = d["missing"]
+            msg = (f"{len(missing)} contact(s) missing on LCS: {', '.join(missing[:20])}"
+                   + (" ..." if len(missing) > 20 else "")) if missing else f"{target.alias} is not enabled on LCS"
+            return StepResult("failed", msg, d, warnings)
+        return StepResult("ok", f"{d['present']}/{d['expected']} contact(s) present", d, warnings)
