@@ -233,7 +233,7 @@ class LcsStore:
 
     # -- lifecycle -----------------------------------------------------
     @classmethod
-    def create(cls, path: Path, *, server_dn: str, backend: str = r"(local)\rtc",
+    def initialise(cls, path: Path, *, server_dn: str, backend: str = r"(local)\rtc",
                max_contacts: int = DEFAULT_MAX_CONTACTS) -> "LcsStore":
         """Create an empty pool store (used by the generator)."""
         path = Path(path)

@@ -398,3 +398,113 @@ def class_properties(cls: str) -> tuple[str, ...]:
 
 
 DATAFILE_PROPS = ("Name", "Drive", "Path", "FileName", "Extension", "FileSize", "Version", "Manufacturer")
+
+
+# -- the lab program ------------------------------------------------------------
+
+WBEM_E_PROVIDER_NOT_CAPABLE = 0x80041024
+LCS_SERVICE = "RTCSRV"
+
+
+class _LcsProvider:
+    """The LCS classes on an LCS pool host: lcs.db, with AD's msRTCSIP-* kept in step."""
+
+    def __init__(self, ctx: Any) -> None:
+        from runner.lab.lcs import LcsStore, RPC_S_SERVER_UNAVAILABLE, WBEM_E_SERVER_TOO_BUSY
+        svc = ctx.host.services.get(LCS_SERVICE)
+        if svc is None or svc.state != "RUNNING":
+            raise WmiError(RPC_S_SERVER_UNAVAILABLE)
+        if ctx.fault("lcs_busy"):
+            raise WmiError(WBEM_E_SERVER_TOO_BUSY)
+        self.ctx = ctx
+        self.store = LcsStore(ctx.host.dir / "lcs.db")
+
+    def instances(self, cls: str, hints: dict[str, Any]) -> list[Instance]:
+        return self.store.instances(cls, hints)
+
+    def create(self, cls: str, props: dict[str, Any]) -> Instance:
+        inst = self.store.create(cls, props)
+        if cls == "MSFT_SIPESUserSetting":
+            self._sync(inst)
+        return inst
+
+    def update(self, inst: Instance, changes: dict[str, Any]) -> Instance:
+        new = self.store.update(inst, changes)
+        if inst.cls == "MSFT_SIPESUserSetting":
+            self._sync(new)
+        return new
+
+    def delete(self, inst: Instance) -> None:
+        self.store.delete(inst)
+        if inst.cls == "MSFT_SIPESUserSetting":
+            self._sync(inst, deleted=True)
+
+    def _sync(self, inst: Instance, deleted: bool = False) -> None:
+        from runner.lab.exchange import sync_lcs_user
+        sync_lcs_user(self.ctx.lab.path, inst.props, deleted)
+
+
+class _DataFileProvider:
+    """CIM_DataFile over the host's files; needs ``Name='C:\\\\...'`` in the where clause."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def instances(self, cls: str, hints: dict[str, Any]) -> list[Instance]:
+        name = next((v for k, v in hints.items() if k.lower() == "name" and isinstance(v, str)), None)
+        if name is None:
+            return []
+        fs = self.ctx.host.fs
+        try:
+            if not fs.exists(name) or fs.is_dir(name):
+                return []
+            data = fs.read(name)
+        except Exception:  # noqa: BLE001 - an unusable path is just "no instance"
+            return []
+        from runner.lab.binaries import read_version_info
+        info = read_version_info(data) or {}
+        low = name.lower()
+        drive, _, rest = low.partition(":")
+        path, _, fname = rest.rpartition("\\")
+        stem, dot, ext = fname.rpartition(".")
+        return [Instance("CIM_DataFile", {
+            "Name": low, "Drive": drive + ":", "Path": path + "\\", "FileName": stem if dot else fname,
+            "Extension": ext if dot else "", "FileSize": len(data), "Version": info.get("FileVersion", ""),
+            "Manufacturer": info.get("CompanyName", "")})]
+
+    def create(self, cls: str, props: dict[str, Any]) -> Instance:
+        raise WmiError(WBEM_E_PROVIDER_NOT_CAPABLE, "Provider is not capable of the attempted operation")
+
+    update = delete = create  # type: ignore[assignment]
+
+
+def lab_host(ctx: Any) -> WmicHost:
+    """Adapt the lab shell's context to what wmic needs."""
+
+    def canonical(name: str) -> str:
+        if name.lower() == "cim_datafile":
+            return "CIM_DataFile"
+        from runner.lab.lcs import canonical_class
+        return canonical_class(name)
+
+    def provider(cls: str) -> Provider:
+        if cls == "CIM_DataFile":
+            return _DataFileProvider(ctx)
+        if ctx.host.role != "lcs" or not (ctx.host.dir / "lcs.db").exists():
+            raise WmiError(WBEM_E_INVALID_CLASS)
+        return _LcsProvider(ctx)
+
+    return WmicHost(node=ctx.host.name.upper(), provider=provider, properties=class_properties,
+                    mutated=lambda _c: ctx.mutated(), canonical=canonical)
+
+
+def _register() -> None:
+    from runner.lab.commands import program
+
+    @program("wmic", "wmic.exe")
+    def wmic(ctx: Any, argv: list[str], raw: str) -> CommandResult:
+        """The emulated wmic.exe (see the module docstring)."""
+        return run_wmic(raw, lab_host(ctx))
+
+
+_register()

@@ -1,0 +1,336 @@
+"""The Exchange 2000 IM side of the lab: the directory (AD) and the IM server.
+
+AD lives in the lab's ``ad.db`` (SQLite, WAL), shared by every host (any
+domain member can run ``ldifde``)::
+
+    objects(dn TEXT PRIMARY KEY COLLATE NOCASE, rdn_parent TEXT COLLATE NOCASE, created REAL, modified REAL)
+    attrs(seq INTEGER PRIMARY KEY, dn TEXT COLLATE NOCASE, name TEXT COLLATE NOCASE, value BLOB)
+      -- one row per value; multi-valued attributes have several rows; TEXT for strings, BLOB for binary
+      -- (objectGUID, objectSid), index on (name, value) for equality searches.
+
+Users carry ``msExchIMAddress`` (``alice@im.contoso.com``),
+``msExchIMPhysicalURL`` (``http://exim01.contoso.com/instmsg/aliases/alice``,
+conv), ``msExchIMMetaPhysicalURL`` (``http://im.contoso.com/instmsg/aliases/alice``,
+conv), ``msExchIMVirtualServer`` (DN of the IM virtual server) and
+``msExchIMACL`` (conv: a text ACE ``(A;;;;;WD)``), plus the usual
+``objectClass``, ``cn``, ``displayName``, ``sAMAccountName``, ``mail``,
+``userPrincipalName``, ``objectGUID`` (16 bytes), ``objectSid`` text (conv).
+When LCS enables a user, wmic writes ``msRTCSIP-PrimaryUserAddress``,
+``msRTCSIP-UserEnabled``, ``msRTCSIP-PrimaryHomeServer`` and a ``sip:``
+``proxyAddresses`` value here too (see :func:`sync_lcs_user`).
+
+The IM virtual server is the AD object
+``CN=Default Instant Messaging Virtual Server,CN=RVP,CN=Protocols,CN=EXIM01,CN=Servers,...``
+(objectClass ``protocolCfgIMVirtualServer``, conv); decommissioning removes
+it with ``ldifde -i`` of a ``changetype: delete`` entry. The IM service is
+registered on the Exchange host as ``IM_SERVICE`` (conv ``MSExchangeIM``,
+display name "Microsoft Exchange Instant Messaging": public documentation
+of its short name is thin; playbooks take it from the
+``exchange_im_service`` variable).
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+IM_SERVICE = "MSExchangeIM"
+IM_SERVICE_DISPLAY = "Microsoft Exchange Instant Messaging"
+IM_ATTRIBUTES = ("msExchIMAddress", "msExchIMPhysicalURL", "msExchIMMetaPhysicalURL",
+                 "msExchIMVirtualServer", "msExchIMACL")
+BINARY_ATTRIBUTES = {"objectguid"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects(dn TEXT PRIMARY KEY COLLATE NOCASE, parent TEXT COLLATE NOCASE,
+  created REAL NOT NULL, modified REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS attrs(seq INTEGER PRIMARY KEY, dn TEXT NOT NULL COLLATE NOCASE,
+  name TEXT NOT NULL COLLATE NOCASE, value BLOB);
+CREATE INDEX IF NOT EXISTS attrs_dn ON attrs(dn);
+CREATE INDEX IF NOT EXISTS attrs_name_value ON attrs(name, value);
+CREATE INDEX IF NOT EXISTS objects_parent ON objects(parent);
+"""
+
+
+def ad_path(lab_path: Path) -> Path:
+    """Where a lab keeps its directory."""
+    return Path(lab_path) / "ad.db"
+
+
+def parent_dn(dn: str) -> str:
+    """``CN=a,CN=Users,DC=x`` -> ``CN=Users,DC=x`` (escaped commas respected)."""
+    i = 0
+    while i < len(dn):
+        if dn[i] == "\\":
+            i += 2
+            continue
+        if dn[i] == ",":
+            return dn[i + 1:].strip()
+        i += 1
+    return ""
+
+
+class LdapError(Exception):
+    """An LDAP failure as ldifde reports it: result ``code``, its name and the server error."""
+
+    NAMES = {16: "No Such Attribute", 20: "Attribute Or Value Exists", 32: "No Such Object",
+             66: "Not Allowed On Non-Leaf", 68: "Already Exists", 21: "Invalid Attribute Syntax",
+             19: "Constraint Violation", 53: "Unwilling To Perform"}
+    SERVER = {16: "0x2054 The attribute cannot be removed because it is not present on the object.",
+              32: "0x2030 There is no such object on the server.",
+              20: "0x2083 The specified value already exists.",
+              66: "0x2015 The directory service can perform the requested operation only on a leaf object.",
+              68: "0x2071 An attempt was made to add an object to the directory with a name that is already in use."}
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.name = self.NAMES.get(code, "Other")
+        super().__init__(self.name)
+
+
+class Directory:
+    """The lab's AD: objects with multi-valued attributes in ``ad.db``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        new = not self.path.exists()
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA busy_timeout=30000")
+        if new:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+    def __enter__(self) -> "Directory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def begin(self) -> None:
+        """Start a write transaction (callers commit with :meth:`commit`)."""
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.db.execute("ROLLBACK")
+
+    # -- reading --------------------------------------------------------
+    def exists(self, dn: str) -> bool:
+        return self.db.execute("SELECT 1 FROM objects WHERE dn=?", (dn,)).fetchone() is not None
+
+    def canonical_dn(self, dn: str) -> str | None:
+        row = self.db.execute("SELECT dn FROM objects WHERE dn=?", (dn,)).fetchone()
+        return row[0] if row else None
+
+    def attributes(self, dn: str) -> dict[str, list[Any]]:
+        """All attributes of an object (first-seen attribute name case kept)."""
+        out: dict[str, list[Any]] = {}
+        names: dict[str, str] = {}
+        for name, value in self.db.execute("SELECT name, value FROM attrs WHERE dn=? ORDER BY seq", (dn,)):
+            key = names.setdefault(name.lower(), name)
+            out.setdefault(key, []).append(value)
+        return out
+
+    def get(self, dn: str, attr: str) -> list[Any]:
+        return [r[0] for r in self.db.execute("SELECT value FROM attrs WHERE dn=? AND name=? ORDER BY seq",
+                                              (dn, attr))]
+
+    def dns_under(self, base: str, scope: str = "subtree") -> list[str]:
+        """DNs in ``base``'s scope (``base``, ``onelevel``, ``subtree``), in creation order."""
+        if scope == "base":
+            d = self.canonical_dn(base)
+            return [d] if d else []
+        if scope == "onelevel":
+            return [r[0] for r in self.db.execute("SELECT dn FROM objects WHERE parent=? ORDER BY rowid", (base,))]
+        suffix = "," + base.lower()
+        return [r[0] for r in self.db.execute("SELECT dn FROM objects ORDER BY rowid")
+                if r[0].lower() == base.lower() or r[0].lower().endswith(suffix)]
+
+    def find_equal(self, attr: str, value: str) -> list[str]:
+        """DNs having ``attr=value`` (case-insensitive)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT dn FROM attrs WHERE name=? AND value=? COLLATE NOCASE", (attr, value))]
+
+    # -- writing (inside begin/commit) -------------------------------------
+    def add(self, dn: str, attrs: Iterable[tuple[str, Any]]) -> None:
+        """Add an object; LdapError(68) if it exists, LdapError(32) if its parent does not."""
+        if self.exists(dn):
+            raise LdapError(68)
+        parent = parent_dn(dn)
+        if parent and not self.exists(parent) and parent.upper().startswith(("CN=", "OU=")):
+            raise LdapError(32)
+        now = time.time()
+        self.db.execute("INSERT INTO objects VALUES (?,?,?,?)", (dn, parent, now, now))
+        self.db.executemany("INSERT INTO attrs (dn, name, value) VALUES (?,?,?)", [(dn, n, v) for n, v in attrs])
+
+    def ensure_container(self, dn: str) -> None:
+        """Create a container chain (``CN=...``/``OU=...``) down to ``dn`` when missing."""
+        chain = []
+        d = dn
+        while d and d.upper().startswith(("CN=", "OU=")) and not self.exists(d):
+            chain.append(d)
+            d = parent_dn(d)
+        for c in reversed(chain):
+            rdn = c.split(",", 1)[0]
+            cls = "organizationalUnit" if rdn.upper().startswith("OU=") else "container"
+            now = time.time()
+            self.db.execute("INSERT INTO objects VALUES (?,?,?,?)", (c, parent_dn(c), now, now))
+            self.db.executemany("INSERT INTO attrs (dn, name, value) VALUES (?,?,?)",
+                                [(c, "objectClass", "top"), (c, "objectClass", cls), (c, rdn[:2].lower(), rdn[3:])])
+
+    def replace(self, dn: str, attr: str, values: list[Any]) -> None:
+        self._need(dn)
+        self.db.execute("DELETE FROM attrs WHERE dn=? AND name=?", (dn, attr))
+        self.db.executemany("INSERT INTO attrs (dn, name, value) VALUES (?,?,?)", [(dn, attr, v) for v in values])
+        self._touch(dn)
+
+    def add_values(self, dn: str, attr: str, values: list[Any]) -> None:
+        self._need(dn)
+        have = {str(v).lower() for v in self.get(dn, attr)}
+        for v in values:
+            if str(v).lower() in have:
+                raise LdapError(20)
+        self.db.executemany("INSERT INTO attrs (dn, name, value) VALUES (?,?,?)", [(dn, attr, v) for v in values])
+        self._touch(dn)
+
+    def delete_values(self, dn: str, attr: str, values: list[Any]) -> None:
+        """Delete the attribute (no values given) or some values; LdapError(16) if absent."""
+        self._need(dn)
+        if not values:
+            cur = self.db.execute("DELETE FROM attrs WHERE dn=? AND name=?", (dn, attr))
+            if cur.rowcount == 0:
+                raise LdapError(16)
+        else:
+            for v in values:
+                cur = self.db.execute("DELETE FROM attrs WHERE dn=? AND name=? AND value=? COLLATE NOCASE",
+                                      (dn, attr, v))
+                if cur.rowcount == 0:
+                    raise LdapError(16)
+        self._touch(dn)
+
+    def delete(self, dn: str) -> None:
+        """Delete a leaf object; LdapError(66) when it has children, 32 when missing."""
+        self._need(dn)
+        if self.db.execute("SELECT 1 FROM objects WHERE parent=?", (dn,)).fetchone():
+            raise LdapError(66)
+        self.db.execute("DELETE FROM attrs WHERE dn=?", (dn,))
+        self.db.execute("DELETE FROM objects WHERE dn=?", (dn,))
+
+    def _need(self, dn: str) -> None:
+        if not self.exists(dn):
+            raise LdapError(32)
+
+    def _touch(self, dn: str) -> None:
+        self.db.execute("UPDATE objects SET modified=? WHERE dn=?", (time.time(), dn))
+
+
+@dataclass(frozen=True)
+class ImUser:
+    """A user to create in AD, enabled for Exchange IM."""
+
+    alias: str
+    display_name: str
+    guid: str
+    sid: str
+    im_domain: str
+    smtp_domain: str
+
+
+def server_dns(base_dn: str, server: str = "EXIM01") -> tuple[str, str]:
+    """(Exchange server object DN, IM virtual server DN)."""
+    srv = (f"CN={server},CN=Servers,CN=First Administrative Group,CN=Administrative Groups,"
+           f"CN=Contoso,CN=Microsoft Exchange,CN=Services,CN=Configuration,{base_dn}")
+    return srv, f"CN=Default Instant Messaging Virtual Server,CN=RVP,CN=Protocols,{srv}"
+
+
+def user_dn(display_name: str, base_dn: str) -> str:
+    """``CN=<display name>,CN=Users,<base>`` with RFC 4514 escaping of the RDN value."""
+    v = "".join("\\" + c if c in ',+"\\<>;=#' else c for c in display_name)
+    return f"CN={v},CN=Users,{base_dn}"
+
+
+def install_server(lab: Any, host: Any, users: list[ImUser], *, base_dn: str,
+                   fqdn_suffix: str | None = None) -> None:
+    """Create the Exchange IM server: its service, the virtual server object and IM-enabled users."""
+    host.services.add("W3SVC", "World Wide Web Publishing", state="RUNNING", start_type="AUTO_START",
+                      binary_path=r"C:\WINNT\System32\inetsrv\inetinfo.exe")
+    host.services.add(IM_SERVICE, IM_SERVICE_DISPLAY, state="RUNNING", start_type="AUTO_START",
+                      binary_path=r"C:\Program Files\Exchsrvr\bin\imsrv.exe", dependencies="W3SVC")
+    name = host.name.upper()
+    suffix = fqdn_suffix or base_dn.replace("DC=", "").replace(",", ".")
+    srv, vs = server_dns(base_dn, name)
+    d = Directory(ad_path(lab.path))
+    try:
+        d.begin()
+        d.ensure_container(srv)
+        d.ensure_container(parent_dn(vs))
+        d.add(vs, [("objectClass", "top"), ("objectClass", "protocolCfgIMVirtualServer"),
+                   ("cn", "Default Instant Messaging Virtual Server"), ("msExchServerBindings", ":80:"),
+                   ("msExchIMHostName", f"{host.name}.{suffix}")])
+        d.ensure_container(f"CN=Users,{base_dn}")
+        seen: set[str] = set()
+        for u in users:
+            dn = user_dn(u.display_name, base_dn)
+            if dn.lower() in seen:  # two people with the same name: AD needs distinct CNs
+                dn = user_dn(f"{u.display_name} ({u.alias})", base_dn)
+            seen.add(dn.lower())
+            d.add(dn, [
+                ("objectClass", "top"), ("objectClass", "person"), ("objectClass", "organizationalPerson"),
+                ("objectClass", "user"), ("cn", dn[3:].split(",CN=Users")[0]), ("displayName", u.display_name),
+                ("sAMAccountName", u.alias), ("userPrincipalName", f"{u.alias}@{u.smtp_domain}"),
+                ("mail", f"{u.alias}@{u.smtp_domain}"), ("proxyAddresses", f"SMTP:{u.alias}@{u.smtp_domain}"),
+                ("objectGUID", uuid.UUID(u.guid.strip("{}")).bytes_le), ("objectSid", u.sid),
+                ("msExchIMAddress", f"{u.alias}@{u.im_domain}"),
+                ("msExchIMPhysicalURL", f"http://{host.name}.{suffix}/instmsg/aliases/{u.alias}"),
+                ("msExchIMMetaPhysicalURL", f"http://{u.im_domain}/instmsg/aliases/{u.alias}"),
+                ("msExchIMVirtualServer", vs), ("msExchIMACL", "(A;;;;;WD)")])
+        d.commit()
+    finally:
+        d.close()
+
+
+def guid_dn(d: Directory, guid: str) -> str | None:
+    """The DN of the user whose objectGUID is ``{guid}``."""
+    raw = uuid.UUID(guid.strip("{}")).bytes_le
+    row = d.db.execute("SELECT dn FROM attrs WHERE name='objectGUID' AND value=?", (raw,)).fetchone()
+    return row[0] if row else None
+
+
+def sync_lcs_user(lab_path: Path, props: dict[str, Any], deleted: bool = False) -> None:
+    """Mirror an MSFT_SIPESUserSetting change into AD's msRTCSIP-* attributes (as LCS does)."""
+    p = ad_path(lab_path)
+    if not p.exists():
+        return
+    with Directory(p) as d:
+        dn = d.canonical_dn(str(props.get("UserDN") or "")) or guid_dn(d, str(props.get("InstanceID") or ""))
+        if dn is None:
+            return
+        d.begin()
+        try:
+            for a in ("msRTCSIP-PrimaryUserAddress", "msRTCSIP-UserEnabled", "msRTCSIP-PrimaryHomeServer"):
+                d.db.execute("DELETE FROM attrs WHERE dn=? AND name=?", (dn, a))
+            d.db.execute("DELETE FROM attrs WHERE dn=? AND name='proxyAddresses' AND value LIKE 'sip:%'", (dn,))
+            if not deleted:
+                vals = [("msRTCSIP-PrimaryUserAddress", props["PrimaryURI"]),
+                        ("msRTCSIP-UserEnabled", "TRUE" if props.get("Enabled") else "FALSE"),
+                        ("msRTCSIP-PrimaryHomeServer", props["HomeServerDN"]),
+                        ("proxyAddresses", props["PrimaryURI"])]
+                d.db.executemany("INSERT INTO attrs (dn, name, value) VALUES (?,?,?)", [(dn, n, v) for n, v in vals])
+            d.commit()
+        except BaseException:
+            d.rollback()
+            raise
+
+
+def im_users(d: Directory) -> Iterator[tuple[str, dict[str, list[Any]]]]:
+    """Users that still carry an msExchIMAddress (Exchange IM enabled)."""
+    for dn in sorted({r[0] for r in d.db.execute("SELECT dn FROM attrs WHERE name='msExchIMAddress'")}):
+        yield dn, d.attributes(dn)

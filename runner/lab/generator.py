@@ -1,0 +1,424 @@
+"""The lab generator: a seeded, realistic Exchange 2000 IM estate on disk.
+
+``generate(directory, clients=..., users_per_client=..., contacts=..., seed=...)``
+writes a complete lab (layout in runner.lab.store and docs/lab-storage.md):
+Windows XP/2000 clients with user profiles and Exchange IM contact lists in
+their hives, an Exchange 2000 IM server with every user homed on it (AD in
+``ad.db``), an empty LCS 2005 pool (``hosts/lcs01/lcs.db``), the Windows
+Messenger 5.1 package on ``\\\\deploy\\packages``, ``manifest.json`` (the
+ground truth) and ``inventory.yml``. The same arguments always produce the
+same manifest and inventory.
+
+What the data holds, on purpose: shared machines (several profiles),
+users with two or three machines (their lists overlap: duplicates across
+machines, sometimes with different letter case), some users logged on
+(hive mounted at ``HKU\\<SID>``, in use) and the others only as NTUSER.DAT,
+empty lists, lists near and over the LCS limit (150), colleagues (other lab
+users, written ``alias@im.contoso.com`` or ``alias@contoso.com``), partners
+(``@im.fabrikam.com``: mappable by domain; one by the table), outsiders
+(unmappable domains) and malformed addresses, display names with quotes,
+``& | % ^ < >``, Unicode and more than 256 characters, groups (hostile names
+too, one over 128 characters now and then).
+
+``ensure_lab`` is what the ``plugin: lab`` inventory calls: it creates a lab
+once (lock file, build in a temporary directory, atomic rename) and returns
+the inventory path; an existing lab is kept as it is.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import shutil
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runner.errors import InputError
+from runner.lab import exchange
+from runner.lab.binaries import make_exe, messenger51_msi, MESSENGER51_CODE
+from runner.lab.lcs import LcsStore
+from runner.lab.store import Lab, close_thread_connections
+
+IM_DOMAIN = "im.contoso.com"
+SMTP_DOMAIN = "contoso.com"
+SIP_DOMAIN = "contoso.com"
+PARTNER_IM_DOMAIN = "im.fabrikam.com"
+PARTNER_SIP_DOMAIN = "fabrikam.com"
+AD_BASE = "DC=contoso,DC=com"
+DOMAIN_SID = "S-1-5-21-1004336348-1177238915-682003330"
+EXCHANGE_HOST = "exim01"
+LCS_HOST = "lcs01"
+LCS_SERVICE = "RTCSRV"
+LCS_SERVER_DN = ("CN=LC Services,CN=Microsoft,CN=lcs01,CN=Pools,CN=RTC Service,CN=Microsoft,"
+                 "CN=System," + AD_BASE)
+PACKAGE_SHARE = ("deploy", "packages")
+PACKAGE_NAME = "WindowsMessenger51.msi"
+CONTACTS_KEY = r"Software\Microsoft\Exchange\Messenger\Profiles"
+LCS_LIMIT = 150
+WAVES = (("wave1", 0.1), ("wave2", 0.3), ("wave3", 0.6))
+
+# (label, file version, MSI product code or None when it ships with the OS)
+MESSENGERS = {
+    "msn46": ("MSN Messenger 4.6", "4.6.0082", "{0A2C3C6E-6D2A-4F41-8D7C-3F2D8C4C0460}"),
+    "msn47": ("MSN Messenger 4.7", "4.7.0105", "{0A2C3C6E-6D2A-4F41-8D7C-3F2D8C4C0470}"),
+    "wm47": ("Windows Messenger", "4.7.2009", None),
+    "wm51": ("Windows Messenger 5.1", "5.1.0715", MESSENGER51_CODE),
+}
+
+FIRST = ["Alice", "Bob", "Carol", "David", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Karl", "Laura",
+         "Mallory", "Niaj", "Olivia", "Peggy", "Quentin", "Rupert", "Sybil", "Trent", "Uma", "Victor",
+         "Walter", "Xena", "Yusuf", "Zoë", "José", "Søren", "Agnès", "Łukasz", "Chloé", "Björn", "Anaïs",
+         "Mei", "Hiro", "Priya", "Omar", "Fatima", "Ingrid", "Pablo"]
+LAST = ["Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies", "Robinson", "Wright",
+        "Thompson", "Evans", "Walker", "White", "Roberts", "Green", "Hall", "Wood", "Jackson", "Clarke",
+        "Müller", "Ødegård", "Nuñez", "O'Brien", "Dubois", "Kowalski", "Nakamura", "Kumar", "Haddad", "Novák"]
+OUTSIDER_DOMAINS = ["hotmail.com", "aol.com", "im.litware.com", "msn.com"]
+MALFORMED = ["bob", "@contoso.com", "carol@@im.contoso.com", "dave smith@im.contoso.com", "erin@", "frank@im..contoso.com"]
+HOSTILE_NAMES = ['Bob "The Builder" O\'Neil', "R&D | Ops", "100% ^caret^ guy", "<admin> & co", "Tom %USERNAME%",
+                 "Quote\" ; & echo pwned", "Ünïcødé 李伟 😀", "", "a^&b|c<d>e", "semi;colon, comma"]
+GROUP_NAMES = ["Colleagues", "Project X", "Friends & Family", "Ops | On call", "100% <Core> Team", "Partners",
+               "Management", "Kollegen (München)"]
+
+
+def _ascii(s: str) -> str:
+    table = str.maketrans({"ø": "o", "Ø": "O", "ł": "l", "Ł": "L", "ß": "ss"})
+    import unicodedata
+    s = unicodedata.normalize("NFKD", s.translate(table))
+    return "".join(c for c in s if c.isascii() and c.isalnum()).lower()
+
+
+@dataclass
+class _User:
+    alias: str
+    display_name: str
+    sid: str
+    guid: str
+    clients: list[str] = field(default_factory=list)
+    wave: str = "wave1"
+    contacts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    groups: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    logged_on: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def im_address(self) -> str:
+        return f"{self.alias}@{IM_DOMAIN}"
+
+    @property
+    def profile_url(self) -> str:
+        return f"http://{IM_DOMAIN}/instmsg/aliases/{self.alias}"
+
+    @property
+    def sip_uri(self) -> str:
+        return f"sip:{self.alias}@{SIP_DOMAIN}"
+
+
+def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tuple[list[str], list[_User], dict]:
+    """Decide everything (pure, seeded): client names and OS/Messenger, users, lists."""
+    rng = random.Random(seed)
+    width = max(4, len(str(clients)))
+    names = [f"pc{i:0{width}d}" for i in range(1, clients + 1)]
+    n_users = max(1, round(clients * users_per_client / 1.25))
+    users: list[_User] = []
+    taken: set[str] = set()
+    for i in range(n_users):
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        base = (_ascii(first)[:1] + _ascii(last)) or "user"
+        alias, k = base, 1
+        while alias in taken:
+            k += 1
+            alias = f"{base}{k}"
+        taken.add(alias)
+        display = f"{first} {last}"
+        if rng.random() < 0.03:
+            display = rng.choice(HOSTILE_NAMES[:6]) or display
+        users.append(_User(alias, display, f"{DOMAIN_SID}-{1104 + i}",
+                           "{" + str(uuid.UUID(int=rng.getrandbits(128), version=4)).upper() + "}"))
+    # machines: every client gets profiles; users roam on 1..3 machines
+    for i, u in enumerate(users):
+        u.clients.append(names[i % clients])
+    for i in range(n_users, clients):
+        rng.choice(users).clients.append(names[i])
+    want = clients * users_per_client
+    have = sum(len(u.clients) for u in users)
+    while have < want:
+        u = rng.choice(users)
+        c = rng.choice(names)
+        if c not in u.clients and len(u.clients) < 3:
+            u.clients.append(c)
+        have += 1
+    # waves
+    cum, waves = 0.0, []
+    for w, frac in WAVES:
+        cum += frac
+        waves.append((w, cum))
+    for i, u in enumerate(users):
+        pos = (i + 0.5) / n_users
+        u.wave = next(w for w, c in waves if pos <= c + 1e-9)
+    # contact lists
+    partners = [f"{_ascii(rng.choice(FIRST))}.{_ascii(rng.choice(LAST))}{n}@{PARTNER_IM_DOMAIN}"
+                for n in range(400)]
+    partners = list(dict.fromkeys(partners))
+    table_partner = f"ceo@{PARTNER_IM_DOMAIN.replace('im.', 'chat.')}"
+    for idx, u in enumerate(users):
+        kind = rng.random()
+        if idx % 23 == 5 or kind < 0.08:
+            size = 0
+        elif idx % 17 == 3:
+            size = rng.randint(LCS_LIMIT - 5, LCS_LIMIT + 25)  # near and over the limit
+        else:
+            size = max(1, int(rng.gauss(contacts, contacts / 3)))
+        base: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        others = [o for o in users if o is not u]
+        rng.shuffle(others)
+        oi = pi = 0
+        while len(base) < size:
+            r = rng.random()
+            if r < 0.6 and oi < len(others):
+                o = others[oi]
+                oi += 1
+                dom = IM_DOMAIN if rng.random() < 0.85 else SMTP_DOMAIN
+                addr = f"{o.alias}@{dom}"
+                name = o.display_name if rng.random() < 0.9 else rng.choice(HOSTILE_NAMES)
+            elif r < 0.85 and pi < len(partners):
+                addr, pi = partners[pi], pi + 1
+                name = addr.split("@")[0].replace(".", " ").title()
+            elif r < 0.95:
+                addr = f"{_ascii(rng.choice(FIRST))}{rng.randint(1, 999)}@{rng.choice(OUTSIDER_DOMAINS)}"
+                name = rng.choice(HOSTILE_NAMES) if rng.random() < 0.3 else ""
+            elif r < 0.97:
+                addr, name = table_partner, "Fabrikam CEO"
+            else:
+                addr, name = rng.choice(MALFORMED), "Broken entry"
+            if addr.lower() in seen:
+                if oi >= len(others) and pi >= len(partners):
+                    break
+                continue
+            seen.add(addr.lower())
+            if rng.random() < 0.01:
+                name = "Very long name " + "x" * 300
+            base.append({"address": addr, "display_name": name})
+        group_names: list[str] = []
+        if base and rng.random() < 0.6:
+            group_names = rng.sample(GROUP_NAMES, rng.randint(1, 3))
+            if rng.random() < 0.02:
+                group_names.append("G" * 140)
+        for n, client in enumerate(u.clients):
+            if n == 0:
+                lst = [dict(c) for c in base]
+            else:  # another machine: mostly the same list, a few missing, case changed
+                lst = []
+                for c in base:
+                    if rng.random() < 0.15:
+                        continue
+                    c = dict(c)
+                    if rng.random() < 0.05:
+                        local, _, dom = c["address"].partition("@")
+                        c["address"] = local.capitalize() + "@" + dom.upper()
+                    lst.append(c)
+            u.contacts[client] = lst
+            grp: dict[str, list[str]] = {}
+            for g in group_names:
+                members = [c["address"] for c in lst if rng.random() < 0.3]
+                grp[g] = members
+            u.groups[client] = grp
+            u.logged_on[client] = rng.random() < 0.3
+    # machines: OS and Messenger
+    machine_info = {}
+    for c in names:
+        os_name = "Windows XP Professional" if rng.random() < 0.7 else "Windows 2000 Professional"
+        if os_name.startswith("Windows XP"):
+            m = rng.choices(["wm47", "msn47", "wm51"], [0.8, 0.15, 0.05])[0]
+        else:
+            m = rng.choices(["msn46", "msn47", "wm51"], [0.5, 0.45, 0.05])[0]
+        machine_info[c] = {"os": os_name, "messenger": m}
+    return names, users, {"machines": machine_info, "table_partner": table_partner}
+
+
+def _client_job(args: tuple[str, list[tuple[str, dict]]]) -> None:
+    """Materialise a chunk of clients (runs in a worker process for big labs)."""
+    lab_dir, jobs = args
+    lab = Lab(Path(lab_dir))
+    for name, spec in jobs:
+        _write_client(lab, name, spec)
+
+
+def _write_client(lab: Lab, name: str, spec: dict) -> None:
+    host = lab.host(name)
+    label, version, code = MESSENGERS[spec["messenger"]]
+    with host.bulk():
+        host.registry.bulk_set(r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion", [
+            ("ProductName", "REG_SZ", spec["os"]),
+            ("CurrentVersion", "REG_SZ", "5.1" if "XP" in spec["os"] else "5.0"),
+            ("CSDVersion", "REG_SZ", "Service Pack 1" if "XP" in spec["os"] else "Service Pack 4")])
+        host.registry.bulk_set(r"HKLM\SOFTWARE\Microsoft\MessengerService", [
+            ("InstallationDirectory", "REG_SZ", r"C:\Program Files\Messenger")])
+        if code:
+            host.products.add(code, label, version, install_location=r"C:\Program Files\Messenger\\")
+        host.fs.write(r"C:\Program Files\Messenger\msmsgs.exe",
+                      make_exe(version, product_name=label, description=label))
+        for p in spec["profiles"]:
+            host.add_user_profile(p["sid"], p["dir"], logged_on=p["logged_on"], items=p["items"])
+
+
+def _hive_items(u: _User, client: str) -> list:
+    prof = f"{CONTACTS_KEY}\\{u.profile_url}"
+    items: list = [(r"Software\Microsoft\MessengerService", [("FirstTimeUser", "REG_DWORD", 0)]),
+                   (prof, [("SigninName", "REG_SZ", u.im_address)]),
+                   (prof + r"\Contacts", [(c["address"], "REG_SZ", c["display_name"]) for c in u.contacts[client]])]
+    for g, members in u.groups[client].items():
+        items.append((prof + "\\Groups\\" + g, [(m, "REG_SZ", "") for m in members]))
+    return items
+
+
+def _params(clients: int, users_per_client: int, contacts: int, seed: int) -> dict[str, int]:
+    return {"clients": clients, "users_per_client": users_per_client, "contacts": contacts, "seed": seed}
+
+
+def generate(directory: Path | str, *, clients: int = 50, users_per_client: int = 2, contacts: int = 20,
+             seed: int = 1, workers: int | None = None) -> Path:
+    """Write a new lab into ``directory`` (must not exist or be empty); return the inventory path."""
+    for n, v in (("clients", clients), ("users_per_client", users_per_client)):
+        if v < 1:
+            raise InputError(f"lab: {n} must be at least 1 (got {v})")
+    if contacts < 0:
+        raise InputError(f"lab: contacts must not be negative (got {contacts})")
+    d = Path(directory)
+    names, users, extra = _plan(clients, users_per_client, contacts, seed)
+    hosts: dict[str, dict[str, Any]] = {}
+    for i, n in enumerate(names, start=1):
+        hosts[n] = {"role": "client", "address": f"127.10.{i // 256}.{i % 256}", "os": extra["machines"][n]["os"]}
+    hosts[EXCHANGE_HOST] = {"role": "exchange_im", "address": "127.0.1.1"}
+    hosts[LCS_HOST] = {"role": "lcs", "address": "127.0.1.2", "server_dn": LCS_SERVER_DN}
+    lab = Lab.create(d, {
+        "seed": seed, "params": _params(clients, users_per_client, contacts, seed),
+        "domains": {"im": IM_DOMAIN, "smtp": SMTP_DOMAIN, "sip": SIP_DOMAIN, "ad": AD_BASE},
+        "hosts": hosts, "shares": {"deploy": {"packages": "shares/deploy/packages"}},
+        "faults": {"seed": seed, "global": {k: 0.0 for k in (
+            "drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked")}, "hosts": {}}})
+    # clients
+    specs: dict[str, dict] = {n: {**extra["machines"][n], "profiles": []} for n in names}
+    for u in users:
+        for c in u.clients:
+            specs[c]["profiles"].append({"sid": u.sid, "dir": f"C:\\Documents and Settings\\{u.alias}",
+                                         "logged_on": u.logged_on[c], "items": _hive_items(u, c)})
+    jobs = list(specs.items())
+    workers = workers if workers is not None else (min(os.cpu_count() or 1, 4) if clients >= 400 else 1)
+    if workers > 1:
+        size = max(50, len(jobs) // (workers * 4))
+        chunks = [(str(lab.path), jobs[i:i + size]) for i in range(0, len(jobs), size)]
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(_client_job, chunks))
+    else:
+        _client_job((str(lab.path), jobs))
+    # deploy share
+    pkg = lab.share_path(*PACKAGE_SHARE) / PACKAGE_NAME
+    pkg.write_bytes(messenger51_msi())
+    # Exchange IM server and AD
+    ex = lab.host(EXCHANGE_HOST)
+    exchange.install_server(lab, ex, [exchange.ImUser(u.alias, u.display_name, u.guid, u.sid, IM_DOMAIN,
+                                                      SMTP_DOMAIN) for u in users], base_dn=AD_BASE)
+    # LCS pool
+    lcs = lab.host(LCS_HOST)
+    lcs.services.add(LCS_SERVICE, "Live Communications Server", state="RUNNING", start_type="AUTO_START",
+                     binary_path=r'"C:\Program Files\Microsoft LC 2005\Server\RtcHost.exe"')
+    LcsStore.initialise(lcs.dir / "lcs.db", server_dn=LCS_SERVER_DN).close()
+    # manifest and inventory
+    manifest = {
+        "format": "lab-manifest/1", "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "params": _params(clients, users_per_client, contacts, seed), "lcs_limit": LCS_LIMIT,
+        "exchange_server": EXCHANGE_HOST, "lcs_server": LCS_HOST, "lcs_server_dn": LCS_SERVER_DN,
+        "sip_mapping": sip_mapping(extra["table_partner"]),
+        "users": {u.alias: {
+            "display_name": u.display_name, "im_address": u.im_address, "sid": u.sid, "ad_guid": u.guid,
+            "sip_uri": u.sip_uri, "wave": u.wave, "clients": u.clients, "profile_url": u.profile_url,
+            "machines": {c: {"logged_on": u.logged_on[c], "contacts": u.contacts[c], "groups": u.groups[c]}
+                         for c in u.clients}} for u in users},
+        "machines": extra["machines"],
+    }
+    (lab.path / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+    inv = inventory(names, users, extra["table_partner"])
+    inv_path = lab.path / "inventory.yml"
+    inv_path.write_text("# Generated by `runner lab init`; regenerate rather than edit.\n"
+                        + yaml.safe_dump(inv, sort_keys=False, allow_unicode=True, width=200), encoding="utf-8")
+    return inv_path
+
+
+def sip_mapping(table_partner: str) -> dict[str, Any]:
+    """The lab's sip_mapping variable (DOMAIN.md "Mapping contacts")."""
+    return {"domains": {IM_DOMAIN: SIP_DOMAIN, SMTP_DOMAIN: SIP_DOMAIN, PARTNER_IM_DOMAIN: PARTNER_SIP_DOMAIN},
+            "template": "sip:{local}@{domain}",
+            "table": {table_partner: f"sip:ceo@{PARTNER_SIP_DOMAIN}"}}
+
+
+def inventory(names: list[str], users: list[_User], table_partner: str) -> dict[str, Any]:
+    """The inventory document of the lab (format of /tmp/interfaces.md)."""
+    return {
+        "all": {
+            "vars": {"im_domain": IM_DOMAIN, "sip_mapping": sip_mapping(table_partner),
+                     "lcs_home_server_dn": LCS_SERVER_DN, "lab_dir": ".",
+                     "messenger_package": "\\\\%s\\%s\\%s" % (*PACKAGE_SHARE, PACKAGE_NAME),
+                     "exchange_im_service": exchange.IM_SERVICE, "lcs_max_contacts_default": LCS_LIMIT},
+            "children": {
+                "clients": {"hosts": {n: {} for n in names}},
+                "exchange_im_servers": {"hosts": {EXCHANGE_HOST: {}}},
+                "lcs_servers": {"hosts": {LCS_HOST: {}}},
+            },
+        },
+        "users": {u.alias: {"im_address": u.im_address, "display_name": u.display_name, "clients": list(u.clients),
+                            "sid": u.sid, "ad_guid": u.guid, "wave": u.wave, "sip_uri": u.sip_uri,
+                            "home_server": LCS_HOST} for u in users},
+    }
+
+
+def ensure_lab(directory: Path | str, *, clients: int, users_per_client: int, contacts: int, seed: int) -> Path:
+    """Create the lab at ``directory`` unless it exists; return its inventory path.
+
+    Safe when several processes call it at once: they serialise on
+    ``<directory>.lock`` and the lab is built in a temporary directory then
+    renamed into place. An existing lab is kept even if its parameters differ
+    (regenerate with ``runner lab init --force``).
+    """
+    d = Path(directory).absolute()
+    inv = d / "inventory.yml"
+    if inv.is_file():
+        return inv
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(d) + ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if inv.is_file():
+                return inv
+            if d.exists() and any(d.iterdir()):
+                raise InputError(f"{d} exists but holds no lab (inventory.yml missing); "
+                                 "remove it or run `runner lab init --force`")
+            tmp = d.with_name(f".{d.name}.tmp{os.getpid()}")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            generate(tmp, clients=clients, users_per_client=users_per_client, contacts=contacts, seed=seed)
+            close_thread_connections()
+            if d.exists():
+                d.rmdir()
+            os.rename(tmp, d)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return inv
+
+
+def init_lab(directory: Path | str, *, clients: int, users_per_client: int, contacts: int, seed: int,
+             force: bool = False) -> Path:
+    """``runner lab init``: like ensure_lab, but ``force`` replaces an existing lab."""
+    d = Path(directory).absolute()
+    if force and d.exists():
+        with open(str(d) + ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            shutil.rmtree(d)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return ensure_lab(d, clients=clients, users_per_client=users_per_client, contacts=contacts, seed=seed)
