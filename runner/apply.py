@@ -1,0 +1,112 @@
+"""One ``runner apply``: load, plan, lock the state, run the engine, return the exit code.
+
+Also owns Ctrl-C: the first SIGINT asks the engine to stop scheduling (tasks
+in flight finish and are recorded, then the recap and the resume command
+are printed, exit 99); a second one exits at once (the WAL store stays
+consistent; the lock dies with the process).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from runner.connections.registry import ConnectionOptions
+from runner.engine import Engine, EngineOptions
+from runner.errors import EXIT_INTERRUPTED
+from runner.loader import load_inventory, load_playbook
+from runner.output import HumanOutput, JsonOutput
+from runner.plan import build_plan
+from runner.state import StateStore, run_identity
+
+
+@dataclass
+class ApplyRequest:
+    """Everything ``runner apply`` was asked to do (built by the CLI)."""
+
+    playbook: str
+    inventory: str
+    check: bool = False
+    diff: bool = False
+    limit: str | None = None
+    tags: set[str] = field(default_factory=set)
+    skip_tags: set[str] = field(default_factory=set)
+    start_at_step: str | None = None
+    forks: int = 25
+    state_dir: str = ".runner"
+    fresh: bool = False
+    json: bool = False
+    verbosity: int = 0
+    accept_new_host_keys: bool = False
+    resume_command: str = ""
+    default_delay: float = 1.0
+
+
+class _Interrupts:
+    """SIGINT handling for the duration of a run (main thread only)."""
+
+    def __init__(self, engine: Engine, err: TextIO) -> None:
+        self.engine = engine
+        self.err = err
+        self.previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.engine.interrupted:
+            try:
+                self.err.write("\ninterrupted again: stopping now (finished tasks are recorded)\n")
+                self.err.flush()
+            finally:
+                os._exit(EXIT_INTERRUPTED)
+        self.engine.interrupt()
+        self.err.write("\ninterrupted: finishing the tasks in flight (Ctrl-C again to stop now)\n")
+        self.err.flush()
+
+    def __enter__(self) -> "_Interrupts":
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread (embedded use): no handler
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run (or check) a playbook against an inventory; return the exit code."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    playbook = load_playbook(req.playbook)
+    inventory = load_inventory(req.inventory)
+    plan = build_plan(playbook, inventory, limit=req.limit, tags=req.tags or None,
+                      skip_tags=req.skip_tags or None, start_at_step=req.start_at_step)
+    store = StateStore(Path(req.state_dir))
+    try:
+        if req.check:
+            latest = None if req.fresh else store.latest_run(run_identity(req.playbook, req.inventory))
+            run_id, resumed = (latest.id, True) if latest else ("check", False)
+        else:
+            store.acquire_lock()
+            info = store.start_run(req.playbook, req.inventory, command=req.resume_command, fresh=req.fresh)
+            run_id, resumed = info.id, info.resumed
+        output: Any
+        if req.json:
+            output = JsonOutput(out, resume_command=req.resume_command)
+        else:
+            output = HumanOutput(verbosity=req.verbosity, diff=req.diff, stream=out,
+                                 resume_command=req.resume_command)
+        options = EngineOptions(forks=req.forks, check=req.check, diff=req.diff,
+                                default_delay=req.default_delay,
+                                connection=ConnectionOptions(accept_new_host_keys=req.accept_new_host_keys))
+        engine = Engine(inventory, store, run_id, options, [output], resumed=resumed)
+        with _Interrupts(engine, err):
+            summary = engine.run(plan)
+            if not req.check:
+                store.finish_run(run_id, summary.status)
+        return summary.exit_code
+    finally:
+        store.close()

@@ -1,0 +1,204 @@
+"""The ``runner`` command line: argument parsing only, and exit codes in one place.
+
+Every error type maps to its exit code here (runner/errors.py): user errors
+print a message, never a traceback; click usage errors exit 5 (bad options);
+anything unexpected exits 250 with a short message and the path of the
+traceback file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runner.errors import (EXIT_BAD_OPTIONS, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK,
+                           EXIT_UNEXPECTED, InputError, InputErrors, RunnerError)
+
+DEFAULT_INVENTORY = "inventories/lab.yml"
+DEFAULT_STATE = ".runner"
+_ARGV: list[str] = []  # the arguments of the current invocation (for the resume command)
+
+
+def _split_tags(values: tuple[str, ...]) -> set[str]:
+    return {t.strip() for v in values for t in v.split(",") if t.strip()}
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that resumes this run: the same arguments without ``--fresh``."""
+    return shlex.join(["runner", *[a for a in argv if a != "--fresh"]])
+
+
+def _default_inventory(inventory: str | None) -> str:
+    if inventory:
+        return inventory
+    if not Path(DEFAULT_INVENTORY).exists():
+        raise RunnerError(f"no inventory given and {DEFAULT_INVENTORY} does not exist in {os.getcwd()}; "
+                          f"pass -i INVENTORY")
+    return DEFAULT_INVENTORY
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Migrate Exchange 2000 Instant Messaging to Live Communications Server 2005, declaratively.
+
+    Exit codes: 0 ok, 1 error, 2 tasks failed, 3 hosts unreachable, 4 invalid
+    playbook/inventory, 5 bad options, 99 interrupted (resumable), 250 unexpected.
+    """
+
+
+@cli.command()
+@click.argument("playbook")
+@click.option("-i", "--inventory", help=f"Inventory file (default: {DEFAULT_INVENTORY}).")
+@click.option("--check", is_flag=True, help="Probe only: report what would change, change nothing.")
+@click.option("--diff", is_flag=True, help="Show what each task changes (or would change with --check).")
+@click.option("--limit", "-l", help="Only these hosts, groups, users or waves (wave:NAME); comma separated.")
+@click.option("--tags", "-t", multiple=True, help="Only steps with these tags (comma separated).")
+@click.option("--skip-tags", multiple=True, help="Skip steps with these tags.")
+@click.option("--start-at-step", help="Start at the step with this name.")
+@click.option("--forks", "-f", type=click.IntRange(min=1), default=25, show_default=True,
+              help="How many tasks run at once.")
+@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
+              help="Directory of the checkpoint store.")
+@click.option("--fresh", is_flag=True, help="Start a new run instead of resuming the last one.")
+@click.option("--json", "as_json", is_flag=True, help="Write JSON-lines events on stdout instead of text.")
+@click.option("-v", "--verbose", count=True, help="More output: -v per-task lines, -vvv tracebacks.")
+@click.option("--accept-new-host-keys", is_flag=True,
+              help="Trust SSH host keys seen for the first time (and add them to known_hosts).")
+def apply(playbook: str, inventory: str | None, check: bool, diff: bool, limit: str | None,
+          tags: tuple[str, ...], skip_tags: tuple[str, ...], start_at_step: str | None, forks: int,
+          state_dir: str, fresh: bool, as_json: bool, verbose: int, accept_new_host_keys: bool) -> int:
+    """Run PLAYBOOK against the inventory, resuming the last run of the same pair."""
+    from runner.apply import ApplyRequest, apply as run_apply
+
+    argv = _ARGV or sys.argv[1:]
+    req = ApplyRequest(playbook=playbook, inventory=_default_inventory(inventory), check=check, diff=diff,
+                       limit=limit, tags=_split_tags(tags), skip_tags=_split_tags(skip_tags),
+                       start_at_step=start_at_step, forks=forks, state_dir=state_dir, fresh=fresh,
+                       json=as_json, verbosity=verbose, accept_new_host_keys=accept_new_host_keys,
+                       resume_command=resume_command(list(argv)))
+    return run_apply(req)
+
+
+@cli.command()
+@click.argument("playbook")
+@click.option("-i", "--inventory", help="Also validate this inventory and plan the playbook against it.")
+def validate(playbook: str, inventory: str | None) -> int:
+    """Check PLAYBOOK (and the inventory) without running anything: exit 0 valid, 4 invalid."""
+    from runner.loader import load_inventory, load_playbook
+    from runner.plan import build_plan
+
+    errors: list[InputError] = []
+
+    def collect(exc: InputError) -> None:
+        errors.extend(exc.errors if isinstance(exc, InputErrors) else [exc])
+
+    pb = inv = None
+    try:
+        pb = load_playbook(playbook)
+    except InputError as exc:
+        collect(exc)
+    if inventory:
+        try:
+            inv = load_inventory(inventory)
+        except InputError as exc:
+            collect(exc)
+    if pb is not None and inv is not None:
+        try:
+            build_plan(pb, inv)
+        except InputError as exc:
+            collect(exc)
+    if errors:
+        for e in errors:
+            click.echo(InputError.__str__(e))
+        click.echo(f"{len(errors)} problem(s) found", err=True)
+        return EXIT_INVALID
+    what = f"{playbook} and {inventory}" if inventory else playbook
+    click.echo(f"{what}: valid")
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
+              help="Directory of the checkpoint store.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def status(state_dir: str, as_json: bool) -> int:
+    """Summarise the checkpoint store: runs, what finished, what is left, how to resume."""
+    from runner.status import collect_status, render_status
+
+    info = collect_status(Path(state_dir))
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+    else:
+        click.echo(render_status(info))
+    return EXIT_OK
+
+
+def _add_lab_group() -> None:
+    try:
+        from runner.lab.cli import lab  # H4's `runner lab ...` group
+    except ImportError:
+        return
+    cli.add_command(lab)
+
+
+_add_lab_group()
+
+
+def _crash_report() -> str:
+    path = Path(tempfile.gettempdir()) / f"runner-crash-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    try:
+        path.write_text(traceback.format_exc(), encoding="utf-8")
+        return str(path)
+    except OSError:
+        return "(could not write the traceback file)"
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default sys.argv[1:]) and return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _ARGV[:] = args
+        result: Any = cli.main(args=args, prog_name="runner", standalone_mode=False)
+        return result if isinstance(result, int) else EXIT_OK
+    except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `runner` (click >= 8.2): help, not an error
+            click.echo(exc.ctx.get_help() if exc.ctx else "")
+            return EXIT_OK
+        exc.show()
+        return EXIT_BAD_OPTIONS
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_ERROR
+    except InputError as exc:
+        click.echo(str(exc), err=True)
+        return exc.exit_code
+    except RunnerError as exc:
+        click.echo(f"ERROR: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted", err=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except Exception as exc:
+        where = _crash_report()
+        click.echo(f"unexpected error: {type(exc).__name__}: {exc}\n(traceback written to {where})", err=True)
+        return EXIT_UNEXPECTED
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(run(argv))
