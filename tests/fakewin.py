@@ -1,0 +1,209 @@
+"""An in-test Windows client: a Connection that runs our rendered command lines through a
+small cmd.exe model (%VAR% expansion, quotes, & && || with cmd's precedence,
+CommandLineToArgvW argument parsing) and reg.exe / msiexec / del / echo / ver with the
+output layouts of real Windows (reg query: four-space columns; reg errors on stderr).
+Used until the lab's LabConnection lands; every command line is recorded."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runner.connections.base import CommandResult
+from runner.windows.regfile import RegKey, RegValue, render_reg
+
+NOT_FOUND = "ERROR: The system was unable to find the specified registry key or value.\r\n"
+IN_USE = "ERROR: The process cannot access the file because it is being used by another process.\r\n"
+
+Hive = dict  # lower relative path -> RegKey (path relative to the hive root)
+
+
+def argv(text: str) -> list[str]:
+    args, cur, q, have, i = [], [], False, False, 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            j = i
+            while j < len(text) and text[j] == "\\":
+                j += 1
+            n = j - i
+            if j < len(text) and text[j] == '"':
+                cur.append("\\" * (n // 2))
+                if n % 2:
+                    cur.append('"')
+                    j += 1
+                i, have = j, True
+                continue
+            cur.append("\\" * n)
+            i, have = j, True
+            continue
+        if c == '"':
+            q, have = not q, True
+        elif c in " \t" and not q:
+            if have:
+                args.append("".join(cur))
+                cur, have = [], False
+        else:
+            cur.append(c)
+            have = True
+        i += 1
+    if have:
+        args.append("".join(cur))
+    return args
+
+
+def split_ops(line: str) -> list[tuple[str, str]]:
+    """[(op_before, command_text)] split on & && || outside quotes."""
+    out, cur, q, op, i = [], [], False, "", 0
+    while i < len(line):
+        c = line[i]
+        if c == '"':
+            q = not q
+        if not q and c in "&|":
+            two = line[i:i + 2]
+            new = two if two in ("&&", "||") else c
+            out.append((op, "".join(cur)))
+            cur, op = [], new
+            i += len(new)
+            continue
+        cur.append(c)
+        i += 1
+    out.append((op, "".join(cur)))
+    return out
+
+
+@dataclass
+class FakeClient:
+    host: str
+    env: dict = field(default_factory=lambda: {"SystemDrive": "C:", "ProgramFiles": r"C:\Program Files"})
+    hklm: Hive = field(default_factory=dict)
+    mounted: dict = field(default_factory=dict)      # HKU name (lower) -> (name, Hive)
+    hive_files: dict = field(default_factory=dict)   # NTUSER.DAT path (lower) -> Hive
+    files: dict = field(default_factory=dict)        # path (lower) -> bytes
+    locked_files: set = field(default_factory=set)   # lower paths whose reg load reports "in use"
+    fail_export: bool = False
+    msiexec_rc: int = 0
+    msiexec_log: bytes = b"MSI (s) (A0:B4) [12:00:00:000]: Product: Windows Messenger -- Installation failed.\r\n"
+    commands: list = field(default_factory=list)
+
+    # -- registry helpers --------------------------------------------------------
+    @staticmethod
+    def set_value(hive: Hive, path: str, name: str, data, type_: str = "REG_SZ") -> None:
+        parts = path.split("\\")
+        for n in range(1, len(parts) + 1):
+            sub = "\\".join(parts[:n])
+            hive.setdefault(sub.lower(), RegKey(sub))
+        key = hive[path.lower()]
+        key.values = [v for v in key.values if v.name.lower() != name.lower()] + [RegValue(name, type_, data)]
+
+    def _resolve(self, key: str) -> tuple[str, Hive, str] | None:
+        root, _, rest = key.partition("\\")
+        r = root.upper()
+        if r in ("HKLM", "HKEY_LOCAL_MACHINE"):
+            return "HKEY_LOCAL_MACHINE", self.hklm, rest
+        if r in ("HKU", "HKEY_USERS"):
+            if not rest:
+                return "HKEY_USERS", {}, ""
+            name, _, sub = rest.partition("\\")
+            if name.lower() in self.mounted:
+                mname, hive = self.mounted[name.lower()]
+                return f"HKEY_USERS\\{mname}", hive, sub
+        return None
+
+    # -- Connection --------------------------------------------------------------
+    def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+        self.commands.append(command)
+        line = command
+        for k, v in self.env.items():
+            line = line.replace(f"%{k}%", v)
+        out, err, rc = [], [], 0
+        for op, text in split_ops(line):
+            if (op == "&&" and rc != 0) or (op == "||" and rc == 0):
+                continue
+            rc, o, e = self._exec(text)
+            out.append(o)
+            err.append(e)
+        return CommandResult(rc, "".join(out), "".join(err))
+
+    def put(self, data: bytes, remote_path: str) -> None:
+        self.files[remote_path.lower()] = data
+
+    def get(self, remote_path: str) -> bytes:
+        if remote_path.lower() not in self.files:
+            raise FileNotFoundError(remote_path)
+        return self.files[remote_path.lower()]
+
+    def close(self) -> None:
+        pass
+
+    # -- programs ----------------------------------------------------------------
+    def _exec(self, text: str) -> tuple[int, str, str]:
+        stripped = text.lstrip()
+        args = argv(stripped)
+        if not args:
+            return 0, "", ""
+        prog = args[0].lower()
+        if prog == "echo":
+            return 0, stripped[5:] + "\r\n", ""
+        if prog == "ver":
+            return 0, "\r\nMicrosoft Windows XP [Version 5.1.2600]\r\n", ""
+        if prog == "del":
+            self.files.pop(args[-1].lower(), None)
+            return 0, "", ""
+        if prog == "msiexec":
+            log = args[args.index("/l*v") + 1]
+            self.files[log.lower()] = self.msiexec_log
+            if self.msiexec_rc in (0, 3010, 1641):
+                self.set_value(self.hklm, r"SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall\{WM51}",
+                               "DisplayName", "Windows Messenger 5.1")
+                self.set_value(self.hklm, r"SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall\{WM51}",
+                               "DisplayVersion", "5.1.0715")
+            return self.msiexec_rc, "", ""
+        if prog == "reg":
+            return self._reg(args[1].lower(), args[2:])
+        return 9009, "", f"'{args[0]}' is not recognized as an internal or external command,\r\n" \
+                         "operable program or batch file.\r\n"
+
+    def _reg(self, verb: str, args: list[str]) -> tuple[int, str, str]:
+        if verb == "query":
+            key = args[0]
+            if key.upper() in ("HKU", "HKEY_USERS"):
+                return 0, "\r\n" + "".join(f"HKEY_USERS\\{n}\r\n" for n, _ in self.mounted.values()), ""
+            found = self._resolve(key)
+            if found is None or found[2].lower() not in found[1]:
+                return 1, "", NOT_FOUND
+            prefix, hive, rel = found
+            keys = [k for p, k in sorted(hive.items()) if p == rel.lower() or
+                    ("/s" in args and p.startswith(rel.lower() + "\\"))]
+            out = ["\r\n"]
+            for k in keys:
+                out.append(f"{prefix}\\{k.path}\r\n")
+                for v in k.values:
+                    data = v.data if isinstance(v.data, str) else (
+                        "\\0".join(v.data) if isinstance(v.data, list) else
+                        f"0x{v.data:x}" if isinstance(v.data, int) else bytes(v.data).hex().upper())
+                    out.append(f"    {v.name or '(Default)'}    {v.type}    {data}\r\n")
+                out.append("\r\n")
+            return 0, "".join(out), ""
+        if verb == "export":
+            found = self._resolve(args[0])
+            if found is None or found[2].lower() not in found[1] or self.fail_export:
+                return 1, "", NOT_FOUND
+            prefix, hive, rel = found
+            keys = [RegKey(f"{prefix}\\{k.path}", list(k.values)) for p, k in sorted(hive.items())
+                    if p == rel.lower() or p.startswith(rel.lower() + "\\")]
+            self.files[args[1].lower()] = render_reg(keys)
+            return 0, "The operation completed successfully.\r\n", ""
+        if verb == "load":
+            name = args[0].split("\\", 1)[1]
+            path = args[1].lower()
+            if path in self.locked_files or any(h is self.hive_files.get(path) for _, h in self.mounted.values()):
+                return 1, "", IN_USE
+            if path not in self.hive_files:
+                return 1, "", "ERROR: The system cannot find the file specified.\r\n"
+            self.mounted[name.lower()] = (name, self.hive_files[path])
+            return 0, "The operation completed successfully.\r\n", ""
+        if verb == "unload":
+            name = args[0].split("\\", 1)[1]
+            if self.mounted.pop(name.lower(), None) is None:
+                return 1, "", "ERROR: The parameter is incorrect.\r\n"
+            return 0, "The operation completed successfully.\r\n", ""
+        return 1, "", "ERROR: Invalid syntax.\r\n"
