@@ -19,7 +19,7 @@ def _artifact_names(data: Any) -> Iterable[str]:
         if data.lower().endswith(".json"):
             yield data
     elif isinstance(data, Mapping):
-        for key in ("artifact", "json_artifact", "json", "merged", "contacts_artifact"):
+        for key in ("merged_artifact", "artifact", "json_artifact", "contacts_artifact"):
             if key in data:
                 yield from _artifact_names(data[key])
         for value in data.values():
@@ -44,6 +44,11 @@ def latest_export(ctx: StepContext, user: User) -> tuple[list[ExportedContact], 
                 data = ctx.artifacts.read(path)
             if data is not None:
                 return parse_export(data), path
+    name = f"contacts/{user.alias}/merged.json"  # export_contacts' conventional name
+    if ctx.previous("export_contacts", user.alias):
+        data = ctx.artifacts.read(name)
+        if data is not None:
+            return parse_export(data), name
     return None
 
 
