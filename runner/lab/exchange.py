@@ -270,6 +270,9 @@ def install_server(lab: Any, host: Any, users: list[ImUser], *, base_dn: str,
     d = Directory(ad_path(lab.path))
     try:
         d.begin()
+        if not d.exists(base_dn):
+            d.add(base_dn, [("objectClass", "top"), ("objectClass", "domain"), ("objectClass", "domainDNS"),
+                            ("dc", base_dn.split(",")[0][3:])])
         d.ensure_container(srv)
         d.ensure_container(parent_dn(vs))
         d.add(vs, [("objectClass", "top"), ("objectClass", "protocolCfgIMVirtualServer"),
