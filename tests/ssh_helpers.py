@@ -75,7 +75,7 @@ def serve(lab: Path, *, fake_shell: bool) -> LabServer:
 def ssh_host(server: LabServer, name: str, **vars: object) -> Host:
     """An inventory Host for ``name`` of the served lab, with extra vars."""
     v = {"ssh_key_file": str(server.client_key), "ssh_known_hosts": str(server.known_hosts),
-         "ssh_agent": False, "ssh_connect_timeout": 5}
+         "ssh_agent": False, "ssh_connect_timeout": 5, "ssh_exit_code_trailer": True}
     v.update(vars)
     return Host(name=name, connection="ssh", address=server.addresses[name], port=server.port,
                 user=_user(), vars=v)

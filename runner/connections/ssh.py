@@ -17,6 +17,8 @@ Host variables (inventory ``vars``; see inventories/example-ssh.yml):
 - ``ssh_proxy_jump``: ``user@host:port`` or an inventory host name (bastion).
 - ``ssh_connect_timeout``, ``ssh_command_timeout``, ``ssh_keepalive_interval``
   (seconds), ``ssh_codepage`` (default ``cp437``, see ``decode_output``).
+- ``ssh_exit_code_trailer`` (served lab only): read the real 32-bit exit code
+  from a stderr trailer, since the lab runs on POSIX where exit codes have 8 bits.
 
 Fault classification (runner.errors): refused, reset, EOF, timeouts and a
 channel closed mid-command without an exit status are ConnectionFault
@@ -29,6 +31,7 @@ from __future__ import annotations
 import codecs
 import logging
 import os
+import re
 import select
 import socket
 import threading
@@ -50,6 +53,9 @@ from runner.model import Host, Inventory
 DEFAULT_CODEPAGE = "cp437"   # the OEM code page of US-English Windows consoles
 DEFAULT_KEEPALIVE = 15.0
 _KNOWN_HOSTS_LOCK = threading.Lock()
+# The served lab's way to carry a 32-bit Windows exit code past POSIX's 8 bits
+# (runner.lab.serve.session_main); honoured only with ssh_exit_code_trailer.
+_EXIT_TRAILER = re.compile(rb"\0runner-exit-code=(-?\d+)\0$")
 # paramiko logs handshake failures with tracebacks; we raise classified faults instead
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
@@ -169,6 +175,7 @@ class SSHConnection:
         self.key_file = self._resolve_path(str(v["ssh_key_file"])) if v.get("ssh_key_file") else None
         self.use_agent = bool(v.get("ssh_agent", True))
         self.proxy_jump = v.get("ssh_proxy_jump") or None
+        self.exit_code_trailer = bool(v.get("ssh_exit_code_trailer", False))
         self._lock = threading.RLock()
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
@@ -443,6 +450,10 @@ class SSHConnection:
                                   host=self.host) from None
         finally:
             chan.close()
+        if self.exit_code_trailer:
+            m = _EXIT_TRAILER.search(err)
+            if m:
+                status, err = int(m.group(1)), err[:m.start()]
         return CommandResult(rc=status, stdout=decode_output(out, self.codepage),
                              stderr=decode_output(err, self.codepage))
 

@@ -13,7 +13,8 @@ How it works (the SSH protocol is entirely OpenSSH's; we only route sockets):
   public-key authentication only, and ``ForceCommand`` running this module's
   ``session`` entry point. The session reads the host from the local address
   in ``SSH_CONNECTION`` and either runs ``SSH_ORIGINAL_COMMAND`` in the lab's
-  Windows shell (``python -m runner.lab.shell --dir DIR``, run in-process) or,
+  Windows shell (``runner.lab.shell.main``, in-process; its exit code 255, a
+  lab connection fault, becomes a dropped SSH connection) or,
   for the sftp subsystem, relays SFTP to ``/usr/lib/openssh/sftp-server``
   while rewriting every path: ``/C:/x/y`` (how OpenSSH for Windows names
   ``C:\\x\\y``) becomes ``DIR/hosts/<host>/fs/C/x/y``; nothing can escape
@@ -46,6 +47,7 @@ from runner.errors import RunnerError
 
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+EXIT_TRAILER = b"\0runner-exit-code=%d\0"   # see session_main; parsed by runner.connections.ssh
 INSTALL_HINT = "install Debian's OpenSSH server: apt-get install openssh-server"
 
 
@@ -392,6 +394,7 @@ def write_ssh_inventory(server: LabServer) -> Path:
         "ssh_known_hosts": str(server.known_hosts),
         "ssh_agent": False,
         "ssh_connect_timeout": 10,
+        "ssh_exit_code_trailer": True,
     })
     all_["vars"] = vars_
     user = _current_user()
@@ -438,14 +441,40 @@ def session_main(lab_dir: Path) -> int:
         fs_root = lab_dir / "hosts" / host / "fs"
         (fs_root / "C").mkdir(parents=True, exist_ok=True)
         return sftp_relay(str(fs_root))
-    import runpy
-    sys.argv = ["runner.lab.shell", "--dir", str(lab_dir)]
-    try:
-        runpy.run_module("runner.lab.shell", run_name="__main__", alter_sys=True)
-    except SystemExit as exc:
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    return 0
+    from runner.lab import shell
+
+    rc = shell.main(["--dir", str(lab_dir)])
+    if rc == 255:
+        # the lab shell's connection faults ("down", "timeout", "drop") and its own
+        # failures: make them what a client would see from a real host, a lost connection
+        drop_connection()
+    if not 0 <= rc <= 254:
+        # A POSIX exit status has 8 bits, Windows' 32 (9009, msiexec 1618, 3010): carry the
+        # real code in a stderr trailer that the ssh connection strips when the inventory
+        # sets ssh_exit_code_trailer (only served-lab inventories do).
+        sys.stderr.flush()
+        sys.stderr.buffer.write(EXIT_TRAILER % rc)
+        sys.stderr.buffer.flush()
+        return 1
+    return rc
+
+
+def drop_connection() -> None:
+    """Kill the sshd processes serving this session: the client sees the connection drop."""
+    sys.stdout.flush()
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                prog = fh.read().split(b"\0")[0].rsplit(b"/", 1)[-1]
+            with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return
+        if not prog.startswith(b"sshd"):
+            return
+        os.kill(pid, signal.SIGKILL)
+        pid = parent
 
 
 # --- SFTP path rewriting ------------------------------------------------------
