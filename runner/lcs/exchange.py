@@ -19,8 +19,8 @@ from runner.windows.cmdline import Command, Quoted, chain, sectioned, split_sect
 
 IM_ATTRIBUTES = ("msExchIMAddress", "msExchIMPhysicalURL", "msExchIMMetaPhysicalURL",
                  "msExchIMVirtualServer", "msExchIMACL")
-DEFAULT_SERVICE = "RTVSRVR"                   # conv: the Exchange IM service (var exchange_im_service)
-DEFAULT_VS_FILTER = "(objectClass=msExchIMVirtualServer)"   # conv (var exchange_im_virtual_server_filter)
+DEFAULT_SERVICE = "MSExchangeIM"              # conv: the Exchange IM service (var exchange_im_service)
+DEFAULT_VS_FILTER = "(objectClass=protocolCfgIMVirtualServer)"   # conv (var exchange_im_virtual_server_filter)
 DEFAULT_TEMP = r"C:\WINDOWS\Temp"
 
 

@@ -6,8 +6,8 @@ overrides loudly. Steps, each skipped when already done: ``sc stop`` (1062,
 not running, is fine), ``sc config NAME start= disabled``, and an LDIF
 delete of each IM virtual server object (found with var
 ``exchange_im_virtual_server_filter``, default
-``(objectClass=msExchIMVirtualServer)``, under var ``exchange_config_dn``
-when set). Service name: var ``exchange_im_service`` (default RTVSRVR, conv).
+``(objectClass=protocolCfgIMVirtualServer)``, under var ``exchange_config_dn``
+when set). Service name: var ``exchange_im_service`` (default MSExchangeIM, conv).
 """
 from __future__ import annotations
 
