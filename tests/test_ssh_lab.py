@@ -84,3 +84,17 @@ def test_lab_drop_fault_surfaces_as_a_dropped_ssh_connection(served_lab):
         conn.close()
         meta["faults"]["hosts"].pop(client)
         meta_path.write_text(json.dumps(meta))
+
+
+def test_served_inventory_loads_and_connects_through_the_registry(served_lab):
+    from runner.connections.registry import ConnectionOptions, factory_for
+    from runner.loader import load_inventory
+
+    inv = load_inventory(str(served_lab.inventory_out))
+    host = inv.hosts["lcs01"] if "lcs01" in inv.hosts else next(iter(inv.hosts.values()))
+    assert host.connection == "ssh"
+    conn = factory_for("ssh")(host, inv, ConnectionOptions())
+    try:
+        assert conn.run("echo served").stdout.strip() == "served"
+    finally:
+        conn.close()
