@@ -1,0 +1,167 @@
+"""The checkpoint store, artifacts and connection pool."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from runner.artifacts import ArtifactStore
+from runner.connections.registry import ConnectionOptions, ConnectionPool, open_connection
+from runner.errors import ConnectionFault, RunnerError, StateLockedError
+from runner.events import TaskOutcome
+from runner.model import Host, Inventory
+from runner.state import StateStore
+
+
+def outcome(key: str, status: str, **kw) -> TaskOutcome:
+    return TaskOutcome(key=key, play_index=0, step=kw.pop("step", "Export"), module=kw.pop("module", "m"),
+                       kind="user", target=kw.pop("target", "alice"), status=status, ended=kw.pop("ended", 1.0),
+                       fingerprint=kw.pop("fingerprint", "fp"), **kw)
+
+
+def test_outcomes_are_committed_on_flush_and_survive_reopening(tmp_path):
+    store = StateStore(tmp_path)
+    run = store.start_run(tmp_path / "pb.yml", tmp_path / "inv.yml", command="runner apply pb.yml")
+    store.record_task(run.id, outcome("k1", "changed", data={"contacts": 3}))
+    store.record_task(run.id, outcome("k2", "failed"))
+    store.flush()
+    store.close()
+    again = StateStore(tmp_path)
+    assert again.completed(run.id) == {"k1": "fp"}
+    rows = {r["key"]: r for r in again.task_rows(run.id)}
+    assert rows["k1"]["result"]["data"] == {"contacts": 3} and rows["k2"]["status"] == "failed"
+    again.close()
+
+
+def test_same_playbook_and_inventory_resume_the_latest_run_unless_fresh(tmp_path):
+    with StateStore(tmp_path) as store:
+        first = store.start_run("pb.yml", "inv.yml", command="c")
+        resumed = store.start_run("pb.yml", "inv.yml", command="c")
+        other = store.start_run("pb.yml", "other.yml", command="c")
+        fresh = store.start_run("pb.yml", "inv.yml", command="c", fresh=True)
+        assert resumed.id == first.id and resumed.resumed and resumed.sessions == 2
+        assert other.id != first.id and not other.resumed
+        assert fresh.id != first.id and store.start_run("pb.yml", "inv.yml", command="c").id == fresh.id
+        assert len(store.runs()) == 3
+
+
+def test_previous_returns_finished_outcomes_newest_first(tmp_path):
+    with StateStore(tmp_path) as store:
+        run = store.start_run("pb.yml", "inv.yml", command="c")
+        store.record_task(run.id, outcome("a", "ok", module="verify_contacts", data={"n": 1}, ended=1.0))
+        store.record_task(run.id, outcome("b", "failed", module="verify_contacts", ended=3.0))
+        store.record_task(run.id, outcome("c", "changed", module="verify_contacts", data={"n": 2}, ended=2.0))
+        store.flush()
+        prev = store.previous("verify_contacts", "alice")
+        assert [p.data["n"] for p in prev] == [2, 1] and store.previous("verify_contacts", "bob") == []
+
+
+def test_facts_are_replaced_per_host(tmp_path):
+    with StateStore(tmp_path) as store:
+        store.set_facts("pc01", {"v": 1})
+        store.set_facts("pc01", {"v": 2})
+        store.flush()
+        assert store.facts("pc01") == {"v": 2} and store.facts("pc02") is None
+        assert store.facts_summary()["hosts"] == 1
+
+
+def test_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    first = StateStore(tmp_path)
+    first.acquire_lock()
+    second = StateStore(tmp_path)
+    with pytest.raises(StateLockedError, match="another run is using"):
+        second.acquire_lock()
+    first.close()
+    second.acquire_lock()
+    second.close()
+
+
+def test_status_of_a_missing_store_is_an_error_only_when_asked_to_open(tmp_path):
+    with pytest.raises(RunnerError, match="no state store"):
+        StateStore(tmp_path / "none", create=False)
+
+
+def test_artifact_write_is_content_addressed_and_identical_rewrite_is_a_no_op(tmp_path):
+    with StateStore(tmp_path) as store:
+        arts = ArtifactStore(store, run_id="r1", task_key="0/export/user:alice")
+        ref = arts.write("contacts/alice/pc01.reg", b"v1")
+        assert Path(ref.path).name.startswith("pc01.") and ref.path.endswith(".reg") and ref.size == 2
+        same = arts.write("contacts/alice/pc01.reg", b"v1")
+        assert same == ref and len(store.artifact_versions("contacts/alice/pc01.reg")) == 1
+        new = arts.write("contacts/alice/pc01.reg", b"v2")
+        assert new.path != ref.path and Path(ref.path).read_bytes() == b"v1"   # old version kept beside
+        assert arts.read("contacts/alice/pc01.reg") == b"v2"
+        assert arts.read("contacts/bob/pc01.reg") is None
+        assert not list(Path(ref.path).parent.glob(".*tmp"))
+
+
+def test_artifact_read_detects_a_file_changed_on_disk(tmp_path):
+    with StateStore(tmp_path) as store:
+        arts = ArtifactStore(store)
+        ref = arts.write("a.reg", b"data")
+        Path(ref.path).write_bytes(b"tampered")
+        with pytest.raises(RunnerError, match="sha256"):
+            arts.read("a.reg")
+
+
+def test_artifact_names_cannot_escape_the_store(tmp_path):
+    with StateStore(tmp_path) as store:
+        with pytest.raises(RunnerError):
+            ArtifactStore(store).write("../evil.reg", b"x")
+
+
+INV = Inventory(path="inv.yml", hosts={"pc01": Host("pc01", connection="nosuch"),
+                                         "pc02": Host("pc02", connection="x")}, groups={}, users={})
+
+
+def test_unknown_connection_kind_is_a_clear_error():
+    with pytest.raises(RunnerError, match="unknown connection kind 'nosuch'"):
+        open_connection(INV.hosts["pc01"], INV, ConnectionOptions())
+
+
+class _Conn:
+    def __init__(self, name: str) -> None:
+        self.host = name
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_pool_opens_each_host_once_even_under_concurrency_and_closes_all():
+    opened: list[str] = []
+
+    def opener(host, inventory, options):
+        opened.append(host.name)
+        return _Conn(host.name)
+    pool = ConnectionPool(INV, opener=opener)
+    threads = [threading.Thread(target=pool.get, args=("pc02",)) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    conn = pool.get("pc02")
+    pool.close()
+    assert opened == ["pc02"] and conn.closed
+
+
+def test_pool_remembers_a_failed_open_briefly_then_retries():
+    calls: list[str] = []
+
+    def opener(host, inventory, options):
+        calls.append(host.name)
+        raise ConnectionFault("refused")
+    pool = ConnectionPool(INV, opener=opener, failure_memo=60)
+    for _ in range(3):
+        with pytest.raises(ConnectionFault):
+            pool.get("pc02")
+    assert calls == ["pc02"]
+    pool.failure_memo = 0
+    with pytest.raises(ConnectionFault):
+        pool.get("pc02")
+    assert calls == ["pc02", "pc02"]
+    pool.mark_unreachable("pc02", "refused")
+    with pytest.raises(ConnectionFault, match="unreachable"):
+        pool.get("pc02")
+    assert len(calls) == 2
