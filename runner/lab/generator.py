@@ -335,6 +335,7 @@ def generate(directory: Path | str, *, clients: int = 50, users_per_client: int 
         "format": "lab-manifest/1", "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "params": _params(clients, users_per_client, contacts, seed), "lcs_limit": LCS_LIMIT,
         "exchange_server": EXCHANGE_HOST, "lcs_server": LCS_HOST, "lcs_server_dn": LCS_SERVER_DN,
+        "ad_base": AD_BASE,
         "sip_mapping": sip_mapping(extra["table_partner"]),
         "users": {u.alias: {
             "display_name": u.display_name, "im_address": u.im_address, "sid": u.sid, "ad_guid": u.guid,

@@ -1,0 +1,211 @@
+"""``runner lab``: create, inspect and check the simulated estate (a click group).
+
+Commands: ``init`` (generate a lab and its inventory), ``show`` (a summary,
+one host or one user), ``verify`` (compare LCS and Exchange with the
+manifest; exit 0 when all is as expected, 1 otherwise), ``faults`` (set
+fault rates in lab.json). H2's ``runner.cli`` adds this group.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runner.errors import EXIT_ERROR, EXIT_OK, InputError, RunnerError
+from runner.lab import exchange
+from runner.lab.generator import init_lab
+from runner.lab.verify import load_manifest, verify
+
+DEFAULT_DIR = ".lab/default"
+FAULT_KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked")
+
+
+def _fail(e: RunnerError) -> None:
+    click.echo(str(e), err=True)
+    sys.exit(e.exit_code)
+
+
+@click.group("lab")
+def lab() -> None:
+    """Create, inspect and check the simulated Exchange IM estate."""
+
+
+@lab.command("init")
+@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--clients", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--users-per-client", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--contacts", default=20, show_default=True, type=click.IntRange(0))
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace an existing lab.")
+def init_cmd(directory: str, clients: int, users_per_client: int, contacts: int, seed: int, force: bool) -> None:
+    """Generate a lab and its inventory (an existing lab is kept unless --force)."""
+    existed = (Path(directory) / "inventory.yml").is_file()
+    try:
+        inv = init_lab(directory, clients=clients, users_per_client=users_per_client, contacts=contacts,
+                       seed=seed, force=force)
+    except RunnerError as e:
+        _fail(e)
+    man = load_manifest(inv.parent)
+    note = "kept existing lab" if existed and not force else "created lab"
+    click.echo(f"{note} at {inv.parent}: {man['params']['clients']} clients, {len(man['users'])} users")
+    click.echo(f"inventory: {inv}")
+
+
+@lab.command("show")
+@click.argument("name", required=False)
+@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show_cmd(name: str | None, directory: str, as_json: bool) -> None:
+    """Show the lab, one host (pc0001, exim01, lcs01) or one user (alias)."""
+    try:
+        info = describe(Path(directory), name)
+    except RunnerError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(info, indent=1, ensure_ascii=False, default=str))
+        return
+    _print(info)
+
+
+def _print(info: Any, indent: int = 0) -> None:
+    pad = "  " * indent
+    if isinstance(info, dict):
+        for k, v in info.items():
+            if isinstance(v, (dict, list)) and v:
+                click.echo(f"{pad}{k}:")
+                _print(v, indent + 1)
+            else:
+                click.echo(f"{pad}{k}: {v}")
+    elif isinstance(info, list):
+        for v in info:
+            if isinstance(v, (dict, list)):
+                click.echo(f"{pad}-")
+                _print(v, indent + 1)
+            else:
+                click.echo(f"{pad}- {v}")
+
+
+def describe(lab_dir: Path, name: str | None) -> dict[str, Any]:
+    """What ``runner lab show`` prints: the lab summary, a host or a user."""
+    from runner.lab.store import Lab
+    man = load_manifest(lab_dir)
+    lab_ = Lab(lab_dir)
+    lcs_db = lab_dir / "hosts" / man["lcs_server"] / "lcs.db"
+    if name is None:
+        db = sqlite3.connect(f"file:{lcs_db}?mode=ro", uri=True)
+        try:
+            enabled = db.execute("SELECT count(*) FROM users WHERE enabled=1").fetchone()[0]
+            contacts = db.execute("SELECT count(*) FROM contacts").fetchone()[0]
+        finally:
+            db.close()
+        roles: dict[str, int] = {}
+        for h in lab_.host_names():
+            r = lab_.hosts_config[h].get("role", "client")
+            roles[r] = roles.get(r, 0) + 1
+        return {"lab": str(lab_.path), "params": man["params"], "hosts": roles, "users": len(man["users"]),
+                "lcs": {"enabled_users": enabled, "contacts": contacts},
+                "faults": lab_.config.get("faults", {})}
+    if name.lower() in {h.lower() for h in lab_.host_names()}:
+        h = lab_.host(name)
+        out: dict[str, Any] = {"host": h.name, "role": h.role, "address": h.config.get("address")}
+        if h.role == "client":
+            try:
+                out["messenger_version"] = h.fs.file_version(r"C:\Program Files\Messenger\msmsgs.exe")
+            except OSError:
+                out["messenger_version"] = None
+            out["os"] = h.config.get("os")
+            out["profiles"] = [a for a, u in man["users"].items() if h.name in u["clients"]]
+            out["hives_mounted"] = [f"{m.name} ({'in use' if m.in_use else 'loaded'})" for m in h.registry.mounts()]
+        out["services"] = [f"{s.name}: {s.state} {s.start_type}" for s in h.services.list()]
+        out["journal"] = [f"{e.program}: {e.command} -> {e.rc}" for e in h.journal()][-20:]
+        return out
+    u = man["users"].get(name)
+    if u is None:
+        raise InputError(f"no host or user named {name!r} in the lab")
+    out = {"user": name, **{k: u[k] for k in ("display_name", "im_address", "sip_uri", "ad_guid", "sid", "wave",
+                                              "clients")}}
+    out["machines"] = {c: {"logged_on": m["logged_on"], "contacts": len(m["contacts"]),
+                           "groups": list(m["groups"])} for c, m in u["machines"].items()}
+    db = sqlite3.connect(f"file:{lcs_db}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT primary_uri, enabled, home_server_dn FROM users WHERE instance_id=?",
+                         (u["ad_guid"].upper(),)).fetchone()
+        n = db.execute("SELECT count(*) FROM contacts WHERE user_instance_id=?", (u["ad_guid"].upper(),)).fetchone()[0]
+    finally:
+        db.close()
+    out["lcs"] = {"enabled": bool(row and row[1]), "primary_uri": row[0] if row else None,
+                  "home_server_dn": row[2] if row else None, "contacts": n}
+    with exchange.Directory(exchange.ad_path(lab_dir)) as d:
+        dn = exchange.guid_dn(d, u["ad_guid"])
+        attrs = d.attributes(dn) if dn else {}
+    out["exchange_im"] = {a: attrs.get(a, [None])[0] for a in exchange.IM_ATTRIBUTES}
+    return out
+
+
+@lab.command("verify")
+@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--wave", "waves", multiple=True, help="Only users of this wave (repeatable).")
+@click.option("--no-contacts", is_flag=True, help="Do not check contacts (the 'users recreate' scenario).")
+@click.option("--no-exchange", is_flag=True, help="Do not check the Exchange IM side.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_exchange: bool, as_json: bool) -> None:
+    """Compare LCS and Exchange IM with the manifest; exit 0 if all is as expected, else 1."""
+    try:
+        rep = verify(Path(directory), waves=waves, contacts=not no_contacts, exchange_side=not no_exchange)
+    except RunnerError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=1, ensure_ascii=False))
+    else:
+        bad = [u for u in rep.users if not u.ok]
+        for u in bad:
+            click.echo(f"{u.alias} ({u.wave}): " + "; ".join(u.problems))
+            for what in ("missing", "extra", "duplicated"):
+                lst = getattr(u, what)
+                if lst:
+                    click.echo(f"  {what}: " + ", ".join(lst[:10]) + (" ..." if len(lst) > 10 else ""))
+        for p in rep.problems:
+            click.echo(p)
+        over = sum(1 for u in rep.users if u.over_limit)
+        click.echo(f"{len(rep.users) - len(bad)}/{len(rep.users)} users as expected"
+                   + (f", {over} over the LCS limit of {rep.limit}" if over else "")
+                   + ("" if rep.decommissioned is None else
+                      f", server {'decommissioned' if rep.decommissioned else 'still in service'}"))
+    sys.exit(EXIT_OK if rep.ok else EXIT_ERROR)
+
+
+@lab.command("faults")
+@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--host", "host", default=None, help="Set the rate for one host instead of globally.")
+@click.option("--seed", type=int, default=None, help="Seed of the fault decisions.")
+@click.argument("rates", nargs=-1)
+def faults_cmd(directory: str, host: str | None, seed: int | None, rates: tuple[str, ...]) -> None:
+    """Set fault rates: ``runner lab faults lcs_busy=0.2 drop=0.05 [--host pc0003]``; none prints them."""
+    path = Path(directory) / "lab.json"
+    if not path.is_file():
+        _fail(InputError(f"no lab at {directory}"))
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    faults = cfg.setdefault("faults", {"seed": 0, "global": {}, "hosts": {}})
+    target = faults.setdefault("global", {}) if host is None else faults.setdefault("hosts", {}).setdefault(host, {})
+    for r in rates:
+        k, eq, v = r.partition("=")
+        try:
+            rate = float(v)
+        except ValueError:
+            rate = -1.0
+        if not eq or k not in FAULT_KINDS or not 0.0 <= rate <= 1.0:
+            click.echo(f"bad fault rate {r!r}: use KIND=RATE with KIND in {', '.join(FAULT_KINDS)}, 0 <= RATE <= 1",
+                       err=True)
+            sys.exit(5)
+        target[k] = rate
+    if seed is not None:
+        faults["seed"] = seed
+    if rates or seed is not None:
+        tmp = path.with_name(".lab.json.tmp")
+        tmp.write_text(json.dumps(cfg, indent=1, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(path)
+    click.echo(json.dumps(faults, indent=1))

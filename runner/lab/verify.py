@@ -1,0 +1,218 @@
+"""Check a rehearsal: compare the LCS store and the Exchange side with the manifest.
+
+For each user of ``manifest.json`` (optionally only some waves):
+
+- ``enabled``: an ``MSFT_SIPESUserSetting`` row exists for the user's AD
+  GUID, enabled, with the expected PrimaryURI;
+- ``missing`` / ``extra`` / ``duplicated``: the mappable contacts of all the
+  user's machines (union, case-insensitive) against the user's contacts on
+  LCS; a list longer than the pool's MaxContactsPerUser is complete when the
+  contacts on LCS are ``limit`` of the expected ones (``over_limit`` counts
+  the rest, which the run must have reported);
+- ``groups_missing``: group names (at most 128 characters) not on LCS;
+- ``exchange_im_disabled``: the AD user carries no msExchIM* attribute;
+and for the lab: ``decommissioned`` (IM service stopped and disabled, IM
+virtual server object gone).
+
+The mapping of addresses to SIP URIs is implemented here independently of
+runner.lcs (same documented rule: exact table, then the user's own
+sip_uri, then the domain map with the template) so a bug there cannot hide
+itself. ``report.ok`` is True when everything checked is as expected; the
+CLI exits 0 then, 1 otherwise.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from runner.errors import InputError
+from runner.lab import exchange
+
+_ADDR = re.compile(r"^([^@\s]+)@([^@\s]+)$")
+_USER_PART = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+$")
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+MAX_GROUP_NAME = 128
+
+
+def map_address(address: str, rule: dict[str, Any], users: dict[str, str]) -> str | None:
+    """The SIP URI an Exchange IM address should become, or None when unmappable."""
+    a = address.strip()
+    m = _ADDR.match(a)
+    if not m:
+        return None
+    table = {k.lower(): v for k, v in (rule.get("table") or {}).items()}
+    uri = table.get(a.lower()) or users.get(a.lower())
+    if uri is None:
+        domains = {k.lower(): v for k, v in (rule.get("domains") or {}).items()}
+        dom = m.group(2).lower()
+        if dom not in domains:
+            return None
+        uri = str(rule.get("template") or "sip:{local}@{domain}").format(
+            local=m.group(1), domain=domains[dom], im_domain=dom, address=a)
+    if not uri.lower().startswith("sip:") or len(uri) > 454:
+        return None
+    um = _ADDR.match(uri[4:])
+    if not um or not _USER_PART.match(um.group(1)):
+        return None
+    if not all(_LABEL.match(lbl) for lbl in um.group(2).split(".")):
+        return None
+    return uri
+
+
+def _norm(uri: str) -> str:
+    return uri.strip().casefold()
+
+
+@dataclass
+class UserReport:
+    """What verify found for one user."""
+
+    alias: str
+    wave: str | None
+    enabled: bool = False
+    primary_uri: str | None = None
+    expected: int = 0
+    on_lcs: int = 0
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    over_limit: int = 0
+    groups_missing: list[str] = field(default_factory=list)
+    exchange_im_disabled: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Report:
+    """The whole verification: per-user reports and the server's state."""
+
+    users: list[UserReport]
+    decommissioned: bool | None
+    limit: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(u.ok for u in self.users)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "limit": self.limit, "decommissioned": self.decommissioned,
+                "problems": self.problems,
+                "users": [dict(asdict(u), ok=u.ok) for u in self.users]}
+
+
+def load_manifest(lab_dir: Path) -> dict[str, Any]:
+    """The lab's manifest.json (InputError when the directory holds no lab)."""
+    p = Path(lab_dir) / "manifest.json"
+    if not p.is_file():
+        raise InputError(f"no lab manifest at {p} (run `runner lab init`)", str(p))
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
+           exchange_side: bool = True) -> Report:
+    """Compare the lab's LCS store and AD with its manifest (see the module docstring)."""
+    lab_dir = Path(lab_dir)
+    man = load_manifest(lab_dir)
+    waves = set(waves)
+    rule = man.get("sip_mapping") or {}
+    user_uris = {u["im_address"].lower(): u["sip_uri"] for u in man["users"].values()}
+    lcs_db = lab_dir / "hosts" / man["lcs_server"] / "lcs.db"
+    db = sqlite3.connect(f"file:{lcs_db}?mode=ro", uri=True)
+    limit_row = db.execute("SELECT value FROM pool_settings WHERE name='MaxContactsPerUser'").fetchone()
+    limit = int(limit_row[0]) if limit_row else 150
+    ad = exchange.Directory(exchange.ad_path(lab_dir)) if exchange_side else None
+    reports: list[UserReport] = []
+    try:
+        for alias, u in man["users"].items():
+            if waves and u.get("wave") not in waves:
+                continue
+            r = UserReport(alias, u.get("wave"))
+            guid = u["ad_guid"].upper()
+            row = db.execute("SELECT primary_uri, enabled FROM users WHERE instance_id=?", (guid,)).fetchone()
+            if row:
+                r.primary_uri, r.enabled = row[0], bool(row[1])
+            if not r.enabled:
+                r.problems.append("not enabled on LCS")
+            elif (r.primary_uri or "").lower() != u["sip_uri"].lower():
+                r.problems.append(f"PrimaryURI is {r.primary_uri}, expected {u['sip_uri']}")
+            if contacts:
+                _check_contacts(db, r, guid, u, rule, user_uris, limit)
+            if ad is not None:
+                dn = exchange.guid_dn(ad, u["ad_guid"])
+                attrs = ad.attributes(dn) if dn else {}
+                left = [a for a in exchange.IM_ATTRIBUTES if any(k.lower() == a.lower() for k in attrs)]
+                r.exchange_im_disabled = not left
+                if left:
+                    r.problems.append("Exchange IM still enabled (" + ", ".join(left) + ")")
+            reports.append(r)
+        decommissioned = _decommissioned(lab_dir, man, ad) if ad is not None else None
+    finally:
+        db.close()
+        if ad is not None:
+            ad.close()
+    rep = Report(reports, decommissioned, limit)
+    if decommissioned is False:
+        rep.problems.append(f"Exchange IM server {man['exchange_server']} not decommissioned")
+    return rep
+
+
+def _check_contacts(db: sqlite3.Connection, r: UserReport, guid: str, u: dict[str, Any], rule: dict[str, Any],
+                    user_uris: dict[str, str], limit: int) -> None:
+    expected: dict[str, str] = {}
+    groups: set[str] = set()
+    for machine in u["machines"].values():
+        for c in machine["contacts"]:
+            uri = map_address(c["address"], rule, user_uris)
+            if uri is not None:
+                expected.setdefault(_norm(uri), uri)
+        groups.update(g for g in machine.get("groups", {}) if len(g) <= MAX_GROUP_NAME)
+    rows = [x[0] for x in db.execute("SELECT sip_uri FROM contacts WHERE user_instance_id=?", (guid,))]
+    seen: dict[str, int] = {}
+    for uri in rows:
+        seen[_norm(uri)] = seen.get(_norm(uri), 0) + 1
+    r.expected, r.on_lcs = len(expected), len(rows)
+    r.duplicated = sorted(expected.get(k, k) for k, n in seen.items() if n > 1)
+    r.extra = sorted(k for k in seen if k not in expected)
+    missing = sorted(v for k, v in expected.items() if k not in seen)
+    if len(expected) > limit:
+        present = len(expected) - len(missing)
+        r.over_limit = len(expected) - limit
+        if present >= limit:
+            missing = []
+        else:
+            missing = missing[: limit - present]
+    r.missing = missing
+    for what, lst in (("missing", r.missing), ("extra", r.extra), ("duplicated", r.duplicated)):
+        if lst:
+            r.problems.append(f"{len(lst)} contact(s) {what}")
+    have_groups = {x[0] for x in db.execute("SELECT name FROM contact_groups WHERE user_instance_id=?", (guid,))}
+    r.groups_missing = sorted(groups - have_groups) if r.expected else []
+    if r.groups_missing:
+        r.problems.append(f"{len(r.groups_missing)} group(s) missing")
+
+
+def _decommissioned(lab_dir: Path, man: dict[str, Any], ad: exchange.Directory) -> bool:
+    host_db = lab_dir / "hosts" / man["exchange_server"] / "host.db"
+    state = start = None
+    if host_db.exists():
+        h = sqlite3.connect(f"file:{host_db}?mode=ro", uri=True)
+        try:
+            row = h.execute("SELECT state, start_type FROM service WHERE name_lc=?",
+                            (exchange.IM_SERVICE.lower(),)).fetchone()
+        finally:
+            h.close()
+        if row:
+            state, start = row
+    service_gone = state is None or (state == "STOPPED" and start == "DISABLED")
+    vs = [dn for dn in ad.dns_under(man.get("ad_base", "DC=contoso,DC=com"))
+          if any(str(v).lower() == "protocolcfgimvirtualserver" for v in ad.get(dn, "objectClass"))]
+    return service_gone and not vs
