@@ -1,0 +1,110 @@
+"""The ``lab`` connection: runs command lines in-process on a lab host (runner.lab).
+
+The lab directory is ``lab_dir`` from the host's vars or the inventory's
+``all.vars`` (absolute, or relative to the inventory file). The lab host is
+the inventory host name (or ``vars.lab_host``). State persists in the lab
+directory, so a resumed run sees what a killed run changed.
+
+Faults from lab.json (runner.lab.faults), drawn on every call: ``down`` ->
+ConnectionFault("host unreachable") on every call; ``timeout`` ->
+ConnectionFault before the command runs; ``drop`` -> ConnectionFault after
+it ran (its effect stays, the answer is lost); ``slow`` -> a short sleep.
+``put`` writes the file (creating missing folders) and is journaled as a
+mutating command; ``get`` of a missing file is a PermanentFault.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from runner.connections.base import CommandResult
+from runner.errors import ConnectionFault, PermanentFault
+from runner.lab.faults import Faults
+from runner.lab.shell import Shell
+from runner.lab.store import InvalidPath, Lab, LabHost
+
+_labs: dict[Path, Lab] = {}
+_labs_lock = threading.Lock()
+
+
+def open_lab(path: Path) -> Lab:
+    """A process-wide shared Lab object per directory (lab.json is read once)."""
+    key = Path(path).resolve()
+    with _labs_lock:
+        lab = _labs.get(key)
+        if lab is None:
+            lab = _labs[key] = Lab(key)
+        return lab
+
+
+def lab_dir_for(host: Any, inventory: Any) -> Path:
+    """Where the host's lab lives, from ``lab_dir`` in host vars or inventory vars."""
+    raw = (getattr(host, "vars", None) or {}).get("lab_dir") or (inventory.vars or {}).get("lab_dir")
+    if not raw:
+        raise PermanentFault("lab connection needs the variable lab_dir", host=host.name)
+    p = Path(str(raw))
+    if not p.is_absolute() and getattr(inventory, "path", None):
+        p = Path(inventory.path).resolve().parent / p
+    return p
+
+
+class LabConnection:
+    """A Connection (runner.connections.base) to one lab host, in-process."""
+
+    def __init__(self, host: Any, inventory: Any, options: Any = None) -> None:
+        self.host = host.name
+        try:
+            self.lab = open_lab(lab_dir_for(host, inventory))
+        except Exception as e:  # InputError from a missing/bad lab.json
+            raise PermanentFault(f"lab not available: {e}", host=host.name) from None
+        name = (getattr(host, "vars", None) or {}).get("lab_host") or host.name
+        try:
+            self.lab_host: LabHost = self.lab.host(str(name))
+        except KeyError:
+            raise ConnectionFault("host unreachable (not in the lab)", host=host.name) from None
+        self.faults = Faults(self.lab)
+        self.closed = False
+
+    def _before(self) -> None:
+        if self.closed:
+            raise ConnectionFault("connection closed", host=self.host)
+        kind = self.faults.before_command(self.lab_host)
+        if kind == "down":
+            raise ConnectionFault("host unreachable", host=self.host)
+        if kind == "timeout":
+            raise ConnectionFault("timed out waiting for the host", host=self.host)
+
+    def _after(self) -> None:
+        if self.faults.after_command(self.lab_host) == "drop":
+            raise ConnectionFault("connection dropped by the host", host=self.host)
+
+    def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+        """Run one cmd.exe command line on the lab host."""
+        self._before()
+        result = Shell(self.lab, self.lab_host, self.faults).run(command)
+        self._after()
+        return result
+
+    def put(self, data: bytes, remote_path: str) -> None:
+        """Write ``data`` to a Windows path of the host (journaled as mutating)."""
+        self._before()
+        try:
+            self.lab_host.fs.write(remote_path, data)
+        except (OSError, InvalidPath) as e:
+            raise PermanentFault(f"put {remote_path}: {e}", host=self.host) from None
+        self.lab_host.record("put", f"put {remote_path} ({len(data)} bytes)", 0)
+        self._after()
+
+    def get(self, remote_path: str) -> bytes:
+        """Read a file of the host; PermanentFault if it does not exist."""
+        self._before()
+        try:
+            data = self.lab_host.fs.read(remote_path)
+        except (OSError, InvalidPath) as e:
+            raise PermanentFault(f"get {remote_path}: {e}", host=self.host) from None
+        self._after()
+        return data
+
+    def close(self) -> None:
+        self.closed = True
