@@ -254,6 +254,7 @@ class Engine:
         diff: Diff | None = None
         try:
             variables = task_variables(self.inventory, pplay.play, task)
+            variables.setdefault("runner_state_dir", str(self.store.directory.resolve()))
             ctx = TaskContext(task=task, variables=variables, inventory=self.inventory,
                               check=self.options.check, run_id=self.run_id,
                               artifacts=self.artifacts.for_task(task.key), pool=self.pool,
