@@ -1,0 +1,32 @@
+"""Shared helpers for the lab tests: a small lab built through the storage API."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.lab.binaries import make_exe, messenger51_msi
+from runner.lab.store import Lab
+
+ALICE = "S-1-5-21-1004336348-1177238915-682003330-1104"
+CAROL = "S-1-5-21-1004336348-1177238915-682003330-1105"
+CONTACTS = (r"Software\Microsoft\Exchange\Messenger\Profiles"
+            r"\http://im.contoso.com/instmsg/aliases/alice\Contacts")
+
+
+def make_lab(tmp_path: Path, faults: dict | None = None, **host_extra) -> Lab:
+    lab = Lab.create(tmp_path / "lab", {
+        "seed": 1,
+        "hosts": {"pc0001": {"role": "client", "address": "127.0.1.1", **host_extra},
+                  "exim01": {"role": "exchange_im", "address": "127.0.2.1"}},
+        "faults": faults or {"seed": 7, "global": {}, "hosts": {}}})
+    h = lab.host("pc0001")
+    with h.bulk():
+        h.fs.mkdir(r"C:\Temp")
+        h.fs.write(r"C:\Program Files\Messenger\msmsgs.exe", make_exe("4.7.3001"))
+        h.add_user_profile(ALICE, r"C:\Documents and Settings\alice", logged_on=True,
+                           items=[(CONTACTS, [("bob@im.contoso.com", "REG_SZ", 'Bob "B" & Co 100%')])])
+        h.add_user_profile(CAROL, r"C:\Documents and Settings\carol",
+                           items=[(CONTACTS, [("dave@im.contoso.com", "REG_SZ", "")])])
+        h.services.add("Messenger", "Messenger", state="STOPPED", start_type="DISABLED")
+    lab.host("exim01").services.add("RTCSrv", "Exchange Instant Messaging", binary_path=r"C:\x\rtc.exe")
+    lab.host("pc0001").fs.write(r"\\deploy\packages\WindowsMessenger51.msi", messenger51_msi())
+    return lab
