@@ -230,6 +230,7 @@ class LcsStore:
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute("PRAGMA synchronous=NORMAL")
 
     # -- lifecycle -----------------------------------------------------
     @classmethod
