@@ -32,7 +32,6 @@ import codecs
 import logging
 import os
 import re
-import select
 import socket
 import threading
 import time
@@ -461,23 +460,27 @@ class SSHConnection:
         deadline = time.monotonic() + limit
         out: list[bytes] = []
         err: list[bytes] = []
-        fd = chan.fileno()
+        # No select() on chan.fileno(): that costs two pipe fds per channel and fails
+        # beyond fd 1024; a short recv timeout wakes on data at once just the same.
         while True:
-            if chan.recv_ready():
-                out.append(chan.recv(65536))
-                continue
             if chan.recv_stderr_ready():
                 err.append(chan.recv_stderr(65536))
                 continue
-            if chan.eof_received or chan.closed:
-                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ConnectionFault(f"{self.host}: command timed out after {limit:g}s", host=self.host,
                                       data={"timeout": limit})
-            if not chan.get_transport() or not chan.get_transport().is_active():
+            chan.settimeout(min(remaining, 0.2))
+            try:
+                data = chan.recv(65536)
+            except socket.timeout:
+                transport = chan.get_transport()
+                if transport is None or not transport.is_active():
+                    break
+                continue
+            if not data:            # EOF or channel closed
                 break
-            select.select([fd], [], [], min(remaining, 1.0))
+            out.append(data)
         # output is complete; the exit status follows (or never comes on a drop)
         while not chan.exit_status_ready():
             remaining = deadline - time.monotonic()
