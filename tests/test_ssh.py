@@ -301,3 +301,47 @@ def test_stop_ends_sessions_and_listeners(tmp_path):
     conn.close()
     with pytest.raises(ConnectionFault):
         connect(server).run("echo down")
+
+
+@pytest.mark.ssh
+def test_serve_command_serves_until_sigterm_then_stops_cleanly(tmp_path):
+    if not HAVE_SSHD:
+        pytest.skip("OpenSSH sshd not installed (apt-get install openssh-server)")
+    import random
+    import signal
+    import sys
+    lab = make_lab(tmp_path, 3)
+    port = random.randint(20000, 60000)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from runner.lab.serve import serve_command; serve_command()",
+         "--dir", str(lab), "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C to stop" in line:
+                break
+        assert any("serving 3 hosts" in x for x in lines), lines
+        inventory = lab / "ssh" / "inventory.yml"
+        assert "connection: ssh" in inventory.read_text()
+        host = Host(name="pc0001", connection="ssh", address="127.0.1.1", port=port,
+                    vars={"ssh_key_file": str(lab / "ssh" / "id_ed25519"), "ssh_agent": False,
+                          "ssh_known_hosts": str(lab / "ssh" / "known_hosts")})
+        conn = SSHConnection(host, None, Opts())
+        try:
+            assert conn.run("echo hi").stdout.strip() == "hi"    # H3's lab shell, over real sshd
+        finally:
+            conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "stopped" in out
+
+
+def test_serve_command_refuses_without_sshd(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    monkeypatch.setattr(serve_mod, "SSHD", str(tmp_path / "no-sshd"))
+    result = CliRunner().invoke(serve_mod.serve_command, ["--dir", str(make_lab(tmp_path, 1))])
+    assert result.exit_code == 1
+    assert "apt-get install openssh-server" in result.output
