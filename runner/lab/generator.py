@@ -251,8 +251,21 @@ def _client_job(args: tuple[str, list[tuple[str, dict]]]) -> None:
         _write_client(lab, name, spec)
 
 
+#: Folders every Windows install has; reg export and msiexec logs write into them and,
+#: like real Windows, fail with "The system cannot find the path specified." without them.
+SYSTEM_FOLDERS = (r"C:\WINDOWS\system32", r"C:\WINDOWS\Temp",
+                  r"C:\Documents and Settings\Administrator\Local Settings\Temp")
+
+
+def _windows_skeleton(host: Any) -> None:
+    """Create the folders of a fresh Windows install on a lab host."""
+    for folder in SYSTEM_FOLDERS:
+        host.fs.mkdir(folder)
+
+
 def _write_client(lab: Lab, name: str, spec: dict) -> None:
     host = lab.host(name)
+    _windows_skeleton(host)
     label, version, code = MESSENGERS[spec["messenger"]]
     with host.bulk():
         host.registry.bulk_set(r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion", [
@@ -324,10 +337,12 @@ def generate(directory: Path | str, *, clients: int = 50, users_per_client: int 
     pkg.write_bytes(messenger51_msi())
     # Exchange IM server and AD
     ex = lab.host(EXCHANGE_HOST)
+    _windows_skeleton(ex)
     exchange.install_server(lab, ex, [exchange.ImUser(u.alias, u.display_name, u.guid, u.sid, IM_DOMAIN,
                                                       SMTP_DOMAIN) for u in users], base_dn=AD_BASE)
     # LCS pool
     lcs = lab.host(LCS_HOST)
+    _windows_skeleton(lcs)
     lcs.services.add(LCS_SERVICE, "Live Communications Server", state="RUNNING", start_type="AUTO_START",
                      binary_path=r'"C:\Program Files\Microsoft LC 2005\Server\RtcHost.exe"')
     LcsStore.initialise(lcs.dir / "lcs.db", server_dn=LCS_SERVER_DN).close()

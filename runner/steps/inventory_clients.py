@@ -36,13 +36,21 @@ def version_tuple(version: str | None) -> tuple[int, ...]:
 
 
 def _messenger_from_uninstall(keys: list) -> dict[str, Any] | None:
+    """The newest Messenger product in the Uninstall keys.
+
+    Windows Messenger 5.1 installs beside an MSN Messenger 4.x, whose entry
+    stays: the newest version is what the client runs for Exchange IM and LCS.
+    """
+    best: dict[str, Any] | None = None
     for key in keys:
         name = reg.value_of(key, "DisplayName")
         if isinstance(name, str) and "messenger" in name.lower():
             version = reg.value_of(key, "DisplayVersion")
-            return {"installed": True, "product": name, "version": version if isinstance(version, str) else None,
-                    "product_code": key.path.rsplit("\\", 1)[-1], "source": "uninstall"}
-    return None
+            found = {"installed": True, "product": name, "version": version if isinstance(version, str) else None,
+                     "product_code": key.path.rsplit("\\", 1)[-1], "source": "uninstall"}
+            if best is None or version_tuple(found["version"] or "0") > version_tuple(best["version"] or "0"):
+                best = found
+    return best
 
 
 def _file_version(stdout: str) -> str | None:
