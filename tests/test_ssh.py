@@ -62,6 +62,11 @@ def test_windows_paths_map_to_openssh_for_windows_sftp_form():
         windows_to_sftp_path(r"\\deploy\packages\x.msi")
 
 
+def test_served_sftp_paths_match_existing_names_case_insensitively(tmp_path):
+    (tmp_path / "C" / "WINDOWS" / "Temp").mkdir(parents=True)
+    assert map_sftp_path("/C:/Windows/TEMP/new.reg", str(tmp_path)) == f"{tmp_path}/C/WINDOWS/Temp/new.reg"
+
+
 def test_served_sftp_paths_stay_inside_the_host_fs():
     root = "/lab/hosts/pc1/fs"
     assert map_sftp_path("/C:/Temp/x.reg", root) == "/lab/hosts/pc1/fs/C/Temp/x.reg"

@@ -499,7 +499,24 @@ def map_sftp_path(path: str, fs_root: str) -> str:
     else:
         drive, rest = "C", p           # relative or drive-less paths live on C:
     rest = posixpath.normpath("/" + rest.lstrip("/"))
-    return fs_root + "/" + drive + ("" if rest == "/" else rest)
+    return _case_insensitive(fs_root, [drive] + [c for c in rest.split("/") if c])
+
+
+def _case_insensitive(root: str, parts: list[str]) -> str:
+    """Join ``parts`` under ``root``, matching existing names case-insensitively (as NTFS does)."""
+    path = root
+    for i, part in enumerate(parts):
+        exact = path + "/" + part
+        if not os.path.lexists(exact):
+            try:
+                match = next((n for n in os.listdir(path) if n.lower() == part.lower()), None)
+            except OSError:
+                match = None
+            if match is None:       # the rest does not exist: keep the caller's spelling
+                return "/".join([path] + parts[i:])
+            exact = path + "/" + match
+        path = exact
+    return path
 
 
 def unmap_sftp_path(path: str, fs_root: str) -> str:
