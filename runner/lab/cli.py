@@ -209,3 +209,13 @@ def faults_cmd(directory: str, host: str | None, seed: int | None, rates: tuple[
         tmp.write_text(json.dumps(cfg, indent=1, ensure_ascii=False), encoding="utf-8")
         tmp.replace(path)
     click.echo(json.dumps(faults, indent=1))
+
+
+def _add_serve() -> None:
+    """`runner lab serve` lives in runner/lab/serve.py (H6): the lab over real OpenSSH."""
+    from runner.lab.serve import serve_command
+
+    lab.add_command(serve_command)
+
+
+_add_serve()
