@@ -51,6 +51,9 @@ def cli() -> None:
 
     Exit codes: 0 ok, 1 error, 2 tasks failed, 3 hosts unreachable, 4 invalid
     playbook/inventory, 5 bad options, 99 interrupted (resumable), 250 unexpected.
+
+    Environment: RUNNER_RETRY_DELAY_SCALE multiplies every retry delay and
+    backoff (e.g. 0.01 for a fault-injected lab rehearsal; unset in production).
     """
 
 

@@ -17,6 +17,7 @@ stops if more than ``max_fail_percentage`` of the wave's targets failed
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -42,6 +43,22 @@ from runner.steps.registry import get_step
 from runner.templating import evaluate_when
 
 COUNTERS = ("ok", "changed", "failed", "skipped", "unreachable", "retried", "ignored")
+DELAY_SCALE_ENV = "RUNNER_RETRY_DELAY_SCALE"
+
+
+def retry_delay_scale() -> float:
+    """The factor applied to every retry delay, from ``RUNNER_RETRY_DELAY_SCALE`` (default 1).
+
+    Rehearsals and tests set it (e.g. 0.01) so that a playbook's ``delay: 30``
+    does not make a fault-injected lab run wait for minutes; production runs
+    leave it unset. A value that is not a non-negative number is ignored.
+    """
+    raw = os.environ.get(DELAY_SCALE_ENV, "").strip()
+    try:
+        value = float(raw) if raw else 1.0
+    except ValueError:
+        return 1.0
+    return value if value >= 0 else 1.0
 
 
 @dataclass
@@ -250,6 +267,7 @@ class Engine:
         """Run one task in a worker thread; never raises."""
         started = time.time()
         attempts = 0
+        answered = False  # some attempt got an answer other than a connection fault
         step = task.step
         diff: Diff | None = None
         try:
@@ -267,10 +285,11 @@ class Engine:
                                      message=f"unknown step module {step.module!r}")
             module = module_cls()
             retries = self.options.default_retries if step.retries is None else step.retries
-            delay = self.options.default_delay if step.delay is None else step.delay
+            scale = retry_delay_scale()
+            delay = (self.options.default_delay if step.delay is None else step.delay) * scale
             retrying = Retrying(
                 stop=stop_any(stop_after_attempt(max(0, retries) + 1), lambda _: self._stop.is_set()),
-                wait=(wait_exponential(multiplier=delay, max=max(delay, self.options.max_delay))
+                wait=(wait_exponential(multiplier=delay, max=max(delay, self.options.max_delay * scale))
                       + wait_random(0, delay)),
                 retry=retry_if_exception(lambda e: isinstance(e, StepFault) and e.transient),
                 sleep=self._sleep, reraise=True)
@@ -283,6 +302,8 @@ class Engine:
                     except StepFault as fault:
                         if fault.unreachable:
                             self.pool.invalidate(fault.host or self._host_of(task) or "")
+                        else:
+                            answered = True
                         raise
             assert result is not None
             status = result.status
@@ -294,12 +315,16 @@ class Engine:
                                  warnings=list(result.warnings), diff=diff,
                                  ignored=status == "failed" and step.ignore_errors)
         except StepFault as fault:
-            status = "unreachable" if fault.unreachable else "failed"
+            # A host that answered an earlier attempt of this task (busy, an error) is
+            # reachable but flaky: the task failed, the host is not written off for the
+            # run (a shared LCS server would otherwise take every later user down with it).
+            unreachable = fault.unreachable and not answered
+            status = "unreachable" if unreachable else "failed"
             message = fault.message
             if self._stop.is_set() and fault.transient:
                 message += " (interrupted while retrying)"
             data = dict(fault.data)
-            if fault.unreachable and fault.host:
+            if unreachable and fault.host:
                 data.setdefault("host", fault.host)
             return self._outcome(task, status, started=started, ended=time.time(), attempts=attempts,
                                  message=message, data=data, diff=diff,
