@@ -189,8 +189,7 @@ def expected_user(manifest: dict[str, Any], alias: str, *, coexistence: bool) ->
         for entry in exp.contacts.values():
             if not entry.groups:
                 entry.groups.add(COEXISTENCE_GROUP)
-        if exp.contacts:
-            exp.groups.add(COEXISTENCE_GROUP)
+                exp.groups.add(COEXISTENCE_GROUP)
     return exp
 
 

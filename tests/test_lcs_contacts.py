@@ -108,3 +108,17 @@ def test_verify_names_missing_contacts():
 def test_verify_accepts_absent_contacts_when_the_user_is_at_the_limit():
     v = verify([E("a@im.contoso.com"), E("b@im.contoso.com")], [LcsContact("sip:a@contoso.com")], M, max_contacts=1)
     assert v.passed and v.over_limit == ["sip:b@contoso.com"]
+
+
+def test_the_users_groups_without_contacts_to_add_are_created_too():
+    # An empty group (or one holding only unmappable contacts) is still the user's.
+    plan = plan_import([E("bob@im.contoso.com", "Bob", ("Team",)), E("x@hotmail.com", "X", ("Outside",))], [],
+                       [LcsGroup(1, "friends")], M, user_groups=["Team", "Empty", "Outside", "Friends"])
+    assert plan.groups_to_create == ["Team", "Empty", "Outside"]
+    assert plan.changes
+
+
+def test_parse_export_groups_reads_every_group_name():
+    from runner.lcs.contacts import parse_export_groups
+    assert parse_export_groups(json.dumps({"contacts": [], "groups": ["A", "Empty"]})) == ["A", "Empty"]
+    assert parse_export_groups(json.dumps({"contacts": []})) == []

@@ -9,7 +9,8 @@ Rules, each one a decision documented here:
 - SIP URIs compare case-insensitively; a contact already on LCS is never
   duplicated, renamed, regrouped or removed (the user may have edited it).
 - Groups are matched by name, case-insensitively; groups needed by the
-  contacts to add are created first (the server assigns ids 1..64), at most
+  contacts to add, then the user's other groups (``user_groups``: the
+  export's group names, empty ones included, so none is lost) are created first (the server assigns ids 1..64), at most
   64 per user: groups beyond that are reported and their contacts are added
   without that group.
 - A display name longer than 256 characters (Name limit) keeps its first 256
@@ -141,10 +142,22 @@ def parse_export(data: bytes | str | Mapping[str, Any]) -> list[ExportedContact]
     return out
 
 
+def parse_export_groups(data: bytes | str | Mapping[str, Any]) -> list[str]:
+    """The group names of an export artifact (its top-level ``groups``, which
+    includes groups without members), or [] for artifacts that predate it."""
+    doc: Any = data
+    if isinstance(data, (bytes, str)):
+        doc = json.loads(data)
+    if not isinstance(doc, Mapping):
+        return []
+    return [str(g) for g in (doc.get("groups") or ()) if g]
+
+
 def plan_import(exported: Iterable[ExportedContact], current_contacts: Iterable[LcsContact],
                 current_groups: Iterable[LcsGroup], mapping: SipMapping, *,
                 max_contacts: int = DEFAULT_MAX_CONTACTS,
-                coexistence_group: str | None = None) -> ImportPlan:
+                coexistence_group: str | None = None,
+                user_groups: Iterable[str] = ()) -> ImportPlan:
     """The set-union import plan for one user (see the module docstring for the rules)."""
     plan = ImportPlan(max_contacts=max_contacts)
     current_contacts = list(current_contacts)
@@ -192,6 +205,17 @@ def plan_import(exported: Iterable[ExportedContact], current_contacts: Iterable[
                 free -= 1
             else:
                 plan.groups_over_limit.append(g)
+    for g in user_groups:  # the user's groups without a contact to add (empty ones too)
+        g = _limited(g, MAX_GROUP_NAME, f"group name {g[:40]!r}...", plan)
+        k = g.casefold()
+        if k in group_names or k in kept_groups or any(x.casefold() == k for x in plan.groups_over_limit):
+            continue
+        if free > 0:
+            plan.groups_to_create.append(g)
+            kept_groups.add(k)
+            free -= 1
+        else:
+            plan.groups_over_limit.append(g)
     if plan.groups_over_limit:
         dropped = {g.casefold() for g in plan.groups_over_limit}
         plan.contacts_to_add = [

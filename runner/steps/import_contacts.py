@@ -11,7 +11,7 @@ scenarios) ungrouped contacts go to ``coexistence_group``.
 from __future__ import annotations
 
 from runner.errors import PermanentFault
-from runner.lcs.contacts import plan_import
+from runner.lcs.contacts import parse_export_groups, plan_import
 from runner.lcs.mapping import mapping_for
 from runner.model import User
 from runner.steps._lcs import latest_export, lcs_for, require_export
@@ -43,8 +43,10 @@ class ImportContacts(StepModule):
         group = None
         if ctx.args.get("coexistence", False):
             group = str(ctx.args.get("coexistence_group") or "Exchange IM Contacts")
+        raw = ctx.artifacts.read(artifact)
         plan = plan_import(exported, state.contacts, state.groups, mapping_for(ctx.vars, ctx.inventory, user),
-                           max_contacts=state.max_contacts, coexistence_group=group)
+                           max_contacts=state.max_contacts, coexistence_group=group,
+                           user_groups=parse_export_groups(raw) if raw is not None else ())
         return plan, artifact, server, iid
 
     def probe(self, ctx: StepContext, target: User) -> Diff | None:

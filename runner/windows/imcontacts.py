@@ -31,8 +31,10 @@ def _relative(path: str, key: str) -> list[str] | None:
 
 def contacts_from_keys(keys: Iterable[RegKey], contacts_key: str = DEFAULT_CONTACTS_KEY) -> dict[str, Any]:
     """Normalise the keys below ``contacts_key`` into
-    ``{"profiles": [...], "contacts": [{"address", "display_name", "groups"}]}``,
-    contacts sorted by address (case-insensitive), one entry per address.
+    ``{"profiles": [...], "contacts": [{"address", "display_name", "groups"}], "groups": [...]}``,
+    contacts sorted by address (case-insensitive), one entry per address;
+    ``groups`` names every group key, members or not (an empty group is still
+    the user's, and must reach LCS).
 
     A profile URL may itself contain backslashes only in theory; profile
     URLs use ``/`` so the first component is the profile.
@@ -40,6 +42,7 @@ def contacts_from_keys(keys: Iterable[RegKey], contacts_key: str = DEFAULT_CONTA
     profiles: list[str] = []
     contacts: dict[str, dict[str, Any]] = {}
     memberships: list[tuple[str, str]] = []
+    groups: dict[str, str] = {}
     for key in keys:
         if key.delete:
             continue
@@ -60,6 +63,7 @@ def contacts_from_keys(keys: Iterable[RegKey], contacts_key: str = DEFAULT_CONTA
                     entry["display_name"] = name
         elif len(sub) == 2 and sub[0] == "groups":
             group = rel[2]
+            groups.setdefault(group.lower(), group)
             for v in key.values:
                 if v.name and not v.delete:
                     memberships.append((v.name, group))
@@ -69,7 +73,8 @@ def contacts_from_keys(keys: Iterable[RegKey], contacts_key: str = DEFAULT_CONTA
             entry["groups"].append(group)
     for entry in contacts.values():
         entry["groups"].sort(key=str.lower)
-    return {"profiles": sorted(profiles), "contacts": [contacts[k] for k in sorted(contacts)]}
+    return {"profiles": sorted(profiles), "contacts": [contacts[k] for k in sorted(contacts)],
+            "groups": [groups[k] for k in sorted(groups)]}
 
 
 def merge(per_machine: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -79,11 +84,15 @@ def merge(per_machine: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any
     written as on the first machine that has it; groups are the union; the
     display name is the first non-empty one in machine order, and any other
     non-empty name for the same address is recorded in ``conflicts``;
-    ``sources`` lists the machines holding the contact.
+    ``sources`` lists the machines holding the contact; ``groups`` is the
+    union of every machine's group names (first spelling kept).
     """
     merged: dict[str, dict[str, Any]] = {}
+    all_groups: dict[str, str] = {}
     conflicts: list[dict[str, Any]] = []
     for host, doc in per_machine:
+        for g in doc.get("groups", []):
+            all_groups.setdefault(g.lower(), g)
         for c in doc.get("contacts", []):
             key = c["address"].lower()
             entry = merged.get(key)
@@ -109,7 +118,7 @@ def merge(per_machine: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any
         entry.pop("_name_from")
         entry["groups"].sort(key=str.lower)
         out.append(entry)
-    return {"contacts": out, "conflicts": conflicts}
+    return {"contacts": out, "conflicts": conflicts, "groups": [all_groups[k] for k in sorted(all_groups)]}
 
 
 def dumps(doc: Mapping[str, Any]) -> bytes:
