@@ -13,7 +13,8 @@ Ansible semantics: a target that failed a step drops out of the rest of
 the play (unless ``ignore_errors``); an unreachable host is skipped for the
 rest of the run but does not stop the others; after each wave, the play
 stops if more than ``max_fail_percentage`` of the wave's targets failed
-(or all of them, when no percentage is set).
+(or all of them, when no percentage is set); unreachable targets drop out
+of the play but do not count against that gate.
 """
 from __future__ import annotations
 
@@ -199,8 +200,11 @@ class Engine:
                           wave=wave.name, tasks=len(step_tasks))
                 for outcome, task in self._run_step(pplay, step_tasks, completed, dropped, executor):
                     if outcome.status in ("failed", "unreachable") and not outcome.ignored:
-                        bad.add(_target_id(task))
                         dropped.add(_target_id(task))
+                        # DESIGN.md: an unreachable host does not stop the others (it is
+                        # retried on resume), so only failures count against the wave gate.
+                        if outcome.status == "failed":
+                            bad.add(_target_id(task))
                 self.store.flush()
             if self._stop.is_set():
                 return None
@@ -386,12 +390,15 @@ class Engine:
                 totals[k] += v
         if self._stop.is_set():
             status, code = "interrupted", EXIT_INTERRUPTED
+        elif self._unreachable_any:
+            # as ansible-playbook: unreachable hosts win over failures, which are often
+            # their consequence (decommission refuses, and its play stops, while the
+            # down host's users wait); the recap still names every failure
+            status, code = "unreachable", EXIT_UNREACHABLE
         elif stopped:
             status, code = "stopped", EXIT_FAILED
         elif self._failed_any:
             status, code = "failed", EXIT_FAILED
-        elif self._unreachable_any:
-            status, code = "unreachable", EXIT_UNREACHABLE
         else:
             status, code = "ok", EXIT_OK
         return RunSummary(run_id=self.run_id, status=status, exit_code=code, counts=self._counts,

@@ -118,3 +118,13 @@ class HostKeyFault(PermanentFault):
     """The host's SSH key is unknown or does not match known_hosts: never retried."""
 
     unreachable = True
+
+
+class HostGivenUp(ConnectionFault):
+    """A host the run already gave up on (unreachable earlier): fails at once, retried next run.
+
+    Still a ConnectionFault for callers that catch those, but not retried:
+    the engine spent the retries on this host when it first failed.
+    """
+
+    transient = False

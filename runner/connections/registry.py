@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from runner.connections.base import Connection
-from runner.errors import ConnectionFault, RunnerError, StepFault
+from runner.errors import ConnectionFault, HostGivenUp, PermanentFault, RunnerError, StepFault
 from runner.model import Host, Inventory
 
 
@@ -104,10 +104,11 @@ class ConnectionPool:
         if conn is not None:
             return conn
         if name in self._unreachable:
-            raise ConnectionFault(f"{name} is unreachable ({self._unreachable[name]})", host=name)
+            # no retries: the engine already spent them on this host earlier in the run
+            raise HostGivenUp(f"{name} is unreachable ({self._unreachable[name]})", host=name)
         host = self.inventory.hosts.get(name)
-        if host is None:
-            raise ConnectionFault(f"{name} is not a host of the inventory", host=name)
+        if host is None:  # a configuration mistake, not a network one: retrying cannot help
+            raise PermanentFault(f"{name} is not a host of the inventory", host=name)
         with self._host_lock(name):
             conn = self._open.get(name)
             if conn is not None:
