@@ -6,16 +6,20 @@ runner.lcs.contacts.plan_import (never duplicate, remove or rename), creates
 the missing groups first and re-reads their server-assigned ids, then the
 contacts, batched within cmd.exe's line limit. Unmappable and over-limit
 contacts are in the result's data and warnings. In coexistence (gradual
-scenarios) ungrouped contacts go to ``coexistence_group``.
+scenarios) ungrouped contacts go to ``coexistence_group``. In check mode
+before any export, the plan is made from the clients' registries (read-only),
+so ``--check --diff`` lists the contacts a run would add.
 """
 from __future__ import annotations
 
 from runner.errors import PermanentFault
-from runner.lcs.contacts import parse_export_groups, plan_import
+from runner.lcs.contacts import parse_export, parse_export_groups, plan_import
 from runner.lcs.mapping import mapping_for
 from runner.model import User
 from runner.steps._lcs import latest_export, lcs_for, require_export
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
+from runner.steps.export_contacts import read_current
+from runner.windows.imcontacts import merge
 
 
 class ImportContacts(StepModule):
@@ -33,9 +37,20 @@ class ImportContacts(StepModule):
         found = latest_export(ctx, user)
         if found is None:
             if ctx.check:  # the export step before this one has not run in check mode
-                return None, "", None, ""
+                return self._preview(ctx, user)
             found = require_export(ctx, user)
         exported, artifact = found
+        raw = ctx.artifacts.read(artifact)
+        return self._planned(ctx, user, exported, parse_export_groups(raw) if raw is not None else []) + (artifact,)
+
+    def _preview(self, ctx: StepContext, user: User):
+        """Check mode before any export: plan from the clients' registries, read-only
+        (the same reads as export_contacts' probe), so the review shows the real contacts."""
+        docs = [(host, read_current(ctx, user, host)) for host in user.clients]
+        merged = merge(docs)
+        return self._planned(ctx, user, parse_export(merged), merged.get("groups", [])) + ("(registry)",)
+
+    def _planned(self, ctx: StepContext, user: User, exported, user_groups):
         server, iid = lcs_for(ctx, user)
         state = server.read(iid)
         if state.user is None and not ctx.check:
@@ -43,16 +58,12 @@ class ImportContacts(StepModule):
         group = None
         if ctx.args.get("coexistence", False):
             group = str(ctx.args.get("coexistence_group") or "Exchange IM Contacts")
-        raw = ctx.artifacts.read(artifact)
         plan = plan_import(exported, state.contacts, state.groups, mapping_for(ctx.vars, ctx.inventory, user),
-                           max_contacts=state.max_contacts, coexistence_group=group,
-                           user_groups=parse_export_groups(raw) if raw is not None else ())
-        return plan, artifact, server, iid
+                           max_contacts=state.max_contacts, coexistence_group=group, user_groups=user_groups)
+        return plan, server, iid
 
     def probe(self, ctx: StepContext, target: User) -> Diff | None:
-        plan, artifact, server, _ = self._plan(ctx, target)
-        if plan is None:
-            return Diff(f"import {target.alias}'s contacts once they are exported", [f"+ contacts of {target.alias}"])
+        plan, server, _, artifact = self._plan(ctx, target)
         if not plan.changes:
             return None
         lines = [f"+ group {g!r}" for g in plan.groups_to_create]
@@ -64,7 +75,7 @@ class ImportContacts(StepModule):
 
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
         # Re-plan: the probe's view may be stale after a retry or a crash.
-        plan, artifact, server, iid = self._plan(ctx, target)
+        plan, server, iid, artifact = self._plan(ctx, target)
         warnings = plan.warnings()
         groups, failures = [], []
         if plan.groups_to_create or plan.contacts_to_add:
