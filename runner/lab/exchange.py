@@ -280,12 +280,18 @@ def install_server(lab: Any, host: Any, users: list[ImUser], *, base_dn: str,
                    ("msExchIMHostName", f"{host.name}.{suffix}")])
         d.ensure_container(f"CN=Users,{base_dn}")
         seen: set[str] = set()
+        objects: list[tuple[str, str, float, float]] = []
+        attrs: list[tuple[str, str, Any]] = []
+        users_dn, now = f"CN=Users,{base_dn}", time.time()
         for u in users:
             dn = user_dn(u.display_name, base_dn)
             if dn.lower() in seen:  # two people with the same name: AD needs distinct CNs
                 dn = user_dn(f"{u.display_name} ({u.alias})", base_dn)
             seen.add(dn.lower())
-            d.add(dn, [
+            if d.exists(dn):
+                raise LdapError(68)
+            objects.append((dn, users_dn, now, now))
+            attrs.extend((dn, n, v) for n, v in [
                 ("objectClass", "top"), ("objectClass", "person"), ("objectClass", "organizationalPerson"),
                 ("objectClass", "user"), ("cn", dn[3:].split(",CN=Users")[0]), ("displayName", u.display_name),
                 ("sAMAccountName", u.alias), ("userPrincipalName", f"{u.alias}@{u.smtp_domain}"),
@@ -295,6 +301,9 @@ def install_server(lab: Any, host: Any, users: list[ImUser], *, base_dn: str,
                 ("msExchIMPhysicalURL", f"http://{host.name}.{suffix}/instmsg/aliases/{u.alias}"),
                 ("msExchIMMetaPhysicalURL", f"http://{u.im_domain}/instmsg/aliases/{u.alias}"),
                 ("msExchIMVirtualServer", vs), ("msExchIMACL", "(A;;;;;WD)")])
+        # one statement for all users (what d.add does per user): 16,000 users in ~1 s instead of ~4
+        d.db.executemany("INSERT INTO objects VALUES (?,?,?,?)", objects)
+        d.db.executemany("INSERT INTO attrs (dn, name, value) VALUES (?,?,?)", attrs)
         d.commit()
     finally:
         d.close()

@@ -356,8 +356,12 @@ def memory_db(schema: str) -> sqlite3.Connection:
     return conn
 
 
-def write_db_file(conn: sqlite3.Connection, real_path: Path) -> None:
-    """Serialize an in-memory database to ``real_path`` atomically."""
+def write_db_file(conn: sqlite3.Connection, real_path: Path, *, atomic: bool = True) -> None:
+    """Serialize an in-memory database to ``real_path`` atomically (or directly into a new, unshared lab)."""
+    if not atomic:
+        with open(real_path, "wb") as f:
+            f.write(conn.serialize())
+        return
     real_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = real_path.with_name(real_path.name + ".tmp%d.%d" % (os.getpid(), threading.get_ident()))
     tmp.write_bytes(conn.serialize())
@@ -369,10 +373,18 @@ def create_hive_file(real_path: Path, items: list[tuple[str, list[tuple[str, str
 
     ``items``: (key path relative to the hive root, [(name, type, data)...]).
     """
+    real_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = real_path.with_name(real_path.name + ".tmp%d.%d" % (os.getpid(), threading.get_ident()))
+    tmp.write_bytes(hive_image(items))
+    os.replace(tmp, real_path)
+
+
+def hive_image(items: list[tuple[str, list[tuple[str, str, RegData]]]] = ()) -> bytes:
+    """The bytes of a hive file holding ``items`` (built in memory; the generator writes them directly)."""
     conn = memory_db(SCHEMA_HIVE)
     try:
         Hive(conn).bulk_load(list(items))
-        write_db_file(conn, real_path)
+        return conn.serialize()
     finally:
         conn.close()
 
@@ -719,11 +731,13 @@ class LabHost:
         return _connect(self.dir / "host.db", SCHEMA_HOST)
 
     @contextmanager
-    def bulk(self) -> Iterator["LabHost"]:
+    def bulk(self, *, atomic: bool = True) -> Iterator["LabHost"]:
         """Generation mode for a host not yet created: host.db is built in memory, written at the end.
 
         Use from one thread; other threads do not see the host until the block ends.
-        If host.db already exists this is just one transaction.
+        If host.db already exists this is just one transaction. ``atomic=False``
+        (the generator, building a lab nobody uses yet, its folder made) skips
+        the temporary file and rename.
         """
         path = self.dir / "host.db"
         if path.exists():
@@ -733,7 +747,7 @@ class LabHost:
         self._bulk_conn = memory_db(SCHEMA_HOST)
         try:
             yield self
-            write_db_file(self._bulk_conn, path)
+            write_db_file(self._bulk_conn, path, atomic=atomic)
         finally:
             self._bulk_conn.close()
             self._bulk_conn = None
