@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from runner.connections.lab import check_labs
 from runner.connections.registry import ConnectionOptions
 from runner.engine import Engine, EngineOptions
 from runner.errors import EXIT_INTERRUPTED
@@ -84,6 +85,8 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
     inventory = load_inventory(req.inventory)
     plan = build_plan(playbook, inventory, limit=req.limit, tags=req.tags or None,
                       skip_tags=req.skip_tags or None, start_at_step=req.start_at_step)
+    check_labs(inventory, {t.target_name for t in plan.tasks() if t.kind == "host"}
+               | {c for t in plan.tasks() if t.kind == "user" for c in getattr(t.target, "clients", ())})
     store = StateStore(Path(req.state_dir))
     try:
         if req.check:

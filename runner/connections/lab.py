@@ -49,6 +49,33 @@ def lab_dir_for(host: Any, inventory: Any) -> Path:
     return p
 
 
+def check_labs(inventory: Any, hosts: Any) -> None:
+    """Open the lab of every lab-connected host in ``hosts`` before a run starts.
+
+    A lab_dir that is not a lab, or a lab.json that is malformed, is an
+    InputError (exit 4) naming the file and the host, instead of every task of
+    the night failing one by one. A host missing from the lab is left to the
+    run (it is reported unreachable, like a machine that is switched off).
+    """
+    from runner.errors import InputError
+    seen: set[Path] = set()
+    for name in sorted(hosts):
+        host = inventory.hosts.get(name)
+        if host is None or getattr(host, "connection", None) != "lab":
+            continue
+        try:
+            path = lab_dir_for(host, inventory)
+        except PermanentFault as e:
+            raise InputError(f"host {name}: {e.message}", getattr(inventory, "path", None)) from None
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        try:
+            Faults(open_lab(path))
+        except InputError as e:
+            raise InputError(f"{e.message} (lab_dir of host {name})", e.file, e.line, e.col) from None
+
+
 class LabConnection:
     """A Connection (runner.connections.base) to one lab host, in-process."""
 

@@ -942,6 +942,39 @@ class FileSystem:
 
 # -- the lab ----------------------------------------------------------------------
 
+def _checked_config(config: Any, file: str) -> dict[str, dict[str, Any]]:
+    """The hosts of a parsed lab.json, after checking its shape (a hand-edited or hostile
+    file must give a message naming the file and the entry, not a crash mid-run)."""
+    if not isinstance(config, dict):
+        raise InputError("lab.json must hold a JSON object", file)
+    hosts = config.get("hosts") or {}
+    if isinstance(hosts, list):
+        if not all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in hosts):
+            raise InputError("lab.json: every entry of 'hosts' needs a 'name'", file)
+        hosts = {h["name"]: h for h in hosts}
+    if not isinstance(hosts, dict):
+        raise InputError("lab.json: 'hosts' must be an object of host name -> settings", file)
+    for name, hcfg in hosts.items():
+        if not isinstance(hcfg, dict):
+            raise InputError(f"lab.json: host {name!r}: settings must be an object, not {hcfg!r}", file)
+    faults = config.get("faults") or {}
+    if not isinstance(faults, dict):
+        raise InputError("lab.json: 'faults' must be an object", file)
+    scopes = [("global", faults.get("global") or {})]
+    per_host = faults.get("hosts") or {}
+    if not isinstance(per_host, dict):
+        raise InputError("lab.json: 'faults.hosts' must be an object of host name -> rates", file)
+    scopes += [(f"host {h!r}", r or {}) for h, r in per_host.items()]
+    for where, rates in scopes:
+        if not isinstance(rates, dict):
+            raise InputError(f"lab.json: faults of {where} must be an object of kind -> rate", file)
+        for kind, rate in rates.items():
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+                raise InputError(f"lab.json: fault rate {kind}={rate!r} of {where} must be a number "
+                                 "from 0 to 1", file)
+    return hosts
+
+
 class Lab:
     """A lab directory (see the module docstring for its layout)."""
 
@@ -954,9 +987,9 @@ class Lab:
             self.config: dict[str, Any] = json.loads(cfg.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise InputError(f"lab.json: {e.msg}", str(cfg), e.lineno, e.colno) from None
-        hosts = self.config.get("hosts") or {}
-        if isinstance(hosts, list):
-            hosts = {h["name"]: h for h in hosts}
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read lab.json: {e}", str(cfg)) from None
+        hosts = _checked_config(self.config, str(cfg))
         self.hosts_config: dict[str, dict[str, Any]] = hosts
         self._by_lower = {n.lower(): n for n in hosts}
         self._hosts: dict[str, LabHost] = {}
