@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from scenario_support import PLAYBOOKS, expected_user, lcs_dump, make_scenario
+from scenario_support import PLAYBOOKS, REPO, Scenario, expected_user, lcs_dump, make_scenario
 
 PLAYBOOK_NAMES = ["immediate-recreate.yml", "immediate.yml", "gradual.yml", "gradual-deferred.yml"]
 # steps that only read, or whose targets need nothing: they print no "changed" line
@@ -31,6 +31,14 @@ def test_validate_passes_for_every_shipped_playbook(tmp_path, playbook) -> None:
     run = sc.runner("validate", str(PLAYBOOKS / playbook), "-i", str(sc.inventory))
     assert run.code == 0, run.out
     assert "valid" in run.out
+
+
+def test_validate_passes_for_every_shipped_playbook_with_the_default_lab_inventory(tmp_path) -> None:
+    sc = Scenario(tmp_path, "immediate.yml", seed=0)  # cwd only: the default inventory makes its lab there
+    for playbook in PLAYBOOK_NAMES:
+        run = sc.runner("validate", str(PLAYBOOKS / playbook), "-i", str(REPO / "inventories" / "lab.yml"))
+        assert run.code == 0, run.out
+    assert sc.runner("validate", str(PLAYBOOKS / "immediate.yml")).code == 0
 
 
 @pytest.mark.slow
