@@ -718,6 +718,8 @@ class LabHost:
         self.services = Services(self)
         self.products = Products(self)
         self._bulk_conn: sqlite3.Connection | None = None
+        self._dir_made = False
+        self._db_path = self.dir / "host.db"
 
     @property
     def role(self) -> str:
@@ -727,8 +729,10 @@ class LabHost:
         """This thread's connection to host.db (created with its schema on first use)."""
         if self._bulk_conn is not None:
             return self._bulk_conn
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return _connect(self.dir / "host.db", SCHEMA_HOST)
+        if not self._dir_made:  # once per LabHost: this runs for every registry/service/journal access
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._dir_made = True
+        return _connect(self._db_path, SCHEMA_HOST)
 
     @contextmanager
     def bulk(self, *, atomic: bool = True) -> Iterator["LabHost"]:
