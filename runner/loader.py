@@ -22,6 +22,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.errors import InputError, InputErrors, RunnerError
+from runner.fastschema import compile_check
 from runner.model import Group, Host, Inventory, Play, Playbook, Serial, Step, User
 from runner.templating import check_syntax, is_template
 
@@ -188,6 +189,8 @@ def schema_errors(doc: Document, instance: Any, validator: jsonschema.protocols.
                   skip: Callable[[Path_, Any], bool] | None = None) -> list[InputError]:
     """Validate ``instance`` (found at ``base`` in ``doc``) and word every error."""
     out: list[InputError] = []
+    if _fast_check(validator.schema)(instance):  # certainly valid: skip jsonschema (runner.fastschema)
+        return out
     for err in validator.iter_errors(instance):
         path = tuple(base) + tuple(err.absolute_path)
         if skip and skip(path, err):
@@ -243,6 +246,17 @@ def schema_errors(doc: Document, instance: Any, validator: jsonschema.protocols.
             msg = f"{_label(path)}: {err.message}"
         out.append(doc.error(msg + in_ctx, path))
     return out
+
+
+_fast_checks: dict[int, tuple[Any, Callable[[Any], bool]]] = {}
+
+
+def _fast_check(schema: Any) -> Callable[[Any], bool]:
+    """The compiled yes-check of a schema (cached per schema object)."""
+    hit = _fast_checks.get(id(schema))
+    if hit is None or hit[0] is not schema:
+        hit = _fast_checks[id(schema)] = (schema, compile_check(schema))
+    return hit[1]
 
 
 def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
