@@ -144,6 +144,23 @@ def status(state_dir: str, as_json: bool) -> int:
     return EXIT_OK
 
 
+@cli.command()
+@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
+              help="Directory of the checkpoint store.")
+@click.option("--run", "run_id", default=None, help="A run id from `runner status` (default: the newest run).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def report(state_dir: str, run_id: str | None, as_json: bool) -> int:
+    """List every warning and failure of a run per target: unmappable and over-limit contacts, reboots..."""
+    from runner.report import collect_report, render_report
+
+    info = collect_report(Path(state_dir), run_id)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+    else:
+        click.echo(render_report(info))
+    return EXIT_ERROR if info.get("unknown_run") else EXIT_OK
+
+
 def _add_lab_group() -> None:
     try:
         from runner.lab.cli import lab  # H4's `runner lab ...` group

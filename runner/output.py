@@ -22,6 +22,8 @@ from runner.events import (PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END,
 PROGRESS_MIN_TASKS = 10
 #: Beyond this many targets, the recap lists only the targets with problems (unless -v).
 RECAP_MAX_LINES = 200
+#: Warnings shown per task without -v (an import can have hundreds: `runner report` has them all).
+WARNINGS_PER_TASK = 3
 WIDTH = 78
 
 
@@ -45,6 +47,8 @@ class HumanOutput:
         self._progress_task: Any = None
         self._step_counts: dict[str, int] | None = None
         self._check = False
+        self._warnings = 0
+        self._warned_targets: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -133,8 +137,15 @@ class HumanOutput:
                 self._write(f"changed: [{o.target}] {o.diff.summary}")
             for line in o.diff.lines:
                 self._write("    " + line)
-        for w in o.warnings:
-            self._write(f"warning: [{o.target}] {w}")
+        if o.warnings:
+            self._warnings += len(o.warnings)
+            self._warned_targets.add(o.target)
+            shown = o.warnings if self.verbosity >= 1 else o.warnings[:WARNINGS_PER_TASK]
+            for w in shown:
+                self._write(f"warning: [{o.target}] {w}")
+            if len(shown) < len(o.warnings):
+                self._write(f"warning: [{o.target}] ... and {len(o.warnings) - len(shown)} more"
+                            " (-v shows all; `runner report` lists them)")
 
     def _recap(self, summary: RunSummary) -> None:
         self._write("")
@@ -151,6 +162,9 @@ class HumanOutput:
         if len(shown) < len(names):
             self._write(f"({len(names) - len(shown)} more targets without failures; -v lists them)")
         self._write(f"{'TOTAL':<{width}} : " + "  ".join(f"{k}={summary.totals.get(k, 0)}" for k in COUNTERS))
+        if self._warnings:
+            self._write(f"warnings: {self._warnings} on {len(self._warned_targets)} target(s);"
+                        " `runner report` lists them")
         if summary.stopped_reason:
             self._write(f"stopped: {summary.stopped_reason}")
         if summary.status == "interrupted":
