@@ -9,45 +9,12 @@ from dataclasses import dataclass, field
 
 from runner.connections.base import CommandResult
 from runner.windows.regfile import RegKey, RegValue, render_reg
+from winargv import argv
 
 NOT_FOUND = "ERROR: The system was unable to find the specified registry key or value.\r\n"
 IN_USE = "ERROR: The process cannot access the file because it is being used by another process.\r\n"
 
 Hive = dict  # lower relative path -> RegKey (path relative to the hive root)
-
-
-def argv(text: str) -> list[str]:
-    args, cur, q, have, i = [], [], False, False, 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            j = i
-            while j < len(text) and text[j] == "\\":
-                j += 1
-            n = j - i
-            if j < len(text) and text[j] == '"':
-                cur.append("\\" * (n // 2))
-                if n % 2:
-                    cur.append('"')
-                    j += 1
-                i, have = j, True
-                continue
-            cur.append("\\" * n)
-            i, have = j, True
-            continue
-        if c == '"':
-            q, have = not q, True
-        elif c in " \t" and not q:
-            if have:
-                args.append("".join(cur))
-                cur, have = [], False
-        else:
-            cur.append(c)
-            have = True
-        i += 1
-    if have:
-        args.append("".join(cur))
-    return args
 
 
 def split_ops(line: str) -> list[tuple[str, str]]:

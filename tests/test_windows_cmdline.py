@@ -8,50 +8,7 @@ from runner.errors import PermanentFault
 from runner.windows.cmdline import (MASK, MAX_COMMAND_LINE, Command, CommandLineTooLong, Quoted,
                                     Secret, UnsafeValueError, batch, chain, quotable, quote,
                                     sectioned, split_sections)
-
-
-def argv(line: str) -> list[str]:
-    """Reference CommandLineToArgvW / MS C runtime parsing (learn.microsoft.com,
-    'Parsing C++ command-line arguments'): 2n backslashes + quote -> n + delimiter."""
-    args: list[str] = []
-    cur: list[str] = []
-    in_quotes = False
-    have = False
-    i = 0
-    while i < len(line):
-        c = line[i]
-        if c == "\\":
-            j = i
-            while j < len(line) and line[j] == "\\":
-                j += 1
-            n = j - i
-            if j < len(line) and line[j] == '"':
-                cur.append("\\" * (n // 2))
-                if n % 2:
-                    cur.append('"')
-                    i = j + 1
-                else:
-                    i = j
-                have = True
-                continue
-            cur.append("\\" * n)
-            have = True
-            i = j
-            continue
-        if c == '"':
-            in_quotes = not in_quotes
-            have = True
-        elif c in " \t" and not in_quotes:
-            if have:
-                args.append("".join(cur))
-                cur, have = [], False
-        else:
-            cur.append(c)
-            have = True
-        i += 1
-    if have:
-        args.append("".join(cur))
-    return args
+from winargv import argv
 
 
 def cmd_live_metachars(line: str) -> list[str]:
