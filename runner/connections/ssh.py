@@ -258,7 +258,7 @@ class SSHConnection:
                 raise ConnectionFault(f"{self.host}: jump host {self._jump.host} failed: "
                                       f"{type(exc).__name__}", host=self.host) from None
         try:
-            return socket.create_connection((self.address, self.port), timeout=self.connect_timeout)
+            sock = socket.create_connection((self.address, self.port), timeout=self.connect_timeout)
         except socket.timeout:
             raise ConnectionFault(f"{self.host}: connection to {self.address}:{self.port} timed out "
                                   f"after {self.connect_timeout:g}s", host=self.host) from None
@@ -268,6 +268,10 @@ class SSHConnection:
         except OSError as exc:
             raise ConnectionFault(f"{self.host}: cannot connect to {self.address}:{self.port}: "
                                   f"{exc.strerror or exc}", host=self.host) from None
+        # SSH sends many small packets (channel open, exec request, window adjusts): with
+        # Nagle's algorithm each waits out the peer's delayed ACK (~40 ms per round trip)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _jump_host(self) -> Host:
         spec = str(self.proxy_jump)

@@ -189,7 +189,9 @@ class LabServer:
 
     def _sshd_config(self) -> str:
         py = shlex.quote(sys.executable)
-        session = self.session_command or f"{py} -m runner.lab.serve session --dir {shlex.quote(str(self.lab_dir))}"
+        # -S: no site-packages scan or .pth hooks per command (~10-30 ms); the lab shell needs
+        # the standard library and this package only, which PYTHONPATH (SetEnv below) names
+        session = self.session_command or f"{py} -S -m runner.lab.serve session --dir {shlex.quote(str(self.lab_dir))}"
         pkg_root = str(Path(__file__).resolve().parents[2])
         user = _current_user()
         lines = [
@@ -218,8 +220,11 @@ class LabServer:
             "LoginGraceTime 30",
             "ClientAliveInterval 30",
             "LogLevel VERBOSE",
-            f"SetEnv PYTHONPATH={pkg_root} RUNNER_LAB_DIR={self.lab_dir}",
-            f"Subsystem sftp {py} -m runner.lab.serve sftp",
+            # SHLVL=1: bash (the serving user's login shell, which sshd runs the ForceCommand
+            # with) sources ~/.bashrc when started by sshd at level 1; the lab needs none of it
+            # and a pyenv/conda .bashrc costs ~100 ms per command
+            f"SetEnv PYTHONPATH={pkg_root} RUNNER_LAB_DIR={self.lab_dir} SHLVL=1",
+            f"Subsystem sftp {py} -S -m runner.lab.serve sftp",
             f"ForceCommand {session}",
             "",
         ]
@@ -273,6 +278,9 @@ class LabServer:
                 conn.close()
                 return
             conn.setblocking(True)
+            # sshd sets TCP_NODELAY only for interactive (pty) sessions; without it every
+            # exec'd command's small packets wait out the client's delayed ACK (~40 ms each)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             proc = subprocess.Popen(
                 [SSHD, "-i", "-f", str(self.config), "-E", str(self.log)],
                 stdin=conn.fileno(), stdout=conn.fileno(), stderr=subprocess.DEVNULL,
