@@ -70,3 +70,20 @@ def verified(ctx: StepContext, user: User) -> bool:
     """True when verify_contacts passed for ``user`` in this or an earlier run."""
     return any(r.status in ("ok", "changed") and (r.data or {}).get("verified")
                for r in ctx.previous("verify_contacts", user.alias))
+
+
+def refusal_warnings(ctx: StepContext, why: str | None, *, action: str, forced: str) -> list[str]:
+    """Apply the steps' safety refusal: ``why`` (None: nothing stands in the way) stops the
+    step unless ``force: true``.
+
+    Returns the warnings for the diff: ``FORCED: <forced> although <why>`` when forced,
+    ``would refuse now: <why>`` in check mode; otherwise raises PermanentFault
+    ``refusing to <action>: <why> (force: true overrides)``.
+    """
+    if not why:
+        return []
+    if ctx.args.get("force"):
+        return [f"FORCED: {forced} although {why}"]
+    if ctx.check:
+        return [f"would refuse now: {why}"]
+    raise PermanentFault(f"refusing to {action}: {why} (force: true overrides)")

@@ -15,6 +15,7 @@ from runner.errors import PermanentFault
 from runner.lcs.exchange import DEFAULT_SERVICE, DEFAULT_VS_FILTER, Directory, homed_on
 from runner.model import Host
 from runner.steps._clients import run_sections
+from runner.steps._lcs import refusal_warnings
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import ldif, sc
 
@@ -50,18 +51,13 @@ class DecommissionExchangeIm(StepModule):
         if not actions:
             return None
         homed = homed_on(directory.im_users(), target.name)
-        warnings = []
+        why: str | None = None
         if homed:
             names = ", ".join(e.first("msExchIMAddress") or e.dn for e in homed[:20])
             more = f" and {len(homed) - 20} more" if len(homed) > 20 else ""
             why = f"{len(homed)} user(s) still homed on {target.name}: {names}{more}"
-            if ctx.args.get("force"):
-                warnings.append(f"FORCED: decommissioning although {why}")
-            elif ctx.check:
-                warnings.append(f"would refuse now: {why}")
-            else:
-                raise PermanentFault(f"refusing to decommission Exchange IM on {target.name}: {why} "
-                                     "(force: true overrides)")
+        warnings = refusal_warnings(ctx, why, action=f"decommission Exchange IM on {target.name}",
+                                    forced="decommissioning")
         lines = {"stop": f"~ service {service}: stop", "disable": f"~ service {service}: start= disabled"}
         out = [lines[a] for a in actions if a in lines] + [f"- virtual server {e.dn}" for e in servers]
         return Diff(f"decommission Exchange IM on {target.name}", out + [f"! {w}" for w in warnings],

@@ -9,10 +9,9 @@ Exchange IM server and applied with ``ldifde -i -f``.
 """
 from __future__ import annotations
 
-from runner.errors import PermanentFault
 from runner.lcs.exchange import Directory, clear_im_change, exchange_server
 from runner.model import User
-from runner.steps._lcs import lcs_for, verified
+from runner.steps._lcs import lcs_for, refusal_warnings, verified
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
 
@@ -34,16 +33,9 @@ class DisableExchangeIm(StepModule):
         change = clear_im_change(entry)
         if not change.mods:
             return None
-        pending = self._pending(ctx, target)
-        warnings = []
-        if pending:
-            if ctx.args.get("force"):
-                warnings.append(f"FORCED: disabling Exchange IM for {target.alias} although {pending}")
-            elif ctx.check:
-                warnings.append(f"would refuse now: {pending}")
-            else:
-                raise PermanentFault(f"refusing to disable Exchange IM for {target.alias}: {pending} "
-                                     "(force: true overrides)")
+        warnings = refusal_warnings(ctx, self._pending(ctx, target),
+                                    action=f"disable Exchange IM for {target.alias}",
+                                    forced=f"disabling Exchange IM for {target.alias}")
         lines = [f"- {entry.dn}: {attr}" for _, attr, _ in change.mods] + [f"! {w}" for w in warnings]
         return Diff(f"clear {len(change.mods)} IM attribute(s) of {target.alias}", lines,
                     {"dn": entry.dn, "attrs": [a for _, a, _ in change.mods], "warnings": warnings})
