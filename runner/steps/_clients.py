@@ -1,4 +1,4 @@
-"""Helpers shared by the client steps: one-round-trip sectioned reads, profiles, hives.
+"""Helpers shared by the client steps: one-round-trip sectioned reads, profiles, hives, Messenger version.
 
 Private to runner/steps (the leading underscore keeps it out of step discovery).
 """
@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from runner.connections.base import CommandResult, Connection
 from runner.errors import PermanentFault
 from runner.model import Inventory, User
 from runner.windows import reg
-from runner.windows.cmdline import Command, Section, batch, sectioned, split_sections
+from runner.windows.cmdline import Command, Quoted, Section, batch, sectioned, split_sections
 from runner.windows.regfile import RegKey
 
 PROFILE_LIST = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList"
 UNINSTALL = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall"
+DEFAULT_MESSENGER_EXE = r"C:\Program Files\Messenger\msmsgs.exe"
 
 
 def run_sections(conn: Connection, commands: Sequence[Command]) -> tuple[list[Section | None], str]:
@@ -106,3 +107,44 @@ def unload_verified(conn: Connection, host: str, name: str) -> None:
         if not still_loaded(sections[1], name):
             return
     raise PermanentFault(f"hive HKU\\{name} is still loaded on {host} after reg unload", host=host)
+
+
+def version_tuple(version: str | None) -> tuple[int, ...]:
+    """``"5.1.0715"`` -> ``(5, 1, 715)``; unparsable parts stop the tuple."""
+    out: list[int] = []
+    for part in (version or "").split("."):
+        m = re.match(r"\d+", part)
+        if not m:
+            break
+        out.append(int(m.group()))
+    return tuple(out)
+
+
+def messenger_from_uninstall(keys: list) -> dict[str, Any] | None:
+    """The newest Messenger product in the Uninstall keys.
+
+    Windows Messenger 5.1 installs beside an MSN Messenger 4.x, whose entry
+    stays: the newest version is what the client runs for Exchange IM and LCS.
+    """
+    best: dict[str, Any] | None = None
+    for key in keys:
+        name = reg.value_of(key, "DisplayName")
+        if isinstance(name, str) and "messenger" in name.lower():
+            version = reg.value_of(key, "DisplayVersion")
+            found = {"installed": True, "product": name, "version": version if isinstance(version, str) else None,
+                     "product_code": key.path.rsplit("\\", 1)[-1], "source": "uninstall"}
+            if best is None or version_tuple(found["version"] or "0") > version_tuple(best["version"] or "0"):
+                best = found
+    return best
+
+
+def file_version_query(exe: str) -> Command:
+    """``wmic datafile where "name='...'" get Version /value`` for the file ``exe``."""
+    wql = "name='" + exe.replace("\\", "\\\\") + "'"
+    return Command("wmic", "datafile", "where", Quoted(wql), "get", "Version", "/value")
+
+
+def file_version(stdout: str) -> str | None:
+    """The ``Version=`` of :func:`file_version_query`'s output, None when absent."""
+    m = re.search(r"^\s*Version=(\S+)", stdout, re.MULTILINE)
+    return m.group(1) if m else None

@@ -11,52 +11,14 @@ fails the task unless ``require_messenger: false``.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from runner.model import Host
 from runner.steps import _clients as cl
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import reg
-from runner.windows.cmdline import Command, Quoted
+from runner.windows.cmdline import Command
 from runner.windows.imcontacts import DEFAULT_CONTACTS_KEY, contacts_from_keys
-
-DEFAULT_MESSENGER_EXE = r"C:\Program Files\Messenger\msmsgs.exe"
-
-
-def version_tuple(version: str | None) -> tuple[int, ...]:
-    """``"5.1.0715"`` -> ``(5, 1, 715)``; unparsable parts stop the tuple."""
-    out: list[int] = []
-    for part in (version or "").split("."):
-        m = re.match(r"\d+", part)
-        if not m:
-            break
-        out.append(int(m.group()))
-    return tuple(out)
-
-
-def _messenger_from_uninstall(keys: list) -> dict[str, Any] | None:
-    """The newest Messenger product in the Uninstall keys.
-
-    Windows Messenger 5.1 installs beside an MSN Messenger 4.x, whose entry
-    stays: the newest version is what the client runs for Exchange IM and LCS.
-    """
-    best: dict[str, Any] | None = None
-    for key in keys:
-        name = reg.value_of(key, "DisplayName")
-        if isinstance(name, str) and "messenger" in name.lower():
-            version = reg.value_of(key, "DisplayVersion")
-            found = {"installed": True, "product": name, "version": version if isinstance(version, str) else None,
-                     "product_code": key.path.rsplit("\\", 1)[-1], "source": "uninstall"}
-            if best is None or version_tuple(found["version"] or "0") > version_tuple(best["version"] or "0"):
-                best = found
-    return best
-
-
-def _file_version(stdout: str) -> str | None:
-    m = re.search(r"^\s*Version=(\S+)", stdout, re.MULTILINE)
-    return m.group(1) if m else None
-
 
 def _contact_summary(stdout: str, contacts_key: str) -> dict[str, Any]:
     doc = contacts_from_keys(reg.parse_query(stdout), contacts_key)
@@ -98,22 +60,20 @@ class InventoryClients(StepModule):
 def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     """Read the facts of ``host`` (read-only, at most two round trips)."""
     contacts_key = str(ctx.args.get("contacts_key") or ctx.vars.get("contacts_key") or DEFAULT_CONTACTS_KEY)
-    exe = str(ctx.args.get("messenger_exe") or DEFAULT_MESSENGER_EXE)
+    exe = str(ctx.args.get("messenger_exe") or cl.DEFAULT_MESSENGER_EXE)
     users = cl.client_users(ctx.inventory, host.name)
     conn = ctx.connection(host.name)
-    wql = "name='" + exe.replace("\\", "\\\\") + "'"
     base = [Command("ver"), Command("echo", "%SystemDrive%"), Command("echo", "%ProgramFiles%"),
             reg.query(cl.UNINSTALL, recursive=True), reg.query(cl.PROFILE_LIST, recursive=True),
-            reg.query("HKU"),
-            Command("wmic", "datafile", "where", Quoted(wql), "get", "Version", "/value")]
+            reg.query("HKU"), cl.file_version_query(exe)]
     per_user = [reg.query(f"HKU\\{u.sid}\\{contacts_key}", recursive=True) if u.sid else Command("ver")
                 for u in users]
     sections, _ = cl.run_sections(conn, base + per_user)
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     env = {"SystemDrive": text[1].strip() or "C:", "ProgramFiles": text[2].strip() or r"C:\Program Files"}
     os_line = next((ln.strip() for ln in text[0].splitlines() if ln.strip()), None)
-    messenger = _messenger_from_uninstall(reg.parse_query(text[3]))
-    file_version = _file_version(text[6])
+    messenger = cl.messenger_from_uninstall(reg.parse_query(text[3]))
+    file_version = cl.file_version(text[6])
     if messenger is None and file_version:
         messenger = {"installed": True, "product": "Windows Messenger", "version": file_version,
                      "product_code": None, "source": "file"}

@@ -14,9 +14,7 @@ from runner.errors import TransientFault
 from runner.model import Host
 from runner.steps import _clients as cl
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
-from runner.steps.inventory_clients import DEFAULT_MESSENGER_EXE, _file_version, _messenger_from_uninstall, version_tuple
 from runner.windows import msiexec, reg
-from runner.windows.cmdline import Command, Quoted
 
 DEFAULT_PACKAGE = r"\\deploy\packages\WindowsMessenger51.msi"
 TARGET_VERSION = "5.1"
@@ -24,16 +22,14 @@ TARGET_VERSION = "5.1"
 
 def installed_version(ctx: StepContext, host: str) -> str | None:
     """The installed Messenger version on ``host`` (None when not installed)."""
-    exe = str(ctx.args.get("messenger_exe") or DEFAULT_MESSENGER_EXE)
-    wql = "name='" + exe.replace("\\", "\\\\") + "'"
-    sections, _ = cl.run_sections(ctx.connection(host), [
-        reg.query(cl.UNINSTALL, recursive=True),
-        Command("wmic", "datafile", "where", Quoted(wql), "get", "Version", "/value")])
+    exe = str(ctx.args.get("messenger_exe") or cl.DEFAULT_MESSENGER_EXE)
+    sections, _ = cl.run_sections(ctx.connection(host), [reg.query(cl.UNINSTALL, recursive=True),
+                                                         cl.file_version_query(exe)])
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
-    found = _messenger_from_uninstall(reg.parse_query(text[0]))
+    found = cl.messenger_from_uninstall(reg.parse_query(text[0]))
     if found and found.get("version"):
         return found["version"]
-    return _file_version(text[1])
+    return cl.file_version(text[1])
 
 
 class UpgradeMessenger(StepModule):
@@ -58,7 +54,7 @@ class UpgradeMessenger(StepModule):
     def probe(self, ctx: StepContext, target: Host) -> Diff | None:  # type: ignore[override]
         wanted = str(ctx.args.get("version") or TARGET_VERSION)
         current = installed_version(ctx, target.name)
-        if current and version_tuple(current) >= version_tuple(wanted):
+        if current and cl.version_tuple(current) >= cl.version_tuple(wanted):
             return None
         package = self._package(ctx)
         return Diff(summary=f"install Windows Messenger {wanted} (installed: {current or 'none'})",
