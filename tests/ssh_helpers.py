@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import secrets
+import shutil
+import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from runner.lab.serve import LabServer, ServeError
 from runner.model import Host
@@ -54,7 +62,7 @@ def make_lab(root: Path, count: int) -> Path:
     return lab
 
 
-def serve(lab: Path, *, fake_shell: bool) -> LabServer:
+def serve(lab: Path, *, fake_shell: bool, allow_password_users: list[str] | None = None) -> LabServer:
     """Start a LabServer on a free port (tries a few random ones)."""
     session = None
     if fake_shell:
@@ -63,7 +71,8 @@ def serve(lab: Path, *, fake_shell: bool) -> LabServer:
         session = f"{sys.executable} {script}"
     last: Exception | None = None
     for _ in range(10):
-        server = LabServer(lab, port=random.randint(20000, 60000), session_command=session)
+        server = LabServer(lab, port=random.randint(20000, 60000), session_command=session,
+                           allow_password_users=allow_password_users or ())
         try:
             server.start()
             return server
@@ -84,3 +93,54 @@ def ssh_host(server: LabServer, name: str, **vars: object) -> Host:
 def _user() -> str:
     import pwd, os
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+@contextmanager
+def password_account(home: Path) -> Iterator[tuple[str, str]]:
+    """A throw-away local account with a random password, for sshd's password login.
+
+    Needs root (CI runs as root); skips otherwise. The account is an alias of
+    the serving user's uid (``useradd -o -u``), so its sessions read and write
+    the lab and run this interpreter exactly as the key sessions do, while sshd
+    checks the account's own /etc/shadow entry. Deleted on exit.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("password login needs a local account with a password: run as root (CI does)")
+    if not (shutil.which("useradd") and shutil.which("chpasswd") and shutil.which("userdel")):
+        pytest.skip("useradd/chpasswd/userdel not installed (Debian package passwd)")
+    name = f"runnerpw{os.getpid() % 100000}"
+    password = "Pw-" + secrets.token_urlsafe(15) + "!"
+    home.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["useradd", "-o", "-u", str(os.geteuid()), "-g", str(os.getegid()), "-M",
+                    "-d", str(home), "-s", "/bin/sh", "-c", "runner SSH password test", name],
+                   check=True, capture_output=True)
+    try:
+        subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True,
+                       capture_output=True)
+        yield name, password
+    finally:
+        # -f: the uid is in use (it is ours); no -r, the home is the test's own directory
+        subprocess.run(["userdel", "-f", name], capture_output=True)
+
+
+def write_inventory(server: LabServer, out: Path, *, user: str | None = None,
+                    drop: tuple[str, ...] = (), **vars: object) -> Path:
+    """Copy the served lab's SSH inventory to ``out`` with another user and/or other all-vars."""
+    import yaml
+
+    doc = yaml.safe_load(server.inventory_out.read_text(encoding="utf-8"))
+    all_vars = doc["all"]["vars"]
+    for key in drop:
+        all_vars.pop(key, None)
+    all_vars.update(vars)
+
+    def set_user(group: dict) -> None:
+        for entry in (group.get("hosts") or {}).values():
+            entry["user"] = user
+        for child in (group.get("children") or {}).values():
+            set_user(child)
+
+    if user is not None:
+        set_user(doc["all"])
+    out.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return out
