@@ -80,6 +80,15 @@ def test_more_than_64_groups_are_reported_and_contacts_still_added():
     assert plan.contacts_to_add[1].groups == () and len(plan.contacts_to_add) == 2
 
 
+def test_empty_user_groups_count_against_the_64_after_the_contacts_groups():
+    current = [LcsGroup(i, f"g{i}") for i in range(1, 63)]
+    plan = plan_import([E("a@im.contoso.com", "A", ("Team",))], [], current, M,
+                       user_groups=["team", "G5", "Empty", "Later", "LATER"])
+    assert plan.groups_to_create == ["Team", "Empty"]
+    assert plan.groups_over_limit == ["Later"]
+    assert plan.contacts_to_add[0].groups == ("Team",)
+
+
 def test_coexistence_group_receives_ungrouped_contacts_only():
     plan = plan_import([E("a@im.contoso.com", "A"), E("b@im.contoso.com", "B", ("Team",))], [], [], M,
                        coexistence_group="Exchange IM Contacts")

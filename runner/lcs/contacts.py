@@ -190,38 +190,29 @@ def plan_import(exported: Iterable[ExportedContact], current_contacts: Iterable[
     room = max(0, max_contacts - len(current_contacts))
     wanted = list(merged.values())
     plan.contacts_to_add, plan.over_limit = wanted[:room], wanted[room:]
-    free = MAX_GROUPS - len(group_names)
-    kept_groups: set[str] = set()
     for contact in plan.contacts_to_add:
         for g in contact.groups:
-            k = g.casefold()
-            if k in group_names or k in kept_groups:
-                continue
-            if any(x.casefold() == k for x in plan.groups_over_limit):
-                continue
-            if free > 0:
-                plan.groups_to_create.append(g)
-                kept_groups.add(k)
-                free -= 1
-            else:
-                plan.groups_over_limit.append(g)
+            _admit_group(plan, g, group_names)
     for g in user_groups:  # the user's groups without a contact to add (empty ones too)
-        g = _limited(g, MAX_GROUP_NAME, f"group name {g[:40]!r}...", plan)
-        k = g.casefold()
-        if k in group_names or k in kept_groups or any(x.casefold() == k for x in plan.groups_over_limit):
-            continue
-        if free > 0:
-            plan.groups_to_create.append(g)
-            kept_groups.add(k)
-            free -= 1
-        else:
-            plan.groups_over_limit.append(g)
+        _admit_group(plan, _limited(g, MAX_GROUP_NAME, f"group name {g[:40]!r}...", plan), group_names)
     if plan.groups_over_limit:
         dropped = {g.casefold() for g in plan.groups_over_limit}
         plan.contacts_to_add = [
             PlannedContact(c.address, c.uri, c.name, tuple(g for g in c.groups if g.casefold() not in dropped))
             for c in plan.contacts_to_add]
     return plan
+
+
+def _admit_group(plan: ImportPlan, name: str, existing: set[str]) -> None:
+    """Plan group ``name`` unless the user has it (``existing``: casefolded) or it is
+    already planned; past MAX_GROUPS (existing + created) it goes to groups_over_limit."""
+    k = name.casefold()
+    if k in existing or any(x.casefold() == k for x in plan.groups_to_create + plan.groups_over_limit):
+        return
+    if len(existing) + len(plan.groups_to_create) < MAX_GROUPS:
+        plan.groups_to_create.append(name)
+    else:
+        plan.groups_over_limit.append(name)
 
 
 def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
