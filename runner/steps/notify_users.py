@@ -11,12 +11,11 @@ plain SMTP with no authentication, for an internal relay.
 """
 from __future__ import annotations
 
-import os
 import smtplib
-import tempfile
 from email.message import EmailMessage
 from pathlib import Path
 
+from runner.artifacts import atomic_write
 from runner.errors import TransientFault
 from runner.lcs.mapping import Mapped, mapping_for, user_sip_uri
 from runner.model import User
@@ -71,13 +70,7 @@ class NotifyUsers(StepModule):
 
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
         path = Path(diff.data["path"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".notice-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(diff.data["text"])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, diff.data["text"].encode("utf-8"))
         data = {"notice": str(path)}
         host = ctx.vars.get("notify_smtp_host")
         if host:
