@@ -124,6 +124,14 @@ def make_scenario(root: Path, playbook: str, seed: int, **params: int) -> Scenar
     return Scenario(root, playbook, seed)
 
 
+def migrated_scenario(root: Path, playbook: str, seed: int) -> tuple[Scenario, list[dict[str, Any]]]:
+    """A lab for ``playbook`` migrated by one apply, which must succeed, and that run's task events."""
+    sc = make_scenario(root, playbook, seed)
+    run = sc.apply()
+    assert run.code == 0, run.out[-3000:]
+    return sc, run.tasks
+
+
 # -- the mapping rule, re-implemented from DOMAIN.md ---------------------------------------
 
 def expected_uri(address: str, manifest: dict[str, Any]) -> str | None:

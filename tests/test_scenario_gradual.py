@@ -6,7 +6,7 @@ import pytest
 
 from scenario_support import (Scenario, assert_contacts_moved, assert_decommissioned, assert_enabled_on_lcs,
                               assert_exchange_im_disabled, assert_idempotent, exchange_im_attributes,
-                              exchange_server_state, lcs_user, make_scenario)
+                              exchange_server_state, lcs_user, make_scenario, migrated_scenario)
 
 pytestmark = pytest.mark.slow
 
@@ -22,10 +22,7 @@ def _waves(sc: Scenario) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scenario, list[dict]]:
-    sc = make_scenario(tmp_path_factory.mktemp("gradual"), "gradual.yml", SEED)
-    run = sc.apply()
-    assert run.code == 0, run.out[-3000:]
-    return sc, run.tasks
+    return migrated_scenario(tmp_path_factory.mktemp("gradual"), "gradual.yml", SEED)
 
 
 def test_gradual_moves_every_wave_with_contacts_in_their_groups(migrated) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from scenario_support import (Scenario, assert_contacts_moved, assert_decommissioned, assert_enabled_on_lcs,
                               assert_exchange_im_disabled, assert_idempotent, exchange_im_attributes,
-                              exchange_server_state, lcs_contact_count, lcs_user, make_scenario)
+                              exchange_server_state, lcs_contact_count, lcs_user, make_scenario, migrated_scenario)
 
 pytestmark = pytest.mark.slow
 
@@ -15,10 +15,7 @@ SEED = 32  # a user over the LCS limit, long names, roaming users
 
 @pytest.fixture(scope="module")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scenario, list[dict]]:
-    sc = make_scenario(tmp_path_factory.mktemp("deferred"), "gradual-deferred.yml", SEED)
-    run = sc.apply()
-    assert run.code == 0, run.out[-3000:]
-    return sc, run.tasks
+    return migrated_scenario(tmp_path_factory.mktemp("deferred"), "gradual-deferred.yml", SEED)
 
 
 def test_deferred_import_moves_everyones_contacts_at_the_end(migrated) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from scenario_support import (Scenario, assert_contacts_moved, assert_decommissioned, assert_enabled_on_lcs,
-                              assert_exchange_im_disabled, assert_idempotent, make_scenario)
+                              assert_exchange_im_disabled, assert_idempotent, migrated_scenario)
 
 pytestmark = pytest.mark.slow
 
@@ -13,10 +13,7 @@ SEED = 4  # a 12-client lab with a user over the LCS limit, long names and roami
 
 @pytest.fixture(scope="module")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scenario, list[dict]]:
-    sc = make_scenario(tmp_path_factory.mktemp("immediate"), "immediate.yml", SEED)
-    run = sc.apply()
-    assert run.code == 0, run.out[-3000:]
-    return sc, run.tasks
+    return migrated_scenario(tmp_path_factory.mktemp("immediate"), "immediate.yml", SEED)
 
 
 def test_immediate_moves_every_mappable_contact_once_and_retires_exchange_im(migrated) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from scenario_support import (Scenario, assert_decommissioned, assert_enabled_on_lcs,
                               assert_exchange_im_disabled, assert_idempotent, expected_user,
-                              lcs_contact_count, make_scenario)
+                              lcs_contact_count, migrated_scenario)
 
 pytestmark = pytest.mark.slow
 
@@ -15,10 +15,7 @@ SEED = 1
 
 @pytest.fixture(scope="module")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scenario, list[dict]]:
-    sc = make_scenario(tmp_path_factory.mktemp("recreate"), "immediate-recreate.yml", SEED)
-    run = sc.apply()
-    assert run.code == 0, run.out[-3000:]
-    return sc, run.tasks
+    return migrated_scenario(tmp_path_factory.mktemp("recreate"), "immediate-recreate.yml", SEED)
 
 
 def test_recreate_moves_users_but_no_contacts_and_writes_the_notices(migrated) -> None:
