@@ -66,10 +66,6 @@ class ShellContext:
     program: str = ""
     _mutated: bool = False
 
-    @property
-    def host_name(self) -> str:
-        return self.host.name
-
     def mutated(self) -> None:
         """Mark the running command as mutating: the shell journals it with its exit code."""
         self._mutated = True
