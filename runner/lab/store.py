@@ -22,7 +22,9 @@ Layout of a lab directory (documented for administrators; inspect with sqlite3):
 
 Concurrency: engine threads and served-lab processes share a lab. Each thread
 has its own SQLite connections (WAL, busy_timeout 30 s, ``BEGIN IMMEDIATE``
-for writes); file writes are atomic renames.
+for writes), at most ``MAX_THREAD_CONNECTIONS`` open (least recently used
+closed), so file descriptors stay bounded however many hosts a run touches;
+file writes are atomic renames.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,34 +152,75 @@ def _load_data(type_: str, stored: Any) -> RegData:
 
 _local = threading.local()
 
+#: Connections each thread keeps open (least recently used closed beyond it): a
+#: thread that touches 10,000 hosts must not hold 10,000 databases (and their WAL
+#: and shm files) open; 25 threads x 64 stays far below the usual 1,024 fd limit.
+MAX_THREAD_CONNECTIONS = 64
+
+
+def _thread_cache() -> "OrderedDict[str, sqlite3.Connection]":
+    cache = getattr(_local, "conns", None)
+    if cache is None:
+        cache = _local.conns = OrderedDict()
+    return cache
+
+
+def _evict(cache: "OrderedDict[str, sqlite3.Connection]") -> None:
+    """Close least recently used connections until the cache is within the cap.
+    A connection inside a transaction is kept (its ``write_tx`` is still open)."""
+    excess = len(cache) - MAX_THREAD_CONNECTIONS
+    if excess <= 0:
+        return
+    for key in list(cache):
+        if excess <= 0:
+            break
+        conn = cache[key]
+        if conn.in_transaction:
+            continue
+        del cache[key]
+        excess -= 1
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
+
 
 def _connect(path: Path, schema: str) -> sqlite3.Connection:
-    """A per-thread cached connection in WAL mode with the schema applied."""
-    cache: dict[str, sqlite3.Connection] = getattr(_local, "conns", None) or {}
-    _local.conns = cache
+    """A per-thread cached connection in WAL mode with the schema applied.
+
+    Each thread keeps at most MAX_THREAD_CONNECTIONS open, closing the least
+    recently used; callers use a connection right away and do not keep it.
+    """
+    cache = _thread_cache()
     key = str(path)
     conn = cache.get(key)
     if conn is not None:
+        cache.move_to_end(key)
         return conn
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                            check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-        conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    if conn.execute("PRAGMA user_version").fetchone()[0] != 1:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in schema.strip().split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            conn.execute(f"PRAGMA application_id={HIVE_APP_ID}")
-            conn.execute("PRAGMA user_version=1")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        if conn.execute("PRAGMA user_version").fetchone()[0] != 1:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in schema.strip().split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute(f"PRAGMA application_id={HIVE_APP_ID}")
+                conn.execute("PRAGMA user_version=1")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+    except BaseException:
+        conn.close()  # never leak the descriptor of a connection we do not cache
+        raise
     cache[key] = conn
+    _evict(cache)
     return conn
 
 
@@ -215,7 +259,7 @@ def close_thread_connections() -> None:
             conn.close()
         except sqlite3.Error:
             pass
-    _local.conns = {}
+    _local.conns = OrderedDict()
 
 
 # -- hives ------------------------------------------------------------------------
