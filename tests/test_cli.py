@@ -67,6 +67,21 @@ def spawn(tmp_path: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _read_stderr_until(proc: subprocess.Popen, text: str, timeout: float = 30.0) -> str:
+    """Read ``proc``'s stderr line by line until a line holds ``text``; return what was read."""
+    import select
+
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0 and proc.poll() is None, f"never saw {text!r}; stderr so far: {seen!r}"
+        ready, _, _ = select.select([proc.stderr], [], [], min(left, 0.5))
+        if ready:  # os.read, not readline: the text wrapper would buffer lines select cannot see
+            seen += os.read(proc.stderr.fileno(), 4096).decode("utf-8", "replace")
+    return seen
+
+
 def journal(tmp_path: Path) -> list[str]:
     p = tmp_path / "work" / "journal.log"
     return p.read_text().splitlines() if p.exists() else []
@@ -251,10 +266,12 @@ def test_second_ctrl_c_stops_at_once_and_the_run_resumes(tmp_path):
     proc = spawn(tmp_path, "apply", "pb.yml", "-i", "inv.yml", "--forks", "1")
     _wait_for_journal(tmp_path, 1, proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
+    # Two signals that arrive before Python runs the handler coalesce into one
+    # (POSIX keeps one pending SIGINT): wait until the first was seen.
+    first = _read_stderr_until(proc, "interrupted: finishing")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 99 and "stopping now" in err
+    assert proc.returncode == 99 and "stopping now" in first + err
     resumed = subprocess.run([sys.executable, LAUNCHER, "apply", "pb.yml", "-i", "inv.yml"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
