@@ -9,13 +9,14 @@ are variables with the defaults below (DOMAIN.md).
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from runner.connections.base import Connection
 from runner.errors import PermanentFault
 from runner.model import Inventory
 from runner.windows import ldif
-from runner.windows.cmdline import Command, Quoted, chain, sectioned, split_sections
+from runner.windows.cmdline import Command, Quoted, Section, chain, gated_sections, sectioned, split_sections
 
 IM_ATTRIBUTES = ("msExchIMAddress", "msExchIMPhysicalURL", "msExchIMMetaPhysicalURL",
                  "msExchIMVirtualServer", "msExchIMACL")
@@ -39,50 +40,117 @@ def temp_path(vars: Mapping[str, Any], name: str) -> str:
     return str(vars.get("remote_temp") or DEFAULT_TEMP).rstrip("\\") + "\\" + name
 
 
+@dataclass(frozen=True)
+class Query:
+    """An ldifde search: filter, attributes, optional base DN."""
+
+    ldap_filter: str
+    attrs: tuple[str, ...]
+    base_dn: str | None = None
+
+
+@dataclass
+class Applied:
+    """What ``Directory.apply`` saw in its one line: the ``before`` commands'
+    sections (None: never ran) and the entries each read-back query found."""
+
+    before: list[Section | None]
+    found: list[list[ldif.Entry]]
+
+
 class Directory:
-    """ldifde queries and changes, run on one host."""
+    """ldifde queries and changes, run on one host; each call is one round trip
+    (plus the put of the LDIF file for a change)."""
 
     def __init__(self, conn: Connection, host: str, vars: Mapping[str, Any]) -> None:
         self.conn = conn
         self.host = host
         self.vars = vars
 
+    def _line(self, gated: Sequence[Command], plain: Sequence[Command],
+              queries: Sequence[Query]) -> tuple[list[Section | None], list[list[ldif.Entry]], str]:
+        """One command line: ``gated`` (each only after the previous succeeded), then
+        ``plain``, then each query (export, type, delete the file); the sections of
+        gated + plain, the entries of each query, and the line's stderr."""
+        nonce = secrets.token_hex(4)
+        parts: list[Command] = []
+        if gated:
+            parts.append(gated_sections(gated, nonce)[0])
+        qcmds: list[Command] = []
+        for q in queries:
+            path = temp_path(self.vars, f"runner-{secrets.token_hex(4)}.ldf")
+            qcmds += [ldif.export_command(path, q.ldap_filter, q.attrs, q.base_dn),
+                      Command("type", Quoted(path)), Command("del", "/q", Quoted(path))]
+        n = len(gated) + len(plain)
+        parts += sectioned([*plain, *qcmds], nonce, start=len(gated))[0]
+        res = self.conn.run(chain(parts).render())
+        secs = split_sections(res.stdout, n + len(qcmds), nonce)
+        found = [self._entries(q, secs[n + 3 * i], secs[n + 3 * i + 1], res.stderr)
+                 for i, q in enumerate(queries)]
+        return secs[:n], found, res.stderr
+
+    def _entries(self, q: Query, export: Section | None, typed: Section | None, stderr: str) -> list[ldif.Entry]:
+        if export is None or not export.ok:
+            detail = (stderr or (export.stdout if export else "")).strip().splitlines()
+            raise PermanentFault(f"ldifde search {q.ldap_filter} on {self.host} failed: "
+                                 f"{detail[-1] if detail else 'no output'}", host=self.host)
+        if typed is None or not typed.ok:
+            return []  # ldifde writes no file when nothing matched
+        return ldif.parse(typed.stdout)
+
+    def read(self, queries: Sequence[Query], commands: Sequence[Command] = ()
+             ) -> tuple[list[Section | None], list[list[ldif.Entry]]]:
+        """``commands`` (e.g. sc queries, sectioned) and ``queries``, in one round trip."""
+        secs, found, _ = self._line((), commands, queries)
+        return secs, found
+
     def search(self, ldap_filter: str, attrs: Sequence[str], base_dn: str | None = None) -> list[ldif.Entry]:
         """Entries matching ``ldap_filter`` (one round trip: export, type, delete the file)."""
-        path = temp_path(self.vars, f"runner-{secrets.token_hex(4)}.ldf")
-        cmds = [ldif.export_command(path, ldap_filter, attrs, base_dn),
-                Command("type", Quoted(path)), Command("del", "/q", Quoted(path))]
-        wrapped, nonce = sectioned(cmds)
-        res = self.conn.run(chain(wrapped).render())
-        secs = split_sections(res.stdout, len(cmds), nonce)
-        if secs[0] is None or not secs[0].ok:
-            detail = (res.stderr or (secs[0].stdout if secs[0] else "")).strip().splitlines()
-            raise PermanentFault(f"ldifde search {ldap_filter} on {self.host} failed: "
-                                 f"{detail[-1] if detail else 'no output'}", host=self.host)
-        if secs[1] is None or not secs[1].ok:
-            return []  # ldifde writes no file when nothing matched
-        return ldif.parse(secs[1].stdout)
+        return self.read([Query(ldap_filter, tuple(attrs), base_dn)])[1][0]
 
-    def apply(self, changes: Sequence[ldif.Change]) -> None:
-        """Put an LDIF file on the host and import it with ``ldifde -i -f``."""
+    def apply(self, changes: Sequence[ldif.Change], *, before: Sequence[Command] = (),
+              read_back: Sequence[Query] = ()) -> Applied:
+        """Put an LDIF file on the host, then one line: the ``before`` commands and
+        ``ldifde -i -f`` the file, each only after the previous succeeded; then delete
+        the file and run the ``read_back`` queries (whatever happened).
+
+        Raises PermanentFault when the import ran and failed; when a ``before``
+        command failed the import did not run, and the caller reads ``before``.
+        """
         path = temp_path(self.vars, f"runner-{secrets.token_hex(4)}.ldf")
-        self.conn.put(ldif.render(changes), path)
-        res = self.conn.run(ldif.import_command(path).render())
-        self.conn.run(Command("del", "/q", Quoted(path)).render())
-        if not res.ok:
-            detail = (res.stderr or res.stdout).strip().splitlines()
-            raise PermanentFault(f"ldifde import on {self.host} failed (exit {res.rc}): "
-                                 f"{detail[-1] if detail else ''}", host=self.host)
+        gated, plain = list(before), []
+        if changes:
+            self.conn.put(ldif.render(changes), path)
+            gated.append(ldif.import_command(path))
+            plain.append(Command("del", "/q", Quoted(path)))
+        if not gated:
+            return Applied([], self.read(read_back)[1])
+        secs, found, stderr = self._line(gated, plain, read_back)
+        done = Applied(secs[:len(before)], found)
+        imported = secs[len(before)] if changes else None
+        if changes and all(s is not None and s.ok for s in done.before) and (imported is None or not imported.ok):
+            detail = (stderr or (imported.stdout if imported else "")).strip().splitlines()
+            raise PermanentFault(f"ldifde import on {self.host} failed: "
+                                 f"{detail[-1] if detail else 'no output'}", host=self.host)
+        return done
 
     def im_user(self, im_address: str) -> ldif.Entry | None:
         """The directory entry whose msExchIMAddress is ``im_address`` (None: not IM-enabled)."""
-        flt = f"(msExchIMAddress={ldif.escape_filter_value(im_address)})"
-        found = self.search(flt, list(IM_ATTRIBUTES))
+        found = self.search(im_user_query(im_address).ldap_filter, list(IM_ATTRIBUTES))
         return found[0] if found else None
 
     def im_users(self) -> list[ldif.Entry]:
         """Every entry still enabled for Exchange IM."""
-        return self.search("(msExchIMAddress=*)", list(IM_ATTRIBUTES))
+        return self.search(IM_USERS.ldap_filter, list(IM_USERS.attrs))
+
+
+def im_user_query(im_address: str) -> Query:
+    """The search for the entry whose msExchIMAddress is ``im_address``."""
+    return Query(f"(msExchIMAddress={ldif.escape_filter_value(im_address)})", IM_ATTRIBUTES)
+
+
+#: Every entry still enabled for Exchange IM, with what ``homed_on`` needs.
+IM_USERS = Query("(msExchIMAddress=*)", ("msExchIMAddress", "msExchIMPhysicalURL", "msExchIMVirtualServer"))
 
 
 def clear_im_change(entry: ldif.Entry) -> ldif.Change:

@@ -2,19 +2,25 @@
 
 Targets the Exchange IM server host. Refuses while any user is still homed
 on it (an ldifde search of msExchIMAddress), naming them; ``force: true``
-overrides loudly. Steps, each skipped when already done: ``sc stop`` (1062,
-not running, is fine), ``sc config NAME start= disabled``, and an LDIF
+overrides loudly. Steps, each skipped when already done: ``sc stop`` (when
+not STOPPED), ``sc config NAME start= disabled``, and an LDIF
 delete of each IM virtual server object (found with var
 ``exchange_im_virtual_server_filter``, default
 ``(objectClass=protocolCfgIMVirtualServer)``, under var ``exchange_config_dn``
 when set). Service name: var ``exchange_im_service`` (default MSExchangeIM, conv).
+
+Round trips: the probe is one line (sc query, sc qc and both directory
+searches); apply puts the LDIF file (when a virtual server goes) and runs one
+line in which stop, config and the import are chained so each runs only
+after the one before succeeded, then the file is deleted and the virtual
+servers read back. A service stopped by someone else between probe and apply
+(sc stop exit 1062) is a TransientFault: the retry re-probes.
 """
 from __future__ import annotations
 
-from runner.errors import PermanentFault
-from runner.lcs.exchange import DEFAULT_SERVICE, DEFAULT_VS_FILTER, Directory, homed_on
+from runner.errors import PermanentFault, TransientFault
+from runner.lcs.exchange import DEFAULT_SERVICE, DEFAULT_VS_FILTER, IM_USERS, Directory, Query, homed_on
 from runner.model import Host
-from runner.steps._clients import run_sections
 from runner.steps._lcs import refusal_warnings
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import ldif, sc
@@ -34,13 +40,14 @@ class DecommissionExchangeIm(StepModule):
 
     def probe(self, ctx: StepContext, target: Host) -> Diff | None:
         conn = ctx.connection(target.name)
-        directory = Directory(conn, target.name, ctx.vars)
         service = self._service(ctx)
-        secs, _ = run_sections(conn, [sc.query(service), sc.qc(service)])
+        vs_filter = str(ctx.vars.get("exchange_im_virtual_server_filter") or DEFAULT_VS_FILTER)
+        vs_query = Query(vs_filter, ("cn",), ctx.vars.get("exchange_config_dn"))
+        # one line: the service's state and config, its virtual servers, who is still IM-enabled
+        secs, (servers, im_users) = Directory(conn, target.name, ctx.vars).read(
+            [vs_query, IM_USERS], [sc.query(service), sc.qc(service)])
         state = sc.parse_one(secs[0].stdout) if secs[0] is not None and secs[0].ok else None
         config = sc.parse_one(secs[1].stdout) if secs[1] is not None and secs[1].ok else None
-        vs_filter = str(ctx.vars.get("exchange_im_virtual_server_filter") or DEFAULT_VS_FILTER)
-        servers = directory.search(vs_filter, ["cn"], ctx.vars.get("exchange_config_dn"))
         actions: list[str] = []
         if state is not None and state.state not in ("STOPPED", None):
             actions.append("stop")
@@ -50,7 +57,7 @@ class DecommissionExchangeIm(StepModule):
             actions.append("remove")
         if not actions:
             return None
-        homed = homed_on(directory.im_users(), target.name)
+        homed = homed_on(im_users, target.name)
         why: str | None = None
         if homed:
             names = ", ".join(e.first("msExchIMAddress") or e.dn for e in homed[:20])
@@ -62,23 +69,35 @@ class DecommissionExchangeIm(StepModule):
         out = [lines[a] for a in actions if a in lines] + [f"- virtual server {e.dn}" for e in servers]
         return Diff(f"decommission Exchange IM on {target.name}", out + [f"! {w}" for w in warnings],
                     {"actions": actions, "service": service, "virtual_servers": [e.dn for e in servers],
-                     "warnings": warnings})
+                     "vs_query": [vs_filter, ctx.vars.get("exchange_config_dn")], "warnings": warnings})
 
     def apply(self, ctx: StepContext, target: Host, diff: Diff) -> StepResult:
         d = diff.data
-        conn = ctx.connection(target.name)
         service = d["service"]
-        if "stop" in d["actions"]:
-            res = conn.run(sc.stop(service).render())
-            if not res.ok and res.rc != sc.SERVICE_NOT_ACTIVE:
-                raise PermanentFault(f"sc stop {service} failed (exit {res.rc}): {res.stdout.strip()[-200:]}")
-        if "disable" in d["actions"]:
-            res = conn.run(sc.config_start(service, "disabled").render())
-            if not res.ok:
-                raise PermanentFault(f"sc config {service} start= disabled failed (exit {res.rc})")
-        if d["virtual_servers"]:
-            Directory(conn, target.name, ctx.vars).apply(
-                [ldif.Change(dn, "delete") for dn in d["virtual_servers"]])
+        steps = ([("stop", sc.stop(service))] if "stop" in d["actions"] else []) \
+            + ([("disable", sc.config_start(service, "disabled"))] if "disable" in d["actions"] else [])
+        removed = d["virtual_servers"]
+        vs_filter, vs_base = d.get("vs_query") or (DEFAULT_VS_FILTER, None)
+        read_back = [Query(vs_filter, ("cn",), vs_base)] if removed else []
+        # put the LDIF (if any), then one line: stop && config && ldifde -i (in that order,
+        # each only after the previous succeeded), delete the file, read the servers back
+        done = Directory(ctx.connection(target.name), target.name, ctx.vars).apply(
+            [ldif.Change(dn, "delete") for dn in removed], before=[c for _, c in steps], read_back=read_back)
+        for (what, _), sec in zip(steps, done.before):
+            if sec is not None and sec.ok:
+                continue
+            text = sec.stdout.strip() if sec is not None else "did not run"
+            if what == "stop" and f"FAILED {sc.SERVICE_NOT_ACTIVE}" in text:
+                # stopped by someone else since the probe: the retry re-probes and goes on
+                raise TransientFault(f"sc stop {service}: the service stopped since the probe; re-probing",
+                                     host=target.name)
+            if what == "stop":
+                raise PermanentFault(f"sc stop {service} failed: {text[-200:]}", host=target.name)
+            raise PermanentFault(f"sc config {service} start= disabled failed: {text[-200:]}", host=target.name)
+        still = {e.dn.lower() for e in done.found[0]} & {dn.lower() for dn in removed} if removed else set()
+        if still:
+            raise PermanentFault(f"ldifde import on {target.name} succeeded but virtual server(s) remain: "
+                                 f"{', '.join(sorted(still))}", host=target.name)
         return StepResult("changed", f"Exchange IM decommissioned on {target.name}",
-                          {"service": service, "removed": d["virtual_servers"], "forced": bool(d["warnings"])},
+                          {"service": service, "removed": removed, "forced": bool(d["warnings"])},
                           d["warnings"])

@@ -5,11 +5,15 @@ them in this or an earlier run, or the playbook says users recreate their
 contacts themselves (``contacts_recreated_by_users: true``, scenario 1).
 ``force: true`` overrides the refusal with a loud warning. The change is an
 LDIF modify (delete of each msExchIM* attribute still present) put on the
-Exchange IM server and applied with ``ldifde -i -f``.
+Exchange IM server, applied with ``ldifde -i -f`` and read back in the same
+line. Round trips: the probe reads the directory (and, only when there is
+something to clear, the user's LCS setting: one line per host); apply puts
+the file and runs one line.
 """
 from __future__ import annotations
 
-from runner.lcs.exchange import Directory, clear_im_change, exchange_server
+from runner.errors import PermanentFault
+from runner.lcs.exchange import IM_ATTRIBUTES, Directory, clear_im_change, exchange_server, im_user_query
 from runner.model import User
 from runner.steps._lcs import lcs_for, refusal_warnings, verified
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
@@ -56,7 +60,13 @@ class DisableExchangeIm(StepModule):
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
         host = exchange_server(ctx.inventory, ctx.vars)
         d = diff.data
-        Directory(ctx.connection(host), host, ctx.vars).apply(
-            [ldif.Change(d["dn"], "modify", [("delete", a, []) for a in d["attrs"]])])
+        # put the LDIF, then one line: import, delete it, read the user back
+        done = Directory(ctx.connection(host), host, ctx.vars).apply(
+            [ldif.Change(d["dn"], "modify", [("delete", a, []) for a in d["attrs"]])],
+            read_back=[im_user_query(target.im_address)])
+        left = [a for e in done.found[0] for a in IM_ATTRIBUTES if e.get(a)]
+        if left:
+            raise PermanentFault(f"ldifde import on {host} succeeded but {d['dn']} still has "
+                                 f"{', '.join(left)}", host=host)
         return StepResult("changed", f"Exchange IM disabled for {target.alias}",
                           {"dn": d["dn"], "cleared": d["attrs"], "forced": bool(d["warnings"])}, d["warnings"])

@@ -2,9 +2,10 @@
 
 Reads the newest export artifact of the user, then in one round trip the
 user's LCS groups, contacts and the pool's MaxContactsPerUser; plans with
-runner.lcs.contacts.plan_import (never duplicate, remove or rename), creates
-the missing groups first and re-reads their server-assigned ids, then the
-contacts, batched within cmd.exe's line limit. Unmappable and over-limit
+runner.lcs.contacts.plan_import (never duplicate, remove or rename). Apply
+builds on the probe's plan (same attempt: the engine probes again before any
+retry), creates the missing groups first and re-reads their server-assigned
+ids in that line, then the contacts, batched within cmd.exe's line limit. Unmappable and over-limit
 contacts are in the result's data and warnings. In coexistence (gradual
 scenarios) ungrouped contacts go to ``coexistence_group``. In check mode
 before any export, the plan is made from the clients' registries (read-only),
@@ -60,10 +61,14 @@ class ImportContacts(StepModule):
             group = str(ctx.args.get("coexistence_group") or "Exchange IM Contacts")
         plan = plan_import(exported, state.contacts, state.groups, mapping_for(ctx.vars, ctx.inventory, user),
                            max_contacts=state.max_contacts, coexistence_group=group, user_groups=user_groups)
-        return plan, server, iid
+        return plan, server, iid, state.groups
 
     def probe(self, ctx: StepContext, target: User) -> Diff | None:
-        plan, server, _, artifact = self._plan(ctx, target)
+        planned = self._plan(ctx, target)
+        plan, server, _, _, artifact = planned
+        # apply follows this probe in the same attempt (a retry or a resumed run probes
+        # again), so it builds on this plan instead of reading LCS a second time
+        self._probed = (target.alias, planned)
         if not plan.changes:
             return None
         lines = [f"+ group {g!r}" for g in plan.groups_to_create]
@@ -74,11 +79,14 @@ class ImportContacts(StepModule):
                     f"on {server.host}", lines, {"artifact": artifact})
 
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
-        # Re-plan: the probe's view may be stale after a retry or a crash.
-        plan, server, iid, artifact = self._plan(ctx, target)
+        probed = getattr(self, "_probed", None)
+        self._probed = None
+        # Without this instance's probe of this user just before, re-plan from a fresh read.
+        planned = probed[1] if probed is not None and probed[0] == target.alias else self._plan(ctx, target)
+        plan, server, iid, groups, artifact = planned
         warnings = plan.warnings()
-        groups, failures = [], []
-        if plan.groups_to_create or plan.contacts_to_add:
+        failures: list[str] = []
+        if plan.groups_to_create:  # creates them and re-reads the server-assigned ids in one line
             groups, failures = server.create_groups(iid, plan.groups_to_create)
         created, failed = server.create_contacts(iid, plan.contacts_to_add, groups) if plan.contacts_to_add \
             else ([], [])

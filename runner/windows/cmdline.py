@@ -257,23 +257,52 @@ class Section:
     stdout: str
 
 
-def sectioned(commands: Sequence[Command], nonce: str | None = None) -> tuple[list[Command], str]:
+def sectioned(commands: Sequence[Command], nonce: str | None = None, *,
+              start: int = 0) -> tuple[list[Command], str]:
     """Wrap each command so its stdout and success can be split apart afterwards.
 
     Each becomes ``echo @@runner<nonce> <i> & CMD && echo @@runner<nonce> <i> ok
     || echo @@runner<nonce> <i> fail``; cmd.exe binds ``&&``/``||`` tighter
     than ``&``. The random nonce makes the markers unforgeable by host data.
     Chain the results with ``batch(..., op="&")`` and parse the combined
-    stdout with ``split_sections``. Returns (wrapped commands, nonce).
+    stdout with ``split_sections``. ``start`` numbers the sections from there
+    (to follow other sections of the same nonce on one line). Returns
+    (wrapped commands, nonce).
     """
     nonce = nonce or secrets.token_hex(4)
     tag = f"{_MARK}{nonce}"
     wrapped = []
-    for i, cmd in enumerate(commands):
+    for i, cmd in enumerate(commands, start):
         wrapped.append(Command(Command("echo", tag, str(i)), "&", cmd,
                                "&&", Command("echo", tag, str(i), "ok"),
                                "||", Command("echo", tag, str(i), "fail")))
     return wrapped, nonce
+
+
+def gated_sections(commands: Sequence[Command], nonce: str | None = None, *,
+                   start: int = 0) -> tuple[Command, str]:
+    """Like ``sectioned``, but as one command in which each command runs only
+    when the one before it succeeded (ordered changes: stop, then reconfigure...).
+
+    ``echo T 0 & C0 && ( echo T 0 ok & echo T 1 & C1 && ( ... ) || echo T 1 fail )
+    || echo T 0 fail``: the parenthesised group after ``&&`` always ends in an
+    ``echo`` (success), so exactly the failing command gets ``fail`` and the
+    ones after it never run (``split_sections`` gives None for them). The
+    whole command succeeds, so it can be followed with ``&`` by more sections.
+    """
+    if not commands:
+        raise ValueError("gated_sections() needs at least one command")
+    nonce = nonce or secrets.token_hex(4)
+    tag = f"{_MARK}{nonce}"
+    inner: Command | None = None
+    for i in reversed(range(start, start + len(commands))):
+        ok: Command = Command("echo", tag, str(i), "ok")
+        if inner is not None:
+            ok = Command("(", ok, "&", inner, ")")
+        inner = Command(Command("echo", tag, str(i)), "&", commands[i - start],
+                        "&&", ok, "||", Command("echo", tag, str(i), "fail"))
+    assert inner is not None
+    return inner, nonce
 
 
 def split_sections(stdout: str, count: int, nonce: str) -> list[Section | None]:
