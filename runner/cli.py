@@ -24,6 +24,7 @@ from runner.errors import (EXIT_BAD_OPTIONS, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_
 
 DEFAULT_INVENTORY = "inventories/lab.yml"
 DEFAULT_STATE = ".runner"
+STATE_DIR = click.Path(file_okay=False)  # --state naming a file is a bad option (exit 5), not a crash
 _ARGV: list[str] = []  # the arguments of the current invocation (for the resume command)
 
 
@@ -68,7 +69,7 @@ def cli() -> None:
 @click.option("--start-at-step", help="Start at the step with this name.")
 @click.option("--forks", "-f", type=click.IntRange(min=1), default=25, show_default=True,
               help="How many tasks run at once.")
-@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
+@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True, type=STATE_DIR,
               help="Directory of the checkpoint store.")
 @click.option("--fresh", is_flag=True, help="Start a new run instead of resuming the last one.")
 @click.option("--json", "as_json", is_flag=True, help="Write JSON-lines events on stdout instead of text.")
@@ -129,7 +130,7 @@ def validate(playbook: str, inventory: str | None) -> int:
 
 
 @cli.command()
-@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
+@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True, type=STATE_DIR,
               help="Directory of the checkpoint store.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def status(state_dir: str, as_json: bool) -> int:
@@ -145,7 +146,7 @@ def status(state_dir: str, as_json: bool) -> int:
 
 
 @cli.command()
-@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
+@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True, type=STATE_DIR,
               help="Directory of the checkpoint store.")
 @click.option("--run", "run_id", default=None, help="A run id from `runner status` (default: the newest run).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")

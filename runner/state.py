@@ -166,16 +166,24 @@ class StateStore:
 
     def __init__(self, directory: str | Path, *, create: bool = True) -> None:
         self.directory = Path(directory)
-        if create:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        elif not (self.directory / DB_NAME).exists():
-            raise RunnerError(f"no state store in {self.directory} (no run has been started there)")
+        try:
+            if create:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            elif not (self.directory / DB_NAME).exists():
+                raise RunnerError(f"no state store in {self.directory} (no run has been started there)")
+        except OSError as exc:
+            raise RunnerError(f"cannot use {self.directory} as the state directory: "
+                              f"{exc.strerror or exc}") from None
         self.path = self.directory / DB_NAME
         self._lock_fd: int | None = None
         self._read_lock = threading.Lock()
-        self._reader = self._connect()
-        with self._read_lock:
-            self._reader.executescript(_SCHEMA)
+        try:
+            self._reader = self._connect()
+            with self._read_lock:
+                self._reader.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:  # a foreign or damaged state.db, an unwritable directory
+            raise RunnerError(f"{self.path}: not a usable checkpoint store ({exc}); "
+                              f"give --state a directory of its own") from None
         self._queue: queue.Queue[Any] = queue.Queue()
         self._writer_error: BaseException | None = None
         self._writer = threading.Thread(target=self._write_loop, name="state-writer", daemon=True)

@@ -1,0 +1,50 @@
+"""Mistakes an administrator makes on the command line: each gives a message naming what to fix
+and the exit code of DESIGN.md (1 error, 4 invalid input, 5 bad options), never a traceback."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.cli import run
+
+REPO = Path(__file__).resolve().parent.parent
+GRADUAL = str(REPO / "playbooks" / "gradual.yml")
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    """Run ``runner ARGS`` in-process; the exit code and stdout+stderr."""
+    try:
+        code = run(list(args))
+    except SystemExit as exc:  # `runner lab` commands exit through sys.exit
+        code = exc.code
+    out, err = capsys.readouterr()
+    text = out + err
+    assert "Traceback" not in text and "unexpected error" not in text, text
+    return code, text
+
+
+@pytest.mark.parametrize("command", [["apply", GRADUAL], ["status"], ["report"]])
+def test_state_pointing_at_a_file_is_a_bad_option(tmp_path, capsys, command):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a directory")
+    code, text = cli(capsys, *command, "--state", str(afile))
+    assert code == 5
+    assert "--state" in text and "is a file" in text
+
+
+@pytest.mark.parametrize("command", [["apply", GRADUAL], ["status"], ["report"]])
+def test_state_directory_holding_a_foreign_state_db_is_an_error_naming_it(tmp_path, capsys, command):
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "state.db").write_text("my notes, not SQLite")
+    code, text = cli(capsys, *command, "--state", str(tmp_path / "st"))
+    assert code == 1
+    assert f"{tmp_path / 'st' / 'state.db'}: not a usable checkpoint store" in text
+
+
+def test_state_directory_that_cannot_be_created_is_an_error(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    code, text = cli(capsys, "apply", GRADUAL, "--state", str(afile / "sub"))
+    assert code == 1
+    assert f"cannot use {afile / 'sub'} as the state directory" in text
