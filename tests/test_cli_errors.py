@@ -48,3 +48,24 @@ def test_state_directory_that_cannot_be_created_is_an_error(tmp_path, capsys):
     code, text = cli(capsys, "apply", GRADUAL, "--state", str(afile / "sub"))
     assert code == 1
     assert f"cannot use {afile / 'sub'} as the state directory" in text
+
+
+@pytest.fixture(scope="module")
+def small_lab(tmp_path_factory) -> Path:
+    from runner.lab.generator import generate
+    return generate(tmp_path_factory.mktemp("lab") / "lab", clients=2, users_per_client=1, contacts=2, seed=2).parent
+
+
+def test_lab_show_of_an_unknown_name_is_a_bad_argument_naming_the_lab_and_a_close_name(capsys, small_lab):
+    code, text = cli(capsys, "lab", "show", "nosuchhost", "--dir", str(small_lab))
+    assert code == 5
+    assert f"no host or user named 'nosuchhost' in the lab {small_lab}" in text
+    code, text = cli(capsys, "lab", "show", "pc002", "--dir", str(small_lab))
+    assert code == 5 and "did you mean 'pc0002'?" in text
+
+
+def test_lab_verify_on_a_directory_without_a_lab_says_how_to_create_one_once(tmp_path, capsys):
+    code, text = cli(capsys, "lab", "verify", "--dir", str(tmp_path))
+    assert code == 4
+    assert f"{tmp_path} holds no lab (create one with `runner lab init --dir {tmp_path}`)" in text
+    assert text.count("manifest.json") == 1

@@ -108,4 +108,4 @@ def test_show_user_and_host(lab_dir):
     assert res.exit_code == 0 and json.loads(res.output)["user"] == alias
     res = CliRunner().invoke(lab_cli, ["show", "lcs01", "--dir", str(lab_dir)])
     assert res.exit_code == 0 and "RTCSRV: RUNNING" in res.output
-    assert CliRunner().invoke(lab_cli, ["show", "nobody", "--dir", str(lab_dir)]).exit_code == 4
+    assert CliRunner().invoke(lab_cli, ["show", "nobody", "--dir", str(lab_dir)]).exit_code == 5  # bad argument

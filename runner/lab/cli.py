@@ -7,6 +7,7 @@ fault rates in lab.json). H2's ``runner.cli`` adds this group.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import sqlite3
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 
 import click
 
-from runner.errors import EXIT_ERROR, EXIT_OK, InputError, RunnerError
+from runner.errors import EXIT_ERROR, EXIT_OK, InputError, OptionsError, RunnerError
 from runner.lab import exchange
 from runner.lab.generator import init_lab
 from runner.lab.verify import load_manifest, verify
@@ -35,11 +36,16 @@ def lab() -> None:
 
 
 @lab.command("init")
-@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False))
-@click.option("--clients", default=50, show_default=True, type=click.IntRange(1))
-@click.option("--users-per-client", default=2, show_default=True, type=click.IntRange(1))
-@click.option("--contacts", default=20, show_default=True, type=click.IntRange(0))
-@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="Lab directory.")
+@click.option("--clients", default=50, show_default=True, type=click.IntRange(1),
+              help="Client machines (pc0001...), besides exim01 and lcs01.")
+@click.option("--users-per-client", default=2, show_default=True, type=click.IntRange(1),
+              help="User profiles per client on average (users roam on 1-3 machines).")
+@click.option("--contacts", default=20, show_default=True, type=click.IntRange(0),
+              help="Average contact-list size per user and machine (some lists exceed the LCS limit of 150).")
+@click.option("--seed", default=1, show_default=True, type=int,
+              help="Same seed and sizes, same lab (users, contacts, waves).")
 @click.option("--force", is_flag=True, help="Replace an existing lab.")
 def init_cmd(directory: str, clients: int, users_per_client: int, contacts: int, seed: int, force: bool) -> None:
     """Generate a lab and its inventory (an existing lab is kept unless --force)."""
@@ -57,7 +63,8 @@ def init_cmd(directory: str, clients: int, users_per_client: int, contacts: int,
 
 @lab.command("show")
 @click.argument("name", required=False)
-@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="Lab directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show_cmd(name: str | None, directory: str, as_json: bool) -> None:
     """Show the lab, one host (pc0001, exim01, lcs01) or one user (alias)."""
@@ -125,7 +132,9 @@ def describe(lab_dir: Path, name: str | None) -> dict[str, Any]:
         return out
     u = man["users"].get(name)
     if u is None:
-        raise InputError(f"no host or user named {name!r} in the lab")
+        close = difflib.get_close_matches(name, [*lab_.host_names(), *man["users"]], n=1)
+        raise OptionsError(f"no host or user named {name!r} in the lab {lab_dir}"
+                           + (f" (did you mean {close[0]!r}?)" if close else ""))
     out = {"user": name, **{k: u[k] for k in ("display_name", "im_address", "sip_uri", "ad_guid", "sid", "wave",
                                               "clients")}}
     out["machines"] = {c: {"logged_on": m["logged_on"], "contacts": len(m["contacts"]),
@@ -147,7 +156,8 @@ def describe(lab_dir: Path, name: str | None) -> dict[str, Any]:
 
 
 @lab.command("verify")
-@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="Lab directory.")
 @click.option("--wave", "waves", multiple=True, help="Only users of this wave (repeatable).")
 @click.option("--no-contacts", is_flag=True, help="Do not check contacts (the 'users recreate' scenario).")
 @click.option("--no-exchange", is_flag=True, help="Do not check the Exchange IM side.")
@@ -179,7 +189,8 @@ def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_exc
 
 
 @lab.command("faults")
-@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="Lab directory.")
 @click.option("--host", "host", default=None, help="Set the rate for one host instead of globally.")
 @click.option("--seed", type=int, default=None, help="Seed of the fault decisions.")
 @click.argument("rates", nargs=-1)

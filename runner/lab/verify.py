@@ -113,7 +113,8 @@ def load_manifest(lab_dir: Path) -> dict[str, Any]:
     """The lab's manifest.json (InputError when the directory holds no lab)."""
     p = Path(lab_dir) / "manifest.json"
     if not p.is_file():
-        raise InputError(f"no lab manifest at {p} (run `runner lab init`)", str(p))
+        raise InputError(f"not found: {p.parent} holds no lab (create one with `runner lab init --dir {p.parent}`)",
+                         str(p))
     return json.loads(p.read_text(encoding="utf-8"))
 
 
