@@ -135,6 +135,8 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
         what = exc.problem or exc.context or "invalid YAML"
         if exc.context and exc.problem:
             what = f"{exc.context}, {exc.problem}"
+        if mark and _char_at(text, mark.line, mark.column) == "\t":
+            what = "a tab character; YAML indents with spaces only"
         raise InputError(f"YAML syntax error: {what}", file,
                          mark.line + 1 if mark else None, mark.column + 1 if mark else None) from None
     except yaml.YAMLError as exc:
@@ -142,6 +144,12 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
     finally:
         loader.dispose()
     return Document(file, data, root)
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    """The character at 0-based ``line``/``column`` of ``text`` ('' past the end)."""
+    lines = text.splitlines()
+    return lines[line][column:column + 1] if 0 <= line < len(lines) else ""
 
 
 # -- schema errors in plain words ---------------------------------------------
@@ -175,8 +183,15 @@ def _label(path: Path_) -> str:
         return "the document"
     last = path[-1]
     if isinstance(last, int):
-        return f"item {last + 1} of '{_field(path[:-1])}'"
+        return f"item {last + 1} of " + (f"'{_field(path[:-1])}'" if path[:-1] else "the document")
     return f"'{last}'"
+
+
+def _json_type(value: Any) -> str:
+    """The JSON Schema type name of a YAML value."""
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "integer", float: "number"}.get(type(value), "null")
 
 
 def _type_words(t: Any) -> str:
@@ -280,6 +295,8 @@ def _playbook_context(data: Any) -> Callable[[Path_], str]:
             except (KeyError, IndexError, TypeError, AttributeError):
                 name = None
             return f"step '{name}'" if isinstance(name, str) else f"step {path[2] + 1} of {_play_name(data, path[0])!r}"
+        if len(path) == 1 and not (isinstance(data, list) and isinstance(data[path[0]], dict)):
+            return ""  # the item itself is not a play: "item 2 of the document must be a mapping"
         if len(path) >= 1 and isinstance(path[0], int):
             return f"play '{_play_name(data, path[0])}'"
         return ""
@@ -593,6 +610,9 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         raise InputError("the inventory is empty; expected 'all:' and 'users:'", doc.file)
     if isinstance(data, dict) and "plugin" in data:
         return _load_lab_plugin(doc)
+    if not isinstance(data, dict):
+        raise InputErrors([doc.error(f"the inventory must be a mapping with 'all:' and 'users:', "
+                                     f"not {_TYPE_WORDS.get(_json_type(data), 'that')}")])
     schema = dict(load_schema("inventory"))
     schema.pop("oneOf", None)
     schema["$ref"] = "#/$defs/static"

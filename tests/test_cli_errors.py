@@ -69,3 +69,32 @@ def test_lab_verify_on_a_directory_without_a_lab_says_how_to_create_one_once(tmp
     assert code == 4
     assert f"{tmp_path} holds no lab (create one with `runner lab init --dir {tmp_path}`)" in text
     assert text.count("manifest.json") == 1
+
+
+def test_tab_indented_yaml_says_tab_at_its_line(tmp_path, capsys):
+    pb = tmp_path / "pb.yml"
+    pb.write_text("- name: a\n  hosts: clients\n\tsteps: []\n")
+    inv = tmp_path / "inv.yml"
+    inv.write_text("all:\n  children:\n\tclients: {}\n")
+    for args in (["validate", str(pb)], ["validate", GRADUAL, "-i", str(inv)]):
+        code, text = cli(capsys, *args)
+        assert code == 4
+        assert ":3:1: YAML syntax error: a tab character; YAML indents with spaces only" in text
+
+
+def test_a_playbook_item_that_is_not_a_mapping_is_named_once_as_a_play(tmp_path, capsys):
+    pb = tmp_path / "pb.yml"
+    pb.write_text("- name: ok\n  hosts: all\n  steps: [{name: s, inventory_clients: {}}]\n- just a string\n")
+    code, text = cli(capsys, "validate", str(pb))
+    assert code == 4
+    assert f"{pb}:4:3: item 2 of the document must be a play: a mapping with name, hosts and steps\n" in text
+    assert "'the document'" not in text and "in play" not in text
+
+
+def test_an_inventory_that_is_a_list_gets_one_message(tmp_path, capsys):
+    inv = tmp_path / "inv.yml"
+    inv.write_text("- pc0001\n- pc0002\n")
+    code, text = cli(capsys, "validate", GRADUAL, "-i", str(inv))
+    assert code == 4
+    assert f"{inv}:1:1: the inventory must be a mapping with 'all:' and 'users:', not a list" in text
+    assert "1 problem(s) found" in text
