@@ -158,7 +158,7 @@ def describe(lab_dir: Path, name: str | None) -> dict[str, Any]:
 @lab.command("verify")
 @click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Lab directory.")
-@click.option("--wave", "waves", multiple=True, help="Only users of this wave (repeatable).")
+@click.option("--wave", "waves", multiple=True, help="Only users of this wave (repeatable); the server is then not expected to be decommissioned.")
 @click.option("--no-contacts", is_flag=True, help="Do not check contacts (the 'users recreate' scenario).")
 @click.option("--no-exchange", is_flag=True, help="Do not check the Exchange IM side.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

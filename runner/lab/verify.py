@@ -11,8 +11,9 @@ For each user of ``manifest.json`` (optionally only some waves):
   the rest, which the run must have reported);
 - ``groups_missing``: group names (at most 128 characters) not on LCS;
 - ``exchange_im_disabled``: the AD user carries no msExchIM* attribute;
-and for the lab: ``decommissioned`` (IM service stopped and disabled, IM
-virtual server object gone).
+and for the whole lab (not with ``waves``, since the server stays in service
+until the last wave): ``decommissioned`` (IM service stopped and disabled,
+IM virtual server object gone).
 
 The mapping of addresses to SIP URIs is implemented here independently of
 runner.lcs (same documented rule: exact table, then the user's own
@@ -155,7 +156,8 @@ def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
                 if left:
                     r.problems.append("Exchange IM still enabled (" + ", ".join(left) + ")")
             reports.append(r)
-        decommissioned = _decommissioned(lab_dir, man, ad) if ad is not None else None
+        # A wave's night leaves the server in service for the other waves: only a whole-lab check asks.
+        decommissioned = _decommissioned(lab_dir, man, ad) if ad is not None and not waves else None
     finally:
         db.close()
         if ad is not None:
