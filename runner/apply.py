@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from runner.connections.lab import check_labs
 from runner.connections.registry import ConnectionOptions
-from runner.engine import Engine, EngineOptions
+from runner.engine import Engine, EngineOptions, retry_delay_scale
 from runner.errors import EXIT_INTERRUPTED
 from runner.loader import load_inventory, load_playbook
 from runner.output import HumanOutput, JsonOutput
@@ -81,6 +81,7 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
     """Run (or check) a playbook against an inventory; return the exit code."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    retry_delay_scale()  # a bad RUNNER_RETRY_DELAY_SCALE is a bad option before anything starts
     playbook = load_playbook(req.playbook)
     inventory = load_inventory(req.inventory)
     plan = build_plan(playbook, inventory, limit=req.limit, tags=req.tags or None,

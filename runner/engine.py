@@ -33,7 +33,8 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_any
 from runner.artifacts import ArtifactStore
 from runner.connections.registry import ConnectionOptions, ConnectionPool
 from runner.context import TaskContext, task_variables
-from runner.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, StepFault)
+from runner.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, OptionsError,
+                           StepFault)
 from runner.events import (PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event,
                            Subscriber, TaskOutcome)
 from runner.model import Host
@@ -52,14 +53,17 @@ def retry_delay_scale() -> float:
 
     Rehearsals and tests set it (e.g. 0.01) so that a playbook's ``delay: 30``
     does not make a fault-injected lab run wait for minutes; production runs
-    leave it unset. A value that is not a non-negative number is ignored.
+    leave it unset. A value that is not a non-negative number is a bad option
+    (a typo must not silently bring back full-length backoffs).
     """
     raw = os.environ.get(DELAY_SCALE_ENV, "").strip()
     try:
         value = float(raw) if raw else 1.0
     except ValueError:
-        return 1.0
-    return value if value >= 0 else 1.0
+        value = -1.0
+    if not value >= 0:
+        raise OptionsError(f"{DELAY_SCALE_ENV}={raw!r}: must be a non-negative number such as 0.01")
+    return value
 
 
 @dataclass
@@ -125,6 +129,7 @@ class Engine:
         self.run_id = run_id
         self.options = options or EngineOptions()
         self.resumed = resumed
+        self._delay_scale = retry_delay_scale()
         self.subscribers: list[Subscriber] = list(subscribers)
         if not self.options.check:
             self.subscribers.insert(0, store.subscriber(run_id))
@@ -289,7 +294,7 @@ class Engine:
                                      message=f"unknown step module {step.module!r}")
             module = module_cls()
             retries = self.options.default_retries if step.retries is None else step.retries
-            scale = retry_delay_scale()
+            scale = self._delay_scale
             delay = (self.options.default_delay if step.delay is None else step.delay) * scale
             retrying = Retrying(
                 stop=stop_any(stop_after_attempt(max(0, retries) + 1), lambda _: self._stop.is_set()),

@@ -111,3 +111,20 @@ def test_lab_verify_of_one_migrated_wave_passes_while_the_server_still_serves_th
     assert "not decommissioned" not in text and "still in service" not in text
     code, text = cli(capsys, "lab", "verify", "--dir", str(inv.parent))
     assert code == 1 and "exim01 not decommissioned" in text  # the whole lab: other waves are left
+
+
+def test_a_typo_in_the_retry_delay_scale_is_a_bad_option_not_silently_full_backoff(capsys, monkeypatch):
+    monkeypatch.setenv("RUNNER_RETRY_DELAY_SCALE", "0,01")
+    code, out = cli(capsys, "apply", GRADUAL)
+    assert code == 5 and "RUNNER_RETRY_DELAY_SCALE='0,01'" in out
+
+
+def test_serving_a_directory_that_is_not_a_lab_is_invalid_input(tmp_path, capsys):
+    code, out = cli(capsys, "lab", "serve", "--dir", str(tmp_path))
+    assert code == 4 and "is not a lab" in out
+
+
+def test_serving_a_lab_with_a_broken_lab_json_names_its_line(tmp_path, capsys):
+    (tmp_path / "lab.json").write_text('{"hosts": {\n  "pc0001": {"address": }\n}}')
+    code, out = cli(capsys, "lab", "serve", "--dir", str(tmp_path))
+    assert code == 4 and f"{tmp_path / 'lab.json'}:2:" in out

@@ -5,8 +5,10 @@ from pathlib import Path
 from typing import Any
 
 from engine_support import make_inventory, make_plan, make_step
+import pytest
+
 from runner.engine import Engine, EngineOptions, retry_delay_scale
-from runner.errors import ConnectionFault, TransientFault
+from runner.errors import ConnectionFault, OptionsError, TransientFault
 from runner.events import TASK_END
 from runner.state import StateStore
 from runner.steps.base import Diff, StepModule
@@ -71,9 +73,10 @@ def test_retry_delay_scale_comes_from_the_environment(monkeypatch):
     assert retry_delay_scale() == 1.0
     monkeypatch.setenv("RUNNER_RETRY_DELAY_SCALE", "0.01")
     assert retry_delay_scale() == 0.01
-    for bad in ("fast", "-1"):
+    for bad in ("fast", "-1", "nan"):
         monkeypatch.setenv("RUNNER_RETRY_DELAY_SCALE", bad)
-        assert retry_delay_scale() == 1.0
+        with pytest.raises(OptionsError, match="RUNNER_RETRY_DELAY_SCALE"):
+            retry_delay_scale()
 
 
 def test_scaled_delay_keeps_a_long_step_delay_short(tmp_path, monkeypatch):

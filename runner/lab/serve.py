@@ -43,7 +43,7 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
 
-from runner.errors import RunnerError
+from runner.errors import InputError, RunnerError
 
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -75,7 +75,9 @@ def lab_addresses(lab_dir: Path) -> dict[str, str]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ServeError(f"{lab_dir} is not a lab (no lab.json); create one with `runner lab init`") from None
+        raise InputError(f"{lab_dir} is not a lab (no lab.json); create one with `runner lab init`") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg}", str(path), exc.lineno, exc.colno) from None
     entries = _host_entries(meta)
     used = {e["address"] for e in entries if e.get("address")}
     changed = False
@@ -107,7 +109,7 @@ def lab_addresses(lab_dir: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for e in entries:
         if not e["address"].startswith("127."):
-            raise ServeError(f"lab.json: host {e['name']} has address {e['address']} outside 127.0.0.0/8")
+            raise InputError(f"host {e['name']} has address {e['address']} outside 127.0.0.0/8", str(path))
         out[e["name"]] = e["address"]
     return out
 

@@ -41,8 +41,14 @@ class VerifyContacts(StepModule):
         d = diff.data
         if d.get("pending"):
             return StepResult("skipped", diff.summary)
-        warnings = [f"contact {u} not on LCS: over the server's per-user limit" for u in d["over_limit"]]
-        warnings += [f"unmappable contact {u['address']}: {u['reason']}" for u in d["unmappable"]]
+        # One line per kind: import_contacts already reported each contact with its reason.
+        warnings = []
+        if d["over_limit"]:
+            warnings.append(f"{len(d['over_limit'])} contact(s) not on LCS, over the server's per-user limit: "
+                            + ", ".join(d["over_limit"]))
+        if d["unmappable"]:
+            warnings.append(f"{len(d['unmappable'])} unmappable contact(s) not on LCS: "
+                            + ", ".join(u["address"] for u in d["unmappable"]))
         if not d["verified"] and ctx.check:
             return StepResult("skipped", f"check mode: not verified yet ({len(d['missing'])} contact(s) "
                               "not imported yet)", d, warnings)
