@@ -6,22 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import run
+from cli_support import cli
 
 REPO = Path(__file__).resolve().parent.parent
 GRADUAL = str(REPO / "playbooks" / "gradual.yml")
-
-
-def cli(capsys, *args: str) -> tuple[int, str]:
-    """Run ``runner ARGS`` in-process; the exit code and stdout+stderr."""
-    try:
-        code = run(list(args))
-    except SystemExit as exc:  # `runner lab` commands exit through sys.exit
-        code = exc.code
-    out, err = capsys.readouterr()
-    text = out + err
-    assert "Traceback" not in text and "unexpected error" not in text, text
-    return code, text
 
 
 @pytest.mark.parametrize("command", [["apply", GRADUAL], ["status"], ["report"]])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import run
+from cli_support import cli
 from runner.lab.generator import generate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -18,17 +18,6 @@ GRADUAL = str(REPO / "playbooks" / "gradual.yml")
 @pytest.fixture()
 def lab_inv(tmp_path) -> Path:
     return generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=3, seed=2)
-
-
-def cli(capsys, *args: str) -> tuple[int, str]:
-    try:
-        code = run(list(args))
-    except SystemExit as exc:  # `runner lab` commands exit through sys.exit
-        code = exc.code
-    out, err = capsys.readouterr()
-    text = out + err
-    assert "Traceback" not in text
-    return code, text
 
 
 def test_malformed_playbook_names_file_line_and_column(tmp_path, capsys, lab_inv):
