@@ -496,6 +496,10 @@ class StateStore:
         rows = self._read("SELECT data FROM facts WHERE host=?", (host,))
         return json.loads(rows[0]["data"]) if rows else None
 
+    def all_facts(self) -> dict[str, dict[str, Any]]:
+        """The last facts committed for every host (for ``runner status``)."""
+        return {r["host"]: json.loads(r["data"]) for r in self._read("SELECT host, data FROM facts")}
+
     def facts_summary(self) -> dict[str, Any]:
         """How many hosts have facts, and when they were last updated."""
         rows = self._read("SELECT COUNT(*) AS n, MAX(updated) AS last FROM facts")

@@ -8,7 +8,6 @@ unfit clients, and who has the largest contact lists.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -66,8 +65,7 @@ def _gathered_facts(store: StateStore, latest_ids: set[str]) -> dict[str, dict[s
     """Facts per host: the store's (kept for ok tasks), plus those of hosts whose
     inventory_clients task failed in a latest run (Messenger missing), which the
     store does not keep."""
-    # The store has no public "all facts" reader; its reader connection is safe to use here.
-    hosts = {r["host"]: json.loads(r["data"]) for r in store._read("SELECT host, data FROM facts")}
+    hosts = store.all_facts()
     for run_id in latest_ids:
         for t in store.task_rows(run_id):
             data = ((t.get("result") or {}).get("data") or {})
