@@ -103,9 +103,11 @@ class HumanOutput:
                 self._write(f"WAVE [{d['wave'] or 'all'}] stopped the play: {d['reason']}")
         elif kind == RUN_START:
             self._check = bool(d.get("check"))
-            mode = " in CHECK MODE (nothing will be changed)" if self._check else ""
-            how = "resuming run" if d.get("resumed") else "run"
-            self._write(f"{how} {d['run_id']}{mode}: {d['tasks']} tasks")
+            if self._check:  # a check has no run id of its own: it records nothing
+                self._write(f"CHECK MODE (nothing will be changed): {d['tasks']} tasks")
+            else:
+                how = "resuming run" if d.get("resumed") else "run"
+                self._write(f"{how} {d['run_id']}: {d['tasks']} tasks")
         elif kind == RUN_END:
             self._end_step()
             self._recap(d["summary"])
