@@ -136,6 +136,8 @@ class Engine:
         self.pool = pool or ConnectionPool(inventory, self.options.connection,
                                            failure_memo=min(1.0, self.options.default_delay / 2))
         self.artifacts = ArtifactStore(store, run_id=run_id)
+        # resolved once: Path.resolve() costs an lstat per path component, per task otherwise
+        self._state_dir = str(store.directory.resolve())
         self._stop = threading.Event()
         self._facts: dict[str, Mapping[str, Any]] = {}
         self._counts: dict[str, dict[str, int]] = {}
@@ -281,7 +283,7 @@ class Engine:
         diff: Diff | None = None
         try:
             variables = task_variables(self.inventory, pplay.play, task)
-            variables.setdefault("runner_state_dir", str(self.store.directory.resolve()))
+            variables.setdefault("runner_state_dir", self._state_dir)
             ctx = TaskContext(task=task, variables=variables, inventory=self.inventory,
                               check=self.options.check, run_id=self.run_id,
                               artifacts=self.artifacts.for_task(task.key), pool=self.pool,
