@@ -37,7 +37,7 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 from runner.errors import InputError
@@ -105,26 +105,49 @@ class _User:
     contacts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     groups: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     logged_on: dict[str, bool] = field(default_factory=dict)
+    im: str | None = None     # the IM address when not alias@IM_DOMAIN (labs from an inventory)
+    sip: str | None = None    # the expected SIP URI when not sip:alias@SIP_DOMAIN
+    entry: dict[str, Any] | None = None   # the inventory's user entry (labs from an inventory)
 
     @property
     def im_address(self) -> str:
-        return f"{self.alias}@{IM_DOMAIN}"
+        return self.im if self.im is not None else f"{self.alias}@{IM_DOMAIN}"
+
+    @property
+    def im_local(self) -> str:
+        return self.im_address.partition("@")[0]
+
+    @property
+    def im_domain(self) -> str:
+        return self.im_address.partition("@")[2]
 
     @property
     def profile_url(self) -> str:
-        return f"http://{IM_DOMAIN}/instmsg/aliases/{self.alias}"
+        return f"http://{self.im_domain}/instmsg/aliases/{self.im_local}"
 
     @property
     def sip_uri(self) -> str:
-        return f"sip:{self.alias}@{SIP_DOMAIN}"
+        return self.sip if self.sip is not None else f"sip:{self.alias}@{SIP_DOMAIN}"
 
 
-def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tuple[list[str], list[_User], dict]:
-    """Decide everything (pure, seeded): client names and OS/Messenger, users, lists."""
-    rng = random.Random(seed)
-    width = max(4, len(str(clients)))
-    names = [f"pc{i:0{width}d}" for i in range(1, clients + 1)]
-    n_users = max(1, round(clients * users_per_client / 1.25))
+@dataclass
+class _AddressBook:
+    """How the contact lists of an estate spell their entries (the seeded list builder's vocabulary).
+
+    ``colleague(rng, user)`` is the address a list holds for another user of the
+    estate (usually their IM address, now and then another domain of theirs);
+    ``partners`` are mappable addresses outside the organisation, tried in
+    order; ``table_entry(rng)`` is an address mapped by the exact table, with
+    its display name.
+    """
+
+    colleague: Callable[[random.Random, _User], str]
+    partners: list[str]
+    table_entry: Callable[[random.Random], tuple[str, str]]
+
+
+def _random_users(rng: random.Random, n_users: int) -> list[_User]:
+    """``n_users`` people with unique aliases, names (a few hostile), SIDs and AD GUIDs."""
     users: list[_User] = []
     taken: set[str] = set()
     for i in range(n_users):
@@ -140,7 +163,12 @@ def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tupl
             display = rng.choice(HOSTILE_NAMES[:6]) or display
         users.append(_User(alias, display, f"{DOMAIN_SID}-{1104 + i}",
                            "{" + str(uuid.UUID(int=rng.getrandbits(128), version=4)).upper() + "}"))
-    # machines: every client gets profiles; users roam on 1..3 machines
+    return users
+
+
+def _roam(rng: random.Random, users: list[_User], names: list[str], users_per_client: int) -> None:
+    """Give every client profiles: each user a machine, then users on 1..3 machines."""
+    clients, n_users = len(names), len(users)
     for i, u in enumerate(users):
         u.clients.append(names[i % clients])
     for i in range(n_users, clients):
@@ -153,19 +181,35 @@ def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tupl
         if c not in u.clients and len(u.clients) < 3:
             u.clients.append(c)
         have += 1
-    # waves
+
+
+def _assign_waves(users: list[_User]) -> None:
+    """Cut the users into WAVES by position (10%, 30%, the rest)."""
     cum, waves = 0.0, []
     for w, frac in WAVES:
         cum += frac
         waves.append((w, cum))
     for i, u in enumerate(users):
-        pos = (i + 0.5) / n_users
+        pos = (i + 0.5) / len(users)
         u.wave = next(w for w, c in waves if pos <= c + 1e-9)
-    # contact lists
-    partners = [f"{_ascii(rng.choice(FIRST))}.{_ascii(rng.choice(LAST))}{n}@{PARTNER_IM_DOMAIN}"
-                for n in range(400)]
-    partners = list(dict.fromkeys(partners))
-    table_partner = f"ceo@{PARTNER_IM_DOMAIN.replace('im.', 'chat.')}"
+
+
+def _partners(rng: random.Random, domain: str) -> list[str]:
+    """About 400 distinct partner addresses in ``domain``."""
+    partners = [f"{_ascii(rng.choice(FIRST))}.{_ascii(rng.choice(LAST))}{n}@{domain}" for n in range(400)]
+    return list(dict.fromkeys(partners))
+
+
+def _contact_lists(rng: random.Random, users: list[_User], contacts: int, book: _AddressBook) -> None:
+    """Fill each user's contact lists, groups and logged-on flags on each of their machines.
+
+    Some lists are empty, some near and over LCS_LIMIT, the rest around
+    ``contacts``; entries are colleagues, partners, outsiders, table entries
+    and malformed addresses, with hostile and very long names now and then;
+    the list on a second machine mostly repeats the first (a few missing,
+    letter case changed: duplicates across machines).
+    """
+    partners = book.partners
     for idx, u in enumerate(users):
         kind = rng.random()
         if idx % 23 == 5 or kind < 0.08:
@@ -184,8 +228,7 @@ def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tupl
             if r < 0.6 and oi < len(others):
                 o = others[oi]
                 oi += 1
-                dom = IM_DOMAIN if rng.random() < 0.85 else SMTP_DOMAIN
-                addr = f"{o.alias}@{dom}"
+                addr = book.colleague(rng, o)
                 name = o.display_name if rng.random() < 0.9 else rng.choice(HOSTILE_NAMES)
             elif r < 0.85 and pi < len(partners):
                 addr, pi = partners[pi], pi + 1
@@ -194,7 +237,7 @@ def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tupl
                 addr = f"{_ascii(rng.choice(FIRST))}{rng.randint(1, 999)}@{rng.choice(OUTSIDER_DOMAINS)}"
                 name = rng.choice(HOSTILE_NAMES) if rng.random() < 0.3 else ""
             elif r < 0.97:
-                addr, name = table_partner, "Fabrikam CEO"
+                addr, name = book.table_entry(rng)
             else:
                 addr, name = rng.choice(MALFORMED), "Broken entry"
             if addr.lower() in seen:
@@ -230,7 +273,10 @@ def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tupl
                 grp[g] = members
             u.groups[client] = grp
             u.logged_on[client] = rng.random() < 0.3
-    # machines: OS and Messenger
+
+
+def _machine_info(rng: random.Random, names: list[str]) -> dict[str, dict[str, str]]:
+    """Each client's OS (XP or 2000) and Messenger (MESSENGERS key), as an estate of that era had them."""
     machine_info = {}
     for c in names:
         os_name = "Windows XP Professional" if rng.random() < 0.7 else "Windows 2000 Professional"
@@ -239,6 +285,27 @@ def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tupl
         else:
             m = rng.choices(["msn46", "msn47", "wm51"], [0.5, 0.45, 0.05])[0]
         machine_info[c] = {"os": os_name, "messenger": m}
+    return machine_info
+
+
+def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tuple[list[str], list[_User], dict]:
+    """Decide everything (pure, seeded): client names and OS/Messenger, users, lists."""
+    rng = random.Random(seed)
+    width = max(4, len(str(clients)))
+    names = [f"pc{i:0{width}d}" for i in range(1, clients + 1)]
+    n_users = max(1, round(clients * users_per_client / 1.25))
+    users = _random_users(rng, n_users)
+    _roam(rng, users, names, users_per_client)
+    _assign_waves(users)
+    partners = _partners(rng, PARTNER_IM_DOMAIN)
+    table_partner = f"ceo@{PARTNER_IM_DOMAIN.replace('im.', 'chat.')}"
+
+    def colleague(rng: random.Random, o: _User) -> str:
+        dom = IM_DOMAIN if rng.random() < 0.85 else SMTP_DOMAIN
+        return f"{o.alias}@{dom}"
+
+    _contact_lists(rng, users, contacts, _AddressBook(colleague, partners, lambda rng: (table_partner, "Fabrikam CEO")))
+    machine_info = _machine_info(rng, names)
     return names, users, {"machines": machine_info, "table_partner": table_partner}
 
 
@@ -339,6 +406,36 @@ def _params(clients: int, users_per_client: int, contacts: int, seed: int) -> di
     return {"clients": clients, "users_per_client": users_per_client, "contacts": contacts, "seed": seed}
 
 
+@dataclass
+class _Estate:
+    """Everything a lab is written from, decided (seeded) before anything is written.
+
+    ``servers`` are the lab.json entries of the non-client hosts in order
+    (role ``exchange_im``, ``lcs`` with its ``server_dn``, or ``member``: a
+    plain Windows machine); the first Exchange IM server homes every user and
+    the first LCS server is the one ``runner lab verify`` reads.
+    """
+
+    seed: int
+    params: dict[str, Any]
+    clients: list[str]
+    users: list[_User]
+    machines: dict[str, dict[str, str]]
+    servers: dict[str, dict[str, Any]]
+    domains: dict[str, str]
+    sip_mapping: dict[str, Any]
+    packages: list[str]
+    inventory: dict[str, Any]
+    header: str
+
+    def role(self, role: str) -> list[str]:
+        return [n for n, c in self.servers.items() if c["role"] == role]
+
+
+GENERATED_HEADER = "# Generated by `runner lab init`; regenerate rather than edit.\n"
+PACKAGE_UNC = "\\\\%s\\%s\\%s" % (*PACKAGE_SHARE, PACKAGE_NAME)
+
+
 def generate(directory: Path | str, *, clients: int = 50, users_per_client: int = 2, contacts: int = 20,
              seed: int = 1, workers: int | None = None) -> Path:
     """Write a new lab into ``directory`` (must not exist or be empty); return the inventory path."""
@@ -347,27 +444,49 @@ def generate(directory: Path | str, *, clients: int = 50, users_per_client: int 
             raise InputError(f"lab: {n} must be at least 1 (got {v})")
     if contacts < 0:
         raise InputError(f"lab: contacts must not be negative (got {contacts})")
-    d = Path(directory)
     names, users, extra = _plan(clients, users_per_client, contacts, seed)
+    est = _Estate(
+        seed=seed, params=_params(clients, users_per_client, contacts, seed), clients=names, users=users,
+        machines=extra["machines"],
+        servers={EXCHANGE_HOST: {"role": "exchange_im", "address": "127.0.1.1"},
+                 LCS_HOST: {"role": "lcs", "address": "127.0.1.2", "server_dn": LCS_SERVER_DN}},
+        domains={"im": IM_DOMAIN, "smtp": SMTP_DOMAIN, "sip": SIP_DOMAIN, "ad": AD_BASE},
+        sip_mapping=sip_mapping(extra["table_partner"]), packages=[PACKAGE_UNC],
+        inventory=inventory(names, users, extra["table_partner"]), header=GENERATED_HEADER)
+    return _write_lab(Path(directory), est, workers)
+
+
+def _unc_parts(path: str) -> list[str] | None:
+    """``\\\\server\\share\\dir\\file`` as [server, share, dir, file]; None when not a UNC file path."""
+    if not path.startswith("\\\\"):
+        return None
+    parts = [x for x in path[2:].split("\\") if x]
+    return parts if len(parts) >= 3 else None
+
+
+def _write_lab(d: Path, est: _Estate, workers: int | None = None) -> Path:
+    """Write the estate: lab.json, the clients (in worker processes for big labs), the servers,
+    manifest.json and inventory.yml; return the inventory path."""
     hosts: dict[str, dict[str, Any]] = {}
-    for i, n in enumerate(names, start=1):
-        hosts[n] = {"role": "client", "address": f"127.10.{i // 256}.{i % 256}", "os": extra["machines"][n]["os"]}
-    hosts[EXCHANGE_HOST] = {"role": "exchange_im", "address": "127.0.1.1"}
-    hosts[LCS_HOST] = {"role": "lcs", "address": "127.0.1.2", "server_dn": LCS_SERVER_DN}
+    for i, n in enumerate(est.clients, start=1):
+        hosts[n] = {"role": "client", "address": f"127.10.{i // 256}.{i % 256}", "os": est.machines[n]["os"]}
+    hosts.update(est.servers)
+    shares: dict[str, dict[str, str]] = {}
+    for unc in est.packages:
+        server, share = _unc_parts(unc)[:2]  # type: ignore[index]
+        shares.setdefault(server, {})[share] = f"shares/{server}/{share}"
     lab = Lab.create(d, {
-        "seed": seed, "params": _params(clients, users_per_client, contacts, seed),
-        "domains": {"im": IM_DOMAIN, "smtp": SMTP_DOMAIN, "sip": SIP_DOMAIN, "ad": AD_BASE},
-        "hosts": hosts, "shares": {"deploy": {"packages": "shares/deploy/packages"}},
-        "faults": {"seed": seed, "global": {k: 0.0 for k in (
+        "seed": est.seed, "params": est.params, "domains": est.domains, "hosts": hosts, "shares": shares,
+        "faults": {"seed": est.seed, "global": {k: 0.0 for k in (
             "drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked")}, "hosts": {}}})
     # clients
-    specs: dict[str, dict] = {n: {**extra["machines"][n], "profiles": []} for n in names}
-    for u in users:
+    specs: dict[str, dict] = {n: {**est.machines[n], "profiles": []} for n in est.clients}
+    for u in est.users:
         for c in u.clients:
             specs[c]["profiles"].append({"sid": u.sid, "dir": f"C:\\Documents and Settings\\{u.alias}",
                                          "logged_on": u.logged_on[c], "items": _hive_items(u, c)})
     jobs = list(specs.items())
-    workers = workers if workers is not None else (min(os.cpu_count() or 1, 4) if clients >= 400 else 1)
+    workers = workers if workers is not None else (min(os.cpu_count() or 1, 4) if len(est.clients) >= 400 else 1)
     pool: ProcessPoolExecutor | None = None
     futures = []
     if workers > 1:
@@ -380,7 +499,7 @@ def generate(directory: Path | str, *, clients: int = 50, users_per_client: int 
     else:
         _client_job((str(lab.path), jobs))
     try:
-        _write_servers_and_ground_truth(lab, names, users, extra, clients, users_per_client, contacts, seed)
+        _write_servers_and_ground_truth(lab, est)
         for f in futures:
             f.result()
     finally:
@@ -389,42 +508,51 @@ def generate(directory: Path | str, *, clients: int = 50, users_per_client: int 
     return lab.path / "inventory.yml"
 
 
-def _write_servers_and_ground_truth(lab: Lab, names: list[str], users: list[_User], extra: dict, clients: int,
-                                    users_per_client: int, contacts: int, seed: int) -> None:
-    """The deploy share, Exchange IM server and AD, LCS pool, manifest.json and inventory.yml."""
-    # deploy share
-    pkg = lab.share_path(*PACKAGE_SHARE) / PACKAGE_NAME
-    pkg.write_bytes(messenger51_msi())
-    # Exchange IM server and AD
-    ex = lab.host(EXCHANGE_HOST)
-    _windows_skeleton(ex)
-    exchange.install_server(lab, ex, [exchange.ImUser(u.alias, u.display_name, u.guid, u.sid, IM_DOMAIN,
-                                                      SMTP_DOMAIN) for u in users], base_dn=AD_BASE)
-    # LCS pool
-    lcs = lab.host(LCS_HOST)
-    _windows_skeleton(lcs)
-    lcs.services.add(LCS_SERVICE, "Live Communications Server", state="RUNNING", start_type="AUTO_START",
-                     binary_path=r'"C:\Program Files\Microsoft LC 2005\Server\RtcHost.exe"')
-    LcsStore.initialise(lcs.dir / "lcs.db", server_dn=LCS_SERVER_DN).close()
+def _write_servers_and_ground_truth(lab: Lab, est: _Estate) -> None:
+    """The package share(s), Exchange IM server(s) and AD, LCS pool(s), other hosts, manifest.json
+    and inventory.yml."""
+    for unc in est.packages:
+        parts = _unc_parts(unc)
+        assert parts is not None
+        folder = lab.share_path(parts[0], parts[1]).joinpath(*parts[2:-1])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / parts[-1]).write_bytes(messenger51_msi())
+    exchange_hosts, lcs_hosts = est.role("exchange_im"), est.role("lcs")
+    # Exchange IM server(s) and AD: the first one homes every user
+    for i, name in enumerate(exchange_hosts):
+        ex = lab.host(name)
+        _windows_skeleton(ex)
+        homed = est.users if i == 0 else []
+        exchange.install_server(lab, ex, [exchange.ImUser(u.im_local, u.display_name, u.guid, u.sid, u.im_domain,
+                                                          est.domains["smtp"]) for u in homed],
+                                base_dn=est.domains["ad"])
+    # LCS pool(s)
+    for name in lcs_hosts:
+        lcs = lab.host(name)
+        _windows_skeleton(lcs)
+        lcs.services.add(LCS_SERVICE, "Live Communications Server", state="RUNNING", start_type="AUTO_START",
+                         binary_path=r'"C:\Program Files\Microsoft LC 2005\Server\RtcHost.exe"')
+        LcsStore.initialise(lcs.dir / "lcs.db", server_dn=est.servers[name]["server_dn"]).close()
+    for name in est.role("member"):
+        _windows_skeleton(lab.host(name))
     # manifest and inventory
     manifest = {
         "format": "lab-manifest/1", "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "params": _params(clients, users_per_client, contacts, seed), "lcs_limit": LCS_LIMIT,
-        "exchange_server": EXCHANGE_HOST, "lcs_server": LCS_HOST, "lcs_server_dn": LCS_SERVER_DN,
-        "ad_base": AD_BASE,
-        "sip_mapping": sip_mapping(extra["table_partner"]),
+        "params": est.params, "lcs_limit": LCS_LIMIT,
+        "exchange_server": exchange_hosts[0], "lcs_server": lcs_hosts[0],
+        "lcs_server_dn": est.servers[lcs_hosts[0]]["server_dn"],
+        "ad_base": est.domains["ad"],
+        "sip_mapping": est.sip_mapping,
         "users": {u.alias: {
             "display_name": u.display_name, "im_address": u.im_address, "sid": u.sid, "ad_guid": u.guid,
             "sip_uri": u.sip_uri, "wave": u.wave, "clients": u.clients, "profile_url": u.profile_url,
             "machines": {c: {"logged_on": u.logged_on[c], "contacts": u.contacts[c], "groups": u.groups[c]}
-                         for c in u.clients}} for u in users},
-        "machines": extra["machines"],
+                         for c in u.clients}} for u in est.users},
+        "machines": est.machines,
     }
     (lab.path / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
-    inv = inventory(names, users, extra["table_partner"])
     inv_path = lab.path / "inventory.yml"
-    inv_path.write_text("# Generated by `runner lab init`; regenerate rather than edit.\n" + dump_yaml(inv),
-                        encoding="utf-8")
+    inv_path.write_text(est.header + dump_yaml(est.inventory), encoding="utf-8")
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -475,7 +603,7 @@ def inventory(names: list[str], users: list[_User], table_partner: str) -> dict[
         "all": {
             "vars": {"im_domain": IM_DOMAIN, "sip_mapping": sip_mapping(table_partner),
                      "lcs_home_server_dn": LCS_SERVER_DN, "lab_dir": ".",
-                     "messenger_package": "\\\\%s\\%s\\%s" % (*PACKAGE_SHARE, PACKAGE_NAME),
+                     "messenger_package": PACKAGE_UNC,
                      "exchange_im_service": exchange.IM_SERVICE, "lcs_max_contacts_default": LCS_LIMIT},
             "children": {
                 "clients": {"hosts": {n: {} for n in names}},
