@@ -34,17 +34,20 @@ import re
 import shutil
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 
 from runner.errors import InputError
+from runner.model import Inventory
 from runner.lab import exchange
 from runner.lab.binaries import make_exe, messenger51_msi, MESSENGER51_CODE
 from runner.lab.lcs import LcsStore
 from runner.lab.store import Lab, close_thread_connections, hive_image
+from runner.lab.verify import map_address
 
 IM_DOMAIN = "im.contoso.com"
 SMTP_DOMAIN = "contoso.com"
@@ -615,6 +618,217 @@ def inventory(names: list[str], users: list[_User], table_partner: str) -> dict[
                             "sid": u.sid, "ad_guid": u.guid, "wave": u.wave, "sip_uri": u.sip_uri,
                             "home_server": LCS_HOST} for u in users},
     }
+
+
+# -- a lab from a real inventory ------------------------------------------------
+
+def _applies_to_lab(name: str) -> bool:
+    """Whether a variable applies to a lab host (SSH settings and lab_dir do not)."""
+    return not name.startswith("ssh_") and name != "lab_dir"
+
+
+def _lab_vars(vars_: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in vars_.items() if _applies_to_lab(k)}
+
+
+def _dc_base(dn: str) -> str | None:
+    """The ``DC=...`` tail of a DN (``...,DC=corp,DC=contoso,DC=com`` -> ``DC=corp,DC=contoso,DC=com``)."""
+    parts = [p.strip() for p in re.split(r"(?<!\\),", dn)]
+    tail: list[str] = []
+    for part in reversed(parts):
+        if not part.upper().startswith("DC="):
+            break
+        tail.insert(0, part)
+    return ",".join(tail) or None
+
+
+def _guid(value: str, alias: str, path: str) -> str:
+    """``{GUID}`` in upper case (the form LCS and the manifest use)."""
+    try:
+        return "{" + str(uuid.UUID(value.strip().strip("{}"))).upper() + "}"
+    except ValueError:
+        raise InputError(f"user '{alias}': ad_guid {value!r} is not a GUID like "
+                         "{01234567-0123-4567-89AB-CDEF01234567}", path) from None
+
+
+def _inventory_users(inv: Inventory, rule: dict[str, Any]) -> list[_User]:
+    """The inventory's users as lab users: its SIDs and GUIDs, or deterministic ones (from
+    the alias) where it has none; the expected SIP URI is the override or the mapping."""
+    sids = [u.sid for u in inv.users.values() if u.sid]
+    domain_sid = Counter(s.rsplit("-", 1)[0] for s in sids).most_common(1)[0][0] if sids else DOMAIN_SID
+    taken = {s.lower() for s in sids}
+    users: list[_User] = []
+    for alias, iu in inv.users.items():
+        digest = uuid.uuid5(uuid.NAMESPACE_URL, "runner-lab-user:" + alias)
+        sid = iu.sid
+        rid = 1000 + digest.int % 1_000_000
+        while sid is None or (not iu.sid and sid.lower() in taken):
+            sid, rid = f"{domain_sid}-{rid}", rid + 1
+        taken.add(sid.lower())
+        guid = _guid(iu.ad_guid or str(digest), alias, inv.path)
+        sip = iu.sip_uri or map_address(iu.im_address, rule, {}) or ""
+        entry: dict[str, Any] = {"im_address": iu.im_address}
+        if iu.display_name is not None:
+            entry["display_name"] = iu.display_name
+        entry.update({"clients": list(iu.clients), "sid": sid, "ad_guid": iu.ad_guid or guid})
+        for k in ("wave", "sip_uri", "home_server"):
+            if getattr(iu, k) is not None:
+                entry[k] = getattr(iu, k)
+        if iu.vars:
+            entry["vars"] = dict(iu.vars)
+        users.append(_User(alias, iu.display_name or alias, sid, guid, list(iu.clients), iu.wave,  # type: ignore[arg-type]
+                           im=iu.im_address, sip=sip, entry=entry))
+    return users
+
+
+def _inventory_book(rng: random.Random, users: list[_User], rule: dict[str, Any]) -> _AddressBook:
+    """Contacts spelled as the inventory's organisation would: colleagues by their IM address
+    (now and then another domain the mapping sends to the same SIP domain), partners in a
+    mapped domain that is no user's, the mapping table's exact entries."""
+    domains = {str(k).lower(): str(v).lower() for k, v in (rule.get("domains") or {}).items()}
+    own = {u.im_domain.lower() for u in users}
+    own_sip = {domains.get(d) for d in own}
+    partner_domain = next((d for d in domains if d not in own and domains[d] not in own_sip), PARTNER_IM_DOMAIN)
+    partners = _partners(rng, partner_domain)
+    table = [str(k) for k in (rule.get("table") or {})]
+
+    def colleague(rng: random.Random, o: _User) -> str:
+        if rng.random() >= 0.85:
+            dom = o.im_domain.lower()
+            alts = [d for d in domains if d != dom and dom in domains and domains[d] == domains[dom]]
+            if alts:
+                return f"{o.im_local}@{alts[0]}"
+        return o.im_address
+
+    def table_entry(rng: random.Random) -> tuple[str, str]:
+        if table:
+            addr = rng.choice(table)
+            return addr, addr.split("@")[0].replace(".", " ").title()
+        return f"{_ascii(rng.choice(FIRST))}{rng.randint(1, 999)}@{rng.choice(OUTSIDER_DOMAINS)}", ""
+
+    return _AddressBook(colleague, partners, table_entry)
+
+
+def _own_host_vars(inv: Inventory, host: str) -> dict[str, Any]:
+    """The variables set on the host itself: its merged vars minus what its groups give."""
+    h = inv.hosts[host]
+    from_groups: dict[str, Any] = {}
+    for g in h.groups:
+        if g in inv.groups:
+            from_groups.update(inv.groups[g].vars)
+    return {k: v for k, v in h.vars.items() if k not in from_groups or from_groups[k] != v}
+
+
+def _group_docs(inv: Inventory) -> dict[str, Any]:
+    """``all`` with the inventory's group hierarchy, vars and host vars, minus what does not
+    apply to the lab (SSH settings, addresses, connections); a group that is a child of
+    several groups is defined once and referenced (``null``) elsewhere."""
+    defined: set[str] = set()
+    placed: set[str] = set()
+
+    def group(name: str) -> dict[str, Any]:
+        defined.add(name)
+        g = inv.groups[name]
+        doc: dict[str, Any] = {}
+        vars_ = _lab_vars(g.vars)
+        if name == "all":
+            vars_["lab_dir"] = "."
+        if vars_:
+            doc["vars"] = vars_
+        if g.hosts:
+            hosts: dict[str, Any] = {}
+            for h in g.hosts:
+                own = _lab_vars(_own_host_vars(inv, h)) if h not in placed else {}
+                placed.add(h)
+                hosts[h] = {"vars": own} if own else {}
+            doc["hosts"] = hosts
+        if g.children:
+            doc["children"] = {c: None if c in defined else group(c) for c in g.children}
+        return doc
+
+    return group("all")
+
+
+def _package_paths(inv: Inventory, clients: list[str]) -> list[str]:
+    """UNC paths of the Messenger 5.1 package the clients' ``messenger_package`` names
+    (the runner's default where unset); templated or local paths are left out."""
+    out: dict[str, None] = {}
+    for c in clients:
+        v = inv.hosts[c].vars.get("messenger_package", PACKAGE_UNC)
+        if isinstance(v, str) and "{{" not in v and _unc_parts(v):
+            out.setdefault(v)
+    return list(out) or [PACKAGE_UNC]
+
+
+def _plan_from_inventory(inv: Inventory, contacts: int, seed: int) -> _Estate:
+    """The estate of ``inv`` (same hosts, groups, users, variables) with seeded synthetic
+    contact lists, Messenger versions and logged-on users."""
+    rng = random.Random(seed)
+    rule = dict(inv.vars.get("sip_mapping") or {})
+    users = _inventory_users(inv, rule)
+    lcs = list(dict.fromkeys([*inv.group_hosts("lcs_servers"), *([inv.vars["lcs_server"]] if inv.vars.get(
+        "lcs_server") else []), *(u.home_server for u in inv.users.values() if u.home_server)]))
+    exchange_hosts = list(dict.fromkeys([*inv.group_hosts("exchange_im_servers"), *(
+        [inv.vars["exchange_im_server"]] if inv.vars.get("exchange_im_server") else [])]))
+    for role, group, found in (("an Exchange IM server", "exchange_im_servers", exchange_hosts),
+                               ("an LCS server", "lcs_servers", lcs)):
+        if not found:
+            raise InputError(f"the inventory has no {role} (group {group}); the lab needs one to rehearse on", inv.path)
+        unknown = [h for h in found if h not in inv.hosts]
+        if unknown:
+            raise InputError(f"{role} {unknown[0]!r} is not a host of the inventory", inv.path)
+    servers = set(lcs) | set(exchange_hosts)
+    user_clients = {c for u in inv.users.values() for c in u.clients}
+    for c in sorted(user_clients & servers):
+        raise InputError(f"host {c!r} is both a server and a user's client; the lab cannot model that", inv.path)
+    client_set = set(inv.group_hosts("clients")) | user_clients
+    clients = [h for h in inv.hosts if h in client_set and h not in servers]
+    _contact_lists(rng, users, contacts, _inventory_book(rng, users, rule))
+    machines = _machine_info(rng, clients)
+    im_domain = Counter(u.im_domain.lower() for u in users).most_common(1)[0][0] if users else IM_DOMAIN
+    ad_base = (_dc_base(str(inv.vars.get("lcs_home_server_dn") or ""))
+               or _dc_base("DC=" + ",DC=".join(im_domain.removeprefix("im.").split("."))) or AD_BASE)
+    mapped = {str(k).lower(): str(v) for k, v in (rule.get("domains") or {}).items()}.get(im_domain)
+    sip_domain = smtp_domain = mapped or ".".join(x[3:] for x in ad_base.split(","))
+    entries: dict[str, dict[str, Any]] = {}
+    n = 0
+    for h in inv.hosts:
+        if h in servers or h not in client_set:
+            n += 1
+            role = "lcs" if h in lcs else "exchange_im" if h in exchange_hosts else "member"
+            entries[h] = {"role": role, "address": f"127.0.{1 + n // 256}.{n % 256}"}
+    for i, h in enumerate(lcs):
+        dn = inv.vars.get("lcs_home_server_dn") if i == 0 else None
+        entries[h]["server_dn"] = str(dn) if isinstance(dn, str) and dn and "{{" not in dn else (
+            f"CN=LC Services,CN=Microsoft,CN={h},CN=Pools,CN=RTC Service,CN=Microsoft,CN=System,{ad_base}")
+    # the first Exchange IM server and the first LCS server lead (the manifest names them)
+    servers_cfg = {h: entries[h] for h in [exchange_hosts[0], lcs[0], *entries] if h in entries}
+    doc = {"all": _group_docs(inv), "users": {u.alias: u.entry for u in users}}
+    header = (f"# Generated by `runner lab init --from-inventory {inv.path}`: its hosts, groups, users and\n"
+              "# variables (SSH settings left out), on a lab. Regenerate rather than edit.\n")
+    return _Estate(seed=seed, params={"from_inventory": inv.path, "clients": len(clients), "contacts": contacts,
+                                      "seed": seed},
+                   clients=clients, users=users, machines=machines, servers=servers_cfg,
+                   domains={"im": im_domain, "smtp": smtp_domain, "sip": sip_domain, "ad": ad_base},
+                   sip_mapping=rule, packages=_package_paths(inv, clients), inventory=doc, header=header)
+
+
+def generate_from_inventory(directory: Path | str, inventory_path: Path | str, *, contacts: int = 20,
+                            seed: int = 1) -> Path:
+    """Write a new lab shaped like the inventory at ``inventory_path``; return the lab's inventory path.
+
+    The lab has the inventory's host names, groups, users (SIDs and AD GUIDs
+    generated from the alias where missing) and variables (minus SSH
+    settings), with seeded contact lists built as for a random lab
+    (colleagues are the inventory's users). A bad inventory raises the
+    loader's InputError/InputErrors (exit 4).
+    """
+    if contacts < 0:
+        raise InputError(f"lab: contacts must not be negative (got {contacts})")
+    from runner.loader import load_inventory
+
+    inv = load_inventory(inventory_path)
+    return _write_lab(Path(directory), _plan_from_inventory(inv, contacts, seed))
 
 
 def ensure_lab(directory: Path | str, *, clients: int, users_per_client: int, contacts: int, seed: int) -> Path:

@@ -280,7 +280,7 @@ def run_ldifde(ctx: Any, argv: list[str]) -> CommandResult:
     if not adp.exists():
         return CommandResult(1, f'Connecting to "{ctx.host.name}"{CRLF}',
                              f"Error connecting to the server{CRLF}{FAILED}")
-    server = opts.get("-s") or f"{ctx.host.name}.contoso.com"
+    server = opts.get("-s") or f"{ctx.host.name}.{_domain_dn(ctx).replace('DC=', '').replace(',', '.')}"
     head = f'Connecting to "{server}"{CRLF}Logging in as current user using SSPI{CRLF}'
     with Directory(adp) as d:
         if opts["-i"]:
@@ -289,12 +289,18 @@ def run_ldifde(ctx: Any, argv: list[str]) -> CommandResult:
         return _export(ctx, d, opts, head)
 
 
+def _domain_dn(ctx: Any) -> str:
+    """The default naming context: the lab's AD domain (lab.json ``domains.ad``; a lab
+    generated from an inventory has its own), as ldifde takes it from the logon domain."""
+    return str((ctx.host.lab.config.get("domains") or {}).get("ad") or "DC=contoso,DC=com")
+
+
 def _export(ctx: Any, d: Directory, opts: dict[str, Any], head: str) -> CommandResult:
     try:
         match, eqs = parse_filter(opts.get("-r") or "(objectClass=*)")
     except LdifSyntaxError:
         return CommandResult(1, head, f"Invalid Filter{CRLF}{FAILED}")
-    base = opts.get("-d") or "DC=contoso,DC=com"
+    base = opts.get("-d") or _domain_dn(ctx)
     scope = (opts.get("-p") or "subtree").lower()
     wanted = [a.strip() for a in str(opts.get("-l") or "").split(",") if a.strip()]
     if eqs:
