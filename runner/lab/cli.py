@@ -18,10 +18,11 @@ import click
 
 from runner.errors import EXIT_ERROR, EXIT_OK, InputError, OptionsError, RunnerError
 from runner.lab import exchange
-from runner.lab.generator import init_lab
+from runner.lab.generator import init_lab, init_lab_from_inventory
 from runner.lab.verify import load_manifest, verify
 
 DEFAULT_DIR = ".lab/default"
+REHEARSAL_DIR = ".lab/rehearsal"
 FAULT_KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked")
 
 
@@ -36,28 +37,41 @@ def lab() -> None:
 
 
 @lab.command("init")
-@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
-              help="Lab directory.")
-@click.option("--clients", default=50, show_default=True, type=click.IntRange(1),
-              help="Client machines (pc0001...), besides exim01 and lcs01.")
-@click.option("--users-per-client", default=2, show_default=True, type=click.IntRange(1),
-              help="User profiles per client on average (users roam on 1-3 machines).")
+@click.option("--dir", "directory", default=None, type=click.Path(file_okay=False),
+              help=f"Lab directory.  [default: {DEFAULT_DIR}; {REHEARSAL_DIR} with --from-inventory]")
+@click.option("--from-inventory", "from_inventory", default=None, type=click.Path(dir_okay=False),
+              help="Copy the shape of this inventory (its hosts, groups, users, waves and variables) "
+                   "instead of a random estate; contact lists are still generated.")
+@click.option("--clients", default=None, type=click.IntRange(1),
+              help="Client machines (pc0001...), besides exim01 and lcs01.  [default: 50]")
+@click.option("--users-per-client", default=None, type=click.IntRange(1),
+              help="User profiles per client on average (users roam on 1-3 machines).  [default: 2]")
 @click.option("--contacts", default=20, show_default=True, type=click.IntRange(0),
               help="Average contact-list size per user and machine (some lists exceed the LCS limit of 150).")
 @click.option("--seed", default=1, show_default=True, type=int,
               help="Same seed and sizes, same lab (users, contacts, waves).")
 @click.option("--force", is_flag=True, help="Replace an existing lab.")
-def init_cmd(directory: str, clients: int, users_per_client: int, contacts: int, seed: int, force: bool) -> None:
+def init_cmd(directory: str | None, from_inventory: str | None, clients: int | None, users_per_client: int | None,
+             contacts: int, seed: int, force: bool) -> None:
     """Generate a lab and its inventory (an existing lab is kept unless --force)."""
+    if from_inventory is not None and (clients is not None or users_per_client is not None):
+        _fail(OptionsError("--clients and --users-per-client size a random lab; "
+                           "with --from-inventory the inventory gives the hosts and users"))
+    directory = directory or (REHEARSAL_DIR if from_inventory else DEFAULT_DIR)
     existed = (Path(directory) / "inventory.yml").is_file()
     try:
-        inv = init_lab(directory, clients=clients, users_per_client=users_per_client, contacts=contacts,
-                       seed=seed, force=force)
+        if from_inventory is not None:
+            inv = init_lab_from_inventory(directory, from_inventory, contacts=contacts, seed=seed, force=force)
+        else:
+            inv = init_lab(directory, clients=clients or 50, users_per_client=users_per_client or 2,
+                           contacts=contacts, seed=seed, force=force)
     except RunnerError as e:
         _fail(e)
     man = load_manifest(inv.parent)
     note = "kept existing lab" if existed and not force else "created lab"
-    click.echo(f"{note} at {inv.parent}: {man['params']['clients']} clients, {len(man['users'])} users")
+    source = man["params"].get("from_inventory")
+    click.echo(f"{note} at {inv.parent}: {man['params']['clients']} clients, {len(man['users'])} users"
+               + (f" (the shape of {source})" if source else ""))
     click.echo(f"inventory: {inv}")
 
 

@@ -839,6 +839,13 @@ def ensure_lab(directory: Path | str, *, clients: int, users_per_client: int, co
     renamed into place. An existing lab is kept even if its parameters differ
     (regenerate with ``runner lab init --force``).
     """
+    return _create_once(directory, lambda tmp: generate(tmp, clients=clients, users_per_client=users_per_client,
+                                                        contacts=contacts, seed=seed))
+
+
+def _create_once(directory: Path | str, build: Callable[[Path], Path]) -> Path:
+    """Run ``build`` into a temporary directory and rename it to ``directory``, under
+    ``<directory>.lock``, unless a lab is already there; return the inventory path."""
     d = Path(directory).absolute()
     inv = d / "inventory.yml"
     if inv.is_file():
@@ -855,7 +862,12 @@ def ensure_lab(directory: Path | str, *, clients: int, users_per_client: int, co
             tmp = d.with_name(f".{d.name}.tmp{os.getpid()}")
             if tmp.exists():
                 shutil.rmtree(tmp)
-            generate(tmp, clients=clients, users_per_client=users_per_client, contacts=contacts, seed=seed)
+            try:
+                build(tmp)
+            except BaseException:
+                close_thread_connections()
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             close_thread_connections()
             if d.exists():
                 d.rmdir()
@@ -865,13 +877,31 @@ def ensure_lab(directory: Path | str, *, clients: int, users_per_client: int, co
     return inv
 
 
+def _remove(d: Path) -> None:
+    with open(str(d) + ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        shutil.rmtree(d)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def init_lab(directory: Path | str, *, clients: int, users_per_client: int, contacts: int, seed: int,
              force: bool = False) -> Path:
     """``runner lab init``: like ensure_lab, but ``force`` replaces an existing lab."""
     d = Path(directory).absolute()
     if force and d.exists():
-        with open(str(d) + ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            shutil.rmtree(d)
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        _remove(d)
     return ensure_lab(d, clients=clients, users_per_client=users_per_client, contacts=contacts, seed=seed)
+
+
+def init_lab_from_inventory(directory: Path | str, inventory_path: Path | str, *, contacts: int, seed: int,
+                            force: bool = False) -> Path:
+    """``runner lab init --from-inventory``: create the lab unless one exists (``force``
+    replaces it); the inventory is read before anything is removed, so a broken one
+    leaves the old lab alone."""
+    from runner.loader import load_inventory
+
+    load_inventory(inventory_path)
+    d = Path(directory).absolute()
+    if force and d.exists():
+        _remove(d)
+    return _create_once(d, lambda tmp: generate_from_inventory(tmp, inventory_path, contacts=contacts, seed=seed))
