@@ -684,11 +684,15 @@ def _inventory_users(inv: Inventory, rule: dict[str, Any]) -> list[_User]:
 def _inventory_book(rng: random.Random, users: list[_User], rule: dict[str, Any]) -> _AddressBook:
     """Contacts spelled as the inventory's organisation would: colleagues by their IM address
     (now and then another domain the mapping sends to the same SIP domain), partners in a
-    mapped domain that is no user's, the mapping table's exact entries."""
+    mapped domain that is no user's (else people of the users' IM domain who are not in the
+    inventory), the mapping table's exact entries."""
     domains = {str(k).lower(): str(v).lower() for k, v in (rule.get("domains") or {}).items()}
     own = {u.im_domain.lower() for u in users}
     own_sip = {domains.get(d) for d in own}
-    partner_domain = next((d for d in domains if d not in own and domains[d] not in own_sip), PARTNER_IM_DOMAIN)
+    # partners: a mapped domain that is not the organisation's; failing that, people of the
+    # organisation who are not in the inventory (mappable by domain, as partners are)
+    main = Counter(u.im_domain.lower() for u in users).most_common(1)[0][0] if users else PARTNER_IM_DOMAIN
+    partner_domain = next((d for d in domains if d not in own and domains[d] not in own_sip), main)
     partners = _partners(rng, partner_domain)
     table = [str(k) for k in (rule.get("table") or {})]
 
