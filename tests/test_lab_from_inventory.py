@@ -259,3 +259,17 @@ def test_random_lab_sizes_do_not_mix_with_an_inventory(tmp_path, capsys):
     code, out = cli(capsys, "lab", "init", "--from-inventory", str(EXAMPLE), "--clients", "5",
                     "--dir", str(tmp_path / "lab"))
     assert code == 5 and "--from-inventory" in out
+
+
+def test_init_warns_which_users_lack_the_ids_the_real_night_needs(tmp_path, capsys, hand_written):
+    source = tmp_path / "source.yml"
+    source.write_text(HAND_WRITTEN, encoding="utf-8")
+    users = load_inventory(source).users.values()
+    no_guid = sorted(u.alias for u in users if not u.ad_guid)
+    assert no_guid, "the hand-written inventory should leave some ad_guid out"
+    code, out = cli(capsys, "lab", "init", "--from-inventory", str(source), "--dir", str(tmp_path / "lab"))
+    assert code == 0
+    warning = next(line for line in out.splitlines() if "have no ad_guid" in line)
+    assert all(alias in warning for alias in no_guid[:10])
+    code, out = cli(capsys, "lab", "init", "--from-inventory", str(EXAMPLE), "--dir", str(tmp_path / "lab2"))
+    assert code == 0 and "have no" not in out  # the example gives every user a sid and an ad_guid

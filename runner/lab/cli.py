@@ -73,6 +73,26 @@ def init_cmd(directory: str | None, from_inventory: str | None, clients: int | N
     click.echo(f"{note} at {inv.parent}: {man['params']['clients']} clients, {len(man['users'])} users"
                + (f" (the shape of {source})" if source else ""))
     click.echo(f"inventory: {inv}")
+    if from_inventory is not None:
+        for line in missing_identity_warnings(from_inventory):
+            click.echo(f"warning: {line}", err=True)
+
+
+def missing_identity_warnings(inventory_path: str) -> list[str]:
+    """What the lab invented that the real night needs: users without ``sid`` (their
+    hive cannot be found by SID) or ``ad_guid`` (LCS cannot be enabled without it)."""
+    from runner.loader import load_inventory
+
+    users = load_inventory(inventory_path).users.values()
+    out = []
+    for field, why in (("ad_guid", "enable_lcs_users needs it on the real night"),
+                       ("sid", "export_contacts then finds the profile by folder name only")):
+        missing = sorted(u.alias for u in users if not getattr(u, field))
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            out.append(f"{len(missing)} user(s) of {inventory_path} have no {field} (the lab made one up; "
+                       f"{why}): {shown}")
+    return out
 
 
 @lab.command("show")
