@@ -102,6 +102,9 @@ def compile_check(schema: Any, root: Any = None) -> Check:
                 return lambda v: not isinstance(v, dict) or all(k in known for k in v)
             extra = comp(arg)
             return lambda v: not isinstance(v, dict) or all(extra(x) for k, x in v.items() if k not in known)
+        if kw == "propertyNames":
+            name_ok = comp(arg)
+            return lambda v: not isinstance(v, dict) or all(name_ok(k) for k in v)
         if kw == "required":
             names = list(arg)
             return lambda v: not isinstance(v, dict) or all(n in v for n in names)

@@ -214,6 +214,11 @@ def schema_errors(doc: Document, instance: Any, validator: jsonschema.protocols.
         in_ctx = f" in {ctx}" if ctx else ""
         schema = err.schema if isinstance(err.schema, dict) else {}
         v = err.validator
+        if "propertyNames" in err.schema_path and isinstance(err.instance, str):
+            # a bad key (host name, alias...): jsonschema points at the map; point at the key
+            why = schema.get("x-error") or "is not a valid name"
+            out.append(doc.error(f"'{err.instance}' {why}{in_ctx}", path + (err.instance,), at_key=True))
+            continue
         if v == "additionalProperties" and isinstance(err.instance, dict):
             allowed = set(schema.get("properties", {}))
             patterns = schema.get("patternProperties", {})

@@ -28,6 +28,9 @@ def _mutants(doc: dict) -> list[dict]:
         lambda d: d["all"]["children"]["clients"].update(hosts={"pc0001": {"port": True}}),
         lambda d: d["all"]["children"]["clients"].update(hosts={"pc0001": {"port": 0}}),
         lambda d: d["all"]["children"]["clients"].update(hosts={"pc0001": {"connection": "telnet"}}),
+        lambda d: d["all"]["children"]["clients"]["hosts"].update({"pc 1&x": {}}),
+        lambda d: d["all"]["children"].update({"bad group!": {}}),
+        lambda d: d["users"].update({"../evil": {"im_address": "e@im.contoso.com", "clients": []}}),
     ):
         m = copy.deepcopy(doc)
         mutate(m)

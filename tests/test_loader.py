@@ -410,3 +410,26 @@ def test_lab_plugin_settings_are_validated(tmp_path):
         "inv.yml:2:16: 'clients' must be at least 1 (got 0) in the lab plugin settings",
         "inv.yml:2:19: unknown key 'seeds' in the lab plugin settings (did you mean 'seed'?)",
     ]
+
+
+def test_unsafe_host_group_and_user_names_are_reported_at_their_key(tmp_path):
+    """Names become file and hive names: anything but letters, digits, '.', '_', '-' is refused."""
+    inv = tmp_path / "inv.yml"
+    inv.write_text(
+        "all:\n"
+        "  children:\n"
+        "    clients:\n"
+        "      hosts:\n"
+        "        pc0001: {}\n"
+        "        \"pc 2&x\": {}\n"
+        "    \"bad group!\":\n"
+        "      hosts: {}\n"
+        "users:\n"
+        "  alice: {im_address: alice@im.contoso.com, clients: [pc0001]}\n"
+        "  \"../evil\": {im_address: evil@im.contoso.com, clients: [pc0001]}\n")
+    with pytest.raises(InputError) as exc:
+        load_inventory(inv)
+    text = str(exc.value)
+    assert f"{inv}:6:9: 'pc 2&x' is not a valid host name" in text
+    assert f"{inv}:7:5: 'bad group!' is not a valid group name" in text
+    assert f"{inv}:11:3: '../evil' is not a valid user alias" in text
