@@ -30,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from _profiling import ThreadProfiles  # bench/ is on sys.path when run as a script
 from runner import engine as engine_mod
 from runner.apply import ApplyRequest, apply
 from runner.connections import lab as labconn
@@ -52,7 +53,7 @@ class Meter:
         self._lock = threading.Lock()
         self._current: tuple[str, float] | None = None
         self.profiling = False
-        self.profiles: list[cProfile.Profile] = []
+        self.threads = ThreadProfiles()
 
     def install(self) -> None:
         meter = self
@@ -63,11 +64,7 @@ class Meter:
             meter.local.key = (task.step.name, task.target_name)
             prof = None
             if meter.profiling:
-                prof = getattr(meter.local, "prof", None)
-                if prof is None:
-                    prof = meter.local.prof = cProfile.Profile()
-                    with meter._lock:
-                        meter.profiles.append(prof)
+                prof = meter.threads.current()
                 prof.enable()
             try:
                 return orig_task(self, pplay, task)
@@ -156,7 +153,7 @@ def bench(n: int, forks: int, profile: bool) -> None:
                   f"{_mutations(root / 'lab', since)} mutating commands")
             meter.report()
             if prof:
-                for title, profs in (("main thread", [prof]), ("task threads", meter.profiles)):
+                for title, profs in (("main thread", [prof]), ("task threads", meter.threads.profiles)):
                     s = io.StringIO()
                     pstats.Stats(*profs, stream=s).sort_stats(SORT).print_stats(30)
                     print(f"  -- profile, {title}\n{s.getvalue()}")

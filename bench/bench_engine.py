@@ -41,11 +41,11 @@ import pstats
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from _profiling import ThreadProfiles  # bench/ is on sys.path when run as a script
 from runner import engine as engine_mod
 from runner.cli import run as cli_run
 from runner.connections.base import CommandResult
@@ -168,22 +168,17 @@ class Profiler:
     """cProfile of the main thread plus every task worker thread (wraps Engine._run_task)."""
 
     def __init__(self) -> None:
-        self.profiles: list[cProfile.Profile] = []
-        self.local = threading.local()
-        self.lock = threading.Lock()
+        self.threads = ThreadProfiles()
+        self.profiles = self.threads.profiles
         self.orig = engine_mod.Engine._run_task
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        prof_self = self
+        threads = self.threads
         orig = self.orig
 
         def run_task(engine: Any, pplay: Any, task: Any) -> Any:
-            prof = getattr(prof_self.local, "prof", None)
-            if prof is None:
-                prof = prof_self.local.prof = cProfile.Profile()
-                with prof_self.lock:
-                    prof_self.profiles.append(prof)
+            prof = threads.current()
             prof.enable()
             try:
                 return orig(engine, pplay, task)
@@ -191,7 +186,7 @@ class Profiler:
                 prof.disable()
 
         main = cProfile.Profile()
-        self.profiles.append(main)
+        self.profiles.insert(0, main)
         engine_mod.Engine._run_task = run_task  # type: ignore[method-assign]
         main.enable()
         try:
