@@ -117,6 +117,8 @@ def compile_check(schema: Any, root: Any = None) -> Check:
             return lambda v: not isinstance(v, list) or len(v) >= arg
         if kw == "minLength":
             return lambda v: not isinstance(v, str) or len(v) >= arg
+        if kw == "maxLength":
+            return lambda v: not isinstance(v, str) or len(v) <= arg
         if kw == "pattern":
             rx = re.compile(arg)
             return lambda v: not isinstance(v, str) or rx.search(v) is not None

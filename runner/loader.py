@@ -23,6 +23,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.errors import InputError, InputErrors, RunnerError
 from runner.fastschema import compile_check
+from runner.lcs.mapping import rule_problems
 from runner.model import Group, Host, Inventory, Play, Playbook, Serial, Step, User
 from runner.templating import check_syntax, is_template
 
@@ -684,9 +685,30 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
                             display_name=udef.get("display_name"), sid=udef.get("sid"),
                             ad_guid=udef.get("ad_guid"), sip_uri=udef.get("sip_uri"), home_server=home,
                             wave=None if wave is None else str(wave), vars=dict(udef.get("vars") or {}))
+    scopes: list[tuple[Path_, Any]] = [(path + ("vars",), gdef.get("vars")) for gdef, path in b.group_defs.values()]
+    scopes += [(hpath + ("vars",), (hdef or {}).get("vars")) for hdef, hpath in b.host_defs.values()]
+    scopes += [(("users", str(a), "vars"), (u or {}).get("vars")) for a, u in users_data.items()]
+    for vpath, vars_ in scopes:
+        b.errors.extend(_sip_mapping_errors(doc, vpath, vars_))
     if b.errors:
         raise InputErrors(_sorted(b.errors))
     return Inventory(path=doc.file, hosts=hosts, groups=groups, users=users, vars=all_vars)
+
+
+def _sip_mapping_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[InputError]:
+    """The ``sip_mapping`` variable of one scope, checked (runner.lcs.mapping.rule_problems).
+
+    A wrong rule fails no task: it leaves contacts unmapped for every user, so
+    it is an input error at its line. A Jinja template (``{{ ... }}``) is
+    checked when it is rendered instead.
+    """
+    if not isinstance(vars_, dict) or "sip_mapping" not in vars_:
+        return []
+    rule = vars_["sip_mapping"]
+    if "{{" in json.dumps(rule, default=str):
+        return []
+    base = tuple(vars_path) + ("sip_mapping",)
+    return [doc.error(message, base + tuple(sub)) for sub, message in rule_problems(rule)]
 
 
 def _load_lab_plugin(doc: Document) -> Inventory:

@@ -164,3 +164,29 @@ def test_ldifde_commands():
     assert ldif.import_command(r"C:\Temp\x y.ldf").render() == r'ldifde -i -f "C:\Temp\x y.ldf"'
     assert ldif.export_command(r"C:\Temp\e.ldf", "(msExchIMAddress=*)", ["msExchIMAddress"]).render() == \
         r'ldifde -f C:\Temp\e.ldf -r "(msExchIMAddress=*)" -l msExchIMAddress'
+
+
+WQL_HOSTILE = ["o'brien", "A & B", "100% %PATH%", "^caret^ (x) <y> |z", "tail\\", "Zoë 山田 ‮", "a' OR 'x'='x"]
+
+
+@pytest.mark.parametrize("value", WQL_HOSTILE)
+def test_wql_literals_reach_wmic_intact_and_expose_no_cmd_operator(value):
+    cmd = wmic.delete("MSFT_SIPESUserContactData", wmic.where(UserInstanceID="{0-1}", SIPURI=value))
+    received = _cmd_exe(cmd.render() + " & echo next", {"PATH": "C:\\Windows"})
+    wmic_text, tail = received.split("\x00")
+    assert tail == "& echo next"
+    m = re.search(r"SIPURI='((?:[^'\\]|\\.)*)'\" delete\s*$", wmic_text)
+    assert m and re.sub(r"\\(.)", r"\1", m.group(1)) == value
+
+
+@pytest.mark.parametrize("value", ['" & reg add HKLM\\SOFTWARE\\X /f & "', 'a"b', '"'])
+def test_a_double_quote_in_a_wql_literal_is_refused(value):
+    """It would end the double-quoted where clause and put the rest on cmd.exe's line."""
+    with pytest.raises(UnsafeValueError):
+        wmic.where(InstanceID=value)
+
+
+def test_text_whose_quotes_leave_an_operator_outside_is_escaped_whole():
+    text = 'path X where "A=\'1\'" & calc & "" get B'
+    received = _cmd_exe(wmic.for_cmd(text), {})
+    assert "\x00" not in received and received == text

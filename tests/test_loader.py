@@ -1,6 +1,7 @@
 """Specification of playbook/inventory loading: every error class with its file:line:col message."""
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -333,7 +334,8 @@ def test_inventory_user_fields_are_checked(tmp_path):
           bob: {im_address: bob}
     """) == [
         "inv.yml:3:10: user 'alice' is missing required key 'im_address'",
-        "inv.yml:4:21: 'im_address' must be an address like alice@im.contoso.com in user 'bob'",
+        "inv.yml:4:21: 'im_address' must be an address like alice@im.contoso.com (letters, digits and "
+        "!#$&'*+/=?^_`{|}~.- before the @, a DNS name after it) in user 'bob'",
     ]
 
 
@@ -433,3 +435,71 @@ def test_unsafe_host_group_and_user_names_are_reported_at_their_key(tmp_path):
     assert f"{inv}:6:9: 'pc 2&x' is not a valid host name" in text
     assert f"{inv}:7:5: 'bad group!' is not a valid group name" in text
     assert f"{inv}:11:3: '../evil' is not a valid user alias" in text
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("ad_guid", '" & reg add HKLM\\SOFTWARE\\X /f & "', "must be an AD objectGUID in braces"),
+    ("ad_guid", "01234567-0123-4567-89AB-CDEF01234567", "must be an AD objectGUID in braces"),
+    ("ad_guid", "{01234567-0123-4567-89AB-CDEF0123456Z}", "must be an AD objectGUID in braces"),
+    ("sid", "S-1-5-21-1' OR '1'='1", "must be a Windows SID"),
+    ("im_address", 'bob"&calc&"@im.contoso.com', "must be an address like"),
+    ("im_address", "bob@im.contoso.com%PATH%", "must be an address like"),
+    ("im_address", "bob@-bad-.com", "must be an address like"),
+    ("sip_uri", "sip:bob@contoso.com' OR 'x'='x", "must be a SIP URI"),
+    ("sip_uri", "sip:bob@contoso.com & del C:\\x", "must be a SIP URI"),
+    ("sip_uri", "sip:" + "b" * 460 + "@contoso.com", "must be a SIP URI"),
+])
+def test_identifiers_with_foreign_characters_are_refused_at_their_line(tmp_path, field, value, says):
+    """Identifiers enter WQL, LDIF and cmd.exe lines: their formats are checked at load (exit 4)."""
+    lines = ["all: {hosts: {pc1: }}", "users:", "  bob:", "    clients: [pc1]"]
+    if field != "im_address":
+        lines.append("    im_address: bob@im.contoso.com")
+    lines.append(f"    {field}: {json.dumps(value)}")
+    errors = inventory_errors(tmp_path, "\n".join(lines) + "\n")
+    assert len(errors) == 1 and errors[0].startswith(f"inv.yml:{len(lines)}:"), errors
+    assert says in errors[0] and f"'{field}'" in errors[0] and "user 'bob'" in errors[0], errors
+
+
+def test_well_formed_identifiers_with_apostrophes_and_plus_load(tmp_path):
+    (tmp_path / "inv.yml").write_text(
+        "all: {hosts: {pc1: }}\nusers:\n  obrien:\n    im_address: \"o'brien+im@im.contoso.com\"\n"
+        "    sip_uri: \"sip:o'brien@contoso.com\"\n    ad_guid: \"{01234567-89ab-cdef-0123-456789ABCDEF}\"\n"
+        "    sid: S-1-5-21-1004336348-1177238915-682003330-1104\n    clients: [pc1]\n", encoding="utf-8")
+    inv = load_inventory(tmp_path / "inv.yml")
+    assert inv.users["obrien"].sip_uri == "sip:o'brien@contoso.com"
+
+
+@pytest.mark.parametrize("rule, line, says", [
+    ('{domains: {im.contoso.com: contoso.com}, template: "sip:{locl}@{domain}"}', 3,
+     "unknown field {locl} (did you mean {local}?)"),
+    ('{template: "{local.nosuch}"}', 3, "unknown field {local.nosuch}"),
+    ('{template: "{local}@{domain}"}', 3, "does not start with 'sip:'"),
+    ('{template: "sip:admin@{domain}"}', 3, "uses neither {local} nor {address}"),
+    ('{template: "sip:{local!r}@{domain}"}', 3, "takes no format or conversion"),
+    ('"sip:{local}@contoso.com"', 3, "sip_mapping must be a mapping"),
+    ('{tabel: {}}', 3, "unknown key 'tabel' in sip_mapping"),
+    ('{table: {"bob@im.fabrikam.com": "bob@fabrikam.com"}}', 3, "does not start with 'sip:'"),
+    ('{domains: {im.contoso.com: "contoso .com"}}', 3, "not a valid domain name"),
+])
+def test_a_wrong_mapping_rule_is_refused_at_load_naming_sip_mapping(tmp_path, rule, line, says):
+    """A mapping typo fails no task (contacts just go unmapped, the night goes on): exit 4 at load."""
+    errors = inventory_errors(tmp_path, f"all:\n  vars:\n    sip_mapping: {rule}\n  hosts: {{pc1: }}\n"
+                                        "users:\n  bob: {im_address: bob@im.contoso.com, clients: [pc1]}\n")
+    assert len(errors) == 1 and errors[0].startswith(f"inv.yml:{line}:") and says in errors[0], errors
+    assert "sip_mapping" in errors[0]
+
+
+def test_a_users_own_mapping_override_is_checked_too(tmp_path):
+    errors = inventory_errors(tmp_path, "all: {hosts: {pc1: }}\nusers:\n  bob:\n    im_address: bob@im.contoso.com\n"
+                                        "    clients: [pc1]\n    vars:\n      sip_mapping:\n"
+                                        "        template: \"sip:{loc}@{domain}\"\n")
+    assert len(errors) == 1 and errors[0].startswith("inv.yml:8:") and "{loc}" in errors[0], errors
+
+
+def test_the_shipped_rules_and_a_jinja_rule_load(tmp_path):
+    for text in ('{domains: {im.contoso.com: contoso.com}, template: "sip:{local}@{domain}", '
+                 'table: {"bob@im.fabrikam.com": "sip:bob@fabrikam.com"}}',
+                 '"{{ org_rule }}"'):
+        write(tmp_path, "inv.yml", f"all:\n  vars:\n    sip_mapping: {text}\n  hosts: {{pc1: }}\n"
+                                   "users:\n  bob: {im_address: bob@im.contoso.com, clients: [pc1]}\n")
+        load_inventory(tmp_path / "inv.yml")

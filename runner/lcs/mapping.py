@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import string
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -60,6 +61,91 @@ class Unmappable:
 
 
 MapResult = Mapped | Unmappable
+
+#: The fields a ``template`` may use.
+TEMPLATE_FIELDS = ("local", "domain", "im_domain", "address")
+_RULE_KEYS = ("table", "domains", "template")
+
+
+def rule_problems(rule: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """What is wrong with a ``sip_mapping`` value, as (path inside it, message) pairs.
+
+    Checked when the inventory loads, because a wrong rule does not fail a
+    task: it maps contacts to nothing (or to the wrong URI) for every user,
+    and the night would go on. The rule is a mapping of ``table`` (IM address
+    -> valid SIP URI), ``domains`` (IM domain -> SIP domain, both DNS names)
+    and ``template`` (a ``sip:`` URI using only ``{local}``, ``{domain}``,
+    ``{im_domain}``, ``{address}``, and ``{local}`` or ``{address}`` at least,
+    that gives a valid URI for a sample address).
+    """
+    if not isinstance(rule, Mapping):
+        return [((), f"sip_mapping must be a mapping with {', '.join(_RULE_KEYS)}, not "
+                      f"{type(rule).__name__ if rule is not None else 'null'}")]
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    for key in rule:
+        if key not in _RULE_KEYS:
+            out.append(((key,), f"unknown key {key!r} in sip_mapping (known: {', '.join(_RULE_KEYS)})"))
+    table = rule.get("table")
+    if table is not None and not isinstance(table, Mapping):
+        out.append((("table",), "sip_mapping.table must be a mapping of IM address -> SIP URI"))
+    elif table:
+        for address, uri in table.items():
+            if not isinstance(address, str) or not _ADDRESS_RE.match(address):
+                out.append((("table", address), f"sip_mapping.table: {address!r} is not an IM address"))
+            reason = validate_sip_uri(uri) if isinstance(uri, str) else "not a string"
+            if reason:
+                out.append((("table", address), f"sip_mapping.table[{address!r}]: {reason}"))
+    domains = rule.get("domains")
+    if domains is not None and not isinstance(domains, Mapping):
+        out.append((("domains",), "sip_mapping.domains must be a mapping of IM domain -> SIP domain"))
+    elif domains:
+        for im_domain, sip_domain in domains.items():
+            for what, value in (("IM domain", im_domain), ("SIP domain", sip_domain)):
+                reason = _host_problem(value) if isinstance(value, str) else "not a string"
+                if reason:
+                    out.append((("domains", im_domain), f"sip_mapping.domains: {what} {value!r}: {reason}"))
+    if "template" in rule:
+        problem = template_problem(rule["template"], next(iter((domains or {}).values()), "contoso.com")
+                                   if isinstance(domains, Mapping) else "contoso.com")
+        if problem:
+            out.append((("template",), problem))
+    return out
+
+
+def template_problem(template: Any, sample_domain: str = "contoso.com") -> str | None:
+    """Why ``template`` cannot be a sip_mapping template, or None (see :func:`rule_problems`)."""
+    if not isinstance(template, str):
+        return f"sip_mapping.template must be a string such as {DEFAULT_TEMPLATE!r}"
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"sip_mapping.template {template!r} is not a valid template: {exc}"
+    used = set()
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS:
+            hint = f" (did you mean {{{_closest(name)}}}?)" if _closest(name) else ""
+            return (f"sip_mapping.template {template!r}: unknown field {{{name}}}{hint}; "
+                    f"known: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
+        if spec or conversion:
+            return f"sip_mapping.template {template!r}: {{{name}}} takes no format or conversion"
+        used.add(name)
+    if not used & {"local", "address"}:
+        return (f"sip_mapping.template {template!r} uses neither {{local}} nor {{address}}: "
+                "every contact would get the same SIP URI")
+    sample = template.format(local="alice", domain=str(sample_domain), im_domain="im.contoso.com",
+                             address="alice@im.contoso.com")
+    reason = validate_sip_uri(sample)
+    if reason:
+        return f"sip_mapping.template {template!r} does not give a valid SIP URI ({reason})"
+    return None
+
+
+def _closest(name: str) -> str | None:
+    import difflib
+    found = difflib.get_close_matches(name.split(".")[0].split("[")[0], TEMPLATE_FIELDS, n=1, cutoff=0.6)
+    return found[0] if found else None
 
 
 def validate_sip_uri(uri: str) -> str | None:

@@ -68,8 +68,16 @@ def wmi_string(value: str) -> str:
 
 
 def wql_string(value: str) -> str:
-    """A WQL string literal for a where clause: ``'...'`` with ``\\`` and ``'`` escaped."""
+    """A WQL string literal for a where clause: ``'...'`` with ``\\`` and ``'`` escaped.
+
+    A ``"`` is refused: the where clause travels inside double quotes on the
+    wmic line, and neither wmic nor cmd.exe can carry one inside them (it
+    would end the clause and put the rest, ``&`` included, outside quotes).
+    """
     _check(value)
+    if '"' in value:
+        raise UnsafeValueError(f"value {value[:40]!r} contains a double quote, which a WQL condition "
+                               "on a wmic command line cannot carry")
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -89,9 +97,20 @@ def _check(value: str) -> None:
         raise UnsafeValueError(f"value {value[:40]!r} contains a line end or NUL")
 
 
+def _quoted_by_cmd(text: str) -> bool:
+    """True when cmd.exe's quote toggling keeps every metacharacter of ``text`` inside quotes."""
+    quoted = False
+    for c in text:
+        if c == '"':
+            quoted = not quoted
+        elif c in _CMD_META and not quoted:
+            return False
+    return not quoted
+
+
 def for_cmd(text: str) -> str:
     """Make wmic text safe on a cmd.exe line (module docstring, layer 2)."""
-    if "%" not in text and '\\"' not in text:
+    if "%" not in text and '\\"' not in text and _quoted_by_cmd(text):
         return text
     out = []
     for c in text:
