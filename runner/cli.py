@@ -28,8 +28,11 @@ STATE_DIR = click.Path(file_okay=False)  # --state naming a file is a bad option
 _ARGV: list[str] = []  # the arguments of the current invocation (for the resume command)
 
 
-def _split_tags(values: tuple[str, ...]) -> set[str]:
-    return {t.strip() for v in values for t in v.split(",") if t.strip()}
+def _split_tags(values: tuple[str, ...], option: str = "--tags") -> set[str]:
+    tags = {t.strip() for v in values for t in v.split(",") if t.strip()}
+    if values and not tags:  # `--tags "$TAGS"` with TAGS unset must not mean every step
+        raise click.BadParameter(f"{' '.join(map(repr, values))} names no tag", param_hint=option)
+    return tags
 
 
 def resume_command(argv: list[str]) -> str:
@@ -84,7 +87,7 @@ def apply(playbook: str, inventory: str | None, check: bool, diff: bool, limit: 
 
     argv = _ARGV or sys.argv[1:]
     req = ApplyRequest(playbook=playbook, inventory=_default_inventory(inventory), check=check, diff=diff,
-                       limit=limit, tags=_split_tags(tags), skip_tags=_split_tags(skip_tags),
+                       limit=limit, tags=_split_tags(tags), skip_tags=_split_tags(skip_tags, "--skip-tags"),
                        start_at_step=start_at_step, forks=forks, state_dir=state_dir, fresh=fresh,
                        json=as_json, verbosity=verbose, accept_new_host_keys=accept_new_host_keys,
                        resume_command=resume_command(list(argv)))
@@ -96,7 +99,7 @@ def apply(playbook: str, inventory: str | None, check: bool, diff: bool, limit: 
 @click.option("-i", "--inventory", help="Also validate this inventory and plan the playbook against it.")
 def validate(playbook: str, inventory: str | None) -> int:
     """Check PLAYBOOK (and the inventory) without running anything: exit 0 valid, 4 invalid."""
-    from runner.loader import load_inventory, load_playbook
+    from runner.loader import inventory_warnings, load_inventory, load_playbook
     from runner.plan import build_plan
 
     errors: list[InputError] = []
@@ -125,6 +128,8 @@ def validate(playbook: str, inventory: str | None) -> int:
         click.echo(f"{len(errors)} problem(s) found", err=True)
         return EXIT_INVALID
     what = f"{playbook} and {inventory}" if inventory else playbook
+    for warning in inventory_warnings(inv) if inv is not None else []:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"{what}: valid")
     return EXIT_OK
 

@@ -46,6 +46,7 @@ from runner.templating import evaluate_when
 
 COUNTERS = ("ok", "changed", "failed", "skipped", "unreachable", "retried", "ignored")
 DELAY_SCALE_ENV = "RUNNER_RETRY_DELAY_SCALE"
+MAX_DELAY_SCALE = 100.0
 
 
 def retry_delay_scale() -> float:
@@ -61,8 +62,9 @@ def retry_delay_scale() -> float:
         value = float(raw) if raw else 1.0
     except ValueError:
         value = -1.0
-    if not value >= 0:
-        raise OptionsError(f"{DELAY_SCALE_ENV}={raw!r}: must be a non-negative number such as 0.01")
+    if not (0 <= value <= MAX_DELAY_SCALE):  # also refuses nan and inf
+        raise OptionsError(f"{DELAY_SCALE_ENV}={raw!r}: must be a number from 0 to {MAX_DELAY_SCALE:g} "
+                           "such as 0.01")
     return value
 
 

@@ -8,11 +8,13 @@ Public: ``load_playbook(path) -> Playbook``, ``load_inventory(path) -> Inventory
 """
 from __future__ import annotations
 
+import codecs
 import difflib
 import hashlib
 import json
 import os
 import re
+import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -29,6 +31,11 @@ from runner.templating import check_syntax, is_template
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 STEP_KEYWORDS = ("name", "when", "tags", "retries", "delay", "throttle", "ignore_errors")
+#: Limits of the reader: a playbook or inventory larger, deeper or more expanded than
+#: this is refused (exit 4) within a second instead of eating memory for minutes.
+MAX_YAML_BYTES = 32 << 20
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 2_000_000
 LAB_DEFAULTS = {"dir": ".lab/default", "clients": 50, "users_per_client": 2, "contacts": 20, "seed": 1}
 
 Path_ = tuple  # a path into the document: keys and list indexes
@@ -115,7 +122,13 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
     duplicate keys become InputError(s) with their location."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            raise InputError("not a regular file (a pipe, device or socket): give a YAML file", file)
+        if st.st_size > MAX_YAML_BYTES:
+            raise InputError(f"is {st.st_size / 2**20:.0f} MiB: larger than the {MAX_YAML_BYTES >> 20} MiB a "
+                             "playbook or inventory may be", file)
+        text = _decode(Path(path).read_bytes())
     except FileNotFoundError:
         raise InputError("file not found", file) from None
     except IsADirectoryError:
@@ -130,7 +143,18 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
         dups = _duplicate_keys(root, file)
         if dups:
             raise InputErrors(dups)
+        shape = _shape_errors(root, file)
+        if shape:
+            raise InputErrors(shape)
         data = loader.construct_document(root) if root is not None else None
+    except RecursionError:
+        raise InputError(f"nested too deeply (more than {MAX_YAML_DEPTH} levels)", file) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, other controls)
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        raise InputError(f"the character U+{ord(char):04X} is not allowed in YAML (a control character; "
+                         "a binary file?)", file, line, col) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = exc.problem or exc.context or "invalid YAML"
@@ -138,6 +162,9 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
             what = f"{exc.context}, {exc.problem}"
         if mark and _char_at(text, mark.line, mark.column) == "\t":
             what = "a tab character; YAML indents with spaces only"
+        elif mark and _long_key(text, mark.line):
+            what = (f"a key longer than {YAML_KEY_LIMIT} characters, which YAML cannot read unquoted "
+                    "(names are at most 128 characters)")
         raise InputError(f"YAML syntax error: {what}", file,
                          mark.line + 1 if mark else None, mark.column + 1 if mark else None) from None
     except yaml.YAMLError as exc:
@@ -145,6 +172,103 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
     finally:
         loader.dispose()
     return Document(file, data, root)
+
+
+YAML_KEY_LIMIT = 1024  # PyYAML's (and YAML 1.1's) limit on an implicit key
+
+
+def _decode(data: bytes) -> str:
+    """The text of a YAML file: UTF-8 (with or without a BOM), or UTF-16/32 with its BOM
+    (Windows tools such as Notepad and PowerShell's Out-File write UTF-16)."""
+    for bom, codec in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                       (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return data.decode(codec)
+    return data.decode("utf-8-sig")
+
+
+def _long_key(text: str, line: int) -> bool:
+    """True when ``line`` (0-based) starts with a plain key longer than YAML's limit."""
+    lines = text.splitlines()
+    if line >= len(lines):
+        return False
+    key = lines[line].strip().lstrip("- ").partition(":")[0]
+    return len(key) > YAML_KEY_LIMIT
+
+
+_NON_FINITE = re.compile(r"[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+
+
+def _shape_errors(root: Node | None, file: str) -> list[InputError]:
+    """Limits of the reader, checked on the node tree before anything is built from it.
+
+    Nesting deeper than MAX_YAML_DEPTH (a playbook is a few levels deep), more
+    than MAX_YAML_NODES nodes once aliases are expanded (a "billion laughs"
+    document is small on disk and exponential in memory), and ``.inf``/``.nan``
+    (numbers are finite: a delay or a percentage never is either).
+    """
+    if root is None:
+        return []
+    errors: list[InputError] = []
+    sizes: dict[int, int] = {}
+    # iterative post-order walk over distinct nodes; an alias is a node seen again
+    stack: list[tuple[Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, expanded = stack.pop()
+        if depth > MAX_YAML_DEPTH:
+            m = node.start_mark
+            return [InputError(f"nested too deeply (more than {MAX_YAML_DEPTH} levels)", file,
+                               m.line + 1, m.column + 1)]
+        children: list[Node] = []
+        if isinstance(node, MappingNode):
+            children = [n for kv in node.value for n in kv]
+            if not expanded:
+                errors.extend(_key_errors(node, file))
+        elif isinstance(node, SequenceNode):
+            children = list(node.value)
+        if expanded:
+            sizes[id(node)] = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                m = node.start_mark
+                return [InputError(f"expands to more than {MAX_YAML_NODES:,} values (aliases of aliases?)",
+                                   file, m.line + 1, m.column + 1)]
+            continue
+        if id(node) in sizes:
+            continue
+        if isinstance(node, ScalarNode):
+            sizes[id(node)] = 1
+            if node.tag == _FLOAT_TAG and _NON_FINITE.fullmatch(node.value):
+                m = node.start_mark
+                errors.append(InputError(f"{node.value} is not a finite number", file, m.line + 1, m.column + 1))
+            continue
+        sizes[id(node)] = 1  # provisional: an alias cycle counts once
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
+    return _sorted(errors)
+
+
+_KEY_WORDS = {"tag:yaml.org,2002:bool": "a boolean", "tag:yaml.org,2002:int": "a number",
+              "tag:yaml.org,2002:float": "a number", "tag:yaml.org,2002:null": "null (nothing)",
+              "tag:yaml.org,2002:timestamp": "a date"}
+
+
+def _key_errors(node: MappingNode, file: str) -> list[InputError]:
+    """Keys are names: one YAML reads as a boolean (``yes``), a number (``12``), null or
+    a date would be reported under another name, or crash a check that expects text.
+    Merge keys (``<<: *defaults``) are fine."""
+    out = []
+    for key, _ in node.value:
+        if isinstance(key, ScalarNode) and key.tag in _KEY_WORDS:
+            m = key.start_mark
+            shown = key.value or "(empty)"
+            out.append(InputError(f"the key {shown!r} is read by YAML as {_KEY_WORDS[key.tag]}; "
+                                  f"quote it ('{key.value}') if it is a name", file, m.line + 1, m.column + 1))
+        elif not isinstance(key, ScalarNode):
+            m = key.start_mark
+            out.append(InputError("a key must be a name, not a list or a mapping", file, m.line + 1,
+                                  m.column + 1))
+    return out
 
 
 def _char_at(text: str, line: int, column: int) -> str:
@@ -429,6 +553,11 @@ def load_playbook(path: str | os.PathLike[str]) -> Playbook:
                     doc, args, _validator(cls.args_schema), lambda p, c=args_ctx: c, base=spath + (module,),
                     skip=lambda p, err: is_template(err.instance))
                 errors += _template_errors(doc, args, spath + (module,), label)
+            else:  # a list or a string would be dropped silently: the step would run with defaults
+                errors.append(doc.error(f"the arguments of {label} ({module}) must be a mapping such as "
+                                        f"{{option: value}} (or {{}} for none), not "
+                                        f"{_TYPE_WORDS.get(_json_type(args), type(args).__name__)}",
+                                        spath + (module,)))
             when = sdata.get("when")
             if isinstance(when, str):
                 problem = check_syntax(when if is_template(when) else "{{ " + when + " }}")
@@ -709,6 +838,15 @@ def _sip_mapping_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[Inp
         return []
     base = tuple(vars_path) + ("sip_mapping",)
     return [doc.error(message, base + tuple(sub)) for sub, message in rule_problems(rule)]
+
+
+def inventory_warnings(inventory: Inventory) -> list[str]:
+    """What is valid but will not migrate as an administrator expects (``runner validate``
+    prints these): users without client machines have no contact list to export, so the
+    runner keeps them on Exchange IM unless the playbook has users recreate contacts."""
+    return [f"user '{u.alias}' has no clients: no machine to export their contact list from, so they "
+            "stay on Exchange IM (unless the playbook has users recreate their contacts)"
+            for u in inventory.users.values() if not u.clients]
 
 
 def _load_lab_plugin(doc: Document) -> Inventory:

@@ -27,6 +27,7 @@ Rules, in one place:
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
 import re
@@ -303,11 +304,17 @@ def build_plan(playbook: Playbook, inventory: Inventory, *, limit: str | None = 
     _check_tags(playbook, tags, "--tags")
     _check_tags(playbook, skip_tags, "--skip-tags")
 
+    if limit is not None and not split_patterns(limit):
+        # `--limit "$WAVE"` with WAVE unset must not migrate everyone
+        raise OptionsError(f"--limit {limit!r} names nothing; give hosts, groups, users or wave:NAME "
+                           "(or leave --limit out to run everything)")
     limit_hosts, limit_users, unknown = _select(limit, inventory, allow_hosts=True, allow_users=True)
     if unknown:
         raise OptionsError(
             f"--limit: {', '.join(repr(u) for u in unknown)} matches no host, group, user or wave "
             f"in {inventory.path}")
+    if limit is not None and not limit_hosts and not limit_users:
+        raise OptionsError(f"--limit {limit!r} leaves no host and no user of {inventory.path} to run")
 
     started = start_at_step is None
     if not started and not any(s.name == start_at_step for p in playbook.plays for s in p.steps):
@@ -339,9 +346,30 @@ def _play_targets(play: Play, inventory: Inventory, file: str) -> tuple[set[str]
     return hosts, users
 
 
+def _check_serial_attribute(play: Play, inventory: Inventory, play_hosts: set[str], play_users: set[str],
+                            file: str) -> None:
+    """``serial: {attribute: X}`` where no target of the play has X is a typo (``wav`` for
+    ``wave``) that would put everyone in one wave: an input error (exit 4)."""
+    serial = play.serial
+    if serial is None or not serial.attribute:
+        return
+    items: list[Host | User] = (list(_user_order(inventory, play_users)) if serial.over == "users"
+                                else list(_host_order(inventory, play_hosts)))
+    if not items or any(_attribute(it, serial.attribute) not in (None, "") for it in items):
+        return
+    known = sorted({f.name for f in fields(items[0])} - {"vars"} | {k for it in items for k in it.vars})
+    hint = difflib.get_close_matches(serial.attribute, [k for k in known if k != serial.attribute], n=1)
+    what = "user" if serial.over == "users" else "host"
+    raise InputError(f"play '{play.name}': serial attribute {serial.attribute!r} is set on none of the play's "
+                     f"{serial.over}" + (f" (did you mean {hint[0]!r}?)" if hint else
+                                         f"; set it on each {what} (e.g. {serial.attribute}: wave1) "
+                                         f"so the play can run {what}s in waves"), file, play.line)
+
+
 def _plan_play(index: int, play: Play, steps: list[tuple[Step, str]], inventory: Inventory,
                limit_hosts: set[str], limit_users: set[str], file: str) -> list[Wave]:
     play_hosts, play_users = _play_targets(play, inventory, file)
+    _check_serial_attribute(play, inventory, play_hosts, play_users, file)
     hosts = _host_order(inventory, play_hosts & limit_hosts)
     users = _user_order(inventory, play_users & limit_users)
     if not steps:

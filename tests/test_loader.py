@@ -166,12 +166,12 @@ def test_bad_serial(tmp_path):
         - name: P
           serial: {over: people, attribute: wave}
           steps: [{name: A, ldr_host: {}}]
-    """) == ["pb.yml:2:11: 'serial' must be a count, a percentage like '25%' or {over:…, attribute:…} in play 'P'"]
+    """) == ["pb.yml:2:11: 'serial' must be a count, a percentage from 1% to 100% like '25%' or {over:…, attribute:…} in play 'P'"]
     assert playbook_errors(tmp_path, """
         - name: P
           serial: "ten%"
           steps: [{name: A, ldr_host: {}}]
-    """) == ["pb.yml:2:11: 'serial' must be a count, a percentage like '25%' or {over:…, attribute:…} in play 'P'"]
+    """) == ["pb.yml:2:11: 'serial' must be a count, a percentage from 1% to 100% like '25%' or {over:…, attribute:…} in play 'P'"]
 
 
 def test_duplicate_yaml_key(tmp_path):

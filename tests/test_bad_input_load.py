@@ -1,0 +1,154 @@
+"""Careless input is refused when it is read (issue 9), before anything runs: each case
+through the CLI, with its exit code and a message naming the file and line (or option)."""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_support import cli
+from runner.lab.generator import generate
+
+REPO = Path(__file__).resolve().parent.parent
+GRADUAL = REPO / "playbooks" / "gradual.yml"
+
+
+@pytest.fixture(scope="module")
+def lab_inv(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("lab") / "lab", clients=2, users_per_client=2, contacts=3, seed=2)
+
+
+def _edited(tmp_path: Path, old: str, new: str) -> Path:
+    """gradual.yml with ``old`` (a regex, first match) replaced by ``new``."""
+    text, n = re.subn(old, new, GRADUAL.read_text(encoding="utf-8"), count=1, flags=re.M)
+    assert n == 1, old
+    path = tmp_path / "pb.yml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _line_of(path: Path, fragment: str) -> int:
+    return next(i for i, t in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if fragment in t)
+
+
+@pytest.mark.parametrize("old, new, says", [
+    (r"^(\s+)import_contacts:\n(\s+coexistence: true\n\s+coexistence_group: .*\n)",
+     r"\1import_contacts: [1, 2]\n", "must be a mapping such as {option: value} (or {} for none), not a list"),
+    (r"^(\s+)import_contacts:\n(\s+coexistence: true\n\s+coexistence_group: .*\n)",
+     r"\1import_contacts: coexistence\n", "not a string"),
+    (r"serial: \{over: users, attribute: wave\}", 'serial: "200%"', "a percentage from 1% to 100%"),
+    (r"serial: \{over: users, attribute: wave\}", 'serial: "0%"', "a percentage from 1% to 100%"),
+    (r"serial: \{over: users, attribute: wave\}", "serial: {over: users, attribute: wav}",
+     "serial attribute 'wav' is set on none of the play's users (did you mean 'wave'?)"),
+    (r"max_fail_percentage: 10", "max_fail_percentage: .nan", ".nan is not a finite number"),
+    (r"delay: 5", "delay: .inf", ".inf is not a finite number"),
+    (r"delay: 5", "delay: 100000", "delay"),
+])
+def test_a_careless_playbook_is_refused_at_its_line(tmp_path, capsys, lab_inv, old, new, says):
+    pb = _edited(tmp_path, old, new)
+    code, text = cli(capsys, "validate", str(pb), "-i", str(lab_inv))
+    assert code == 4, text
+    fragment = new.split("\\n")[0].replace("\\1", "").strip()
+    play_line = "serial attribute" in says
+    line = _line_of(pb, "- name: Move users wave by wave") if play_line else _line_of(pb, fragment)
+    assert f"{pb}:{line}:" in text and says in text, text
+    code, text = cli(capsys, "apply", str(pb), "-i", str(lab_inv), "--state", str(tmp_path / "st"))
+    assert code == 4 and not (tmp_path / "st").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--limit", ""], "--limit '' names nothing"),
+    (["--limit", ","], "--limit ',' names nothing"),
+    (["--limit", " , "], "names nothing"),
+    (["--limit", "!*"], "leaves no host and no user"),
+    (["--limit", "all,!all"], "leaves no host and no user"),
+    (["--tags", ""], "'' names no tag"),
+    (["--skip-tags", ","], "names no tag"),
+])
+def test_an_empty_selection_is_a_bad_option_not_everything(tmp_path, capsys, lab_inv, args, says):
+    """`--limit "$WAVE"` with WAVE unset must not migrate everyone."""
+    code, text = cli(capsys, "apply", str(GRADUAL), "-i", str(lab_inv), "--state", str(tmp_path / "st"),
+                     "--check", *args)
+    assert code == 5 and says in text, text
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e9", "fast"])
+def test_a_retry_scale_that_is_not_a_finite_small_number_is_a_bad_option(tmp_path, capsys, lab_inv,
+                                                                          monkeypatch, value):
+    monkeypatch.setenv("RUNNER_RETRY_DELAY_SCALE", value)
+    code, text = cli(capsys, "apply", str(GRADUAL), "-i", str(lab_inv), "--state", str(tmp_path / "st"))
+    assert code == 5 and "RUNNER_RETRY_DELAY_SCALE" in text, text
+
+
+def _laughs(levels: int) -> str:
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 10) + "]")
+    return "- name: p\n  hosts: all\n  vars:\n" + "".join(f"    {t}\n" for t in lines) + "  steps: []\n"
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: p.write_text(_laughs(12)), "expands to more than 2,000,000 values"),
+    (lambda p: p.write_text("- name: p\n  hosts: all\n  vars:\n    x: " + "[" * 990 + "]" * 990
+                            + "\n  steps: []\n"), "nested too deeply"),
+    (lambda p: p.write_text("- name: p\n  hosts: all\n  vars:\n    x: " + "[" * 80 + "]" * 80
+                            + "\n  steps: []\n"), "nested too deeply (more than 64 levels)"),
+    (lambda p: os.mkfifo(p), "not a regular file"),
+    (lambda p: os.truncate(p.open("wb").name, 40 << 20), "larger than the 32 MiB"),
+])
+def test_the_reader_bounds_size_depth_and_aliases(tmp_path, capsys, make, says):
+    """Each is refused in a second or two with bounded memory (a hang or a MemoryError before)."""
+    pb = tmp_path / "pb.yml"
+    make(pb)
+    started = time.monotonic()
+    code, text = cli(capsys, "validate", str(pb))
+    assert code == 4 and str(pb) in text and says in text, text
+    assert time.monotonic() - started < 30  # a hang guard only; speed is for bench/
+
+
+def test_a_device_as_the_playbook_is_refused(capsys):
+    code, text = cli(capsys, "validate", "/dev/zero")
+    assert code == 4 and "/dev/zero: not a regular file" in text
+
+
+def test_validate_warns_about_users_without_client_machines(tmp_path, capsys):
+    inv = tmp_path / "inv.yml"
+    inv.write_text("all:\n  children:\n    clients: {hosts: {pc1: }}\n    lcs_servers: {hosts: {lcs01: }}\n"
+                   "    exchange_im_servers: {hosts: {exim01: }}\nusers:\n"
+                   "  bob: {im_address: bob@im.contoso.com, clients: [], wave: w1}\n"
+                   "  al: {im_address: al@im.contoso.com, wave: w1}\n"
+                   "  cy: {im_address: cy@im.contoso.com, clients: [pc1], wave: w1}\n")
+    code, text = cli(capsys, "validate", str(GRADUAL), "-i", str(inv))
+    assert code == 0, text
+    assert "warning: user 'bob' has no clients" in text and "warning: user 'al' has no clients" in text
+    assert "'cy'" not in text
+
+
+@pytest.mark.parametrize("data, where, says", [
+    (b"- name: p\n  hosts: all\n  steps:\n    - name: s\n      1: {}\n", ":5:7:", "the key '1' is read by YAML as a number"),
+    (b"- name: p\n  hosts: all\n  steps:\n    - name: s\n      null: {}\n", ":5:7:", "read by YAML as null"),
+    (b"- name: p\n  hosts: all\n  steps:\n    - name: s\x00\n", ":4:14:", "U+0000 is not allowed"),
+    ("- name: p\n  hosts: all\n  steps: []\n".encode("utf-16"), ":3:10:", "'steps' must not be empty"),
+    (b"- name: p\n  hosts: all\n  vars: {on: 1}\n  steps: []\n", ":3:10:", "read by YAML as a boolean"),
+])
+def test_keys_and_characters_yaml_reads_otherwise_are_named_at_their_place(tmp_path, capsys, data, where, says):
+    pb = tmp_path / "pb.yml"
+    pb.write_bytes(data)
+    code, text = cli(capsys, "validate", str(pb))
+    assert code == 4 and f"{pb}{where}" in text and says in text, text
+    assert "<unicode string>" not in text
+
+
+@pytest.mark.parametrize("key, says", [
+    ("yes", "the key 'yes' is read by YAML as a boolean"),
+    ("12", "the key '12' is read by YAML as a number"),
+    ("a" * 5000, "a key longer than 1024 characters"),
+])
+def test_host_names_yaml_cannot_read_as_names_are_reported_as_such(tmp_path, capsys, key, says):
+    inv = tmp_path / "inv.yml"
+    inv.write_text(f"all:\n  hosts:\n    {key}: {{}}\nusers: {{}}\n")
+    code, text = cli(capsys, "validate", str(GRADUAL), "-i", str(inv))
+    assert code == 4 and f"{inv}:3:" in text and says in text, text
