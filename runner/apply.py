@@ -18,7 +18,7 @@ from runner.connections.lab import check_labs
 from runner.connections.registry import ConnectionOptions
 from runner.engine import Engine, EngineOptions, retry_delay_scale
 from runner.errors import EXIT_INTERRUPTED
-from runner.loader import load_inventory, load_playbook
+from runner.loader import lab_plugin_settings, load_inventory, load_playbook
 from runner.output import HumanOutput, JsonOutput
 from runner.plan import build_plan
 from runner.state import StateStore, run_identity
@@ -83,6 +83,9 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
     err = stderr or sys.stderr
     retry_delay_scale()  # a bad RUNNER_RETRY_DELAY_SCALE is a bad option before anything starts
     playbook = load_playbook(req.playbook)
+    if lab_plugin_settings(req.inventory) is not None:  # the built-in lab is made on first use, by apply
+        from runner.lab.generator import ensure_plugin_lab
+        ensure_plugin_lab(req.inventory)
     inventory = load_inventory(req.inventory)
     plan = build_plan(playbook, inventory, limit=req.limit, tags=req.tags or None,
                       skip_tags=req.skip_tags or None, start_at_step=req.start_at_step)

@@ -376,30 +376,28 @@ def test_host_in_several_groups_is_one_host(tmp_path):
     assert list(inv.hosts) == ["pc1"] and inv.hosts["pc1"].groups == ("all", "a", "b")
 
 
-def test_lab_plugin_calls_the_generator_and_loads_its_inventory(tmp_path, monkeypatch):
+def test_lab_plugin_loads_its_labs_inventory_and_never_generates_one(tmp_path, monkeypatch):
     import sys
     import types
 
-    calls = []
-    generated = write(tmp_path, "generated.yml", """
+    monkeypatch.chdir(tmp_path)
+    module = types.ModuleType("runner.lab.generator")  # loading must not reach the generator
+    monkeypatch.setitem(sys.modules, "runner.lab.generator", module)
+    plugin = write(tmp_path, "lab.yml", """
+        plugin: lab
+        lab: {dir: .lab/x, clients: 3}
+    """)
+    with pytest.raises(InputError, match=r"the lab in \.lab/x has not been generated yet"):
+        load_inventory(plugin)
+    assert not (tmp_path / ".lab").exists()
+    (tmp_path / ".lab" / "x").mkdir(parents=True)
+    write(tmp_path, ".lab/x/inventory.yml", """
         all:
           vars: {lab_dir: lab}
           children: {clients: {hosts: {pc0001: {}}}}
         users: {alice: {im_address: alice@im.contoso.com, clients: [pc0001]}}
     """)
-
-    def ensure_lab(directory, *, clients, users_per_client, contacts, seed):
-        calls.append((directory, clients, users_per_client, contacts, seed))
-        return Path(generated)
-
-    module = types.ModuleType("runner.lab.generator")
-    module.ensure_lab = ensure_lab
-    monkeypatch.setitem(sys.modules, "runner.lab.generator", module)
-    inv = load_inventory(write(tmp_path, "lab.yml", """
-        plugin: lab
-        lab: {dir: .lab/x, clients: 3}
-    """))
-    assert calls == [(Path(".lab/x"), 3, 2, 20, 1)]
+    inv = load_inventory(plugin)
     assert inv.hosts["pc0001"].connection == "lab"
     assert inv.users["alice"].clients == ("pc0001",)
 

@@ -835,6 +835,23 @@ def generate_from_inventory(directory: Path | str, inventory_path: Path | str, *
     return _write_lab(Path(directory), _plan_from_inventory(inv, contacts, seed))
 
 
+def ensure_plugin_lab(inventory_path: str | Path) -> None:
+    """Generate the lab a ``plugin: lab`` inventory names, unless it exists (``runner apply``
+    calls this before loading the inventory; loading itself never writes)."""
+    from runner.errors import InputError
+    from runner.loader import lab_plugin_settings
+
+    settings = lab_plugin_settings(inventory_path)
+    if settings is None:
+        return
+    try:
+        ensure_lab(Path(settings["dir"]), clients=settings["clients"], users_per_client=settings["users_per_client"],
+                   contacts=settings["contacts"], seed=settings["seed"])
+    except OSError as exc:
+        raise InputError(f"cannot create the lab in {settings['dir']}: {exc.strerror or exc}",
+                         str(inventory_path)) from None
+
+
 def ensure_lab(directory: Path | str, *, clients: int, users_per_client: int, contacts: int, seed: int) -> Path:
     """Create the lab at ``directory`` unless it exists; return its inventory path.
 
