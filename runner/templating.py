@@ -24,8 +24,36 @@ from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from runner.errors import PermanentFault
 
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                            keep_trailing_newline=True)
+#: The largest string or list one operation of a template may build, and the largest
+#: power: a template's result is a step argument or a condition, never megabytes
+#: (``{{ 'x' * 10**9 }}`` in a ``when`` took 1 GB).
+MAX_TEMPLATE_RESULT = 1 << 20
+MAX_TEMPLATE_POWER = 1 << 10
+
+
+class _BoundedEnvironment(SandboxedEnvironment):
+    """The sandbox, with ``*``, ``**`` and ``+`` bounded so a template cannot fill memory.
+
+    Intercepted operators are also never folded at compile time, so loading a
+    playbook that holds such an expression costs nothing.
+    """
+
+    intercepted_binops = frozenset(("*", "**", "+"))
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > MAX_TEMPLATE_POWER:
+            raise SecurityError(f"the power {right} is larger than {MAX_TEMPLATE_POWER}")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_TEMPLATE_RESULT:
+                    raise SecurityError(f"the result would be longer than {MAX_TEMPLATE_RESULT:,} items")
+        result = super().call_binop(context, operator, left, right)
+        if operator == "+" and isinstance(result, (str, list)) and len(result) > MAX_TEMPLATE_RESULT:
+            raise SecurityError(f"the result would be longer than {MAX_TEMPLATE_RESULT:,} items")
+        return result
+
+
+_ENV = _BoundedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _PURE = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.S)
 _MARKERS = ("{{", "{%", "{#")
 _UNDEFINED = re.compile(r"'([^']+)' is undefined")

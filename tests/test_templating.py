@@ -50,3 +50,20 @@ def test_when_accepts_templates_bare_expressions_and_booleans():
 def test_check_syntax_reports_errors_without_variables():
     assert check_syntax("{{ a.b }} x") is None
     assert check_syntax("{{ a + }}") is not None
+
+
+@pytest.mark.parametrize("source", ["{{ 'x' * 10**9 }}", "{{ 10**9 * 'x' }}", "{{ [0] * 10**8 }}",
+                                    "{{ 2 ** 100000 }}", "{{ ('x' * 1000000) + ('y' * 100000) }}"])
+def test_a_template_cannot_build_a_huge_value(source):
+    """Each is refused before it allocates (it took 1 GB and exited 0 in a `when`)."""
+    with pytest.raises(TemplateError, match="unsafe operation"):
+        render(source, {})
+    with pytest.raises(TemplateError):
+        evaluate_when(source.strip("{} "), {})
+    assert check_syntax(source) is None  # loading the playbook stays cheap: nothing is folded
+
+
+def test_ordinary_arithmetic_and_repetition_still_work():
+    assert render("{{ 'ab' * 3 }}", {}) == "ababab"
+    assert render("{{ 2 ** 10 }}", {}) == 1024
+    assert render("{{ [1] * 3 + [2] }}", {}) == [1, 1, 1, 2]
