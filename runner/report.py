@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runner.state import DB_NAME, StateStore
+from runner.state import DB_NAME, StateStore, refuse_lost_store
 
 
 def collect_report(state_dir: Path, run_id: str | None = None) -> dict[str, Any]:
     """Warnings and failures of ``run_id`` (default: the newest run) as a JSON-able dict."""
+    refuse_lost_store(state_dir)
     if not (state_dir / DB_NAME).exists():
         return {"state": str(state_dir), "run": None, "entries": []}
     store = StateStore(state_dir, create=False)

@@ -178,6 +178,16 @@ def _artifact_files(directory: Path, enough: int = 1000) -> int:
     return n
 
 
+def refuse_lost_store(directory: Path) -> None:
+    """Raise StoreDamagedError when ``directory`` has no state.db but holds artifacts of earlier runs."""
+    found = _artifact_files(directory)
+    if found and not (directory / DB_NAME).exists():
+        raise StoreDamagedError(
+            f"{directory / DB_NAME} is missing, but {directory / ARTIFACTS_DIR} holds {found} "
+            f"exported file(s) of earlier runs: the checkpoint store was deleted or lost; "
+            f"{_recovery(directory)}")
+
+
 def _recovery(directory: Path) -> str:
     return (f"restore {directory} from a backup, or move it aside (keep its artifacts/: the exported "
             f"contact lists) and start again with a new --state DIR (every task probes again)")
@@ -229,12 +239,7 @@ class StateStore:
         self.path = self.directory / DB_NAME
         try:
             if not self.path.exists():
-                found = _artifact_files(self.directory)
-                if found:
-                    raise StoreDamagedError(
-                        f"{self.path} is missing, but {self.directory / ARTIFACTS_DIR} holds {found} "
-                        f"exported file(s) of earlier runs: the checkpoint store was deleted or lost; "
-                        f"{_recovery(self.directory)}")
+                refuse_lost_store(self.directory)
                 if not create:
                     raise RunnerError(f"no state store in {self.directory} (no run has been started there)")
                 self.directory.mkdir(parents=True, exist_ok=True)

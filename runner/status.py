@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.lcs.contacts import DEFAULT_MAX_CONTACTS
-from runner.state import DB_NAME, StateStore
+from runner.state import DB_NAME, StateStore, refuse_lost_store
 from runner.steps._clients import version_tuple
 
 MAX_RUNS = 20
@@ -29,6 +29,7 @@ def _when(ts: float | None) -> str | None:
 
 def collect_status(state_dir: Path) -> dict[str, Any]:
     """A JSON-serialisable summary of the store in ``state_dir`` (empty when there is none)."""
+    refuse_lost_store(state_dir)
     if not (state_dir / DB_NAME).exists():
         return {"state": str(state_dir), "estate": None, "runs": [],
                 "facts": summarise_facts({}) | {"last_updated": None}, "damaged": []}
