@@ -189,6 +189,10 @@ def test_an_old_store_of_one_estate_is_adopted_and_resumes(tmp_path, capsys):
     _downgrade_to_schema_1(state / "state.db")
     code, out = cli(capsys, "status", "--state", str(state))
     assert code == 0 and "run " in out
+    code, out = cli(capsys, "apply", GRADUAL, "-i", str(inv), "--state", str(state), "--check")
+    assert code == 0, out  # read-only: the old store is checked, not converted
+    with StateStore(state, create=False) as store:
+        assert store.schema == 1
     code, out = cli(capsys, "apply", GRADUAL, "-i", str(inv), "--state", str(state), "--json")
     assert code == 0, out
     events = _events(out)
