@@ -724,7 +724,10 @@ class StateStore:
         out = []
         for r in rows:
             where = f"tasks(run_id={r['run_id']!r}, key={r['key']!r}) column result"
-            result = _decode(r["result"], where) or {}
+            try:
+                result = _decode(r["result"], where) or {}
+            except DamagedRecord as exc:
+                raise DamagedRecord(f"{self.path}: {exc}; `runner status` names every damaged row") from None
             data = result.get("data", {}) if isinstance(result, dict) else None
             if not isinstance(data, dict):
                 raise DamagedRecord(f"{self.path}: row {where} holds no result object; "
@@ -748,7 +751,10 @@ class StateStore:
     def facts(self, host: str) -> dict[str, Any] | None:
         """The last facts committed for ``host``, or None (DamagedRecord naming an undecodable row)."""
         rows = self._read("SELECT data FROM facts WHERE host=?", (host,))
-        return _decode(rows[0]["data"], f"facts(host={host!r}) column data") if rows else None
+        try:
+            return _decode(rows[0]["data"], f"facts(host={host!r}) column data") if rows else None
+        except DamagedRecord as exc:
+            raise DamagedRecord(f"{self.path}: {exc}; `runner status` names every damaged row") from None
 
     def all_facts(self, damaged: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """The last facts committed for every host (for ``runner status``). An undecodable

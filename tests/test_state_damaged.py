@@ -161,3 +161,11 @@ def test_a_new_state_directory_is_still_created(tmp_path, capsys):
     assert not [p for p in (tmp_path / "new" / "st").iterdir() if p.name.startswith(".state.db")]
     code, text = cli(capsys, "status", "--state", str(tmp_path / "new" / "st"))
     assert code == 0 and "estate: contoso.com" in text
+
+
+def test_a_step_that_needs_a_damaged_record_fails_naming_it(migrated, tmp_path, capsys):
+    inv, state = _copy(migrated, tmp_path)
+    key, _host = _garble(state)
+    code, text = cli(capsys, "apply", GRADUAL, "-i", str(inv), "--state", str(state), "--fresh")
+    assert code == 2, text
+    assert f"key={key!r}) column result cannot be decoded" in text and "runner status" in text
