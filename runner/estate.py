@@ -89,7 +89,7 @@ class Estate:
         """Why ``other`` is not this estate, or None when it may be the same one."""
         if self.lab != other.lab:
             if self.lab and other.lab:
-                return "a different lab"
+                return "a different lab (made by another `runner lab init`, or regenerated with --force)"
             return "one is a lab, the other is not" if (self.lab or other.lab) else None
         if self.declared and other.declared and self.declared != other.declared:
             return "a different estate_id"
