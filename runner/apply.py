@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from runner.connections.lab import check_labs
+from runner.connections.lab import check_labs, lab_dir_for
 from runner.connections.registry import ConnectionOptions
 from runner.engine import Engine, EngineOptions, retry_delay_scale
-from runner.errors import EXIT_INTERRUPTED
+from runner.errors import EXIT_INTERRUPTED, PermanentFault, RunnerError
+from runner.estate import Estate, estate_of, subjects
+from runner.lab.store import lab_identity
 from runner.loader import lab_plugin_settings, load_inventory, load_playbook
+from runner.model import Inventory
 from runner.output import HumanOutput, JsonOutput
 from runner.plan import build_plan
-from runner.state import StateStore, run_identity
+from runner.state import StateStore
 
 
 @dataclass
@@ -77,6 +80,41 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self.previous)
 
 
+def inventory_estate(inventory: Inventory) -> Estate:
+    """The estate ``inventory`` describes, a lab's identity read from its directory."""
+    cache: dict[Path, str] = {}
+
+    def lab_of(host: Any) -> str | None:
+        try:
+            path = lab_dir_for(host, inventory).resolve()
+        except PermanentFault:
+            return None
+        if path not in cache:
+            cache[path] = lab_identity(path) or f"dir:{path}"
+        return cache[path]
+    return estate_of(inventory, lab_of)
+
+
+def bind_estate(store: StateStore, inventory: Inventory, *, record: bool) -> Estate:
+    """Bind ``store`` to the inventory's estate or refuse (StateEstateError, exit 1).
+
+    For a store written before stores knew their estate, the inventory files of
+    its runs are read again (those that still load) to tell whether they were
+    this estate.
+    """
+    estate = inventory_estate(inventory)
+    legacy: dict[str, Estate] = {}
+    for path in store.legacy_inventories():
+        if not Path(path).is_file():
+            continue
+        try:
+            legacy[path] = inventory_estate(load_inventory(path))
+        except (RunnerError, OSError):  # unreadable now: nothing known against it
+            continue
+    store.bind_estate(estate, subjects(inventory), legacy=legacy, record=record, inventory=inventory.path)
+    return estate
+
+
 def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run (or check) a playbook against an inventory; return the exit code."""
     out = stdout or sys.stdout
@@ -94,10 +132,12 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
     store = StateStore(Path(req.state_dir))
     try:
         if req.check:
-            latest = None if req.fresh else store.latest_run(run_identity(req.playbook, req.inventory))
+            bind_estate(store, inventory, record=False)
+            latest = None if req.fresh else store.latest_run(store.identity_for(req.playbook, req.inventory))
             run_id, resumed = (latest.id, True) if latest else ("check", False)
         else:
             store.acquire_lock()
+            bind_estate(store, inventory, record=True)
             info = store.start_run(req.playbook, req.inventory, command=req.resume_command, fresh=req.fresh)
             run_id, resumed = info.id, info.resumed
         output: Any

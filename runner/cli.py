@@ -153,7 +153,7 @@ def status(state_dir: str, as_json: bool) -> int:
         click.echo(json.dumps(info, indent=2, default=str))
     else:
         click.echo(render_status(info))
-    return EXIT_OK
+    return _damaged_rows(info.get("damaged"))
 
 
 @cli.command()
@@ -170,7 +170,21 @@ def report(state_dir: str, run_id: str | None, as_json: bool) -> int:
         click.echo(json.dumps(info, indent=2, default=str))
     else:
         click.echo(render_report(info))
-    return EXIT_ERROR if info.get("unknown_run") else EXIT_OK
+    if info.get("unknown_run"):
+        return EXIT_ERROR
+    return _damaged_rows(info.get("damaged"))
+
+
+def _damaged_rows(damaged: list[str] | None) -> int:
+    """Name the store's rows that could not be decoded (on stderr); exit 1 when there are any."""
+    if not damaged:
+        return EXIT_OK
+    for line in damaged:
+        click.echo(f"ERROR: {line}", err=True)
+    click.echo(f"ERROR: {len(damaged)} damaged record(s) in the checkpoint store; the rest is shown above "
+               f"(restore the store from a backup, or move the state directory aside and start with a "
+               f"new --state DIR)", err=True)
+    return EXIT_ERROR
 
 
 def _add_lab_group() -> None:

@@ -79,6 +79,25 @@ class StateLockedError(RunnerError):
     exit_code = EXIT_ERROR
 
 
+class StoreDamagedError(RunnerError):
+    """The state directory's checkpoint store is empty, damaged or lost beside its
+    artifacts: refused, never re-created over (the message says how to recover)."""
+
+    exit_code = EXIT_ERROR
+
+
+class StateEstateError(RunnerError):
+    """The state directory holds the checkpoints of another estate (runner.estate)."""
+
+    exit_code = EXIT_ERROR
+
+
+class DamagedRecord(RunnerError):
+    """One row of the checkpoint store cannot be decoded; the message names it."""
+
+    exit_code = EXIT_ERROR
+
+
 class StepFault(Exception):
     """A fault while a task ran. ``unreachable`` marks faults of the host itself."""
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runner.state import DB_NAME, StateStore
+from runner.state import DB_NAME, StateStore, refuse_lost_store
 
 
 def collect_report(state_dir: Path, run_id: str | None = None) -> dict[str, Any]:
     """Warnings and failures of ``run_id`` (default: the newest run) as a JSON-able dict."""
+    refuse_lost_store(state_dir)
     if not (state_dir / DB_NAME).exists():
         return {"state": str(state_dir), "run": None, "entries": []}
     store = StateStore(state_dir, create=False)
@@ -24,16 +25,25 @@ def collect_report(state_dir: Path, run_id: str | None = None) -> dict[str, Any]
         if run is None:
             return {"state": str(state_dir), "run": None, "entries": [], "unknown_run": run_id}
         entries = []
+        damaged: list[str] = []
         for row in store.task_rows(run.id):
-            result = row["result"] or {}
+            if row.get("damaged"):
+                damaged.append(row["damaged"])
+                entries.append({"step": row["step"], "module": row["module"], "target": row["target"],
+                                "status": row["status"],
+                                "warnings": [f"the store's record of this task is damaged: {row['damaged']}"]})
+                continue
+            result = row["result"] if isinstance(row["result"], dict) else {}
             warnings = list(result.get("warnings") or [])
             if row["status"] in ("failed", "unreachable") and row["message"]:
                 warnings.insert(0, f"{row['status']}: {row['message']}")
             if warnings:
                 entries.append({"step": row["step"], "module": row["module"], "target": row["target"],
                                 "status": row["status"], "warnings": warnings})
+        bound = store.estate()
         return {"state": str(state_dir), "run": run.id, "playbook": run.playbook,
-                "inventory": run.inventory, "entries": entries}
+                "inventory": run.inventory, "estate": bound[1].describe() if bound else None,
+                "entries": entries, "damaged": damaged}
     finally:
         store.close()
 
@@ -45,6 +55,8 @@ def render_report(info: dict[str, Any]) -> str:
     if info["run"] is None:
         return f"no runs recorded in {info['state']}"
     lines = [f"run {info['run']}: {info['playbook']} with {info['inventory']}"]
+    if info.get("estate"):
+        lines.append(f"estate: {info['estate']}")
     if not info["entries"]:
         lines.append("no warnings and no failures recorded")
         return "\n".join(lines)

@@ -7,8 +7,19 @@ before a dependent task starts (between steps, at wave gates) and at exit.
 WAL mode means a SIGKILL at any moment leaves a database the next run opens:
 at worst the last group of outcomes is lost, which only costs a re-probe.
 
-A run is identified by its playbook + inventory (resolved paths); a new
-``apply`` resumes the latest run with the same identity unless ``fresh``.
+A state directory belongs to ONE estate (runner.estate): ``bind_estate``
+records it on the first apply and refuses any other before anything runs.
+A run is identified by the estate + the playbook's file name, so moving or
+renaming the inventory, or the repository, resumes the same run; a new
+``apply`` resumes the latest run with that identity unless ``fresh``. User
+records are keyed by the user's AD GUID (``subject``), not the alias.
+
+A store that exists is never re-created over: a state.db that is empty, not
+a store, missing a table, or that records no run while ``artifacts/`` holds
+exports is refused (StoreDamagedError, exit 1) with what to do. A new store
+is created whole (schema written to a temporary file, then renamed). A row
+whose JSON cannot be decoded is named (DamagedRecord) instead of crashing.
+
 A lock file (``fcntl.flock``) refuses a second concurrent run on the same
 state directory.
 """
@@ -28,14 +39,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from runner.errors import RunnerError, StateLockedError
+from runner.errors import DamagedRecord, RunnerError, StateEstateError, StateLockedError, StoreDamagedError
+from runner.estate import Estate, describe_estates, playbook_name
 from runner.events import DONE_STATUSES, TASK_END, Event, TaskOutcome
 
 DB_NAME = "state.db"
 LOCK_NAME = "lock"
+ARTIFACTS_DIR = "artifacts"
 FLUSH_INTERVAL = 0.2
+SCHEMA_VERSION = 2
+REQUIRED_TABLES = ("runs", "tasks", "artifacts", "facts")
 
 _SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     identity TEXT NOT NULL,
@@ -69,9 +85,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     message TEXT,
     traceback TEXT,
     seq INTEGER NOT NULL DEFAULT 0,
+    subject TEXT,
     PRIMARY KEY (run_id, key)
 );
 CREATE INDEX IF NOT EXISTS tasks_module_target ON tasks(module, target);
+CREATE INDEX IF NOT EXISTS tasks_module_subject ON tasks(module, subject);
 CREATE TABLE IF NOT EXISTS artifacts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
@@ -140,10 +158,62 @@ def file_sha256(path: str | Path) -> str | None:
         return None
 
 
-def run_identity(playbook: str | Path, inventory: str | Path) -> str:
-    """What makes two applies "the same run": the resolved playbook and inventory paths."""
-    text = f"{Path(playbook).resolve()}\0{Path(inventory).resolve()}"
+def run_identity(estate_key: str, playbook: str | Path) -> str:
+    """What makes two applies "the same run": the same estate and the same playbook
+    file name (not paths: a moved inventory or repository resumes its run)."""
+    text = f"{estate_key}\0{playbook_name(playbook)}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _artifact_files(directory: Path, enough: int = 1000) -> int:
+    """How many artifact files (up to ``enough``) ``directory/artifacts`` holds."""
+    root = directory / ARTIFACTS_DIR
+    n = 0
+    if not root.is_dir():
+        return 0
+    for _dirpath, _dirs, files in os.walk(root):
+        n += sum(1 for f in files if not f.startswith("."))
+        if n >= enough:
+            break
+    return n
+
+
+def refuse_lost_store(directory: Path) -> None:
+    """Raise StoreDamagedError when ``directory`` has no state.db but holds artifacts of earlier runs."""
+    found = _artifact_files(directory)
+    if found and not (directory / DB_NAME).exists():
+        raise StoreDamagedError(
+            f"{directory / DB_NAME} is missing, but {directory / ARTIFACTS_DIR} holds {found} "
+            f"exported file(s) of earlier runs: the checkpoint store was deleted or lost; "
+            f"{_recovery(directory)}")
+
+
+def _recovery(directory: Path) -> str:
+    return (f"restore {directory} from a backup, or move it aside (keep its artifacts/: the exported "
+            f"contact lists) and start again with a new --state DIR (every task probes again)")
+
+
+def _create_store(path: Path) -> None:
+    """Write a new, empty store as a whole: schema into a temporary file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_SCHEMA)
+        conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)",
+                         [("schema", str(SCHEMA_VERSION)), ("created", repr(time.time()))])
+    finally:
+        conn.close()  # the last connection checkpoints the WAL into the file
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _new_run_id() -> str:
@@ -166,30 +236,77 @@ class StateStore:
 
     def __init__(self, directory: str | Path, *, create: bool = True) -> None:
         self.directory = Path(directory)
+        self.path = self.directory / DB_NAME
         try:
-            if create:
+            if not self.path.exists():
+                refuse_lost_store(self.directory)
+                if not create:
+                    raise RunnerError(f"no state store in {self.directory} (no run has been started there)")
                 self.directory.mkdir(parents=True, exist_ok=True)
-            elif not (self.directory / DB_NAME).exists():
-                raise RunnerError(f"no state store in {self.directory} (no run has been started there)")
+                _create_store(self.path)
         except OSError as exc:
             raise RunnerError(f"cannot use {self.directory} as the state directory: "
                               f"{exc.strerror or exc}") from None
-        self.path = self.directory / DB_NAME
+        except sqlite3.DatabaseError as exc:
+            raise RunnerError(f"cannot create the checkpoint store {self.path}: {exc}") from None
         self._lock_fd: int | None = None
         self._read_lock = threading.Lock()
+        self.schema = self._check_store()
         try:
             self._reader = self._connect()
-            with self._read_lock:
-                self._reader.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:  # a foreign or damaged state.db, an unwritable directory
-            raise RunnerError(f"{self.path}: not a usable checkpoint store ({exc}); "
-                              f"give --state a directory of its own") from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreDamagedError(f"{self.path}: not a usable checkpoint store ({exc}); "
+                                    f"{_recovery(self.directory)}") from None
+        self._estate_key: str | None = None
+        self._subjects: dict[str, str] = {}
         self._queue: queue.Queue[Any] = queue.Queue()
         self._writer_error: BaseException | None = None
         self._writer = threading.Thread(target=self._write_loop, name="state-writer", daemon=True)
         self._writer.start()
         self._seq = 0
         self._closed = False
+
+    def _check_store(self) -> int:
+        """Refuse a state.db that is not a whole checkpoint store; return its schema version.
+
+        Reads only (no pragma that writes, no CREATE): a damaged store stays as it is
+        for whoever restores it.
+        """
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreDamagedError(f"{self.path}: cannot be opened ({exc}); {_recovery(self.directory)}") from None
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables & {*REQUIRED_TABLES, "meta"}:
+                size = self.path.stat().st_size
+                raise StoreDamagedError(
+                    f"{self.path} is not a checkpoint store: it is empty ({size} bytes, no runner table)"
+                    + self._beside_artifacts() + f"; {_recovery(self.directory)}")
+            missing = [t for t in REQUIRED_TABLES if t not in tables]
+            if missing:
+                raise StoreDamagedError(
+                    f"{self.path} is damaged: table(s) {', '.join(missing)} missing"
+                    + self._beside_artifacts() + f"; {_recovery(self.directory)}")
+            runs = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            if not runs and _artifact_files(self.directory):
+                raise StoreDamagedError(
+                    f"{self.path} records no run" + self._beside_artifacts()
+                    + f" (its last commits were lost, e.g. with its -wal file); {_recovery(self.directory)}")
+            if "meta" not in tables:
+                return 1
+            row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            return int(row[0]) if row and str(row[0]).isdigit() else 1
+        except sqlite3.DatabaseError as exc:
+            raise StoreDamagedError(f"{self.path}: not a usable checkpoint store, damaged or not the "
+                                    f"runner's ({exc}); {_recovery(self.directory)}") from None
+        finally:
+            conn.close()
+
+    def _beside_artifacts(self) -> str:
+        found = _artifact_files(self.directory)
+        return (f", while {self.directory / ARTIFACTS_DIR} holds {found} exported file(s) of earlier runs"
+                if found else "")
 
     # -- connection and writer ------------------------------------------------
 
@@ -199,6 +316,7 @@ class StateStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
+        conn.text_factory = _text
         return conn
 
     def _write_loop(self) -> None:
@@ -285,9 +403,20 @@ class StateStore:
         self.close()
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._read_lock:
-            self._reader.row_factory = sqlite3.Row
-            return self._reader.execute(sql, tuple(params)).fetchall()
+        """Rows of a query; a page found damaged on the way is a StoreDamagedError (exit 1).
+
+        (Pages are not all checked on open: ``PRAGMA quick_check`` costs seconds on a
+        big store; SQLite reports a damaged page when a query reaches it.)
+        """
+        try:
+            with self._read_lock:
+                self._reader.row_factory = sqlite3.Row
+                return self._reader.execute(sql, tuple(params)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise StoreDamagedError(f"{self.path}: not a usable checkpoint store ({exc}); "
+                                    f"{_recovery(self.directory)}") from None
 
     # -- lock -----------------------------------------------------------------
 
@@ -346,19 +475,126 @@ class StateStore:
         rows = self._read("SELECT * FROM runs WHERE id=?", (run_id,))
         return _run(rows[0]) if rows else None
 
+    # -- the estate -----------------------------------------------------------
+
+    def estate(self) -> tuple[str, Estate] | None:
+        """The estate this store belongs to (its key and last description), or None yet."""
+        if self.schema < 2:
+            return None
+        rows = {r["key"]: r["value"] for r in self._read(
+            "SELECT key, value FROM meta WHERE key IN ('estate', 'estate_key')")}
+        if "estate" not in rows or "estate_key" not in rows:
+            return None
+        try:
+            return rows["estate_key"], Estate.from_json(rows["estate"])
+        except (ValueError, TypeError) as exc:
+            raise DamagedRecord(f"{self.path}: row meta(key='estate') cannot be decoded ({exc}); "
+                                f"{_recovery(self.directory)}") from None
+
+    def legacy_inventories(self) -> list[str]:
+        """Inventory paths of the runs recorded before the store knew its estate (oldest first)."""
+        if self.estate() is not None:
+            return []
+        rows = self._read("SELECT inventory, MIN(started) AS first FROM runs GROUP BY inventory ORDER BY first")
+        return [r["inventory"] for r in rows]
+
+    def bind_estate(self, estate: Estate, subjects: Mapping[str, str], *,
+                    legacy: Mapping[str, Estate] | None = None, record: bool = True,
+                    inventory: str | Path | None = None) -> None:
+        """Make this store the store of ``estate`` or refuse (StateEstateError) before anything runs.
+
+        ``subjects`` maps user aliases to their record keys (runner.estate.subjects);
+        ``inventory`` names the inventory file in messages. A store that records
+        another estate is refused; one written before stores knew their estate is
+        checked against ``legacy`` (the estates of its runs' inventory files that
+        could still be read) and, unless they conflict, becomes this estate's: its
+        runs take the new identities and its user records their AD GUIDs.
+        ``record=False`` (``--check``) checks without writing.
+        """
+        recorded = self.estate()
+        this = f"this inventory{f' ({inventory})' if inventory else ''} is {estate.describe()}"
+        advice = "A state directory serves one estate: give this one its own with --state DIR"
+        if recorded is not None:
+            key, theirs = recorded
+            why = theirs.conflict(estate)
+            if why:
+                last = self.runs()
+                seen = f", last applied with {last[0].inventory}" if last else ""
+                raise StateEstateError(
+                    f"the state directory {self.directory} belongs to another estate: it holds "
+                    f"{theirs.describe()}{seen}; {this}: {why}. {advice}")
+            if record and theirs != estate:
+                self._submit(lambda conn: conn.execute(
+                    "UPDATE meta SET value=? WHERE key='estate'", (estate.to_json(),)))
+                self.flush()
+        else:
+            known = dict(legacy or {})
+            paths = list(known)
+            for i, a in enumerate(paths):
+                for b in paths[i + 1:]:
+                    if known[a].conflict(known[b]):
+                        raise StateEstateError(
+                            f"the state directory {self.directory} was written before state directories were "
+                            f"bound to one estate and holds runs of several: {describe_estates(known)}; their "
+                            f"records cannot be told apart: give this estate a new state directory with "
+                            f"--state DIR (keep the old one for its artifacts)")
+            for path, theirs in known.items():
+                why = theirs.conflict(estate)
+                if why:
+                    raise StateEstateError(
+                        f"the state directory {self.directory} belongs to another estate: it holds "
+                        f"{theirs.describe()} (runs of {path}); {this}: {why}. {advice}")
+            key = estate.key
+            if record:
+                self._adopt(estate, key, subjects)
+        self._estate_key = key
+        self._subjects = dict(subjects)
+
+    def _adopt(self, estate: Estate, key: str, subjects: Mapping[str, str]) -> None:
+        """Record ``estate`` as this store's; bring a store of schema 1 up to date."""
+        legacy = self.schema < 2
+        runs = [(r["id"], r["playbook"]) for r in self._read("SELECT id, playbook FROM runs")]
+
+        def write(conn: sqlite3.Connection) -> None:
+            if legacy:
+                columns = {r[1] for r in conn.execute("PRAGMA table_info(tasks)")}
+                if "subject" not in columns:
+                    conn.execute("ALTER TABLE tasks ADD COLUMN subject TEXT")
+                conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                conn.execute("CREATE INDEX IF NOT EXISTS tasks_module_subject ON tasks(module, subject)")
+            conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                             [("schema", str(SCHEMA_VERSION)), ("estate", estate.to_json()), ("estate_key", key)])
+            conn.executemany("UPDATE runs SET identity=? WHERE id=?",
+                             [(run_identity(key, pb), run_id) for run_id, pb in runs])
+            conn.executemany("UPDATE tasks SET subject=? WHERE subject IS NULL AND kind='user' AND target=?",
+                             [(subj, alias) for alias, subj in subjects.items()])
+            conn.execute("UPDATE tasks SET subject=COALESCE(kind, 'user') || ':' || target WHERE subject IS NULL")
+        self._submit(write)
+        self.flush()
+        self.schema = SCHEMA_VERSION
+
+    def _subject(self, kind: str | None, target: str) -> str:
+        if kind != "host" and target in self._subjects:
+            return self._subjects[target]
+        return f"{kind or 'user'}:{target}"
+
+    def identity_for(self, playbook: str | Path, inventory: str | Path) -> str:
+        """The run identity of ``playbook`` on this store's estate (unbound: the inventory's path)."""
+        return run_identity(self._estate_key or f"inventory:{Path(inventory).resolve()}", playbook)
+
     def start_run(self, playbook: str | Path, inventory: str | Path, *, command: str,
                   fresh: bool = False) -> RunInfo:
         """Resume the latest run of this identity, or start a new one (``fresh`` or none yet)."""
-        identity = run_identity(playbook, inventory)
+        identity = self.identity_for(playbook, inventory)
         pb, inv = str(Path(playbook).resolve()), str(Path(inventory).resolve())
         pb_sha, inv_sha = file_sha256(pb), file_sha256(inv)
         now = time.time()
         latest = None if fresh else self.latest_run(identity)
         if latest is not None:
             def resume(conn: sqlite3.Connection) -> None:
-                conn.execute("UPDATE runs SET status='running', ended=NULL, command=?, playbook_sha=?,"
-                             " inventory_sha=?, sessions=sessions+1 WHERE id=?",
-                             (command, pb_sha, inv_sha, latest.id))
+                conn.execute("UPDATE runs SET status='running', ended=NULL, command=?, playbook=?, playbook_sha=?,"
+                             " inventory=?, inventory_sha=?, sessions=sessions+1 WHERE id=?",
+                             (command, pb, pb_sha, inv, inv_sha, latest.id))
             self._submit(resume)
             self.flush()
             info = self.get_run(latest.id)
@@ -416,18 +652,18 @@ class StateStore:
         row = (run_id, outcome.key, outcome.play_index, outcome.step, outcome.module, outcome.kind,
                outcome.target, outcome.wave, outcome.status, outcome.attempts, outcome.started,
                outcome.ended, outcome.duration, result, outcome.fingerprint, outcome.message,
-               outcome.traceback, seq)
+               outcome.traceback, seq, self._subject(outcome.kind, outcome.target))
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO tasks(run_id, key, play_index, step, module, kind, target, wave, status,"
-                " attempts, started, ended, duration, result, fingerprint, message, traceback, seq)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " attempts, started, ended, duration, result, fingerprint, message, traceback, seq, subject)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(run_id, key) DO UPDATE SET status=excluded.status,"
                 " attempts=excluded.attempts, started=excluded.started, ended=excluded.ended,"
                 " duration=excluded.duration, result=excluded.result, fingerprint=excluded.fingerprint,"
                 " message=excluded.message, traceback=excluded.traceback, step=excluded.step,"
-                " module=excluded.module, wave=excluded.wave, seq=excluded.seq", row)
+                " module=excluded.module, wave=excluded.wave, seq=excluded.seq, subject=excluded.subject", row)
         self._submit(write)
 
     def subscriber(self, run_id: str) -> Callable[[Event], None]:
@@ -447,7 +683,10 @@ class StateStore:
         out = []
         for r in rows:
             d = dict(r)
-            d["result"] = json.loads(d["result"]) if d["result"] else None
+            try:
+                d["result"] = _decode(d["result"], f"tasks(run_id={run_id!r}, key={d['key']!r}) column result")
+            except DamagedRecord as exc:
+                d["result"], d["damaged"] = None, f"{self.path}: {exc}"
             out.append(d)
         return out
 
@@ -468,15 +707,33 @@ class StateStore:
         return ordered
 
     def previous(self, module: str, target: str) -> list[TaskRecord]:
-        """Finished (ok/changed) outcomes of ``module`` for ``target`` across runs, newest first."""
-        rows = self._read("SELECT run_id, key, step, module, target, status, result, ended FROM tasks"
-                          " WHERE module=? AND target=? AND status IN ('ok','changed')"
-                          " ORDER BY ended DESC", (module, target))
+        """Finished (ok/changed) outcomes of ``module`` for ``target`` across the runs of this
+        store's estate, newest first. A user is found by their record key (AD GUID), so a
+        renamed alias keeps its history and an alias reused by someone else gets none."""
+        if self.schema < 2:  # not adopted yet (--check on an old store): by name, as it was written
+            rows = self._read("SELECT run_id, key, step, module, target, status, result, ended FROM tasks"
+                              " WHERE module=? AND target=? AND status IN ('ok','changed')"
+                              " ORDER BY ended DESC", (module, target))
+        else:
+            subjects = ([self._subjects[target]] if target in self._subjects
+                        else [f"user:{target}", f"host:{target}"])
+            marks = ",".join("?" * len(subjects))
+            rows = self._read("SELECT run_id, key, step, module, target, status, result, ended FROM tasks"
+                              f" WHERE module=? AND subject IN ({marks}) AND status IN ('ok','changed')"
+                              " ORDER BY ended DESC", (module, *subjects))
         out = []
         for r in rows:
-            result = json.loads(r["result"]) if r["result"] else {}
+            where = f"tasks(run_id={r['run_id']!r}, key={r['key']!r}) column result"
+            try:
+                result = _decode(r["result"], where) or {}
+            except DamagedRecord as exc:
+                raise DamagedRecord(f"{self.path}: {exc}; `runner status` names every damaged row") from None
+            data = result.get("data", {}) if isinstance(result, dict) else None
+            if not isinstance(data, dict):
+                raise DamagedRecord(f"{self.path}: row {where} holds no result object; "
+                                    f"{_recovery(self.directory)}")
             out.append(TaskRecord(step=r["step"], module=r["module"], target=r["target"],
-                                  status=r["status"], data=result.get("data", {}), run_id=r["run_id"],
+                                  status=r["status"], data=data, run_id=r["run_id"],
                                   key=r["key"], ended=r["ended"]))
         return out
 
@@ -492,13 +749,28 @@ class StateStore:
             (host, data, run_id, now)))
 
     def facts(self, host: str) -> dict[str, Any] | None:
-        """The last facts committed for ``host``, or None."""
+        """The last facts committed for ``host``, or None (DamagedRecord naming an undecodable row)."""
         rows = self._read("SELECT data FROM facts WHERE host=?", (host,))
-        return json.loads(rows[0]["data"]) if rows else None
+        try:
+            return _decode(rows[0]["data"], f"facts(host={host!r}) column data") if rows else None
+        except DamagedRecord as exc:
+            raise DamagedRecord(f"{self.path}: {exc}; `runner status` names every damaged row") from None
 
-    def all_facts(self) -> dict[str, dict[str, Any]]:
-        """The last facts committed for every host (for ``runner status``)."""
-        return {r["host"]: json.loads(r["data"]) for r in self._read("SELECT host, data FROM facts")}
+    def all_facts(self, damaged: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The last facts committed for every host (for ``runner status``). An undecodable
+        row is left out and named in ``damaged`` when given (else DamagedRecord)."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self._read("SELECT host, data FROM facts"):
+            try:
+                found = _decode(r["data"], f"facts(host={r['host']!r}) column data")
+            except DamagedRecord as exc:
+                if damaged is None:
+                    raise
+                damaged.append(f"{self.path}: {exc}")
+                continue
+            if isinstance(found, dict):
+                out[r["host"]] = found
+        return out
 
     def facts_summary(self) -> dict[str, Any]:
         """How many hosts have facts, and when they were last updated."""
@@ -531,6 +803,24 @@ class StateStore:
         rows = self._read("SELECT name, path, sha256, size FROM artifacts WHERE name=? ORDER BY id DESC",
                           (name,))
         return [ArtifactRow(r["name"], r["path"], r["sha256"], r["size"]) for r in rows]
+
+
+def _text(raw: bytes) -> str | bytes:
+    """A TEXT column as str; bytes that are not UTF-8 stay bytes, for _decode to name the row."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _decode(text: str | bytes | None, where: str) -> Any:
+    """JSON of one stored column; DamagedRecord naming the row when it cannot be decoded."""
+    if text is None or text == "":
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise DamagedRecord(f"row {where} cannot be decoded ({exc})") from None
 
 
 def _run(r: sqlite3.Row) -> RunInfo:

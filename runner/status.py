@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.lcs.contacts import DEFAULT_MAX_CONTACTS
-from runner.state import DB_NAME, StateStore
+from runner.state import DB_NAME, StateStore, refuse_lost_store
 from runner.steps._clients import version_tuple
 
 MAX_RUNS = 20
@@ -29,8 +29,10 @@ def _when(ts: float | None) -> str | None:
 
 def collect_status(state_dir: Path) -> dict[str, Any]:
     """A JSON-serialisable summary of the store in ``state_dir`` (empty when there is none)."""
+    refuse_lost_store(state_dir)
     if not (state_dir / DB_NAME).exists():
-        return {"state": str(state_dir), "runs": [], "facts": summarise_facts({}) | {"last_updated": None}}
+        return {"state": str(state_dir), "estate": None, "runs": [],
+                "facts": summarise_facts({}) | {"last_updated": None}, "damaged": []}
     store = StateStore(state_dir, create=False)
     try:
         runs = store.runs()
@@ -54,20 +56,27 @@ def collect_status(state_dir: Path) -> dict[str, Any]:
                 if r.status != "ok" or entry["left"]:
                     entry["resume_command"] = r.command
             out_runs.append(entry)
-        facts = summarise_facts(_gathered_facts(store, latest_ids))
+        damaged: list[str] = []
+        facts = summarise_facts(_gathered_facts(store, latest_ids, damaged))
         facts["last_updated"] = _when(store.facts_summary()["last_updated"])
-        return {"state": str(state_dir), "runs": out_runs, "facts": facts}
+        bound = store.estate()
+        return {"state": str(state_dir), "estate": bound[1].describe() if bound else None,
+                "runs": out_runs, "facts": facts, "damaged": damaged}
     finally:
         store.close()
 
 
-def _gathered_facts(store: StateStore, latest_ids: set[str]) -> dict[str, dict[str, Any]]:
+def _gathered_facts(store: StateStore, latest_ids: set[str],
+                    damaged: list[str]) -> dict[str, dict[str, Any]]:
     """Facts per host: the store's (kept for ok tasks), plus those of hosts whose
     inventory_clients task failed in a latest run (Messenger missing), which the
-    store does not keep."""
-    hosts = store.all_facts()
-    for run_id in latest_ids:
+    store does not keep. Rows that cannot be decoded are named in ``damaged``."""
+    hosts = store.all_facts(damaged)
+    for run_id in sorted(latest_ids):
         for t in store.task_rows(run_id):
+            if t.get("damaged"):
+                damaged.append(t["damaged"])
+                continue
             data = ((t.get("result") or {}).get("data") or {})
             if t["module"] == "inventory_clients" and t["status"] == "failed" \
                     and isinstance(data.get("facts"), dict):
@@ -139,7 +148,7 @@ def render_status(info: dict[str, Any]) -> str:
     """The summary as text for a person."""
     if not info["runs"]:
         return f"no runs recorded in {info['state']}"
-    lines: list[str] = []
+    lines: list[str] = [f"estate: {info['estate']}"] if info.get("estate") else []
     for r in info["runs"]:
         lines.append(f"run {r['id']}: {r['status']} (started {r['started']}, "
                      f"{'ended ' + r['ended'] if r['ended'] else 'not ended'}, sessions {r['sessions']})")

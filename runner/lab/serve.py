@@ -425,6 +425,11 @@ def write_ssh_inventory(server: LabServer) -> Path:
     all_ = doc.setdefault("all", {})
     vars_ = dict(all_.get("vars") or {})
     vars_.pop("lab_dir", None)
+    from runner.estate import LAB_MARK_VAR
+    from runner.lab.store import lab_identity
+    mark = lab_identity(server.lab_dir)
+    if mark:  # the served lab is the same estate as the lab itself (runner.estate)
+        vars_[LAB_MARK_VAR] = mark
     vars_.update({
         "ssh_key_file": str(server.client_key),
         "ssh_known_hosts": str(server.known_hosts),

@@ -28,6 +28,7 @@ file writes are atomic renames.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -72,6 +73,18 @@ CREATE TABLE IF NOT EXISTS counter (kind TEXT PRIMARY KEY, n INTEGER NOT NULL);
 
 UNINSTALL_KEY = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall"
 HIVE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+def lab_identity(lab_dir: Path) -> str | None:
+    """What makes this lab itself, kept when its directory is moved: the sha256 (first 12
+    hex digits) of the ``manifest.json`` written once when it was generated (a lab
+    regenerated with ``--force`` is another estate). None when the directory holds no
+    manifest (the caller then knows no more than the inventory says)."""
+    try:
+        data = (Path(lab_dir) / "manifest.json").read_bytes()
+    except OSError:
+        return None
+    return hashlib.sha256(data).hexdigest()[:12]
 
 
 class LabError(Exception):
