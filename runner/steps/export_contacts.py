@@ -165,6 +165,7 @@ class ExportContacts(StepModule):
 
     name = "export_contacts"
     target = "user"
+    saves_client_data = True
     args_schema = {
         "type": "object",
         "additionalProperties": False,
