@@ -146,6 +146,22 @@ def test_a_user_without_clients_is_not_disabled_on_exchange_im(tmp_path: Path) -
     assert exchange_im_attributes(sc.lab_dir, alias)
 
 
+def test_a_user_whose_list_cannot_be_read_on_any_machine_is_not_disabled(tmp_path: Path) -> None:
+    sc = make_scenario(tmp_path, "immediate.yml", 3)
+    alias, user = next((a, u) for a, u in sc.manifest["users"].items() if len(u["clients"]) > 1)
+    lab = Lab(sc.lab_dir)
+    for host in user["clients"]:  # no profile left on any of them: every read fails
+        assert lab.host(host).registry.delete_key(
+            r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList" + "\\" + user["sid"])
+    run = sc.apply()
+    assert run.code == 2, run.out[-3000:]
+    mine = {t["module"]: t for t in run.tasks if t["target"] == alias}
+    assert mine["export_contacts"]["status"] == "failed", mine["export_contacts"]
+    assert "disable_exchange_im" not in mine
+    assert exchange_im_attributes(sc.lab_dir, alias), f"{alias} was disabled on Exchange IM"
+    assert lcs_user(sc.lab_dir, sc.manifest, alias).primary_uri is None
+
+
 def test_a_user_without_clients_is_disabled_when_users_recreate_their_contacts(tmp_path: Path) -> None:
     sc = make_scenario(tmp_path, "immediate-recreate.yml", 3)
     alias = next(iter(sc.manifest["users"]))
