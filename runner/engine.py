@@ -15,6 +15,18 @@ rest of the run but does not stop the others; after each wave, the play
 stops if more than ``max_fail_percentage`` of the wave's targets failed
 (or all of them, when no percentage is set); unreachable targets drop out
 of the play but do not count against that gate.
+
+Dependencies across targets (docs/data-safety.md): a task also depends on
+the earlier steps' tasks, in the same play, of the targets related to its
+own: a user's clients (the play hosts in ``user.clients``) and a host's users
+(the play users who have it among their clients). When one of those failed or
+was unreachable in an earlier step (in any wave of the play), the task does
+not run: it fails, saying which target failed which step (``data.blocked_by``),
+and its target drops out of the play like any failed one. So a user whose
+client's upgrade failed is not enabled, imported or disabled, and a machine
+is not changed while one of its users' contact lists could not be saved.
+A task blocked by an unreachable target does not count against the wave gate
+(the down machine is retried on the next run, and its users with it).
 """
 from __future__ import annotations
 
@@ -115,6 +127,56 @@ def _target_id(task: Task) -> str:
     return f"{task.kind}:{task.target_name}"
 
 
+class _Dependencies:
+    """Which targets of a play depend on which, and the first failure of each (see the
+    module docstring): a user on their clients, a host on its users, in step order."""
+
+    def __init__(self, pplay: PlannedPlay) -> None:
+        self._position = {s.name: i for i, s in enumerate(pplay.play.steps)}
+        hosts: set[str] = set()
+        users: dict[str, tuple[str, ...]] = {}
+        for wave in pplay.waves:
+            for t in wave.tasks:
+                if t.kind == "host":
+                    hosts.add(t.target_name)
+                else:
+                    users[t.target_name] = tuple(getattr(t.target, "clients", ()))
+        self._related: dict[str, list[tuple[str, str]]] = {}  # target id -> [(target id, label)]
+        for alias, clients in users.items():
+            for c in dict.fromkeys(clients):
+                if c in hosts:
+                    self._related.setdefault(f"user:{alias}", []).append((f"host:{c}", f"client {c}"))
+                    self._related.setdefault(f"host:{c}", []).append((f"user:{alias}", f"user {alias}"))
+        self._failures: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def failed(self, task: Task, outcome: TaskOutcome) -> None:
+        """Remember ``task``'s target failed (or was unreachable) at its step, first failure only."""
+        tid = _target_id(task)
+        if tid not in self._failures:
+            upstream = outcome.data.get("blocked_by") if isinstance(outcome.data, Mapping) else None
+            root = upstream.get("root_status") if isinstance(upstream, Mapping) else None
+            self._failures[tid] = (self._position.get(task.step.name, 0), {
+                "target": tid, "step": task.step.name, "status": outcome.status,
+                "root_status": root or outcome.status, "message": outcome.message})
+
+    def blocker(self, task: Task) -> dict[str, Any] | None:
+        """Why ``task`` must not run: a related target that failed an earlier step, else None."""
+        here = self._position.get(task.step.name, 0)
+        for tid, label in self._related.get(_target_id(task), ()):
+            found = self._failures.get(tid)
+            if found is None or found[0] >= here:
+                continue
+            info = found[1]
+            verb = "was unreachable in" if info["status"] == "unreachable" else "failed"
+            return {**info, "reason": f"not run: {label} {verb} '{info['step']}'"}
+        return None
+
+    @staticmethod
+    def blocked_by_unreachable(outcome: TaskOutcome) -> bool:
+        blocker = outcome.data.get("blocked_by") if isinstance(outcome.data, Mapping) else None
+        return isinstance(blocker, Mapping) and blocker.get("root_status") == "unreachable"
+
+
 class Engine:
     """Runs one plan against one inventory, recording into ``store`` under ``run_id``.
 
@@ -196,6 +258,7 @@ class Engine:
         self.emit(PLAY_START, play=pplay.index, name=play.name,
                   waves=[w.name for w in pplay.waves])
         dropped: set[str] = set()
+        deps = _Dependencies(pplay)
         for wave in pplay.waves:
             if self._stop.is_set():
                 return None
@@ -207,12 +270,14 @@ class Engine:
                 step = step_tasks[0].step
                 self.emit(STEP_START, play=pplay.index, step=step.name, module=step.module,
                           wave=wave.name, tasks=len(step_tasks))
-                for outcome, task in self._run_step(pplay, step_tasks, completed, dropped, executor):
+                for outcome, task in self._run_step(pplay, step_tasks, completed, dropped, executor, deps):
                     if outcome.status in ("failed", "unreachable") and not outcome.ignored:
                         dropped.add(_target_id(task))
+                        deps.failed(task, outcome)
                         # DESIGN.md: an unreachable host does not stop the others (it is
-                        # retried on resume), so only failures count against the wave gate.
-                        if outcome.status == "failed":
+                        # retried on resume), so only failures count against the wave gate;
+                        # nor do the tasks it blocked.
+                        if outcome.status == "failed" and not deps.blocked_by_unreachable(outcome):
                             bad.add(_target_id(task))
                 self.store.flush()
             if self._stop.is_set():
@@ -233,7 +298,8 @@ class Engine:
         return None
 
     def _run_step(self, pplay: PlannedPlay, tasks: list[Task], completed: Mapping[str, str],
-                  dropped: set[str], executor: ThreadPoolExecutor) -> list[tuple[TaskOutcome, Task]]:
+                  dropped: set[str], executor: ThreadPoolExecutor,
+                  deps: "_Dependencies | None" = None) -> list[tuple[TaskOutcome, Task]]:
         results: list[tuple[TaskOutcome, Task]] = []
         runnable: deque[Task] = deque()
         for task in tasks:
@@ -243,6 +309,12 @@ class Engine:
             if fp is not None and fp == task.step.fingerprint:
                 results.append((self._finish(task, self._outcome(
                     task, "skipped", message="done in an earlier run", resumed=True)), task))
+                continue
+            blocker = deps.blocker(task) if deps is not None else None
+            if blocker is not None:
+                results.append((self._finish(task, self._outcome(
+                    task, "failed", message=blocker["reason"], data={"blocked_by": blocker},
+                    ignored=task.step.ignore_errors)), task))
                 continue
             if task.kind == "host" and self.pool.is_unreachable(task.target_name):
                 results.append((self._finish(task, self._outcome(
@@ -350,7 +422,7 @@ class Engine:
     def _attempt(self, module: StepModule, ctx: TaskContext, task: Task) -> tuple[StepResult, Diff | None]:
         diff = module.probe(ctx, task.target)
         if diff is None:
-            return StepResult("ok"), None
+            return module.unchanged(ctx, task.target), None
         if self.options.check and not module.read_only:
             return StepResult("changed", message=diff.summary), diff
         result = module.apply(ctx, task.target, diff)

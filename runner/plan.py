@@ -23,7 +23,26 @@ Rules, in one place:
   attribute (a User/Host field or a var), ordered by ``order`` when given
   (values not listed follow), else sorted naturally (wave2 before wave10);
   targets without the attribute go in a last wave named "unassigned".
-- Task keys: ``"<play index>/<step name>/<host|user>:<name>"``.
+- Saved before changed (README, "contact lists are saved on the control node
+  before anything on a client changes"): a user step whose module saves what a
+  client holds for the user (``saves_client_data``: export_contacts) runs, in
+  each wave, also for every play user who uses one of the hosts that a later
+  changing (not ``read_only``) host step of that wave targets, when that user has
+  not had the step in this or an earlier wave of the play: a machine shared by
+  users of several waves is upgraded in the first wave, so the later waves'
+  users of it are exported there too, and so are the users of a machine that
+  ``--limit`` selects (through another user) without selecting them. Only that
+  step is added for them; their own wave still runs it again (it writes a new
+  version only if the registry changed since), so a list edited between two
+  nights is not lost.
+- Task keys: ``"<play index>/<step name>/<host|user>:<name>"``; such an early
+  task of a user's step is ``"<play index>/<step name>/user:<alias>/for-wave:<wave>"``
+  (``all`` for a play without serial), so it never stands in for the user's own
+  task of that step, on a later night or in a later wave.
+
+Dependencies between tasks are kept by the engine (runner.engine): a task
+depends on the earlier steps' tasks of its own target and of its related
+targets (a user's clients, a host's users) in the same play.
 """
 from __future__ import annotations
 
@@ -225,13 +244,23 @@ def _step_selected(step: Step, tags: set[str] | None, skip_tags: set[str] | None
     return bool(st & tags) or ALWAYS in st
 
 
-def _step_kind(step: Step) -> str:
+def _step_class(step: Step) -> Any:
     from runner.steps.registry import get_step
 
     cls = get_step(step.module)
     if cls is None:
         raise InputError(f"unknown step module '{step.module}' in step '{step.name}'", None, step.line)
-    return cls.target
+    return cls
+
+
+def _step_kind(step: Step) -> str:
+    return _step_class(step).target
+
+
+def early_key(play_index: int, step: Step, alias: str, wave: str | None) -> str:
+    """The key of a user's task run early, in ``wave``, to save what the machines that
+    wave changes hold for them (see the module docstring)."""
+    return f"{task_key(play_index, step, 'user', alias)}/for-wave:{wave or 'all'}"
 
 
 # -- waves -------------------------------------------------------------------
@@ -401,15 +430,33 @@ def _plan_play(index: int, play: Play, steps: list[tuple[Step, str]], inventory:
             assigned |= {u.alias for u in wave_users}
             groups.append((name, wave_hosts, wave_users))
 
+    classes = [_step_class(step) for step, _ in steps]
+    # a changing host step after position i: a saving user step at i must cover its hosts' users
+    changes_after = [any(kind == "host" and not cls.read_only for (_, kind), cls in
+                         zip(steps[i + 1:], classes[i + 1:])) for i in range(len(steps))]
+    all_play_users = _user_order(inventory, play_users)
+    saved: dict[int, set[str]] = {}  # step position -> users who had it in this or an earlier wave
     waves: list[Wave] = []
     for name, wave_hosts, wave_users in groups:
         tasks: list[Task] = []
-        for step, kind in steps:
+        for i, ((step, kind), cls) in enumerate(zip(steps, classes)):
             targets: list[Host | User] = list(wave_hosts) if kind == "host" else list(wave_users)
             for t in targets:
                 tname = t.name if isinstance(t, Host) else t.alias
                 tasks.append(Task(key=task_key(index, step, kind, tname), play_index=index,
                                   step=step, kind=kind, target=t, wave=name))
+            if kind != "user" or not cls.saves_client_data:
+                continue
+            done = saved.setdefault(i, set())
+            done.update(u.alias for u in wave_users)
+            if not changes_after[i]:
+                continue
+            changed = {h.name for h in wave_hosts}
+            for u in all_play_users:
+                if u.alias not in done and any(c in changed for c in u.clients):
+                    done.add(u.alias)
+                    tasks.append(Task(key=early_key(index, step, u.alias, name), play_index=index,
+                                      step=step, kind=kind, target=u, wave=name))
         if tasks:
             waves.append(Wave(name=name, tasks=tuple(tasks)))
     return waves

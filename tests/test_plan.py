@@ -206,3 +206,66 @@ def test_split_patterns_keeps_wave_names_whole():
 
 def test_natural_sort():
     assert sorted(["wave10", "wave2", "Wave1"], key=natural_key) == ["Wave1", "wave2", "wave10"]
+
+
+# -- saved before changed: a saving user step covers every user of the machines a wave changes --
+
+@register
+class PlanSaveStep(StepModule):
+    name = "plan_save_step"
+    target = "user"
+    saves_client_data = True
+
+
+@register
+class PlanReadStep(StepModule):
+    name = "plan_read_step"
+    target = "host"
+    read_only = True
+
+
+def _shared_inventory() -> Inventory:
+    """u1 (wave1) on pc0001 and pc0002; u2 (wave2) on pc0002; u3 (wave2) on pc0003."""
+    inv = make_inventory(3, {"u1": "wave1", "u2": "wave2", "u3": "wave2"})
+    users = dict(inv.users)
+    users["u1"] = User(alias="u1", im_address="u1@im.contoso.com", clients=("pc0001", "pc0002"), wave="wave1")
+    return Inventory(path=inv.path, hosts=inv.hosts, groups=inv.groups, users=users)
+
+
+def _waves_play(*steps: Step) -> Playbook:
+    return playbook(Play(name="p", hosts="clients", users="all",
+                         serial=Serial(over="users", attribute="wave"), steps=steps))
+
+
+def test_a_later_waves_user_of_a_machine_an_earlier_wave_changes_is_saved_in_that_wave():
+    pb = _waves_play(step("Export", "plan_save_step"), step("Upgrade"), step("Enable", "plan_user_step"))
+    plan = build_plan(pb, _shared_inventory())
+    (w1, w2) = plan.plays[0].waves
+    assert [t.key for t in w1.tasks] == [
+        "0/Export/user:u1", "0/Export/user:u2/for-wave:wave1",
+        "0/Upgrade/host:pc0001", "0/Upgrade/host:pc0002", "0/Enable/user:u1"]
+    # u2's own wave saves again (a list edited between the nights is not lost)
+    assert [t.key for t in w2.tasks] == [
+        "0/Export/user:u2", "0/Export/user:u3", "0/Upgrade/host:pc0003", "0/Enable/user:u2", "0/Enable/user:u3"]
+    assert len(set(keys(plan))) == len(keys(plan))
+    early = w1.tasks[1]
+    assert early.target_name == "u2" and early.wave == "wave1"
+
+
+def test_a_limit_saves_the_unselected_users_of_the_machines_it_changes():
+    pb = _waves_play(step("Export", "plan_save_step"), step("Upgrade"), step("Enable", "plan_user_step"))
+    plan = build_plan(pb, _shared_inventory(), limit="u1")
+    assert keys(plan) == ["0/Export/user:u1", "0/Export/user:u2/for-wave:wave1",
+                          "0/Upgrade/host:pc0001", "0/Upgrade/host:pc0002", "0/Enable/user:u1"]
+    no_serial = playbook(Play(name="p", hosts="clients", users="all",
+                              steps=(step("Export", "plan_save_step"), step("Upgrade"))))
+    assert "0/Export/user:u2/for-wave:all" in keys(build_plan(no_serial, _shared_inventory(), limit="u1"))
+
+
+def test_nothing_is_saved_early_when_no_later_step_changes_the_machines():
+    inv = _shared_inventory()
+    for steps in ((step("Export", "plan_save_step"), step("Facts", "plan_read_step")),
+                  (step("Upgrade"), step("Export", "plan_save_step")),
+                  (step("Export", "plan_user_step"), step("Upgrade"))):
+        plan = build_plan(_waves_play(*steps), inv)
+        assert not [k for k in keys(plan) if "/for-wave:" in k], steps

@@ -15,7 +15,11 @@ Rules, each one a decision documented here:
   without that group.
 - A display name longer than 256 characters (Name limit) keeps its first 256
   characters, and the truncation is reported as a warning; group names longer
-  than 128 likewise.
+  than 128 likewise. Truncations are worked out from the export, for every
+  mappable contact within the limit, those already on LCS included: an import
+  retried or resumed after it created them reports them again, so the warnings
+  are the same after any number of interruptions (as unmappable and over-limit
+  contacts are).
 - Contacts that map to no SIP URI (:class:`~runner.lcs.mapping.Unmappable`)
   and contacts beyond ``MaxContactsPerUser`` (read from the server at run
   time) are listed in the plan and its warnings, never dropped silently.
@@ -113,6 +117,7 @@ class ImportPlan:
             "unmappable": [{"address": u.address, "reason": u.reason} for u in self.unmappable],
             "over_limit": [c.as_dict() for c in self.over_limit],
             "groups_over_limit": list(self.groups_over_limit),
+            "truncated": list(self.truncated),
             "max_contacts": self.max_contacts,
         }
 
@@ -175,6 +180,11 @@ def plan_import(exported: Iterable[ExportedContact], current_contacts: Iterable[
         if key in present:
             if key not in {p.lower() for p in plan.already_present}:
                 plan.already_present.append(result.uri)
+            # reported as when it was created (a retry must not lose the warning)
+            _limited(contact.name, MAX_NAME, f"display name of {result.uri}", plan)
+            for g in contact.groups:
+                if g:
+                    _limited(g, MAX_GROUP_NAME, f"group name {g[:40]!r}...", plan)
             continue
         name = _limited(contact.name, MAX_NAME, f"display name of {result.uri}", plan)
         groups = tuple(_limited(g, MAX_GROUP_NAME, f"group name {g[:40]!r}...", plan)

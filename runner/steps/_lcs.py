@@ -4,6 +4,7 @@ Private to runner/steps (the leading underscore keeps it out of step discovery).
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable, Mapping
 
 from runner.errors import PermanentFault
@@ -58,6 +59,31 @@ def require_export(ctx: StepContext, user: User) -> tuple[list[ExportedContact],
     if found is None:
         raise PermanentFault(f"no contact export for {user.alias}: run export_contacts for this user first")
     return found
+
+
+def machines_read(ctx: StepContext, user: User, artifact: str) -> list[str]:
+    """The machines the export ``artifact`` read the user's contact list from (its
+    ``machines``); [] when none was read, so an empty list proves nothing. An artifact
+    written before ``machines`` was recorded was read from every client (a failed read
+    fails the export)."""
+    raw = ctx.artifacts.read(artifact)
+    try:
+        doc = json.loads(raw) if raw is not None else None
+    except ValueError:
+        doc = None
+    machines = doc.get("machines") if isinstance(doc, Mapping) else None
+    if isinstance(machines, list):
+        return [str(m) for m in machines]
+    return list(user.clients)
+
+
+def recreated_by_users(ctx: StepContext) -> bool:
+    """The playbook says users recreate their contacts themselves (scenario 1): the step's
+    ``contacts_recreated_by_users`` argument, else the variable of that name."""
+    value = ctx.args.get("contacts_recreated_by_users")
+    if value is None:
+        value = ctx.vars.get("contacts_recreated_by_users")
+    return bool(value)
 
 
 def lcs_for(ctx: StepContext, user: User) -> tuple[LcsServer, str]:

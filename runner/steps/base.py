@@ -8,6 +8,10 @@ each user of the play), the JSON Schema of its arguments, and implements:
   desired state" (status ok). Check mode stops here.
 - ``apply(ctx, target, diff) -> StepResult``: make the change; must be safe to
   repeat (a resumed run may apply again after a crash before the checkpoint).
+- ``unchanged(ctx, target) -> StepResult`` (optional): the outcome when the probe
+  found nothing to change; by default plain ok. A step whose warnings describe
+  the target rather than this attempt's change (import_contacts) reports them here
+  too, so a retry or a resumed run never loses them.
 
 A step never prints, never writes the state store and never knows which
 connection kind carries its commands: it asks ``ctx.connection(host)`` for a
@@ -114,9 +118,20 @@ class StepModule:
     args_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
     #: The module only reads (facts, verification): no Diff ever changes anything.
     read_only: ClassVar[bool] = False
+    #: A user step that saves what a client holds for the user (export_contacts): the
+    #: planner runs it for every user of a machine before a later host step of the play
+    #: changes that machine, whatever wave or ``--limit`` the user is in (runner.plan).
+    saves_client_data: ClassVar[bool] = False
 
     def probe(self, ctx: StepContext, target: Host | User) -> Diff | None:
         raise NotImplementedError
 
     def apply(self, ctx: StepContext, target: Host | User, diff: Diff) -> StepResult:
         raise NotImplementedError
+
+    def unchanged(self, ctx: StepContext, target: Host | User) -> StepResult:
+        """The outcome when ``probe`` returned None (nothing to change): ok, with whatever
+        still holds about the target whatever earlier attempts did, e.g. the contacts an
+        import could not map, that a retried or resumed task must report again. Called
+        right after that probe on the same instance, so it may use what the probe kept."""
+        return StepResult("ok")

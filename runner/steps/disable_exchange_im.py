@@ -2,7 +2,9 @@
 
 Refuses unless the user is enabled on LCS and verify_contacts passed for
 them in this or an earlier run, or the playbook says users recreate their
-contacts themselves (``contacts_recreated_by_users: true``, scenario 1).
+contacts themselves (``contacts_recreated_by_users: true``, scenario 1), and
+refuses a user whose newest export read their list from no machine (a user
+without clients: nothing proves their contacts are on LCS).
 ``force: true`` overrides the refusal with a loud warning. The change is an
 LDIF modify (delete of each msExchIM* attribute still present) put on the
 Exchange IM server, applied with ``ldifde -i -f`` and read back in the same
@@ -15,7 +17,8 @@ from __future__ import annotations
 from runner.errors import PermanentFault
 from runner.lcs.exchange import IM_ATTRIBUTES, Directory, clear_im_change, exchange_server, im_user_query
 from runner.model import User
-from runner.steps._lcs import lcs_for, refusal_warnings, verified
+from runner.steps._lcs import (latest_export, lcs_for, machines_read, recreated_by_users, refusal_warnings,
+                               verified)
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
 
@@ -51,10 +54,13 @@ class DisableExchangeIm(StepModule):
         state = server.read(iid, contacts=False)
         if state.user is None or not wmic.parse_bool(state.user.get("Enabled")):
             return f"{user.alias} is not enabled on LCS ({server.host})"
-        if ctx.args.get("contacts_recreated_by_users"):
+        if recreated_by_users(ctx):
             return None
         if not verified(ctx, user):
             return f"verify_contacts has not passed for {user.alias}"
+        found = latest_export(ctx, user)
+        if found is not None and not machines_read(ctx, user, found[1]):
+            return f"no contact list of {user.alias} was read from any machine"
         return None
 
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:

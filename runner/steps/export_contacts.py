@@ -20,7 +20,11 @@ and its ``del``: 1-2 round trips per unchanged client, 4-5 per changed one.
 
 Artifacts (content-addressed, so unchanged content writes nothing new):
 ``contacts/<alias>/<host>.reg`` (raw), ``contacts/<alias>/<host>.json`` and
-``contacts/<alias>/merged.json`` (normalised, see runner.windows.imcontacts).
+``contacts/<alias>/merged.json`` (normalised, see runner.windows.imcontacts;
+its ``machines`` lists where the list was read). A machine whose list cannot
+be read fails the task; a user with no clients is exported as an empty list
+read from no machine, with a warning: verify_contacts fails such a user, so
+Exchange IM is not disabled for them (docs/data-safety.md).
 """
 from __future__ import annotations
 
@@ -165,6 +169,7 @@ class ExportContacts(StepModule):
 
     name = "export_contacts"
     target = "user"
+    saves_client_data = True
     args_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -216,7 +221,9 @@ class ExportContacts(StepModule):
                 before[name] = _sha(ctx.artifacts.read(name))
                 ref = ctx.artifacts.write(name, data)
                 artifacts[name] = {"sha256": ref.sha256, "size": ref.size, "path": ref.path}
-        merged = {"user": target.alias, "im_address": target.im_address, **merge(per_machine)}
+        # "machines": where the list was read; none means nothing to verify the user against
+        merged = {"user": target.alias, "im_address": target.im_address, **merge(per_machine),
+                  "machines": [h for h, _ in per_machine]}
         mname = f"contacts/{target.alias}/merged.json"
         before[mname] = _sha(ctx.artifacts.read(mname))
         ref = ctx.artifacts.write(mname, dumps(merged))
@@ -225,10 +232,26 @@ class ExportContacts(StepModule):
         warnings = [f"{c['address']}: display name {c['ignored']!r} on {c['ignored_from']} differs from "
                     f"{c['kept']!r} on {c['kept_from']}; kept the latter" for c in merged["conflicts"]]
         data = {"counts": counts, "merged_count": len(merged["contacts"]), "artifacts": artifacts,
-                "merged_artifact": mname, "new_artifacts": new, "conflicts": merged["conflicts"]}
+                "merged_artifact": mname, "new_artifacts": new, "conflicts": merged["conflicts"],
+                "machines_read": list(counts)}
         status = "changed" if new else "ok"
+        if not counts:
+            warnings.insert(0, _no_list(target))
+            return StepResult(status, f"no contact list read for {target.alias}: no clients in the inventory",
+                              data=data, warnings=warnings)
         return StepResult(status, f"{len(merged['contacts'])} contact(s) from {len(counts)} machine(s)"
                           + ("" if new else " (unchanged)"), data=data, warnings=warnings)
+
+    def unchanged(self, ctx: StepContext, target: User) -> StepResult:  # type: ignore[override]
+        if not target.clients:
+            return StepResult("ok", f"no contact list read for {target.alias}: no clients in the inventory",
+                              data={"machines_read": []}, warnings=[_no_list(target)])
+        return StepResult("ok")
+
+
+def _no_list(user: User) -> str:
+    return (f"no contact list of {user.alias} was read: the inventory gives no clients; verify_contacts will "
+            "fail and Exchange IM stays enabled for them unless contacts_recreated_by_users: true")
 
 
 def _sha(data: bytes | None) -> str | None:

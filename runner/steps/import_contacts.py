@@ -5,8 +5,10 @@ user's LCS groups, contacts and the pool's MaxContactsPerUser; plans with
 runner.lcs.contacts.plan_import (never duplicate, remove or rename). Apply
 builds on the probe's plan (same attempt: the engine probes again before any
 retry), creates the missing groups first and re-reads their server-assigned
-ids in that line, then the contacts, batched within cmd.exe's line limit. Unmappable and over-limit
-contacts are in the result's data and warnings. In coexistence (gradual
+ids in that line, then the contacts, batched within cmd.exe's line limit. Unmappable, over-limit
+and truncated contacts are in the result's data and warnings, computed from the plan on every
+attempt (also when nothing is left to add: ``unchanged``), so a retried or resumed import
+reports every one of them, not only those this attempt created. In coexistence (gradual
 scenarios) ungrouped contacts go to ``coexistence_group``. In check mode
 before any export, the plan is made from the clients' registries (read-only),
 so ``--check --diff`` lists the contacts a run would add.
@@ -77,6 +79,18 @@ class ImportContacts(StepModule):
         lines += [f"! {w}" for w in plan.warnings()]
         return Diff(f"add {len(plan.contacts_to_add)} contact(s), {len(plan.groups_to_create)} group(s) "
                     f"on {server.host}", lines, {"artifact": artifact})
+
+    def unchanged(self, ctx: StepContext, target: User) -> StepResult:
+        """Nothing left to add (a retry, or a run resumed after the import finished but
+        before its outcome was recorded): ok, with the plan's warnings all the same."""
+        probed = getattr(self, "_probed", None)
+        self._probed = None
+        if probed is None or probed[0] != target.alias:
+            return StepResult("ok")
+        plan, server, _, _, artifact = probed[1]
+        data = {**plan.as_dict(), "artifact": artifact, "created": [], "failed": []}
+        return StepResult("ok", f"nothing to add ({len(plan.already_present)} contact(s) already on "
+                          f"{server.host})", data, plan.warnings())
 
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
         probed = getattr(self, "_probed", None)

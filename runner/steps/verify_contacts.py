@@ -4,13 +4,18 @@ Every mappable contact of the newest export must be on LCS, except those
 that could not fit because the user is at MaxContactsPerUser (reported as
 warnings). Missing contacts fail the task, by name. Passing is recorded as
 ``data.verified = true``: disable_exchange_im relies on it.
+
+An export that read no machine (a user without clients) proves nothing, as
+"0/0 contacts present" would: such a user fails, unless the playbook says
+users recreate their contacts (``contacts_recreated_by_users: true``, as an
+argument or a variable), when it passes with a warning.
 """
 from __future__ import annotations
 
 from runner.lcs.contacts import verify
 from runner.lcs.mapping import mapping_for
 from runner.model import User
-from runner.steps._lcs import latest_export, lcs_for, require_export
+from runner.steps._lcs import latest_export, lcs_for, machines_read, recreated_by_users, require_export
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 
 
@@ -20,7 +25,9 @@ class VerifyContacts(StepModule):
     name = "verify_contacts"
     target = "user"
     read_only = True
-    args_schema = {"type": "object", "additionalProperties": False, "properties": {}}
+    args_schema = {"type": "object", "additionalProperties": False, "properties": {
+        "contacts_recreated_by_users": {"type": "boolean", "default": False,
+                                        "description": "pass users whose contact list was read from no machine"}}}
 
     def probe(self, ctx: StepContext, target: User) -> Diff | None:
         if ctx.check and latest_export(ctx, target) is None:
@@ -30,7 +37,10 @@ class VerifyContacts(StepModule):
         state = server.read(iid)
         ver = verify(exported, state.contacts, mapping_for(ctx.vars, ctx.inventory, target),
                      max_contacts=state.max_contacts)
-        data = {"verified": ver.passed and state.user is not None, "artifact": artifact,
+        read = machines_read(ctx, target, artifact)
+        no_list = not read and not recreated_by_users(ctx)
+        data = {"verified": ver.passed and state.user is not None and not no_list, "artifact": artifact,
+                "machines_read": read, "no_list": not read,
                 "expected": ver.expected, "present": ver.present, "missing": ver.missing,
                 "over_limit": ver.over_limit,
                 "unmappable": [{"address": u.address, "reason": u.reason} for u in ver.unmappable]}
@@ -52,6 +62,13 @@ class VerifyContacts(StepModule):
         if not d["verified"] and ctx.check:
             return StepResult("skipped", f"check mode: not verified yet ({len(d['missing'])} contact(s) "
                               "not imported yet)", d, warnings)
+        if d.get("no_list"):
+            warnings.insert(0, f"no contact list of {target.alias} was read from any machine"
+                            + (" (contacts_recreated_by_users: true)" if d["verified"] else ""))
+        if not d["verified"] and d.get("no_list"):
+            return StepResult("failed", f"no contact list of {target.alias} was read from any machine (no "
+                              "clients in the inventory): nothing verified, Exchange IM stays enabled "
+                              "(contacts_recreated_by_users: true if users recreate their contacts)", d, warnings)
         if not d["verified"]:
             missing = d["missing"]
             msg = (f"{len(missing)} contact(s) missing on LCS: {', '.join(missing[:20])}"
