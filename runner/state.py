@@ -272,6 +272,9 @@ class StateStore:
         Reads only (no pragma that writes, no CREATE): a damaged store stays as it is
         for whoever restores it.
         """
+        if self.path.is_dir():
+            raise StoreDamagedError(f"{self.path} is a directory, not a checkpoint store; move it aside, or give "
+                                    "--state a directory of its own")
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         except sqlite3.Error as exc:
@@ -425,7 +428,11 @@ class StateStore:
         if self._lock_fd is not None:
             return
         path = self.directory / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a directory or an unwritable file where the lock belongs
+            raise RunnerError(f"cannot take the lock {path}: {exc.strerror or exc}; it must be a plain file "
+                              "the runner can write (remove what is there if no run is using this directory)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

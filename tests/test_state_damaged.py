@@ -169,3 +169,18 @@ def test_a_step_that_needs_a_damaged_record_fails_naming_it(migrated, tmp_path, 
     code, text = cli(capsys, "apply", GRADUAL, "-i", str(inv), "--state", str(state), "--fresh")
     assert code == 2, text
     assert f"key={key!r}) column result cannot be decoded" in text and "runner status" in text
+
+
+def test_a_lock_that_is_a_directory_is_an_error_naming_it(tmp_path, capsys):
+    inv = generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=2, seed=5)
+    (tmp_path / "st" / "lock").mkdir(parents=True)
+    code, text = cli(capsys, "apply", GRADUAL, "-i", str(inv), "--state", str(tmp_path / "st"))
+    assert code == 1 and f"cannot take the lock {tmp_path / 'st' / 'lock'}: Is a directory" in text, text
+
+
+def test_a_state_db_that_is_a_directory_says_so(tmp_path, capsys):
+    inv = generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=2, seed=5)
+    (tmp_path / "st" / "state.db").mkdir(parents=True)
+    for args in (["apply", GRADUAL, "-i", str(inv)], ["status"], ["report"]):
+        code, text = cli(capsys, *args, "--state", str(tmp_path / "st"))
+        assert code == 1 and "state.db is a directory, not a checkpoint store" in text, (args, text)
