@@ -127,3 +127,52 @@ def test_an_intent_left_by_a_kill_inside_the_commit_is_completed_by_the_next_rea
     db = sqlite3.connect(lab / "hosts" / lcs / "lcs.db")
     assert db.execute("SELECT count(*) FROM ad_sync").fetchone()[0] == 0
     db.close()
+
+
+READ_CLIENT = """
+import json
+from runner.lab.store import Lab, UNINSTALL_KEY
+h = Lab({lab!r}).host({host!r})
+keys = {{k: {{v.name: v.data for v in h.registry.values(UNINSTALL_KEY + "\\\\" + k)}}
+        for k in (h.registry.subkeys(UNINSTALL_KEY) if h.registry.key_exists(UNINSTALL_KEY) else [])}}
+print(json.dumps({{"products": sorted((p.code, p.version) for p in h.products.list()), "uninstall": keys,
+                  "file": h.fs.file_version(r"C:\\Program Files\\Messenger\\msmsgs.exe")}}))
+"""
+INSTALL = r'msiexec /i "\\deploy\packages\WindowsMessenger51.msi" /qn /norestart /l*v "C:\WINDOWS\Temp\wm51.log"'
+
+
+def _client_state(lab: Path, host: str) -> dict:
+    """What a new process sees on ``host``: products, Uninstall keys, msmsgs.exe's version."""
+    res = run_killed(READ_CLIENT.format(lab=str(lab), host=host), None)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def _registered_51(state: dict) -> bool:
+    return any(v.startswith("5.1") for _, v in state["products"]) and any(
+        str(k.get("DisplayVersion", "")).startswith("5.1") for k in state["uninstall"].values())
+
+
+@pytest.mark.slow
+def test_a_kill_anywhere_in_an_install_leaves_all_or_nothing(template, tmp_path):
+    client = "pc0001"
+    before = _client_state(template, client)
+    assert not (before["file"] or "").startswith("5.1")
+    kills = 0
+    for after in range(1, MAX_KILLS):
+        lab = tmp_path / f"k{after}"
+        shutil.copytree(template, lab)
+        res = _run(lab, client, INSTALL, after)
+        state = _client_state(lab, client)
+        if (state["file"] or "").startswith("5.1"):
+            assert _registered_51(state), f"killed after write {after}: msmsgs.exe 5.1 without its product: {state}"
+        else:
+            assert state == before, f"killed after write {after}: neither the old nor the new install: {state}"
+        if res.returncode != KILLED:
+            assert _registered_51(state) and state["file"].startswith("5.1"), (res.stdout, state)
+            break
+        kills += 1
+        shutil.rmtree(lab)
+    else:
+        pytest.fail("the install never finished")
+    assert kills >= 1

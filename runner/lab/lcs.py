@@ -246,7 +246,7 @@ class LcsStore:
     are completed on opening.
     """
 
-    def __init__(self, path: Path, directory: Path | None = None) -> None:
+    def __init__(self, path: Path, directory: Path | None = None, *, recover: bool = True) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(self.path)
@@ -256,7 +256,7 @@ class LcsStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self.directory = Path(directory) if directory is not None and Path(directory).exists() else None
         self._udb: sqlite3.Connection | None = None
-        if self.directory is not None:
+        if self.directory is not None and recover:
             self.recover()
 
     # -- lifecycle -----------------------------------------------------
