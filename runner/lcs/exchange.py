@@ -153,6 +153,33 @@ def im_user_query(im_address: str) -> Query:
 IM_USERS = Query("(msExchIMAddress=*)", ("msExchIMAddress", "msExchIMPhysicalURL", "msExchIMVirtualServer"))
 
 
+#: What LCS writes into a user's AD object when it enables them (besides a ``sip:`` proxyAddresses value).
+RTC_ATTRIBUTES = ("msRTCSIP-PrimaryUserAddress", "msRTCSIP-UserEnabled", "msRTCSIP-PrimaryHomeServer")
+
+
+def rtc_query(uri: str) -> Query:
+    """The search for the AD object whose msRTCSIP-PrimaryUserAddress is ``uri``, with what an
+    enable writes (known before LCS is read, so it shares the probe's line)."""
+    return Query(f"(msRTCSIP-PrimaryUserAddress={ldif.escape_filter_value(uri)})",
+                 (*RTC_ATTRIBUTES, "proxyAddresses"))
+
+
+def rtc_missing(entries: Sequence[ldif.Entry], user_dn: str, uri: str, home_dn: str) -> list[str]:
+    """What the AD object ``user_dn`` lacks of an enable with SIP URI ``uri`` homed on
+    ``home_dn``, from the ``entries`` :func:`rtc_query` found: attribute names, empty when complete."""
+    entry = next((e for e in entries if e.dn.lower() == user_dn.lower()), None)
+    if entry is None:
+        return ["msRTCSIP-PrimaryUserAddress"]
+    out = []
+    if [v.upper() for v in entry.get("msRTCSIP-UserEnabled")] != ["TRUE"]:
+        out.append("msRTCSIP-UserEnabled")
+    if home_dn and [v.lower() for v in entry.get("msRTCSIP-PrimaryHomeServer")] != [home_dn.lower()]:
+        out.append("msRTCSIP-PrimaryHomeServer")
+    if uri.lower() not in [v.lower() for v in entry.get("proxyAddresses")]:
+        out.append(f"proxyAddresses {uri}")
+    return out
+
+
 def clear_im_change(entry: ldif.Entry) -> ldif.Change:
     """The LDIF modify that removes the IM attributes ``entry`` still has."""
     mods = [("delete", a, []) for a in IM_ATTRIBUTES if entry.get(a)]
