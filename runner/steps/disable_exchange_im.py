@@ -31,7 +31,7 @@ class DisableExchangeIm(StepModule):
 
     def probe(self, ctx: StepContext, target: User) -> Diff | None:
         host = exchange_server(ctx.inventory, ctx.vars)
-        entry = Directory(ctx.connection(host), host, ctx.vars).im_user(target.im_address)
+        entry = Directory(ctx.connection(host), host, ctx.vars, owner=target.alias).im_user(target.im_address)
         if entry is None:
             return None
         change = clear_im_change(entry)
@@ -61,7 +61,7 @@ class DisableExchangeIm(StepModule):
         host = exchange_server(ctx.inventory, ctx.vars)
         d = diff.data
         # put the LDIF, then one line: import, delete it, read the user back
-        done = Directory(ctx.connection(host), host, ctx.vars).apply(
+        done = Directory(ctx.connection(host), host, ctx.vars, owner=target.alias).apply(
             [ldif.Change(d["dn"], "modify", [("delete", a, []) for a in d["attrs"]])],
             read_back=[im_user_query(target.im_address)])
         left = [a for e in done.found[0] for a in IM_ATTRIBUTES if e.get(a)]

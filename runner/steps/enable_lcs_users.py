@@ -40,7 +40,7 @@ class EnableLcsUsers(StepModule):
         if isinstance(mapped, Unmappable):
             raise PermanentFault(f"user {target.alias} has no valid SIP URI: {mapped.reason}")
         server, iid = lcs_for(ctx, target)
-        user, entries = self._read(ctx, server, iid, mapped.uri)
+        user, entries = self._read(ctx, server, iid, mapped.uri, target.alias)
         if user is not None:
             current = user.get("PrimaryURI", "")
             if current.lower() != mapped.uri.lower():
@@ -67,11 +67,11 @@ class EnableLcsUsers(StepModule):
                     {"action": "create", "uri": mapped.uri, "iid": iid, "user_dn": user_dn, "home_dn": home_dn})
 
     @staticmethod
-    def _read(ctx: StepContext, server: LcsServer, iid: str, uri: str
+    def _read(ctx: StepContext, server: LcsServer, iid: str, uri: str, alias: str
               ) -> tuple[dict[str, str] | None, list[ldif.Entry]]:
         """The user's MSFT_SIPESUserSetting and the AD entries holding ``uri``, in one line on
         the LCS server; a failed wmic read is read again through LcsServer for its fault."""
-        secs, (entries,) = Directory(server.conn, server.host, ctx.vars).read(
+        secs, (entries,) = Directory(server.conn, server.host, ctx.vars, owner=alias).read(
             [rtc_query(uri)], [wmic.get(USER_CLASS, USER_PROPS, wmic.where(InstanceID=iid))])
         if secs[0] is None or not secs[0].ok:
             return server.read(iid, contacts=False).user, entries
@@ -79,16 +79,17 @@ class EnableLcsUsers(StepModule):
         return (users[0] if users else None), entries
 
     @staticmethod
-    def _ad_missing(ctx: StepContext, server: LcsServer, user_dn: str, uri: str, home_dn: str) -> list[str]:
+    def _ad_missing(ctx: StepContext, server: LcsServer, alias: str, user_dn: str, uri: str,
+                    home_dn: str) -> list[str]:
         """What the user's AD object lacks of the enable (ldifde on the LCS server)."""
         q = rtc_query(uri)
-        return rtc_missing(Directory(server.conn, server.host, ctx.vars).search(q.ldap_filter, q.attrs),
+        return rtc_missing(Directory(server.conn, server.host, ctx.vars, owner=alias).search(q.ldap_filter, q.attrs),
                            user_dn, uri, home_dn)
 
     @staticmethod
     def _lookup_dn(ctx: StepContext, user: User) -> str:
         host = exchange_server(ctx.inventory, ctx.vars)
-        entry = Directory(ctx.connection(host), host, ctx.vars).im_user(user.im_address)
+        entry = Directory(ctx.connection(host), host, ctx.vars, owner=user.alias).im_user(user.im_address)
         if entry is None:
             raise PermanentFault(f"user {user.alias}: no directory entry with msExchIMAddress={user.im_address}; "
                                  "set user vars.user_dn")
@@ -103,7 +104,7 @@ class EnableLcsUsers(StepModule):
             res = server.conn.run(cmd.render())
             wmic.raise_for(wmic.outcome(res.stdout, res.stderr, res.ok), f"re-enable {d['uri']}", server.host)
             if d.get("user_dn"):
-                left = self._ad_missing(ctx, server, d["user_dn"], d["uri"], d.get("home_dn", ""))
+                left = self._ad_missing(ctx, server, target.alias, d["user_dn"], d["uri"], d.get("home_dn", ""))
                 if left:
                     raise PermanentFault(f"{d['uri']} is enabled on {server.host} but AD still lacks "
                                          f"{', '.join(left)} on {d['user_dn']}", host=server.host)
