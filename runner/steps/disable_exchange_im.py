@@ -8,7 +8,8 @@ LDIF modify (delete of each msExchIM* attribute still present) put on the
 Exchange IM server, applied with ``ldifde -i -f`` and read back in the same
 line. Round trips: the probe reads the directory (and, only when there is
 something to clear, the user's LCS setting: one line per host); apply puts
-the file and runs one line.
+the file and runs one line. The probe's line also deletes this user's scratch
+``.ldf`` files that a killed run left on the server (runner.lcs.exchange).
 """
 from __future__ import annotations
 
