@@ -11,13 +11,15 @@ LCS setting and, in the same line on the LCS server, the AD object holding the
 SIP URI (ldifde); a missing ``msRTCSIP-PrimaryUserAddress``,
 ``msRTCSIP-UserEnabled``, ``msRTCSIP-PrimaryHomeServer`` or ``sip:``
 proxyAddresses value is a partly done enable, which apply finishes by setting
-the user setting again (LCS writes the attributes) and reading AD back.
+the user setting again (LCS writes the attributes) and reading AD back (still
+missing: a TransientFault, retried, since the domain controller ldifde reads
+may not have replicated LCS's write yet).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from runner.errors import PermanentFault
+from runner.errors import PermanentFault, TransientFault
 from runner.lcs.exchange import Directory, exchange_server, rtc_missing, rtc_query
 from runner.lcs.mapping import Unmappable, user_sip_uri
 from runner.lcs.server import USER_CLASS, USER_PROPS, LcsServer
@@ -105,9 +107,9 @@ class EnableLcsUsers(StepModule):
             wmic.raise_for(wmic.outcome(res.stdout, res.stderr, res.ok), f"re-enable {d['uri']}", server.host)
             if d.get("user_dn"):
                 left = self._ad_missing(ctx, server, target.alias, d["user_dn"], d["uri"], d.get("home_dn", ""))
-                if left:
-                    raise PermanentFault(f"{d['uri']} is enabled on {server.host} but AD still lacks "
-                                         f"{', '.join(left)} on {d['user_dn']}", host=server.host)
+                if left:  # transient: the DC ldifde reads may not have replicated LCS's write yet
+                    raise TransientFault(f"{d['uri']} is enabled on {server.host} but AD does not show "
+                                         f"{', '.join(left)} on {d['user_dn']} yet", host=server.host)
             if d.get("missing"):
                 return StepResult("changed", f"finished the enable of {d['uri']} (AD had no {', '.join(d['missing'])})",
                                   {"sip_uri": d["uri"], "lcs_server": server.host, "finished": d["missing"]})
