@@ -133,3 +133,14 @@ def test_ver_and_set(lab):
 
 def test_file_system_is_case_insensitive(lab):
     assert run(lab, r'type "c:\program files\MESSENGER\MSMSGS.EXE"').rc == 0
+
+
+def test_del_with_a_wildcard_deletes_only_the_matching_files(lab):
+    fs = lab.host("pc0001").fs
+    for name in ("runner-aaaa1111-01.ldf", "RUNNER-AAAA1111-02.LDF", "runner-bbbb2222-01.ldf", "keep.txt"):
+        fs.write("C:\\Temp\\" + name, b"x")
+    r = run(lab, 'del /q "C:\\Temp\\runner-aaaa1111-*.ldf"')
+    assert r.rc == 0 and r.stderr == ""
+    assert fs.listdir("C:\\Temp") == ["keep.txt", "runner-bbbb2222-01.ldf"]
+    r = run(lab, 'del /q "C:\\Temp\\runner-aaaa1111-*.ldf"')
+    assert "Could Not Find C:\\Temp\\runner-aaaa1111-*.ldf" in r.stderr

@@ -30,3 +30,31 @@ def test_msn_messenger_client_is_upgraded_once_and_then_left_alone(tmp_path):
         assert step.probe(ctx, inv.hosts[name]) is None, f"{name}: still wants an upgrade after installing 5.1"
         upgraded.append(name)
     assert upgraded, f"the lab should hold clients older than 5.1 ({machines})"
+
+
+def test_a_5_1_file_without_its_product_is_installed_again_and_a_product_without_its_file_repaired(tmp_path):
+    from runner.lab.binaries import MESSENGER51_CODE, make_exe
+    from runner.lab.store import UNINSTALL_KEY
+
+    inv_path = generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=2, seed=3)
+    inv = load_inventory(inv_path)
+    host = inv.hosts["pc0001"]
+    conn = LabConnection(host, inv, None)
+    ctx = StepCtx(inv, {"pc0001": conn}, tmp_path)
+    step = UpgradeMessenger()
+    exe = r"C:\Program Files\Messenger\msmsgs.exe"
+    lab_host = conn.lab_host
+    # an install cut short: the 5.1 binary, no product, no Uninstall key
+    lab_host.fs.write(exe, make_exe("5.1.0715", product_name="Windows Messenger"))
+    diff = step.probe(ctx, host)
+    assert diff is not None and "without its product" in diff.data["partial"], "a 5.1 file alone is not an install"
+    assert step.apply(ctx, host, diff).status == "changed"
+    assert lab_host.products.get(MESSENGER51_CODE) is not None
+    assert lab_host.registry.key_exists(UNINSTALL_KEY + "\\" + MESSENGER51_CODE)
+    assert step.probe(ctx, host) is None
+    # the product registered, its file older: reinstalled (REINSTALL=ALL)
+    lab_host.fs.write(exe, make_exe("4.7.3001"))
+    diff = step.probe(ctx, host)
+    assert diff is not None and diff.data.get("reinstall"), diff
+    assert step.apply(ctx, host, diff).status == "changed"
+    assert lab_host.fs.file_version(exe).startswith("5.1") and step.probe(ctx, host) is None

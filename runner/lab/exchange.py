@@ -17,7 +17,8 @@ conv), ``msExchIMVirtualServer`` (DN of the IM virtual server) and
 ``userPrincipalName``, ``objectGUID`` (16 bytes), ``objectSid`` text (conv).
 When LCS enables a user, wmic writes ``msRTCSIP-PrimaryUserAddress``,
 ``msRTCSIP-UserEnabled``, ``msRTCSIP-PrimaryHomeServer`` and a ``sip:``
-``proxyAddresses`` value here too (see :func:`sync_lcs_user`).
+``proxyAddresses`` value here too, in the same transaction as the LCS
+store's row (see :func:`write_rtc_attributes` and runner.lab.lcs).
 
 The IM virtual server is the AD object
 ``CN=Default Instant Messaging Virtual Server,CN=RVP,CN=Protocols,CN=EXIM01,CN=Servers,...``
@@ -316,30 +317,64 @@ def guid_dn(d: Directory, guid: str) -> str | None:
     return row[0] if row else None
 
 
-def sync_lcs_user(lab_path: Path, props: dict[str, Any], deleted: bool = False) -> None:
-    """Mirror an MSFT_SIPESUserSetting change into AD's msRTCSIP-* attributes (as LCS does)."""
-    p = ad_path(lab_path)
-    if not p.exists():
-        return
-    with Directory(p) as d:
-        dn = d.canonical_dn(str(props.get("UserDN") or "")) or guid_dn(d, str(props.get("InstanceID") or ""))
-        if dn is None:
-            return
-        d.begin()
+RTC_ATTRIBUTES = ("msRTCSIP-PrimaryUserAddress", "msRTCSIP-UserEnabled", "msRTCSIP-PrimaryHomeServer")
+
+
+def rtc_values(props: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The AD values an enabled MSFT_SIPESUserSetting implies: the three msRTCSIP-* attributes
+    and a ``sip:`` proxyAddresses entry."""
+    return [("msRTCSIP-PrimaryUserAddress", props["PrimaryURI"]),
+            ("msRTCSIP-UserEnabled", "TRUE" if props.get("Enabled") else "FALSE"),
+            ("msRTCSIP-PrimaryHomeServer", props["HomeServerDN"]),
+            ("proxyAddresses", props["PrimaryURI"])]
+
+
+def write_rtc_attributes(db: sqlite3.Connection, props: dict[str, Any], deleted: bool = False,
+                         *, schema: str = "main") -> str | None:
+    """Mirror an MSFT_SIPESUserSetting into AD's msRTCSIP-* attributes (as LCS does), inside the
+    caller's transaction on ``db``, where the directory is the database ``schema`` (``ad`` when
+    ad.db is attached to the LCS store's connection, so both change in one transaction).
+
+    Idempotent: the attributes are replaced by what ``props`` says (removed when ``deleted``).
+    Returns the DN written, None when no AD object has the user's DN or GUID.
+    """
+    dn = None
+    if props.get("UserDN"):
+        row = db.execute(f"SELECT dn FROM {schema}.objects WHERE dn=?", (str(props["UserDN"]),)).fetchone()
+        dn = row[0] if row else None
+    if dn is None and props.get("InstanceID"):
         try:
-            for a in ("msRTCSIP-PrimaryUserAddress", "msRTCSIP-UserEnabled", "msRTCSIP-PrimaryHomeServer"):
-                d.db.execute("DELETE FROM attrs WHERE dn=? AND name=?", (dn, a))
-            d.db.execute("DELETE FROM attrs WHERE dn=? AND name='proxyAddresses' AND value LIKE 'sip:%'", (dn,))
-            if not deleted:
-                vals = [("msRTCSIP-PrimaryUserAddress", props["PrimaryURI"]),
-                        ("msRTCSIP-UserEnabled", "TRUE" if props.get("Enabled") else "FALSE"),
-                        ("msRTCSIP-PrimaryHomeServer", props["HomeServerDN"]),
-                        ("proxyAddresses", props["PrimaryURI"])]
-                d.db.executemany("INSERT INTO attrs (dn, name, value) VALUES (?,?,?)", [(dn, n, v) for n, v in vals])
-            d.commit()
-        except BaseException:
-            d.rollback()
-            raise
+            raw = uuid.UUID(str(props["InstanceID"]).strip("{}")).bytes_le
+        except ValueError:
+            raw = None
+        row = db.execute(f"SELECT dn FROM {schema}.attrs WHERE name='objectGUID' AND value=?",
+                         (raw,)).fetchone() if raw else None
+        dn = row[0] if row else None
+    if dn is None:
+        return None
+    db.executemany(f"DELETE FROM {schema}.attrs WHERE dn=? AND name=?", [(dn, a) for a in RTC_ATTRIBUTES])
+    db.execute(f"DELETE FROM {schema}.attrs WHERE dn=? AND name='proxyAddresses' AND value LIKE 'sip:%'", (dn,))
+    if not deleted:
+        db.executemany(f"INSERT INTO {schema}.attrs (dn, name, value) VALUES (?,?,?)",
+                       [(dn, n, v) for n, v in rtc_values(props)])
+    db.execute(f"UPDATE {schema}.objects SET modified=? WHERE dn=?", (time.time(), dn))
+    return dn
+
+
+def rtc_problems(attrs: dict[str, list[Any]], primary_uri: str, home_server_dn: str) -> list[str]:
+    """What an LCS-enabled user's AD object lacks (empty when its msRTCSIP-* attributes and
+    ``sip:`` proxy address say what the LCS setting says): the check of verify and of tests."""
+    low = {k.lower(): [str(v) for v in vals] for k, vals in attrs.items()}
+    out = []
+    if [v.lower() for v in low.get("msrtcsip-primaryuseraddress", [])] != [primary_uri.lower()]:
+        out.append("msRTCSIP-PrimaryUserAddress")
+    if [v.upper() for v in low.get("msrtcsip-userenabled", [])] != ["TRUE"]:
+        out.append("msRTCSIP-UserEnabled")
+    if [v.lower() for v in low.get("msrtcsip-primaryhomeserver", [])] != [home_server_dn.lower()]:
+        out.append("msRTCSIP-PrimaryHomeServer")
+    if primary_uri.lower() not in [v.lower() for v in low.get("proxyaddresses", [])]:
+        out.append("proxyAddresses " + primary_uri)
+    return out
 
 
 def im_users(d: Directory) -> Iterator[tuple[str, dict[str, list[Any]]]]:

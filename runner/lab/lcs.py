@@ -33,6 +33,21 @@ Schema (inspect with ``sqlite3 hosts/lcs01/lcs.db``)::
       subscribed INTEGER NOT NULL,
       group_ids TEXT NOT NULL DEFAULT '',                   -- space separated ids (<= 64) of contact_groups
       PRIMARY KEY (user_instance_id, sip_uri))
+    ad_sync(seq INTEGER PRIMARY KEY, instance_id TEXT, user_dn TEXT)  -- AD writes in flight (below)
+
+A user setting and the AD attributes it implies change together, as on a
+real pool (LCS keeps them in AD): the store's connection for user changes
+has the lab's ``ad.db`` attached (``ATTACH ... AS ad``), and one
+transaction writes the ``users`` row, an ``ad_sync`` intent row and the
+user's ``msRTCSIP-*`` / ``sip:`` proxyAddresses values; the intent is
+deleted in a second, separate commit. SQLite keeps a multi-file
+transaction atomic within each file but, in WAL mode, not across files if
+the process dies inside the COMMIT (it writes the main database's WAL
+first): an intent left behind is such a transaction, and
+:meth:`LcsStore.recover` (run when the store is opened, and by
+``runner lab verify``) writes AD again from the ``users`` row before
+deleting it. So no reader sees an LCS user without its AD attributes, or
+AD attributes of a change LCS never committed.
 
 Limits enforced (doc unless marked): at most 64 groups per user, group ids
 1..64 chosen by the server (a GroupID given on create is ignored); at most
@@ -122,7 +137,9 @@ CREATE TABLE IF NOT EXISTS contacts(
   subscribed INTEGER NOT NULL,
   group_ids TEXT NOT NULL DEFAULT '',
   PRIMARY KEY (user_instance_id, sip_uri));
+CREATE TABLE IF NOT EXISTS ad_sync(seq INTEGER PRIMARY KEY, instance_id TEXT NOT NULL, user_dn TEXT);
 """
+_AD_SYNC = "CREATE TABLE IF NOT EXISTS ad_sync(seq INTEGER PRIMARY KEY, instance_id TEXT NOT NULL, user_dn TEXT)"
 
 # WMI class -> (key properties, all properties in MOF order)
 CLASSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -221,9 +238,15 @@ class Instance:
 
 
 class LcsStore:
-    """The pool's SQLite store, with the semantics of the LCS WMI classes."""
+    """The pool's SQLite store, with the semantics of the LCS WMI classes.
 
-    def __init__(self, path: Path) -> None:
+    ``directory``: the lab's ``ad.db``; when given (and present) every change of
+    an MSFT_SIPESUserSetting writes the user's AD attributes in the same
+    transaction (see the module docstring), and intents a killed process left
+    are completed on opening.
+    """
+
+    def __init__(self, path: Path, directory: Path | None = None, *, recover: bool = True) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(self.path)
@@ -231,6 +254,10 @@ class LcsStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self.directory = Path(directory) if directory is not None and Path(directory).exists() else None
+        self._udb: sqlite3.Connection | None = None
+        if self.directory is not None and recover:
+            self.recover()
 
     # -- lifecycle -----------------------------------------------------
     @classmethod
@@ -250,8 +277,85 @@ class LcsStore:
         return cls(path)
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connections."""
         self._db.close()
+        if self._udb is not None:
+            self._udb.close()
+            self._udb = None
+
+    def _user_db(self) -> sqlite3.Connection:
+        """The connection for user-setting changes: lcs.db with ad.db attached as ``ad``.
+
+        Separate from the main connection because ``BEGIN IMMEDIATE`` on it locks
+        both files: contact imports must not wait for directory writers.
+        """
+        if self._udb is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                db.execute("PRAGMA foreign_keys=ON")
+                db.execute("PRAGMA busy_timeout=30000")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(_AD_SYNC)
+                db.execute("ATTACH DATABASE ? AS ad", (str(self.directory),))
+            except BaseException:
+                db.close()
+                raise
+            self._udb = db
+        return self._udb
+
+    @contextmanager
+    def _user_tx(self, iid: str, user_dn: str | None) -> Iterator[sqlite3.Connection]:
+        """One transaction over lcs.db and ad.db for a user-setting change, with its intent row.
+
+        The body changes ``users``; on leaving, the AD attributes are rewritten
+        from the row (inside the same transaction), then the intent is cleared.
+        """
+        if self.directory is None:
+            with self._tx() as db:
+                yield db
+            return
+        db = self._user_db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            seq = db.execute("INSERT INTO ad_sync (instance_id, user_dn) VALUES (?, ?)",
+                             (iid, user_dn)).lastrowid
+            yield db
+            self._sync_ad(db, iid, user_dn)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        db.execute("DELETE FROM ad_sync WHERE seq=?", (seq,))
+
+    def _sync_ad(self, db: sqlite3.Connection, iid: str, user_dn: str | None) -> None:
+        """Rewrite the user's AD attributes from the ``users`` row (removed when there is none)."""
+        from runner.lab.exchange import write_rtc_attributes
+        r = db.execute("SELECT * FROM main.users WHERE instance_id=?", (iid,)).fetchone()
+        if r is not None:
+            write_rtc_attributes(db, self._user_props(r), schema="ad")
+        else:
+            write_rtc_attributes(db, {"InstanceID": iid, "UserDN": user_dn}, deleted=True, schema="ad")
+
+    def recover(self) -> int:
+        """Complete the AD side of user changes whose commit a killed process left half
+        done (intent rows); returns how many were completed."""
+        if self.directory is None:
+            return 0
+        db = self._user_db()
+        pending = db.execute("SELECT seq, instance_id, user_dn FROM ad_sync ORDER BY seq").fetchall()
+        if not pending:
+            return 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for _seq, iid, dn in pending:
+                self._sync_ad(db, iid, dn)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        # only now (AD committed) may the intents go
+        db.executemany("DELETE FROM ad_sync WHERE seq=?", [(p[0],) for p in pending])
+        return len(pending)
 
     def __enter__(self) -> "LcsStore":
         return self
@@ -343,9 +447,11 @@ class LcsStore:
         cls = canonical_class(cls)
         p = {k.lower(): v for k, v in props.items()}
         self._check_props(cls, p)
-        with self._tx() as db:
-            if cls == "MSFT_SIPESUserSetting":
+        if cls == "MSFT_SIPESUserSetting":
+            iid = normalise_guid(p["instanceid"]) if p.get("instanceid") else ""
+            with self._user_tx(iid, p.get("userdn")) as db:
                 return self._create_user(db, p)
+        with self._tx() as db:
             if cls == "MSFT_SIPESUserContactGroupData":
                 return self._create_group(db, p)
             if cls == "MSFT_SIPESUserContactData":
@@ -361,7 +467,9 @@ class LcsStore:
         for k in c:
             if k in keys and str(c[k]).lower() != str(inst.props[self._prop(cls, k)]).lower():
                 raise WmiError(WBEM_E_INVALID_PARAMETER, f"{self._prop(cls, k)} cannot be updated")
-        with self._tx() as db:
+        user_tx = self._user_tx(inst.props["InstanceID"], inst.props.get("UserDN")) \
+            if cls == "MSFT_SIPESUserSetting" else self._tx()
+        with user_tx as db:
             if cls == "MSFT_SIPESEmSetting":
                 if "maxcontactsperuser" in c:
                     n = _as_int(c["maxcontactsperuser"], "MaxContactsPerUser")
@@ -389,7 +497,8 @@ class LcsStore:
     def delete(self, inst: Instance) -> None:
         """Delete an instance (``wmic ... delete``)."""
         p = inst.props
-        with self._tx() as db:
+        tx = self._user_tx(p["InstanceID"], p.get("UserDN")) if inst.cls == "MSFT_SIPESUserSetting" else self._tx()
+        with tx as db:
             if inst.cls == "MSFT_SIPESUserSetting":
                 db.execute("DELETE FROM users WHERE instance_id=?", (p["InstanceID"],))
             elif inst.cls == "MSFT_SIPESUserContactGroupData":

@@ -10,7 +10,10 @@ Layout of a lab directory (documented for administrators; inspect with sqlite3):
 - ``hosts/<name>/host.db`` (SQLite, WAL): HKLM (tables ``reg_key``,
   ``reg_value``), ``hive_mount`` (HKU mounts: name, hive file, in_use),
   ``service``, ``product`` (Windows Installer records), ``process`` (running
-  programs), ``journal`` (mutating commands) and ``counter`` (fault counters).
+  programs), ``journal`` (mutating commands), ``counter`` (fault counters) and
+  ``msi_pending`` (installs committed whose files are still being put in place).
+- ``hosts/<name>/msi-staging/<txid>/``: files of an install in progress, and
+  ``hosts/<name>/msi.lock``, the installer's lock (see ``LabHost.commit_install``).
 - A user hive (``NTUSER.DAT`` in the profile folder) is a SQLite file with the
   same ``reg_key``/``reg_value`` tables (``PRAGMA application_id`` = 0x4C414248,
   "LABH"). Schema:
@@ -28,9 +31,11 @@ file writes are atomic renames.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -39,7 +44,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from runner.errors import InputError
 from runner.windows.regfile import RegData, RegKey, RegValue, type_number
@@ -69,7 +74,10 @@ CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY, ts REAL NOT NULL, pr
   command TEXT NOT NULL, rc INTEGER);
 CREATE INDEX IF NOT EXISTS journal_ts ON journal(ts);
 CREATE TABLE IF NOT EXISTS counter (kind TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS msi_pending (txid TEXT PRIMARY KEY, moves TEXT NOT NULL);
 """
+_MSI_PENDING = "CREATE TABLE IF NOT EXISTS msi_pending (txid TEXT PRIMARY KEY, moves TEXT NOT NULL)"
+MSI_STAGING = "msi-staging"
 
 UNINSTALL_KEY = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall"
 HIVE_SUFFIXES = ("-wal", "-shm", "-journal")
@@ -777,6 +785,8 @@ class LabHost:
         self._bulk_conn: sqlite3.Connection | None = None
         self._dir_made = False
         self._db_path = self.dir / "host.db"
+        self._recovered = False
+        self._recover_lock = threading.Lock()
 
     @property
     def role(self) -> str:
@@ -812,6 +822,110 @@ class LabHost:
         finally:
             self._bulk_conn.close()
             self._bulk_conn = None
+
+    # Windows Installer's all-or-nothing commit
+    @contextmanager
+    def installer_lock(self) -> Iterator[None]:
+        """The host's installer lock (``msi.lock``, flock: released when the process dies)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "msi.lock", "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def commit_install(self, files: list[tuple[str, bytes]], register: Callable[[], None]) -> None:
+        """Install ``files`` (Windows path, content) and ``register()`` the product, all or nothing.
+
+        As Windows Installer does (it either commits the product, its Uninstall
+        key and its files, or rolls back): the files are first written to
+        ``msi-staging/<txid>/``; one host.db transaction runs ``register`` (product
+        rows, registry) and records the staged files in ``msi_pending``; only then
+        are they renamed into place and the record deleted. A process killed
+        before that transaction leaves staged files that the next opening of the
+        host deletes (rolled back); killed after it, the next opening renames the
+        rest into place (rolled forward): see :meth:`recover_installs`. An error
+        while staging raises it with ``windows_path`` set to the file concerned.
+        """
+        with self.installer_lock():
+            self._recover_installs()
+            txid = "%d-%s" % (os.getpid(), os.urandom(6).hex())
+            stage = self.dir / MSI_STAGING / txid
+            stage.mkdir(parents=True)
+            moves: list[tuple[str, str]] = []
+            try:
+                for i, (path, data) in enumerate(files):
+                    try:
+                        real = self.fs.resolve(path)
+                        if real.is_dir():
+                            raise IsADirectoryError(path)
+                        staged = stage / str(i)
+                        with open(staged, "wb") as f:
+                            f.write(data)
+                    except (OSError, InvalidPath) as e:
+                        e.windows_path = path  # type: ignore[attr-defined]
+                        raise
+                    moves.append((os.path.relpath(staged, self.lab.path), os.path.relpath(real, self.lab.path)))
+                db = self.db()
+                db.execute(_MSI_PENDING)
+                with write_tx(db):
+                    register()
+                    db.execute("INSERT INTO msi_pending VALUES (?, ?)", (txid, json.dumps(moves)))
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            self._finish_install(txid, moves)
+
+    def _finish_install(self, txid: str, moves: list[list[str]] | list[tuple[str, str]]) -> None:
+        """Rename a committed install's staged files into place, then forget it."""
+        for staged, target in moves:
+            src, dst = self.lab.path / staged, self.lab.path / target
+            if src.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+        self.db().execute("DELETE FROM msi_pending WHERE txid=?", (txid,))
+        shutil.rmtree(self.dir / MSI_STAGING / txid, ignore_errors=True)
+
+    def _recover_installs(self) -> int:
+        """Roll committed installs forward and uncommitted ones back (installer lock held)."""
+        root = self.dir / MSI_STAGING
+        if not root.is_dir():
+            return 0
+        db = self.db()
+        db.execute(_MSI_PENDING)
+        pending = {t: json.loads(m) for t, m in db.execute("SELECT txid, moves FROM msi_pending")}
+        n = 0
+        for d in sorted(root.iterdir()):
+            if d.name in pending:
+                self._finish_install(d.name, pending.pop(d.name))
+            else:
+                shutil.rmtree(d, ignore_errors=True)
+            n += 1
+        for txid, moves in pending.items():
+            self._finish_install(txid, moves)
+        try:
+            root.rmdir()
+        except OSError:
+            pass
+        return n
+
+    def recover_installs(self) -> int:
+        """Complete or roll back installs a killed process left (see :meth:`commit_install`);
+        returns how many were found. Cheap when there are none (one stat)."""
+        if not (self.dir / MSI_STAGING).is_dir():
+            return 0
+        with self.installer_lock():
+            return self._recover_installs()
+
+    def ensure_recovered(self) -> None:
+        """Run :meth:`recover_installs` once for this LabHost (what a machine does as it boots)."""
+        if self._recovered:
+            return
+        with self._recover_lock:
+            if not self._recovered:
+                self.recover_installs()
+                self._recovered = True
 
     def environment(self) -> dict[str, str]:
         """The environment cmd.exe starts with (DEFAULT_ENV, COMPUTERNAME, lab.json overrides)."""
@@ -1088,7 +1202,23 @@ class Lab:
             if h is None:
                 h = LabHost(self, real, self.hosts_config[real])
                 self._hosts[real] = h
-            return h
+        h.ensure_recovered()
+        return h
+
+    def recover(self) -> dict[str, int]:
+        """Complete what killed processes left half done on every host: installs
+        (LabHost.recover_installs) and LCS user changes whose AD side is owed
+        (runner.lab.lcs.LcsStore.recover). Returns counts by kind."""
+        from runner.lab.exchange import ad_path
+        from runner.lab.lcs import LcsStore
+        out = {"installs": 0, "lcs_users": 0}
+        for name in self.hosts_config:
+            h = self.host(name)
+            out["installs"] += h.recover_installs()
+            if h.role == "lcs" and (h.dir / "lcs.db").exists():
+                with LcsStore(h.dir / "lcs.db", ad_path(self.path), recover=False) as store:
+                    out["lcs_users"] += store.recover()
+        return out
 
     def host_by_address(self, address: str) -> LabHost | None:
         for n, c in self.hosts_config.items():

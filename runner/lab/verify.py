@@ -10,7 +10,15 @@ For each user of ``manifest.json`` (optionally only some waves):
   contacts on LCS are ``limit`` of the expected ones (``over_limit`` counts
   the rest, which the run must have reported);
 - ``groups_missing``: group names (at most 128 characters) not on LCS;
+- ``ad_missing`` (with the Exchange side): for an enabled user, what AD lacks of the enable
+  (``msRTCSIP-PrimaryUserAddress``, ``msRTCSIP-UserEnabled``,
+  ``msRTCSIP-PrimaryHomeServer`` saying what LCS says, the ``sip:``
+  proxyAddresses value): a partly done enable;
 - ``exchange_im_disabled``: the AD user carries no msExchIM* attribute;
+for every client, whatever the waves: a msmsgs.exe of Messenger 5.1 or later
+comes with a registered product of that version (product record and
+Uninstall key), and a registered 5.1 product with its file (else a partial
+install, in ``problems``);
 and for the whole lab (not with ``waves``, since the server stays in service
 until the last wave): ``decommissioned`` (IM service stopped and disabled,
 IM virtual server object gone).
@@ -18,7 +26,9 @@ IM virtual server object gone).
 The mapping of addresses to SIP URIs is implemented here independently of
 runner.lcs (same documented rule: exact table, then the user's own
 sip_uri, then the domain map with the template) so a bug there cannot hide
-itself. ``report.ok`` is True when everything checked is as expected; the
+itself. Before reading, changes that killed processes left committed but
+not finished are completed (runner.lab.store.Lab.recover), as the real
+servers would have. ``report.ok`` is True when everything checked is as expected; the
 CLI exits 0 then, 1 otherwise.
 """
 from __future__ import annotations
@@ -83,6 +93,7 @@ class UserReport:
     duplicated: list[str] = field(default_factory=list)
     over_limit: int = 0
     groups_missing: list[str] = field(default_factory=list)
+    ad_missing: list[str] = field(default_factory=list)
     exchange_im_disabled: bool = False
     problems: list[str] = field(default_factory=list)
 
@@ -124,6 +135,9 @@ def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
     """Compare the lab's LCS store and AD with its manifest (see the module docstring)."""
     lab_dir = Path(lab_dir)
     man = load_manifest(lab_dir)
+    if (lab_dir / "lab.json").is_file():
+        from runner.lab.store import Lab
+        Lab(lab_dir).recover()
     waves = set(waves)
     rule = man.get("sip_mapping") or {}
     user_uris = {u["im_address"].lower(): u["sip_uri"] for u in man["users"].values()}
@@ -139,13 +153,20 @@ def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
                 continue
             r = UserReport(alias, u.get("wave"))
             guid = u["ad_guid"].upper()
-            row = db.execute("SELECT primary_uri, enabled FROM users WHERE instance_id=?", (guid,)).fetchone()
+            row = db.execute("SELECT primary_uri, enabled, home_server_dn FROM users WHERE instance_id=?",
+                             (guid,)).fetchone()
             if row:
                 r.primary_uri, r.enabled = row[0], bool(row[1])
             if not r.enabled:
                 r.problems.append("not enabled on LCS")
             elif (r.primary_uri or "").lower() != u["sip_uri"].lower():
                 r.problems.append(f"PrimaryURI is {r.primary_uri}, expected {u['sip_uri']}")
+            if r.enabled and ad is not None:
+                dn = exchange.guid_dn(ad, u["ad_guid"])
+                r.ad_missing = (exchange.rtc_problems(ad.attributes(dn), row[0], row[2]) if dn
+                                else ["the AD user object"])
+                if r.ad_missing:
+                    r.problems.append("enabled on LCS but AD lacks " + ", ".join(r.ad_missing))
             if contacts:
                 _check_contacts(db, r, guid, u, rule, user_uris, limit)
             if ad is not None:
@@ -163,9 +184,55 @@ def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
         if ad is not None:
             ad.close()
     rep = Report(reports, decommissioned, limit)
+    rep.problems.extend(client_problems(lab_dir))
     if decommissioned is False:
         rep.problems.append(f"Exchange IM server {man['exchange_server']} not decommissioned")
     return rep
+
+
+MESSENGER_EXE = ("C", "Program Files", "Messenger", "msmsgs.exe")
+UNINSTALL_KEY_LC = r"software\microsoft\windows\currentversion\uninstall"
+
+
+def _version(v: str | None) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v or "")[:4])
+
+
+def client_problems(lab_dir: Path, minimum: str = "5.1") -> list[str]:
+    """Partial installs on the lab's clients: a msmsgs.exe of Messenger ``minimum`` or later
+    without a registered product of that version (product record and Uninstall key
+    DisplayVersion), or such a product without its file."""
+    from runner.lab.binaries import read_version_info
+    try:
+        hosts = json.loads((Path(lab_dir) / "lab.json").read_text(encoding="utf-8")).get("hosts") or {}
+    except (OSError, ValueError):
+        return []
+    want, out = _version(minimum), []
+    for name, cfg in (hosts.items() if isinstance(hosts, dict) else []):
+        if not isinstance(cfg, dict) or cfg.get("role", "client") != "client":
+            continue
+        hdir = Path(lab_dir) / "hosts" / name
+        if not (hdir / "host.db").exists():
+            continue
+        exe = hdir.joinpath("fs", *MESSENGER_EXE)
+        info = read_version_info(exe.read_bytes()) if exe.is_file() else None
+        file_v = (info or {}).get("FileVersion")
+        h = sqlite3.connect(f"file:{hdir / 'host.db'}?mode=ro", uri=True)
+        try:
+            products = [(c, v) for c, v in h.execute("SELECT code, version FROM product")]
+            keys = {r[0].rsplit("\\", 1)[-1].lower(): r[1] for r in h.execute(
+                "SELECT key_lc, data FROM reg_value WHERE name_lc='displayversion' AND key_lc LIKE ?",
+                (UNINSTALL_KEY_LC + "\\%",))}
+        finally:
+            h.close()
+        registered = [v for c, v in products if _version(v) >= want and _version(keys.get(c.lower())) >= want]
+        if file_v and _version(file_v) >= want and not registered:
+            out.append(f"{name}: msmsgs.exe is {file_v} but no Messenger {minimum} product is registered "
+                       "(product and Uninstall key): a partial install")
+        elif registered and not (file_v and _version(file_v) >= want):
+            out.append(f"{name}: Messenger {registered[0]} is registered but msmsgs.exe is "
+                       f"{file_v or 'missing'}: a partial install")
+    return out
 
 
 def _check_contacts(db: sqlite3.Connection, r: UserReport, guid: str, u: dict[str, Any], rule: dict[str, Any],

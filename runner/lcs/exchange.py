@@ -1,13 +1,22 @@
 """The Exchange 2000 IM side through ldifde and sc: who is IM-enabled, disable, decommission.
 
 All directory work runs ``ldifde`` on the Exchange IM server (any domain
-member would do; that host is always in the inventory). Reads export to a
-file and ``type`` it in the same round trip; changes put an LDIF file on the
-host and ``ldifde -i -f`` it. Names of the IM attributes and of the service
+member would do; that host is always in the inventory; enable_lcs_users reads
+on the LCS server). Reads export to a file and ``type`` it in the same round
+trip; changes put an LDIF file on the host and ``ldifde -i -f`` it.
+
+Scratch files are ``runner-<owner>-<random>.ldf`` in ``remote_temp``
+(default ``C:\\WINDOWS\\Temp``), ``<owner>`` 8 hex digits derived from what
+the work is for (a user's alias, a host's name). A run killed, or a connection
+dropped, between the put and the line that deletes them leaves them behind:
+every read line of a Directory with an owner starts by deleting that owner's
+``runner-<owner>-*.ldf`` (no task of the same owner is in flight then), so the
+next run's probe removes what an earlier one left, in the same round trip. Names of the IM attributes and of the service
 are variables with the defaults below (DOMAIN.md).
 """
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -40,6 +49,12 @@ def temp_path(vars: Mapping[str, Any], name: str) -> str:
     return str(vars.get("remote_temp") or DEFAULT_TEMP).rstrip("\\") + "\\" + name
 
 
+def owner_tag(owner: str) -> str:
+    """The 8 hex digits naming an owner's scratch files (fixed length: one owner's
+    wildcard never matches another's files, whatever characters the names hold)."""
+    return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:8]
+
+
 @dataclass(frozen=True)
 class Query:
     """An ldifde search: filter, attributes, optional base DN."""
@@ -62,23 +77,41 @@ class Directory:
     """ldifde queries and changes, run on one host; each call is one round trip
     (plus the put of the LDIF file for a change)."""
 
-    def __init__(self, conn: Connection, host: str, vars: Mapping[str, Any]) -> None:
+    def __init__(self, conn: Connection, host: str, vars: Mapping[str, Any], owner: str | None = None) -> None:
+        """``owner``: what the work is for (a user's alias, a host's name), naming its scratch
+        files so that read lines can delete the ones a killed run left (module docstring)."""
         self.conn = conn
         self.host = host
         self.vars = vars
+        self.owner = owner
+
+    def _scratch(self) -> str:
+        """A new scratch file path on the host."""
+        tag = f"{owner_tag(self.owner)}-" if self.owner else ""
+        return temp_path(self.vars, f"runner-{tag}{secrets.token_hex(4)}.ldf")
+
+    def stale_pattern(self) -> str | None:
+        """The wildcard of this owner's scratch files, None without an owner."""
+        return temp_path(self.vars, f"runner-{owner_tag(self.owner)}-*.ldf") if self.owner else None
 
     def _line(self, gated: Sequence[Command], plain: Sequence[Command],
-              queries: Sequence[Query]) -> tuple[list[Section | None], list[list[ldif.Entry]], str]:
+              queries: Sequence[Query], *, clean: bool = False
+              ) -> tuple[list[Section | None], list[list[ldif.Entry]], str]:
         """One command line: ``gated`` (each only after the previous succeeded), then
         ``plain``, then each query (export, type, delete the file); the sections of
-        gated + plain, the entries of each query, and the line's stderr."""
+        gated + plain, the entries of each query, and the line's stderr. ``clean``
+        (no gated part: nothing of this owner's is on the host yet) first deletes the
+        owner's stale scratch files."""
         nonce = secrets.token_hex(4)
         parts: list[Command] = []
         if gated:
             parts.append(gated_sections(gated, nonce)[0])
+        stale = self.stale_pattern() if clean and not gated else None
+        if stale:
+            plain = [Command("del", "/q", Quoted(stale)), *plain]
         qcmds: list[Command] = []
         for q in queries:
-            path = temp_path(self.vars, f"runner-{secrets.token_hex(4)}.ldf")
+            path = self._scratch()
             qcmds += [ldif.export_command(path, q.ldap_filter, q.attrs, q.base_dn),
                       Command("type", Quoted(path)), Command("del", "/q", Quoted(path))]
         n = len(gated) + len(plain)
@@ -87,7 +120,10 @@ class Directory:
         secs = split_sections(res.stdout, n + len(qcmds), nonce)
         found = [self._entries(q, secs[n + 3 * i], secs[n + 3 * i + 1], res.stderr)
                  for i, q in enumerate(queries)]
-        return secs[:n], found, res.stderr
+        ran = secs[:n]
+        if stale:
+            del ran[len(gated)]
+        return ran, found, res.stderr
 
     def _entries(self, q: Query, export: Section | None, typed: Section | None, stderr: str) -> list[ldif.Entry]:
         if export is None or not export.ok:
@@ -101,7 +137,7 @@ class Directory:
     def read(self, queries: Sequence[Query], commands: Sequence[Command] = ()
              ) -> tuple[list[Section | None], list[list[ldif.Entry]]]:
         """``commands`` (e.g. sc queries, sectioned) and ``queries``, in one round trip."""
-        secs, found, _ = self._line((), commands, queries)
+        secs, found, _ = self._line((), commands, queries, clean=True)
         return secs, found
 
     def search(self, ldap_filter: str, attrs: Sequence[str], base_dn: str | None = None) -> list[ldif.Entry]:
@@ -117,7 +153,7 @@ class Directory:
         Raises PermanentFault when the import ran and failed; when a ``before``
         command failed the import did not run, and the caller reads ``before``.
         """
-        path = temp_path(self.vars, f"runner-{secrets.token_hex(4)}.ldf")
+        path = self._scratch()
         gated, plain = list(before), []
         if changes:
             self.conn.put(ldif.render(changes), path)
@@ -151,6 +187,33 @@ def im_user_query(im_address: str) -> Query:
 
 #: Every entry still enabled for Exchange IM, with what ``homed_on`` needs.
 IM_USERS = Query("(msExchIMAddress=*)", ("msExchIMAddress", "msExchIMPhysicalURL", "msExchIMVirtualServer"))
+
+
+#: What LCS writes into a user's AD object when it enables them (besides a ``sip:`` proxyAddresses value).
+RTC_ATTRIBUTES = ("msRTCSIP-PrimaryUserAddress", "msRTCSIP-UserEnabled", "msRTCSIP-PrimaryHomeServer")
+
+
+def rtc_query(uri: str) -> Query:
+    """The search for the AD object whose msRTCSIP-PrimaryUserAddress is ``uri``, with what an
+    enable writes (known before LCS is read, so it shares the probe's line)."""
+    return Query(f"(msRTCSIP-PrimaryUserAddress={ldif.escape_filter_value(uri)})",
+                 (*RTC_ATTRIBUTES, "proxyAddresses"))
+
+
+def rtc_missing(entries: Sequence[ldif.Entry], user_dn: str, uri: str, home_dn: str) -> list[str]:
+    """What the AD object ``user_dn`` lacks of an enable with SIP URI ``uri`` homed on
+    ``home_dn``, from the ``entries`` :func:`rtc_query` found: attribute names, empty when complete."""
+    entry = next((e for e in entries if e.dn.lower() == user_dn.lower()), None)
+    if entry is None:
+        return ["msRTCSIP-PrimaryUserAddress"]
+    out = []
+    if [v.upper() for v in entry.get("msRTCSIP-UserEnabled")] != ["TRUE"]:
+        out.append("msRTCSIP-UserEnabled")
+    if home_dn and [v.lower() for v in entry.get("msRTCSIP-PrimaryHomeServer")] != [home_dn.lower()]:
+        out.append("msRTCSIP-PrimaryHomeServer")
+    if uri.lower() not in [v.lower() for v in entry.get("proxyAddresses")]:
+        out.append(f"proxyAddresses {uri}")
+    return out
 
 
 def clear_im_change(entry: ldif.Entry) -> ldif.Change:

@@ -44,7 +44,7 @@ class DecommissionExchangeIm(StepModule):
         vs_filter = str(ctx.vars.get("exchange_im_virtual_server_filter") or DEFAULT_VS_FILTER)
         vs_query = Query(vs_filter, ("cn",), ctx.vars.get("exchange_config_dn"))
         # one line: the service's state and config, its virtual servers, who is still IM-enabled
-        secs, (servers, im_users) = Directory(conn, target.name, ctx.vars).read(
+        secs, (servers, im_users) = Directory(conn, target.name, ctx.vars, owner=target.name).read(
             [vs_query, IM_USERS], [sc.query(service), sc.qc(service)])
         state = sc.parse_one(secs[0].stdout) if secs[0] is not None and secs[0].ok else None
         config = sc.parse_one(secs[1].stdout) if secs[1] is not None and secs[1].ok else None
@@ -81,7 +81,7 @@ class DecommissionExchangeIm(StepModule):
         read_back = [Query(vs_filter, ("cn",), vs_base)] if removed else []
         # put the LDIF (if any), then one line: stop && config && ldifde -i (in that order,
         # each only after the previous succeeded), delete the file, read the servers back
-        done = Directory(ctx.connection(target.name), target.name, ctx.vars).apply(
+        done = Directory(ctx.connection(target.name), target.name, ctx.vars, owner=target.name).apply(
             [ldif.Change(dn, "delete") for dn in removed], before=[c for _, c in steps], read_back=read_back)
         for (what, _), sec in zip(steps, done.before):
             if sec is not None and sec.ok:

@@ -10,7 +10,8 @@ LDIF modify (delete of each msExchIM* attribute still present) put on the
 Exchange IM server, applied with ``ldifde -i -f`` and read back in the same
 line. Round trips: the probe reads the directory (and, only when there is
 something to clear, the user's LCS setting: one line per host); apply puts
-the file and runs one line.
+the file and runs one line. The probe's line also deletes this user's scratch
+``.ldf`` files that a killed run left on the server (runner.lcs.exchange).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class DisableExchangeIm(StepModule):
 
     def probe(self, ctx: StepContext, target: User) -> Diff | None:
         host = exchange_server(ctx.inventory, ctx.vars)
-        entry = Directory(ctx.connection(host), host, ctx.vars).im_user(target.im_address)
+        entry = Directory(ctx.connection(host), host, ctx.vars, owner=target.alias).im_user(target.im_address)
         if entry is None:
             return None
         change = clear_im_change(entry)
@@ -67,7 +68,7 @@ class DisableExchangeIm(StepModule):
         host = exchange_server(ctx.inventory, ctx.vars)
         d = diff.data
         # put the LDIF, then one line: import, delete it, read the user back
-        done = Directory(ctx.connection(host), host, ctx.vars).apply(
+        done = Directory(ctx.connection(host), host, ctx.vars, owner=target.alias).apply(
             [ldif.Change(d["dn"], "modify", [("delete", a, []) for a in d["attrs"]])],
             read_back=[im_user_query(target.im_address)])
         left = [a for e in done.found[0] for a in IM_ATTRIBUTES if e.get(a)]

@@ -1,7 +1,11 @@
 """upgrade_messenger: install Windows Messenger 5.1 where the installed version is older.
 
-Probe reads the version from the Uninstall keys (and msmsgs.exe's file
-version through wmic as a fallback) in one round trip. Apply runs
+Probe reads the registered products (the Uninstall keys) and msmsgs.exe's
+file version (wmic datafile) in one round trip. The upgrade is done only when
+both say so: a Messenger product of the wanted version is registered *and*
+the file is of that version. A 5.1 file without its product (an install cut
+short, a file copied by hand) is installed again; a registered product whose
+file is older is reinstalled (``REINSTALL=ALL REINSTALLMODE=vomus``). Apply runs
 ``msiexec /i PACKAGE /qn /norestart /l*v LOG``: 0 changed; 3010/1641
 changed with ``reboot_required``; 1618 TransientFault (the engine retries);
 anything else failed, with the installer log fetched into an artifact.
@@ -20,16 +24,16 @@ DEFAULT_PACKAGE = r"\\deploy\packages\WindowsMessenger51.msi"
 TARGET_VERSION = "5.1"
 
 
-def installed_version(ctx: StepContext, host: str) -> str | None:
-    """The installed Messenger version on ``host`` (None when not installed)."""
+def installed(ctx: StepContext, host: str) -> tuple[str | None, str | None, bool]:
+    """(newest registered Messenger product's version, msmsgs.exe's file version, whether the
+    file could be looked at) on ``host``; None where there is none. One round trip."""
     exe = str(ctx.args.get("messenger_exe") or cl.DEFAULT_MESSENGER_EXE)
     sections, _ = cl.run_sections(ctx.connection(host), [reg.query(cl.UNINSTALL, recursive=True),
                                                          cl.file_version_query(exe)])
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     found = cl.messenger_from_uninstall(reg.parse_query(text[0]))
-    if found and found.get("version"):
-        return found["version"]
-    return cl.file_version(text[1])
+    file_known = sections[1] is not None and sections[1].ok
+    return (found or {}).get("version"), cl.file_version(text[1]), file_known
 
 
 class UpgradeMessenger(StepModule):
@@ -52,23 +56,40 @@ class UpgradeMessenger(StepModule):
         return str(ctx.args.get("package") or ctx.vars.get("messenger_package") or DEFAULT_PACKAGE)
 
     def probe(self, ctx: StepContext, target: Host) -> Diff | None:  # type: ignore[override]
-        wanted = str(ctx.args.get("version") or TARGET_VERSION)
-        current = installed_version(ctx, target.name)
-        if current and cl.version_tuple(current) >= cl.version_tuple(wanted):
+        wanted = cl.version_tuple(str(ctx.args.get("version") or TARGET_VERSION))
+        product, file, file_known = installed(ctx, target.name)
+        registered = bool(product) and cl.version_tuple(product) >= wanted
+        # a file that could not be looked at (no wmic) does not hold up a registered product
+        on_disk = bool(file) and cl.version_tuple(file) >= wanted or (registered and not file_known)
+        if registered and on_disk:
             return None
         package = self._package(ctx)
-        return Diff(summary=f"install Windows Messenger {wanted} (installed: {current or 'none'})",
-                    lines=[f"- messenger {current or '(none)'}", f"+ messenger {wanted} from {package}"],
-                    data={"from": current, "package": package})
+        want = str(ctx.args.get("version") or TARGET_VERSION)
+        current = product or file
+        lines = [f"- messenger {current or '(none)'}", f"+ messenger {want} from {package}"]
+        data: dict[str, Any] = {"from": current, "package": package}
+        if on_disk and file:  # the file is there, its product is not: an install cut short
+            lines.append(f"! msmsgs.exe is {file} but no Messenger {want} product is registered: installing again")
+            data["partial"] = f"file {file} without its product"
+        elif registered:  # registered, but the file is older or missing: repair
+            lines.append(f"! Messenger {product} is registered but msmsgs.exe is {file or 'missing'}: reinstalling")
+            data["partial"] = f"product {product} with file {file or 'missing'}"
+            data["reinstall"] = True
+        return Diff(summary=f"install Windows Messenger {want} (installed: {current or 'none'}"
+                            + (f"; partial: {data['partial']})" if "partial" in data else ")"),
+                    lines=lines, data=data)
 
     def apply(self, ctx: StepContext, target: Host, diff: Diff) -> StepResult:  # type: ignore[override]
         conn = ctx.connection(target.name)
         log = str(ctx.args.get("log") or msiexec.DEFAULT_LOG)
-        cmd = msiexec.install(diff.data["package"], log=log)
+        props = {"REINSTALL": "ALL", "REINSTALLMODE": "vomus"} if diff.data.get("reinstall") else {}
+        cmd = msiexec.install(diff.data["package"], log=log, properties=props)
         result = conn.run(cmd.render())
         outcome = msiexec.classify(result.rc)
         data: dict[str, Any] = {"rc": result.rc, "from": diff.data.get("from"), "package": diff.data["package"],
                                 "reboot_required": outcome.reboot_required}
+        if diff.data.get("partial"):
+            data["partial"] = diff.data["partial"]
         if outcome.outcome is msiexec.MsiOutcome.TRANSIENT:
             raise TransientFault(f"msiexec {result.rc}: {outcome.message}", host=target.name, data=data)
         if outcome.succeeded:

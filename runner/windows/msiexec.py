@@ -9,6 +9,7 @@ not be opened; anything else is a permanent failure.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -77,8 +78,9 @@ def classify(rc: int) -> MsiResult:
 
 
 def install(package: str, *, log: str | None = DEFAULT_LOG, quiet: bool = True,
-            norestart: bool = True) -> Command:
-    """``msiexec /i PACKAGE [/qn] [/norestart] [/l*v LOG]``."""
+            norestart: bool = True, properties: dict[str, str] | None = None) -> Command:
+    """``msiexec /i PACKAGE [/qn] [/norestart] [/l*v LOG] [PROP=value...]``; ``properties`` are
+    public properties such as ``REINSTALL=ALL`` (names upper case, values without spaces)."""
     bits: list = ["msiexec", "/i", Quoted(package)]
     if quiet:
         bits.append("/qn")
@@ -86,4 +88,8 @@ def install(package: str, *, log: str | None = DEFAULT_LOG, quiet: bool = True,
         bits.append("/norestart")
     if log:
         bits += ["/l*v", Quoted(log)]
+    for name, value in (properties or {}).items():
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name) or not re.fullmatch(r"[A-Za-z0-9_.,;:\\-]+", value):
+            raise ValueError(f"not a safe msiexec property: {name}={value!r}")
+        bits.append(f"{name}={value}")
     return Command(*bits)

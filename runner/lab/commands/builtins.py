@@ -10,6 +10,7 @@ echo, type, del, mkdir, copy, if, ver, set; message texts from cmd.exe):
 """
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, Callable
 
 from runner.connections.base import CommandResult
@@ -89,12 +90,28 @@ def del_(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
     for f in files:
         full = ctx.full_path(f)
         try:
-            ok = ctx.host.fs.delete(full)
+            ok = _delete_matching(ctx, full) if any(c in full.rsplit("\\", 1)[-1] for c in "*?") \
+                else ctx.host.fs.delete(full)
         except (OSError, InvalidPath):
             ok = False
         if not ok:
             err.append(f"Could Not Find {full}\r\n")
     return 0, "", "".join(err), True
+
+
+def _delete_matching(ctx: Any, full: str) -> bool:
+    """``del DIR\\pat*.ext``: delete the files of DIR whose name matches (``*``, ``?``,
+    case-insensitive, as cmd.exe does for long names); True when one matched."""
+    folder, _, pattern = full.rpartition("\\")
+    fs = ctx.host.fs
+    if not fs.is_dir(folder or "\\"):
+        return False
+    hit = False
+    for name in fs.listdir(folder):
+        path = folder + "\\" + name
+        if fnmatch.fnmatchcase(name.lower(), pattern.lower()) and not fs.is_dir(path):
+            hit = fs.delete(path) or hit
+    return hit
 
 
 @builtin("mkdir", "md")

@@ -9,7 +9,9 @@ a reboot (reboot needed and no /norestart), 1618 another installation is in
 progress (fault ``msiexec_1618``), 1603 fatal error (package marked
 ``broken`` or lab.json host ``msiexec_result: 1603``), 1619 the package
 could not be opened, 1620 not a valid package, 1639 invalid command line.
-The package format is runner.lab.binaries' lab MSI. The verbose log ends
+The package format is runner.lab.binaries' lab MSI. An install is all or
+nothing (LabHost.commit_install): a process killed mid-install leaves the
+old product, files and Uninstall key, or the new ones, never a mix. The verbose log ends
 with the real "Windows Installer installed the product. ... Installation
 success or error status: N." line.
 """
@@ -119,31 +121,39 @@ def msiexec(ctx: Any, argv: list[str], raw: str) -> CommandResult:
     if meta.get("broken") or configured == 1603:
         return finish(1603, meta, "Note: 1: 1722 Fatal error during installation.")
     in_use = set()
+    files: list[tuple[str, bytes]] = []
     for f in meta.get("files", []):
         target = _target(ctx, f["path"])
         name = target.rsplit("\\", 1)[-1].lower()
         if name in ctx.host.processes():
             in_use.add(name)
-        try:
-            ctx.host.fs.write(target, make_exe(f.get("FileVersion", meta["ProductVersion"]),
-                                               product_name=f.get("ProductName", meta["ProductName"]),
-                                               description=f.get("FileDescription", "")))
-        except (OSError, InvalidPath):
-            return finish(1603, meta, f"Note: 1: 1310 Error writing to file: {target}")
+        files.append((target, make_exe(f.get("FileVersion", meta["ProductVersion"]),
+                                       product_name=f.get("ProductName", meta["ProductName"]),
+                                       description=f.get("FileDescription", ""))))
     reg = ctx.host.registry
     upgrade = meta.get("UpgradeCode") or ""
-    if upgrade:
-        for p in ctx.host.products.list():
-            if p.code.lower() == meta["ProductCode"].lower():
-                continue
-            v = reg.get_value(UNINSTALL_KEY + "\\" + p.code, "UpgradeCode") if reg.key_exists(
-                UNINSTALL_KEY + "\\" + p.code) else None
-            if v is not None and str(v.data).lower() == upgrade.lower():
-                ctx.host.products.remove(p.code)
-    ctx.host.products.add(meta["ProductCode"], meta["ProductName"], meta["ProductVersion"],
-                          meta.get("Manufacturer", ""), install_location=props.get("INSTALLDIR", ""))
-    if upgrade:
-        reg.set_value(UNINSTALL_KEY + "\\" + meta["ProductCode"], "UpgradeCode", "REG_SZ", upgrade)
+
+    def register() -> None:
+        """The product's registration: older products of its UpgradeCode removed, it and its
+        Uninstall key added (one host.db transaction with the files' commit record)."""
+        if upgrade:
+            for p in ctx.host.products.list():
+                if p.code.lower() == meta["ProductCode"].lower():
+                    continue
+                v = reg.get_value(UNINSTALL_KEY + "\\" + p.code, "UpgradeCode") if reg.key_exists(
+                    UNINSTALL_KEY + "\\" + p.code) else None
+                if v is not None and str(v.data).lower() == upgrade.lower():
+                    ctx.host.products.remove(p.code)
+        ctx.host.products.add(meta["ProductCode"], meta["ProductName"], meta["ProductVersion"],
+                              meta.get("Manufacturer", ""), install_location=props.get("INSTALLDIR", ""))
+        if upgrade:
+            reg.set_value(UNINSTALL_KEY + "\\" + meta["ProductCode"], "UpgradeCode", "REG_SZ", upgrade)
+
+    try:
+        # files, product and Uninstall key: all or nothing, as Windows Installer commits or rolls back
+        ctx.host.commit_install(files, register)
+    except (OSError, InvalidPath) as e:
+        return finish(1603, meta, f"Note: 1: 1310 Error writing to file: {getattr(e, 'windows_path', '')}")
     reboot = bool(meta.get("reboot_required") or ctx.host.config.get("msiexec_reboot") or in_use)
     if reboot:
         return finish(3010 if norestart else 1641, meta, "Note: 1: 1903 Reboot required to complete the install.")

@@ -412,10 +412,11 @@ LCS_SERVICE = "RTCSRV"
 _stores = threading.local()
 
 
-def _lcs_store(path: Path) -> Any:
+def _lcs_store(path: Path, directory: Path | None = None) -> Any:
     """This thread's open LcsStore for ``path`` (opening one per wmic call cost a
-    connect and three PRAGMAs: a third of an import's time). Reopened when the
-    file was replaced (another inode)."""
+    connect and three PRAGMAs: a third of an import's time), writing user settings
+    through to the directory ``directory`` (ad.db) in the same transaction.
+    Reopened when the file was replaced (another inode)."""
     from runner.lab.lcs import LcsStore
     cache: dict[str, tuple[int, Any]] = getattr(_stores, "cache", None) or {}
     _stores.cache = cache
@@ -426,13 +427,14 @@ def _lcs_store(path: Path) -> Any:
         return hit[1]
     if hit is not None:
         hit[1].close()
-    store = LcsStore(path)
+    store = LcsStore(path, directory)
     cache[key] = (ino, store)
     return store
 
 
 class _LcsProvider:
-    """The LCS classes on an LCS pool host: lcs.db, with AD's msRTCSIP-* kept in step."""
+    """The LCS classes on an LCS pool host: lcs.db, with AD's msRTCSIP-* written in the
+    same transaction (runner.lab.lcs: an enable is all or nothing, as on a real pool)."""
 
     def __init__(self, ctx: Any) -> None:
         from runner.lab.lcs import LcsStore, RPC_S_SERVER_UNAVAILABLE, WBEM_E_SERVER_TOO_BUSY
@@ -442,31 +444,20 @@ class _LcsProvider:
         if ctx.fault("lcs_busy"):
             raise WmiError(WBEM_E_SERVER_TOO_BUSY)
         self.ctx = ctx
-        self.store = _lcs_store(ctx.host.dir / "lcs.db")
+        from runner.lab.exchange import ad_path
+        self.store = _lcs_store(ctx.host.dir / "lcs.db", ad_path(ctx.lab.path))
 
     def instances(self, cls: str, hints: dict[str, Any]) -> list[Instance]:
         return self.store.instances(cls, hints)
 
     def create(self, cls: str, props: dict[str, Any]) -> Instance:
-        inst = self.store.create(cls, props)
-        if cls == "MSFT_SIPESUserSetting":
-            self._sync(inst)
-        return inst
+        return self.store.create(cls, props)
 
     def update(self, inst: Instance, changes: dict[str, Any]) -> Instance:
-        new = self.store.update(inst, changes)
-        if inst.cls == "MSFT_SIPESUserSetting":
-            self._sync(new)
-        return new
+        return self.store.update(inst, changes)
 
     def delete(self, inst: Instance) -> None:
         self.store.delete(inst)
-        if inst.cls == "MSFT_SIPESUserSetting":
-            self._sync(inst, deleted=True)
-
-    def _sync(self, inst: Instance, deleted: bool = False) -> None:
-        from runner.lab.exchange import sync_lcs_user
-        sync_lcs_user(self.ctx.lab.path, inst.props, deleted)
 
 
 class _DataFileProvider:
