@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runner.errors import TransientFault
 from runner.model import Host
 from runner.steps import _clients as cl
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
@@ -118,12 +119,15 @@ def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
                      reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True), reg.unload(name)]
     commands.append(reg.query("HKU"))
     sections, stderr = cl.run_sections(conn, commands)
+    locked: list[str] = []
     for i, (user, _p) in enumerate(unloaded):
         load, query = sections[3 * i], sections[3 * i + 1]
         if load is None or not load.ok:
-            why = "hive locked" if cl.is_locked_text(stderr) else "hive could not be loaded"
-            user_facts[user.alias]["problem"] = why
-            warnings.append(f"{user.alias}: {why} on {host}")
+            if cl.is_locked_text(stderr):
+                locked.append(user.alias)
+                continue
+            user_facts[user.alias]["problem"] = "hive could not be loaded"
+            warnings.append(f"{user.alias}: hive could not be loaded on {host}")
             continue
         user_facts[user.alias]["contacts"] = (_contact_summary(query.stdout, contacts_key)
                                               if query is not None and query.ok
@@ -131,3 +135,8 @@ def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
     for user, _p in unloaded:
         if cl.still_loaded(sections[-1], cl.hive_name(user.alias)):
             cl.unload_verified(conn, host, cl.hive_name(user.alias))
+    if locked:
+        # a hive in use is a moment's state, not a fact about the client: retried like
+        # export_contacts does, never recorded as a lasting "unfit client" warning
+        raise TransientFault(f"the hive of {', '.join(locked)} on {host} is in use (reg load): {stderr.strip()[:200]}",
+                             host=host)
