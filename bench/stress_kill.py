@@ -166,6 +166,24 @@ def _changed_tasks(stdout: str) -> list[str]:
     return out
 
 
+def _terminal_signals() -> None:
+    """In the child, before exec: Ctrl-C does what it does at a terminal. A shell without job
+    control starts background commands with SIGINT ignored, and a child would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _run_end(stdout_path: Path) -> dict[str, Any] | None:
+    """The run_end event of an apply's JSON-lines output (None when it never got there)."""
+    end = None
+    for line in stdout_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if '"run_end"' in line:
+            try:
+                end = json.loads(line)
+            except ValueError:
+                pass
+    return end
+
+
 @dataclass
 class Attempt:
     """One `runner apply` of a victim: how it ended."""
@@ -183,7 +201,7 @@ def _attempt(cmd: list[str], cwd: Path, log_base: Path, delay: float | None, sig
     out_path, err_path = log_base.with_suffix(".out"), log_base.with_suffix(".err")
     started = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=out, stderr=err, preexec_fn=_terminal_signals)
         landed = False
         name = None
         if delay is not None:
@@ -352,6 +370,11 @@ class StressRun:
                 continue
             if delay is not None:  # the run ended by itself before (or as) the signal came
                 self.fig.late += 1
+                end = _run_end(logs / f"victim-{runs}.out") or {}
+                if a.signal == "INT" and not end.get("interrupted") and a.seconds - delay > max(2.0, total / 4):
+                    bad(Discrepancy(name, playbook, "sigint", f"run {runs}",
+                                    f"Ctrl-C {delay:.2f}s after start was ignored: the run went on for "
+                                    f"{a.seconds - delay:.1f}s more and exited {rc}"))
             if rc == 0:
                 break
             if rc in (2, 3):
