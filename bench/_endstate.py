@@ -199,7 +199,7 @@ def _hosts(lab: Path) -> dict[str, dict[str, Any]]:
 # -- the state directory ---------------------------------------------------------
 
 def _state(state: Path) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {"state.artifacts": {}, "outbox": {}}
+    out: dict[str, dict[str, Any]] = {"state.artifacts": {}, "state.files": {}, "outbox": {}}
     db_path = state / "state.db"
     if db_path.exists():
         db = _ro(db_path)
@@ -210,6 +210,9 @@ def _state(state: Path) -> dict[str, dict[str, Any]]:
                 out["state.artifacts"][name] = sha
         finally:
             db.close()
+    art = state / "artifacts"
+    if art.is_dir():  # files nobody recorded (a write cut short leaves its .tmp) differ from a clean run
+        out["state.files"] = {"artifacts": sorted(p.relative_to(art).as_posix() for p in art.rglob("*") if p.is_file())}
     box = state / "outbox"
     if box.is_dir():
         for p in sorted(box.iterdir()):

@@ -308,16 +308,40 @@ class StressRun:
         pdir = pristine.parent / playbook
         ref, ref_state = pdir / "ref-lab", pdir / "ref-state"
         vic, vic_state = pdir / "victim-lab", pdir / "victim-state"
-        logs = pdir / "logs"
-        logs.mkdir(parents=True)
+        (pdir / "logs").mkdir(parents=True)
         shutil.copytree(pristine, ref)
         shutil.copytree(pristine, vic)
         self.fig.pairs += 1
-        bad = self.fig.discrepancies.append
+        total, startup = self._reference(name, playbook, ref, ref_state, pdir)
+        if faulty:
+            proc = _runner("lab", "faults", *self.o.fault_rates, "--seed", str(self.o.seed + i), "--dir", str(vic),
+                           cwd=pdir)
+            if proc.returncode != 0:
+                raise SystemExit(f"runner lab faults failed: {proc.stderr}")
+        landed, runs, history = self._victim(name, playbook, vic, vic_state, pdir, faulty, quota, total, startup)
+        self.fig.per_pair.append({"lab": name, "playbook": playbook, "faults": faulty, "kills": landed,
+                                  "runs": runs, "reference_seconds": round(total, 2), "history": history})
+        self.o.log(f"{name} {playbook}{' (faults)' if faulty else ''}: reference {total:.1f}s; "
+                   f"{landed} kill(s), {runs} run(s): {' '.join(history)}")
 
-        # the reference: one uninterrupted run, then the same command again (all skipped)
-        first = _attempt(_apply_cmd(playbook, ref, ref_state), pdir, logs / "ref-1", None, 0, 900)
-        again = _attempt(_apply_cmd(playbook, ref, ref_state), pdir, logs / "ref-2", None, 0, 900)
+        want, ref_problems = _end_state(ref, ref_state, playbook, name)
+        self.fig.baseline.extend(ref_problems)
+        got, problems = _end_state(vic, vic_state, playbook, name)
+        # what the reference shows as well is a problem of the code, not of the kills: kept in baseline
+        known = {(d.category, d.subject, d.detail) for d in ref_problems}
+        problems = [d for d in problems if (d.category, d.subject, d.detail) not in known]
+        found = _endstate.compare(got, want, lab=name, playbook=playbook, explained=problems) + problems
+        for d in found:
+            self.fig.discrepancies.append(d)
+            self.o.log(f"  DISCREPANCY {d.line()}")
+        return landed
+
+    def _reference(self, name: str, playbook: str, lab: Path, state: Path, pdir: Path) -> tuple[float, float]:
+        """One uninterrupted run, then the same command again (all skipped, nothing changed);
+        returns the run's time and the time of a resume that has nothing left to do."""
+        logs = pdir / "logs"
+        first = _attempt(_apply_cmd(playbook, lab, state), pdir, logs / "ref-1", None, 0, 900)
+        again = _attempt(_apply_cmd(playbook, lab, state), pdir, logs / "ref-2", None, 0, 900)
         for label, a in (("uninterrupted run", first), ("second run", again)):
             if a.rc != 0:
                 self.fig.baseline.append(Discrepancy(name, playbook, "reference", label,
@@ -326,34 +350,34 @@ class StressRun:
         if changed:
             self.fig.baseline.append(Discrepancy(name, playbook, "reference", "second run",
                                                  f"{len(changed)} task(s) changed again: {', '.join(changed[:4])}"))
-        total, startup = first.seconds, min(again.seconds, first.seconds)
+        return first.seconds, min(again.seconds, first.seconds)
 
-        if faulty:
-            proc = _runner("lab", "faults", *self.o.fault_rates, "--seed", str(self.o.seed + i), "--dir", str(vic),
-                           cwd=pdir)
-            if proc.returncode != 0:
-                raise SystemExit(f"runner lab faults failed: {proc.stderr}")
+    def _victim(self, name: str, playbook: str, lab: Path, state: Path, pdir: Path, faulty: bool, quota: int,
+                total: float, startup: float) -> tuple[int, int, list[str]]:
+        """Apply, kill, type it again: until ``quota`` kills landed and then until exit 0 (at most
+        --max-runs applies). Returns (kills landed, applies, one history entry per apply)."""
+        def bad(d: Discrepancy) -> None:
+            self.fig.discrepancies.append(d)
+            self.o.log(f"  DISCREPANCY {d.line()}")
 
-        cmd = _apply_cmd(playbook, vic, vic_state)
-        landed = 0
-        runs = 0
+        cmd = _apply_cmd(playbook, lab, state)
+        landed = runs = 0
         history: list[str] = []
         rc: int | None = None
         while runs < self.o.max_runs:
             runs += 1
-            kill = landed < quota
             delay = sig = None
-            if kill:
-                left = startup + (total - startup) * (1.0 - _done_share(vic_state))
+            if landed < quota:
+                left = startup + (total - startup) * (1.0 - _done_share(state))
                 delay = self.rng.uniform(0.0, max(left, 0.05))
                 sig = signal.SIGINT if self.rng.random() < self.o.sigint_share else signal.SIGKILL
-            a = _attempt(cmd, pdir, logs / f"victim-{runs}", delay, sig or 0, max(300.0, 20 * total))
+            log = pdir / "logs" / f"victim-{runs}"
+            a = _attempt(cmd, pdir, log, delay, sig or 0, max(300.0, 20 * total))
             rc = a.rc
             history.append(f"{'SIG' + a.signal if a.landed else 'ended-before'}@{delay:.2f}s:{rc}"
                            if delay is not None else f"run:{rc}")
-            if runs > 1:
-                self.fig.resumes += 1
             self.fig.runs += 1
+            self.fig.resumes += runs > 1
             trace = ("; traceback ending " + a.stderr.strip().splitlines()[-1][:160]) if "Traceback" in a.stderr else ""
             if a.signal == "INT" and a.landed and rc not in (0, 2, 3):
                 landed += 1
@@ -370,7 +394,7 @@ class StressRun:
                 continue
             if delay is not None:  # the run ended by itself before (or as) the signal came
                 self.fig.late += 1
-                end = _run_end(logs / f"victim-{runs}.out") or {}
+                end = _run_end(log.with_suffix(".out")) or {}
                 if a.signal == "INT" and not end.get("interrupted") and a.seconds - delay > max(2.0, total / 4):
                     bad(Discrepancy(name, playbook, "sigint", f"run {runs}",
                                     f"Ctrl-C {delay:.2f}s after start was ignored: the run went on for "
@@ -386,22 +410,7 @@ class StressRun:
             bad(Discrepancy(name, playbook, "exit", f"run {runs}", f"exit {rc}: {a.stderr.strip()[-300:]}"))
         if rc != 0:
             bad(Discrepancy(name, playbook, "converge", "-", f"no exit 0 after {runs} runs ({' '.join(history)})"))
-        self.fig.per_pair.append({"lab": name, "playbook": playbook, "faults": faulty, "kills": landed,
-                                  "runs": runs, "reference_seconds": round(total, 2), "history": history})
-        self.o.log(f"{name} {playbook}{' (faults)' if faulty else ''}: reference {total:.1f}s; "
-                   f"{landed} kill(s), {runs} run(s): {' '.join(history)}")
-
-        want, ref_problems = _end_state(ref, ref_state, playbook, name)
-        self.fig.baseline.extend(ref_problems)
-        got, problems = _end_state(vic, vic_state, playbook, name)
-        # what the reference shows as well is a problem of the code, not of the kills: kept in baseline
-        known = {(d.category, d.subject, d.detail) for d in ref_problems}
-        problems = [d for d in problems if (d.category, d.subject, d.detail) not in known]
-        found = _endstate.compare(got, want, lab=name, playbook=playbook, explained=problems) + problems
-        for d in found:
-            bad(d)
-            self.o.log(f"  DISCREPANCY {d.line()}")
-        return landed
+        return landed, runs, history
 
 
 def render(fig: Figures) -> str:
