@@ -148,6 +148,8 @@ def _files(root: Path) -> tuple[dict[str, str], list[str], dict[str, str]]:
             continue
         rel = p.relative_to(root).as_posix()
         low = rel.lower()
+        if p.name.startswith(".lab-"):  # the lab's own half-written file: no listing on the host shows it
+            continue
         if low.rsplit("/", 1)[-1].startswith("ntuser.dat"):
             continue
         if "/temp/" in f"/{low}":  # compared by presence only (host.temp): logs carry clock times
