@@ -382,7 +382,10 @@ class StressRun:
             if a.signal == "INT" and a.landed and rc not in (0, 2, 3):
                 landed += 1
                 self.fig.sigint += 1
-                if rc != EXIT_INTERRUPTED or trace:
+                # killed by the default action with not a byte written: Python was not up yet (the
+                # OS's doing, as at a terminal); anything else must be the runner's exit 99
+                before_python = rc == -signal.SIGINT and not a.stderr and not log.with_suffix(".out").stat().st_size
+                if (rc != EXIT_INTERRUPTED or trace) and not before_python:
                     bad(Discrepancy(name, playbook, "sigint", f"run {runs}",
                                     f"Ctrl-C {delay:.2f}s after start: exit {rc}, expected 99{trace}"))
                 continue
