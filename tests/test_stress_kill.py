@@ -101,12 +101,6 @@ def test_end_states_of_two_uninterrupted_runs_match_and_planted_damage_is_found(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "known bugs of issue 8 fixed on other branches: half-finished LCS enable / Messenger upgrade taken "
-    "for finished (item 4), unmappable/truncation warnings lost when an import is resumed (item 5), "
-    "SIGINT during start-up prints a KeyboardInterrupt traceback instead of exiting 99 and ldifde's "
-    ".ldf scratch files stay in exim01's Temp after a kill (item 7); also (not in the issue) inventory_clients "
-    "reports a lab hive_locked fault as a lasting 'hive locked' warning instead of retrying it"))
 def test_killed_and_resumed_runs_of_every_playbook_end_as_an_uninterrupted_run(tmp_path):
     opts = stress_kill.Options(kills=8, labs=1, clients=(8, 8), seed=11, faults="both", contacts=12,
                                workdir=tmp_path / "work")
