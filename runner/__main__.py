@@ -6,7 +6,8 @@ start-up, when Python would print a ``KeyboardInterrupt`` traceback) and
 while the interpreter shuts down. So this module imports nothing heavy: it
 installs a SIGINT handler that exits 99 at once, imports the CLI, hands
 SIGINT back to Python (``runner.cli.run`` and ``runner apply`` handle it
-from there) for the command itself, and takes it again for the exit.
+from there) for the command itself, and takes it again for the exit, which
+skips Python's shutdown (it would restore the default SIGINT action first).
 """
 from __future__ import annotations
 
@@ -37,11 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     code = run(argv)
     signal.signal(signal.SIGINT, _exit_interrupted)
-    try:
-        sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
-        pass
-    sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+    # The command is over (the state store closed, the lock released): leave now. Python's
+    # own shutdown would first hand SIGINT back to the system, and a Ctrl-C in that window
+    # would kill the process (exit -2) instead of exiting 99.
+    os._exit(code)
 
 
 if __name__ == "__main__":
