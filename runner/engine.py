@@ -311,9 +311,9 @@ class Engine:
                     try:
                         result, diff = self._attempt(module, ctx, task)
                     except StepFault as fault:
-                        if fault.unreachable:
-                            self.pool.invalidate(fault.host or self._host_of(task) or "")
-                        else:
+                        # The shared connection is left alone: other tasks may have commands
+                        # in flight on it, and it re-opens a dead transport by itself.
+                        if not fault.unreachable:
                             answered = True
                         raise
             assert result is not None
@@ -326,9 +326,11 @@ class Engine:
                                  warnings=list(result.warnings), diff=diff,
                                  ignored=status == "failed" and step.ignore_errors)
         except StepFault as fault:
-            # A host that answered an earlier attempt of this task (busy, an error) is
-            # reachable but flaky: the task failed, the host is not written off for the
-            # run (a shared LCS server would otherwise take every later user down with it).
+            # Unreachable only when every attempt failed to connect at all. A host that
+            # answered an earlier attempt (busy, an error, a channel that died under a
+            # command) is reachable but flaky: the task failed, the host is not written
+            # off for the run (a shared LCS server would otherwise take every later user
+            # down with it).
             unreachable = fault.unreachable and not answered
             status = "unreachable" if unreachable else "failed"
             message = fault.message

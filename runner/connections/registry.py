@@ -71,7 +71,9 @@ def open_connection(host: Host, inventory: Inventory, options: ConnectionOptions
 class ConnectionPool:
     """One connection per host for a whole run: opened lazily, reused, closed at the end.
 
-    Opening is serialised per host (concurrent tasks wait for the one open).
+    A fault of one command never closes the shared connection (other tasks
+    use it); the connection re-opens a dead transport itself. Opening is
+    serialised per host (concurrent tasks wait for the one open).
     A failed open is remembered for ``failure_memo`` seconds so that tasks
     queued behind it fail at once with the same fault instead of each
     waiting for a timeout; a retry after backoff opens again. A host the
@@ -131,16 +133,24 @@ class ConnectionPool:
             return conn
 
     def invalidate(self, name: str) -> None:
-        """Drop a connection that failed mid-command so the next use reopens it."""
+        """Close and forget the connection to ``name`` so that the next use opens a new one.
+
+        Not for a failed command: the connection is shared, and closing it
+        kills every other task's command in flight on it. A connection heals
+        a dead transport itself (runner.connections.ssh).
+        """
         with self._host_lock(name):
             conn = self._open.pop(name, None)
         if conn is not None:
             _close_quietly(conn)
 
     def mark_unreachable(self, name: str, reason: str) -> None:
-        """Give up on ``name`` for the rest of the run."""
+        """Give up on ``name`` for the rest of the run: later ``get`` calls fail at once.
+
+        The open connection, if any, stays until the run ends: a task still
+        running on it (one that got in before the fault) finishes.
+        """
         self._unreachable[name] = reason
-        self.invalidate(name)
 
     def is_unreachable(self, name: str) -> bool:
         return name in self._unreachable
