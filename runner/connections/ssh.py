@@ -524,6 +524,10 @@ class SSHConnection:
                 try:
                     return opener(t)
                 except (paramiko.SSHException, EOFError, OSError) as exc:
+                    if t.is_active() and not _is_refusal(exc):
+                        # the session opened but its program did not start (subsystem missing...)
+                        raise ChannelFault(f"{self.host}: cannot open {what} ({_brief(exc)})",
+                                           host=self.host) from None
                     if t.is_active():
                         refusals += 1
                         # refused with no other session of ours open: the server takes none at all
@@ -701,6 +705,20 @@ class SSHConnection:
 
 def _fingerprint(key: paramiko.PKey) -> str:
     return key.fingerprint.split(":", 1)[-1] if hasattr(key, "fingerprint") else key.get_base64()[:16]
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """Whether a failed channel open is the server saying "not now" (MaxSessions reached, slow to answer).
+
+    paramiko raises ChannelException for the server's refusal; when several
+    threads open channels at once, one thread may take another's exception
+    and see only "Unable to open channel." instead; a channel open the server
+    has not answered within the connect timeout is "Timeout opening channel.".
+    """
+    if isinstance(exc, paramiko.ChannelException):
+        return True
+    return isinstance(exc, paramiko.SSHException) and str(exc) in (
+        "Unable to open channel.", "Timeout opening channel.")
 
 
 def _brief(exc: BaseException) -> str:
