@@ -332,8 +332,14 @@ class Engine:
             # off for the run (a shared LCS server would otherwise take every later user
             # down with it).
             unreachable = fault.unreachable and not answered
-            status = "unreachable" if unreachable else "failed"
             message = fault.message
+            host = fault.host or self._host_of(task)
+            if unreachable and host and self.pool.answered_since(host, started):
+                # this task could not connect, but the host answered other tasks meanwhile:
+                # it is reachable, so only this task failed
+                unreachable = False
+                message += " (the host answered other tasks meanwhile)"
+            status = "unreachable" if unreachable else "failed"
             if self._stop.is_set() and fault.transient:
                 message += " (interrupted while retrying)"
             data = dict(fault.data)

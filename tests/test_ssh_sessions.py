@@ -237,3 +237,49 @@ def test_a_command_dying_on_a_shared_server_fails_only_that_users_task(tmp_path:
     assert not engine.pool.is_unreachable("lcs01")
     assert summary.exit_code == 2 and summary.totals["unreachable"] == 0
     assert _SHARED["opened"][0].client_peak <= DEFAULT_MAX_SESSIONS
+
+
+class CannotConnectOnce(StepModule):
+    """Per user: a command on ``server``; the users in ``no_connect`` get a connect failure instead."""
+
+    name = "t_user_cannot_connect"
+    target = "user"
+    args_schema = {"type": "object"}
+
+    def probe(self, ctx: Any, target: Any) -> Diff | None:
+        conn = ctx.connection(ctx.args["server"])
+        if target.alias in ctx.args.get("no_connect", []):
+            import time
+            time.sleep(0.3)       # the others' commands complete meanwhile
+            raise errors.ConnectionFault(f"{ctx.args['server']}: SSH handshake failed (EOFError)",
+                                         host=ctx.args["server"])
+        conn.run("sleep 0.05")
+        return None
+
+    def apply(self, ctx: Any, target: Any, diff: Diff) -> StepResult:  # pragma: no cover
+        return StepResult("ok")
+
+
+register(CannotConnectOnce)
+
+
+def test_a_host_that_answered_other_tasks_meanwhile_is_not_written_off(tmp_path: Path):
+    users = {f"u{i:02d}": ["lcs01"] for i in range(20)}
+    inv = make_inventory(tmp_path, ["lcs01"], users=users, connection={"lcs01": "fake_ssh"})
+    steps = [make_step("enable", "t_user_cannot_connect", args={"server": "lcs01", "no_connect": ["u00"]}),
+             make_step("import", "t_user_run_on_server", args={"server": "lcs01"})]
+    plan = make_plan(inv, steps, max_fail_percentage=100)
+    events: list[Any] = []
+    with StateStore(tmp_path / "state") as store:
+        store.acquire_lock()
+        info = store.start_run(tmp_path / "pb.yml", tmp_path / "inv.yml", command="runner apply pb.yml")
+        engine = Engine(inv, store, info.id,
+                        EngineOptions(forks=25, default_retries=1, default_delay=0.001, max_delay=0.001),
+                        [events.append], resumed=info.resumed)
+        summary = engine.run(plan)
+    outcomes = [e.data["outcome"] for e in events if e.kind == TASK_END]
+    u00 = next(o for o in outcomes if o.target == "u00")
+    assert u00.status == "failed" and "answered other tasks" in u00.message
+    assert not engine.pool.is_unreachable("lcs01")
+    assert [o.status for o in outcomes if o.target != "u00"] == ["ok"] * 38   # both steps, 19 users
+    assert summary.totals["unreachable"] == 0

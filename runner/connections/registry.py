@@ -152,6 +152,14 @@ class ConnectionPool:
         """
         self._unreachable[name] = reason
 
+    def answered_since(self, name: str, since: float) -> bool:
+        """Whether the open connection to ``name`` completed a command at or after ``since`` (time.time()).
+
+        Connections that keep no such record (``last_answer``) never claim to have answered.
+        """
+        answered = getattr(self._open.get(name), "last_answer", None)
+        return answered is not None and answered >= since
+
     def is_unreachable(self, name: str) -> bool:
         return name in self._unreachable
 

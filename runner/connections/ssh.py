@@ -208,6 +208,7 @@ class SSHConnection:
         self._last_connect_fault: StepFault | None = None
         self.reconnects = 0     # transports opened after the first (figures for tests and benchmarks)
         self._connected_once = False
+        self.last_answer: float | None = None   # time.time() of the last command or transfer that completed
 
     # --- helpers -------------------------------------------------------
     def _resolve_path(self, p: str) -> Path:
@@ -570,6 +571,7 @@ class SSHConnection:
         finally:
             chan.close()
             self.sessions.release()
+        self.last_answer = time.time()
         if self.exit_code_trailer:
             m = _EXIT_TRAILER.search(err)
             if m:
@@ -663,6 +665,7 @@ class SSHConnection:
                 with sftp.open(path, "wb") as fh:
                     fh.set_pipelined(True)
                     fh.write(data)
+                self.last_answer = time.time()
             except (FileNotFoundError, PermissionError) as exc:
                 raise PermanentFault(f"{self.host}: cannot write {remote_path}: {exc.strerror or exc}",
                                      host=self.host) from None
@@ -677,7 +680,9 @@ class SSHConnection:
             try:
                 with sftp.open(path, "rb") as fh:
                     fh.prefetch()
-                    return fh.read()
+                    data = fh.read()
+                self.last_answer = time.time()
+                return data
             except (FileNotFoundError, PermissionError) as exc:
                 raise PermanentFault(f"{self.host}: cannot read {remote_path}: {exc.strerror or exc}",
                                      host=self.host, data={"missing": isinstance(exc, FileNotFoundError)}) from None
