@@ -283,3 +283,26 @@ def test_a_host_that_answered_other_tasks_meanwhile_is_not_written_off(tmp_path:
     assert not engine.pool.is_unreachable("lcs01")
     assert [o.status for o in outcomes if o.target != "u00"] == ["ok"] * 38   # both steps, 19 users
     assert summary.totals["unreachable"] == 0
+
+
+def test_a_host_given_up_fails_at_once_but_its_open_connection_is_not_closed_under_others():
+    from runner.connections.registry import ConnectionPool
+    from runner.model import Host, Inventory
+
+    closed: list[str] = []
+
+    class Conn:
+        host = "lcs01"
+
+        def close(self) -> None:
+            closed.append(self.host)
+
+    inv = Inventory(path="", hosts={"lcs01": Host(name="lcs01", connection="x")}, groups={}, users={})
+    pool = ConnectionPool(inv, opener=lambda h, i, o: Conn())
+    pool.get("lcs01")
+    pool.mark_unreachable("lcs01", "lcs01: connection refused")
+    with pytest.raises(errors.HostGivenUp, match="lcs01 is unreachable"):
+        pool.get("lcs01")
+    assert closed == []                           # a task still running on it finishes
+    pool.close()
+    assert closed == ["lcs01"]

@@ -102,12 +102,12 @@ class ConnectionPool:
 
     def get(self, name: str) -> Connection:
         """The shared connection to host ``name``, opening it on first use."""
-        conn = self._open.get(name)
-        if conn is not None:
-            return conn
         if name in self._unreachable:
             # no retries: the engine already spent them on this host earlier in the run
             raise HostGivenUp(f"{name} is unreachable ({self._unreachable[name]})", host=name)
+        conn = self._open.get(name)
+        if conn is not None:
+            return conn
         host = self.inventory.hosts.get(name)
         if host is None:  # a configuration mistake, not a network one: retrying cannot help
             raise PermanentFault(f"{name} is not a host of the inventory", host=name)
