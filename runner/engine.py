@@ -33,8 +33,8 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_any
 from runner.artifacts import ArtifactStore
 from runner.connections.registry import ConnectionOptions, ConnectionPool
 from runner.context import TaskContext, task_variables
-from runner.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, OptionsError,
-                           StepFault)
+from runner.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, HostGivenUp,
+                           OptionsError, StepFault)
 from runner.events import (PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event,
                            Subscriber, TaskOutcome)
 from runner.model import Host
@@ -334,7 +334,8 @@ class Engine:
             unreachable = fault.unreachable and not answered
             message = fault.message
             host = fault.host or self._host_of(task)
-            if unreachable and host and self.pool.answered_since(host, started):
+            if (unreachable and host and not isinstance(fault, HostGivenUp)
+                    and self.pool.answered_since(host, started)):
                 # this task could not connect, but the host answered other tasks meanwhile:
                 # it is reachable, so only this task failed
                 unreachable = False
