@@ -45,8 +45,8 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_any
 from runner.artifacts import ArtifactStore
 from runner.connections.registry import ConnectionOptions, ConnectionPool
 from runner.context import TaskContext, task_variables
-from runner.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, OptionsError,
-                           StepFault)
+from runner.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, HostGivenUp,
+                           OptionsError, StepFault)
 from runner.events import (PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event,
                            Subscriber, TaskOutcome)
 from runner.model import Host
@@ -385,9 +385,9 @@ class Engine:
                     try:
                         result, diff = self._attempt(module, ctx, task)
                     except StepFault as fault:
-                        if fault.unreachable:
-                            self.pool.invalidate(fault.host or self._host_of(task) or "")
-                        else:
+                        # The shared connection is left alone: other tasks may have commands
+                        # in flight on it, and it re-opens a dead transport by itself.
+                        if not fault.unreachable:
                             answered = True
                         raise
             assert result is not None
@@ -400,12 +400,21 @@ class Engine:
                                  warnings=list(result.warnings), diff=diff,
                                  ignored=status == "failed" and step.ignore_errors)
         except StepFault as fault:
-            # A host that answered an earlier attempt of this task (busy, an error) is
-            # reachable but flaky: the task failed, the host is not written off for the
-            # run (a shared LCS server would otherwise take every later user down with it).
+            # Unreachable only when every attempt failed to connect at all. A host that
+            # answered an earlier attempt (busy, an error, a channel that died under a
+            # command) is reachable but flaky: the task failed, the host is not written
+            # off for the run (a shared LCS server would otherwise take every later user
+            # down with it).
             unreachable = fault.unreachable and not answered
-            status = "unreachable" if unreachable else "failed"
             message = fault.message
+            host = fault.host or self._host_of(task)
+            if (unreachable and host and not isinstance(fault, HostGivenUp)
+                    and self.pool.answered_since(host, started)):
+                # this task could not connect, but the host answered other tasks meanwhile:
+                # it is reachable, so only this task failed
+                unreachable = False
+                message += " (the host answered other tasks meanwhile)"
+            status = "unreachable" if unreachable else "failed"
             if self._stop.is_set() and fault.transient:
                 message += " (interrupted while retrying)"
             data = dict(fault.data)

@@ -6,7 +6,9 @@ Two families:
   to an exit code in one place and prints the message, never a traceback.
 - StepFault: something that went wrong while a task talked to a host. The
   engine retries TransientFault, fails PermanentFault at once, and reports a
-  fault with ``unreachable=True`` as an unreachable host.
+  fault with ``unreachable=True`` (a connection that cannot be opened) as an
+  unreachable host; a ChannelFault (one command's channel died on a working
+  connection) only ever fails its own task.
 """
 from __future__ import annotations
 
@@ -122,9 +124,28 @@ class PermanentFault(StepFault):
 
 
 class ConnectionFault(TransientFault):
-    """The host could not be reached or dropped the connection; unreachable once retries run out."""
+    """A fresh connection to the host cannot be opened (connect, handshake, login lost).
+
+    The only transient fault that makes a host unreachable once a task's
+    retries run out: the host did not answer at all. A fault of one command
+    on a working connection is a ChannelFault instead.
+    """
 
     unreachable = True
+
+
+class ChannelFault(ConnectionFault):
+    """The command's channel died (dropped transport, no exit status, timeout, sessions refused).
+
+    Transient and confined to the task whose command it was: the host was
+    connected, so it is never reported unreachable for this; the task is
+    retried (its probe finds out whether the command took effect) and the
+    connection re-opens its transport for whoever runs next. A subclass of
+    ConnectionFault for callers that catch connection trouble as a whole,
+    but ``unreachable`` is False.
+    """
+
+    unreachable = False
 
 
 class AuthenticationFault(PermanentFault):

@@ -144,3 +144,175 @@ def write_inventory(server: LabServer, out: Path, *, user: str | None = None,
         set_user(doc["all"])
     out.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return out
+
+
+# --- an SSH server's view of one connection, without sshd --------------------------
+class FakeTransport:
+    """A paramiko Transport stand-in that behaves like OpenSSH towards session channels.
+
+    It grants at most ``max_sessions`` open sessions (OpenSSH's MaxSessions)
+    and refuses the next one with ``ChannelException(2, 'Connect failed')``,
+    as sshd does; a closed session is freed ``lag`` seconds later (sshd
+    frees it after the client's close arrives). Commands: ``sleep S`` answers
+    after S seconds; ``die`` ends only its own channel without an exit
+    status; ``drop`` kills the whole transport (every channel on it);
+    anything else answers at once. ``client_peak`` (the most channels the
+    client had open at once), ``peak`` (the server's count, which includes
+    sessions closed but not yet freed) and ``refused`` are what a test looks at.
+    """
+
+    def __init__(self, max_sessions: int = 10, lag: float = 0.005) -> None:
+        import threading
+        self.max_sessions = max_sessions
+        self.lag = lag
+        self.active = True
+        self.lock = threading.Lock()
+        self.open = 0
+        self.peak = 0
+        self.client_open = 0
+        self.client_peak = 0
+        self.refused = 0
+        self.sessions = 0
+        self.channels: list[FakeChannel] = []
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def open_session(self, timeout: float | None = None, **_: object) -> "FakeChannel":
+        import paramiko
+        with self.lock:
+            if not self.active:
+                raise paramiko.SSHException("Unable to open channel.")
+            if self.open >= self.max_sessions:
+                self.refused += 1
+                raise paramiko.ChannelException(2, "Connect failed")
+            self.open += 1
+            self.client_open += 1
+            self.sessions += 1
+            self.peak = max(self.peak, self.open)
+            self.client_peak = max(self.client_peak, self.client_open)
+            chan = FakeChannel(self)
+            self.channels.append(chan)
+            return chan
+
+    def free(self) -> None:
+        import threading
+        with self.lock:
+            self.client_open -= 1
+
+        def dec() -> None:
+            with self.lock:
+                self.open -= 1
+        if self.lag:
+            threading.Timer(self.lag, dec).start()
+        else:
+            dec()
+
+    def close(self) -> None:
+        with self.lock:
+            self.active = False
+            chans = list(self.channels)
+        for chan in chans:
+            chan.die()
+
+
+class FakeChannel:
+    """One session channel of a FakeTransport (the methods SSHConnection uses)."""
+
+    def __init__(self, transport: FakeTransport) -> None:
+        import threading
+        self.transport = transport
+        self.closed = False
+        self._freed = False
+        self.status_event = threading.Event()
+        self._status: int | None = None
+        self._out = b""
+        self._eof = threading.Event()
+        self._timeout: float | None = None
+
+    # the server side
+    def exec_command(self, command: str) -> None:
+        import threading
+        if command.startswith("sleep "):
+            threading.Timer(float(command[6:]), self.answer, args=(0, b"slept\n")).start()
+        elif command == "die":
+            self.die()
+        elif command == "drop":
+            threading.Timer(0.02, self.transport.close).start()
+        else:
+            self.answer(0, f"{command}\n".encode())
+
+    def answer(self, status: int, out: bytes) -> None:
+        if self._eof.is_set():
+            return
+        self._out = out
+        self._status = status
+        self._eof.set()
+        self.status_event.set()
+
+    def die(self) -> None:
+        """The server closes the channel without an exit status (paramiko marks it closed)."""
+        self.closed = True
+        self._eof.set()
+        self.status_event.set()
+
+    # the client side
+    def recv_stderr_ready(self) -> bool:
+        return False
+
+    def recv_stderr(self, n: int) -> bytes:
+        return b""
+
+    def settimeout(self, t: float | None) -> None:
+        self._timeout = t
+
+    def recv(self, n: int) -> bytes:
+        import socket
+        if not self._eof.wait(self._timeout):
+            raise socket.timeout()
+        data, self._out = self._out, b""
+        return data
+
+    def recv_ready(self) -> bool:
+        return bool(self._out)
+
+    def get_transport(self) -> FakeTransport:
+        return self.transport
+
+    def exit_status_ready(self) -> bool:
+        return self._status is not None
+
+    def recv_exit_status(self) -> int:
+        return -1 if self._status is None else self._status
+
+    def close(self) -> None:
+        self.closed = True
+        if not self._freed:
+            self._freed = True
+            self.transport.free()
+
+
+def fake_ssh_connection(max_sessions: int = 10, lag: float = 0.005, **vars: object):
+    """An SSHConnection whose transports are FakeTransports (a new one on every reconnect).
+
+    Returns the connection and the list of transports it opened, in order.
+    """
+    from runner.connections.ssh import SSHConnection
+    host = Host(name="lcs01", connection="ssh", address="127.0.0.1", port=22,
+                vars={"ssh_agent": False, **vars})
+    conn = SSHConnection(host, None, None)
+    opened: list[FakeTransport] = []
+
+    def connect() -> FakeTransport:
+        conn._drop_transport()
+        t = FakeTransport(max_sessions, lag)
+        opened.append(t)
+        conn._transport = t
+        if getattr(conn, "_connected_once", False):
+            conn.reconnects = getattr(conn, "reconnects", 0) + 1
+        conn._connected_once = True
+        return t
+
+    conn._connect = connect   # type: ignore[method-assign]
+    connect()                 # connected up front, so the first commands need no connect
+    return conn, opened

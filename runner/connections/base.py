@@ -4,9 +4,12 @@ A step module only ever sees this protocol, never SSH or the lab. Commands
 are complete cmd.exe command lines (rendered by runner.windows.cmdline);
 remote paths are Windows paths (``C:\\Temp\\alice.reg``).
 
-Faults are raised as runner.errors classes: ConnectionFault (transient,
-host unreachable when retries run out), AuthenticationFault/HostKeyFault
-(permanent). A command that ran and returned a non-zero exit code is *not*
+Faults are raised as runner.errors classes: ConnectionFault (a connection
+cannot be opened: transient, host unreachable when retries run out),
+ChannelFault (one command's channel died on a working connection:
+transient, only that task is affected), AuthenticationFault/HostKeyFault
+(permanent). A connection is shared by many tasks at once: a fault of one
+command must never close it for the others (docs/ssh-sessions.md). A command that ran and returned a non-zero exit code is *not*
 an exception: it is a CommandResult with ``rc != 0``; the step interprets it.
 """
 from __future__ import annotations

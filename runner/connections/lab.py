@@ -6,9 +6,10 @@ the inventory host name (or ``vars.lab_host``). State persists in the lab
 directory, so a resumed run sees what a killed run changed.
 
 Faults from lab.json (runner.lab.faults), drawn on every call: ``down`` ->
-ConnectionFault("host unreachable") on every call; ``timeout`` ->
-ConnectionFault before the command runs; ``drop`` -> ConnectionFault after
-it ran (its effect stays, the answer is lost); ``slow`` -> a short sleep.
+ConnectionFault("host unreachable") on every call (it cannot be connected
+to); ``timeout`` -> ChannelFault before the command runs; ``drop`` ->
+ChannelFault after it ran (its effect stays, the answer is lost): a fault of
+that one command, as over SSH, never of the host; ``slow`` -> a short sleep.
 ``put`` writes the file (creating missing folders) and is journaled as a
 mutating command; ``get`` of a missing file is a PermanentFault.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.connections.base import CommandResult
-from runner.errors import ConnectionFault, PermanentFault
+from runner.errors import ChannelFault, ConnectionFault, PermanentFault
 from runner.lab.faults import Faults
 from runner.lab.shell import Shell
 from runner.lab.store import InvalidPath, Lab, LabHost
@@ -100,11 +101,11 @@ class LabConnection:
         if kind == "down":
             raise ConnectionFault("host unreachable", host=self.host)
         if kind == "timeout":
-            raise ConnectionFault("timed out waiting for the host", host=self.host)
+            raise ChannelFault("timed out waiting for the host", host=self.host)
 
     def _after(self) -> None:
         if self.faults.after_command(self.lab_host) == "drop":
-            raise ConnectionFault("connection dropped by the host", host=self.host)
+            raise ChannelFault("connection dropped by the host", host=self.host)
 
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
         """Run one cmd.exe command line on the lab host."""

@@ -71,7 +71,9 @@ def open_connection(host: Host, inventory: Inventory, options: ConnectionOptions
 class ConnectionPool:
     """One connection per host for a whole run: opened lazily, reused, closed at the end.
 
-    Opening is serialised per host (concurrent tasks wait for the one open).
+    A fault of one command never closes the shared connection (other tasks
+    use it); the connection re-opens a dead transport itself. Opening is
+    serialised per host (concurrent tasks wait for the one open).
     A failed open is remembered for ``failure_memo`` seconds so that tasks
     queued behind it fail at once with the same fault instead of each
     waiting for a timeout; a retry after backoff opens again. A host the
@@ -100,12 +102,12 @@ class ConnectionPool:
 
     def get(self, name: str) -> Connection:
         """The shared connection to host ``name``, opening it on first use."""
-        conn = self._open.get(name)
-        if conn is not None:
-            return conn
         if name in self._unreachable:
             # no retries: the engine already spent them on this host earlier in the run
             raise HostGivenUp(f"{name} is unreachable ({self._unreachable[name]})", host=name)
+        conn = self._open.get(name)
+        if conn is not None:
+            return conn
         host = self.inventory.hosts.get(name)
         if host is None:  # a configuration mistake, not a network one: retrying cannot help
             raise PermanentFault(f"{name} is not a host of the inventory", host=name)
@@ -131,16 +133,32 @@ class ConnectionPool:
             return conn
 
     def invalidate(self, name: str) -> None:
-        """Drop a connection that failed mid-command so the next use reopens it."""
+        """Close and forget the connection to ``name`` so that the next use opens a new one.
+
+        Not for a failed command: the connection is shared, and closing it
+        kills every other task's command in flight on it. A connection heals
+        a dead transport itself (runner.connections.ssh).
+        """
         with self._host_lock(name):
             conn = self._open.pop(name, None)
         if conn is not None:
             _close_quietly(conn)
 
     def mark_unreachable(self, name: str, reason: str) -> None:
-        """Give up on ``name`` for the rest of the run."""
+        """Give up on ``name`` for the rest of the run: later ``get`` calls fail at once.
+
+        The open connection, if any, stays until the run ends: a task still
+        running on it (one that got in before the fault) finishes.
+        """
         self._unreachable[name] = reason
-        self.invalidate(name)
+
+    def answered_since(self, name: str, since: float) -> bool:
+        """Whether the open connection to ``name`` completed a command at or after ``since`` (time.time()).
+
+        Connections that keep no such record (``last_answer``) never claim to have answered.
+        """
+        answered = getattr(self._open.get(name), "last_answer", None)
+        return answered is not None and answered >= since
 
     def is_unreachable(self, name: str) -> bool:
         return name in self._unreachable

@@ -19,12 +19,27 @@ Host variables (inventory ``vars``; see inventories/example-ssh.yml):
   (seconds), ``ssh_codepage`` (default ``cp437``, see ``decode_output``).
 - ``ssh_exit_code_trailer`` (served lab only): read the real 32-bit exit code
   from a stderr trailer, since the lab runs on POSIX where exit codes have 8 bits.
+- ``ssh_max_sessions`` (default 8): the most session channels (commands and
+  the SFTP subsystem together) this connection has open at once; keep it
+  below the server's ``MaxSessions`` (OpenSSH: 10). Tasks beyond it wait.
 
-Fault classification (runner.errors): refused, reset, EOF, timeouts and a
-channel closed mid-command without an exit status are ConnectionFault
-(transient); a refused login is AuthenticationFault and an unknown or changed
-host key HostKeyFault (both permanent, never retried). No password or
-passphrase ever reaches a message, an exception, a repr or an event.
+Sessions: every command is one session channel, and the SFTP client, kept
+open between transfers, is one more; a SessionLimiter (runner.connections.
+sessions) holds them to ``ssh_max_sessions``. A channel open the server
+refuses anyway is back-pressure: wait briefly and ask again, never a fault
+of the host. A transport found dead before a command was sent is re-opened
+at once (nothing ran); one that dies under a command is that command's
+ChannelFault, and the next command re-opens it. A connection never closes
+or condemns the transport because one command failed.
+
+Fault classification (runner.errors): a TCP connect refused or timed out, a
+failed handshake or a connection lost while logging in is ConnectionFault
+(the host cannot be reached: unreachable once retries run out); a channel
+that dies mid-command, ends without an exit status, times out, or is still
+refused after ``ssh_command_timeout`` is ChannelFault (transient, only that
+task is retried); a refused login is AuthenticationFault and an unknown or
+changed host key HostKeyFault (both permanent, never retried). No password
+or passphrase ever reaches a message, an exception, a repr or an event.
 """
 from __future__ import annotations
 
@@ -41,11 +56,14 @@ from typing import Any
 import paramiko
 
 from runner.connections.base import CommandResult
+from runner.connections.sessions import SessionLimiter, parse_max_sessions
 from runner.errors import (
     AuthenticationFault,
+    ChannelFault,
     ConnectionFault,
     HostKeyFault,
     PermanentFault,
+    StepFault,
 )
 from runner.model import Host, Inventory
 
@@ -175,11 +193,22 @@ class SSHConnection:
         self.use_agent = bool(v.get("ssh_agent", True))
         self.proxy_jump = v.get("ssh_proxy_jump") or None
         self.exit_code_trailer = bool(v.get("ssh_exit_code_trailer", False))
-        self._lock = threading.RLock()
+        try:
+            self.max_sessions = parse_max_sessions(v.get("ssh_max_sessions"))
+        except ValueError as exc:
+            raise PermanentFault(f"{self.host}: {exc}", host=self.host) from None
+        self.sessions = SessionLimiter(self.max_sessions)
+        self._lock = threading.RLock()        # the transport and the SFTP client (fields)
+        self._sftp_lock = threading.Lock()    # one SFTP transfer at a time; taken before _lock
         self._transport: paramiko.Transport | None = None
-        self._sftp: paramiko.SFTPClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None   # holds one session slot while set
         self._jump: SSHConnection | None = None
         self._closed = False
+        self._connect_failures = 0
+        self._last_connect_fault: StepFault | None = None
+        self.reconnects = 0     # transports opened after the first (figures for tests and benchmarks)
+        self._connected_once = False
+        self.last_answer: float | None = None   # time.time() of the last command or transfer that completed
 
     # --- helpers -------------------------------------------------------
     def _resolve_path(self, p: str) -> Path:
@@ -284,11 +313,30 @@ class SSHConnection:
                     user=user or self.user, vars=jvars)
 
     def _ensure_transport(self) -> paramiko.Transport:
+        """The live transport, opening a fresh one if there is none or it died.
+
+        Threads that queued behind a connect attempt which failed get that
+        fault at once instead of each waiting out its own timeout.
+        """
+        failures_seen = self._connect_failures
         with self._lock:
             if self._closed:
                 raise ConnectionFault(f"{self.host}: connection already closed", host=self.host)
             if self._transport is not None and self._transport.is_active():
                 return self._transport
+            last = self._last_connect_fault
+            if self._connect_failures != failures_seen and last is not None:
+                raise type(last)(last.message, host=last.host, data=dict(last.data))
+            try:
+                return self._connect()
+            except StepFault as exc:
+                self._connect_failures += 1
+                self._last_connect_fault = exc
+                raise
+
+    def _connect(self) -> paramiko.Transport:
+        """Open, verify and log in a new transport (called holding ``_lock``)."""
+        with self._lock:
             self._drop_transport()
             sock = self._open_socket()
             t = paramiko.Transport(sock)
@@ -311,6 +359,10 @@ class SSHConnection:
                 t.close()
                 raise
             self._transport = t
+            self._last_connect_fault = None
+            if self._connected_once:
+                self.reconnects += 1
+            self._connected_once = True
             return t
 
     def _known_keys(self) -> paramiko.HostKeys:
@@ -423,36 +475,103 @@ class SSHConnection:
                                   f"refused (tried: {how}){extra}", host=self.host)
 
     def _drop_transport(self) -> None:
-        if self._sftp is not None:
-            try:
-                self._sftp.close()
-            except Exception:
-                pass
+        """Forget a dead (or closing) transport and the SFTP client riding on it."""
+        with self._lock:
+            self._forget_sftp()
+            if self._transport is not None:
+                self._transport.close()
+                self._transport = None
+
+    def _forget_sftp(self, sftp: paramiko.SFTPClient | None = None) -> None:
+        """Close the SFTP client (only if it is still ``sftp``, when given) and free its session slot."""
+        with self._lock:
+            current = self._sftp
+            if current is None or (sftp is not None and current is not sftp):
+                return
             self._sftp = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        try:
+            current.close()
+        except Exception:
+            pass
+        self.sessions.release()
+
+    # --- sessions -------------------------------------------------------
+    def _acquire_slot(self) -> None:
+        """Wait for a free session slot; an idle SFTP client gives its slot up to a waiting command."""
+        steal_after = 0.0 if self.max_sessions <= 2 else 2.0
+        waited = 0.0
+        while not self.sessions.acquire(timeout=0.25):
+            waited += 0.25
+            if waited >= steal_after and self._sftp is not None and self._sftp_lock.acquire(blocking=False):
+                try:
+                    self._forget_sftp()
+                finally:
+                    self._sftp_lock.release()
+
+    def _open_session(self, opener: Any, what: str) -> Any:
+        """Open a session with ``opener(transport)`` while holding a slot; returns it with the slot held.
+
+        The caller releases the slot when the session ends. A refusal by a
+        live transport is back-pressure (wait, ask again until
+        ``ssh_command_timeout``); a transport found dead before anything was
+        sent is re-opened (nothing ran, so this is no retry of the command).
+        """
+        give_up = time.monotonic() + self.command_timeout
+        refusals = dead = 0
+        while True:
+            self._acquire_slot()
+            try:
+                t = self._ensure_transport()          # ConnectionFault: cannot connect
+                try:
+                    return opener(t)
+                except (paramiko.SSHException, EOFError, OSError) as exc:
+                    if t.is_active() and not _is_refusal(exc):
+                        # the session opened but its program did not start (subsystem missing...)
+                        raise ChannelFault(f"{self.host}: cannot open {what} ({_brief(exc)})",
+                                           host=self.host) from None
+                    if t.is_active():
+                        refusals += 1
+                        # refused with no other session of ours open: the server takes none at all
+                        alone = self.sessions.in_use <= 1 and refusals >= 8
+                        if alone or time.monotonic() >= give_up:
+                            raise ChannelFault(
+                                f"{self.host}: the server refused {what} {refusals} times "
+                                f"({_brief(exc)}); is ssh_max_sessions ({self.max_sessions}) above "
+                                "its MaxSessions?",
+                                host=self.host, data={"refusals": refusals}) from None
+                        reason = "refused"
+                    else:
+                        dead += 1
+                        self._broken()
+                        if dead > 3:
+                            raise ChannelFault(f"{self.host}: connection keeps dropping before {what} "
+                                               f"opens ({_brief(exc)})", host=self.host) from None
+                        reason = "dead"
+            except BaseException:
+                self.sessions.release()
+                raise
+            self.sessions.release()
+            if reason == "refused":
+                time.sleep(self.sessions.backoff(refusals))
 
     # --- the Connection protocol --------------------------------------
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
-        """Run one cmd.exe command line; ConnectionFault on drop or timeout."""
+        """Run one cmd.exe command line; ChannelFault when its channel dies or times out."""
         limit = float(timeout if timeout is not None else self.command_timeout)
-        t = self._ensure_transport()
+        chan = self._open_session(lambda t: t.open_session(timeout=self.connect_timeout),
+                                  "a session channel")
         try:
-            chan = t.open_session(timeout=self.connect_timeout)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            self._broken()
-            raise ConnectionFault(f"{self.host}: cannot open a session channel ({_brief(exc)})",
-                                  host=self.host) from None
-        try:
-            chan.exec_command(command)
-            status, out, err = self._collect(chan, limit)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            self._broken()
-            raise ConnectionFault(f"{self.host}: connection lost while running a command ({_brief(exc)})",
-                                  host=self.host) from None
+            try:
+                chan.exec_command(command)
+                status, out, err = self._collect(chan, limit)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                self._broken()
+                raise ChannelFault(f"{self.host}: connection lost while running a command ({_brief(exc)})",
+                                   host=self.host) from None
         finally:
             chan.close()
+            self.sessions.release()
+        self.last_answer = time.time()
         if self.exit_code_trailer:
             m = _EXIT_TRAILER.search(err)
             if m:
@@ -472,8 +591,8 @@ class SSHConnection:
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ConnectionFault(f"{self.host}: command timed out after {limit:g}s", host=self.host,
-                                      data={"timeout": limit})
+                raise ChannelFault(f"{self.host}: command timed out after {limit:g}s", host=self.host,
+                                   data={"timeout": limit})
             chan.settimeout(min(remaining, 0.2))
             try:
                 data = chan.recv(65536)
@@ -498,73 +617,85 @@ class SSHConnection:
         if not chan.exit_status_ready():
             self._broken()
             if time.monotonic() >= deadline:
-                raise ConnectionFault(f"{self.host}: command timed out after {limit:g}s", host=self.host,
-                                      data={"timeout": limit})
-            raise ConnectionFault(f"{self.host}: connection dropped mid-command (no exit status)",
-                                  host=self.host)
+                raise ChannelFault(f"{self.host}: command timed out after {limit:g}s", host=self.host,
+                                   data={"timeout": limit})
+            raise ChannelFault(f"{self.host}: connection dropped mid-command (no exit status)",
+                               host=self.host)
         status = chan.recv_exit_status()
         if status == -1:
-            raise ConnectionFault(f"{self.host}: command ended without an exit status (killed?)",
-                                  host=self.host)
+            raise ChannelFault(f"{self.host}: command ended without an exit status (killed?)",
+                               host=self.host)
         return status, b"".join(out), b"".join(err)
 
     def _broken(self) -> None:
+        """Forget the transport if it is dead (never closes a live one other commands are using)."""
         with self._lock:
             if self._transport is not None and not self._transport.is_active():
                 self._drop_transport()
 
     def _sftp_client(self) -> paramiko.SFTPClient:
+        """The SFTP client, opened on first use (call holding ``_sftp_lock``); it holds a session slot."""
         with self._lock:
-            t = self._ensure_transport()
-            if self._sftp is None or self._sftp.get_channel() is None or self._sftp.get_channel().closed:
-                try:
-                    self._sftp = paramiko.SFTPClient.from_transport(t)
-                except (paramiko.SSHException, EOFError, OSError) as exc:
-                    self._broken()
-                    raise ConnectionFault(f"{self.host}: cannot start SFTP ({_brief(exc)})",
-                                          host=self.host) from None
-                if self._sftp is None:
-                    raise ConnectionFault(f"{self.host}: cannot start SFTP", host=self.host)
-                self._sftp.get_channel().settimeout(self.command_timeout)
-            return self._sftp
+            sftp = self._sftp
+            t = self._transport
+        if sftp is not None:
+            chan = sftp.get_channel()
+            if chan is not None and not chan.closed and t is not None and t.is_active():
+                return sftp
+            self._forget_sftp(sftp)
+
+        def start(t: paramiko.Transport) -> paramiko.SFTPClient:
+            client = paramiko.SFTPClient.from_transport(t)
+            if client is None:
+                raise paramiko.SSHException("the server did not start the sftp subsystem")
+            return client
+
+        sftp = self._open_session(start, "the SFTP subsystem")   # the slot stays with the client
+        sftp.get_channel().settimeout(self.command_timeout)
+        with self._lock:
+            self._sftp = sftp
+        return sftp
 
     def put(self, data: bytes, remote_path: str) -> None:
         """Write ``data`` to the Windows path ``remote_path`` through SFTP (replacing it)."""
         path = windows_to_sftp_path(remote_path)
-        with self._lock:
+        with self._sftp_lock:
             sftp = self._sftp_client()
             try:
                 with sftp.open(path, "wb") as fh:
                     fh.set_pipelined(True)
                     fh.write(data)
+                self.last_answer = time.time()
             except (FileNotFoundError, PermissionError) as exc:
                 raise PermanentFault(f"{self.host}: cannot write {remote_path}: {exc.strerror or exc}",
                                      host=self.host) from None
-            except IOError as exc:
-                self._on_sftp_error(exc, f"writing {remote_path}")
+            except (IOError, EOFError, paramiko.SSHException) as exc:
+                self._on_sftp_error(sftp, exc, f"writing {remote_path}")
 
     def get(self, remote_path: str) -> bytes:
         """Read the file at the Windows path ``remote_path`` through SFTP."""
         path = windows_to_sftp_path(remote_path)
-        with self._lock:
+        with self._sftp_lock:
             sftp = self._sftp_client()
             try:
                 with sftp.open(path, "rb") as fh:
                     fh.prefetch()
-                    return fh.read()
+                    data = fh.read()
+                self.last_answer = time.time()
+                return data
             except (FileNotFoundError, PermissionError) as exc:
                 raise PermanentFault(f"{self.host}: cannot read {remote_path}: {exc.strerror or exc}",
                                      host=self.host, data={"missing": isinstance(exc, FileNotFoundError)}) from None
-            except IOError as exc:
-                self._on_sftp_error(exc, f"reading {remote_path}")
+            except (IOError, EOFError, paramiko.SSHException) as exc:
+                self._on_sftp_error(sftp, exc, f"reading {remote_path}")
         raise AssertionError("unreachable")
 
-    def _on_sftp_error(self, exc: BaseException, what: str) -> None:
-        if isinstance(exc, (socket.timeout, EOFError, paramiko.SSHException)) or self._sftp is None \
-                or self._sftp.get_channel().closed:
-            self._sftp = None
+    def _on_sftp_error(self, sftp: paramiko.SFTPClient, exc: BaseException, what: str) -> None:
+        chan = sftp.get_channel()
+        if isinstance(exc, (socket.timeout, EOFError, paramiko.SSHException)) or chan is None or chan.closed:
+            self._forget_sftp(sftp)
             self._broken()
-            raise ConnectionFault(f"{self.host}: connection lost {what} ({_brief(exc)})", host=self.host) from None
+            raise ChannelFault(f"{self.host}: connection lost {what} ({_brief(exc)})", host=self.host) from None
         raise PermanentFault(f"{self.host}: SFTP error {what}: {_brief(exc)}", host=self.host) from None
 
     def close(self) -> None:
@@ -579,6 +710,20 @@ class SSHConnection:
 
 def _fingerprint(key: paramiko.PKey) -> str:
     return key.fingerprint.split(":", 1)[-1] if hasattr(key, "fingerprint") else key.get_base64()[:16]
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """Whether a failed channel open is the server saying "not now" (MaxSessions reached, slow to answer).
+
+    paramiko raises ChannelException for the server's refusal; when several
+    threads open channels at once, one thread may take another's exception
+    and see only "Unable to open channel." instead; a channel open the server
+    has not answered within the connect timeout is "Timeout opening channel.".
+    """
+    if isinstance(exc, paramiko.ChannelException):
+        return True
+    return isinstance(exc, paramiko.SSHException) and str(exc) in (
+        "Unable to open channel.", "Timeout opening channel.")
 
 
 def _brief(exc: BaseException) -> str:

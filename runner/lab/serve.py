@@ -223,6 +223,8 @@ class LabServer:
             "PermitListen none",
             "PermitOpen " + " ".join(f"{a}:{self.port}" for a in self.addresses.values()),
             "LoginGraceTime 30",
+            # MaxSessions is left at OpenSSH's default (10), as on real hosts: the runner must
+            # keep each connection below it (ssh_max_sessions; docs/ssh-sessions.md)
             "ClientAliveInterval 30",
             "LogLevel VERBOSE",
             # SHLVL=1: bash (the serving user's login shell, which sshd runs the ForceCommand
