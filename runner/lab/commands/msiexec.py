@@ -149,12 +149,15 @@ def msiexec(ctx: Any, argv: list[str], raw: str) -> CommandResult:
         if upgrade:
             reg.set_value(UNINSTALL_KEY + "\\" + meta["ProductCode"], "UpgradeCode", "REG_SZ", upgrade)
 
+    reboot = bool(meta.get("reboot_required") or ctx.host.config.get("msiexec_reboot") or in_use)
+    code, note = ((3010 if norestart else 1641, "Note: 1: 1903 Reboot required to complete the install.")
+                  if reboot else (0, "Product installed."))
+    # The log is committed with the files: on a real host msiexec goes on (and finishes its
+    # log) when the runner dies; the in-process lab dies with the runner, and rolls forward.
+    logged = [(log, _log_lines(ctx, package, meta, code, note).encode("utf-8"))] if log else []
     try:
         # files, product and Uninstall key: all or nothing, as Windows Installer commits or rolls back
-        ctx.host.commit_install(files, register)
+        ctx.host.commit_install(files + logged, register)
     except (OSError, InvalidPath) as e:
         return finish(1603, meta, f"Note: 1: 1310 Error writing to file: {getattr(e, 'windows_path', '')}")
-    reboot = bool(meta.get("reboot_required") or ctx.host.config.get("msiexec_reboot") or in_use)
-    if reboot:
-        return finish(3010 if norestart else 1641, meta, "Note: 1: 1903 Reboot required to complete the install.")
-    return finish(0, meta, "Product installed.")
+    return CommandResult(code, "", "")
