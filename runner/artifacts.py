@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path, PurePosixPath
 
 from runner.errors import RunnerError
@@ -82,6 +83,7 @@ class ArtifactStore:
         versioned = _versioned_name(key, sha)
         target = self.root / versioned
         if not (target.exists() and _sha_of(target) == sha):
+            _remove_stale_temporaries(target.parent)
             atomic_write(target, data)
         self.store.add_artifact(key, str(versioned), sha, len(data),
                                 task_key=self.task_key, run_id=self.run_id)
@@ -100,6 +102,27 @@ class ArtifactStore:
         if hashlib.sha256(data).hexdigest() != current.sha256:
             raise RunnerError(f"artifact {path} does not match its recorded sha256 (changed on disk?)")
         return data
+
+
+#: When this process started: a temporary file older than that was left by a run that
+#: died mid-write (the state directory's lock means no other process writes here now).
+_STARTED = time.time()
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Delete the ``.<name>.*.tmp`` files a killed run left in ``directory`` (never one
+    of this run's: a write in flight on another thread is younger than the process)."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            try:
+                if entry.stat().st_mtime < _STARTED:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def _sha_of(path: Path) -> str:

@@ -96,6 +96,22 @@ def test_artifact_write_is_content_addressed_and_identical_rewrite_is_a_no_op(tm
         assert not list(Path(ref.path).parent.glob(".*tmp"))
 
 
+def test_a_temporary_file_left_by_a_killed_write_is_removed_by_the_next_write(tmp_path):
+    import os
+    import time
+    folder = tmp_path / "artifacts" / "contacts" / "alice"
+    folder.mkdir(parents=True)
+    stale = folder / ".merged.4668d290b6e7.json.e0_5nxd8.tmp"   # what a SIGKILL mid-write leaves
+    stale.write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    young = folder / ".pc01.abc.reg.x1.tmp"                      # another thread's write in flight
+    young.write_bytes(b"in flight")
+    with StateStore(tmp_path) as store:
+        ArtifactStore(store).write("contacts/alice/merged.json", b"{}")
+    assert not stale.exists() and young.exists()
+
+
 def test_artifact_read_detects_a_file_changed_on_disk(tmp_path):
     with StateStore(tmp_path) as store:
         arts = ArtifactStore(store)
