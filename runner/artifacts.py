@@ -78,7 +78,7 @@ class ArtifactStore:
         sha = hashlib.sha256(data).hexdigest()
         key = str(rel)
         current = self.store.current_artifact(key)
-        if current is not None and current.sha256 == sha and (self.root / current.path).exists():
+        if current is not None and current.sha256 == sha and self._inside(current.path).exists():
             return ArtifactRef(path=str(self.root / current.path), sha256=sha, size=current.size)
         versioned = _versioned_name(key, sha)
         target = self.root / versioned
@@ -89,12 +89,23 @@ class ArtifactStore:
                                 task_key=self.task_key, run_id=self.run_id)
         return ArtifactRef(path=str(target), sha256=sha, size=len(data))
 
+    def _inside(self, recorded: str) -> Path:
+        """The file a stored artifact row points at, refused when it leaves the artifacts folder
+        (an absolute path or ``..`` in a tampered or damaged state.db)."""
+        path = self.root / recorded
+        root = self.root.resolve()
+        resolved = path.resolve()
+        if resolved != root and root not in resolved.parents:
+            raise RunnerError(f"{self.store.path}: the artifact row {recorded!r} points outside {self.root}; "
+                              "the state store was edited or damaged (see docs/state-directory.md)")
+        return path
+
     def read(self, name: str) -> bytes | None:
         """The current content of ``name`` (checked against its sha256), or None."""
         current = self.store.current_artifact(str(_check_name(name)))
         if current is None:
             return None
-        path = self.root / current.path
+        path = self._inside(current.path)
         try:
             data = path.read_bytes()
         except FileNotFoundError:

@@ -181,3 +181,16 @@ def test_pool_remembers_a_failed_open_briefly_then_retries():
     with pytest.raises(ConnectionFault, match="unreachable"):
         pool.get("pc02")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("recorded", ["/etc/passwd", "../../outside.json", "contacts/../../../x.json"])
+def test_an_artifact_row_pointing_outside_the_artifacts_folder_is_refused(tmp_path, recorded):
+    import hashlib
+    (tmp_path / "outside.json").write_bytes(b"{}")
+    with StateStore(tmp_path / "st") as store:
+        store.add_artifact("contacts/alice/merged.json", recorded, hashlib.sha256(b"{}").hexdigest(), 2)
+        arts = ArtifactStore(store)
+        with pytest.raises(RunnerError, match="points outside"):
+            arts.read("contacts/alice/merged.json")
+        with pytest.raises(RunnerError, match="points outside"):
+            arts.write("contacts/alice/merged.json", b"{}")
