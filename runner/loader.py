@@ -812,7 +812,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         wave = udef.get("wave")
         users[alias] = User(alias=alias, im_address=udef["im_address"], clients=clients,
                             display_name=udef.get("display_name"), sid=udef.get("sid"),
-                            ad_guid=udef.get("ad_guid"), sip_uri=udef.get("sip_uri"), home_server=home,
+                            ad_guid=_braced_guid(udef.get("ad_guid")), sip_uri=udef.get("sip_uri"), home_server=home,
                             wave=None if wave is None else str(wave), vars=dict(udef.get("vars") or {}))
     scopes: list[tuple[Path_, Any]] = [(path + ("vars",), gdef.get("vars")) for gdef, path in b.group_defs.values()]
     scopes += [(hpath + ("vars",), (hdef or {}).get("vars")) for hdef, hpath in b.host_defs.values()]
@@ -838,6 +838,14 @@ def _sip_mapping_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[Inp
         return []
     base = tuple(vars_path) + ("sip_mapping",)
     return [doc.error(message, base + tuple(sub)) for sub, message in rule_problems(rule)]
+
+
+def _braced_guid(value: Any) -> Any:
+    """An AD GUID in the braced form LCS keys users by (``UserInstanceID``): Windows tools
+    print it with or without braces, and administrators paste either."""
+    if isinstance(value, str) and value and not value.startswith("{"):
+        return "{" + value + "}"
+    return value
 
 
 def inventory_warnings(inventory: Inventory) -> list[str]:

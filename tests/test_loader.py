@@ -436,9 +436,9 @@ def test_unsafe_host_group_and_user_names_are_reported_at_their_key(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, says", [
-    ("ad_guid", '" & reg add HKLM\\SOFTWARE\\X /f & "', "must be an AD objectGUID in braces"),
-    ("ad_guid", "01234567-0123-4567-89AB-CDEF01234567", "must be an AD objectGUID in braces"),
-    ("ad_guid", "{01234567-0123-4567-89AB-CDEF0123456Z}", "must be an AD objectGUID in braces"),
+    ("ad_guid", '" & reg add HKLM\\SOFTWARE\\X /f & "', "must be an AD objectGUID like"),
+    ("ad_guid", "{01234567-0123-4567-89AB-CDEF01234567", "must be an AD objectGUID like"),
+    ("ad_guid", "{01234567-0123-4567-89AB-CDEF0123456Z}", "must be an AD objectGUID like"),
     ("sid", "S-1-5-21-1' OR '1'='1", "must be a Windows SID"),
     ("im_address", 'bob"&calc&"@im.contoso.com', "must be an address like"),
     ("im_address", "bob@im.contoso.com%PATH%", "must be an address like"),
@@ -465,6 +465,14 @@ def test_well_formed_identifiers_with_apostrophes_and_plus_load(tmp_path):
         "    sid: S-1-5-21-1004336348-1177238915-682003330-1104\n    clients: [pc1]\n", encoding="utf-8")
     inv = load_inventory(tmp_path / "inv.yml")
     assert inv.users["obrien"].sip_uri == "sip:o'brien@contoso.com"
+
+
+def test_an_ad_guid_pasted_without_braces_is_taken_in_the_braced_form(tmp_path):
+    """Windows tools print GUIDs with or without braces; LCS keys users by the braced one."""
+    (tmp_path / "inv.yml").write_text(
+        "all: {hosts: {pc1: }}\nusers:\n  al:\n    im_address: al@im.contoso.com\n"
+        "    ad_guid: d76d4330-f144-4b5e-9f3a-0123456789ab\n    clients: [pc1]\n", encoding="utf-8")
+    assert load_inventory(tmp_path / "inv.yml").users["al"].ad_guid == "{d76d4330-f144-4b5e-9f3a-0123456789ab}"
 
 
 @pytest.mark.parametrize("rule, line, says", [
