@@ -365,7 +365,8 @@ class StressRun:
     def _victim(self, name: str, playbook: str, lab: Path, state: Path, pdir: Path, faulty: bool, quota: int,
                 total: float, startup: float) -> tuple[int, int, list[str]]:
         """Apply, kill, type it again: until ``quota`` kills landed and then until exit 0 (at most
-        --max-runs applies). Returns (kills landed, applies, one history entry per apply)."""
+        --max-runs applies after the killed ones, so a pair given many kills still gets its runs
+        to finish). Returns (kills landed, applies, one history entry per apply)."""
         def bad(d: Discrepancy) -> None:
             self.fig.discrepancies.append(d)
             self.o.log(f"  DISCREPANCY {d.line()}")
@@ -374,7 +375,7 @@ class StressRun:
         landed = runs = 0
         history: list[str] = []
         rc: int | None = None
-        while runs < self.o.max_runs:
+        while runs < self.o.max_runs + quota:
             runs += 1
             delay = sig = None
             if landed < quota:
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated names from playbooks/ (default: all four)")
     ap.add_argument("--sigint-share", type=float, default=0.25, help="share of kills sent as SIGINT (0.25)")
     ap.add_argument("--contacts", type=int, default=20, help="average contacts per user and machine (20)")
-    ap.add_argument("--max-runs", type=int, default=40, help="applies per pair before giving up (40)")
+    ap.add_argument("--max-runs", type=int, default=40, help="applies per pair, after its killed ones, before giving up (40)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep labs and logs here (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
