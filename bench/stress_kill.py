@@ -399,7 +399,8 @@ class StressRun:
                 # Python's own start-up (site, runpy) runs before the runner's first line can take
                 # SIGINT: a KeyboardInterrupt raised there, with no frame of the runner's code, is
                 # the interpreter's window too (about 30 ms), not the runner's handling
-                before_python = before_python or (rc == 1 and trace and _only_startup_frames(a.stderr))
+                before_python = before_python or (rc in (1, -signal.SIGINT) and bool(trace)
+                                                  and _only_startup_frames(a.stderr))
                 if (rc != EXIT_INTERRUPTED or trace) and not before_python:
                     bad(Discrepancy(name, playbook, "sigint", f"run {runs}",
                                     f"Ctrl-C {delay:.2f}s after start: exit {rc}, expected 99{trace}"))
