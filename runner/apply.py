@@ -20,7 +20,7 @@ from runner.engine import Engine, EngineOptions, retry_delay_scale
 from runner.errors import EXIT_INTERRUPTED, PermanentFault, RunnerError
 from runner.estate import Estate, estate_of, subjects
 from runner.lab.store import lab_identity
-from runner.loader import lab_plugin_settings, load_inventory, load_playbook
+from runner.loader import LabNotGenerated, load_inventory, load_playbook
 from runner.model import Inventory
 from runner.output import HumanOutput, JsonOutput
 from runner.plan import build_plan
@@ -121,10 +121,12 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
     err = stderr or sys.stderr
     retry_delay_scale()  # a bad RUNNER_RETRY_DELAY_SCALE is a bad option before anything starts
     playbook = load_playbook(req.playbook)
-    if lab_plugin_settings(req.inventory) is not None:  # the built-in lab is made on first use, by apply
+    try:
+        inventory = load_inventory(req.inventory)
+    except LabNotGenerated:  # the built-in lab is made on first use, by apply (loading never writes)
         from runner.lab.generator import ensure_plugin_lab
         ensure_plugin_lab(req.inventory)
-    inventory = load_inventory(req.inventory)
+        inventory = load_inventory(req.inventory)
     plan = build_plan(playbook, inventory, limit=req.limit, tags=req.tags or None,
                       skip_tags=req.skip_tags or None, start_at_step=req.start_at_step)
     check_labs(inventory, {t.target_name for t in plan.tasks() if t.kind == "host"}
