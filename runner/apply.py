@@ -44,6 +44,7 @@ class ApplyRequest:
     fresh: bool = False
     json: bool = False
     verbosity: int = 0
+    quiet: bool = False
     accept_new_host_keys: bool = False
     resume_command: str = ""
     default_delay: float = 1.0
@@ -146,7 +147,7 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
         if req.json:
             output = JsonOutput(out, resume_command=req.resume_command)
         else:
-            output = HumanOutput(verbosity=req.verbosity, diff=req.diff, stream=out,
+            output = HumanOutput(verbosity=req.verbosity, diff=req.diff, stream=out, quiet=req.quiet,
                                  resume_command=req.resume_command)
         options = EngineOptions(forks=req.forks, check=req.check, diff=req.diff,
                                 default_delay=req.default_delay,

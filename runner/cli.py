@@ -77,11 +77,14 @@ def cli() -> None:
 @click.option("--fresh", is_flag=True, help="Start a new run instead of resuming the last one.")
 @click.option("--json", "as_json", is_flag=True, help="Write JSON-lines events on stdout instead of text.")
 @click.option("-v", "--verbose", count=True, help="More output: -v per-task lines, -vvv tracebacks.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only the failures, the recap totals and the command to resume.")
 @click.option("--accept-new-host-keys", is_flag=True,
               help="Trust SSH host keys seen for the first time (and add them to known_hosts).")
 def apply(playbook: str, inventory: str | None, check: bool, diff: bool, limit: str | None,
           tags: tuple[str, ...], skip_tags: tuple[str, ...], start_at_step: str | None, forks: int,
-          state_dir: str, fresh: bool, as_json: bool, verbose: int, accept_new_host_keys: bool) -> int:
+          state_dir: str, fresh: bool, as_json: bool, verbose: int, quiet: bool,
+          accept_new_host_keys: bool) -> int:
     """Run PLAYBOOK against the inventory, resuming the last run of the same pair."""
     from runner.apply import ApplyRequest, apply as run_apply
 
@@ -89,7 +92,7 @@ def apply(playbook: str, inventory: str | None, check: bool, diff: bool, limit: 
     req = ApplyRequest(playbook=playbook, inventory=_default_inventory(inventory), check=check, diff=diff,
                        limit=limit, tags=_split_tags(tags), skip_tags=_split_tags(skip_tags, "--skip-tags"),
                        start_at_step=start_at_step, forks=forks, state_dir=state_dir, fresh=fresh,
-                       json=as_json, verbosity=verbose, accept_new_host_keys=accept_new_host_keys,
+                       json=as_json, verbosity=verbose, quiet=quiet, accept_new_host_keys=accept_new_host_keys,
                        resume_command=resume_command(list(argv)))
     return run_apply(req)
 

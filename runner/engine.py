@@ -171,10 +171,30 @@ class _Dependencies:
             return {**info, "reason": f"not run: {label} {verb} '{info['step']}'"}
         return None
 
+    def related(self, tid: str) -> list[tuple[str, str]]:
+        """The targets ``tid`` depends on and that depend on it, with labels."""
+        return self._related.get(tid, [])
+
     @staticmethod
     def blocked_by_unreachable(outcome: TaskOutcome) -> bool:
         blocker = outcome.data.get("blocked_by") if isinstance(outcome.data, Mapping) else None
         return isinstance(blocker, Mapping) and blocker.get("root_status") == "unreachable"
+
+
+def _gate_units(play: Any, wave: Wave, bad: set[str],
+                deps: "_Dependencies") -> tuple[set[str], set[str], str]:
+    """What ``max_fail_percentage`` is judged over: the wave's unit (``serial.over``), so a wave
+    over users counts its users (one whose client failed counts as failed), not users and
+    machines together, nor later waves' users whose lists it saved early (``for-wave`` tasks);
+    a play without serial counts every target. Returns (units, failed units, label)."""
+    wave_targets = {_target_id(t) for t in wave.tasks}
+    over = getattr(getattr(play, "serial", None), "over", None)
+    kind = {"users": "user", "hosts": "host"}.get(over or "")
+    units = {_target_id(t) for t in wave.tasks if t.kind == kind and "/for-wave:" not in t.key}
+    if not units:
+        return wave_targets, set(bad), "targets"
+    failed = {u for u in units if u in bad or any(r in bad for r, _ in deps.related(u))}
+    return units, failed, over or "targets"
 
 
 class Engine:
@@ -282,19 +302,22 @@ class Engine:
                 self.store.flush()
             if self._stop.is_set():
                 return None
+            units, failed_units, unit = _gate_units(play, wave, bad, deps)
             limit = play.max_fail_percentage
-            failed_pct = 100.0 * len(bad) / len(wave_targets) if wave_targets else 0.0
+            failed_pct = 100.0 * len(failed_units) / len(units) if units else 0.0
+            of_wave = f"{len(failed_units)} of {len(units)} {unit} of wave {wave.name or '(all)'} failed"
             if limit is not None:
                 stop = failed_pct > limit
-                reason = (f"{len(bad)} of {len(wave_targets)} targets of wave failed "
-                          f"({failed_pct:.0f}% > max_fail_percentage {limit:g}%)")
+                verdict = (f"{of_wave} ({failed_pct:.0f}% {'>' if stop else '<='} "
+                           f"max_fail_percentage {limit:g}%)")
             else:
-                stop = bool(wave_targets) and len(bad) == len(wave_targets)
-                reason = f"all {len(wave_targets)} targets of the wave failed"
+                stop = bool(units) and len(failed_units) == len(units)
+                verdict = f"all {len(units)} {unit} of the wave failed" if stop else ""
             self.emit(WAVE_END, play=pplay.index, wave=wave.name, targets=len(wave_targets),
-                      failed=len(bad), stopped=stop, reason=reason if stop else "")
+                      failed=len(bad), stopped=stop, reason=verdict if stop else "",
+                      gate=verdict, unit=unit, units=len(units), failed_units=len(failed_units))
             if stop:
-                return f"play '{play.name}' stopped after wave {wave.name or '(all)'}: {reason}"
+                return f"play '{play.name}' stopped after wave {wave.name or '(all)'}: {verdict}"
         return None
 
     def _run_step(self, pplay: PlannedPlay, tasks: list[Task], completed: Mapping[str, str],

@@ -88,7 +88,9 @@ class Event:
     - play_start: play (index), name
     - step_start: play, step, module, wave, tasks (count)
     - task_end: outcome (a TaskOutcome)
-    - wave_end: play, wave, targets, failed, stopped (bool), reason
+    - wave_end: play, wave, targets, failed, stopped (bool), reason; gate (the verdict of
+      max_fail_percentage, judged over ``unit``: users or hosts as the play's serial, else
+      targets), units, failed_units
     - run_end: run_id, status ("ok", "failed", "unreachable", "interrupted", "stopped"), exit_code
     """
 

@@ -1,30 +1,44 @@
 """What the user sees: Ansible-like lines and a recap, or JSON-lines events (--json).
 
 Both are engine subscribers. ``HumanOutput`` prints a header per play and
-step, per-task lines at ``-v`` (failures, unreachable hosts and warnings
-always), a progress bar on a terminal for long steps (a one-line step
-summary otherwise), diffs with ``--diff``, and the final RECAP with the
-command to resume. ``JsonOutput`` writes one JSON object per line and
-nothing else. Lines nobody will see are never formatted.
+step with a one-line summary of each step's counts and warnings, the failed
+and unreachable tasks (those an earlier failure blocked grouped in one line
+per cause), every task at ``-v``, diffs with ``--diff``, and the final RECAP:
+hosts and users apart, the targets with problems, the warnings per step and
+kind with a few examples, and the command to resume. ``-q`` keeps only the
+failures, the recap totals and the resume command.
+
+Progress: on a terminal, one bar for the whole run (tasks done and left over
+every step and wave, rate, time left, changed / failed / unreachable so far,
+the wave and step); elsewhere, a plain ``progress:`` line every
+``PROGRESS_INTERVAL`` seconds. ``JsonOutput`` writes one JSON object per line
+and nothing else. Lines nobody will see are never formatted.
 """
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO
+import textwrap
+import time
+from collections import Counter
+from typing import Any, Callable, TextIO
 
 from runner.engine import COUNTERS, RunSummary
 from runner.plan import natural_key
 from runner.events import (PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event,
                            TaskOutcome)
+from runner.warnings_tally import WarningTally, kinds_line
 
-#: A step with at least this many tasks gets a progress bar on a terminal.
-PROGRESS_MIN_TASKS = 10
-#: Beyond this many targets, the recap lists only the targets with problems (unless -v).
-RECAP_MAX_LINES = 200
-#: Warnings shown per task without -v (an import can have hundreds: `runner report` has them all).
+#: Up to this many targets, the recap lists every one of them (beyond: those with problems, unless -v).
+RECAP_ALL_TARGETS = 20
+#: Warnings shown as examples per step and kind in the recap (-v prints every one as it comes).
 WARNINGS_PER_TASK = 3
+#: Seconds between two plain progress lines when the output is not a terminal.
+PROGRESS_INTERVAL = 30.0
+#: Targets named in one grouped "not run" line before "+N more".
+GROUPED_NAMES = 30
 WIDTH = 78
+_PROBLEMS = ("failed", "unreachable", "ignored")
 
 
 def header(kind: str, name: str) -> str:
@@ -33,22 +47,61 @@ def header(kind: str, name: str) -> str:
     return text + "*" * max(3, WIDTH - len(text))
 
 
+def duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s``, ``12s``: a short human duration."""
+    s = int(max(0, seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def _blocked_reason(o: TaskOutcome) -> str | None:
+    """Why a task did not run because of an earlier failure (grouped in one line), else None."""
+    data = o.data if isinstance(o.data, dict) else {}
+    if isinstance(data.get("blocked_by"), dict) or o.message == "host unreachable earlier in this run":
+        return o.message
+    return None
+
+
+def _counters(c: dict[str, int]) -> str:
+    return "  ".join(f"{k}={c.get(k, 0)}" for k in COUNTERS)
+
+
 class HumanOutput:
     """Human-readable output on ``stream`` (stdout by default)."""
 
     def __init__(self, *, verbosity: int = 0, diff: bool = False, stream: TextIO | None = None,
-                 tty: bool | None = None, resume_command: str | None = None) -> None:
+                 tty: bool | None = None, resume_command: str | None = None, quiet: bool = False,
+                 progress_interval: float = PROGRESS_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.verbosity = verbosity
+        self.quiet = quiet and verbosity == 0
         self.diff = diff
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty() if tty is None else tty
         self.resume_command = resume_command
+        self.progress_interval = progress_interval
+        self.clock = clock
         self._progress: Any = None
         self._progress_task: Any = None
         self._step_counts: dict[str, int] | None = None
+        self._step: dict[str, Any] | None = None
+        self._step_announced = 0
+        self._step_seen = 0
+        self._step_warnings: Counter[str] = Counter()
+        self._blocked: dict[str, list[str]] = {}
         self._check = False
-        self._warnings = 0
-        self._warned_targets: set[str] = set()
+        self.warnings = WarningTally(WARNINGS_PER_TASK)
+        self._kinds: dict[str, str] = {}
+        self._counts: dict[tuple[str, str], dict[str, int]] = {}
+        self._run_counts: Counter[str] = Counter()
+        self._total = 0
+        self._done = 0
+        self._ran = 0
+        self._started = 0.0
+        self._last_line = 0.0
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -58,25 +111,81 @@ class HumanOutput:
         else:
             self.stream.write(line + "\n")
 
-    def _start_progress(self, total: int, label: str) -> None:
+    def _say(self, line: str) -> None:
+        """A line of the normal output (not shown with -q)."""
+        if not self.quiet:
+            self._write(line)
+
+    def _start_progress(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         console = Console(file=self.stream, force_terminal=True)
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=console, transient=True)
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            TextColumn("changed={task.fields[changed]} failed={task.fields[failed]} "
+                       "unreachable={task.fields[unreachable]}"),
+            console=console, transient=True)
         self._progress.start()
-        self._progress_task = self._progress.add_task(label, total=total)
+        self._progress_task = self._progress.add_task("run", total=max(1, self._total), rate="",
+                                                      changed=0, failed=0, unreachable=0)
+
+    def _where(self) -> str:
+        if not self._step:
+            return ""
+        wave = self._step.get("wave")
+        return (f"wave {wave}: " if wave is not None else "") + self._step["step"]
+
+    def _rate(self) -> float:
+        elapsed = self.clock() - self._started
+        return self._ran / elapsed if elapsed > 0 else 0.0
+
+    def _advance(self, n: int = 1) -> None:
+        """Count ``n`` more tasks of the plan as done (run, skipped or dropped)."""
+        self._done = min(self._total, self._done + n)
+        c = self._run_counts
+        if self._progress is not None:
+            rate = self._rate()
+            self._progress.update(self._progress_task, completed=self._done,
+                                  description=self._where()[:40], rate=f"{rate:.1f}/s" if rate else "",
+                                  changed=c["changed"], failed=c["failed"], unreachable=c["unreachable"])
+        elif not self.tty and not self.quiet and self.progress_interval >= 0:
+            now = self.clock()
+            if now - self._last_line >= self.progress_interval and self._done < self._total:
+                self._last_line = now
+                self._write(self.progress_line())
+
+    def progress_line(self) -> str:
+        """``progress: 120/538 tasks (22%), 4.1/s, about 1m40s left; changed=...; wave ...``."""
+        rate = self._rate()
+        left = self._total - self._done
+        eta = f", about {duration(left / rate)} left" if rate > 0 and left else ""
+        pct = 100 * self._done // self._total if self._total else 100
+        c = self._run_counts
+        return (f"progress: {self._done}/{self._total} tasks ({pct}%), {rate:.1f}/s{eta}; "
+                f"changed={c['changed']} failed={c['failed']} unreachable={c['unreachable']}; "
+                f"{self._where()}")
 
     def _end_step(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        if self._step is not None:
+            dropped = self._step_announced - self._step_seen  # targets out of the play: never run
+            if dropped > 0:
+                self._advance(dropped)
+            self._step = None
+        for reason, targets in self._blocked.items():
+            names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"
+                                                           if len(targets) > GROUPED_NAMES else "")
+            self._write(f"failed: [{names}] {reason}" + (f" ({len(targets)} targets)" if len(targets) > 1 else ""))
+        self._blocked = {}
         if self._step_counts is not None:
             counts = self._step_counts
             self._step_counts = None
             if self.verbosity == 0 and any(counts.values()):
-                self._write("  " + "  ".join(f"{k}={v}" for k, v in counts.items() if v))
+                self._say("  " + "  ".join(f"{k}={v}" for k, v in counts.items() if v))
+            if self._step_warnings and self.verbosity == 0:
+                self._say(f"  warnings: {kinds_line(dict(self._step_warnings))}")
+            self._step_warnings = Counter()
         self.stream.flush()
 
     # -- events -----------------------------------------------------------------
@@ -88,41 +197,66 @@ class HumanOutput:
         elif kind == STEP_START:
             self._end_step()
             wave = f" (wave {d['wave']})" if d.get("wave") is not None else ""
-            self._write("")
-            self._write(header("STEP", d["step"] + wave))
+            self._say("")
+            self._say(header("STEP", d["step"] + wave))
             self._step_counts = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "unreachable": 0}
-            if self.tty and self.verbosity == 0 and d["tasks"] >= PROGRESS_MIN_TASKS:
-                self._start_progress(d["tasks"], d["step"])
+            self._step, self._step_announced, self._step_seen = d, int(d.get("tasks") or 0), 0
+            self._advance(0)
         elif kind == PLAY_START:
             self._end_step()
-            self._write("")
-            self._write(header("PLAY", d["name"]))
+            self._say("")
+            self._say(header("PLAY", d["name"]))
         elif kind == WAVE_END:
             self._end_step()
-            if d.get("stopped"):
-                self._write(f"WAVE [{d['wave'] or 'all'}] stopped the play: {d['reason']}")
+            self._wave_end(d)
         elif kind == RUN_START:
             self._check = bool(d.get("check"))
+            self._total = int(d.get("tasks") or 0)
+            self._started = self._last_line = self.clock()
             if self._check:  # a check has no run id of its own: it records nothing
-                self._write(f"CHECK MODE (nothing will be changed): {d['tasks']} tasks")
+                self._say(f"CHECK MODE (nothing will be changed): {d['tasks']} tasks")
             else:
                 how = "resuming run" if d.get("resumed") else "run"
-                self._write(f"{how} {d['run_id']}: {d['tasks']} tasks")
+                self._say(f"{how} {d['run_id']}: {d['tasks']} tasks")
+            if self.tty and self.verbosity == 0 and self._total:
+                self._start_progress()
         elif kind == RUN_END:
             self._end_step()
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
             self._recap(d["summary"])
         if kind != TASK_END:
             self.stream.flush()
 
+    def _wave_end(self, d: dict[str, Any]) -> None:
+        name = d.get("wave") or "all"
+        gate = d.get("gate")
+        if d.get("stopped"):
+            self._write(f"WAVE [{name}] stopped the play: {d['reason']}")
+        elif gate:
+            self._say(f"WAVE [{name}] gate: {gate}: the play goes on")
+
     def _task(self, o: TaskOutcome) -> None:
+        self._step_seen += 1
+        self._kinds.setdefault(o.target, o.kind)
+        c = self._counts.setdefault((o.kind, o.target), dict.fromkeys(COUNTERS, 0))
+        c["ignored" if o.ignored else o.status] += 1
+        if o.retried:
+            c["retried"] += 1
+        if not o.resumed:
+            self._ran += 1
+            self._run_counts["failed" if o.ignored else o.status] += 1
         if self._step_counts is not None:
             bucket = "done earlier" if o.resumed else "failed" if o.ignored else o.status
             self._step_counts[bucket] = self._step_counts.get(bucket, 0) + 1
-        if self._progress is not None:
-            self._progress.advance(self._progress_task)
+        self._advance()
         status = o.status
         loud = status in ("failed", "unreachable")
-        if loud or self.verbosity >= 1:
+        blocked = _blocked_reason(o) if loud and self.verbosity == 0 else None
+        if blocked is not None:
+            self._blocked.setdefault(blocked, []).append(o.target)
+        elif loud or self.verbosity >= 1:
             label = "failed (ignored)" if o.ignored else status
             text = f"{label}: [{o.target}]"
             message = "(done in an earlier run)" if o.resumed else o.message
@@ -136,44 +270,82 @@ class HumanOutput:
                     self._write("    " + line)
         if self.diff and o.diff is not None and status == "changed":
             if self.verbosity == 0:
-                self._write(f"changed: [{o.target}] {o.diff.summary}")
+                self._say(f"changed: [{o.target}] {o.diff.summary}")
             for line in o.diff.lines:
-                self._write("    " + line)
+                self._say("    " + line)
         if o.warnings:
-            self._warnings += len(o.warnings)
-            self._warned_targets.add(o.target)
-            shown = o.warnings if self.verbosity >= 1 else o.warnings[:WARNINGS_PER_TASK]
-            for w in shown:
-                self._write(f"warning: [{o.target}] {w}")
-            if len(shown) < len(o.warnings):
-                self._write(f"warning: [{o.target}] ... and {len(o.warnings) - len(shown)} more"
-                            " (-v shows all; `runner report` lists them)")
+            for wkind, n, text in self.warnings.add(o.step, o.target, o.warnings):
+                self._step_warnings[wkind] += n
+                if self.verbosity >= 1:
+                    self._write(f"warning: [{o.target}] {text}")
 
     def _recap(self, summary: RunSummary) -> None:
-        self._write("")
-        self._write(header("RECAP", "check mode" if self._check else summary.run_id))
-        counts = summary.counts
-        names = sorted(counts, key=natural_key)
-        if len(names) > RECAP_MAX_LINES and self.verbosity == 0:
-            shown = [n for n in names if counts[n]["failed"] or counts[n]["unreachable"] or counts[n]["ignored"]]
-        else:
-            shown = names
-        width = max([len(n) for n in shown] + [5])
-        for name in shown:
-            self._write(f"{name:<{width}} : " + "  ".join(f"{k}={counts[name][k]}" for k in COUNTERS))
-        if len(shown) < len(names):
-            self._write(f"({len(names) - len(shown)} more targets without failures; -v lists them)")
-        self._write(f"{'TOTAL':<{width}} : " + "  ".join(f"{k}={summary.totals.get(k, 0)}" for k in COUNTERS))
-        if self._warnings:
-            self._write(f"warnings: {self._warnings} on {len(self._warned_targets)} target(s);"
-                        " `runner report` lists them")
+        self._say("")
+        self._say(header("RECAP", "check mode" if self._check else summary.run_id))
+        counts = self._counts
+        groups = {"hosts": sorted((n for k, n in counts if k == "host"), key=natural_key),
+                  "users": sorted((n for k, n in counts if k == "user"), key=natural_key)}
+        width = max([len(n) for names in groups.values() for n in names] + [12])
+        all_lines = self.verbosity >= 1 or len(counts) <= RECAP_ALL_TARGETS
+        for label, kind in (("hosts", "host"), ("users", "user")):
+            names = groups[label]
+            if not names:
+                continue
+            totals = Counter()
+            for n in names:
+                totals.update(counts[(kind, n)])
+            bad = [n for n in names if any(counts[(kind, n)][k] for k in _PROBLEMS)]
+            self._write(f"{label + ' ' + str(len(names)):<{width}} : {_counters(totals)}")
+            if self.quiet:
+                continue
+            if all_lines:
+                for name in names:
+                    self._write(f"  {name:<{width - 2}} : {_counters(counts[(kind, name)])}")
+                continue
+            for problem in _PROBLEMS:  # names only: each failure was printed as it happened
+                which = [n for n in bad if counts[(kind, n)][problem]]
+                if which:
+                    for line in textwrap.wrap(", ".join(which), WIDTH - 4,
+                                              initial_indent=f"  {problem} ({len(which)}): ",
+                                              subsequent_indent="    ", break_on_hyphens=False):
+                        self._write(line)
+            if len(bad) < len(names):
+                self._write(f"  ({len(names) - len(bad)} without problems; -v lists each)")
+        self._write(f"{'TOTAL':<{width}} : " + _counters(summary.totals))
+        self._recap_warnings()
         if summary.stopped_reason:
             self._write(f"stopped: {summary.stopped_reason}")
         if summary.status == "interrupted":
             self._write("interrupted: tasks in flight finished and were recorded.")
         if summary.status != "ok" and self.resume_command and not self._check:
             self._write(f"to resume: {self.resume_command}")
+        retry = getattr(summary, "retry_file", None)
+        if retry:
+            self._write(f"failed and unreachable targets: {retry} (--limit @{retry} runs them alone)")
         self.stream.flush()
+
+    def _recap_warnings(self) -> None:
+        tally = self.warnings
+        if not tally.total:
+            return
+        self._write(f"warnings: {tally.total} on {len(tally.targets)} target(s); `runner report` lists them")
+        if self.quiet:
+            return
+        for step, kinds in tally.by_step.items():
+            self._write(f"  {step}: " + ", ".join(f"{k} x{t.count} ({len(t.targets)} target(s))"
+                                                  for k, t in sorted(kinds.items(), key=lambda kv: -kv[1].count)))
+            if self.verbosity >= 1:
+                continue  # every one was printed as it came
+            ordered = sorted(kinds.values(), key=lambda t: -t.count)
+            examples: list[tuple[str, str]] = []
+            for rank in range(WARNINGS_PER_TASK):  # the first of each kind, then the second...
+                examples += [t.examples[rank] for t in ordered if rank < len(t.examples)]
+            examples = examples[:WARNINGS_PER_TASK]
+            for target, text in examples:
+                self._write(f"warning: [{target}] {text}")
+            more = sum(t.count for t in ordered) - len(examples)
+            if more > 0:
+                self._write(f"warning: ... and {more} more (-v shows all; `runner report` lists them)")
 
 
 class JsonOutput:

@@ -1,0 +1,163 @@
+"""Quiet, useful live output (issue 11 part 2): warnings counted per step and kind and each
+said once, -q, the whole-run progress on and off a terminal, hosts and users apart in the
+recap, and a faulty lab run that fits in two screens without losing a failure."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import sqlite3
+
+from runner.engine import RunSummary
+from runner.events import PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event, TaskOutcome
+from runner.output import HumanOutput
+from tests.scenario_support import make_scenario
+
+
+def task(target: str, status: str, *, step: str = "Import", kind: str = "user", **kw) -> TaskOutcome:
+    return TaskOutcome(key=f"0/{step}/{kind}:{target}", play_index=0, step=step, module="m", kind=kind,
+                       target=target, status=status, attempts=kw.pop("attempts", 1), **kw)
+
+
+def summary(status: str = "failed", **totals: int) -> RunSummary:
+    return RunSummary(run_id="r1", status=status, exit_code=2 if status != "ok" else 0, totals=totals)
+
+
+def run_events(sink: HumanOutput, steps: list[tuple[str, list[TaskOutcome]]], total: int | None = None,
+               end: RunSummary | None = None, wave: str | None = "wave1") -> None:
+    count = sum(len(ts) for _, ts in steps)
+    sink(Event(RUN_START, {"run_id": "r1", "resumed": False, "check": False, "tasks": total or count}))
+    sink(Event(PLAY_START, {"play": 0, "name": "Move"}))
+    for name, outcomes in steps:
+        sink(Event(STEP_START, {"play": 0, "step": name, "module": "m", "wave": wave, "tasks": len(outcomes)}))
+        for o in outcomes:
+            sink(Event(TASK_END, {"outcome": o}))
+    sink(Event(RUN_END, {"run_id": "r1", "status": "failed", "exit_code": 2, "summary": end or summary()}))
+
+
+def test_an_unmappable_contact_said_by_import_and_verify_counts_once_per_step_and_kind():
+    buf = io.StringIO()
+    imp = task("alice", "changed", step="Import", warnings=[
+        "unmappable contact bob@msn.com: domain msn.com is not in the sip_mapping domains",
+        "unmappable contact erin@: not an IM address of the form user@domain",
+        "display name of sip:c@contoso.com longer than 256 characters: kept its first 256"])
+    ver = task("alice", "ok", step="Verify", warnings=["2 unmappable contact(s) not on LCS: bob@msn.com, erin@"])
+    run_events(HumanOutput(stream=buf, tty=False), [("Import", [imp]), ("Verify", [ver])], end=summary("ok"))
+    text = buf.getvalue()
+    assert "warnings: 3 on 1 target(s)" in text
+    assert "  warnings: unmappable contact x2, name cut x1" in text   # the import step's line
+    assert "Verify:" not in text and "not on LCS" not in text          # nothing new from verify
+    assert "Import: unmappable contact x2 (1 target(s)), name cut x1 (1 target(s))" in text
+
+
+def test_default_output_keeps_few_warning_lines_and_v_prints_each_once():
+    imports = [task(f"u{i}", "changed", warnings=[f"unmappable contact x{i}@aol.com: domain aol.com is not in"
+                                                   f" the sip_mapping domains", f"unmappable contact y{i}@"
+                                                   ": not an IM address of the form user@domain"])
+               for i in range(40)]
+    quiet, loud = io.StringIO(), io.StringIO()
+    run_events(HumanOutput(stream=quiet, tty=False), [("Import", imports)])
+    run_events(HumanOutput(stream=loud, tty=False, verbosity=1), [("Import", imports)])
+    assert sum(1 for line in quiet.getvalue().splitlines() if "warning: [" in line) == 3
+    assert "... and 77 more (-v shows all; `runner report` lists them)" in quiet.getvalue()
+    assert sum(1 for line in loud.getvalue().splitlines() if line.startswith("warning: [")) == 80
+
+
+def test_quiet_prints_only_failures_the_totals_and_the_resume_command():
+    buf = io.StringIO()
+    out = HumanOutput(stream=buf, tty=False, quiet=True, resume_command="runner apply pb.yml")
+    run_events(out, [("Export", [task("pc1", "changed", kind="host"),
+                                 task("pc2", "failed", kind="host", message="access denied"),
+                                 task("alice", "ok", warnings=["unmappable contact b@x.org: domain"])])],
+               end=summary(changed=1, failed=1, ok=1))
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "failed: [pc2] access denied"
+    assert [line.split()[0] for line in lines[1:]] == ["hosts", "users", "TOTAL", "warnings:", "to"]
+    assert lines[-1] == "to resume: runner apply pb.yml"
+    assert not any(line.startswith(("STEP", "PLAY", "RECAP", "run ", "  ")) for line in lines)
+
+
+def test_the_recap_keeps_hosts_and_users_apart_even_with_the_same_name():
+    buf = io.StringIO()
+    run_events(HumanOutput(stream=buf, tty=False),
+               [("Export", [task("pc1", "changed", kind="host"), task("pc1", "failed", message="no")])])
+    text = buf.getvalue()
+    assert re.search(r"^hosts 1 +: ok=0  changed=1  failed=0", text, re.M)
+    assert re.search(r"^users 1 +: ok=0  changed=0  failed=1", text, re.M)
+
+
+def test_tasks_an_earlier_failure_blocked_are_one_line_per_cause_naming_every_target():
+    blocked = {"blocked_by": {"target": "host:pc9", "step": "Upgrade", "status": "failed"}}
+    outcomes = [task(f"u{i}", "failed", message="not run: client pc9 failed 'Upgrade'", data=blocked)
+                for i in range(5)] + [task("z", "failed", message="LCS refused")]
+    buf = io.StringIO()
+    run_events(HumanOutput(stream=buf, tty=False), [("Enable", outcomes)])
+    lines = buf.getvalue().splitlines()
+    assert "failed: [u0, u1, u2, u3, u4] not run: client pc9 failed 'Upgrade' (5 targets)" in lines
+    assert "failed: [z] LCS refused" in lines
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_without_a_terminal_a_plain_progress_line_comes_at_intervals():
+    clock, buf = Clock(), io.StringIO()
+    out = HumanOutput(stream=buf, tty=False, progress_interval=30, clock=clock)
+    out(Event(RUN_START, {"run_id": "r1", "resumed": False, "check": False, "tasks": 100}))
+    out(Event(STEP_START, {"play": 0, "step": "Import contacts", "module": "m", "wave": "wave2", "tasks": 50}))
+    for i in range(50):
+        clock.now += 1.0   # one task a second: 50 s for the step
+        out(Event(TASK_END, {"outcome": task(f"u{i}", "failed" if i == 3 else "changed")}))
+    lines = [line for line in buf.getvalue().splitlines() if line.startswith("progress:")]
+    assert lines == ["progress: 30/100 tasks (30%), 1.0/s, about 1m10s left; changed=29 failed=1 "
+                     "unreachable=0; wave wave2: Import contacts"]
+
+
+def test_on_a_terminal_the_bar_covers_the_whole_run_and_counts_dropped_tasks():
+    buf = io.StringIO()
+    out = HumanOutput(stream=buf, tty=True)
+    out(Event(RUN_START, {"run_id": "r1", "resumed": False, "check": False, "tasks": 30}))
+    out(Event(STEP_START, {"play": 0, "step": "Export", "module": "m", "wave": "wave1", "tasks": 10}))
+    for i in range(10):
+        out(Event(TASK_END, {"outcome": task(f"u{i}", "unreachable" if i == 0 else "changed")}))
+    out(Event(STEP_START, {"play": 0, "step": "Import", "module": "m", "wave": "wave1", "tasks": 10}))
+    bar = out._progress.tasks[0]
+    assert (bar.total, bar.completed) == (30, 10)
+    assert bar.fields["changed"] == 9 and bar.fields["unreachable"] == 1
+    assert "wave wave1: Import" in bar.description
+    for i in range(1, 10):   # u0 dropped out of the play: 9 tasks come
+        out(Event(TASK_END, {"outcome": task(f"u{i}", "changed")}))
+    out(Event(WAVE_END, {"play": 0, "wave": "wave1", "stopped": False, "gate": ""}))
+    assert bar.completed == 20
+    out(Event(RUN_END, {"run_id": "r1", "status": "ok", "exit_code": 0, "summary": summary("ok")}))
+    assert out._progress is None and "RECAP" in buf.getvalue()
+
+
+def test_a_faulty_lab_night_fits_in_two_screens_and_names_every_failure(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNNER_RETRY_DELAY_SCALE", "0")
+    sc = make_scenario(tmp_path, "gradual.yml", seed=5, clients=16)
+    assert sc.runner("lab", "faults", "--dir", str(sc.lab_dir), "drop=0.12", "--seed", "4").code == 0
+    assert sc.runner("lab", "faults", "--dir", str(sc.lab_dir), "down=1", "--host", "pc0003").code == 0
+    res = sc.runner("apply", str(sc.playbook_path), "-i", str(sc.inventory), "--state", str(sc.state))
+    assert res.code in (2, 3), res.out[-3000:]
+    lines = res.out.splitlines()
+    assert len(lines) < 120, res.out
+    db = sqlite3.connect(sc.state / "state.db")
+    bad = db.execute("SELECT step, target, wave FROM tasks WHERE status IN ('failed', 'unreachable')").fetchall()
+    db.close()
+    assert len(bad) >= 5, bad
+    named: set[tuple[str, str]] = set()
+    step = None
+    for line in lines:
+        m = re.match(r"STEP \[(.*?)(?: \(wave (.*)\))?\] \*", line)
+        if m:
+            step = (m.group(1), m.group(2))
+        m = re.match(r"(?:failed|unreachable): \[([^\]]+)\]", line)
+        if m:
+            named.update((step, t.strip()) for t in m.group(1).split(","))
+    assert {((s, w), t) for s, t, w in bad} <= named
