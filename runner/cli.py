@@ -152,6 +152,10 @@ def status(state_dir: str, as_json: bool) -> int:
     from runner.status import collect_status, render_status
 
     info = collect_status(Path(state_dir))
+    if not info["store"]:  # a typo in --state must not look like a store with nothing to do
+        raise RunnerError(f"no state store in {state_dir} (no {state_dir}/state.db): nothing was ever applied "
+                          f"with --state {state_dir}; give the directory `runner apply --state` used "
+                          f"(default {DEFAULT_STATE})")
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
     else:

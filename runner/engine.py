@@ -224,6 +224,7 @@ class Engine:
         self._state_dir = str(store.directory.resolve())
         self._stop = threading.Event()
         self._facts: dict[str, Mapping[str, Any]] = {}
+        self._gathered: dict[str, float] = {}
         self._counts: dict[str, dict[str, int]] = {}
         self._failed_any = False
         self._unreachable_any = False
@@ -483,18 +484,50 @@ class Engine:
                 self.pool.mark_unreachable(host, outcome.message)
         elif outcome.status == "failed" and not outcome.ignored:
             self._failed_any = True
-        if (task.kind == "host" and outcome.status in ("ok", "changed")
-                and isinstance(outcome.data.get("facts"), Mapping)):
-            facts = dict(outcome.data["facts"])
-            self._facts[task.target_name] = facts
-            if not self.options.check:
-                self.store.set_facts(task.target_name, facts, self.run_id)
+        if task.kind == "host" and outcome.status in ("ok", "changed"):
+            facts = self._new_facts(task, outcome)
+            if facts is not None:
+                self._facts[task.target_name] = facts
+                if not self.options.check:
+                    self.store.set_facts(task.target_name, facts, self.run_id)
         c = self._counts.setdefault(outcome.target, dict.fromkeys(COUNTERS, 0))
         c["ignored" if outcome.ignored else outcome.status] += 1
         if outcome.retried:
             c["retried"] += 1
         self.emit(TASK_END, outcome=outcome)
         return outcome
+
+    def _new_facts(self, task: Task, outcome: TaskOutcome) -> dict[str, Any] | None:
+        """The host's facts after ``outcome``: all of them from a step that gathers them
+        (``data.facts``), or the known ones with what a changing step
+        says it changed merged in (``data.facts_update``, e.g. the Messenger version after
+        an upgrade; stamped per key in ``updated``, and the gathering time kept in ``gathered``), so `runner status` does not show the
+        night's starting point as the estate's state. None when the step says nothing."""
+        data = outcome.data if isinstance(outcome.data, Mapping) else {}
+        if isinstance(data.get("facts"), Mapping):
+            self._gathered[task.target_name] = outcome.ended or time.time()
+            return dict(data["facts"])
+        update = data.get("facts_update")
+        if not isinstance(update, Mapping) or not update:
+            return None
+        known = self._facts.get(task.target_name)
+        gathered = self._gathered.get(task.target_name)
+        if known is None:
+            try:
+                known = self.store.facts(task.target_name)
+                gathered = self.store.facts_times().get(task.target_name)
+            except Exception:  # a damaged row: the update stands alone (status names the row)
+                known = None
+        facts = dict(known or {})
+        if "updated" not in facts and gathered:
+            facts["gathered"] = gathered  # the row's own time is the update's from now on
+        stamps = dict(facts.get("updated") or {}) if isinstance(facts.get("updated"), Mapping) else {}
+        for key, value in update.items():
+            old = facts.get(key)
+            facts[key] = {**old, **value} if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+            stamps[key] = {"step": task.step.name, "at": outcome.ended or time.time()}
+        facts["updated"] = stamps
+        return facts
 
     def _summary(self, stopped: str | None) -> RunSummary:
         totals = dict.fromkeys(COUNTERS, 0)

@@ -216,6 +216,30 @@ def _create_store(path: Path) -> None:
         os.close(dir_fd)
 
 
+def lock_holder(directory: Path) -> dict[str, Any] | None:
+    """Who holds the state directory's lock now ({pid, host, started}), or None when no live
+    process does: a run recorded as running without a holder was killed (`runner status`).
+    Never takes the lock for long: a shared flock tried and let go at once."""
+    path = Path(directory) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "null")
+        except ValueError:
+            holder = None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # held: a run is in progress
+            return holder if isinstance(holder, dict) else {"pid": None}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
 
@@ -778,6 +802,10 @@ class StateStore:
             if isinstance(found, dict):
                 out[r["host"]] = found
         return out
+
+    def facts_times(self) -> dict[str, float]:
+        """Host -> when its facts row was last written."""
+        return {r["host"]: r["updated"] for r in self._read("SELECT host, updated FROM facts")}
 
     def facts_summary(self) -> dict[str, Any]:
         """How many hosts have facts, and when they were last updated."""

@@ -5,6 +5,18 @@ finished and what is left per step, the command that resumes an unfinished
 run, and a summary of the client facts gathered by inventory_clients for
 planning a night: hosts by OS and Messenger version (how many below 5.1),
 unfit clients, and who has the largest contact lists.
+
+Honest about what it cannot see in the store alone:
+
+- what remains of the playbook after a ``--limit`` night: the run's playbook
+  and inventory are planned again without ``--limit`` (nothing connects) and
+  every task not done yet is counted per play and wave (``remaining``);
+- a run recorded as ``running`` whose process is gone (killed: no live holder
+  of the state directory's lock) is shown as ``interrupted``;
+- every failed or unreachable target of the newest runs, grouped by the
+  target that caused it with how many others it holds up
+  (``exim01: connection closed (572 users)``);
+- when the facts were gathered, and which steps updated them since.
 """
 from __future__ import annotations
 
@@ -14,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.lcs.contacts import DEFAULT_MAX_CONTACTS
-from runner.state import DB_NAME, StateStore, refuse_lost_store
+from runner.state import DB_NAME, DONE_STATUSES, StateStore, lock_holder, refuse_lost_store
+from runner.plan import natural_key
 from runner.steps._clients import version_tuple
 
 MAX_RUNS = 20
@@ -28,11 +41,12 @@ def _when(ts: float | None) -> str | None:
 
 
 def collect_status(state_dir: Path) -> dict[str, Any]:
-    """A JSON-serialisable summary of the store in ``state_dir`` (empty when there is none)."""
+    """A JSON-serialisable summary of the store in ``state_dir`` (``store: false`` when there is none)."""
     refuse_lost_store(state_dir)
     if not (state_dir / DB_NAME).exists():
-        return {"state": str(state_dir), "estate": None, "runs": [],
-                "facts": summarise_facts({}) | {"last_updated": None}, "damaged": []}
+        return {"state": str(state_dir), "store": False, "estate": None, "runs": [],
+                "facts": summarise_facts({}) | {"last_updated": None, "gathered": None, "updated_by": {}},
+                "damaged": []}
     store = StateStore(state_dir, create=False)
     try:
         runs = store.runs()
@@ -42,28 +56,149 @@ def collect_status(state_dir: Path) -> dict[str, Any]:
             if r.identity not in seen:
                 seen.add(r.identity)
                 latest_ids.add(r.id)
+        holder = lock_holder(state_dir)
         out_runs = []
+        damaged: list[str] = []
         for r in runs[:MAX_RUNS]:
+            status = r.status
+            if status == "running" and holder is None:
+                status = "interrupted"  # recorded as running, yet no process holds the lock: killed
             entry: dict[str, Any] = {
-                "id": r.id, "status": r.status, "playbook": r.playbook, "inventory": r.inventory,
-                "started": _when(r.started), "ended": _when(r.ended), "sessions": r.sessions,
-                "latest": r.id in latest_ids,
+                "id": r.id, "status": status, "recorded_status": r.status, "playbook": r.playbook,
+                "inventory": r.inventory, "started": _when(r.started), "ended": _when(r.ended),
+                "sessions": r.sessions, "latest": r.id in latest_ids,
             }
+            if status == "running" and holder:
+                entry["holder"] = holder
             if r.id in latest_ids:
                 steps = store.step_summary(r.id)
+                rows = store.task_rows(r.id)
+                damaged += [t["damaged"] for t in rows if t.get("damaged")]
                 entry["steps"] = steps
                 entry["left"] = sum(s["left"] for s in steps)
-                if r.status != "ok" or entry["left"]:
+                entry["remaining"] = remaining_of_playbook(r.playbook, r.inventory, rows)
+                entry["problems"] = group_problems(rows)
+                more = (entry["remaining"] or {}).get("tasks") or 0
+                if status != "ok" or entry["left"] or more:
                     entry["resume_command"] = r.command
+                if status == "ok" and (entry["left"] or more):
+                    entry["status"] = "partial"  # this night's selection is done, the playbook is not
+                    entry["next_command"] = next_command(r.command, entry["remaining"])
             out_runs.append(entry)
-        damaged: list[str] = []
         facts = summarise_facts(_gathered_facts(store, latest_ids, damaged))
         facts["last_updated"] = _when(store.facts_summary()["last_updated"])
+        facts.update(_fact_times(store.all_facts([]), store.facts_times()))
         bound = store.estate()
-        return {"state": str(state_dir), "estate": bound[1].describe() if bound else None,
+        return {"state": str(state_dir), "store": True, "estate": bound[1].describe() if bound else None,
                 "runs": out_runs, "facts": facts, "damaged": damaged}
     finally:
         store.close()
+
+
+def remaining_of_playbook(playbook: str, inventory: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the whole playbook (no ``--limit``, no tags) still has to do, per play and wave:
+    its plan against the inventory minus the tasks done in this run. None when the files
+    cannot be planned any more (moved, edited into an error): ``note`` says why."""
+    from runner.errors import RunnerError
+    from runner.loader import load_inventory, load_playbook
+    from runner.plan import build_plan
+
+    try:
+        plan = build_plan(load_playbook(playbook), load_inventory(inventory))
+    except (RunnerError, OSError) as exc:
+        return {"tasks": None, "plays": [], "note": f"cannot plan {playbook} again: {str(exc).splitlines()[0]}"}
+    done = {t["key"] for t in rows if t["status"] in DONE_STATUSES}
+    plays = []
+    total = 0
+    for pp in plan.plays:
+        waves: dict[str, int] = {}
+        for wave in pp.waves:
+            left = sum(1 for t in wave.tasks if t.key not in done)
+            if left:
+                waves[wave.name or "all"] = left
+        n = sum(waves.values())
+        total += n
+        if n:
+            plays.append({"play": pp.index, "name": pp.play.name, "tasks": n, "waves": waves})
+    return {"tasks": total, "plays": plays}
+
+
+def next_command(command: str | None, remaining: dict[str, Any] | None) -> str | None:
+    """The command that goes on with the playbook after a ``--limit`` night: the next wave
+    left (``--limit wave:NAME``) when the run was limited to one, else the command itself."""
+    import shlex
+
+    if not command:
+        return None
+    argv = shlex.split(command)
+    out, skip, limited = [], False, False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--limit", "-l"):
+            skip = limited = True
+            continue
+        if a.startswith("--limit="):
+            limited = True
+            continue
+        out.append(a)
+    waves = [w for p in (remaining or {}).get("plays") or [] for w in p["waves"] if w != "all"]
+    if limited and waves:
+        out += ["--limit", f"wave:{waves[0]}"]
+    return shlex.join(out)
+
+
+def group_problems(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every failed or unreachable target, grouped by the target that caused it (a task an
+    earlier failure blocked, or a user whose client was down, goes under that client): one
+    entry per cause with its reason and the users and hosts it holds up."""
+    causes: dict[str, dict[str, Any]] = {}
+    for t in rows:
+        if t["status"] not in ("failed", "unreachable"):
+            continue
+        data = ((t.get("result") or {}).get("data") or {}) if isinstance(t.get("result"), dict) else {}
+        blocker = data.get("blocked_by") if isinstance(data.get("blocked_by"), dict) else None
+        own = f"{t['kind'] or 'host'}:{t['target']}"
+        if blocker and isinstance(blocker.get("target"), str):
+            root = blocker["target"]
+        elif t["status"] == "unreachable" and isinstance(data.get("host"), str) and data["host"] != t["target"]:
+            root = f"host:{data['host']}"
+        else:
+            root = own
+        c = causes.setdefault(root, {"target": root.split(":", 1)[1], "kind": root.split(":", 1)[0],
+                                     "status": None, "step": None, "reason": None, "users": set(), "hosts": set()})
+        if root == own and c["reason"] is None:
+            c.update(status=t["status"], step=t["step"], reason=t["message"])
+        elif root != own:
+            (c["users"] if t["kind"] == "user" else c["hosts"]).add(t["target"])
+            if c["reason"] is None and blocker:
+                c.update(status=blocker.get("status"), step=blocker.get("step"), reason=blocker.get("message"))
+    out = []
+    for c in causes.values():
+        c["users"], c["hosts"] = sorted(c["users"], key=natural_key), sorted(c["hosts"], key=natural_key)
+        out.append(c)
+    return sorted(out, key=lambda c: (-(len(c["users"]) + len(c["hosts"])), natural_key(c["target"])))
+
+
+def _fact_times(hosts: dict[str, dict[str, Any]], written: dict[str, float]) -> dict[str, Any]:
+    """When the facts were gathered (oldest and newest inventory_clients: the row's time, or
+    ``gathered`` once a step updated the row) and which steps updated which facts since."""
+    gathered = [f["gathered"] if isinstance(f.get("gathered"), (int, float)) else written[h]
+                for h, f in hosts.items() if h in written]
+    updated: dict[str, dict[str, Any]] = {}
+    for host, f in hosts.items():
+        for key, stamp in (f.get("updated") or {}).items() if isinstance(f.get("updated"), dict) else ():
+            if not isinstance(stamp, dict):
+                continue
+            u = updated.setdefault(str(stamp.get("step")), {"facts": set(), "hosts": set(), "last": 0.0})
+            u["facts"].add(key)
+            u["hosts"].add(host)
+            u["last"] = max(u["last"], float(stamp.get("at") or 0))
+    return {"gathered": {"first": _when(min(gathered)), "last": _when(max(gathered)), "hosts": len(gathered)}
+            if gathered else None,
+            "updated_by": {k: {"facts": sorted(v["facts"]), "hosts": len(v["hosts"]), "last": _when(v["last"])}
+                           for k, v in sorted(updated.items())}}
 
 
 def _gathered_facts(store: StateStore, latest_ids: set[str],
@@ -104,7 +239,8 @@ def summarise_facts(hosts: dict[str, dict[str, Any]]) -> dict[str, Any]:
             problems.append("Messenger missing")
         else:
             version = m.get("version") or "unknown version"
-            by_messenger[f"{m.get('product') or 'Messenger'} {version}"] += 1
+            product = m.get("product") or "Messenger"
+            by_messenger[product if product.endswith(" " + version) else f"{product} {version}"] += 1
             if version_tuple(m.get("version")) < TARGET_MESSENGER:
                 below += 1
         for alias, u in sorted((f.get("users") or {}).items()):
@@ -128,6 +264,12 @@ def render_facts(f: dict[str, Any]) -> list[str]:
     lines = [f"facts: {f['hosts']} host(s)" + (f", last updated {f['last_updated']}" if f.get("last_updated") else "")]
     if not f["hosts"]:
         return lines
+    g = f.get("gathered")
+    if g:
+        lines.append(f"  gathered: {g['hosts']} host(s), {g['first']}" + (f" to {g['last']}" if g["last"] != g["first"] else ""))
+    for step, u in (f.get("updated_by") or {}).items():
+        lines.append(f"  updated since by '{step}': {', '.join(u['facts'])} on {u['hosts']} host(s), "
+                     f"last {u['last']}")
     lines.append("  OS: " + ", ".join(f"{k} x{n}" for k, n in f["os"].items()))
     lines.append("  Messenger: " + ", ".join(f"{k} x{n}" for k, n in f["messenger"].items())
                  + f"; below 5.1: {f['below_5_1']}" + (f", missing: {f['messenger_missing']}"
@@ -144,13 +286,28 @@ def render_facts(f: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _problem_line(c: dict[str, Any]) -> str:
+    held = [f"{len(c[k])} {k}" for k in ("users", "hosts") if c[k]]
+    where = f" at '{c['step']}'" if c.get("step") else ""
+    return (f"{c['target']}: {c.get('reason') or c.get('status') or 'failed'}{where}"
+            + (f" ({', '.join(held)})" if held else ""))
+
+
 def render_status(info: dict[str, Any]) -> str:
     """The summary as text for a person."""
+    if not info.get("store", True):
+        return f"no state store in {info['state']}"
     if not info["runs"]:
         return f"no runs recorded in {info['state']}"
     lines: list[str] = [f"estate: {info['estate']}"] if info.get("estate") else []
     for r in info["runs"]:
-        lines.append(f"run {r['id']}: {r['status']} (started {r['started']}, "
+        status = r["status"]
+        if status == "interrupted" and r.get("recorded_status") == "running":
+            status = "interrupted (recorded as running, but no process holds the lock: it was killed)"
+        elif status == "running" and r.get("holder"):
+            h = r["holder"]
+            status = f"running (pid {h.get('pid')} on {h.get('host')})"
+        lines.append(f"run {r['id']}: {status} (started {r['started']}, "
                      f"{'ended ' + r['ended'] if r['ended'] else 'not ended'}, sessions {r['sessions']})")
         lines.append(f"  playbook {r['playbook']}")
         lines.append(f"  inventory {r['inventory']}")
@@ -158,7 +315,23 @@ def render_status(info: dict[str, Any]) -> str:
             counts = "  ".join(f"{k}={v}" for k, v in sorted(s["counts"].items()))
             left = f"  -> {s['left']} left" if s["left"] else ""
             lines.append(f"    [{s['play']}] {s['step']}: {counts}{left}")
-        if r.get("resume_command"):
+        rem = r.get("remaining")
+        if rem and rem.get("note"):
+            lines.append(f"  remaining: unknown ({rem['note']})")
+        elif rem and rem.get("tasks"):
+            lines.append(f"  remaining of the playbook: {rem['tasks']} task(s)")
+            for p in rem["plays"]:
+                waves = ", ".join(f"{w} {n}" for w, n in p["waves"].items())
+                lines.append(f"    [{p['play']}] {p['name']}: {waves}")
+        elif rem is not None:
+            lines.append("  remaining of the playbook: nothing")
+        problems = r.get("problems") or []
+        if problems:
+            lines.append(f"  failed or unreachable: {len(problems)} cause(s)")
+            lines += [f"    {c['status'] or 'failed'}: {_problem_line(c)}" for c in problems]
+        if r.get("next_command"):
+            lines.append(f"  next: {r['next_command']}   (without --limit: everything left)")
+        elif r.get("resume_command"):
             lines.append(f"  to resume: {r['resume_command']}")
     lines += render_facts(info["facts"])
     return "\n".join(lines)

@@ -56,4 +56,4 @@ def test_messenger_missing_is_unfit_and_not_counted_below_5_1() -> None:
 def test_empty_state_has_an_empty_facts_summary(tmp_path: Path) -> None:
     info = collect_status(tmp_path)
     assert info["facts"]["hosts"] == 0 and info["facts"]["unfit"] == []
-    assert render_status(info).startswith("no runs recorded")
+    assert info["store"] is False and render_status(info).startswith("no state store in")

@@ -93,6 +93,12 @@ class UpgradeMessenger(StepModule):
         if outcome.outcome is msiexec.MsiOutcome.TRANSIENT:
             raise TransientFault(f"msiexec {result.rc}: {outcome.message}", host=target.name, data=data)
         if outcome.succeeded:
+            # what the host's facts (inventory_clients) say from now on: runner status shows it
+            want = str(ctx.args.get("version") or TARGET_VERSION)
+            data["facts_update"] = {"messenger": {"installed": True, "product": f"Windows Messenger {want}",
+                                                  "version": want,
+                                                  "product_code": None},
+                                    "reboot_pending": outcome.reboot_required}
             msg = f"installed {diff.data['package']}" + (" (reboot required)" if outcome.reboot_required else "")
             return StepResult("changed", msg, data=data,
                               warnings=[f"{target.name}: reboot required"] if outcome.reboot_required else [])
