@@ -19,6 +19,8 @@ from runner.connections.registry import ConnectionOptions
 from runner.engine import Engine, EngineOptions, retry_delay_scale
 from runner.errors import EXIT_INTERRUPTED, PermanentFault, RunnerError
 from runner.estate import Estate, estate_of, subjects
+from runner.events import RUN_END, Event
+from runner.extravars import with_extra_vars
 from runner.lab.store import lab_identity
 from runner.loader import LabNotGenerated, load_inventory, load_playbook
 from runner.model import Inventory
@@ -48,6 +50,10 @@ class ApplyRequest:
     accept_new_host_keys: bool = False
     resume_command: str = ""
     default_delay: float = 1.0
+    extra_vars: dict[str, Any] = field(default_factory=dict)
+    list_hosts: bool = False
+    list_tasks: bool = False
+    list_tags: bool = False
 
 
 class _Interrupts:
@@ -116,12 +122,38 @@ def bind_estate(store: StateStore, inventory: Inventory, *, record: bool) -> Est
     return estate
 
 
+class RetryFile:
+    """Ansible's retry file: after a run with failed or unreachable targets, their names one a
+    line in ``<state>/<playbook>.retry``, for ``--limit @FILE`` (a run without any removes
+    it, so an old list is never taken for tonight's). Sets the summary's ``retry_file``
+    before the output prints the recap."""
+
+    def __init__(self, state_dir: Path, playbook: str) -> None:
+        self.path = state_dir / f"{Path(playbook).stem}.retry"
+
+    def __call__(self, event: Event) -> None:
+        if event.kind != RUN_END:
+            return
+        summary = event.data["summary"]
+        names = sorted({n for n, c in summary.counts.items() if c.get("failed") or c.get("unreachable")})
+        try:
+            if not names:
+                self.path.unlink(missing_ok=True)
+                return
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            tmp.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:  # the run is recorded either way; the recap simply names no file
+            return
+        summary.retry_file = str(self.path)
+
+
 def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run (or check) a playbook against an inventory; return the exit code."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     retry_delay_scale()  # a bad RUNNER_RETRY_DELAY_SCALE is a bad option before anything starts
-    playbook = load_playbook(req.playbook)
+    playbook = with_extra_vars(load_playbook(req.playbook), req.extra_vars)
     try:
         inventory = load_inventory(req.inventory)
     except LabNotGenerated:  # the built-in lab is made on first use, by apply (loading never writes)
@@ -130,6 +162,14 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
         inventory = load_inventory(req.inventory)
     plan = build_plan(playbook, inventory, limit=req.limit, tags=req.tags or None,
                       skip_tags=req.skip_tags or None, start_at_step=req.start_at_step)
+    if req.list_hosts or req.list_tasks or req.list_tags:  # from the plan alone: nothing connects
+        from runner import listing
+        for wanted, lister in ((req.list_hosts, listing.list_hosts), (req.list_tasks, listing.list_tasks),
+                               (req.list_tags, listing.list_tags)):
+            if wanted:
+                out.write("\n".join(lister(plan)) + "\n")
+        out.flush()
+        return 0
     check_labs(inventory, {t.target_name for t in plan.tasks() if t.kind == "host"}
                | {c for t in plan.tasks() if t.kind == "user" for c in getattr(t.target, "clients", ())})
     store = StateStore(Path(req.state_dir))
@@ -152,7 +192,10 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
         options = EngineOptions(forks=req.forks, check=req.check, diff=req.diff,
                                 default_delay=req.default_delay,
                                 connection=ConnectionOptions(accept_new_host_keys=req.accept_new_host_keys))
-        engine = Engine(inventory, store, run_id, options, [output], resumed=resumed)
+        subscribers: list[Any] = [output]
+        if not req.check:
+            subscribers.insert(0, RetryFile(Path(req.state_dir), req.playbook))
+        engine = Engine(inventory, store, run_id, options, subscribers, resumed=resumed)
         with _Interrupts(engine, err):
             summary = engine.run(plan)
             if not req.check:

@@ -19,6 +19,8 @@ from typing import Any
 
 import click
 
+from runner import __version__
+
 from runner.errors import (EXIT_BAD_OPTIONS, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK,
                            EXIT_UNEXPECTED, InputError, InputErrors, RunnerError)
 
@@ -50,6 +52,7 @@ def _default_inventory(inventory: str | None) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="runner", message="%(prog)s %(version)s")
 def cli() -> None:
     """Migrate Exchange 2000 Instant Messaging to Live Communications Server 2005, declaratively.
 
@@ -66,7 +69,8 @@ def cli() -> None:
 @click.option("-i", "--inventory", help=f"Inventory file (default: {DEFAULT_INVENTORY}).")
 @click.option("--check", is_flag=True, help="Probe only: report what would change, change nothing.")
 @click.option("--diff", is_flag=True, help="Show what each task changes (or would change with --check).")
-@click.option("--limit", "-l", help="Only these hosts, groups, users or waves (wave:NAME); comma separated.")
+@click.option("--limit", "-l", help="Only these hosts, groups, users or waves (wave:NAME), comma separated; "
+                                    "@FILE: one a line.")
 @click.option("--tags", "-t", multiple=True, help="Only steps with these tags (comma separated).")
 @click.option("--skip-tags", multiple=True, help="Skip steps with these tags.")
 @click.option("--start-at-step", help="Start at the step with this name.")
@@ -81,16 +85,30 @@ def cli() -> None:
               help="Only the failures, the recap totals and the command to resume.")
 @click.option("--accept-new-host-keys", is_flag=True,
               help="Trust SSH host keys seen for the first time (and add them to known_hosts).")
+@click.option("-e", "--extra-vars", "extra_vars", multiple=True, metavar="VARS",
+              help="Variables above all others: key=value (several, space separated), a JSON object, "
+                   "or @FILE.yml.")
+@click.option("--list-hosts", is_flag=True, help="List the hosts and users per play and wave, run nothing.")
+@click.option("--list-tasks", is_flag=True, help="List the steps per play and wave with tags and task counts, "
+                                                  "run nothing.")
+@click.option("--list-tags", is_flag=True, help="List the tags of the selected steps, run nothing.")
 def apply(playbook: str, inventory: str | None, check: bool, diff: bool, limit: str | None,
           tags: tuple[str, ...], skip_tags: tuple[str, ...], start_at_step: str | None, forks: int,
           state_dir: str, fresh: bool, as_json: bool, verbose: int, quiet: bool,
-          accept_new_host_keys: bool) -> int:
-    """Run PLAYBOOK against the inventory, resuming the last run of the same pair."""
+          accept_new_host_keys: bool, extra_vars: tuple[str, ...], list_hosts: bool, list_tasks: bool,
+          list_tags: bool) -> int:
+    """Run PLAYBOOK against the inventory, resuming the last run of the same pair.
+
+    --limit takes host, group and user names and wave:NAME, comma separated, or @FILE with
+    one a line (after a run with failures, STATE/PLAYBOOK.retry lists them).
+    """
     from runner.apply import ApplyRequest, apply as run_apply
+    from runner.extravars import expand_limit, parse_extra_vars
 
     argv = _ARGV or sys.argv[1:]
     req = ApplyRequest(playbook=playbook, inventory=_default_inventory(inventory), check=check, diff=diff,
-                       limit=limit, tags=_split_tags(tags), skip_tags=_split_tags(skip_tags, "--skip-tags"),
+                       limit=expand_limit(limit), extra_vars=parse_extra_vars(extra_vars),
+                       list_hosts=list_hosts, list_tasks=list_tasks, list_tags=list_tags, tags=_split_tags(tags), skip_tags=_split_tags(skip_tags, "--skip-tags"),
                        start_at_step=start_at_step, forks=forks, state_dir=state_dir, fresh=fresh,
                        json=as_json, verbosity=verbose, quiet=quiet, accept_new_host_keys=accept_new_host_keys,
                        resume_command=resume_command(list(argv)))

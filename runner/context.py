@@ -2,8 +2,8 @@
 
 Variables, lowest precedence first: inventory ``all.vars``, the host's merged
 group + host vars (host tasks), play vars, the user's own ``vars`` (user
-tasks), then ``host``/``user`` (dicts of the target's fields) and
-``inventory_hostname``. Step arguments are templated with those variables
+tasks), the command line's ``-e`` extra vars, then ``host``/``user`` (dicts of
+the target's fields) and ``inventory_hostname``. Step arguments are templated with those variables
 (runner.templating, sandboxed and strict) before the step sees them.
 """
 from __future__ import annotations
@@ -39,11 +39,13 @@ def task_variables(inventory: Inventory, play: Play, task: Task) -> dict[str, An
     if isinstance(target, Host):
         variables.update(target.vars)
         variables.update(play.vars)
+        variables.update(play.extra_vars)
         variables["host"] = _as_dict(target)
         variables["inventory_hostname"] = target.name
     else:
         variables.update(play.vars)
         variables.update(target.vars)
+        variables.update(play.extra_vars)
         variables["user"] = _as_dict(target)
     if task.wave is not None:
         variables.setdefault("wave", task.wave)

@@ -105,11 +105,15 @@ class RunSummary:
     interrupted: bool = False
     stopped_reason: str | None = None
     tasks_run: int = 0
+    retry_file: str | None = None  # set by runner apply: the failed and unreachable targets
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "status": self.status, "exit_code": self.exit_code,
-                "totals": self.totals, "counts": self.counts, "interrupted": self.interrupted,
-                "stopped_reason": self.stopped_reason}
+        out = {"run_id": self.run_id, "status": self.status, "exit_code": self.exit_code,
+               "totals": self.totals, "counts": self.counts, "interrupted": self.interrupted,
+               "stopped_reason": self.stopped_reason}
+        if self.retry_file:
+            out["retry_file"] = self.retry_file
+        return out
 
 
 def _steps_of(wave: Wave) -> list[list[Task]]:

@@ -137,6 +137,7 @@ class Play:
     max_fail_percentage: float | None = None
     steps: tuple[Step, ...] = ()
     line: int | None = None
+    extra_vars: Mapping[str, Any] = field(default_factory=dict)  # -e: above every other variable
 
 
 @dataclass(frozen=True)

@@ -307,7 +307,8 @@ class HumanOutput:
                 if which:
                     for line in textwrap.wrap(", ".join(which), WIDTH - 4,
                                               initial_indent=f"  {problem} ({len(which)}): ",
-                                              subsequent_indent="    ", break_on_hyphens=False):
+                                              subsequent_indent="    ", break_on_hyphens=False,
+                                              break_long_words=False):
                         self._write(line)
             if len(bad) < len(names):
                 self._write(f"  ({len(names) - len(bad)} without problems; -v lists each)")
