@@ -42,6 +42,12 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["runner", *[a for a in argv if a != "--fresh"]])
 
 
+def _complete_files(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of a file name (the shell lists the files: bash, zsh and fish)."""
+    from click.shell_completion import CompletionItem
+    return [CompletionItem(incomplete, type="file")]
+
+
 def _default_inventory(inventory: str | None) -> str:
     if inventory:
         return inventory
@@ -65,8 +71,9 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("playbook")
-@click.option("-i", "--inventory", help=f"Inventory file (default: {DEFAULT_INVENTORY}).")
+@click.argument("playbook", shell_complete=_complete_files)
+@click.option("-i", "--inventory", shell_complete=_complete_files,
+              help=f"Inventory file (default: {DEFAULT_INVENTORY}).")
 @click.option("--check", is_flag=True, help="Probe only: report what would change, change nothing.")
 @click.option("--diff", is_flag=True, help="Show what each task changes (or would change with --check).")
 @click.option("--limit", "-l", help="Only these hosts, groups, users or waves (wave:NAME), comma separated; "
@@ -116,8 +123,8 @@ def apply(playbook: str, inventory: str | None, check: bool, diff: bool, limit: 
 
 
 @cli.command()
-@click.argument("playbook")
-@click.option("-i", "--inventory", help="Also validate this inventory and plan the playbook against it.")
+@click.argument("playbook", shell_complete=_complete_files)
+@click.option("-i", "--inventory", shell_complete=_complete_files, help="Also validate this inventory and plan the playbook against it.")
 def validate(playbook: str, inventory: str | None) -> int:
     """Check PLAYBOOK (and the inventory) without running anything: exit 0 valid, 4 invalid."""
     from runner.loader import LabNotGenerated, inventory_warnings, load_inventory, load_playbook

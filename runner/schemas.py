@@ -8,12 +8,28 @@ schema as a standalone JSON Schema 2020-12 document, regenerated with
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from runner.steps.registry import all_steps
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "steps"
+
+
+SCHEMAS = SCHEMA_DIR.parent
+
+
+def schema_header(kind: str, yaml_file: Path) -> str:
+    """The first line of a generated YAML file that editors read (yaml-language-server, used
+    by VS Code's YAML extension and by Vim/Neovim language clients) to validate and complete
+    it against ``schemas/<kind>.schema.json``: a path relative to where the file is written.
+    Empty when the schemas are not beside the package (an installed copy without them)."""
+    schema = SCHEMAS / f"{kind}.schema.json"
+    if not schema.is_file():
+        return ""
+    rel = os.path.relpath(schema, Path(yaml_file).resolve().parent)
+    return f"# yaml-language-server: $schema={Path(rel).as_posix()}\n"
 
 
 def step_schema_document(module: str) -> dict[str, Any]:

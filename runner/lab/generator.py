@@ -555,7 +555,10 @@ def _write_servers_and_ground_truth(lab: Lab, est: _Estate) -> None:
     }
     (lab.path / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
     inv_path = lab.path / "inventory.yml"
-    inv_path.write_text(est.header + dump_yaml(est.inventory), encoding="utf-8")
+    from runner.schemas import schema_header  # editors validate the generated inventory too
+
+    inv_path.write_text(schema_header("inventory", inv_path) + est.header + dump_yaml(est.inventory),
+                        encoding="utf-8")
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")

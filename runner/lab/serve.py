@@ -455,8 +455,11 @@ def write_ssh_inventory(server: LabServer) -> Path:
 
     rewrite(all_)
     server.inventory_out.parent.mkdir(parents=True, exist_ok=True)
+    from runner.schemas import schema_header  # editors validate the generated inventory too
+
     server.inventory_out.write_text(
-        "# SSH inventory of a served lab, written by `runner lab serve`\n"
+        schema_header("inventory", server.inventory_out)
+        + "# SSH inventory of a served lab, written by `runner lab serve`\n"
         + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return server.inventory_out
 
