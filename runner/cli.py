@@ -191,7 +191,7 @@ def status(state_dir: str, as_json: bool) -> int:
 @cli.command()
 @click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True, type=STATE_DIR,
               help="Directory of the checkpoint store.")
-@click.option("--run", "run_id", default=None, help="A run id from `runner status` (default: the newest run).")
+@click.option("--run", "run_id", default=None, help="A run id as 'runner status' shows it (default: the newest run).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def report(state_dir: str, run_id: str | None, as_json: bool) -> int:
     """List every warning and failure of a run per target: unmappable and over-limit contacts, reboots..."""

@@ -50,3 +50,33 @@ def test_shell_completion_completes_commands_options_and_files():
     env = {**os.environ, "PYTHONPATH": str(REPO), "_RUNNER_COMPLETE": "bash_source"}
     script = subprocess.run([sys.executable, "-m", "runner"], env=env, capture_output=True, text=True, timeout=60)
     assert "complete -o nosort -F _runner_completion runner" in script.stdout
+
+
+def _commands(group, path=()):
+    import click
+    for name, cmd in sorted(group.commands.items()):
+        yield path + (name,), cmd
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, path + (name,))
+
+
+def test_no_help_text_shows_raw_markup(capsys):
+    from runner.cli import cli, run
+    seen = 0
+    for path in [()] + [p for p, _ in _commands(cli)]:
+        code = run([*path, "--help"])
+        text = capsys.readouterr().out
+        assert code == 0 and "Usage: runner" in text, path
+        for mark in ("``", "`", "**", ":func:", ":class:", "\b", ".. "):
+            assert mark not in text, f"runner {' '.join(path)} --help shows {mark!r}:\n{text}"
+        seen += 1
+    assert seen >= 10
+
+
+def test_lab_faults_help_lists_every_fault_kind(capsys):
+    from runner.cli import run
+    from runner.lab.faults import KINDS
+    assert run(["lab", "faults", "--help"]) == 0
+    text = capsys.readouterr().out
+    for kind in KINDS:
+        assert f"  {kind} " in text

@@ -222,14 +222,23 @@ def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_exc
     sys.exit(EXIT_OK if rep.ok else EXIT_ERROR)
 
 
-@lab.command("faults")
+def _faults_help() -> str:
+    from runner.lab.faults import MEANINGS
+    kinds = "\n".join(f"  {k:<13} {MEANINGS.get(k, '')}" for k in FAULT_KINDS)
+    return ("Set seeded fault rates, KIND=RATE with 0 <= RATE <= 1, for the whole lab or one host "
+            "(--host); with no rate, print the rates.\n\n"
+            "Example: runner lab faults drop=0.05 lcs_busy=0.1 --host pc0003\n\n"
+            f"\b\nFault kinds:\n{kinds}")
+
+
+@lab.command("faults", help=_faults_help(), short_help="Set or print the lab's seeded fault rates.")
 @click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Lab directory.")
 @click.option("--host", "host", default=None, help="Set the rate for one host instead of globally.")
 @click.option("--seed", type=int, default=None, help="Seed of the fault decisions.")
 @click.argument("rates", nargs=-1)
 def faults_cmd(directory: str, host: str | None, seed: int | None, rates: tuple[str, ...]) -> None:
-    """Set fault rates: ``runner lab faults lcs_busy=0.2 drop=0.05 [--host pc0003]``; none prints them."""
+    """Set fault rates (the help text is _faults_help(): it lists the kinds)."""
     path = Path(directory) / "lab.json"
     if not path.is_file():
         _fail(InputError(f"no lab at {directory}"))

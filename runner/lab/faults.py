@@ -22,6 +22,16 @@ from runner.lab.store import Lab, LabHost
 
 SLOW_SECONDS = 0.05
 KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked")
+#: What each fault does to a run (``runner lab faults --help`` lists them).
+MEANINGS = {
+    "drop": "the connection drops after a command ran (it did run); retried",
+    "timeout": "a command times out before it runs; retried",
+    "slow": f"every command waits {SLOW_SECONDS:g} s first; nothing fails",
+    "down": "the host never answers (per host, for good): unreachable",
+    "msiexec_1618": "msiexec exits 1618 (another install runs); retried",
+    "lcs_busy": "the LCS server answers busy; retried",
+    "hive_locked": "a user's hive is in use, cannot be loaded; retried",
+}
 
 
 def _fraction(*parts: object) -> float:
