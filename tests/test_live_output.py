@@ -140,7 +140,7 @@ def test_on_a_terminal_the_bar_covers_the_whole_run_and_counts_dropped_tasks():
 
 def test_a_faulty_lab_night_fits_in_two_screens_and_names_every_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("RUNNER_RETRY_DELAY_SCALE", "0")
-    sc = make_scenario(tmp_path, "gradual.yml", seed=5, clients=16)
+    sc = make_scenario(tmp_path, "gradual.yml", seed=5, clients=24)
     assert sc.runner("lab", "faults", "--dir", str(sc.lab_dir), "drop=0.12", "--seed", "4").code == 0
     assert sc.runner("lab", "faults", "--dir", str(sc.lab_dir), "down=1", "--host", "pc0003").code == 0
     res = sc.runner("apply", str(sc.playbook_path), "-i", str(sc.inventory), "--state", str(sc.state))
