@@ -74,7 +74,8 @@ def search(target: LdapTarget, ldap_filter: str, attributes: Sequence[str]) -> I
     auth = ldap3.SIMPLE if target.bind_user else ldap3.ANONYMOUS
     try:
         conn = ldap3.Connection(server, user=target.bind_user, password=target.password, authentication=auth,
-                                receive_timeout=target.timeout, raise_exceptions=True, read_only=True)
+                                receive_timeout=max(1, round(target.timeout)),  # ldap3 packs it as whole seconds
+                                raise_exceptions=True, read_only=True)
         conn.bind()
     except lx.LDAPInvalidCredentialsResult:
         raise LdapQueryError(f"{target.url}: the directory refused the bind as {target.bind_user!r} "
