@@ -11,7 +11,7 @@ import yaml
 from runner.cli import run
 from runner.inventory import directory, ldap as ldapq
 from runner.windows.ldif import attr_line
-from tests.ldap_support import BASE, SIZE_LIMIT, Slapd, start_slapd
+from ldap_support import BASE, SIZE_LIMIT, Slapd, start_slapd
 
 pytestmark = pytest.mark.ldap
 
