@@ -103,6 +103,7 @@ def _alias(sam: str) -> str:
 def read_users(records: Iterable[Record], file: str | None, out: Directory) -> None:
     """Add the IM-enabled users of ``records`` to ``out`` (errors at the record's line)."""
     seen_sid: dict[str, str] = {}
+    seen_alias = {a.lower() for a in out.users}
     for rec in records:
         where = f"{file}:{rec.line}" if file else rec.dn
         im = rec.text("msExchIMAddress", file)
@@ -115,7 +116,7 @@ def read_users(records: Iterable[Record], file: str | None, out: Directory) -> N
         alias = _alias(sam)
         if alias != sam:
             out.warnings.append(f"{where}: sAMAccountName {sam!r} is the inventory alias {alias!r}")
-        if alias.lower() in (a.lower() for a in out.users):
+        if alias.lower() in seen_alias:
             raise InputError(f"user {alias!r} ({rec.dn}) appears twice", file, rec.line)
         guid = _binary(rec, "objectGUID", file, guid_from_bytes)
         sid = _binary(rec, "objectSid", file, sid_from_bytes)
@@ -139,6 +140,7 @@ def read_users(records: Iterable[Record], file: str | None, out: Directory) -> N
         if mail:
             entry["vars"] = {"email": mail}
         out.users[alias] = entry
+        seen_alias.add(alias.lower())
 
 
 def read_computers(records: Iterable[Record], file: str | None, out: Directory) -> None:
