@@ -150,35 +150,49 @@ def next_command(command: str | None, remaining: dict[str, Any] | None) -> str |
 
 
 def group_problems(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every failed or unreachable target, grouped by the target that caused it (a task an
-    earlier failure blocked, or a user whose client was down, goes under that client): one
-    entry per cause with its reason and the users and hosts it holds up."""
-    causes: dict[str, dict[str, Any]] = {}
-    for t in rows:
+    """Every failed or unreachable target, grouped by the target that caused it: a task an
+    earlier failure blocked, or a user whose client was down, goes under that cause, followed
+    to its root (a machine down holds up its users, who hold up their other machines...):
+    one entry per root with its reason and the users and hosts it holds up."""
+    first: dict[str, tuple[dict[str, Any], str | None]] = {}  # target id -> (its first failure, parent id)
+    for t in rows:  # plan order: a target's first failure is the one that took it out
         if t["status"] not in ("failed", "unreachable"):
+            continue
+        own = f"{t['kind'] or 'host'}:{t['target']}"
+        if own in first:
             continue
         data = ((t.get("result") or {}).get("data") or {}) if isinstance(t.get("result"), dict) else {}
         blocker = data.get("blocked_by") if isinstance(data.get("blocked_by"), dict) else None
-        own = f"{t['kind'] or 'host'}:{t['target']}"
+        parent = None
         if blocker and isinstance(blocker.get("target"), str):
-            root = blocker["target"]
+            parent = blocker["target"]
         elif t["status"] == "unreachable" and isinstance(data.get("host"), str) and data["host"] != t["target"]:
-            root = f"host:{data['host']}"
-        else:
-            root = own
-        c = causes.setdefault(root, {"target": root.split(":", 1)[1], "kind": root.split(":", 1)[0],
-                                     "status": None, "step": None, "reason": None, "users": set(), "hosts": set()})
-        if root == own and c["reason"] is None:
+            parent = f"host:{data['host']}"
+        first[own] = (t, parent if parent != own else None)
+
+    def root(tid: str) -> str:
+        seen = {tid}
+        while True:
+            parent = first.get(tid, (None, None))[1]
+            if parent is None or parent in seen:
+                return tid
+            seen.add(parent)
+            tid = parent
+
+    causes: dict[str, dict[str, Any]] = {}
+    for tid, (t, _) in first.items():
+        r = root(tid)
+        kind, name = r.split(":", 1)
+        c = causes.setdefault(r, {"target": name, "kind": kind, "status": None, "step": None, "reason": None,
+                                  "users": [], "hosts": []})
+        if r == tid:
             c.update(status=t["status"], step=t["step"], reason=t["message"])
-        elif root != own:
-            (c["users"] if t["kind"] == "user" else c["hosts"]).add(t["target"])
-            if c["reason"] is None and blocker:
-                c.update(status=blocker.get("status"), step=blocker.get("step"), reason=blocker.get("message"))
-    out = []
+        else:
+            (c["users"] if t["kind"] == "user" else c["hosts"]).append(t["target"])
     for c in causes.values():
-        c["users"], c["hosts"] = sorted(c["users"], key=natural_key), sorted(c["hosts"], key=natural_key)
-        out.append(c)
-    return sorted(out, key=lambda c: (-(len(c["users"]) + len(c["hosts"])), natural_key(c["target"])))
+        c["users"].sort(key=natural_key)
+        c["hosts"].sort(key=natural_key)
+    return sorted(causes.values(), key=lambda c: (-(len(c["users"]) + len(c["hosts"])), natural_key(c["target"])))
 
 
 def _fact_times(hosts: dict[str, dict[str, Any]], written: dict[str, float]) -> dict[str, Any]:
@@ -287,7 +301,7 @@ def render_facts(f: dict[str, Any]) -> list[str]:
 
 
 def _problem_line(c: dict[str, Any]) -> str:
-    held = [f"{len(c[k])} {k}" for k in ("users", "hosts") if c[k]]
+    held = [f"{len(c[k])} {k if len(c[k]) > 1 else k[:-1]}" for k in ("users", "hosts") if c[k]]
     where = f" at '{c['step']}'" if c.get("step") else ""
     return (f"{c['target']}: {c.get('reason') or c.get('status') or 'failed'}{where}"
             + (f" ({', '.join(held)})" if held else ""))
