@@ -697,6 +697,25 @@ class StateStore:
             out.append(d)
         return out
 
+    def outcome_history(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Every task row of ``run_id`` (None: of every run), oldest outcome first (pending
+        rows, which have no end, first), with its run, record key (``subject``) and end
+        time: what ``runner report`` reads to say where each user stands. A row whose
+        result cannot be decoded carries ``damaged`` (naming it) and no result."""
+        where, params = ("WHERE run_id=?", (run_id,)) if run_id else ("", ())
+        rows = self._read("SELECT run_id, key, play_index, step, module, kind, target, wave, status, attempts,"
+                          " ended, message, result, subject FROM tasks " + where +
+                          " ORDER BY COALESCE(ended, 0), rowid", params)
+        out = []
+        for r in rows:
+            d = dict(r)
+            try:
+                d["result"] = _decode(d["result"], f"tasks(run_id={d['run_id']!r}, key={d['key']!r}) column result")
+            except DamagedRecord as exc:
+                d["result"], d["damaged"] = None, f"{self.path}: {exc}"
+            out.append(d)
+        return out
+
     def step_summary(self, run_id: str) -> list[dict[str, Any]]:
         """Per step of a run: counts by status, in plan order."""
         rows = self._read("SELECT play_index, step, status, COUNT(*) AS n, MIN(rowid) AS first"
