@@ -36,6 +36,7 @@ th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after
 td.num{text-align:right}tr.failed td.state{color:#c62828;font-weight:bold}
 tr.moved td.state{color:#2e7d32}#filter{padding:.3rem;width:20rem;margin:.3rem 0}
 ul{margin:0;padding-left:1.1rem}.warn li{font-size:.82rem}
+td.long{font-size:.75rem;min-width:14rem;max-width:28rem}
 """
 
 _SCRIPT = """
@@ -129,8 +130,8 @@ def _row(u: dict[str, Any]) -> str:
              f'<td class="num" data-v="{len(c["unmappable"])}" title="{_e("; ".join(x["address"] for x in c["unmappable"]))}">'
              f'{len(c["unmappable"])}</td>',
              _num(len(c["over_limit"])), _num(len(c["names_cut"])), f"<td>{messenger}</td>",
-             f"<td>{_e(', '.join(u['reboot_pending']))}</td>", f'<td class="failure">{_e(failure)}</td>',
-             f"<td>{_e(f['next'] if f else '')}</td>", f"<td>{_list(u['redo_by_hand'])}</td>"]
+             f"<td>{_e(', '.join(u['reboot_pending']))}</td>", f'<td class="failure long">{_e(failure)}</td>',
+             f'<td class="long">{_e(f["next"] if f else "")}</td>', f'<td class="long">{_list(u["redo_by_hand"])}</td>']
     return f'<tr class="{_e(u["state"])}" data-user="{_e(u["user"])}">' + "".join(cells) + "</tr>"
 
 
