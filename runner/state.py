@@ -687,11 +687,17 @@ class StateStore:
         rows = self._read("SELECT key, play_index, step, module, kind, target, wave, status, attempts,"
                           " duration, message, result, fingerprint FROM tasks WHERE run_id=?"
                           " ORDER BY play_index, rowid", (run_id,))
+        return self._decoded(rows, run_id)
+
+    def _decoded(self, rows: list[sqlite3.Row], run_id: str | None = None) -> list[dict[str, Any]]:
+        """Task rows as dicts with ``result`` decoded; an undecodable one gets ``damaged`` (naming
+        it) and no result."""
         out = []
         for r in rows:
             d = dict(r)
+            where = f"tasks(run_id={run_id or d.get('run_id')!r}, key={d['key']!r}) column result"
             try:
-                d["result"] = _decode(d["result"], f"tasks(run_id={run_id!r}, key={d['key']!r}) column result")
+                d["result"] = _decode(d["result"], where)
             except DamagedRecord as exc:
                 d["result"], d["damaged"] = None, f"{self.path}: {exc}"
             out.append(d)
@@ -706,15 +712,7 @@ class StateStore:
         rows = self._read("SELECT run_id, key, play_index, step, module, kind, target, wave, status, attempts,"
                           " ended, message, result, subject FROM tasks " + where +
                           " ORDER BY COALESCE(ended, 0), rowid", params)
-        out = []
-        for r in rows:
-            d = dict(r)
-            try:
-                d["result"] = _decode(d["result"], f"tasks(run_id={d['run_id']!r}, key={d['key']!r}) column result")
-            except DamagedRecord as exc:
-                d["result"], d["damaged"] = None, f"{self.path}: {exc}"
-            out.append(d)
-        return out
+        return self._decoded(rows)
 
     def step_summary(self, run_id: str) -> list[dict[str, Any]]:
         """Per step of a run: counts by status, in plan order."""
