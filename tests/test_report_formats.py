@@ -194,3 +194,19 @@ def test_html_and_output_file_are_self_contained_and_escaped(night, tmp_path):
         assert needle not in page, needle
     assert page.count("<script>") == 1
     assert all(f'data-user="{u["user"]}"' in page for u in info["users"])
+
+
+def test_scenario_1_users_are_told_to_recreate_their_exported_contacts(tmp_path):
+    from scenario_support import make_scenario
+
+    sc = make_scenario(tmp_path, "immediate-recreate.yml", seed=5, clients=4, contacts=6)
+    assert sc.apply().code == 0
+    res = sc.runner("report", "--state", str(sc.state), "--format", "json")
+    info = json.loads(res.out)
+    assert info["summary"]["moved"] == len(sc.manifest["users"]) == info["summary"]["help_desk"]
+    for u in info["users"]:
+        addresses = {c["address"].casefold() for m in sc.manifest["users"][u["user"]]["machines"].values()
+                     for c in m["contacts"]}
+        first = u["redo_by_hand"][0]
+        assert first.startswith(f"recreate {len(addresses)} contact(s) on LCS by hand"), (u["user"], first)
+        assert f"{u['user']}.txt" in first and u["contacts"]["imported"] is None
