@@ -178,6 +178,9 @@ def report(state_dir: str, run_id: str | None, fmt: str, output: str | None, as_
         from runner.artifacts import atomic_write
         try:
             atomic_write(Path(output), text.encode("utf-8"))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(output, 0o666 & ~umask)  # a report is handed on: the usual mode, not the temp file's 0600
         except OSError as exc:
             raise RunnerError(f"cannot write the report to {output}: {exc.strerror or exc}") from None
         click.echo(f"report written to {output} ({len(info['users'])} user(s))", err=True)

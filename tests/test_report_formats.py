@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
 
 import pytest
@@ -187,6 +188,9 @@ def test_html_and_output_file_are_self_contained_and_escaped(night, tmp_path):
     out = tmp_path / "report.html"
     res = sc.runner("report", "--state", str(sc.state), "--format", "html", "-o", str(out))
     assert res.code == EXIT_OK and f"report written to {out}" in res.out
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
     page = out.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and '<svg id="progress-chart"' in page
     assert HOSTILE_NAME not in page and "&lt;b&gt;Zoë &quot;Z&quot; O&#x27;Neil &amp; Co&lt;/b&gt;" in page
