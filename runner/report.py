@@ -24,6 +24,7 @@ from runner.state import DB_NAME, StateStore, refuse_lost_store
 #: Version of the report's JSON layout (docs/report.md); raised when a key changes meaning.
 REPORT_FORMAT = 1
 FORMATS = ("text", "html", "csv", "json")
+MAX_CAUSES = 10
 
 
 def _empty(state_dir: Path, **extra: Any) -> dict[str, Any]:
@@ -122,6 +123,12 @@ def render_summary(info: dict[str, Any]) -> list[str]:
              f"  reboot pending: {len(s['reboot_pending'])} machine(s)"
              + (f": {', '.join(s['reboot_pending'])}" if s["reboot_pending"] else ""),
              f"  help desk: {s['help_desk']} user(s) to help by hand"]
+    causes = s.get("causes") or []
+    if causes:
+        lines.append(f"  failed because of {len(causes)} cause(s):")
+        lines += [f"    {c['users']} user(s): {c['cause']}" for c in causes[:MAX_CAUSES]]
+        if len(causes) > MAX_CAUSES:
+            lines.append(f"    ... and {len(causes) - MAX_CAUSES} more (listed per user below)")
     for w in info["waves"]:
         lines.append(f"  wave {w['wave']}: {w['users']} user(s): {w['moved']} moved, {w['failed']} failed, "
                      f"{w['pending']} pending")

@@ -170,6 +170,10 @@ def _body(info: dict[str, Any]) -> str:
                + _card(c["over_limit"], "over the limit") + _card(c["names_cut"], "names cut")
                + _card(len(s["reboot_pending"]), "reboots pending") + _card(s["help_desk"], "help desk users")
                + "</div>")
+    if s.get("causes"):
+        out.append('<h2>Why users failed</h2><ul id="causes">'
+                   + "".join(f'<li data-users="{c["users"]}"><b>{c["users"]}</b> user(s): {_e(c["cause"])}</li>'
+                             for c in s["causes"]) + "</ul>")
     out.append("<h2>Progress per wave</h2>" + chart_svg(info["waves"]))
     out.append('<h2>Users</h2><input id="filter" type="search" placeholder="Filter: user, wave, state, reason..." '
                'aria-label="filter the users"> <span class="meta"><span id="shown">'

@@ -314,9 +314,11 @@ def summarise(users: list[dict[str, Any]]) -> dict[str, Any]:
         return sum(u["contacts"][key] or 0 for u in users)
     hosts_reboot = sorted({h for u in users for h in u["reboot_pending"]})
     failed_steps: dict[str, int] = {}
+    causes: dict[str, int] = {}
     for u in users:
         if u["failure"]:
             failed_steps[u["failure"]["step"]] = failed_steps.get(u["failure"]["step"], 0) + 1
+            causes[failure_cause(u["failure"])] = causes.get(failure_cause(u["failure"]), 0) + 1
     return {
         "users": len(users),
         "moved": sum(1 for u in users if u["state"] == "moved"),
@@ -331,4 +333,16 @@ def summarise(users: list[dict[str, Any]]) -> dict[str, Any]:
         "reboot_pending": hosts_reboot,
         "help_desk": sum(1 for u in users if u["redo_by_hand"]),
         "failures_by_step": failed_steps,
+        "causes": [{"cause": c, "users": n} for c, n in sorted(causes.items(), key=lambda x: (-x[1], x[0]))],
     }
+
+
+def failure_cause(failure: Mapping[str, Any]) -> str:
+    """What a failure comes down to, the same words for every user it stops: the root of a
+    ``not run`` chain (``pc0004, 'Upgrade...': msiexec 1618...``), else the step and reason."""
+    root = failure.get("root")
+    if root and root["target"].startswith("host:"):
+        return f"{root['target'][5:]}, '{root['step']}': {root['message']}"
+    if root:  # a user's failure names its machine, as the users' own failures of that step do
+        return f"'{root['step']}': {root['message']}"
+    return f"'{failure['step']}': {failure['reason']}"

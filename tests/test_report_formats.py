@@ -214,3 +214,13 @@ def test_scenario_1_users_are_told_to_recreate_their_exported_contacts(tmp_path)
         first = u["redo_by_hand"][0]
         assert first.startswith(f"recreate {len(addresses)} contact(s) on LCS by hand"), (u["user"], first)
         assert f"{u['user']}.txt" in first and u["contacts"]["imported"] is None
+
+
+def test_failures_are_grouped_by_their_cause(night):
+    _, picked, info = night
+    causes = info["summary"]["causes"]
+    assert sum(c["users"] for c in causes) == info["summary"]["failed"]
+    down = next(c for c in causes if picked["down"] in c["cause"] and "unreachable" in c["cause"])
+    on_down = [u for u in info["users"] if u["failure"] and picked["down"] in u["failure"]["next"]]
+    assert down["users"] == len(on_down) >= 2
+    assert any(c["cause"].startswith(f"{picked['failing']}, ") and "msiexec 1618" in c["cause"] for c in causes)
