@@ -187,6 +187,8 @@ def report(state_dir: str, run_id: str | None, fmt: str, output: str | None, as_
     else:
         click.echo(text, nl=not text.endswith("\n"))
     if info.get("unknown_run"):
+        if fmt != "text" or as_json or output:
+            click.echo(f"ERROR: no run {info['unknown_run']} in {state_dir} (runner status lists the runs)", err=True)
         return EXIT_ERROR
     return _damaged_rows(info.get("damaged"))
 

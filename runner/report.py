@@ -41,7 +41,7 @@ def _inventory(path: str | None) -> tuple[Inventory | None, str | None]:
     try:
         return load_inventory(path), None
     except InputError as exc:
-        return None, f"{path}: {InputError.__str__(exc).splitlines()[0]}"
+        return None, InputError.__str__(exc).splitlines()[0]
     except OSError as exc:
         return None, f"{path}: {exc.strerror or exc}"
 

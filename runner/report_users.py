@@ -265,7 +265,10 @@ def user_rows(rows: list[dict[str, Any]], inventory: Inventory | None, subject_a
         contacts = _contacts(urows)
         notify = _History.latest(urows, "notify_users", need="notice")
         scenario1 = any(r["module"] == "notify_users" for r in urows)
-        waves = [r["wave"] for r in urows if r.get("wave")]
+        # a user's export also runs in an earlier wave that upgrades a machine they share:
+        # their own wave is that of their other steps
+        waves = [r["wave"] for r in urows if r.get("wave") and r["module"] != "export_contacts"] \
+            or [r["wave"] for r in urows if r.get("wave")]
         wave = (user.wave if user is not None else None) or (waves[-1] if waves else None)
         runs = [r["run_id"] for r in urows]
         warnings = sum(len(_warnings(r)) for r in latest_per_step.values())

@@ -224,3 +224,29 @@ def test_failures_are_grouped_by_their_cause(night):
     on_down = [u for u in info["users"] if u["failure"] and picked["down"] in u["failure"]["next"]]
     assert down["users"] == len(on_down) >= 2
     assert any(c["cause"].startswith(f"{picked['failing']}, ") and "msiexec 1618" in c["cause"] for c in causes)
+
+
+def test_a_report_whose_inventory_is_gone_lists_the_users_the_store_knows(night, tmp_path):
+    import shutil
+
+    sc, _, info = night
+    state = tmp_path / "state"
+    shutil.copytree(sc.state, state)
+    db = sqlite3.connect(state / "state.db")
+    with db:
+        db.execute("UPDATE runs SET inventory=?", (str(tmp_path / "gone.yml"),))
+    db.close()
+    res = sc.runner("report", "--state", str(state), "--format", "json")
+    gone = json.loads(res.out)
+    assert res.code == EXIT_OK and "gone.yml" in gone["inventory_note"]
+    assert sorted((u["user"], u["stage"], u["state"], u["wave"]) for u in gone["users"]) == \
+        sorted((u["user"], u["stage"], u["state"], u["wave"]) for u in info["users"])
+    text = sc.runner("report", "--state", str(state)).out
+    assert "note: inventory not read (" in text
+
+
+def test_an_unknown_run_is_an_error_in_every_format(night):
+    sc, _, _ = night
+    for fmt in ("csv", "json", "html"):
+        res = sc.runner("report", "--state", str(sc.state), "--run", "no-such-run", "--format", fmt)
+        assert res.code == 1 and "ERROR: no run no-such-run" in res.out, fmt
