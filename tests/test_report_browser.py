@@ -72,6 +72,9 @@ def test_the_page_shows_every_user_and_the_summary_counts(page):
     for key in ("users", "moved", "failed", "pending"):
         assert cards[key] == str(s[key]), key
     assert cards["contacts imported"] == str(s["contacts"]["imported"])
+    causes = driver.find_elements(By.CSS_SELECTOR, "#causes li")
+    assert [int(c.get_attribute("data-users")) for c in causes] == [c["users"] for c in s["causes"]]
+    assert causes and all(c.is_displayed() for c in causes)
     assert dict(zip(_column(driver, "User"), _column(driver, "State"))) == {u["user"]: u["state"]
                                                                             for u in info["users"]}
 
