@@ -191,18 +191,36 @@ def status(state_dir: str, as_json: bool) -> int:
 @cli.command()
 @click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True, type=STATE_DIR,
               help="Directory of the checkpoint store.")
-@click.option("--run", "run_id", default=None, help="A run id as 'runner status' shows it (default: the newest run).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def report(state_dir: str, run_id: str | None, as_json: bool) -> int:
-    """List every warning and failure of a run per target: unmappable and over-limit contacts, reboots..."""
-    from runner.report import collect_report, render_report
+@click.option("--run", "run_id", default=None,
+              help="Only this run (an id as 'runner status' shows it; default: every run of the estate, warnings of the newest).")
+@click.option("--format", "fmt", type=click.Choice(["text", "html", "csv", "json"]), default="text",
+              show_default=True, help="text for a person, html for a manager (one self-contained file), "
+                                      "csv for a spreadsheet (one row per user), json for scripts.")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the report to this file instead of standard output.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+def report(state_dir: str, run_id: str | None, fmt: str, output: str | None, as_json: bool) -> int:
+    """One row per user (where they stand, contacts, Messenger, failures, what to redo by hand) and
+    every warning of a run per target: unmappable and over-limit contacts, names cut, reboots..."""
+    from runner.report import collect_report, render
 
     info = collect_report(Path(state_dir), run_id)
-    if as_json:
-        click.echo(json.dumps(info, indent=2, default=str))
+    text = render(info, "json" if as_json else fmt)
+    if output:
+        from runner.artifacts import atomic_write
+        try:
+            atomic_write(Path(output), text.encode("utf-8"))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(output, 0o666 & ~umask)  # a report is handed on: the usual mode, not the temp file's 0600
+        except OSError as exc:
+            raise RunnerError(f"cannot write the report to {output}: {exc.strerror or exc}") from None
+        click.echo(f"report written to {output} ({len(info['users'])} user(s))", err=True)
     else:
-        click.echo(render_report(info))
+        click.echo(text, nl=not text.endswith("\n"))
     if info.get("unknown_run"):
+        if fmt != "text" or as_json or output:
+            click.echo(f"ERROR: no run {info['unknown_run']} in {state_dir} (runner status lists the runs)", err=True)
         return EXIT_ERROR
     return _damaged_rows(info.get("damaged"))
 

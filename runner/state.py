@@ -711,15 +711,32 @@ class StateStore:
         rows = self._read("SELECT key, play_index, step, module, kind, target, wave, status, attempts,"
                           " duration, message, result, fingerprint FROM tasks WHERE run_id=?"
                           " ORDER BY play_index, rowid", (run_id,))
+        return self._decoded(rows, run_id)
+
+    def _decoded(self, rows: list[sqlite3.Row], run_id: str | None = None) -> list[dict[str, Any]]:
+        """Task rows as dicts with ``result`` decoded; an undecodable one gets ``damaged`` (naming
+        it) and no result."""
         out = []
         for r in rows:
             d = dict(r)
+            where = f"tasks(run_id={run_id or d.get('run_id')!r}, key={d['key']!r}) column result"
             try:
-                d["result"] = _decode(d["result"], f"tasks(run_id={run_id!r}, key={d['key']!r}) column result")
+                d["result"] = _decode(d["result"], where)
             except DamagedRecord as exc:
                 d["result"], d["damaged"] = None, f"{self.path}: {exc}"
             out.append(d)
         return out
+
+    def outcome_history(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Every task row of ``run_id`` (None: of every run), oldest outcome first (pending
+        rows, which have no end, first), with its run, record key (``subject``) and end
+        time: what ``runner report`` reads to say where each user stands. A row whose
+        result cannot be decoded carries ``damaged`` (naming it) and no result."""
+        where, params = ("WHERE run_id=?", (run_id,)) if run_id else ("", ())
+        rows = self._read("SELECT run_id, key, play_index, step, module, kind, target, wave, status, attempts,"
+                          " ended, message, result, subject FROM tasks " + where +
+                          " ORDER BY COALESCE(ended, 0), rowid", params)
+        return self._decoded(rows)
 
     def step_summary(self, run_id: str) -> list[dict[str, Any]]:
         """Per step of a run: counts by status, in plan order."""

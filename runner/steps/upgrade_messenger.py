@@ -62,6 +62,7 @@ class UpgradeMessenger(StepModule):
         # a file that could not be looked at (no wmic) does not hold up a registered product
         on_disk = bool(file) and cl.version_tuple(file) >= wanted or (registered and not file_known)
         if registered and on_disk:
+            self._found = (target.name, product or file)  # what unchanged() records
             return None
         package = self._package(ctx)
         want = str(ctx.args.get("version") or TARGET_VERSION)
@@ -79,6 +80,13 @@ class UpgradeMessenger(StepModule):
                             + (f"; partial: {data['partial']})" if "partial" in data else ")"),
                     lines=lines, data=data)
 
+    def unchanged(self, ctx: StepContext, target: Host) -> StepResult:  # type: ignore[override]
+        """Already up to date: ok, with the version found (``runner report`` shows it)."""
+        found, self._found = getattr(self, "_found", None), None
+        if found is None or found[0] != target.name:
+            return StepResult("ok")
+        return StepResult("ok", data={"version": found[1]})
+
     def apply(self, ctx: StepContext, target: Host, diff: Diff) -> StepResult:  # type: ignore[override]
         conn = ctx.connection(target.name)
         log = str(ctx.args.get("log") or msiexec.DEFAULT_LOG)
@@ -87,7 +95,8 @@ class UpgradeMessenger(StepModule):
         result = conn.run(cmd.render())
         outcome = msiexec.classify(result.rc)
         data: dict[str, Any] = {"rc": result.rc, "from": diff.data.get("from"), "package": diff.data["package"],
-                                "reboot_required": outcome.reboot_required}
+                                "reboot_required": outcome.reboot_required,
+                                "to": str(ctx.args.get("version") or TARGET_VERSION)}
         if diff.data.get("partial"):
             data["partial"] = diff.data["partial"]
         if outcome.outcome is msiexec.MsiOutcome.TRANSIENT:
