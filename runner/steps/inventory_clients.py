@@ -66,10 +66,11 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     conn = ctx.connection(host.name)
     base = [Command("ver"), Command("echo", "%SystemDrive%"), Command("echo", "%ProgramFiles%"),
             reg.query(cl.UNINSTALL, recursive=True), reg.query(cl.PROFILE_LIST, recursive=True),
-            reg.query("HKU"), cl.file_version_query(exe)]
+            reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion")]
     per_user = [reg.query(f"HKU\\{u.sid}\\{contacts_key}", recursive=True) if u.sid else Command("ver")
                 for u in users]
-    sections, _ = cl.run_sections(conn, base + per_user)
+    limit = cl.line_limit(ctx, host.name)
+    sections, _ = cl.run_sections(conn, base + per_user, limit=limit)
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     env = {"SystemDrive": text[1].strip() or "C:", "ProgramFiles": text[2].strip() or r"C:\Program Files"}
     os_line = next((ln.strip() for ln in text[0].splitlines() if ln.strip()), None)
@@ -102,28 +103,36 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
             unloaded.append((user, p))
         user_facts[user.alias] = entry
     if unloaded and ctx.args.get("load_hives", True):
-        _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings)
-    facts = {"os": os_line, "env": env, "messenger": messenger,
+        _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings, limit)
+    os_version = reg.value_of(reg.find_key(reg.parse_query(text[7]), cl.WINDOWS_NT), "CurrentVersion")
+    os_version = os_version if isinstance(os_version, str) else None
+    facts = {"os": os_line, "os_version": os_version, "cmd_line_limit": cl.limit_for_version(os_version),
+             "env": env, "messenger": messenger,
              "profiles": {sid: {"path": p.path, "loaded": p.loaded} for sid, p in found.items()},
              "loaded_hives": loaded, "users": user_facts, "contacts_key": contacts_key}
     return facts, warnings
 
 
 def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
-                   user_facts: dict[str, Any], warnings: list[str]) -> None:
+                   user_facts: dict[str, Any], warnings: list[str], limit: int) -> None:
     """Load, read and unload (always, same line) the hives of users not logged on."""
-    commands: list[Command] = []
+    groups: list[list[Command]] = []
     for user, p in unloaded:
         name = cl.hive_name(user.alias)
-        commands += [reg.load(name, p.path.rstrip("\\") + "\\NTUSER.DAT"),
-                     reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True), reg.unload(name)]
-    commands.append(reg.query("HKU"))
-    sections, stderr = cl.run_sections(conn, commands)
+        # 2>&1: reg load's error text in the user's own section, so "in use" is that user's outcome
+        groups.append([Command(*reg.load(name, p.path.rstrip("\\") + "\\NTUSER.DAT").bits, "2>&1"),
+                       reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True), reg.unload(name)])
+    groups.append([reg.query("HKU")])
+    with cl.hive_locks(host, [u.alias for u, _ in unloaded]):
+        sections, stderr = cl.run_groups(conn, groups, limit=limit)
+        for user, _p in unloaded:
+            if cl.still_loaded(sections[-1], cl.hive_name(user.alias)):
+                cl.unload_verified(conn, host, cl.hive_name(user.alias))
     locked: list[str] = []
     for i, (user, _p) in enumerate(unloaded):
         load, query = sections[3 * i], sections[3 * i + 1]
         if load is None or not load.ok:
-            if cl.is_locked_text(stderr):
+            if load is None or cl.is_locked_text(load.stdout):
                 locked.append(user.alias)
                 continue
             user_facts[user.alias]["problem"] = "hive could not be loaded"
@@ -132,9 +141,6 @@ def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
         user_facts[user.alias]["contacts"] = (_contact_summary(query.stdout, contacts_key)
                                               if query is not None and query.ok
                                               else {"present": False, "count": 0, "profiles": []})
-    for user, _p in unloaded:
-        if cl.still_loaded(sections[-1], cl.hive_name(user.alias)):
-            cl.unload_verified(conn, host, cl.hive_name(user.alias))
     if locked:
         # a hive in use is a moment's state, not a fact about the client: retried like
         # export_contacts does, never recorded as a lasting "unfit client" warning
