@@ -82,6 +82,7 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     messenger = messenger or {"installed": False, "product": None, "version": None, "product_code": None,
                               "source": None}
     messenger["file_version"] = file_version
+    messenger["file_known"] = sections[6] is not None and sections[6].ok  # wmic could look at the file
     found = cl.profiles(reg.parse_query(text[4]), reg.parse_query(text[5]), env)
     loaded = sorted(s for s in reg.subkeys(reg.parse_query(text[5]), "HKU"))
     warnings: list[str] = []
@@ -106,7 +107,7 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
         _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings, limit)
     os_version = reg.value_of(reg.find_key(reg.parse_query(text[7]), cl.WINDOWS_NT), "CurrentVersion")
     os_version = os_version if isinstance(os_version, str) else None
-    facts = {"os": os_line, "os_version": os_version, "cmd_line_limit": cl.limit_for_version(os_version),
+    facts = {"os": os_line, "os_version": os_version, "run_id": ctx.run_id, "messenger_exe": exe, "cmd_line_limit": cl.limit_for_version(os_version),
              "env": env, "messenger": messenger,
              "profiles": {sid: {"path": p.path, "loaded": p.loaded} for sid, p in found.items()},
              "loaded_hives": loaded, "users": user_facts, "contacts_key": contacts_key}
