@@ -129,3 +129,23 @@ def test_a_machine_reading_never_unloads_a_hive_another_task_is_exporting(tmp_pa
     raw, doc = got["a"]
     assert len(doc["contacts"]) == len(man["users"][a.alias]["machines"][host]["contacts"])
     assert not isinstance(reading[a.alias], BaseException), reading[a.alias]
+
+
+def test_inventory_reads_every_hive_in_one_line_once_profiles_are_known(estate):
+    """A second gather (profiles recorded by the first) loads and unloads the hives of users
+    not logged on in its first line: one round trip per host, the same facts."""
+    inv = estate
+    ones = 0
+    for host in inv.group_hosts("clients"):
+        sent: list[str] = []
+        ctx = _facts_ctx(inv, host, sent)
+        first, _ = gather(ctx, inv.hosts[host])
+        ctx._facts[host] = first
+        sent.clear()
+        second, _ = gather(ctx, inv.hosts[host])
+        assert second["users"] == first["users"]
+        assert all(len(line) <= first["cmd_line_limit"] for line in sent)
+        if first["cmd_line_limit"] == 8191:  # Windows 2000's 2,047 may need several lines for many users
+            assert len(sent) == 1, (host, len(sent))
+            ones += any(not u["loaded"] for u in first["users"].values())
+    assert ones, "some hosts have users not logged on"

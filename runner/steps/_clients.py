@@ -182,6 +182,17 @@ def profiles(profile_keys: list[RegKey], hku_keys: list[RegKey], env: Mapping[st
     return out
 
 
+def fact_profiles(ctx: Any, host: str) -> dict[str, Profile]:
+    """Profiles of ``host`` as inventory_clients recorded them (this run or an earlier
+    one; empty without facts). Paths may be out of date: check them against ProfileList."""
+    facts = ctx.facts(host) if hasattr(ctx, "facts") else None
+    out: dict[str, Profile] = {}
+    for sid, p in ((facts or {}).get("profiles") or {}).items():
+        if isinstance(sid, str) and isinstance(p, dict) and isinstance(p.get("path"), str):
+            out[sid] = Profile(sid, p["path"], bool(p.get("loaded")))
+    return out
+
+
 def profile_for(user: User, found: Mapping[str, Profile]) -> Profile | None:
     """The user's profile: by the inventory SID, else by the profile folder's name = alias."""
     if user.sid:

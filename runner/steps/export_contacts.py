@@ -72,16 +72,6 @@ def _located(sections: Sequence[Section | None]) -> dict[str, cl.Profile]:
     return cl.profiles(reg.parse_query(text[1]), reg.parse_query(text[2]), {"SystemDrive": text[0].strip() or "C:"})
 
 
-def _known_profiles(ctx: StepContext, host: str) -> dict[str, cl.Profile]:
-    """Profiles of ``host`` as inventory_clients recorded them (empty without facts)."""
-    facts = ctx.facts(host) if hasattr(ctx, "facts") else None
-    out: dict[str, cl.Profile] = {}
-    for sid, p in ((facts or {}).get("profiles") or {}).items():
-        if isinstance(sid, str) and isinstance(p, dict) and isinstance(p.get("path"), str):
-            out[sid] = cl.Profile(sid, p["path"], bool(p.get("loaded")))
-    return out
-
-
 def _locate_live(conn: Connection, host: str, user: User, limit: int) -> cl.Profile:
     sections, _ = cl.run_sections(conn, _locate_commands(), limit=limit)
     p = cl.profile_for(user, _located(sections))
@@ -151,7 +141,7 @@ def read_machine(ctx: StepContext, host: str, users: Sequence[User]) -> dict[str
     conn = ctx.connection(host)
     key = _contacts_key(ctx)
     limit = cl.line_limit(ctx, host)
-    known = _known_profiles(ctx, host)
+    known = cl.fact_profiles(ctx, host)
     plan = [(u, cl.profile_for(u, known)) for u in users]
     first = [(u, p) for u, p in plan if p is not None]
     builders = [cl.plain(_locate_commands())] + [_read_group(u, p, key) for u, p in first]
@@ -352,7 +342,7 @@ class ExportContacts(StepModule):
                 # nothing to compare with: apply exports this machine, no need to read it first
                 changed.append(host)
                 lines.append(f"{host}: contact list to export (not exported yet)")
-                known = cl.profile_for(target, _known_profiles(ctx, host))
+                known = cl.profile_for(target, cl.fact_profiles(ctx, host))
                 if known is not None:
                     located[host] = _profile_data(known)
                 continue

@@ -59,7 +59,8 @@ class InventoryClients(StepModule):
 
 
 def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
-    """Read the facts of ``host`` (read-only, at most two round trips)."""
+    """Read the facts of ``host`` (read-only): one round trip when an earlier gather recorded
+    the profiles of its users not logged on (or all are logged on), else two."""
     contacts_key = str(ctx.args.get("contacts_key") or ctx.vars.get("contacts_key") or DEFAULT_CONTACTS_KEY)
     exe = str(ctx.args.get("messenger_exe") or cl.DEFAULT_MESSENGER_EXE)
     users = cl.client_users(ctx.inventory, host.name)
@@ -67,10 +68,33 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     base = [Command("ver"), Command("echo", "%SystemDrive%"), Command("echo", "%ProgramFiles%"),
             reg.query(cl.UNINSTALL, recursive=True), reg.query(cl.PROFILE_LIST, recursive=True),
             reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion")]
-    per_user = [reg.query(f"HKU\\{u.sid}\\{contacts_key}", recursive=True) if u.sid else Command("ver")
-                for u in users]
     limit = cl.line_limit(ctx, host.name)
-    sections, _ = cl.run_sections(conn, base + per_user, limit=limit)
+    # profiles an earlier run recorded: those users' hives are read in this first line, in
+    # place or loaded and unloaded (cmd.exe branches on who is logged on), checked below
+    # against the live ProfileList; the others as before (in place, a second line to load)
+    earlier = cl.fact_profiles(ctx, host.name) if ctx.args.get("load_hives", True) else {}
+    guesses = {u.alias: g for u in users if (g := cl.profile_for(u, earlier)) is not None}
+    builders, offsets, pos = [cl.plain(base)], [], len(base)
+    for u in users:
+        g = guesses.get(u.alias)
+        if g is not None:
+            name = cl.hive_name(u.alias)
+            builders.append(cl.hive_group(g.sid, [reg.query(f"HKU\\{g.sid}\\{contacts_key}", recursive=True)],
+                                          u.alias, g.path.rstrip("\\") + "\\NTUSER.DAT",
+                                          [reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True)]))
+            offsets.append(pos)
+            pos += 5
+        else:
+            builders.append(cl.plain([reg.query(f"HKU\\{u.sid}\\{contacts_key}", recursive=True) if u.sid
+                                      else Command("ver")]))
+            offsets.append(pos)
+            pos += 1
+    builders.append(cl.plain([reg.query("HKU")]))
+    with cl.hive_locks(host.name, list(guesses)):
+        sections, _ = cl.run_built(conn, builders, limit=limit)
+        for alias in guesses:
+            if cl.still_loaded(sections[-1], cl.hive_name(alias)):
+                cl.unload_verified(conn, host.name, cl.hive_name(alias))
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     env = {"SystemDrive": text[1].strip() or "C:", "ProgramFiles": text[2].strip() or r"C:\Program Files"}
     os_line = next((ln.strip() for ln in text[0].splitlines() if ln.strip()), None)
@@ -96,7 +120,21 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
                                       "problem": "no profile"}
             continue
         entry: dict[str, Any] = {"sid": p.sid, "profile": p.path, "loaded": p.loaded, "contacts": None}
-        sec = sections[len(base) + i]
+        g = guesses.get(user.alias)
+        if g is not None:
+            mounted, in_place, load, from_hive, _unload = sections[offsets[i]:offsets[i] + 5]
+            same = g.sid.lower() == p.sid.lower() and g.path.rstrip("\\").lower() == p.path.rstrip("\\").lower()
+            read = (in_place if mounted is not None and mounted.ok else
+                    from_hive if load is not None and load.ok else None)
+            if same and read is not None:
+                entry["loaded"] = bool(mounted is not None and mounted.ok)
+                entry["contacts"] = (_contact_summary(read.stdout, contacts_key) if read.ok
+                                     else {"present": False, "count": 0, "profiles": []})
+            else:  # out-of-date profile, a hive in use or not loadable: the second line tells
+                unloaded.append((user, p))
+            user_facts[user.alias] = entry
+            continue
+        sec = sections[offsets[i]]
         if p.loaded and user.sid:
             entry["contacts"] = (_contact_summary(sec.stdout, contacts_key) if sec is not None and sec.ok
                                  else {"present": False, "count": 0, "profiles": []})
