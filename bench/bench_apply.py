@@ -12,7 +12,9 @@ three runs are timed in-process, exactly as the CLI runs them (runner.apply):
 
 Printed per run: wall time, tasks and tasks/s; per step (in plan order,
 summed over waves): wall time, tasks, and lab round trips (command lines,
-puts and gets) per target, max per target, and how many were mutating
+puts, gets and takes) per target (its tasks of every wave summed) and per (task, host)
+touched (the targets' budgets of docs/performance.md), with their maxima,
+and how many were mutating
 (journaled). DESIGN.md wants one round trip per host per step where the work
 allows. ``--profile`` prints the top of a cProfile of the first run.
 """
@@ -47,6 +49,7 @@ class Meter:
     def __init__(self) -> None:
         self.local = threading.local()
         self.trips: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.pairs: dict[str, dict[tuple[str, str | None, str], int]] = defaultdict(lambda: defaultdict(int))
         self.step_time: dict[str, float] = defaultdict(float)
         self.step_tasks: dict[str, int] = defaultdict(int)
         self.order: list[str] = []
@@ -62,6 +65,7 @@ class Meter:
 
         def run_task(self: Any, pplay: Any, task: Any) -> Any:
             meter.local.key = (task.step.name, task.target_name)
+            meter.local.wave = task.wave
             prof = None
             if meter.profiling:
                 prof = meter.threads.current()
@@ -93,27 +97,32 @@ class Meter:
                 key = getattr(meter.local, "key", None) or ("(outside tasks)", self.host)
                 with meter._lock:
                     meter.trips[key[0]][key[1]] += 1
+                    meter.pairs[key[0]][(key[1], getattr(meter.local, "wave", None), self.host)] += 1
                 return orig(self, *a, **kw)
             return wrapper
 
         engine_mod.Engine._run_task = run_task  # type: ignore[method-assign]
         engine_mod.Engine.emit = emit  # type: ignore[method-assign]
-        for n in ("run", "put", "get"):
+        for n in [n for n in ("run", "put", "get", "take") if hasattr(labconn.LabConnection, n)]:
             setattr(labconn.LabConnection, n, counted(n))
 
     def reset(self) -> None:
         self.trips.clear()
+        self.pairs.clear()
         self.step_time.clear()
         self.step_tasks.clear()
         self.order.clear()
 
     def report(self) -> None:
-        print(f"    {'step':<40} {'wall s':>7} {'tasks':>6} {'trips/target':>12} {'max':>4}")
+        print(f"    {'step':<40} {'wall s':>7} {'tasks':>6} {'trips/target':>12} {'max':>4} "
+              f"{'trips/(task,host)':>19} {'max':>4}")
         for name in self.order:
             per = self.trips.get(name, {})
             avg = sum(per.values()) / len(per) if per else 0.0
+            pairs = self.pairs.get(name, {})
+            pavg = sum(pairs.values()) / len(pairs) if pairs else 0.0
             print(f"    {name[:40]:<40} {self.step_time[name]:7.2f} {self.step_tasks[name]:6d} "
-                  f"{avg:12.2f} {max(per.values(), default=0):4d}")
+                  f"{avg:12.2f} {max(per.values(), default=0):4d} {pavg:19.2f} {max(pairs.values(), default=0):4d}")
         extra = self.trips.get("(outside tasks)")
         if extra:
             print(f"    round trips outside tasks: {sum(extra.values())}")

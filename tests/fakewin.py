@@ -1,6 +1,6 @@
 """An in-test Windows client: a Connection that runs our rendered command lines through a
 small cmd.exe model (%VAR% expansion, quotes, & && || with cmd's precedence,
-CommandLineToArgvW argument parsing) and reg.exe / msiexec / del / echo / ver with the
+( ) blocks, the redirections >nul 2>nul 2>&1, CommandLineToArgvW argument parsing) and reg.exe / msiexec / del / echo / ver with the
 output layouts of real Windows (reg query: four-space columns; reg errors on stderr).
 Used until the lab's LabConnection lands; every command line is recorded."""
 from __future__ import annotations
@@ -37,6 +37,56 @@ def split_ops(line: str) -> list[tuple[str, str]]:
     return out
 
 
+def _tokens(line: str) -> list[str]:
+    """Operators (& && || ( )) and command texts, outside quotes; ``2>&1`` stays in its command."""
+    out: list[str] = []
+    cur: list[str] = []
+    q, i = False, 0
+
+    def flush() -> None:
+        if "".join(cur).strip():
+            out.append("".join(cur))
+        cur.clear()
+    while i < len(line):
+        c = line[i]
+        if c == '"':
+            q = not q
+        if not q and line.startswith("2>&1", i):
+            cur.append("2>&1")
+            i += 4
+            continue
+        if not q and c in "&|":
+            flush()
+            two = line[i:i + 2]
+            op = two if two in ("&&", "||") else c
+            out.append(op)
+            i += len(op)
+            continue
+        if not q and c == "(" and not "".join(cur).strip():
+            flush()
+            out.append("(")
+            i += 1
+            continue
+        if not q and c == ")":
+            flush()
+            out.append(")")
+            i += 1
+            continue
+        cur.append(c)
+        i += 1
+    flush()
+    return out
+
+
+def _redirections(text: str) -> tuple[str, list[str]]:
+    """The command without its trailing ``>nul`` / ``2>nul`` / ``2>&1``, and those."""
+    found: list[str] = []
+    words = text.rstrip().split(" ")
+    while words and words[-1].lower() in (">nul", "2>nul", "2>&1"):
+        found.insert(0, words.pop().lower())
+    return " ".join(words), found
+
+
 @dataclass
 class FakeClient:
     host: str
@@ -50,6 +100,7 @@ class FakeClient:
     msiexec_rc: int = 0
     msiexec_log: bytes = b"MSI (s) (A0:B4) [12:00:00:000]: Product: Windows Messenger -- Installation failed.\r\n"
     commands: list = field(default_factory=list)
+    executed: list = field(default_factory=list)     # each command cmd.exe actually ran (branches taken)
 
     # -- registry helpers --------------------------------------------------------
     @staticmethod
@@ -81,14 +132,61 @@ class FakeClient:
         line = command
         for k, v in self.env.items():
             line = line.replace(f"%{k}%", v)
-        out, err, rc = [], [], 0
-        for op, text in split_ops(line):
-            if (op == "&&" and rc != 0) or (op == "||" and rc == 0):
-                continue
-            rc, o, e = self._exec(text)
-            out.append(o)
-            err.append(e)
-        return CommandResult(rc, "".join(out), "".join(err))
+        rc, out, err = self._seq(_tokens(line), [0])
+        return CommandResult(rc, out, err)
+
+    # cmd's grammar: seq := chain ('&' chain)*; chain := node (('&&'|'||') node)*;
+    # node := '(' seq ')' | command [redirections]
+    def _seq(self, toks: list[str], pos: list[int]) -> tuple[int, str, str]:
+        rc, out, err = self._chain(toks, pos)
+        while pos[0] < len(toks) and toks[pos[0]] == "&":
+            pos[0] += 1
+            rc, o, e = self._chain(toks, pos)
+            out, err = out + o, err + e
+        return rc, out, err
+
+    def _chain(self, toks: list[str], pos: list[int]) -> tuple[int, str, str]:
+        rc, out, err = self._node(toks, pos, True)
+        while pos[0] < len(toks) and toks[pos[0]] in ("&&", "||"):
+            op = toks[pos[0]]
+            pos[0] += 1
+            run = (op == "&&") == (rc == 0)
+            r, o, e = self._node(toks, pos, run)
+            if run:
+                rc, out, err = r, out + o, err + e
+        return rc, out, err
+
+    def _node(self, toks: list[str], pos: list[int], run: bool) -> tuple[int, str, str]:
+        if pos[0] < len(toks) and toks[pos[0]] == "(":
+            pos[0] += 1
+            start = pos[0]
+            if run:
+                result = self._seq(toks, pos)
+            else:  # skip the block without running it
+                depth = 1
+                while pos[0] < len(toks) and depth:
+                    depth += {"(": 1, ")": -1}.get(toks[pos[0]], 0)
+                    pos[0] += 1
+                pos[0] -= 1
+                result = (0, "", "")
+            assert pos[0] > start - 1 and toks[pos[0]] == ")", toks[pos[0]:]
+            pos[0] += 1
+            return result
+        text = toks[pos[0]] if pos[0] < len(toks) else ""
+        pos[0] += 1
+        if not run:
+            return 0, "", ""
+        text, redirects = _redirections(text)
+        self.executed.append(text.strip())
+        rc, o, e = self._exec(text)
+        for r in redirects:
+            if r == ">nul":
+                o = ""
+            elif r == "2>nul":
+                e = ""
+            elif r == "2>&1":
+                o, e = o + e, ""
+        return rc, o, e
 
     def put(self, data: bytes, remote_path: str) -> None:
         self.files[remote_path.lower()] = data
@@ -135,7 +233,7 @@ class FakeClient:
             if key.upper() in ("HKU", "HKEY_USERS"):
                 return 0, "\r\n" + "".join(f"HKEY_USERS\\{n}\r\n" for n, _ in self.mounted.values()), ""
             found = self._resolve(key)
-            if found is None or found[2].lower() not in found[1]:
+            if found is None or (found[2] and found[2].lower() not in found[1]):
                 return 1, "", NOT_FOUND
             prefix, hive, rel = found
             keys = [k for p, k in sorted(hive.items()) if p == rel.lower() or

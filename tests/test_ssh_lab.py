@@ -70,6 +70,18 @@ def test_files_put_over_sftp_are_seen_by_the_lab_shell(served_lab):
         conn.close()
 
 
+def test_take_reads_a_file_and_removes_it_on_the_same_sftp_session(served_lab):
+    client = next(h for h, a in served_lab.addresses.items() if a.startswith("127.10."))
+    conn = _conn(served_lab, client)
+    try:
+        conn.put(b"\xff\xfeR\x00", r"C:\WINDOWS\Temp\runner-take.reg")
+        assert conn.take(r"C:\WINDOWS\Temp\runner-take.reg") == b"\xff\xfeR\x00"
+        gone = conn.run(r"type C:\WINDOWS\Temp\runner-take.reg")
+        assert gone.rc == 1 and "cannot find" in gone.stderr
+    finally:
+        conn.close()
+
+
 def test_lab_drop_fault_surfaces_as_a_dropped_ssh_connection(served_lab):
     client = next(h for h, a in served_lab.addresses.items() if a.startswith("127.10."))
     meta_path = served_lab.lab_dir / "lab.json"

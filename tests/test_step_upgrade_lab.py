@@ -58,3 +58,35 @@ def test_a_5_1_file_without_its_product_is_installed_again_and_a_product_without
     assert diff is not None and diff.data.get("reinstall"), diff
     assert step.apply(ctx, host, diff).status == "changed"
     assert lab_host.fs.file_version(exe).startswith("5.1") and step.probe(ctx, host) is None
+
+
+def test_the_probe_uses_this_runs_facts_until_an_upgrade_outcome_exists(tmp_path):
+    """inventory_clients' facts of this run stand for the probe's read (no round trip),
+    and lead to the same decision; once the host has an upgrade outcome, it reads live."""
+    from collections import Counter
+
+    from runner.steps.inventory_clients import gather
+    inv = load_inventory(generate(tmp_path / "lab", clients=8, users_per_client=1, contacts=2, seed=3))
+    step = UpgradeMessenger()
+    compared = 0
+    for name in sorted(inv.group_hosts("clients")):
+        calls: Counter = Counter()
+        conn = LabConnection(inv.hosts[name], inv, None)
+        original = conn.run
+        conn.run = lambda cmd, **kw: (calls.update(["run"]), original(cmd, **kw))[1]  # type: ignore
+        ctx = StepCtx(inv, {name: conn}, tmp_path)
+        live = step.probe(ctx, inv.hosts[name])
+        ctx._facts[name] = gather(ctx, inv.hosts[name])[0]
+        calls.clear()
+        from_facts = step.probe(ctx, inv.hosts[name])
+        assert calls["run"] == 0
+        assert (live is None) == (from_facts is None) and (live is None or live.data == from_facts.data)
+        compared += live is not None
+        ctx.previous = lambda module, target: ["an earlier outcome"]  # type: ignore[method-assign]
+        step.probe(ctx, inv.hosts[name])
+        assert calls["run"] == 1, "a host with an upgrade outcome is read live"
+        ctx.run_id = "another"
+        ctx.previous = lambda module, target: []  # type: ignore[method-assign]
+        step.probe(ctx, inv.hosts[name])
+        assert calls["run"] == 2, "facts of another run are not trusted"
+    assert compared, "the lab holds clients to upgrade"

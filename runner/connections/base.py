@@ -53,6 +53,10 @@ class Connection(Protocol):
         """Release the connection; safe to call twice."""
         ...
 
+    # Optional: ``take(remote_path) -> bytes`` reads a file and deletes it in one round
+    # trip (the lab and SSH connections have it); runner.steps._clients.take falls back
+    # to get + del for a connection without it.
+
 
 # A factory builds a Connection for a host of the inventory. Each connection
 # kind ("lab", "ssh") registers one in runner.connections.registry.

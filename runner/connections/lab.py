@@ -126,11 +126,21 @@ class LabConnection:
 
     def get(self, remote_path: str) -> bytes:
         """Read a file of the host; PermanentFault if it does not exist."""
+        return self._read(remote_path, remove=False)
+
+    def take(self, remote_path: str) -> bytes:
+        """Read a file of the host and delete it, in one round trip (see runner.steps._clients.take)."""
+        return self._read(remote_path, remove=True)
+
+    def _read(self, remote_path: str, *, remove: bool) -> bytes:
         self._before()
         try:
             data = self.lab_host.fs.read(remote_path)
         except (OSError, InvalidPath) as e:
             raise PermanentFault(f"get {remote_path}: {e}", host=self.host) from None
+        if remove:
+            self.lab_host.fs.delete(remote_path)
+            self.lab_host.record("take", f"take {remote_path} ({len(data)} bytes, then deleted)", 0)
         self._after()
         return data
 

@@ -686,6 +686,15 @@ class SSHConnection:
 
     def get(self, remote_path: str) -> bytes:
         """Read the file at the Windows path ``remote_path`` through SFTP."""
+        return self._read(remote_path, remove=False)
+
+    def take(self, remote_path: str) -> bytes:
+        """Read the file at ``remote_path`` and remove it on the same SFTP session: the
+        ``get`` and ``del`` of a scratch file in one operation, without a command line
+        (and its session slot and cmd.exe start) for the delete."""
+        return self._read(remote_path, remove=True)
+
+    def _read(self, remote_path: str, *, remove: bool) -> bytes:
         path = windows_to_sftp_path(remote_path, self._sftp_paths)
         with self._sftp_lock:
             sftp = self._sftp_client()
@@ -693,10 +702,13 @@ class SSHConnection:
                 with sftp.open(path, "rb") as fh:
                     fh.prefetch()
                     data = fh.read()
+                if remove:
+                    sftp.remove(path)
                 self.last_answer = time.time()
                 return data
             except (FileNotFoundError, PermissionError) as exc:
-                raise PermanentFault(f"{self.host}: cannot read {remote_path}: {exc.strerror or exc}",
+                raise PermanentFault(f"{self.host}: cannot {'take' if remove else 'read'} {remote_path}: "
+                                     f"{exc.strerror or exc}",
                                      host=self.host, data={"missing": isinstance(exc, FileNotFoundError)}) from None
             except (IOError, EOFError, paramiko.SSHException) as exc:
                 self._on_sftp_error(sftp, exc, f"reading {remote_path}")

@@ -5,43 +5,150 @@ Private to runner/steps (the leading underscore keeps it out of step discovery).
 from __future__ import annotations
 
 import re
+import secrets
+import threading
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from runner.connections.base import CommandResult, Connection
 from runner.errors import PermanentFault
 from runner.model import Inventory, User
 from runner.windows import reg
-from runner.windows.cmdline import Command, Quoted, Section, batch, sectioned, split_sections
+from runner.windows.cmdline import (MAX_COMMAND_LINE, Command, Quoted, Section, batch_groups, branch_sections,
+                                    sectioned, split_sections)
 from runner.windows.regfile import RegKey
 
 PROFILE_LIST = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList"
+WINDOWS_NT = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
 UNINSTALL = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall"
 DEFAULT_MESSENGER_EXE = r"C:\Program Files\Messenger\msmsgs.exe"
 
 
-def run_sections(conn: Connection, commands: Sequence[Command]) -> tuple[list[Section | None], str]:
-    """Run ``commands`` chained with ``&`` (one round trip per 8,191 characters).
+#: cmd.exe's line limit when no fact says which Windows a host runs: Windows 2000's
+#: 2,047 characters (KB 830473; XP and Server 2003 take 8,191).
+DEFAULT_LINE_LIMIT = 2047
+
+
+def run_sections(conn: Connection, commands: Sequence[Command], *,
+                 limit: int = MAX_COMMAND_LINE) -> tuple[list[Section | None], str]:
+    """Run ``commands`` chained with ``&`` (one round trip per ``limit`` characters).
 
     Returns each command's stdout and success (None: it never ran), and the
     combined stderr (reg.exe writes its errors there).
     """
-    wrapped, nonce = sectioned(commands)
-    out: list[Section | None] = []
+    return run_groups(conn, [[c] for c in commands], limit=limit)
+
+
+#: Builds one group of a line from the line's nonce and its first section number:
+#: (the commands, which always share a line; how many sections they hold).
+GroupBuilder = Callable[[str, int], "tuple[list[Command], int]"]
+
+
+def plain(commands: Sequence[Command]) -> GroupBuilder:
+    """A group of commands that all run, each in its own section."""
+    return lambda nonce, start: (sectioned(commands, nonce, start=start)[0], len(commands))
+
+
+def run_groups(conn: Connection, groups: Sequence[Sequence[Command]], *,
+               limit: int = MAX_COMMAND_LINE) -> tuple[list[Section | None], str]:
+    """Like ``run_sections`` for the commands of ``groups`` in order, flattened; the
+    commands of one group always go in the same line (a hive's load with its unload)."""
+    return run_built(conn, [plain(g) for g in groups], limit=limit)
+
+
+def run_built(conn: Connection, builders: Sequence[GroupBuilder], *,
+              limit: int = MAX_COMMAND_LINE) -> tuple[list[Section | None], str]:
+    """Run the groups ``builders`` make, packed into as few lines as fit ``limit`` (a group
+    is never split); returns every section in order (None: it never ran) and the stderr."""
+    nonce = secrets.token_hex(4)
+    groups: list[list[Command]] = []
+    total = 0
+    for build in builders:
+        pieces, n = build(nonce, total)
+        groups.append(pieces)
+        total += n
+    out: list[Section | None] = [None] * total
     errors: list[str] = []
-    for line in batch(wrapped):
-        n = sum(1 for b in line.bits if isinstance(b, Command))
-        result = conn.run(line.render())
+    for line in batch_groups(groups, limit=limit):
+        result = conn.run(line.render(limit=limit))
         errors.append(result.stderr)
-        # the markers carry absolute indexes: parse against the full count, keep this line's slice
-        parsed = split_sections(result.stdout, len(commands), nonce)
-        out.extend(parsed[len(out):len(out) + n])
+        for i, sec in enumerate(split_sections(result.stdout, total, nonce)):
+            if sec is not None:
+                out[i] = sec
     return out, "".join(errors)
+
+
+def hive_group(sid: str, in_place: Sequence[Command], alias: str, ntuser: str,
+               loaded: Sequence[Command]) -> GroupBuilder:
+    """Work on a user's hive whoever is logged on, as one group: when ``HKU\\<sid>`` is
+    mounted (the user is logged on) ``in_place`` runs; else ``reg load`` of ``ntuser``
+    (its error text kept in its section), ``loaded`` and ``reg unload``, always together.
+
+    Sections: the mounted test, ``in_place``'s, the load, ``loaded``'s, the unload.
+    """
+    name = hive_name(alias)
+    test = Command(*reg.query(f"HKU\\{sid}").bits, ">nul", "2>&1")
+    otherwise = [Command(*reg.load(name, ntuser).bits, "2>&1"), *loaded, reg.unload(name)]
+
+    def build(nonce: str, start: int) -> tuple[list[Command], int]:
+        cmd, _ = branch_sections(test, in_place, otherwise, nonce, start=start)
+        return [cmd], 1 + len(in_place) + len(otherwise)
+    return build
+
+
+def line_limit(ctx: Any, host: str) -> int:
+    """cmd.exe's line limit on ``host``: from the ``cmd_line_limit`` fact inventory_clients
+    records (8,191 on XP/2003, 2,047 on Windows 2000), else ``DEFAULT_LINE_LIMIT``."""
+    facts = ctx.facts(host) if hasattr(ctx, "facts") else None
+    value = (facts or {}).get("cmd_line_limit")
+    return value if isinstance(value, int) and 1024 <= value <= MAX_COMMAND_LINE else DEFAULT_LINE_LIMIT
+
+
+def limit_for_version(version: str | None) -> int:
+    """The line limit of a Windows ``CurrentVersion`` (``5.0`` 2000: 2,047; ``5.1`` XP and later:
+    8,191); unknown: ``DEFAULT_LINE_LIMIT``."""
+    v = version_tuple(version)
+    if not v:
+        return DEFAULT_LINE_LIMIT
+    return MAX_COMMAND_LINE if v >= (5, 1) else 2047
+
+
+def take(conn: Connection, path: str) -> bytes:
+    """Read the file at ``path`` and delete it, in one round trip when the connection can
+    (``take``: over SSH the remove follows the read on the same SFTP session), else a
+    ``get`` and a ``del``. The file is deleted even when reading it failed."""
+    taker = getattr(conn, "take", None)
+    if callable(taker):
+        return taker(path)
+    try:
+        return conn.get(path)
+    finally:
+        conn.run(Command("del", "/q", Quoted(path)).render())
 
 
 def client_users(inventory: Inventory, host: str) -> list[User]:
     """Inventory users whose ``clients`` include ``host``, in inventory order."""
     return [u for u in inventory.users.values() if host in u.clients]
+
+
+_HIVE_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_HIVE_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def hive_locks(host: str, aliases: Sequence[str]) -> Iterator[None]:
+    """Hold the users' ``runner_<alias>`` mount names on ``host`` while a line loads and
+    unloads their hives: a machine reading loads other users' hives too, and must not
+    unload a hive another task's line has just loaded to export (its export would then
+    miss the key and record an empty list). Taken in sorted order, so never deadlocks."""
+    keys = sorted({(host.lower(), hive_name(a).lower()) for a in aliases})
+    with _HIVE_LOCKS_GUARD:
+        locks = [_HIVE_LOCKS.setdefault(k, threading.Lock()) for k in keys]
+    with ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield
 
 
 def hive_name(alias: str) -> str:
@@ -72,6 +179,17 @@ def profiles(profile_keys: list[RegKey], hku_keys: list[RegKey], env: Mapping[st
         raw = reg.value_of(reg.find_key(profile_keys, PROFILE_LIST + "\\" + sid), "ProfileImagePath")
         if isinstance(raw, str) and raw:
             out[sid] = Profile(sid, expand(raw, env), sid.lower() in mounted)
+    return out
+
+
+def fact_profiles(ctx: Any, host: str) -> dict[str, Profile]:
+    """Profiles of ``host`` as inventory_clients recorded them (this run or an earlier
+    one; empty without facts). Paths may be out of date: check them against ProfileList."""
+    facts = ctx.facts(host) if hasattr(ctx, "facts") else None
+    out: dict[str, Profile] = {}
+    for sid, p in ((facts or {}).get("profiles") or {}).items():
+        if isinstance(sid, str) and isinstance(p, dict) and isinstance(p.get("path"), str):
+            out[sid] = Profile(sid, p["path"], bool(p.get("loaded")))
     return out
 
 

@@ -1,22 +1,28 @@
 """export_contacts: export a user's Exchange IM contact list from every client they use.
 
-Round trips per client (DESIGN.md, "Speed"): the profile is located once per
-client per task, in the probe, and handed to apply in ``Diff.data``.
+Round trips per (user, machine) (DESIGN.md, "Speed"; docs/performance.md):
 
-Probe, one line per client: ``echo %SystemDrive%``, ``reg query ProfileList
-/s``, ``reg query HKU`` and, when the inventory gives the user's SID, ``reg
-query HKU\\<SID>\\<key> /s`` read in place; a user who is not logged on
-needs a second line, ``reg load HKU\\runner_<alias> "<profile>\\NTUSER.DAT" &
-reg query /s & reg unload & reg query HKU`` (the unload always runs, and the
-final query verifies it: a leftover is unloaded again, else the task fails;
-a hive in use is a TransientFault). The normalised documents are compared
-with the current artifacts; None when every machine's list is unchanged.
+- Reading (the probe, when an export is stored to compare with): one command
+  line per machine reads the list of *every* inventory user of that machine,
+  each in its own marked group: ``reg query HKU\\<SID>\\<key> /s`` in place
+  (a logged-on user), then ``reg load HKU\\runner_<alias> <profile>\\NTUSER.DAT &
+  reg query /s & reg unload`` (a user not logged on; for a logged-on one the
+  load fails "in use" and the in-place read stands), so the line does not
+  depend on who is logged on. The other users' probes in the same step and
+  wave take their reading from it (each reading is used once). Profiles come
+  from the facts inventory_clients gathered (checked against ProfileList in
+  the same line); without them a first line locates them. One user's locked
+  hive or missing profile is that user's fault only.
+- A machine never exported for the user is not read by the probe (outside
+  check mode): there is nothing to compare with, so apply exports it.
+- Export (apply, changed machines only): one line ``del old scratch files &
+  reg export in place & reg query & reg load & reg export & reg query & reg
+  unload & reg query HKU``, then the UTF-16 .reg file is taken (read and
+  deleted in one round trip, runner.steps._clients.take): 2 per machine.
 
-Apply exports only the machines whose list changed (the others' artifacts
-are reused): one line ``[reg load &] reg export KEY file & reg query KEY [&
-reg unload & reg query HKU]`` (the query tells an absent key from a failed
-export), then ``get`` of the UTF-16 .reg file from ``C:\\Windows\\Temp``
-and its ``del``: 1-2 round trips per unchanged client, 4-5 per changed one.
+Every line fits the host's cmd.exe limit (runner.steps._clients.line_limit);
+a user's load and unload always share a line, and the final ``reg query HKU``
+verifies the unloads (a leftover is unloaded again, else the task fails).
 
 Artifacts (content-addressed, so unchanged content writes nothing new):
 ``contacts/<alias>/<host>.reg`` (raw), ``contacts/<alias>/<host>.json`` and
@@ -28,8 +34,12 @@ Exchange IM is not disabled for them (docs/data-safety.md).
 """
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Any
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from runner.connections.base import Connection
 from runner.errors import PermanentFault, TransientFault
@@ -37,60 +47,206 @@ from runner.model import User
 from runner.steps import _clients as cl
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import reg
-from runner.windows.cmdline import Command, Quoted
+from runner.windows.cmdline import Command, Quoted, Section
 from runner.windows.imcontacts import DEFAULT_CONTACTS_KEY, contacts_from_keys, dumps, merge
 from runner.windows.regfile import RegFileError, parse_reg
 
 TEMP_DIR = r"C:\Windows\Temp"
+#: A machine reading older than this is not handed to another user's probe.
+READING_MAX_AGE = 300.0
 
 
 def _contacts_key(ctx: StepContext) -> str:
     return str(ctx.args.get("contacts_key") or ctx.vars.get("contacts_key") or DEFAULT_CONTACTS_KEY)
 
 
-def _located(conn: Connection, host: str, user: User, key: str) -> tuple[cl.Profile, Any]:
-    """The user's profile on ``host`` (with whether the hive is mounted), in one round trip.
+# -- profiles -------------------------------------------------------------------
 
-    When the inventory gives the user's SID, the same line also reads
-    ``HKU\\<SID>\\key /s`` in place: returned as the second item when the hive
-    is mounted (so a logged-on user's probe costs one round trip), else None.
-    """
-    commands = [Command("echo", "%SystemDrive%"), reg.query(cl.PROFILE_LIST, recursive=True), reg.query("HKU")]
-    if user.sid:
-        commands.append(reg.query(f"HKU\\{user.sid}\\{key}", recursive=True))
-    sections, _ = cl.run_sections(conn, commands)
+def _locate_commands() -> list[Command]:
+    return [Command("echo", "%SystemDrive%"), reg.query(cl.PROFILE_LIST, recursive=True), reg.query("HKU")]
+
+
+def _located(sections: Sequence[Section | None]) -> dict[str, cl.Profile]:
+    """Profiles by SID from the sections of ``_locate_commands``."""
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
-    found = cl.profiles(reg.parse_query(text[1]), reg.parse_query(text[2]), {"SystemDrive": text[0].strip() or "C:"})
-    p = cl.profile_for(user, found)
+    return cl.profiles(reg.parse_query(text[1]), reg.parse_query(text[2]), {"SystemDrive": text[0].strip() or "C:"})
+
+
+def _locate_live(conn: Connection, host: str, user: User, limit: int) -> cl.Profile:
+    sections, _ = cl.run_sections(conn, _locate_commands(), limit=limit)
+    p = cl.profile_for(user, _located(sections))
     if p is None:
         raise PermanentFault(f"{user.alias} has no profile on {host}", host=host)
-    return p, (sections[3] if user.sid and p.loaded else None)
+    return p
 
 
-def _with_hive(conn: Connection, host: str, user: User, p: cl.Profile, inner: list[Command]) -> list[Any]:
-    """Run ``inner`` (built for ``HKU\\<mount>\\...``) against the user's hive in one round
-    trip, loading and always unloading NTUSER.DAT when it is not mounted: ``reg load &
-    inner & reg unload & reg query HKU``, the unload verified (a leftover is unloaded
-    again, else PermanentFault). A hive in use is a TransientFault. Returns inner's sections."""
-    if p.loaded:
-        sections, _ = cl.run_sections(conn, inner)
-        return sections
-    name = cl.hive_name(user.alias)
-    commands = [reg.load(name, p.path.rstrip("\\") + "\\NTUSER.DAT"), *inner, reg.unload(name), reg.query("HKU")]
-    sections, stderr = cl.run_sections(conn, commands)
-    if cl.still_loaded(sections[-1], name):
-        cl.unload_verified(conn, host, name)
-    load = sections[0]
+def _same_path(a: str, b: str) -> bool:
+    return a.rstrip("\\").lower() == b.rstrip("\\").lower()
+
+
+# -- one user's hive, whoever is logged on ----------------------------------------
+
+def _ntuser(p: cl.Profile) -> str:
+    return p.path.rstrip("\\") + "\\NTUSER.DAT"
+
+
+def _read_group(user: User, p: cl.Profile, key: str) -> cl.GroupBuilder:
+    """Sections: mounted, in-place read | load, loaded read, unload (5)."""
+    return cl.hive_group(p.sid, [reg.query(f"HKU\\{p.sid}\\{key}", recursive=True)], user.alias, _ntuser(p),
+                         [reg.query(f"HKU\\{cl.hive_name(user.alias)}\\{key}", recursive=True)])
+
+
+def _mounted(hku: Section | None, sid: str) -> bool:
+    return hku is not None and any(s.lower() == sid.lower()
+                                   for s in reg.subkeys(reg.parse_query(hku.stdout), "HKU"))
+
+
+def _hive_outcome(user: User, host: str, p: cl.Profile, mounted: Section | None, load: Section | None,
+                  hku: Section | None) -> bool:
+    """Whether the in-place branch of a hive group holds the user's list (logged on),
+    else the loaded one; raises the user's own fault when neither can be trusted.
+
+    Logged on, but no longer mounted at the end of the line: the user logged off
+    in between and the in-place read may have missed the key (TransientFault). Not
+    logged on and the load failed: in use (the user logging on, another process)
+    is a TransientFault, anything else a PermanentFault.
+    """
+    if mounted is not None and mounted.ok:
+        return True
     if load is None or not load.ok:
-        if cl.is_locked_text(stderr):
-            raise TransientFault(f"{user.alias}'s hive on {host} is in use (reg load): {stderr.strip()[:200]}",
+        text = load.stdout if load is not None else ""
+        if cl.is_locked_text(text) or mounted is None:
+            raise TransientFault(f"{user.alias}'s hive on {host} is in use (reg load): {text.strip()[:200]}",
                                  host=host)
-        raise PermanentFault(f"cannot load {user.alias}'s hive on {host}: {stderr.strip()[:200]}", host=host)
-    return sections[1:1 + len(inner)]
+        raise PermanentFault(f"cannot load {user.alias}'s hive on {host}: {text.strip()[:200]}", host=host)
+    return False
 
 
-def _mount(user: User, p: cl.Profile) -> str:
-    return p.sid if p.loaded else cl.hive_name(user.alias)
+def _check_unloaded(conn: Connection, host: str, users: Sequence[User], hku: Section | None) -> None:
+    for user in users:
+        if cl.still_loaded(hku, cl.hive_name(user.alias)):
+            cl.unload_verified(conn, host, cl.hive_name(user.alias))
+
+
+# -- reading every user of a machine in one line -----------------------------------
+
+def read_machine(ctx: StepContext, host: str, users: Sequence[User]) -> dict[str, Any]:
+    """The normalised contact document of each of ``users`` on ``host`` (read-only):
+    alias -> (profile, document), or the fault of that user alone.
+
+    One line when the facts give the profiles (checked against ProfileList in the
+    same line), else two (locate, then read). Each user's reads are one group, so
+    a line break never separates a hive's load from its unload.
+    """
+    conn = ctx.connection(host)
+    key = _contacts_key(ctx)
+    limit = cl.line_limit(ctx, host)
+    known = cl.fact_profiles(ctx, host)
+    plan = [(u, cl.profile_for(u, known)) for u in users]
+    first = [(u, p) for u, p in plan if p is not None]
+    builders = [cl.plain(_locate_commands())] + [_read_group(u, p, key) for u, p in first]
+    with cl.hive_locks(host, [u.alias for u, _ in first]):
+        sections, _ = cl.run_built(conn, builders + [cl.plain([reg.query("HKU")])], limit=limit)
+        _check_unloaded(conn, host, [u for u, _ in first], sections[-1])
+    live = _located(sections[:3])
+    results: dict[str, Any] = {}
+    for i, (u, guess) in enumerate(first):
+        p = cl.profile_for(u, live)
+        if p is None or not _same_path(p.path, guess.path) or p.sid.lower() != guess.sid.lower():
+            continue  # the facts are out of date: read again below with the live profile
+        results[u.alias] = _outcome(u, host, p, sections[3 + 5 * i:8 + 5 * i], sections[-1], key)
+    again: list[tuple[User, cl.Profile]] = []
+    for u, _ in plan:
+        if u.alias in results:
+            continue
+        p = cl.profile_for(u, live)
+        if p is None:
+            results[u.alias] = PermanentFault(f"{u.alias} has no profile on {host}", host=host)
+        else:
+            again.append((u, p))
+    if again:
+        with cl.hive_locks(host, [u.alias for u, _ in again]):
+            sections, _ = cl.run_built(conn, [_read_group(u, p, key) for u, p in again]
+                                       + [cl.plain([reg.query("HKU")])], limit=limit)
+            _check_unloaded(conn, host, [u for u, _ in again], sections[-1])
+        for i, (u, p) in enumerate(again):
+            results[u.alias] = _outcome(u, host, p, sections[5 * i:5 * i + 5], sections[-1], key)
+    return results
+
+
+def _outcome(user: User, host: str, p: cl.Profile, group: Sequence[Section | None], hku: Section | None,
+             key: str) -> Any:
+    """(profile, document) from a read group's sections, or the user's fault."""
+    mounted, in_place, load, loaded, _unload = group
+    try:
+        logged_on = _hive_outcome(user, host, p, mounted, load, hku)
+    except (TransientFault, PermanentFault) as exc:
+        return exc
+    q = in_place if logged_on else loaded
+    if logged_on and (q is None or not q.ok) and not _mounted(hku, p.sid):
+        return TransientFault(f"{user.alias} logged off {host} during the read; reading the hive again", host=host)
+    profile = cl.Profile(p.sid, p.path, logged_on)
+    if q is None or not q.ok:
+        return profile, contacts_from_keys([], key)
+    return profile, contacts_from_keys(reg.parse_query(q.stdout), key)
+
+
+@dataclass
+class _Shared:
+    """The readings of one machine in one step (and wave) of one run, each handed out once."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    taken: float = 0.0
+    readings: dict[str, Any] = field(default_factory=dict)
+
+
+_SHARED: dict[tuple[Any, ...], _Shared] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _share_key(ctx: StepContext, host: str) -> tuple[Any, ...] | None:
+    task = getattr(ctx, "task", None)
+    step = getattr(task, "step", None)
+    if task is None or step is None:
+        return None
+    return (ctx.run_id, getattr(task, "play_index", None), getattr(step, "name", None), task.wave, host.lower())
+
+
+def probe_host(ctx: StepContext, user: User, host: str) -> tuple[cl.Profile, dict[str, Any]]:
+    """The user's profile on ``host`` and their normalised contact document (read-only).
+
+    Within a step of a run, the first probe that reaches a machine reads every
+    inventory user of it in one line; the others take their reading from it.
+    """
+    skey = _share_key(ctx, host)
+    if skey is None:
+        got = read_machine(ctx, host, [user])[user.alias]
+    else:
+        with _SHARED_LOCK:
+            now = time.monotonic()
+            for k in [k for k, v in _SHARED.items() if now - v.taken > READING_MAX_AGE and not v.lock.locked()]:
+                del _SHARED[k]
+            shared = _SHARED.setdefault(skey, _Shared(taken=now))
+        with shared.lock:
+            got = shared.readings.pop(user.alias, None)
+            if got is None or time.monotonic() - shared.taken > READING_MAX_AGE:
+                users = cl.client_users(ctx.inventory, host)
+                if user not in users:
+                    users.append(user)
+                readings = read_machine(ctx, host, users)
+                got = readings.pop(user.alias)
+                shared.readings, shared.taken = readings, time.monotonic()
+    if isinstance(got, BaseException):
+        raise got
+    return got
+
+
+def read_current(ctx: StepContext, user: User, host: str) -> dict[str, Any]:
+    """The user's normalised contact document on ``host`` via ``reg query /s`` (read-only)."""
+    got = read_machine(ctx, host, [user])[user.alias]
+    if isinstance(got, BaseException):
+        raise got
+    return got[1]
 
 
 def _profile_data(p: cl.Profile) -> dict[str, Any]:
@@ -103,23 +259,11 @@ def _profile_from(data: Any) -> cl.Profile | None:
     return None
 
 
-def probe_host(ctx: StepContext, user: User, host: str) -> tuple[cl.Profile, dict[str, Any]]:
-    """The user's profile on ``host`` and their normalised contact document, read with
-    ``reg query /s`` (read-only): one round trip for a logged-on user whose SID the
-    inventory gives, two otherwise (locate, then read the hive in place or loaded)."""
-    conn = ctx.connection(host)
-    key = _contacts_key(ctx)
-    p, q = _located(conn, host, user, key)
-    if q is None:
-        (q,) = _with_hive(conn, host, user, p, [reg.query(f"HKU\\{_mount(user, p)}\\{key}", recursive=True)])
-    if q is None or not q.ok:
-        return p, contacts_from_keys([], key)
-    return p, contacts_from_keys(reg.parse_query(q.stdout), key)
+# -- export ----------------------------------------------------------------------
 
-
-def read_current(ctx: StepContext, user: User, host: str) -> dict[str, Any]:
-    """The user's normalised contact document on ``host`` via ``reg query /s`` (read-only)."""
-    return probe_host(ctx, user, host)[1]
+def _owner(alias: str) -> str:
+    """8 hex digits naming the user's scratch files: one user's wildcard never matches another's."""
+    return hashlib.sha256(alias.encode("utf-8")).hexdigest()[:8]
 
 
 def export_one(ctx: StepContext, user: User, host: str,
@@ -127,32 +271,43 @@ def export_one(ctx: StepContext, user: User, host: str,
     """Export the user's contact key on ``host``: raw .reg bytes (b"" when the key is
     absent) and the normalised document.
 
-    ``profile`` is the one the probe located (else it is located here). Round trips:
-    ``[reg load &] reg export & reg query KEY [& reg unload & reg query HKU]`` (the
-    query tells an absent key from a failed export), the ``get`` of the file, and
-    its ``del``.
+    ``profile`` is the one the probe or the facts located (else it is located here,
+    one more line). One line deletes the user's scratch files an earlier run left,
+    then exports in place when the user is logged on, else from the loaded hive
+    (``reg export & reg query``, the query telling an absent key from a failed
+    export); then the file is taken (read and deleted in one round trip).
     """
     conn = ctx.connection(host)
     key = _contacts_key(ctx)
-    p = profile if profile is not None else _located(conn, host, user, key)[0]
-    remote = f"{TEMP_DIR}\\runner-{cl.hive_name(user.alias)}-{ctx.run_id[:8] or 'run'}.reg"
-    path = f"HKU\\{_mount(user, p)}\\{key}"
-    inner = [reg.export(path, remote), reg.query(path)]
-    if p.loaded:  # the user may have logged off since the probe: check the SID is still mounted
-        inner.append(reg.query("HKU"))
-    sections = _with_hive(conn, host, user, p, inner)
-    exp, q = sections[0], sections[1]
-    if exp is None or not exp.ok:
-        if q is not None and q.ok:
-            raise PermanentFault(f"reg export of {user.alias}'s contacts on {host} failed", host=host)
-        if p.loaded and not cl.still_loaded(sections[2], p.sid):
-            raise TransientFault(f"{user.alias} logged off {host} during the export; reading the hive again",
-                                 host=host)
-        return b"", contacts_from_keys([], key)
+    limit = cl.line_limit(ctx, host)
+    p = profile if profile is not None else _locate_live(conn, host, user, limit)
+    owner = _owner(user.alias)
+    remote = f"{TEMP_DIR}\\runner-{owner}-{ctx.run_id[:8] or 'run'}.reg"
+    in_place, loaded = f"HKU\\{p.sid}\\{key}", f"HKU\\{cl.hive_name(user.alias)}\\{key}"
+    cleanup = Command("del", "/q", Quoted(f"{TEMP_DIR}\\runner-{owner}-*.reg"), "2>nul")
+    group = cl.hive_group(p.sid, [reg.export(in_place, remote), reg.query(in_place)], user.alias, _ntuser(p),
+                          [reg.export(loaded, remote), reg.query(loaded)])
+    with cl.hive_locks(host, [user.alias]):
+        sections, _ = cl.run_built(conn, [cl.plain([cleanup]), group, cl.plain([reg.query("HKU")])], limit=limit)
+    _del, mounted, exp_in, q_in, load, exp_l, q_l, _unload, hku = sections
+    exported = any(s is not None and s.ok for s in (exp_in, exp_l))
     try:
-        raw = conn.get(remote)
-    finally:
-        conn.run(Command("del", "/q", Quoted(remote)).render())
+        with cl.hive_locks(host, [user.alias]):
+            _check_unloaded(conn, host, [user], hku)
+        logged_on = _hive_outcome(user, host, p, mounted, load, hku)
+        exp, q = (exp_in, q_in) if logged_on else (exp_l, q_l)
+        if exp is None or not exp.ok:
+            if q is not None and q.ok:
+                raise PermanentFault(f"reg export of {user.alias}'s contacts on {host} failed", host=host)
+            if logged_on and not _mounted(hku, p.sid):
+                raise TransientFault(f"{user.alias} logged off {host} during the export; reading the hive again",
+                                     host=host)
+            return b"", contacts_from_keys([], key)
+    except BaseException:
+        if exported:
+            cl.take(conn, remote)
+        raise
+    raw = cl.take(conn, remote)
     try:
         keys = parse_reg(raw)
     except RegFileError as exc:
@@ -182,10 +337,18 @@ class ExportContacts(StepModule):
         changed: list[str] = []
         located: dict[str, dict[str, Any]] = {}
         for host in target.clients:
+            stored = ctx.artifacts.read(f"contacts/{target.alias}/{host}.json")
+            if stored is None and not ctx.check:
+                # nothing to compare with: apply exports this machine, no need to read it first
+                changed.append(host)
+                lines.append(f"{host}: contact list to export (not exported yet)")
+                known = cl.profile_for(target, cl.fact_profiles(ctx, host))
+                if known is not None:
+                    located[host] = _profile_data(known)
+                continue
             p, contacts = probe_host(ctx, target, host)
             located[host] = _profile_data(p)
             doc = _doc(target, host, key, contacts)
-            stored = ctx.artifacts.read(f"contacts/{target.alias}/{host}.json")
             if stored is None or json.loads(stored) != json.loads(dumps(doc)):
                 changed.append(host)
                 lines.append(f"{host}: {len(doc['contacts'])} contact(s) to export"

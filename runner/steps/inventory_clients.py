@@ -59,17 +59,42 @@ class InventoryClients(StepModule):
 
 
 def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
-    """Read the facts of ``host`` (read-only, at most two round trips)."""
+    """Read the facts of ``host`` (read-only): one round trip when an earlier gather recorded
+    the profiles of its users not logged on (or all are logged on), else two."""
     contacts_key = str(ctx.args.get("contacts_key") or ctx.vars.get("contacts_key") or DEFAULT_CONTACTS_KEY)
     exe = str(ctx.args.get("messenger_exe") or cl.DEFAULT_MESSENGER_EXE)
     users = cl.client_users(ctx.inventory, host.name)
     conn = ctx.connection(host.name)
     base = [Command("ver"), Command("echo", "%SystemDrive%"), Command("echo", "%ProgramFiles%"),
             reg.query(cl.UNINSTALL, recursive=True), reg.query(cl.PROFILE_LIST, recursive=True),
-            reg.query("HKU"), cl.file_version_query(exe)]
-    per_user = [reg.query(f"HKU\\{u.sid}\\{contacts_key}", recursive=True) if u.sid else Command("ver")
-                for u in users]
-    sections, _ = cl.run_sections(conn, base + per_user)
+            reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion")]
+    limit = cl.line_limit(ctx, host.name)
+    # profiles an earlier run recorded: those users' hives are read in this first line, in
+    # place or loaded and unloaded (cmd.exe branches on who is logged on), checked below
+    # against the live ProfileList; the others as before (in place, a second line to load)
+    earlier = cl.fact_profiles(ctx, host.name) if ctx.args.get("load_hives", True) else {}
+    guesses = {u.alias: g for u in users if (g := cl.profile_for(u, earlier)) is not None}
+    builders, offsets, pos = [cl.plain(base)], [], len(base)
+    for u in users:
+        g = guesses.get(u.alias)
+        if g is not None:
+            name = cl.hive_name(u.alias)
+            builders.append(cl.hive_group(g.sid, [reg.query(f"HKU\\{g.sid}\\{contacts_key}", recursive=True)],
+                                          u.alias, g.path.rstrip("\\") + "\\NTUSER.DAT",
+                                          [reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True)]))
+            offsets.append(pos)
+            pos += 5
+        else:
+            builders.append(cl.plain([reg.query(f"HKU\\{u.sid}\\{contacts_key}", recursive=True) if u.sid
+                                      else Command("ver")]))
+            offsets.append(pos)
+            pos += 1
+    builders.append(cl.plain([reg.query("HKU")]))
+    with cl.hive_locks(host.name, list(guesses)):
+        sections, _ = cl.run_built(conn, builders, limit=limit)
+        for alias in guesses:
+            if cl.still_loaded(sections[-1], cl.hive_name(alias)):
+                cl.unload_verified(conn, host.name, cl.hive_name(alias))
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     env = {"SystemDrive": text[1].strip() or "C:", "ProgramFiles": text[2].strip() or r"C:\Program Files"}
     os_line = next((ln.strip() for ln in text[0].splitlines() if ln.strip()), None)
@@ -81,6 +106,7 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     messenger = messenger or {"installed": False, "product": None, "version": None, "product_code": None,
                               "source": None}
     messenger["file_version"] = file_version
+    messenger["file_known"] = sections[6] is not None and sections[6].ok  # wmic could look at the file
     found = cl.profiles(reg.parse_query(text[4]), reg.parse_query(text[5]), env)
     loaded = sorted(s for s in reg.subkeys(reg.parse_query(text[5]), "HKU"))
     warnings: list[str] = []
@@ -94,7 +120,21 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
                                       "problem": "no profile"}
             continue
         entry: dict[str, Any] = {"sid": p.sid, "profile": p.path, "loaded": p.loaded, "contacts": None}
-        sec = sections[len(base) + i]
+        g = guesses.get(user.alias)
+        if g is not None:
+            mounted, in_place, load, from_hive, _unload = sections[offsets[i]:offsets[i] + 5]
+            same = g.sid.lower() == p.sid.lower() and g.path.rstrip("\\").lower() == p.path.rstrip("\\").lower()
+            read = (in_place if mounted is not None and mounted.ok else
+                    from_hive if load is not None and load.ok else None)
+            if same and read is not None:
+                entry["loaded"] = bool(mounted is not None and mounted.ok)
+                entry["contacts"] = (_contact_summary(read.stdout, contacts_key) if read.ok
+                                     else {"present": False, "count": 0, "profiles": []})
+            else:  # out-of-date profile, a hive in use or not loadable: the second line tells
+                unloaded.append((user, p))
+            user_facts[user.alias] = entry
+            continue
+        sec = sections[offsets[i]]
         if p.loaded and user.sid:
             entry["contacts"] = (_contact_summary(sec.stdout, contacts_key) if sec is not None and sec.ok
                                  else {"present": False, "count": 0, "profiles": []})
@@ -102,28 +142,36 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
             unloaded.append((user, p))
         user_facts[user.alias] = entry
     if unloaded and ctx.args.get("load_hives", True):
-        _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings)
-    facts = {"os": os_line, "env": env, "messenger": messenger,
+        _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings, limit)
+    os_version = reg.value_of(reg.find_key(reg.parse_query(text[7]), cl.WINDOWS_NT), "CurrentVersion")
+    os_version = os_version if isinstance(os_version, str) else None
+    facts = {"os": os_line, "os_version": os_version, "run_id": ctx.run_id, "messenger_exe": exe, "cmd_line_limit": cl.limit_for_version(os_version),
+             "env": env, "messenger": messenger,
              "profiles": {sid: {"path": p.path, "loaded": p.loaded} for sid, p in found.items()},
              "loaded_hives": loaded, "users": user_facts, "contacts_key": contacts_key}
     return facts, warnings
 
 
 def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
-                   user_facts: dict[str, Any], warnings: list[str]) -> None:
+                   user_facts: dict[str, Any], warnings: list[str], limit: int) -> None:
     """Load, read and unload (always, same line) the hives of users not logged on."""
-    commands: list[Command] = []
+    groups: list[list[Command]] = []
     for user, p in unloaded:
         name = cl.hive_name(user.alias)
-        commands += [reg.load(name, p.path.rstrip("\\") + "\\NTUSER.DAT"),
-                     reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True), reg.unload(name)]
-    commands.append(reg.query("HKU"))
-    sections, stderr = cl.run_sections(conn, commands)
+        # 2>&1: reg load's error text in the user's own section, so "in use" is that user's outcome
+        groups.append([Command(*reg.load(name, p.path.rstrip("\\") + "\\NTUSER.DAT").bits, "2>&1"),
+                       reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True), reg.unload(name)])
+    groups.append([reg.query("HKU")])
+    with cl.hive_locks(host, [u.alias for u, _ in unloaded]):
+        sections, stderr = cl.run_groups(conn, groups, limit=limit)
+        for user, _p in unloaded:
+            if cl.still_loaded(sections[-1], cl.hive_name(user.alias)):
+                cl.unload_verified(conn, host, cl.hive_name(user.alias))
     locked: list[str] = []
     for i, (user, _p) in enumerate(unloaded):
         load, query = sections[3 * i], sections[3 * i + 1]
         if load is None or not load.ok:
-            if cl.is_locked_text(stderr):
+            if load is None or cl.is_locked_text(load.stdout):
                 locked.append(user.alias)
                 continue
             user_facts[user.alias]["problem"] = "hive could not be loaded"
@@ -132,9 +180,6 @@ def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
         user_facts[user.alias]["contacts"] = (_contact_summary(query.stdout, contacts_key)
                                               if query is not None and query.ok
                                               else {"present": False, "count": 0, "profiles": []})
-    for user, _p in unloaded:
-        if cl.still_loaded(sections[-1], cl.hive_name(user.alias)):
-            cl.unload_verified(conn, host, cl.hive_name(user.alias))
     if locked:
         # a hive in use is a moment's state, not a fact about the client: retried like
         # export_contacts does, never recorded as a lasting "unfit client" warning

@@ -26,14 +26,37 @@ TARGET_VERSION = "5.1"
 
 def installed(ctx: StepContext, host: str) -> tuple[str | None, str | None, bool]:
     """(newest registered Messenger product's version, msmsgs.exe's file version, whether the
-    file could be looked at) on ``host``; None where there is none. One round trip."""
+    file could be looked at) on ``host``; None where there is none. One round trip, or none
+    when ``_fresh_facts`` stand for it."""
     exe = str(ctx.args.get("messenger_exe") or cl.DEFAULT_MESSENGER_EXE)
+    facts = _fresh_facts(ctx, host, exe)
+    if facts is not None:
+        m = facts["messenger"]
+        return (m.get("version") if m.get("source") == "uninstall" else None), m.get("file_version"), \
+            bool(m["file_known"])
     sections, _ = cl.run_sections(ctx.connection(host), [reg.query(cl.UNINSTALL, recursive=True),
                                                          cl.file_version_query(exe)])
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     found = cl.messenger_from_uninstall(reg.parse_query(text[0]))
     file_known = sections[1] is not None and sections[1].ok
     return (found or {}).get("version"), cl.file_version(text[1]), file_known
+
+
+def _fresh_facts(ctx: StepContext, host: str, exe: str) -> Any:
+    """The facts inventory_clients gathered on ``host`` in this run (same ``messenger_exe``),
+    when nothing can have changed Messenger since: no upgrade_messenger outcome of the host
+    exists in any run. Then they stand for the probe's read (one round trip less per host);
+    otherwise (a later wave, a retry after an install, an earlier run) the probe reads live.
+    A kill after msiexec but before its checkpoint leaves no outcome: the resumed run
+    installs again, which an apply must bear anyway (runner.steps.base)."""
+    facts = ctx.facts(host) if hasattr(ctx, "facts") else None
+    if not facts or facts.get("run_id") != ctx.run_id or facts.get("messenger_exe") != exe:
+        return None
+    if not isinstance(facts.get("messenger"), dict) or "file_known" not in facts["messenger"]:
+        return None
+    if ctx.previous(UpgradeMessenger.name, host):
+        return None
+    return facts
 
 
 class UpgradeMessenger(StepModule):

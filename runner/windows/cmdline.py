@@ -228,17 +228,29 @@ def batch(commands: Sequence[Command], op: str = "&", *,
     One line is one round trip; a single command longer than the limit
     raises CommandLineTooLong.
     """
+    return batch_groups([[c] for c in commands], op, limit=limit)
+
+
+def batch_groups(groups: Sequence[Sequence[Command]], op: str = "&", *,
+                 limit: int = MAX_COMMAND_LINE) -> list[Command]:
+    """Like ``batch``, but the commands of one group always share a line: a hive's
+    ``reg load`` is never cut from its ``reg unload`` by a line break. A group longer
+    than ``limit`` on its own raises CommandLineTooLong."""
     lines: list[Command] = []
     current: list[Command] = []
     size = 0
     sep = len(op) + 2
-    for cmd in commands:
-        n = len(cmd.render(limit=limit))
+    for group in groups:
+        if not group:
+            continue
+        n = sum(len(c.render(limit=limit)) for c in group) + sep * (len(group) - 1)
+        if n > limit:
+            chain(group, op).render(limit=limit)  # raises CommandLineTooLong naming the group
         if current and size + sep + n > limit:
             lines.append(chain(current, op))
             current, size = [], 0
         size = n if not current else size + sep + n
-        current.append(cmd)
+        current.extend(group)
     if current:
         lines.append(chain(current, op))
     return lines
@@ -303,6 +315,30 @@ def gated_sections(commands: Sequence[Command], nonce: str | None = None, *,
                         "&&", ok, "||", Command("echo", tag, str(i), "fail"))
     assert inner is not None
     return inner, nonce
+
+
+def branch_sections(test: Command, then: Sequence[Command], otherwise: Sequence[Command],
+                    nonce: str | None = None, *, start: int = 0) -> tuple[Command, str]:
+    """Sections of which cmd.exe runs one branch: ``then`` when ``test`` succeeds, else
+    ``otherwise`` (a hive read in place when it is mounted, else loaded and unloaded).
+
+    ``echo T s & TEST && (echo T s ok & THEN...) || (echo T s fail & OTHERWISE...)``:
+    section ``start`` is the test, then ``then``'s sections, then ``otherwise``'s;
+    those of the branch not taken never run (None from ``split_sections``). The
+    ``then`` group ends in an ``echo`` (success), so ``||`` never runs both branches.
+    """
+    nonce = nonce or secrets.token_hex(4)
+    tag = f"{_MARK}{nonce}"
+    first, _ = sectioned(then, nonce, start=start + 1)
+    second, _ = sectioned(otherwise, nonce, start=start + 1 + len(then))
+    ok_bits: list[Bit] = [Command("echo", tag, str(start), "ok")]
+    for c in first:
+        ok_bits += ["&", c]
+    fail_bits: list[Bit] = [Command("echo", tag, str(start), "fail")]
+    for c in second:
+        fail_bits += ["&", c]
+    return Command(Command("echo", tag, str(start)), "&", test, "&&", Command("(", *ok_bits, ")"),
+                   "||", Command("(", *fail_bits, ")")), nonce
 
 
 def split_sections(stdout: str, count: int, nonce: str) -> list[Section | None]:
