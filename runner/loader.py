@@ -162,6 +162,10 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
             what = f"{exc.context}, {exc.problem}"
         if mark and _char_at(text, mark.line, mark.column) == "\t":
             what = "a tab character; YAML indents with spaces only"
+        elif mark and "undefined alias" in what:  # libyaml does not say which
+            name = re.match(r"\*([^\s,\[\]{}]*)", text.splitlines()[mark.line][mark.column:])
+            what = f"the alias {name.group(0)!r} refers to no anchor (&{name.group(1)}) defined before it" \
+                if name else what
         elif mark and _long_key(text, mark.line):
             what = (f"a key longer than {YAML_KEY_LIMIT} characters, which YAML cannot read unquoted "
                     "(names are at most 128 characters)")
