@@ -492,7 +492,7 @@ def load_playbook(path: str | os.PathLike[str]) -> Playbook:
     doc = read_yaml(path)
     data = doc.data
     if data is None:
-        raise InputError("the playbook is empty; expected a list of plays", doc.file)
+        raise InputError("the playbook is empty; expected a list of plays", doc.file, 1, 1)
     context = _playbook_context(data)
     modules = all_steps()
 
@@ -746,7 +746,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     doc = read_yaml(path)
     data = doc.data
     if data is None:
-        raise InputError("the inventory is empty; expected 'all:' and 'users:'", doc.file)
+        raise InputError("the inventory is empty; expected 'all:' and 'users:'", doc.file, 1, 1)
     if isinstance(data, dict) and "plugin" in data:
         return _load_lab_plugin(doc)
     if not isinstance(data, dict):

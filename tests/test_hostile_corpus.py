@@ -110,9 +110,9 @@ case("playbook-40-mib", 4, "{pb}:", "larger than the 32 MiB",
      setup=lambda st: os.truncate(_touch(st.parent / "pb.yml"), 40 << 20))
 case("inventory-40-mib", 4, "{inv}:", "larger than the 32 MiB",
      setup=lambda st: os.truncate(_touch(st.parent / "inv.yml"), 40 << 20))
-pb_text("empty-playbook", "", "{pb}: the playbook is empty")
-pb_text("comments-only-playbook", "# nothing\n# here\n", "{pb}: the playbook is empty")
-case("empty-inventory", 4, "{inv}: the inventory is empty", inv="")
+pb_text("empty-playbook", "", "{pb}:1:1: the playbook is empty")
+pb_text("comments-only-playbook", "# nothing\n# here\n", "{pb}:1:1: the playbook is empty")
+case("empty-inventory", 4, "{inv}:1:1: the inventory is empty", inv="")
 pb_text("latin-1-playbook", "- name: caf\xe9\n  steps: []\n".encode("latin-1"), "{pb}:", "not UTF-8")
 case("latin-1-inventory", 4, "{inv}:", "not UTF-8", inv="all:\n  vars: {x: caf\xe9}\n".encode("latin-1"))
 pb_text("nul-in-step-name", b"- name: p\n  hosts: all\n  steps:\n    - name: s\x00\n", "{pb}:4:14:", "U+0000")
