@@ -155,6 +155,27 @@ inv_line("long-host-name", 11, "        " + "h" * 5000 + ": {}", "a key longer t
 inv_line("host-name-300", 11, "        " + "h" * 300 + ": {}", "'" + "h" * 300 + "' is not a valid host name")
 inv_line("quoted-number-host-ok", 11, "        pc2: {}\n        '12': {}", "valid", code=0)
 
+# -- merge keys: a merged value is reported where it is written, naming where it was merged ----
+
+MERGED = ("- name: p\n  hosts: all\n  vars:\n    step_defaults: &sd {retries: -1, delay: 5}\n  steps:\n"
+          "    - name: s\n      inventory_clients: {}\n      <<: *sd\n")
+pb_text("merge-bad-retries", MERGED, "{pb}:4:34: 'retries' must be at least 0",
+        "merged by '<<' into the mapping at line 6")
+pb_text("merge-unknown-key", MERGED.replace("retries: -1", "retires: 1"), "{pb}:4:25: unknown key 'retires'",
+        "did you mean 'retries'", "merged by '<<' into the mapping at line 6")
+pb_text("merge-list-of-maps", MERGED.replace("*sd", "[*sd, {throttle: 0}]").replace("retries: -1", "retries: 1"),
+        "{pb}:8:28:", "'throttle' must be at least 1")
+pb_text("merge-of-a-scalar", MERGED.replace("*sd", "1"), "{pb}:8:11:", "expected a mapping or list of mappings")
+pb_text("merge-overridden-is-fine", MERGED.replace("<<: *sd", "<<: *sd\n      retries: 2"), "valid", code=0)
+case("merge-host-port", 4, "{inv}:10:25: 'port' must be at least 1", "host 'pc2'",
+     "merged by '<<' into the mapping at line 11", inv=_replace(INV_LINES, 10, "        pc1: &pc {port: 0}\n"
+                                                             "        pc2: {<<: *pc, address: x}", 2))
+case("merge-user-display-name", 4, "{inv}:17:19:", "'display_name' must be a string in user 'bob'",
+     "merged by '<<' into the mapping at line 25", inv=_replace(INV_LINES, 15, "  alice: &al", 1)
+     .replace("display_name: Alice Smith", "display_name: [Alice]").replace("  bob:\n", "  bob:\n    <<: *al\n"))
+for word in ("017", "1_000", "0b11", "+1", "1.0e+3", ".5"):
+    inv_line(f"host-name-number-{word}", 11, f"        {word}: {{}}", f"the key '{word}' is read by YAML as a number")
+
 # -- every playbook field, bad types and values ----------------------------------------------
 
 pb_line("play-name-list", 7, "- name: [a]", "'name' must be a string", at=7)
