@@ -188,6 +188,28 @@ def refuse_lost_store(directory: Path) -> None:
             f"{_recovery(directory)}")
 
 
+def refuse_read_only(directory: Path) -> None:
+    """Raise RunnerError naming ``directory`` when the runner cannot write there (a read-only
+    file system or no write permission): SQLite would only say "unable to open database file",
+    which reads as a damaged store."""
+    existing = Path(os.path.abspath(directory))  # '..' taken lexically, as mkdir(parents=True) would
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # a new --state DIR is made inside its first existing parent
+    targets = [existing] + ([directory / DB_NAME] if (directory / DB_NAME).is_file() else [])
+    for target in targets:
+        try:
+            read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+        except OSError:
+            continue
+        why = "on a read-only file system" if read_only else \
+            None if os.access(target, os.W_OK) else "not writable by this user"
+        if why:
+            detail = why if target == directory else f"{target} is {why}"
+            raise RunnerError(f"the state directory {directory} is read-only ({detail}): the runner records "
+                              "every task there as it finishes; make it writable, or give --state a "
+                              "writable directory")
+
+
 def _recovery(directory: Path) -> str:
     return (f"restore {directory} from a backup, or move it aside (keep its artifacts/: the exported "
             f"contact lists) and start again with a new --state DIR (every task probes again)")
@@ -237,6 +259,7 @@ class StateStore:
     def __init__(self, directory: str | Path, *, create: bool = True) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
+        refuse_read_only(self.directory)
         try:
             if not self.path.exists():
                 refuse_lost_store(self.directory)

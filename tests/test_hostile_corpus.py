@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -393,23 +394,41 @@ case("status-on-foreign-sqlite", 1, "state.db", args=("status", "--state", "{st}
 case("report-on-foreign-sqlite", 1, "state.db", args=("report", "--state", "{st}"), setup=_foreign_sqlite)
 
 
-def _read_only(st: Path) -> None:
-    st.mkdir()
-    st.chmod(0o555)
+MOUNTS: list[Path] = []  # read-only bind mounts made by a case, undone after it
 
 
-case("state-dir-read-only", 1, "{st}", "read-only", args=APPLY, setup=_read_only,
-     absent=("Traceback", "unable to open database file"))
+def _make_read_only(path: Path) -> None:
+    """``path`` read-only: chmod for a user, a read-only bind mount for root (whom chmod does not stop)."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        return
+    done = subprocess.run(["mount", "--bind", "-o", "ro", str(path), str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("root, and no read-only bind mount here: " + done.stderr.decode(errors="replace"))
+    MOUNTS.append(path)
 
 
-def _inside_read_only(st: Path) -> None:
+def _read_only_store(st: Path) -> None:
+    from runner.state import StateStore
+    StateStore(st).close()  # a store of earlier runs, then the directory turns read-only
+    _make_read_only(st)
+
+
+def _read_only_parent(st: Path) -> None:
     st.parent.joinpath("ro").mkdir()
-    st.parent.joinpath("ro").chmod(0o555)
+    _make_read_only(st.parent / "ro")
 
 
-case("state-dir-under-read-only", 1, "{st}", "read-only",
-     args=("apply", "{pb}", "-i", "{lab}", "--state", "{st}/../ro/st", "--check"), setup=_inside_read_only,
-     absent=("Traceback", "unable to open database file", "Permission denied:"))
+READ_ONLY_SAYS = ("is read-only", "make it writable, or give --state a writable directory")
+READ_ONLY_NOT = ("Traceback", "unable to open database file", "damaged", "Permission denied")
+case("state-dir-read-only", 1, "{st}", *READ_ONLY_SAYS, args=APPLY, setup=_read_only_store, absent=READ_ONLY_NOT)
+case("state-dir-read-only-run", 1, "{st}", *READ_ONLY_SAYS, args=APPLY[:-1], setup=_read_only_store,
+     absent=READ_ONLY_NOT)
+case("state-dir-read-only-status", 1, "{st}", *READ_ONLY_SAYS, args=("status", "--state", "{st}"),
+     setup=_read_only_store, absent=READ_ONLY_NOT)
+case("state-dir-under-read-only", 1, "ro/st is read-only", "/ro is ", *READ_ONLY_SAYS,
+     args=("apply", "{pb}", "-i", "{lab}", "--state", "{st}/../ro/st", "--check"), setup=_read_only_parent,
+     absent=READ_ONLY_NOT)
 
 # ----------------------------------------------------------------------------------------------
 
@@ -428,8 +447,6 @@ def test_the_corpus_is_large_enough() -> None:
 
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_hostile_input(c: Case, tmp_path: Path, capsys, monkeypatch, lab: Path) -> None:
-    if os.geteuid() == 0 and c.id.startswith("state-dir"):
-        pytest.skip("root writes into read-only directories")
     pb, inv, st = tmp_path / "pb.yml", tmp_path / "inv.yml", tmp_path / "st"
     if c.setup:
         c.setup(st)
@@ -447,6 +464,8 @@ def test_hostile_input(c: Case, tmp_path: Path, capsys, monkeypatch, lab: Path) 
     try:
         code, text = cli(capsys, *args)
     finally:
+        while MOUNTS:
+            subprocess.run(["umount", str(MOUNTS.pop())], check=True)
         for d in (st, tmp_path / "ro"):
             if d.is_dir():
                 d.chmod(0o755)
