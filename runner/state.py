@@ -828,6 +828,29 @@ class StateStore:
         r = rows[0]
         return ArtifactRow(r["name"], r["path"], r["sha256"], r["size"])
 
+    def artifacts_under(self, prefix: str) -> list[ArtifactRow]:
+        """The current version of every artifact whose name starts with ``prefix``."""
+        rows = self._read("SELECT name, path, sha256, size FROM artifacts WHERE id IN (SELECT MAX(id) FROM"
+                          " artifacts WHERE substr(name, 1, ?) = ? GROUP BY name) ORDER BY name",
+                          (len(prefix), prefix))
+        return [ArtifactRow(r["name"], r["path"], r["sha256"], r["size"]) for r in rows]
+
+    def export_tasks(self, module: str, alias: str) -> int:
+        """How many finished tasks of ``module`` this store holds for user ``alias``."""
+        rows = self._read("SELECT COUNT(*) AS n FROM tasks WHERE module=? AND (target=? OR subject=?)"
+                          " AND status IN ('ok','changed')", (module, alias, f"user:{alias}"))
+        return int(rows[0]["n"])
+
+    def reopen_tasks(self, module: str, alias: str, message: str) -> int:
+        """Mark every finished task of ``module`` for user ``alias`` ``pending`` again (in every
+        run), with ``message``: the next apply runs it, and no step takes its old outcome."""
+        count = self.export_tasks(module, alias)
+        self._submit(lambda conn: conn.execute(
+            "UPDATE tasks SET status='pending', message=? WHERE module=? AND (target=? OR subject=?)"
+            " AND status IN ('ok','changed')", (message, module, alias, f"user:{alias}")))
+        self.flush()
+        return count
+
     def artifact_versions(self, name: str) -> list[ArtifactRow]:
         """Every recorded version of ``name``, newest first."""
         rows = self._read("SELECT name, path, sha256, size FROM artifacts WHERE name=? ORDER BY id DESC",
