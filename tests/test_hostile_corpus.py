@@ -363,6 +363,22 @@ for value in ("inf", "nan", "-1", "1e9", "fast", "0x10"):
 case("state-is-a-file", 5, "--state", args=("apply", "{pb}", "-i", "{lab}", "--state", "{pb}", "--check"))
 
 
+# -- `runner lab init --from-inventory`: a package path the lab cannot put on a share -------------
+
+LAB_INIT = ("lab", "init", "--dir", "{st}", "--from-inventory", "{inv}")
+for pname, package in (("local-path", r"C:\pkgs\m.msi"), ("share-only", r"\\deploy\m.msi"),
+                       ("dot-dot", r"\\deploy\packages\..\..\..\x.msi"), ("dot-dot-server", r"\\..\..\x.msi"),
+                       ("long-name", "\\\\deploy\\packages\\" + "a" * 300 + ".msi"),
+                       ("trailing-dot", r"\\deploy\packages\x.msi."), ("wildcard", r"\\deploy\packages\*.msi"),
+                       ("forward-slash", r"\\deploy\pack/ages\x.msi"), ("newline", "\\\\deploy\\pk\\a\nb.msi"),
+                       ("http", "http://deploy/x.msi"), ("empty", "")):
+    inv_line(f"lab-package-{pname}", 11, f"        pc2: {{vars: {{messenger_package: {json.dumps(package)}}}}}",
+             "host 'pc2': messenger_package", "the lab serves the package from a share", args=LAB_INIT)
+inv_line("lab-package-group-var-list", 3, "    messenger_package: [a, b]", "messenger_package [",
+         "is not a string", args=LAB_INIT)
+inv_line("lab-package-templated-is-left-out", 11, '        pc2: {vars: {messenger_package: "{{ pkg }}"}}',
+         "created lab", code=0, args=LAB_INIT)
+
 # -- the state directory ---------------------------------------------------------------------
 
 def _touch(path: Path) -> Path:
