@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import tempfile
 import time
-from pathlib import Path, PurePosixPath
-
-import shlex
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 from runner.errors import OptionsError, RunnerError
 from runner.state import StateStore
