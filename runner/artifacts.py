@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from runner.errors import RunnerError
+from runner.errors import OptionsError, RunnerError
 from runner.state import StateStore
 from runner.steps.base import ArtifactRef
 
@@ -111,7 +113,9 @@ class ArtifactStore:
         except FileNotFoundError:
             return None
         if hashlib.sha256(data).hexdigest() != current.sha256:
-            raise RunnerError(f"artifact {path} does not match its recorded sha256 (changed on disk?)")
+            raise RunnerError(f"artifact {path} was changed after it was written (it does not match its "
+                              f"recorded sha256); the runner never imports or verifies from an edited file"
+                              + _recovery_hint(self.store, name))
         return data
 
 
@@ -138,3 +142,73 @@ def _remove_stale_temporaries(directory: Path) -> None:
 
 def _sha_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- recovery from an edited export ---------------------------------------------
+
+EXPORT_MODULE = "export_contacts"
+EDITED_DIR = "edited"  # <state>/edited/<time>/...: files moved aside by `runner state reexport`
+
+
+def _user_of(name: str) -> str | None:
+    """The user alias an artifact name belongs to (``contacts/<alias>/...``), or None."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return parts[1] if len(parts) >= 3 and parts[0] == "contacts" else None
+
+
+def reexport_command(store: StateStore, aliases: list[str]) -> str:
+    """The command that has ``aliases`` exported again from their machines."""
+    return shlex.join(["runner", "state", "reexport", "--state", str(store.directory), ",".join(aliases)])
+
+
+def _recovery_hint(store: StateStore, name: str) -> str:
+    alias = _user_of(name)
+    if alias is None:
+        return "; restore the file from a backup (see docs/edited-artifacts.md)"
+    return (f". To export {alias}'s contacts again from their machines, keeping the edited file aside, "
+            f"run `{reexport_command(store, [alias])}`, then the same apply again (docs/edited-artifacts.md)")
+
+
+@dataclass(frozen=True)
+class Reexport:
+    """What ``reexport`` did for one user."""
+
+    alias: str
+    moved: tuple[tuple[str, str], ...]  # (artifact file, where it was moved)
+    reopened: int                       # export tasks marked pending again
+
+
+def reexport(store: StateStore, aliases: list[str]) -> list[Reexport]:
+    """Have each user's export run again: their artifacts that were changed on disk are moved to
+    ``<state>/edited/<time>/`` (kept, never read again), and their export tasks are marked
+    pending in every run, so the next ``runner apply`` exports them from their machines and the
+    import and verification use that new export. Takes the state directory's lock."""
+    unknown = [a for a in aliases if not store.export_tasks(EXPORT_MODULE, a)
+               and not store.artifacts_under(f"contacts/{a}/")]
+    if unknown:
+        raise OptionsError(f"no export of {', '.join(map(repr, unknown))} is recorded in {store.directory} "
+                           "(give user aliases as the inventory names them, comma separated)")
+    store.acquire_lock()
+    try:
+        aside = store.directory / EDITED_DIR / time.strftime("%Y%m%dT%H%M%S")
+        done = []
+        for alias in aliases:
+            moved = []
+            for row in store.artifacts_under(f"contacts/{alias}/"):
+                path = ArtifactStore(store)._inside(row.path)
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    continue
+                if hashlib.sha256(data).hexdigest() == row.sha256:
+                    continue
+                target = aside / row.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                moved.append((str(path), str(target)))
+            note = (f"to be exported again (runner state reexport at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                    + (f"; edited file(s) moved to {aside}" if moved else "") + ")")
+            done.append(Reexport(alias, tuple(moved), store.reopen_tasks(EXPORT_MODULE, alias, note)))
+        return done
+    finally:
+        store.release_lock()

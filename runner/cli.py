@@ -225,6 +225,34 @@ def report(state_dir: str, run_id: str | None, fmt: str, output: str | None, as_
     return _damaged_rows(info.get("damaged"))
 
 
+@cli.group()
+def state() -> None:
+    """Repair a state directory (see docs/edited-artifacts.md)."""
+
+
+@state.command()
+@click.argument("users")
+@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True, type=STATE_DIR,
+              help="Directory of the checkpoint store.")
+def reexport(users: str, state_dir: str) -> int:
+    """Export USERS (aliases, comma separated) again on the next apply, keeping edited files aside."""
+    from runner.artifacts import reexport as run_reexport
+    from runner.state import StateStore
+
+    aliases = list(dict.fromkeys(u.strip() for u in users.split(",") if u.strip()))
+    if not aliases:
+        raise click.BadParameter(f"{users!r} names no user", param_hint="USERS")
+    with StateStore(state_dir, create=False) as store:
+        for r in run_reexport(store, aliases):
+            for path, target in r.moved:
+                click.echo(f"{r.alias}: moved the edited {path} to {target} (kept, never read again)")
+            if not r.moved:
+                click.echo(f"{r.alias}: no edited artifact")
+            click.echo(f"{r.alias}: the export runs again on the next `runner apply` "
+                       f"({r.reopened} earlier export task(s) reopened)")
+    return EXIT_OK
+
+
 def _damaged_rows(damaged: list[str] | None) -> int:
     """Name the store's rows that could not be decoded (on stderr); exit 1 when there are any."""
     if not damaged:

@@ -62,34 +62,57 @@ class Document:
 
     def nodes(self, path: Iterable[Any]) -> tuple[Node | None, Node | None]:
         """(key node, value node) at ``path``; the deepest existing node when a step is missing."""
+        key, node, _ = self._walk(path)
+        return key, node
+
+    def _walk(self, path: Iterable[Any]) -> tuple[Node | None, Node | None, Node | None]:
+        """``nodes`` and the last mapping that took its key from a merge (``<<: *anchor``).
+
+        Constructing the data flattens merges into the node tree (PyYAML's
+        flatten_mapping), so a merged key is found under the mapping it was merged
+        into while its marks stay at the anchor, where its value is written."""
         key: Node | None = None
         node = self.root
+        merged_into: Node | None = None
         for part in path:
             if isinstance(node, MappingNode):
                 for k, v in node.value:
                     if isinstance(k, ScalarNode) and k.value == str(part):
+                        if not _within(k, node):
+                            merged_into = node
                         key, node = k, v
                         break
                 else:
-                    return key, node
+                    return key, node, merged_into
             elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
                 key, node = None, node.value[part]
             else:
-                return key, node
-        return key, node
+                return key, node, merged_into
+        return key, node, merged_into
 
     def error(self, message: str, path: Iterable[Any] = (), *, at_key: bool = False) -> InputError:
-        """An InputError located at ``path`` (its key when ``at_key``)."""
-        key, node = self.nodes(path)
+        """An InputError located at ``path`` (its key when ``at_key``); a value that came
+        through a merge key is located where it is written, naming where it was merged."""
+        key, node, merged_into = self._walk(path)
         target = key if (at_key and key is not None) else node
         if target is None:
             return InputError(message, self.file)
+        if merged_into is not None:
+            m = merged_into.start_mark
+            message += f" (merged by '<<' into the mapping at line {m.line + 1}, column {m.column + 1})"
         return InputError(message, self.file, target.start_mark.line + 1, target.start_mark.column + 1)
 
     def where(self, path: Iterable[Any], *, at_key: bool = False) -> str:
         """``file:line:col`` of ``path``, for "first defined at" hints."""
         e = self.error("", path, at_key=at_key)
         return str(e)[:-2] if e.line else self.file
+
+
+def _within(inner: Node, outer: Node) -> bool:
+    """True when ``inner`` is written inside ``outer`` (by their marks)."""
+    start, end = outer.start_mark, outer.end_mark
+    return (start.line, start.column) <= (inner.start_mark.line, inner.start_mark.column) \
+        and (inner.end_mark.line, inner.end_mark.column) <= (end.line, end.column)
 
 
 def _duplicate_keys(node: Node | None, file: str, seen: set[int] | None = None) -> list[InputError]:
@@ -162,6 +185,10 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
             what = f"{exc.context}, {exc.problem}"
         if mark and _char_at(text, mark.line, mark.column) == "\t":
             what = "a tab character; YAML indents with spaces only"
+        elif mark and "undefined alias" in what:  # libyaml does not say which
+            name = re.match(r"\*([^\s,\[\]{}]*)", text.splitlines()[mark.line][mark.column:])
+            what = f"the alias {name.group(0)!r} refers to no anchor (&{name.group(1)}) defined before it" \
+                if name else what
         elif mark and _long_key(text, mark.line):
             what = (f"a key longer than {YAML_KEY_LIMIT} characters, which YAML cannot read unquoted "
                     "(names are at most 128 characters)")
@@ -488,7 +515,7 @@ def load_playbook(path: str | os.PathLike[str]) -> Playbook:
     doc = read_yaml(path)
     data = doc.data
     if data is None:
-        raise InputError("the playbook is empty; expected a list of plays", doc.file)
+        raise InputError("the playbook is empty; expected a list of plays", doc.file, 1, 1)
     context = _playbook_context(data)
     modules = all_steps()
 
@@ -742,7 +769,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     doc = read_yaml(path)
     data = doc.data
     if data is None:
-        raise InputError("the inventory is empty; expected 'all:' and 'users:'", doc.file)
+        raise InputError("the inventory is empty; expected 'all:' and 'users:'", doc.file, 1, 1)
     if isinstance(data, dict) and "plugin" in data:
         return _load_lab_plugin(doc)
     if not isinstance(data, dict):

@@ -188,6 +188,28 @@ def refuse_lost_store(directory: Path) -> None:
             f"{_recovery(directory)}")
 
 
+def refuse_read_only(directory: Path) -> None:
+    """Raise RunnerError naming ``directory`` when the runner cannot write there (a read-only
+    file system or no write permission): SQLite would only say "unable to open database file",
+    which reads as a damaged store."""
+    existing = Path(os.path.abspath(directory))  # '..' taken lexically, as mkdir(parents=True) would
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # a new --state DIR is made inside its first existing parent
+    targets = [existing] + ([directory / DB_NAME] if (directory / DB_NAME).is_file() else [])
+    for target in targets:
+        try:
+            read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+        except OSError:
+            continue
+        why = "on a read-only file system" if read_only else \
+            None if os.access(target, os.W_OK) else "not writable by this user"
+        if why:
+            detail = why if target == directory else f"{target} is {why}"
+            raise RunnerError(f"the state directory {directory} is read-only ({detail}): the runner records "
+                              "every task there as it finishes; make it writable, or give --state a "
+                              "writable directory")
+
+
 def _recovery(directory: Path) -> str:
     return (f"restore {directory} from a backup, or move it aside (keep its artifacts/: the exported "
             f"contact lists) and start again with a new --state DIR (every task probes again)")
@@ -261,6 +283,7 @@ class StateStore:
     def __init__(self, directory: str | Path, *, create: bool = True) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
+        refuse_read_only(self.directory)
         try:
             if not self.path.exists():
                 refuse_lost_store(self.directory)
@@ -849,6 +872,29 @@ class StateStore:
             return None
         r = rows[0]
         return ArtifactRow(r["name"], r["path"], r["sha256"], r["size"])
+
+    def artifacts_under(self, prefix: str) -> list[ArtifactRow]:
+        """The current version of every artifact whose name starts with ``prefix``."""
+        rows = self._read("SELECT name, path, sha256, size FROM artifacts WHERE id IN (SELECT MAX(id) FROM"
+                          " artifacts WHERE substr(name, 1, ?) = ? GROUP BY name) ORDER BY name",
+                          (len(prefix), prefix))
+        return [ArtifactRow(r["name"], r["path"], r["sha256"], r["size"]) for r in rows]
+
+    def export_tasks(self, module: str, alias: str) -> int:
+        """How many finished tasks of ``module`` this store holds for user ``alias``."""
+        rows = self._read("SELECT COUNT(*) AS n FROM tasks WHERE module=? AND (target=? OR subject=?)"
+                          " AND status IN ('ok','changed')", (module, alias, f"user:{alias}"))
+        return int(rows[0]["n"])
+
+    def reopen_tasks(self, module: str, alias: str, message: str) -> int:
+        """Mark every finished task of ``module`` for user ``alias`` ``pending`` again (in every
+        run), with ``message``: the next apply runs it, and no step takes its old outcome."""
+        count = self.export_tasks(module, alias)
+        self._submit(lambda conn: conn.execute(
+            "UPDATE tasks SET status='pending', message=? WHERE module=? AND (target=? OR subject=?)"
+            " AND status IN ('ok','changed')", (message, module, alias, f"user:{alias}")))
+        self.flush()
+        return count
 
     def artifact_versions(self, name: str) -> list[ArtifactRow]:
         """Every recorded version of ``name``, newest first."""

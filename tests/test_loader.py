@@ -264,7 +264,7 @@ def test_missing_file(tmp_path):
 
 
 def test_empty_playbook(tmp_path):
-    assert playbook_errors(tmp_path, "# nothing\n") == ["pb.yml: the playbook is empty; expected a list of plays"]
+    assert playbook_errors(tmp_path, "# nothing\n") == ["pb.yml:1:1: the playbook is empty; expected a list of plays"]
 
 
 def test_all_errors_are_reported_in_file_order(tmp_path):

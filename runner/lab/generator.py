@@ -756,15 +756,66 @@ def _group_docs(inv: Inventory) -> dict[str, Any]:
     return group("all")
 
 
+#: A file or folder name the lab can make on its share and Windows would take
+#: (no ``<>:"/\|?*``, no control character, not ``.`` or ``..``, no trailing dot or space).
+_WINDOWS_NAME = re.compile(r'[^<>:"/\\|?*\x00-\x1f]*[^<>:"/\\|?*\x00-\x1f. ]')
+
+
+def _unmappable(value: Any) -> str | None:
+    """Why the lab cannot serve ``value`` as the package's UNC path (None when it can)."""
+    if not isinstance(value, str):
+        return "is not a string"
+    parts = _unc_parts(value)
+    if parts is None:
+        return "is not a UNC file path (\\\\server\\share\\...\\file.msi)"
+    for part in parts:
+        if not _WINDOWS_NAME.fullmatch(part) or len(part.encode("utf-8")) > 255:
+            return f"has a name the lab cannot make on its share: {part[:40]!r}" + ("..." if len(part) > 40 else "")
+    return None
+
+
 def _package_paths(inv: Inventory, clients: list[str]) -> list[str]:
     """UNC paths of the Messenger 5.1 package the clients' ``messenger_package`` names
-    (the runner's default where unset); templated or local paths are left out."""
+    (the runner's default where unset; a templated path is left out). A path the lab
+    cannot put on a share of its own is an InputError at the variable's line."""
     out: dict[str, None] = {}
     for c in clients:
         v = inv.hosts[c].vars.get("messenger_package", PACKAGE_UNC)
-        if isinstance(v, str) and "{{" not in v and _unc_parts(v):
-            out.setdefault(v)
+        if isinstance(v, str) and "{{" in v:
+            continue
+        why = _unmappable(v)
+        if why:
+            raise _variable_error(inv, "messenger_package", v,
+                                  f"host {c!r}: messenger_package {_shown(v)} {why}; the lab serves the package from "
+                                  f"a share it makes, so it must be a UNC file path such as {PACKAGE_UNC}")
+        out.setdefault(v)
     return list(out) or [PACKAGE_UNC]
+
+
+def _shown(value: Any) -> str:
+    """A value as a message quotes it: as written when printable, else repr; long ones cut."""
+    text = f"'{value}'" if isinstance(value, str) and value.isprintable() else repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _variable_error(inv: Inventory, name: str, value: Any, message: str) -> InputError:
+    """``message`` located at the first ``name: value`` in the inventory file."""
+    from yaml.nodes import MappingNode, SequenceNode
+
+    from runner.loader import read_yaml
+
+    doc = read_yaml(inv.path)
+    stack = [doc.root] if doc.root is not None else []
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, MappingNode):
+            for k, v in node.value:
+                if getattr(k, "value", None) == name and (not isinstance(value, str) or v.value == value):
+                    return InputError(message, inv.path, v.start_mark.line + 1, v.start_mark.column + 1)
+                stack.append(v)
+        elif isinstance(node, SequenceNode):
+            stack.extend(node.value)
+    return InputError(message, inv.path)
 
 
 def _plan_from_inventory(inv: Inventory, contacts: int, seed: int) -> _Estate:
