@@ -193,6 +193,11 @@ def _group_list(v: Any) -> list[int]:
     return [_as_int(x, "GroupID") for x in items]
 
 
+def _strings(v: Any) -> bool:
+    """A tuple of strings (the hint of an OR over one property), short enough for one SQL IN."""
+    return isinstance(v, tuple) and 0 < len(v) <= 500 and all(isinstance(x, str) for x in v)
+
+
 def normalise_guid(g: str) -> str:
     """``{0123abcd-...}`` -> upper case with braces (the key form WMI shows)."""
     g = str(g).strip()
@@ -407,6 +412,9 @@ class LcsStore:
             if "instanceid" in hints and isinstance(hints["instanceid"], str):
                 conds.append("instance_id = ?")
                 args.append(normalise_guid(hints["instanceid"]))
+            elif _strings(hints.get("instanceid")):
+                conds.append(f"instance_id IN ({','.join('?' * len(hints['instanceid']))})")
+                args.extend(normalise_guid(v) for v in hints["instanceid"])
             if "primaryuri" in hints and isinstance(hints["primaryuri"], str):
                 conds.append("primary_uri = ?")
                 args.append(hints["primaryuri"])
@@ -418,6 +426,8 @@ class LcsStore:
         where, args = "", []
         if isinstance(uid, str):
             where, args = " WHERE user_instance_id = ?", [normalise_guid(uid)]
+        elif _strings(uid):
+            where, args = f" WHERE user_instance_id IN ({','.join('?' * len(uid))})", [normalise_guid(u) for u in uid]
         if cls == "MSFT_SIPESUserContactGroupData":
             rows = self._db.execute(
                 "SELECT user_instance_id, group_id, name, external_url FROM contact_groups"
