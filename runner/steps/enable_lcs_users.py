@@ -20,14 +20,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from runner.errors import PermanentFault, TransientFault
-from runner.lcs.chunks import (LCS_LINE, WINDOWS_2000_LINE, ChunkScript, LcsRead, groups, ldap_any, line_limit,
+from runner.lcs.chunks import (LCS_LINE, ChunkScript, LcsRead, groups, ldap_any, line_limit,
                                wmic_fault)
-from runner.lcs.exchange import (IM_ATTRIBUTES, RTC_ATTRIBUTES, Directory, Query, exchange_server, rtc_missing,
+from runner.lcs.exchange import (RTC_ATTRIBUTES, Directory, Query, exchange_server, rtc_missing,
                                  rtc_query)
 from runner.lcs.mapping import Unmappable, user_sip_uri
 from runner.lcs.server import USER_CLASS, USER_PROPS, LcsServer, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import lcs_for
+from runner.steps._lcs import CHUNK_SIZE_ARG, lcs_for
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
 from runner.windows.cmdline import quotable
@@ -40,8 +40,7 @@ class EnableLcsUsers(StepModule):
     target = "user"
     args_schema = {"type": "object", "additionalProperties": False, "properties": {
         "home_server_dn": {"type": "string", "description": "overrides var lcs_home_server_dn"},
-        "chunk_size": {"type": "integer", "minimum": 1, "maximum": 500,
-                       "description": "most users per round trip (default 50)"}}}
+        "chunk_size": CHUNK_SIZE_ARG}}
     chunk = 50
 
     def chunk_key(self, ctx: StepContext, target: User) -> str:
@@ -75,9 +74,15 @@ class EnableLcsUsers(StepModule):
             handles = [script.add_query(Query(ldap_any("msRTCSIP-PrimaryUserAddress", g),
                                               (*RTC_ATTRIBUTES, "proxyAddresses")))
                        for g in groups([uri for *_, uri, _ in live])]
+            # the DNs of users to create, in the same line (an existing user's DN is LCS's)
+            ask = [u.im_address for _, _, u, _, _ in live if not (u.vars or {}).get("user_dn")
+                   and quotable(f"(msExchIMAddress={ldif.escape_filter_value(u.im_address)})")]
+            im = [script.add_query(Query(ldap_any("msExchIMAddress", g), ("msExchIMAddress",)))
+                  for g in groups(ask)]
             script.run()
             states = read.states()
             entries = [e for h in handles for e in script.entries(h)]
+            dns = {a.lower(): e.dn for h in im for e in script.entries(h) for a in e.get("msExchIMAddress")}
         except Exception as exc:  # noqa: BLE001 - the whole chunk's read failed: each user's outcome
             for i, *_ in live:
                 out[i] = exc
@@ -97,7 +102,7 @@ class EnableLcsUsers(StepModule):
                 creates.append((i, ctx, user, uri, iid, home_dn))
             except Exception as exc:  # noqa: BLE001
                 out[i] = exc
-        dns = self._lookup_dns(creates)
+        dns = self._dns(creates, dns)
         for i, ctx, user, uri, iid, home_dn in creates:
             dn = dns.get(user.alias)
             if isinstance(dn, Exception) or dn is None:
@@ -129,38 +134,13 @@ class EnableLcsUsers(StepModule):
                     dict(data, missing=missing))
 
     @staticmethod
-    def _lookup_dns(creates: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+    def _dns(creates: Sequence[tuple[Any, ...]], found: dict[str, str]) -> dict[str, Any]:
         """Per alias the DN of each user to create: ``vars.user_dn``, else the directory entry
-        holding their msExchIMAddress, read for the whole chunk in one round trip on the
-        Exchange IM server; a fault or PermanentFault (no entry) per user otherwise."""
+        holding their msExchIMAddress (``found``, read in the probe's line on their LCS server,
+        a domain member); a PermanentFault per user without one."""
         out: dict[str, Any] = {}
-        ask: list[tuple[StepContext, User]] = []
         for _, ctx, user, *_ in creates:
-            dn = (user.vars or {}).get("user_dn")
-            if dn:
-                out[user.alias] = dn
-            elif not quotable(f"(msExchIMAddress={ldif.escape_filter_value(user.im_address)})"):
-                out[user.alias] = PermanentFault(f"user {user.alias}: msExchIMAddress {user.im_address!r} cannot "
-                                                 "go on a command line; set user vars.user_dn")
-            else:
-                ask.append((ctx, user))
-        if not ask:
-            return out
-        ctx0 = ask[0][0]
-        try:
-            host = exchange_server(ctx0.inventory, ctx0.vars)
-            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, u in ask],
-                                 limit=line_limit(ctx0.vars, WINDOWS_2000_LINE), clean=True,
-                                 script=False)
-            handles = [script.add_query(Query(ldap_any("msExchIMAddress", [u.im_address for _, u in g]),
-                                              IM_ATTRIBUTES)) for g in groups(ask)]
-            script.run()
-            found = {a.lower(): e.dn for h in handles for e in script.entries(h)
-                     for a in e.get("msExchIMAddress")}
-        except Exception as exc:  # noqa: BLE001
-            return {**out, **{u.alias: exc for _, u in ask}}
-        for _, user in ask:
-            dn = found.get(user.im_address.lower())
+            dn = (user.vars or {}).get("user_dn") or found.get(user.im_address.lower())
             out[user.alias] = dn or PermanentFault(
                 f"user {user.alias}: no directory entry with msExchIMAddress={user.im_address}; set user vars.user_dn")
         return out
