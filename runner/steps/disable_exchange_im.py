@@ -111,7 +111,7 @@ class DisableExchangeIm(StepModule):
             ctx0 = members[0][0]
             try:
                 script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, u in members],
-                                     limit=line_limit(ctx0.vars, LCS_LINE), script=False)
+                                     limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
                 read = LcsRead(script, [instance_id(u) for _, u in members], contacts=False)
                 script.run()
                 states = read.states()

@@ -99,7 +99,7 @@ class ImportContacts(StepModule):
                 except PermanentFault:
                     pass
             script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, u in items],
-                                 limit=line_limit(ctx0.vars, LCS_LINE), script=False)
+                                 limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
             read = LcsRead(script, iids)
             script.run()
             states = read.states()
@@ -200,6 +200,8 @@ class ImportContacts(StepModule):
                     state = states.get(plans[n][2].upper())
                     if isinstance(state, UserState):
                         group_of[n] = state.groups
+                    else:  # the new groups' ids are unknown: no contact may go in without them
+                        busy.setdefault(n, "reading the new groups back")
             script = ChunkScript(conn, host, ctx0.vars, owners, limit=limit)
             sections: dict[int, list[tuple[str, int]]] = {}
             for n, p in enumerate(plans):

@@ -67,7 +67,7 @@ class VerifyContacts(StepModule):
         host = home_server(user0, ctx0.inventory, ctx0.vars)
         try:
             script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u, *_ in live],
-                                 limit=line_limit(ctx0.vars, LCS_LINE), script=False)
+                                 limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
             read = LcsRead(script, [iid for *_, iid in live])
             script.run()
             states = read.states()
