@@ -78,6 +78,9 @@ MAX_DELAY_SCALE = 100.0
 CHUNK_LINGER = 0.2
 #: The most tasks in one chunk, whatever the module or ``chunk_size`` say.
 MAX_CHUNK = 500
+#: Seconds between two commits of the state store that let dependent tasks start: outcomes are
+#: committed in groups (a commit per finished task cost more than the tasks of a re-probe).
+FLUSH_GAP = 0.05
 
 
 def retry_delay_scale() -> float:
@@ -659,6 +662,7 @@ class _WaveRun:
         self.inflight: dict[Future[Any], int] = {}
         self.ready: deque[Task] = deque()
         self.dirty = False                                # outcomes emitted since the last flush
+        self.flushed_at = 0.0
         self.shown: int | None = None                     # the step whose header the output shows
 
     # -- resolution (main thread) -------------------------------------------------
@@ -736,6 +740,9 @@ class _WaveRun:
         """Start what may start now; seconds until a lingering chunk is due (None: none waits)."""
         e = self.e
         forks = max(1, e.options.forks)
+        if self.dirty and time.monotonic() - self.flushed_at < FLUSH_GAP and self.inflight:
+            # let more outcomes gather before the next commit (one commit starts many tasks)
+            return FLUSH_GAP - (time.monotonic() - self.flushed_at)
         due: float | None = None
         for i, group in enumerate(self.groups):
             if e._stop.is_set():
@@ -774,6 +781,7 @@ class _WaveRun:
         if self.dirty:
             self.e.store.flush()
             self.dirty = False
+            self.flushed_at = time.monotonic()
 
     def _pending(self) -> bool:
         return any(self.queued) or any(self.chunks)
