@@ -198,6 +198,15 @@ def _add_lab_group() -> None:
 _add_lab_group()
 
 
+def _add_inventory_group() -> None:
+    from runner.inventory.cli import inventory  # `runner inventory from-ldif|from-ldap|discover`
+
+    cli.add_command(inventory)
+
+
+_add_inventory_group()
+
+
 def _crash_report() -> str:
     path = Path(tempfile.gettempdir()) / f"runner-crash-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
     try:

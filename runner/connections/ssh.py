@@ -130,8 +130,13 @@ def _looks_utf16le(data: bytes) -> bool:
     return odd_nuls >= 0.6 * pairs and even_nuls <= 0.1 * pairs
 
 
-def windows_to_sftp_path(path: str) -> str:
-    """Map ``C:\\x\\y`` to ``/C:/x/y``, the form OpenSSH for Windows' SFTP server uses.
+SFTP_PATH_STYLES = ("win32-openssh", "cygwin")
+
+
+def windows_to_sftp_path(path: str, style: str = "win32-openssh") -> str:
+    """Map ``C:\\x\\y`` to ``/C:/x/y``, the form OpenSSH for Windows' SFTP server uses, or with
+    ``style="cygwin"`` to ``/cygdrive/c/x/y``, the form of Cygwin's and copSSH's sftp-server
+    (host variable ``ssh_sftp_paths``; docs/transports.md).
 
     UNC paths (``\\\\server\\share``) cannot be reached through SFTP and are refused.
     """
@@ -139,7 +144,10 @@ def windows_to_sftp_path(path: str) -> str:
     if p.startswith("//"):
         raise PermanentFault(f"SFTP cannot reach the UNC path {path!r}; copy it with a command instead")
     if len(p) >= 2 and p[1] == ":" and p[0].isalpha():
-        return "/" + p[0].upper() + ":" + (p[2:] if p[2:].startswith("/") else "/" + p[2:])
+        rest = p[2:] if p[2:].startswith("/") else "/" + p[2:]
+        if style == "cygwin":
+            return "/cygdrive/" + p[0].lower() + rest
+        return "/" + p[0].upper() + ":" + rest
     if p.startswith("/"):
         return p
     raise PermanentFault(f"remote path {path!r} is not an absolute Windows path (like C:\\Temp\\x)")
@@ -186,6 +194,10 @@ class SSHConnection:
         self.command_timeout = float(v.get("ssh_command_timeout", _opt(options, "command_timeout", 300)))
         self.keepalive = float(v.get("ssh_keepalive_interval", DEFAULT_KEEPALIVE))
         self.codepage = str(v.get("ssh_codepage", DEFAULT_CODEPAGE))
+        self._sftp_paths = str(v.get("ssh_sftp_paths", SFTP_PATH_STYLES[0]))
+        if self._sftp_paths not in SFTP_PATH_STYLES:
+            raise PermanentFault(f"ssh_sftp_paths is {self._sftp_paths!r}: one of {', '.join(SFTP_PATH_STYLES)}",
+                                 host=host.name)
         self.accept_new = bool(_opt(options, "accept_new_host_keys", False))
         kh = v.get("ssh_known_hosts") or "~/.ssh/known_hosts"
         self.known_hosts = self._resolve_path(str(kh))
@@ -658,7 +670,7 @@ class SSHConnection:
 
     def put(self, data: bytes, remote_path: str) -> None:
         """Write ``data`` to the Windows path ``remote_path`` through SFTP (replacing it)."""
-        path = windows_to_sftp_path(remote_path)
+        path = windows_to_sftp_path(remote_path, self._sftp_paths)
         with self._sftp_lock:
             sftp = self._sftp_client()
             try:
@@ -674,7 +686,7 @@ class SSHConnection:
 
     def get(self, remote_path: str) -> bytes:
         """Read the file at the Windows path ``remote_path`` through SFTP."""
-        path = windows_to_sftp_path(remote_path)
+        path = windows_to_sftp_path(remote_path, self._sftp_paths)
         with self._sftp_lock:
             sftp = self._sftp_client()
             try:

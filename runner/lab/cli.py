@@ -256,6 +256,21 @@ def faults_cmd(directory: str, host: str | None, seed: int | None, rates: tuple[
     click.echo(json.dumps(faults, indent=1))
 
 
+@lab.command("export-ldif")
+@click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="Lab directory.")
+@click.option("-o", "--output-dir", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Where to write users.ldf and computers.ldf.")
+def export_ldif_cmd(directory: str, out_dir: str) -> None:
+    """Write users.ldf and computers.ldf as ldifde exports them from the lab's domain."""
+    from runner.lab.ldif_export import export_ldif
+
+    if not (Path(directory) / "lab.json").is_file():
+        _fail(InputError(f"no lab at {directory}"))
+    users, computers = export_ldif(directory, out_dir)
+    click.echo(f"wrote {users} and {computers}")
+
+
 def _add_serve() -> None:
     """`runner lab serve` lives in runner/lab/serve.py (H6): the lab over real OpenSSH."""
     from runner.lab.serve import serve_command

@@ -88,6 +88,19 @@ def render(changes: Iterable[Change]) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
+def render_entries(entries: Iterable[tuple[str, Sequence[tuple[str, str | bytes]]]]) -> bytes:
+    """Content records as ``ldifde -f`` exports them: a blank line, then per entry ``dn:``,
+    ``changetype: add`` and its values (bytes base64-encoded), a blank line after each."""
+    lines: list[str] = [""]
+    for dn, values in entries:
+        lines += _fold(attr_line("dn", dn))
+        lines.append("changetype: add")
+        for attr, v in values:
+            lines += _fold(attr_line(attr, v))
+        lines.append("")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
 @dataclass
 class Entry:
     """One exported entry: its DN and attributes (names as written, values in order)."""
