@@ -12,10 +12,13 @@ three runs are timed in-process, exactly as the CLI runs them (runner.apply):
 
 Printed per run: wall time, tasks and tasks/s; per step (in plan order,
 summed over waves): wall time, tasks, and lab round trips (command lines,
-puts, gets and takes) per target (its tasks of every wave summed) and per (task, host)
-touched (the targets' budgets of docs/performance.md), with their maxima,
-and how many were mutating
-(journaled). DESIGN.md wants one round trip per host per step where the work
+puts, gets and takes) per target (its tasks of every wave summed), per (task, host)
+touched (the targets' budgets of docs/performance.md), with their maxima, and
+round trips per task (all the step's trips, chunks included, over its tasks: the
+figure for the chunked server steps, whose trips are shared by a chunk's users);
+and how many commands were mutating (journaled). Tasks of different steps overlap
+(a wave flows by its dependencies), so a step's wall time counts the spans
+in which its outcomes were being reported. DESIGN.md wants one round trip per host per step where the work
 allows. ``--profile`` prints the top of a cProfile of the first run.
 """
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Meter:
         self.step_time: dict[str, float] = defaultdict(float)
         self.step_tasks: dict[str, int] = defaultdict(int)
         self.order: list[str] = []
+        self.seen: set[tuple[str, Any]] = set()
         self._lock = threading.Lock()
         self._current: tuple[str, float] | None = None
         self.profiling = False
@@ -85,7 +89,10 @@ class Meter:
                 meter._current = None
             if kind == STEP_START:
                 meter._current = (data["step"], now)
-                meter.step_tasks[data["step"]] += data.get("tasks", 0)
+                seen = (data["step"], data.get("wave"))
+                if seen not in meter.seen:  # a step's header comes again when outcomes interleave
+                    meter.seen.add(seen)
+                    meter.step_tasks[data["step"]] += data.get("tasks", 0)
                 if data["step"] not in meter.order:
                     meter.order.append(data["step"])
             orig_emit(self, kind, **data)
@@ -101,7 +108,24 @@ class Meter:
                 return orig(self, *a, **kw)
             return wrapper
 
+        orig_chunk = engine_mod.Engine._run_chunk
+
+        def run_chunk(self: Any, pplay: Any, chunk: Any) -> Any:
+            # a chunk's round trips are the step's, shared by its users: counted per step
+            meter.local.key = (chunk[0][0].step.name, "(chunks)")
+            prof = None
+            if meter.profiling:
+                prof = meter.threads.current()
+                prof.enable()
+            try:
+                return orig_chunk(self, pplay, chunk)
+            finally:
+                if prof is not None:
+                    prof.disable()
+                meter.local.key = None
+
         engine_mod.Engine._run_task = run_task  # type: ignore[method-assign]
+        engine_mod.Engine._run_chunk = run_chunk  # type: ignore[method-assign]
         engine_mod.Engine.emit = emit  # type: ignore[method-assign]
         for n in [n for n in ("run", "put", "get", "take") if hasattr(labconn.LabConnection, n)]:
             setattr(labconn.LabConnection, n, counted(n))
@@ -112,17 +136,23 @@ class Meter:
         self.step_time.clear()
         self.step_tasks.clear()
         self.order.clear()
+        self.seen.clear()
 
     def report(self) -> None:
         print(f"    {'step':<40} {'wall s':>7} {'tasks':>6} {'trips/target':>12} {'max':>4} "
-              f"{'trips/(task,host)':>19} {'max':>4}")
+              f"{'trips/(task,host)':>19} {'max':>4} {'trips/task':>10}")
         for name in self.order:
             per = self.trips.get(name, {})
-            avg = sum(per.values()) / len(per) if per else 0.0
-            pairs = self.pairs.get(name, {})
+            chunked = per.get("(chunks)", 0)
+            single = {k: v for k, v in per.items() if k != "(chunks)"}
+            avg = sum(single.values()) / len(single) if single else 0.0
+            pairs = {k: v for k, v in self.pairs.get(name, {}).items() if k[0] != "(chunks)"}
             pavg = sum(pairs.values()) / len(pairs) if pairs else 0.0
-            print(f"    {name[:40]:<40} {self.step_time[name]:7.2f} {self.step_tasks[name]:6d} "
-                  f"{avg:12.2f} {max(per.values(), default=0):4d} {pavg:19.2f} {max(pairs.values(), default=0):4d}")
+            tasks = self.step_tasks[name]
+            print(f"    {name[:40]:<40} {self.step_time[name]:7.2f} {tasks:6d} "
+                  f"{avg:12.2f} {max(single.values(), default=0):4d} {pavg:19.2f} "
+                  f"{max(pairs.values(), default=0):4d} "
+                  f"{(sum(per.values()) / tasks if tasks else 0.0):10.3f}" + (" chunked" if chunked else ""))
         extra = self.trips.get("(outside tasks)")
         if extra:
             print(f"    round trips outside tasks: {sum(extra.values())}")

@@ -1,13 +1,27 @@
-"""Run a plan: steps in order, each step's tasks concurrently, with retries and checkpoints.
+"""Run a plan: waves in order, each wave's tasks flowing by their dependencies, with retries and checkpoints.
 
-Per play, per wave, per step: the step's tasks run on a thread pool bounded
-by ``forks`` and the step's ``throttle``. A task already finished by an
-earlier session of the run (same fingerprint) is skipped; ``when`` is
-evaluated; then probe -> (check mode: report) -> apply, retried with
-tenacity when the fault is transient. Every outcome becomes a ``task_end``
-event for the subscribers (state store, output); the store is flushed
-before the next step starts, so a task never runs before the outcomes it
-depends on are committed.
+Per play, per wave: a task runs as soon as the tasks it depends on in the wave
+are finished (its own target's earlier steps, and the earlier steps of its
+related targets, below), on a thread pool bounded by ``forks``, at most
+``throttle`` at once per step. So a slow client delays only its own users:
+the wave's other users go through all their steps without waiting for it.
+A task already finished by an earlier session of the run (same fingerprint)
+is skipped; ``when`` is evaluated; then probe -> (check mode: report) ->
+apply, retried when the fault is transient. Every outcome becomes a
+``task_end`` event for the subscribers (state store, output); the store is
+flushed before a task whose upstream just finished is started, so a task
+never runs before the outcomes it depends on are committed. A
+``step_start`` event is emitted whenever the outcomes switch to another
+step (the output shows its header again).
+
+Chunks (docs/server-batching.md): a step whose module has ``chunk`` > 0 runs
+its ready tasks in chunks of up to ``chunk`` (or the ``chunk_size`` argument)
+tasks sharing a ``chunk_key``: one worker probes and applies the chunk with
+``probe_many``/``apply_many`` (one round trip for many users), and each task
+still gets its own outcome, attempts and retries (a transient fault of one
+user retries that user alone, in the chunk's next round). A partial chunk
+waits up to ``CHUNK_LINGER`` seconds for more ready tasks while the step's
+upstream is still at work.
 
 Ansible semantics: a target that failed a step drops out of the rest of
 the play (unless ``ignore_errors``); an unreachable host is skipped for the
@@ -31,6 +45,7 @@ A task blocked by an unreachable target does not count against the wave gate
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 import traceback
@@ -59,6 +74,13 @@ from runner.templating import evaluate_when
 COUNTERS = ("ok", "changed", "failed", "skipped", "unreachable", "retried", "ignored")
 DELAY_SCALE_ENV = "RUNNER_RETRY_DELAY_SCALE"
 MAX_DELAY_SCALE = 100.0
+#: Seconds a partial chunk waits for more ready tasks of its step while their upstream is still busy.
+CHUNK_LINGER = 0.2
+#: The most tasks in one chunk, whatever the module or ``chunk_size`` say.
+MAX_CHUNK = 500
+#: Seconds between two commits of the state store that let dependent tasks start: outcomes are
+#: committed in groups (a commit per finished task cost more than the tasks of a re-probe).
+FLUSH_GAP = 0.05
 
 
 def retry_delay_scale() -> float:
@@ -152,6 +174,10 @@ class _Dependencies:
                     self._related.setdefault(f"user:{alias}", []).append((f"host:{c}", f"client {c}"))
                     self._related.setdefault(f"host:{c}", []).append((f"user:{alias}", f"user {alias}"))
         self._failures: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def related(self, tid: str) -> list[str]:
+        """The target ids related to ``tid`` (a user's clients, a host's users) in this play."""
+        return [r for r, _ in self._related.get(tid, ())]
 
     def failed(self, task: Task, outcome: TaskOutcome) -> None:
         """Remember ``task``'s target failed (or was unreachable) at its step, first failure only."""
@@ -288,23 +314,8 @@ class Engine:
             if self._stop.is_set():
                 return None
             wave_targets = {_target_id(t) for t in wave.tasks}
-            bad: set[str] = set()
-            for step_tasks in _steps_of(wave):
-                if self._stop.is_set():
-                    break
-                step = step_tasks[0].step
-                self.emit(STEP_START, play=pplay.index, step=step.name, module=step.module,
-                          wave=wave.name, tasks=len(step_tasks))
-                for outcome, task in self._run_step(pplay, step_tasks, completed, dropped, executor, deps):
-                    if outcome.status in ("failed", "unreachable") and not outcome.ignored:
-                        dropped.add(_target_id(task))
-                        deps.failed(task, outcome)
-                        # DESIGN.md: an unreachable host does not stop the others (it is
-                        # retried on resume), so only failures count against the wave gate;
-                        # nor do the tasks it blocked.
-                        if outcome.status == "failed" and not deps.blocked_by_unreachable(outcome):
-                            bad.add(_target_id(task))
-                self.store.flush()
+            bad = self._run_wave(pplay, wave, completed, dropped, executor, deps)
+            self.store.flush()
             if self._stop.is_set():
                 return None
             units, failed_units, unit = _gate_units(play, wave, bad, deps)
@@ -325,46 +336,10 @@ class Engine:
                 return f"play '{play.name}' stopped after wave {wave.name or '(all)'}: {verdict}"
         return None
 
-    def _run_step(self, pplay: PlannedPlay, tasks: list[Task], completed: Mapping[str, str],
-                  dropped: set[str], executor: ThreadPoolExecutor,
-                  deps: "_Dependencies | None" = None) -> list[tuple[TaskOutcome, Task]]:
-        results: list[tuple[TaskOutcome, Task]] = []
-        runnable: deque[Task] = deque()
-        for task in tasks:
-            if _target_id(task) in dropped:
-                continue
-            fp = completed.get(task.key)
-            if fp is not None and fp == task.step.fingerprint:
-                results.append((self._finish(task, self._outcome(
-                    task, "skipped", message="done in an earlier run", resumed=True)), task))
-                continue
-            blocker = deps.blocker(task) if deps is not None else None
-            if blocker is not None:
-                results.append((self._finish(task, self._outcome(
-                    task, "failed", message=blocker["reason"], data={"blocked_by": blocker},
-                    ignored=task.step.ignore_errors)), task))
-                continue
-            if task.kind == "host" and self.pool.is_unreachable(task.target_name):
-                results.append((self._finish(task, self._outcome(
-                    task, "unreachable", message="host unreachable earlier in this run")), task))
-                continue
-            runnable.append(task)
-        step = tasks[0].step
-        limit = max(1, self.options.forks)
-        if step.throttle:
-            limit = min(limit, step.throttle)
-        inflight: dict[Future[TaskOutcome], Task] = {}
-        while runnable or inflight:
-            while runnable and len(inflight) < limit and not self._stop.is_set():
-                task = runnable.popleft()
-                inflight[executor.submit(self._run_task, pplay, task)] = task
-            if not inflight:
-                break
-            done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
-            for fut in done:
-                task = inflight.pop(fut)
-                results.append((self._finish(task, fut.result()), task))
-        return results
+    def _run_wave(self, pplay: PlannedPlay, wave: Wave, completed: Mapping[str, str],
+                  dropped: set[str], executor: ThreadPoolExecutor, deps: _Dependencies) -> set[str]:
+        """Run one wave's tasks as their dependencies allow; the targets that failed (for the gate)."""
+        return _WaveRun(self, pplay, wave, completed, dropped, executor, deps).run()
 
     # -- one task ----------------------------------------------------------------
 
@@ -376,6 +351,72 @@ class Engine:
                            module=task.step.module, kind=task.kind, target=task.target_name,
                            status=status, wave=task.wave, fingerprint=task.step.fingerprint, **kw)
 
+    def _context(self, pplay: PlannedPlay, task: Task) -> TaskContext:
+        """The StepContext of ``task``."""
+        variables = task_variables(self.inventory, pplay.play, task)
+        variables.setdefault("runner_state_dir", self._state_dir)
+        return TaskContext(task=task, variables=variables, inventory=self.inventory,
+                           check=self.options.check, run_id=self.run_id,
+                           artifacts=self.artifacts.for_task(task.key), pool=self.pool,
+                           store=self.store, facts_overlay=self._facts)
+
+    def _retry_policy(self, step: Any) -> tuple[int, float, float]:
+        """(retries, first delay, longest delay) of ``step``, delays scaled."""
+        retries = self.options.default_retries if step.retries is None else step.retries
+        scale = self._delay_scale
+        delay = (self.options.default_delay if step.delay is None else step.delay) * scale
+        return max(0, retries), delay, max(delay, self.options.max_delay * scale)
+
+    def _result_outcome(self, task: Task, result: Any, *, started: float, attempts: int,
+                        diff: Diff | None) -> TaskOutcome:
+        """The outcome of a task whose last attempt returned ``result``."""
+        if not isinstance(result, StepResult):
+            return self._outcome(task, "failed", started=started, ended=time.time(), attempts=attempts,
+                                 message=f"step returned {type(result).__name__}, not StepResult")
+        status = result.status
+        if status not in ("ok", "changed", "skipped", "failed", "unreachable"):
+            return self._outcome(task, "failed", started=started, attempts=attempts,
+                                 message=f"step returned an unknown status {status!r}")
+        return self._outcome(task, status, started=started, ended=time.time(), attempts=attempts,
+                             message=result.message, data=dict(result.data),
+                             warnings=list(result.warnings), diff=diff,
+                             ignored=status == "failed" and task.step.ignore_errors)
+
+    def _fault_outcome(self, task: Task, fault: StepFault, *, started: float, attempts: int,
+                       answered: bool, diff: Diff | None) -> TaskOutcome:
+        """The outcome of a task whose last attempt raised ``fault`` (no retry left)."""
+        # Unreachable only when every attempt failed to connect at all. A host that
+        # answered an earlier attempt (busy, an error, a channel that died under a
+        # command) is reachable but flaky: the task failed, the host is not written
+        # off for the run (a shared LCS server would otherwise take every later user
+        # down with it).
+        unreachable = fault.unreachable and not answered
+        message = fault.message
+        host = fault.host or self._host_of(task)
+        if (unreachable and host and not isinstance(fault, HostGivenUp)
+                and self.pool.answered_since(host, started)):
+            # this task could not connect, but the host answered other tasks meanwhile:
+            # it is reachable, so only this task failed
+            unreachable = False
+            message += " (the host answered other tasks meanwhile)"
+        status = "unreachable" if unreachable else "failed"
+        if self._stop.is_set() and fault.transient:
+            message += " (interrupted while retrying)"
+        data = dict(fault.data)
+        if unreachable and fault.host:
+            data.setdefault("host", fault.host)
+        return self._outcome(task, status, started=started, ended=time.time(), attempts=attempts,
+                             message=message, data=data, diff=diff,
+                             ignored=status == "failed" and task.step.ignore_errors)
+
+    def _bug_outcome(self, task: Task, exc: BaseException, *, started: float, attempts: int,
+                     diff: Diff | None) -> TaskOutcome:
+        """A bug in a step fails its task, not the run."""
+        return self._outcome(task, "failed", started=started, ended=time.time(), attempts=attempts,
+                             message=f"{type(exc).__name__}: {exc}", diff=diff,
+                             traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                             ignored=task.step.ignore_errors)
+
     def _run_task(self, pplay: PlannedPlay, task: Task) -> TaskOutcome:
         """Run one task in a worker thread; never raises."""
         started = time.time()
@@ -384,26 +425,18 @@ class Engine:
         step = task.step
         diff: Diff | None = None
         try:
-            variables = task_variables(self.inventory, pplay.play, task)
-            variables.setdefault("runner_state_dir", self._state_dir)
-            ctx = TaskContext(task=task, variables=variables, inventory=self.inventory,
-                              check=self.options.check, run_id=self.run_id,
-                              artifacts=self.artifacts.for_task(task.key), pool=self.pool,
-                              store=self.store, facts_overlay=self._facts)
-            if step.when is not None and not evaluate_when(step.when, variables):
+            ctx = self._context(pplay, task)
+            if step.when is not None and not evaluate_when(step.when, ctx.vars):
                 return self._outcome(task, "skipped", started=started, message="condition is false")
             module_cls = get_step(step.module)
             if module_cls is None:
                 return self._outcome(task, "failed", started=started,
                                      message=f"unknown step module {step.module!r}")
             module = module_cls()
-            retries = self.options.default_retries if step.retries is None else step.retries
-            scale = self._delay_scale
-            delay = (self.options.default_delay if step.delay is None else step.delay) * scale
+            retries, delay, longest = self._retry_policy(step)
             retrying = Retrying(
-                stop=stop_any(stop_after_attempt(max(0, retries) + 1), lambda _: self._stop.is_set()),
-                wait=(wait_exponential(multiplier=delay, max=max(delay, self.options.max_delay * scale))
-                      + wait_random(0, delay)),
+                stop=stop_any(stop_after_attempt(retries + 1), lambda _: self._stop.is_set()),
+                wait=wait_exponential(multiplier=delay, max=longest) + wait_random(0, delay),
                 retry=retry_if_exception(lambda e: isinstance(e, StepFault) and e.transient),
                 sleep=self._sleep, reraise=True)
             result: StepResult | None = None
@@ -419,42 +452,127 @@ class Engine:
                             answered = True
                         raise
             assert result is not None
-            status = result.status
-            if status not in ("ok", "changed", "skipped", "failed", "unreachable"):
-                return self._outcome(task, "failed", started=started, attempts=attempts,
-                                     message=f"step returned an unknown status {status!r}")
-            return self._outcome(task, status, started=started, ended=time.time(), attempts=attempts,
-                                 message=result.message, data=dict(result.data),
-                                 warnings=list(result.warnings), diff=diff,
-                                 ignored=status == "failed" and step.ignore_errors)
+            return self._result_outcome(task, result, started=started, attempts=attempts, diff=diff)
         except StepFault as fault:
-            # Unreachable only when every attempt failed to connect at all. A host that
-            # answered an earlier attempt (busy, an error, a channel that died under a
-            # command) is reachable but flaky: the task failed, the host is not written
-            # off for the run (a shared LCS server would otherwise take every later user
-            # down with it).
-            unreachable = fault.unreachable and not answered
-            message = fault.message
-            host = fault.host or self._host_of(task)
-            if (unreachable and host and not isinstance(fault, HostGivenUp)
-                    and self.pool.answered_since(host, started)):
-                # this task could not connect, but the host answered other tasks meanwhile:
-                # it is reachable, so only this task failed
-                unreachable = False
-                message += " (the host answered other tasks meanwhile)"
-            status = "unreachable" if unreachable else "failed"
-            if self._stop.is_set() and fault.transient:
-                message += " (interrupted while retrying)"
-            data = dict(fault.data)
-            if unreachable and fault.host:
-                data.setdefault("host", fault.host)
-            return self._outcome(task, status, started=started, ended=time.time(), attempts=attempts,
-                                 message=message, data=data, diff=diff,
-                                 ignored=status == "failed" and step.ignore_errors)
+            return self._fault_outcome(task, fault, started=started, attempts=attempts, answered=answered,
+                                       diff=diff)
         except Exception as exc:  # a bug in a step must fail its task, not the run
-            return self._outcome(task, "failed", started=started, ended=time.time(), attempts=attempts,
-                                 message=f"{type(exc).__name__}: {exc}", diff=diff,
-                                 traceback=traceback.format_exc(), ignored=step.ignore_errors)
+            return self._bug_outcome(task, exc, started=started, attempts=attempts, diff=diff)
+
+    def _run_chunk(self, pplay: PlannedPlay, chunk: list[tuple[Task, TaskContext]]) -> list[tuple[Task, TaskOutcome]]:
+        """Run a chunk of one chunked step's tasks in a worker thread; one outcome per task, never raises.
+
+        Each round probes the live tasks with ``probe_many`` and applies those with a
+        diff with ``apply_many``; a task whose attempt raised a transient fault and has
+        retries left stays live for the next round (after the backoff), the others are
+        finished. So every task has its own attempts, retries and outcome.
+        """
+        started = time.time()
+        step = chunk[0][0].step
+        done: list[tuple[Task, TaskOutcome]] = []
+        module_cls = get_step(step.module)
+        if module_cls is None:
+            return [(t, self._outcome(t, "failed", started=started, message=f"unknown step module {step.module!r}"))
+                    for t, _ in chunk]
+        module = module_cls()
+        live: list[tuple[Task, TaskContext]] = []
+        for task, ctx in chunk:
+            try:
+                if step.when is not None and not evaluate_when(step.when, ctx.vars):
+                    done.append((task, self._outcome(task, "skipped", started=started,
+                                                     message="condition is false")))
+                    continue
+            except StepFault as fault:
+                done.append((task, self._fault_outcome(task, fault, started=started, attempts=0,
+                                                       answered=False, diff=None)))
+                continue
+            except Exception as exc:  # noqa: BLE001
+                done.append((task, self._bug_outcome(task, exc, started=started, attempts=0, diff=None)))
+                continue
+            live.append((task, ctx))
+        retries, delay, longest = self._retry_policy(step)
+        attempts: dict[str, int] = {t.key: 0 for t, _ in live}
+        answered: dict[str, bool] = {t.key: False for t, _ in live}
+        diffs: dict[str, Diff | None] = {}
+        last: dict[str, StepFault] = {}
+        rounds = 0
+        while live:
+            again: list[tuple[Task, TaskContext]] = []
+
+            def failed(task: Task, ctx: TaskContext, exc: BaseException) -> None:
+                key = task.key
+                if isinstance(exc, StepFault):
+                    if not exc.unreachable:
+                        answered[key] = True
+                    if exc.transient and attempts[key] <= retries and not self._stop.is_set():
+                        last[key] = exc
+                        again.append((task, ctx))
+                        return
+                    done.append((task, self._fault_outcome(task, exc, started=started, attempts=attempts[key],
+                                                           answered=answered[key], diff=diffs.get(key))))
+                else:
+                    done.append((task, self._bug_outcome(task, exc, started=started, attempts=attempts[key],
+                                                         diff=diffs.get(key))))
+
+            for task, _ in live:
+                attempts[task.key] += 1
+                diffs[task.key] = None
+            probes = self._many(module.probe_many, [(ctx, task.target) for task, ctx in live])
+            to_apply: list[tuple[Task, TaskContext, Diff]] = []
+            for (task, ctx), found in zip(live, probes):
+                if isinstance(found, BaseException):
+                    failed(task, ctx, found)
+                elif found is None:
+                    try:
+                        result = module.unchanged(ctx, task.target)
+                    except Exception as exc:  # noqa: BLE001
+                        failed(task, ctx, exc)
+                        continue
+                    done.append((task, self._result_outcome(task, result, started=started,
+                                                            attempts=attempts[task.key], diff=None)))
+                elif not isinstance(found, Diff):
+                    failed(task, ctx, TypeError(f"{type(module).__name__}.probe_many gave "
+                                                f"{type(found).__name__}, not Diff or None"))
+                else:
+                    diffs[task.key] = found
+                    if self.options.check and not module.read_only:
+                        done.append((task, self._result_outcome(
+                            task, StepResult("changed", message=found.summary), started=started,
+                            attempts=attempts[task.key], diff=found)))
+                    else:
+                        to_apply.append((task, ctx, found))
+            if to_apply:
+                applied = self._many(module.apply_many, [(ctx, task.target, d) for task, ctx, d in to_apply])
+                for (task, ctx, d), result in zip(to_apply, applied):
+                    if isinstance(result, BaseException):
+                        failed(task, ctx, result)
+                    else:
+                        done.append((task, self._result_outcome(task, result, started=started,
+                                                                attempts=attempts[task.key], diff=d)))
+            live = again
+            if live:
+                self._sleep(min(longest, delay * (2 ** rounds)) + random.uniform(0, delay))
+                rounds += 1
+                if self._stop.is_set():  # no new attempt after a Ctrl-C: each says so
+                    for task, ctx in live:
+                        done.append((task, self._fault_outcome(
+                            task, last[task.key], started=started, attempts=attempts[task.key], answered=answered[task.key],
+                            diff=diffs.get(task.key))))
+                    live = []
+        return done
+
+    @staticmethod
+    def _many(call: Any, items: list[Any]) -> list[Any]:
+        """``call(items)`` with one entry per item; an exception of the whole call (or a wrong
+        count) becomes every item's outcome."""
+        try:
+            out = list(call(items))
+        except Exception as exc:  # noqa: BLE001 - a chunk-wide fault (the server busy...) is each one's
+            return [exc] * len(items)
+        if len(out) != len(items):
+            bug = TypeError(f"{getattr(call, '__qualname__', call)} gave {len(out)} outcomes for {len(items)} items")
+            return [bug] * len(items)
+        return out
 
     def _attempt(self, module: StepModule, ctx: TaskContext, task: Task) -> tuple[StepResult, Diff | None]:
         diff = module.probe(ctx, task.target)
@@ -554,3 +672,205 @@ class Engine:
         return RunSummary(run_id=self.run_id, status=status, exit_code=code, counts=self._counts,
                           totals=totals, interrupted=self._stop.is_set(), stopped_reason=stopped,
                           tasks_run=self._tasks_run)
+
+
+class _WaveRun:
+    """One wave of a play, run as its dependencies allow (module docstring).
+
+    Each task waits for the wave's tasks of earlier steps of its own target and of its
+    related targets; once they are all finished it is resolved in the main thread (dropped,
+    done in an earlier run, blocked by a failed dependency, unreachable host) or queued,
+    and queued tasks are started in plan order within ``forks`` and each step's
+    ``throttle``: one task per worker, or one chunk per worker for a chunked step.
+    """
+
+    def __init__(self, engine: Engine, pplay: PlannedPlay, wave: Wave, completed: Mapping[str, str],
+                 dropped: set[str], executor: ThreadPoolExecutor, deps: _Dependencies) -> None:
+        self.e = engine
+        self.pplay = pplay
+        self.completed = completed
+        self.dropped = dropped
+        self.executor = executor
+        self.deps = deps
+        self.bad: set[str] = set()
+        self.wave = wave
+        self.groups = _steps_of(wave)
+        self.by_key = {t.key: t for t in wave.tasks}
+        self.pos: dict[str, int] = {}
+        by_target: dict[str, list[Task]] = {}
+        for i, group in enumerate(self.groups):
+            for t in group:
+                self.pos[t.key] = i
+                by_target.setdefault(_target_id(t), []).append(t)
+        self.waiting: dict[str, int] = {}
+        self.downstream: dict[str, list[Task]] = {}
+        for i, group in enumerate(self.groups):
+            for t in group:
+                tid = _target_id(t)
+                ups = [u for rid in (tid, *deps.related(tid)) for u in by_target.get(rid, ())
+                       if self.pos[u.key] < i]
+                self.waiting[t.key] = len(ups)
+                for u in ups:
+                    self.downstream.setdefault(u.key, []).append(t)
+        self.unready = [len(g) for g in self.groups]      # tasks of each step not resolved yet
+        self.modules = [get_step(g[0].step.module) for g in self.groups]
+        self.chunked = [bool(m is not None and getattr(m, "chunk", 0) > 0) for m in self.modules]
+        self.queued: list[deque[Task]] = [deque() for _ in self.groups]
+        self.chunks: list[dict[str, list[tuple[Task, TaskContext]]]] = [{} for _ in self.groups]
+        self.fed = [0.0] * len(self.groups)               # when a task last joined each step's queue
+        self.running = [0] * len(self.groups)
+        self.inflight: dict[Future[Any], int] = {}
+        self.ready: deque[Task] = deque()
+        self.dirty = False                                # outcomes emitted since the last flush
+        self.flushed_at = 0.0
+        self.shown: int | None = None                     # the step whose header the output shows
+
+    # -- resolution (main thread) -------------------------------------------------
+
+    def _emit_step(self, i: int) -> None:
+        if self.shown != i:
+            self.shown = i
+            step = self.groups[i][0].step
+            self.e.emit(STEP_START, play=self.pplay.index, step=step.name, module=step.module,
+                        wave=self.wave.name, tasks=len(self.groups[i]))
+
+    def _release(self, task: Task) -> None:
+        for d in self.downstream.get(task.key, ()):
+            self.waiting[d.key] -= 1
+            if self.waiting[d.key] == 0:
+                self.ready.append(d)
+
+    def _outcome(self, task: Task, outcome: TaskOutcome) -> None:
+        """Account for a finished task: emit, drop its target on failure, free its downstream."""
+        self._emit_step(self.pos[task.key])
+        self.e._finish(task, outcome)
+        self.dirty = True
+        if outcome.status in ("failed", "unreachable") and not outcome.ignored:
+            self.dropped.add(_target_id(task))
+            self.deps.failed(task, outcome)
+            # DESIGN.md: an unreachable host does not stop the others (it is
+            # retried on resume), so only failures count against the wave gate;
+            # nor do the tasks it blocked.
+            if outcome.status == "failed" and not self.deps.blocked_by_unreachable(outcome):
+                self.bad.add(_target_id(task))
+        self._release(task)
+
+    def _resolve(self, task: Task) -> None:
+        """``task``'s dependencies are finished: settle it here or queue it to run."""
+        i = self.pos[task.key]
+        self.unready[i] -= 1
+        e = self.e
+        if _target_id(task) in self.dropped:
+            self._release(task)
+            return
+        fp = self.completed.get(task.key)
+        if fp is not None and fp == task.step.fingerprint:
+            self._outcome(task, e._outcome(task, "skipped", message="done in an earlier run", resumed=True))
+            return
+        blocker = self.deps.blocker(task)
+        if blocker is not None:
+            self._outcome(task, e._outcome(task, "failed", message=blocker["reason"], data={"blocked_by": blocker},
+                                           ignored=task.step.ignore_errors))
+            return
+        if task.kind == "host" and e.pool.is_unreachable(task.target_name):
+            self._outcome(task, e._outcome(task, "unreachable", message="host unreachable earlier in this run"))
+            return
+        self.fed[i] = time.monotonic()
+        if not self.chunked[i]:
+            self.queued[i].append(task)
+            return
+        ctx = e._context(self.pplay, task)
+        try:
+            key = self.modules[i]().chunk_key(ctx, task.target)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - the probe reports what is wrong, for this task alone
+            key = ""
+        self.chunks[i].setdefault(key, []).append((task, ctx))
+
+    def _chunk_size(self, i: int) -> int:
+        step = self.groups[i][0].step
+        size = int(getattr(self.modules[i], "chunk", 1) or 1)
+        wanted = step.args.get("chunk_size") if isinstance(step.args, Mapping) else None
+        if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted >= 1:
+            size = min(size, wanted)
+        return max(1, min(size, MAX_CHUNK))
+
+    # -- starting work ---------------------------------------------------------------
+
+    def _start(self) -> float | None:
+        """Start what may start now; seconds until a lingering chunk is due (None: none waits)."""
+        e = self.e
+        forks = max(1, e.options.forks)
+        if self.dirty and time.monotonic() - self.flushed_at < FLUSH_GAP and self.inflight:
+            # let more outcomes gather before the next commit (one commit starts many tasks)
+            return FLUSH_GAP - (time.monotonic() - self.flushed_at)
+        due: float | None = None
+        for i, group in enumerate(self.groups):
+            if e._stop.is_set():
+                return None
+            step = group[0].step
+            limit = min(forks, step.throttle) if step.throttle else forks
+            if not self.chunked[i]:
+                while self.queued[i] and self.running[i] < limit and len(self.inflight) < forks:
+                    self._flush()
+                    task = self.queued[i].popleft()
+                    self._submit(i, self.executor.submit(e._run_task, self.pplay, task))
+                continue
+            size = self._chunk_size(i)
+            for key in list(self.chunks[i]):
+                waiting = self.chunks[i][key]
+                while waiting and self.running[i] < limit and len(self.inflight) < forks:
+                    if len(waiting) < size and self.unready[i] > 0:
+                        # more of this step's tasks are on their way: wait a little for them
+                        left = CHUNK_LINGER - (time.monotonic() - self.fed[i])
+                        if left > 0:
+                            due = left if due is None else min(due, left)
+                            break
+                    self._flush()
+                    chunk, waiting[:] = waiting[:size], waiting[size:]
+                    self._submit(i, self.executor.submit(e._run_chunk, self.pplay, chunk))
+                if not waiting:
+                    del self.chunks[i][key]
+        return due
+
+    def _submit(self, i: int, fut: Future[Any]) -> None:
+        self.inflight[fut] = i
+        self.running[i] += 1
+
+    def _flush(self) -> None:
+        """Commit the outcomes emitted so far before a task that may depend on them starts."""
+        if self.dirty:
+            self.e.store.flush()
+            self.dirty = False
+            self.flushed_at = time.monotonic()
+
+    def _pending(self) -> bool:
+        return any(self.queued) or any(self.chunks)
+
+    def run(self) -> set[str]:
+        for group in self.groups:
+            for t in group:
+                if self.waiting[t.key] == 0:
+                    self.ready.append(t)
+        while True:
+            while self.ready:
+                self._resolve(self.ready.popleft())
+            due = None if self.e._stop.is_set() else self._start()
+            if self.ready:
+                continue
+            if not self.inflight:
+                if due is not None and not self.e._stop.is_set():
+                    self.e._stop.wait(due)
+                    continue
+                break
+            timeout = 0.5 if due is None else max(0.01, min(0.5, due))
+            finished, _ = wait(list(self.inflight), timeout=timeout, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i = self.inflight.pop(fut)
+                self.running[i] -= 1
+                got = fut.result()
+                if isinstance(got, TaskOutcome):
+                    self._outcome(self.by_key[got.key], got)
+                else:
+                    for task, outcome in got:
+                        self._outcome(task, outcome)
+        return self.bad

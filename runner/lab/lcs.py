@@ -60,6 +60,7 @@ group removes its id from the contacts (conv).
 from __future__ import annotations
 
 import ipaddress
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -193,6 +194,28 @@ def _group_list(v: Any) -> list[int]:
     return [_as_int(x, "GroupID") for x in items]
 
 
+#: How long a pool store waits for another writer before the server says it is busy (ms);
+#: ``RUNNER_LAB_LCS_BUSY_MS`` overrides it (tests of a store locked by another process).
+LCS_BUSY_MS = 10000
+
+
+def busy_ms() -> int:
+    """The pool store's busy timeout in milliseconds (``RUNNER_LAB_LCS_BUSY_MS``, else LCS_BUSY_MS)."""
+    raw = os.environ.get("RUNNER_LAB_LCS_BUSY_MS", "")
+    return int(raw) if raw.isdigit() else LCS_BUSY_MS
+
+
+def locked(exc: BaseException) -> bool:
+    """An SQLite error saying another connection holds the database (``database is locked``,
+    ``database table is locked``, SQLITE_BUSY): the pool server busy, not a broken store."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+def _strings(v: Any) -> bool:
+    """A tuple of strings (the hint of an OR over one property), short enough for one SQL IN."""
+    return isinstance(v, tuple) and 0 < len(v) <= 500 and all(isinstance(x, str) for x in v)
+
+
 def normalise_guid(g: str) -> str:
     """``{0123abcd-...}`` -> upper case with braces (the key form WMI shows)."""
     g = str(g).strip()
@@ -250,9 +273,9 @@ class LcsStore:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(self.path)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db = sqlite3.connect(self.path, timeout=busy_ms() / 1000, isolation_level=None)
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute(f"PRAGMA busy_timeout={busy_ms()}")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self.directory = Path(directory) if directory is not None and Path(directory).exists() else None
         self._udb: sqlite3.Connection | None = None
@@ -290,10 +313,10 @@ class LcsStore:
         both files: contact imports must not wait for directory writers.
         """
         if self._udb is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=busy_ms() / 1000, isolation_level=None)
             try:
                 db.execute("PRAGMA foreign_keys=ON")
-                db.execute("PRAGMA busy_timeout=30000")
+                db.execute(f"PRAGMA busy_timeout={busy_ms()}")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(_AD_SYNC)
                 db.execute("ATTACH DATABASE ? AS ad", (str(self.directory),))
@@ -407,6 +430,9 @@ class LcsStore:
             if "instanceid" in hints and isinstance(hints["instanceid"], str):
                 conds.append("instance_id = ?")
                 args.append(normalise_guid(hints["instanceid"]))
+            elif _strings(hints.get("instanceid")):
+                conds.append(f"instance_id IN ({','.join('?' * len(hints['instanceid']))})")
+                args.extend(normalise_guid(v) for v in hints["instanceid"])
             if "primaryuri" in hints and isinstance(hints["primaryuri"], str):
                 conds.append("primary_uri = ?")
                 args.append(hints["primaryuri"])
@@ -418,6 +444,8 @@ class LcsStore:
         where, args = "", []
         if isinstance(uid, str):
             where, args = " WHERE user_instance_id = ?", [normalise_guid(uid)]
+        elif _strings(uid):
+            where, args = f" WHERE user_instance_id IN ({','.join('?' * len(uid))})", [normalise_guid(u) for u in uid]
         if cls == "MSFT_SIPESUserContactGroupData":
             rows = self._db.execute(
                 "SELECT user_instance_id, group_id, name, external_url FROM contact_groups"

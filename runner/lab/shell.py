@@ -460,11 +460,11 @@ class Shell:
         self.faults = faults or Faults(lab)
         self.errorlevel = 0
 
-    def run(self, line: str) -> CommandResult:
+    def run(self, line: str, *, in_batch: bool = False) -> CommandResult:
         if len(line) > MAX_LINE:
             return CommandResult(1, "", TOO_LONG)
         line = line.split("\n", 1)[0].rstrip("\r")  # phase 0: a line ends at LF
-        expanded = expand(line, self.env)
+        expanded = expand_batch(line, self.env) if in_batch else expand(line, self.env)
         if len(expanded) > MAX_LINE:
             return CommandResult(1, "", TOO_LONG)
         if not expanded.strip():
@@ -566,6 +566,8 @@ class Shell:
             rc, so, se, sets = builtin(self, ctx, rest)
             return _Out(rc, so, se, sets)
         prog = PROGRAMS.get(name)
+        if prog is None and name.endswith((".cmd", ".bat")):
+            return self._batch_file(token)
         if prog is None:
             return _Out(9009, "", NOT_RECOGNIZED.format(name=token))
         argv = split_args(node.text)
@@ -574,6 +576,57 @@ class Shell:
         if ctx._mutated:
             self.host.record(name, node.text, res.rc)
         return _Out(res.rc, res.stdout, res.stderr)
+
+
+    def _batch_file(self, token: str) -> _Out:
+        """Run a batch file line by line, as cmd.exe does (``@`` and ``echo off`` silence the
+        echo of a line; ``rem`` and ``::`` lines are comments; ``%%`` is a literal ``%``)."""
+        try:
+            data = self.host.fs.read(self._path(token)).decode("utf-8", errors="replace")
+        except (OSError, InvalidPath):
+            return _Out(9009, "", NOT_RECOGNIZED.format(name=token))
+        echo = True
+        so: list[str] = []
+        se: list[str] = []
+        for raw in data.replace("\r\n", "\n").split("\n"):
+            line = raw.strip()
+            quiet = line.startswith("@")
+            line = line.lstrip("@").strip()
+            low = line.lower()
+            if not line or low == "rem" or low.startswith(("rem ", "::")):
+                continue
+            if low == "echo off":
+                echo = False
+                continue
+            if echo and not quiet:
+                so.append(f"\r\n{self.cwd}>{line}\r\n")
+            r = self.run(line, in_batch=True)
+            so.append(r.stdout)
+            se.append(r.stderr)
+        return _Out(self.errorlevel, "".join(so), "".join(se))
+
+
+def expand_batch(line: str, env: dict[str, str]) -> str:
+    """Phase 1 in a batch file: ``%%`` is a literal ``%``, ``%NAME%`` expands (empty when
+    undefined) and a lone ``%`` is removed."""
+    low = {k.lower(): v for k, v in env.items()}
+    out: list[str] = []
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c != "%":
+            out.append(c)
+            i += 1
+        elif line.startswith("%%", i):
+            out.append("%")
+            i += 2
+        else:
+            j = line.find("%", i + 1)
+            if j < 0:
+                break
+            out.append(low.get(line[i + 1:j].lower(), ""))
+            i = j + 1
+    return "".join(out)
 
 
 def execute(lab: Lab, host: str, command_line: str) -> CommandResult:

@@ -26,7 +26,8 @@ Predicate = Callable[[Mapping[str, Any]], bool]
 
 @dataclass
 class Where:
-    """A parsed where clause: ``matches(props)`` and the top-level AND equalities (``hints``)."""
+    """A parsed where clause: ``matches(props)`` and the top-level AND equalities (``hints``;
+    a tuple of values for a property every OR-ed term pins)."""
 
     text: str
     matches: Predicate
@@ -170,11 +171,19 @@ class _Parser:
 
     def expr(self, top: bool = False) -> Predicate:
         terms = [self.term(top)]
+        per = [self.hints]
         while self.peek() == "OR":
             self.take()
-            terms.append(self.term(False))
+            if top:
+                self.hints = {}
+            terms.append(self.term(top))
+            per.append(self.hints)
         if len(terms) > 1 and top:
-            self.hints.clear()
+            # an OR of terms that each pin a property (InstanceID='a' OR InstanceID='b') is
+            # narrowed to those values: hints[prop] is then a tuple (any of them)
+            common = set(per[0]).intersection(*per[1:])
+            self.hints = {k: tuple(v for h in per for v in (h[k] if isinstance(h[k], tuple) else (h[k],)))
+                          for k in common}
         if len(terms) == 1:
             return terms[0]
         return lambda p, ts=tuple(terms): any(t(p) for t in ts)

@@ -14,6 +14,11 @@ from runner.model import User
 from runner.steps.base import StepContext
 
 
+#: The ``chunk_size`` argument of the chunked LCS / Exchange IM steps (docs/server-batching.md).
+CHUNK_SIZE_ARG = {"type": "integer", "minimum": 1, "maximum": 500,
+                  "description": "most users per chunk, i.e. per round trip (default 50)"}
+
+
 def _artifact_names(data: Any) -> Iterable[str]:
     """Artifact names of the normalised JSON export found in a task's data (any key)."""
     if isinstance(data, str):

@@ -17,11 +17,20 @@ A step never prints, never writes the state store and never knows which
 connection kind carries its commands: it asks ``ctx.connection(host)`` for a
 Connection and returns structured data. Faults are raised as
 runner.errors.TransientFault / PermanentFault / ConnectionFault.
+
+Chunks (docs/server-batching.md): a module whose ``chunk`` is above 0 works on
+many targets per round trip. The engine hands it up to ``chunk`` tasks at once
+(tasks of the same ``chunk_key``, e.g. the LCS home server) through
+``probe_many(items)`` and ``apply_many(items)``, which return one entry per item,
+in order: what ``probe``/``apply`` would have returned for it, or the exception
+that fails (or, transient, retries) that one target only. Each target keeps its
+own task, attempts, checkpoint and result; the defaults below just loop over
+``probe``/``apply``, so a module overrides only what it can do for many at once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping, Protocol
+from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence, Union
 
 from runner.connections.base import Connection
 from runner.model import Host, Inventory, User
@@ -122,6 +131,34 @@ class StepModule:
     #: planner runs it for every user of a machine before a later host step of the play
     #: changes that machine, whatever wave or ``--limit`` the user is in (runner.plan).
     saves_client_data: ClassVar[bool] = False
+    #: Most targets per chunk (0: one task at a time). The step argument ``chunk_size``
+    #: lowers it; the engine also bounds how many chunks run at once (forks, throttle).
+    chunk: ClassVar[int] = 0
+
+    def chunk_key(self, ctx: StepContext, target: Host | User) -> str:
+        """Targets with the same key may share a chunk (e.g. the server their work runs on)."""
+        return ""
+
+    def probe_many(self, items: Sequence[tuple[StepContext, Host | User]]) -> list[ProbeOutcome]:
+        """``probe`` for each (ctx, target): a Diff, None (nothing to change) or the exception
+        for that target alone. One round trip for the chunk where the module can."""
+        out: list[ProbeOutcome] = []
+        for ctx, target in items:
+            try:
+                out.append(self.probe(ctx, target))
+            except Exception as exc:  # noqa: BLE001 - handed back as this target's outcome
+                out.append(exc)
+        return out
+
+    def apply_many(self, items: Sequence[tuple[StepContext, Host | User, Diff]]) -> list[ApplyOutcome]:
+        """``apply`` for each (ctx, target, diff): a StepResult or the exception for that target."""
+        out: list[ApplyOutcome] = []
+        for ctx, target, diff in items:
+            try:
+                out.append(self.apply(ctx, target, diff))
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        return out
 
     def probe(self, ctx: StepContext, target: Host | User) -> Diff | None:
         raise NotImplementedError
@@ -135,3 +172,8 @@ class StepModule:
         import could not map, that a retried or resumed task must report again. Called
         right after that probe on the same instance, so it may use what the probe kept."""
         return StepResult("ok")
+
+
+#: What ``probe_many`` / ``apply_many`` give per target: the value, or the exception for that target.
+ProbeOutcome = Union[Diff, None, Exception]
+ApplyOutcome = Union[StepResult, Exception]

@@ -15,12 +15,17 @@ so ``--check --diff`` lists the contacts a run would add.
 """
 from __future__ import annotations
 
-from runner.errors import PermanentFault
-from runner.lcs.contacts import parse_export, parse_export_groups, plan_import
+from typing import Any, Sequence
+
+from runner.errors import PermanentFault, TransientFault
+from runner.lcs.chunks import LCS_LINE, ChunkScript, LcsRead, line_limit
+from runner.lcs.contacts import LcsGroup, group_ids_for, parse_export, parse_export_groups, plan_import
 from runner.lcs.mapping import mapping_for
+from runner.lcs.server import CONTACT_CLASS, GROUP_CLASS, UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import latest_export, lcs_for, require_export
-from runner.steps.base import Diff, StepContext, StepModule, StepResult
+from runner.steps._lcs import CHUNK_SIZE_ARG, latest_export, lcs_for, require_export
+from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
+from runner.windows import wmic
 from runner.steps.export_contacts import read_current
 from runner.windows.imcontacts import merge
 
@@ -34,28 +39,35 @@ class ImportContacts(StepModule):
         "coexistence": {"type": "boolean", "default": False,
                         "description": "put ungrouped contacts into coexistence_group"},
         "coexistence_group": {"type": "string", "minLength": 1, "maxLength": 128,
-                              "default": "Exchange IM Contacts"}}}
+                              "default": "Exchange IM Contacts"},
+        "chunk_size": CHUNK_SIZE_ARG}}
+    chunk = 50
 
-    def _plan(self, ctx: StepContext, user: User):
+    def chunk_key(self, ctx: StepContext, target: User) -> str:
+        return home_server(target, ctx.inventory, ctx.vars)
+
+    def _plan(self, ctx: StepContext, user: User, state: UserState | None = None):
         found = latest_export(ctx, user)
         if found is None:
             if ctx.check:  # the export step before this one has not run in check mode
-                return self._preview(ctx, user)
+                return self._preview(ctx, user, state)
             found = require_export(ctx, user)
         exported, artifact = found
         raw = ctx.artifacts.read(artifact)
-        return self._planned(ctx, user, exported, parse_export_groups(raw) if raw is not None else []) + (artifact,)
+        return self._planned(ctx, user, exported, parse_export_groups(raw) if raw is not None else [],
+                             state) + (artifact,)
 
-    def _preview(self, ctx: StepContext, user: User):
+    def _preview(self, ctx: StepContext, user: User, state: UserState | None = None):
         """Check mode before any export: plan from the clients' registries, read-only
         (the same reads as export_contacts' probe), so the review shows the real contacts."""
         docs = [(host, read_current(ctx, user, host)) for host in user.clients]
         merged = merge(docs)
-        return self._planned(ctx, user, parse_export(merged), merged.get("groups", [])) + ("(registry)",)
+        return self._planned(ctx, user, parse_export(merged), merged.get("groups", []), state) + ("(registry)",)
 
-    def _planned(self, ctx: StepContext, user: User, exported, user_groups):
+    def _planned(self, ctx: StepContext, user: User, exported, user_groups, state: UserState | None = None):
         server, iid = lcs_for(ctx, user)
-        state = server.read(iid)
+        if state is None:
+            state = server.read(iid)
         if state.user is None and not ctx.check:
             raise PermanentFault(f"user {user.alias} is not enabled on {server.host}: run enable_lcs_users first")
         group = None
@@ -67,10 +79,46 @@ class ImportContacts(StepModule):
 
     def probe(self, ctx: StepContext, target: User) -> Diff | None:
         planned = self._plan(ctx, target)
-        plan, server, _, _, artifact = planned
         # apply follows this probe in the same attempt (a retry or a resumed run probes
         # again), so it builds on this plan instead of reading LCS a second time
         self._probed = (target.alias, planned)
+        return self._diff(planned)
+
+    def probe_many(self, items: Sequence[tuple[StepContext, User]]) -> list[ProbeOutcome]:
+        """The chunk's users' LCS groups and contacts (and the pool's limit) in one read on
+        their home server (a line or a few), each planned against that user's own export."""
+        out: list[ProbeOutcome] = [None] * len(items)
+        self._many_probed: dict[str, Any] = {}
+        ctx0, user0 = items[0]
+        try:
+            host = home_server(user0, ctx0.inventory, ctx0.vars)
+            iids = []
+            for _, user in items:
+                try:
+                    iids.append(instance_id(user))
+                except PermanentFault:
+                    pass
+            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, u in items],
+                                 limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
+            read = LcsRead(script, iids)
+            script.run()
+            states = read.states()
+        except Exception as exc:  # noqa: BLE001 - the chunk's read failed: each user's outcome
+            return [exc] * len(items)
+        for i, (ctx, user) in enumerate(items):
+            try:
+                state = states.get(instance_id(user).upper())
+                if isinstance(state, Exception):
+                    raise state
+                planned = self._plan(ctx, user, state)
+                self._many_probed[user.alias] = planned
+                out[i] = self._diff(planned)
+            except Exception as exc:  # noqa: BLE001
+                out[i] = exc
+        return out
+
+    def _diff(self, planned: Any) -> Diff | None:
+        plan, server, _, _, artifact = planned
         if not plan.changes:
             return None
         lines = [f"+ group {g!r}" for g in plan.groups_to_create]
@@ -83,7 +131,8 @@ class ImportContacts(StepModule):
     def unchanged(self, ctx: StepContext, target: User) -> StepResult:
         """Nothing left to add (a retry, or a run resumed after the import finished but
         before its outcome was recorded): ok, with the plan's warnings all the same."""
-        probed = getattr(self, "_probed", None)
+        many = getattr(self, "_many_probed", None) or {}
+        probed = (target.alias, many.pop(target.alias)) if target.alias in many else getattr(self, "_probed", None)
         self._probed = None
         if probed is None or probed[0] != target.alias:
             return StepResult("ok")
@@ -112,3 +161,99 @@ class ImportContacts(StepModule):
         status = "changed" if created or plan.groups_to_create else "ok"
         return StepResult(status, f"added {len(created)} contact(s), {len(plan.groups_to_create)} group(s)",
                           data, warnings)
+
+    def apply_many(self, items: Sequence[tuple[StepContext, User, Diff]]) -> list[ApplyOutcome]:
+        """The chunk's imports on their home server: every user's missing groups created and
+        read back in one script (only when some user needs a group), then every user's
+        contacts created in one more; each user's created and failed contacts from their own
+        sections. A user whose commands met a busy server is retried (TransientFault)."""
+        many = getattr(self, "_many_probed", None) or {}
+        plans = []
+        for ctx, user, _ in items:
+            planned = many.pop(user.alias, None) or self._plan(ctx, user)
+            plans.append(planned)
+        ctx0, _, _ = items[0]
+        host = plans[0][1].host
+        conn = plans[0][1].conn
+        limit = line_limit(ctx0.vars, LCS_LINE)
+        owners = [u.alias for _, u, _ in items]
+        group_of: dict[int, list[LcsGroup]] = {n: list(p[3]) for n, p in enumerate(plans)}
+        group_failures: dict[int, list[str]] = {n: [] for n in range(len(items))}
+        busy: dict[int, str] = {}
+        try:
+            need = [n for n, p in enumerate(plans) if p[0].groups_to_create]
+            if need:
+                script = ChunkScript(conn, host, ctx0.vars, owners, limit=limit)
+                made = {n: [script.add(wmic.create(GROUP_CLASS, {"UserInstanceID": plans[n][2],
+                                                                 "Name": wmic.clean_text(g)}), stderr_too=True)
+                            for g in plans[n][0].groups_to_create] for n in need}
+                read = LcsRead(script, [plans[n][2] for n in need], contacts=True)
+                script.run()
+                states = read.states()
+                for n in need:
+                    for g, i in zip(plans[n][0].groups_to_create, made[n]):
+                        sec = script.section(i)
+                        if sec is None or not sec.ok or "ERROR:" in sec.stdout:
+                            if _busy(sec):
+                                busy[n] = f"creating group {g!r}"
+                            group_failures[n].append(f"group {g!r} not created")
+                    state = states.get(plans[n][2].upper())
+                    if isinstance(state, UserState):
+                        group_of[n] = state.groups
+                    else:  # the new groups' ids are unknown: no contact may go in without them
+                        busy.setdefault(n, "reading the new groups back")
+            script = ChunkScript(conn, host, ctx0.vars, owners, limit=limit)
+            sections: dict[int, list[tuple[str, int]]] = {}
+            for n, p in enumerate(plans):
+                if n in busy:
+                    continue
+                for c in p[0].contacts_to_add:
+                    values: dict[str, Any] = {"UserInstanceID": p[2], "SIPURI": c.uri}
+                    if c.name:
+                        values["Name"] = wmic.clean_text(c.name)
+                    values["Subscribed"] = True
+                    ids = group_ids_for(c.groups, group_of[n])
+                    if ids:
+                        values["GroupID"] = list(ids)
+                    sections.setdefault(n, []).append((c.uri, script.add(wmic.create(CONTACT_CLASS, values),
+                                                                         stderr_too=True)))
+            if script.commands:
+                script.run()
+        except Exception as exc:  # noqa: BLE001 - the chunk's commands did not run: each user's outcome
+            return [exc] * len(items)
+        out: list[ApplyOutcome] = []
+        for n, ((ctx, user, _), planned) in enumerate(zip(items, plans)):
+            if n in busy:
+                out.append(TransientFault(f"LCS server {host} busy while {busy[n]} for {user.alias}", host=host))
+                continue
+            created, failed, retry = [], [], False
+            for uri, i in sections.get(n, []):
+                sec = script.section(i)
+                if sec is not None and sec.ok and "ERROR:" not in sec.stdout:
+                    created.append(uri)
+                else:
+                    failed.append(uri)
+                    retry = retry or _busy(sec)
+            if retry:
+                out.append(TransientFault(f"LCS server {host} busy while adding {user.alias}'s contacts "
+                                          f"({len(created)} added, {len(failed)} left)", host=host))
+                continue
+            plan, server, iid, groups, artifact = planned
+            data = {**plan.as_dict(), "artifact": artifact, "created": created, "failed": failed}
+            warnings = plan.warnings() + group_failures[n]
+            if failed:
+                out.append(StepResult("failed", f"{len(failed)} contact(s) could not be created on {host}: "
+                                      + ", ".join(failed[:10]), data, warnings))
+                continue
+            status = "changed" if created or plan.groups_to_create else "ok"
+            out.append(StepResult(status, f"added {len(created)} contact(s), {len(plan.groups_to_create)} group(s)",
+                                  data, warnings))
+        return out
+
+
+def _busy(sec: Any) -> bool:
+    """The section of a wmic command that met a busy or unreachable server (or never ran)."""
+    if sec is None:
+        return True
+    code = wmic.outcome(sec.stdout, "", ok=False).code
+    return code in wmic.TRANSIENT_CODES

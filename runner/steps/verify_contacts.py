@@ -12,11 +12,16 @@ argument or a variable), when it passes with a warning.
 """
 from __future__ import annotations
 
+from typing import Any, Sequence
+
+from runner.lcs.chunks import LCS_LINE, ChunkScript, LcsRead, line_limit
 from runner.lcs.contacts import verify
 from runner.lcs.mapping import mapping_for
+from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import latest_export, lcs_for, machines_read, recreated_by_users, require_export
-from runner.steps.base import Diff, StepContext, StepModule, StepResult
+from runner.steps._lcs import (CHUNK_SIZE_ARG, latest_export, lcs_for, machines_read, recreated_by_users,
+                               require_export)
+from runner.steps.base import Diff, ProbeOutcome, StepContext, StepModule, StepResult
 
 
 class VerifyContacts(StepModule):
@@ -27,14 +32,62 @@ class VerifyContacts(StepModule):
     read_only = True
     args_schema = {"type": "object", "additionalProperties": False, "properties": {
         "contacts_recreated_by_users": {"type": "boolean", "default": False,
-                                        "description": "pass users whose contact list was read from no machine"}}}
+                                        "description": "pass users whose contact list was read from no machine"},
+        "chunk_size": CHUNK_SIZE_ARG}}
+
+    chunk = 50
+
+    def chunk_key(self, ctx: StepContext, target: User) -> str:
+        return home_server(target, ctx.inventory, ctx.vars)
 
     def probe(self, ctx: StepContext, target: User) -> Diff | None:
         if ctx.check and latest_export(ctx, target) is None:
             return Diff(f"verify {target.alias}'s contacts once they are exported", [], {"pending": True})
         exported, artifact = require_export(ctx, target)
         server, iid = lcs_for(ctx, target)
-        state = server.read(iid)
+        return self._verdict(ctx, target, exported, artifact, server.read(iid), server.host)
+
+    def probe_many(self, items: Sequence[tuple[StepContext, User]]) -> list[ProbeOutcome]:
+        """The chunk's users' LCS contacts in one round trip on their home server (a line or a
+        few, read-only), each compared with that user's own export."""
+        out: list[ProbeOutcome] = [None] * len(items)
+        live: list[tuple[int, StepContext, User, Any, str, str]] = []
+        for i, (ctx, user) in enumerate(items):
+            try:
+                if ctx.check and latest_export(ctx, user) is None:
+                    out[i] = Diff(f"verify {user.alias}'s contacts once they are exported", [], {"pending": True})
+                    continue
+                exported, artifact = require_export(ctx, user)
+                live.append((i, ctx, user, exported, artifact, instance_id(user)))
+            except Exception as exc:  # noqa: BLE001 - this user's outcome
+                out[i] = exc
+        if not live:
+            return out
+        ctx0, user0 = live[0][1], live[0][2]
+        host = home_server(user0, ctx0.inventory, ctx0.vars)
+        try:
+            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u, *_ in live],
+                                 limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
+            read = LcsRead(script, [iid for *_, iid in live])
+            script.run()
+            states = read.states()
+        except Exception as exc:  # noqa: BLE001 - the chunk's read failed: each user's outcome
+            for i, *_ in live:
+                out[i] = exc
+            return out
+        for i, ctx, user, exported, artifact, iid in live:
+            try:
+                state = states[iid.upper()]
+                if isinstance(state, Exception):
+                    raise state
+                out[i] = self._verdict(ctx, user, exported, artifact, state, host)
+            except Exception as exc:  # noqa: BLE001
+                out[i] = exc
+        return out
+
+    @staticmethod
+    def _verdict(ctx: StepContext, target: User, exported: Any, artifact: str, state: UserState,
+                 host: str) -> Diff:
         ver = verify(exported, state.contacts, mapping_for(ctx.vars, ctx.inventory, target),
                      max_contacts=state.max_contacts)
         read = machines_read(ctx, target, artifact)
@@ -45,7 +98,7 @@ class VerifyContacts(StepModule):
                 "over_limit": ver.over_limit,
                 "unmappable": [{"address": u.address, "reason": u.reason} for u in ver.unmappable]}
         # Always hand over to apply, which only reports: verification is the result.
-        return Diff(f"verify {ver.expected} contact(s) on {server.host}", [], data)
+        return Diff(f"verify {ver.expected} contact(s) on {host}", [], data)
 
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
         d = diff.data

@@ -44,6 +44,7 @@ runner.lab.wql.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,6 +379,15 @@ def run_wmic(raw: str, host: WmicHost) -> CommandResult:
     except WmiError as e:
         partial = "".join(locals().get("out") or [])
         return CommandResult(hresult_rc(e.code), partial, error_text(e))
+    except sqlite3.OperationalError as e:
+        # the pool's store held by another process (a writer, a backup): the LCS server is
+        # busy, as WMI says when its provider cannot get at the store; the caller retries
+        from runner.lab.lcs import WBEM_E_SERVER_TOO_BUSY, locked
+        if not locked(e):
+            raise
+        partial = "".join(locals().get("out") or [])
+        busy = WmiError(WBEM_E_SERVER_TOO_BUSY)
+        return CommandResult(hresult_rc(busy.code), partial, error_text(busy))
 
 
 def _canon_prop(name: str, all_props: tuple[str, ...]) -> str:

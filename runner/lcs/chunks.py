@@ -1,0 +1,223 @@
+"""Many users' server work in one round trip: sectioned commands on one line, or in a script file.
+
+The chunked LCS and Exchange IM steps (docs/server-batching.md) collect the
+commands of a whole chunk of users in a :class:`ChunkScript`: each command is
+sectioned (runner.windows.cmdline), so every user's outcome is read from its
+own marked section. When everything fits on one command line (the host's
+limit, :func:`line_limit`) the chunk is one round trip. Otherwise a read
+(a probe: nothing may change on the host, not even a file) is packed into
+as few lines as fit; a change goes into a batch file put on the host
+(``@echo off``, one command a line, ``%`` doubled as a batch file wants) and
+run once with ``cmd /c``: two round trips (put, run) whatever its size.
+
+Scratch files (the script, ldifde exports) are named after the chunk's first
+owner (a user's alias, runner.lcs.exchange.owner_tag). A read (``clean``)
+first deletes every owner's ``runner-<tag>-*`` files that a killed run left:
+those of the other owners at the start, the first owner's after the script
+(whose own name matches that pattern) has run. No other chunk holding one of
+these users is in flight then (a user is in one task at a time).
+"""
+from __future__ import annotations
+
+import secrets
+from typing import Any, Mapping, Sequence
+
+from runner.connections.base import CommandResult, Connection
+from runner.errors import PermanentFault, TransientFault
+from runner.lcs.exchange import Query, owner_tag, temp_path
+from runner.windows import ldif, wmic
+from runner.windows.cmdline import (MAX_COMMAND_LINE, Command, Quoted, Section, batch, chain, sectioned,
+                                    split_sections)
+
+#: cmd.exe on Windows 2000 takes at most 2,047 characters (KB 830473); XP / 2003 take 8,191.
+WINDOWS_2000_LINE = 2047
+#: LCS 2005 runs on Windows Server 2003 only, so its pool servers take the longer line.
+LCS_LINE = MAX_COMMAND_LINE
+#: Values per OR condition of one command (a WQL where, an LDAP filter): keeps each command short.
+OR_GROUP = 40
+
+
+def line_limit(vars: Mapping[str, Any], default: int = WINDOWS_2000_LINE) -> int:
+    """The host's command-line limit: var ``command_line_limit`` (256 to 8,191), else ``default``."""
+    raw = vars.get("command_line_limit")
+    try:
+        value = int(raw) if raw is not None and not isinstance(raw, bool) else default
+    except (TypeError, ValueError):
+        value = default
+    return max(256, min(MAX_COMMAND_LINE, value))
+
+
+def groups(values: Sequence[Any], size: int = OR_GROUP) -> list[Sequence[Any]]:
+    """``values`` cut into runs of at most ``size``."""
+    return [values[i:i + size] for i in range(0, len(values), size)]
+
+
+def wql_any(prop: str, values: Sequence[str]) -> str:
+    """A WQL condition true when ``prop`` equals any of ``values`` (each escaped by wmic.where)."""
+    return " OR ".join(wmic.where(**{prop: v}) for v in values)
+
+
+def ldap_any(attr: str, values: Sequence[str]) -> str:
+    """An LDAP filter matching ``attr`` equal to any of ``values`` (each escaped by ldif)."""
+    parts = "".join(f"({attr}={ldif.escape_filter_value(v)})" for v in values)
+    return parts if len(values) == 1 else f"(|{parts})"
+
+
+class ChunkScript:
+    """The commands of one chunk, run in one round trip (a line) or two (a script put, then run)."""
+
+    def __init__(self, conn: Connection, host: str, vars: Mapping[str, Any], owners: Sequence[str], *,
+                 limit: int, clean: bool = False, script: bool = True) -> None:
+        """``clean``: delete the owners' stale scratch files first (reads); ``script``: what does not
+        fit on one line goes into a script file (changes) rather than several lines (reads)."""
+        self.conn = conn
+        self.host = host
+        self.vars = vars
+        self.owners = [o for o in dict.fromkeys(owners)] or ["chunk"]
+        self.limit = limit
+        self.clean = clean
+        self.script = script
+        self.commands: list[Command] = []
+        self._queries: list[tuple[Query, int]] = []
+        self.sections: list[Section | None] = []
+        self.stderr = ""
+
+    def _scratch(self, ext: str) -> str:
+        return temp_path(self.vars, f"runner-{owner_tag(self.owners[0])}-{secrets.token_hex(4)}.{ext}")
+
+    def _stale(self, owner: str) -> Command:
+        return Command("del", "/q", Quoted(temp_path(self.vars, f"runner-{owner_tag(owner)}-*")))
+
+    def add(self, cmd: Command, *, stderr_too: bool = False) -> int:
+        """Add ``cmd``; its index for :meth:`section`. ``stderr_too``: its stderr goes into its
+        section (wmic prints its errors there, so each one stays with its user)."""
+        self.commands.append(Command(cmd, "2>&1") if stderr_too else cmd)
+        return len(self.commands) - 1
+
+    def add_query(self, q: Query) -> int:
+        """Add an ldifde search (export to a scratch file, type it, delete it); a handle for :meth:`entries`."""
+        path = self._scratch("ldf")
+        first = self.add(ldif.export_command(path, q.ldap_filter, q.attrs, q.base_dn))
+        self.add(Command("type", Quoted(path)))
+        self.add(Command("del", "/q", Quoted(path)))
+        self._queries.append((q, first))
+        return len(self._queries) - 1
+
+    def run(self) -> None:
+        """Run the chunk; afterwards :meth:`section` and :meth:`entries` tell each command's outcome."""
+        nonce = secrets.token_hex(4)
+        wrapped, _ = sectioned(self.commands, nonce)
+        first_clean = [self._stale(o) for o in self.owners[1:]] if self.clean else []
+        line_cmds = ([self._stale(self.owners[0])] if self.clean else []) + first_clean + wrapped
+        line = chain(line_cmds) if line_cmds else None
+        if line is not None and len(line) <= self.limit:
+            res = self.conn.run(line.render(limit=self.limit))
+        elif not self.script:
+            results = [self.conn.run(one.render(limit=self.limit)) for one in batch(line_cmds, limit=self.limit)]
+            res = CommandResult(results[-1].rc, "".join(r.stdout for r in results),
+                                   "".join(r.stderr for r in results))
+        else:
+            script = self._scratch("cmd")
+            body = ["@echo off", *(c.render() for c in first_clean), *(c.render() for c in wrapped)]
+            self.conn.put(("\r\n".join(b.replace("%", "%%") for b in body) + "\r\n").encode("utf-8"), script)
+            after = self._stale(self.owners[0]) if self.clean else Command("del", "/q", Quoted(script))
+            res = self.conn.run(chain([Command("cmd", "/c", Quoted(script)), after]).render(limit=self.limit))
+        self.sections = split_sections(res.stdout, len(self.commands), nonce)
+        self.stderr = res.stderr
+        if not any(self.sections) and self.commands:
+            raise TransientFault(f"no output from the {len(self.commands)} command(s) of a chunk on {self.host} "
+                                 f"({(res.stderr or res.stdout).strip()[-200:] or 'nothing printed'})",
+                                 host=self.host)
+
+    def section(self, index: int) -> Section | None:
+        return self.sections[index] if index < len(self.sections) else None
+
+    def entries(self, handle: int) -> list[ldif.Entry]:
+        """The entries a query found; PermanentFault when its ldifde failed."""
+        q, first = self._queries[handle]
+        export, typed = self.section(first), self.section(first + 1)
+        if export is None or not export.ok:
+            detail = (self.stderr or (export.stdout if export else "")).strip().splitlines()
+            raise PermanentFault(f"ldifde search {q.ldap_filter[:120]} on {self.host} failed: "
+                                 f"{detail[-1] if detail else 'no output'}", host=self.host)
+        if typed is None or not typed.ok:
+            return []
+        return ldif.parse(typed.stdout)
+
+
+def wmic_fault(sec: Section | None, what: str, host: str) -> Exception | None:
+    """The fault of one wmic command's section (stderr included), None when it succeeded:
+    TransientFault for a busy or unreachable server, WmicError otherwise."""
+    if sec is not None and sec.ok and "ERROR:" not in sec.stdout:
+        return None
+    out = wmic.outcome(sec.stdout if sec else "", "", ok=False)
+    if sec is None:
+        return TransientFault(f"{what}: the command did not run on {host}", host=host)
+    try:
+        wmic.raise_for(out, what, host)
+    except Exception as exc:  # noqa: BLE001 - handed back as that user's outcome
+        return exc
+    return None
+
+
+class LcsRead:
+    """The LCS state of many users, read with a few OR-ed wmic queries added to a ChunkScript
+    (what LcsServer.read reads for one user: setting, groups, contacts, MaxContactsPerUser)."""
+
+    def __init__(self, script: ChunkScript, iids: Sequence[str], *, contacts: bool = True) -> None:
+        from runner.lcs.server import CONTACT_CLASS, GROUP_CLASS, POOL_CLASS, USER_CLASS, USER_PROPS
+        self.script = script
+        self.iids = list(dict.fromkeys(iids))
+        self.contacts = contacts
+        self._parts: list[tuple[str, Sequence[str], int]] = []
+        for g in groups(self.iids):
+            self._parts.append(("user", g, script.add(wmic.get(USER_CLASS, ("InstanceID",) + tuple(
+                p for p in USER_PROPS if p != "InstanceID"), wql_any("InstanceID", g)), stderr_too=True)))
+            if contacts:
+                self._parts.append(("group", g, script.add(wmic.get(
+                    GROUP_CLASS, ("UserInstanceID", "GroupID", "Name"), wql_any("UserInstanceID", g)),
+                    stderr_too=True)))
+                self._parts.append(("contact", g, script.add(wmic.get(
+                    CONTACT_CLASS, ("UserInstanceID", "GroupID", "Name", "SIPURI"), wql_any("UserInstanceID", g)),
+                    stderr_too=True)))
+        self._pool = script.add(wmic.get(POOL_CLASS, ("MaxContactsPerUser",)), stderr_too=True) if contacts else None
+
+    def states(self) -> dict[str, Any]:
+        """Per InstanceID (upper case): its runner.lcs.server.UserState, or the fault of its read."""
+        from runner.lcs.contacts import LcsContact, LcsGroup
+        from runner.lcs.server import UserState
+        out: dict[str, Any] = {iid.upper(): UserState() for iid in self.iids}
+        host = self.script.host
+        max_contacts = None
+        if self._pool is not None:
+            sec = self.script.section(self._pool)
+            fault = wmic_fault(sec, "read MaxContactsPerUser", host)
+            if fault is not None:
+                return {k: fault for k in out}
+            pool = wmic.parse_list(sec.stdout if sec else "")
+            if pool and pool[0].get("MaxContactsPerUser", "").strip().isdigit():
+                max_contacts = int(pool[0]["MaxContactsPerUser"])
+        for kind, g, index in self._parts:
+            sec = self.script.section(index)
+            fault = wmic_fault(sec, f"read LCS users on {host}", host)
+            if fault is not None:
+                for iid in g:
+                    out[iid.upper()] = fault
+                continue
+            for r in wmic.parse_list(sec.stdout if sec else ""):
+                key = (r.get("InstanceID") if kind == "user" else r.get("UserInstanceID")) or ""
+                state = out.get(key.strip().upper())
+                if state is None or isinstance(state, Exception):
+                    continue
+                if kind == "user":
+                    state.user = {k: v for k, v in r.items()}
+                elif kind == "group" and r.get("GroupID", "").strip().isdigit():
+                    state.groups.append(LcsGroup(int(r["GroupID"]), r.get("Name", "")))
+                elif kind == "contact":
+                    state.contacts.append(LcsContact(r.get("SIPURI", ""), r.get("Name", ""), tuple(
+                        int(x) for x in wmic.parse_array(r.get("GroupID")) if x.isdigit())))
+        if max_contacts is not None:
+            for state in out.values():
+                if not isinstance(state, Exception):
+                    state.max_contacts = max_contacts
+        return out
