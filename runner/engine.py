@@ -201,10 +201,6 @@ class _Dependencies:
             return {**info, "reason": f"not run: {label} {verb} '{info['step']}'"}
         return None
 
-    def related(self, tid: str) -> list[tuple[str, str]]:
-        """The targets ``tid`` depends on and that depend on it, with labels."""
-        return self._related.get(tid, [])
-
     @staticmethod
     def blocked_by_unreachable(outcome: TaskOutcome) -> bool:
         blocker = outcome.data.get("blocked_by") if isinstance(outcome.data, Mapping) else None
@@ -223,7 +219,7 @@ def _gate_units(play: Any, wave: Wave, bad: set[str],
     units = {_target_id(t) for t in wave.tasks if t.kind == kind and "/for-wave:" not in t.key}
     if not units:
         return wave_targets, set(bad), "targets"
-    failed = {u for u in units if u in bad or any(r in bad for r, _ in deps.related(u))}
+    failed = {u for u in units if u in bad or any(r in bad for r in deps.related(u))}
     return units, failed, over or "targets"
 
 
