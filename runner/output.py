@@ -16,6 +16,8 @@ and nothing else. Lines nobody will see are never formatted.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import json
 import sys
 import textwrap
@@ -65,6 +67,18 @@ def _blocked_reason(o: TaskOutcome) -> str | None:
     return None
 
 
+@dataclass
+class _StepBlock:
+    """One step of one wave in the live output: its counts, warnings and grouped failures."""
+    event: dict[str, Any]
+    announced: int
+    seen: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "changed": 0, "failed": 0,
+                                                             "skipped": 0, "unreachable": 0})
+    warnings: Counter[str] = field(default_factory=Counter)
+    blocked: dict[str, list[str]] = field(default_factory=dict)
+
+
 def _counters(c: dict[str, int]) -> str:
     return "  ".join(f"{k}={c.get(k, 0)}" for k in COUNTERS)
 
@@ -86,12 +100,13 @@ class HumanOutput:
         self.clock = clock
         self._progress: Any = None
         self._progress_task: Any = None
-        self._step_counts: dict[str, int] | None = None
-        self._step: dict[str, Any] | None = None
-        self._step_announced = 0
-        self._step_seen = 0
-        self._step_warnings: Counter[str] = Counter()
-        self._blocked: dict[str, list[str]] = {}
+        # A wave's tasks flow by their dependencies, so outcomes of its steps interleave:
+        # each (play, step, wave) is one block, its header printed when it starts and again
+        # only when a line of it follows another step's, its counts once, when it is done.
+        self._blocks: dict[tuple[Any, ...], _StepBlock] = {}
+        self._step: dict[str, Any] | None = None      # the step the next outcomes belong to
+        self._cur: tuple[Any, ...] | None = None
+        self._headed: tuple[Any, ...] | None = None   # the block whose header was printed last
         self._check = False
         self.warnings = WarningTally(WARNINGS_PER_TASK)
         self._kinds: dict[str, str] = {}
@@ -167,25 +182,50 @@ class HumanOutput:
                 f"changed={c['changed']} failed={c['failed']} unreachable={c['unreachable']}; "
                 f"{self._where()}")
 
-    def _end_step(self) -> None:
-        if self._step is not None:
-            dropped = self._step_announced - self._step_seen  # targets out of the play: never run
-            if dropped > 0:
-                self._advance(dropped)
-            self._step = None
-        for reason, targets in self._blocked.items():
+    def _header(self, key: tuple[Any, ...]) -> None:
+        """Print ``key``'s STEP header unless it is the last one printed."""
+        if self._headed == key:
+            return
+        self._headed = key
+        d = self._blocks[key].event
+        wave = f" (wave {d['wave']})" if d.get("wave") is not None else ""
+        self._say("")
+        self._say(header("STEP", d["step"] + wave))
+
+    def _loud(self, line: str) -> None:
+        """Write a failure (or -v) line under its own step's header."""
+        if self._cur is not None and self._cur in self._blocks:
+            self._header(self._cur)
+        self._write(line)
+
+    def _close(self, key: tuple[Any, ...]) -> None:
+        """A block is done: its grouped failures, then its counts and warnings, once."""
+        b = self._blocks[key]
+        dropped = b.announced - b.seen  # targets out of the play: never run
+        if dropped > 0:
+            self._advance(dropped)
+        show_counts = self.verbosity == 0 and any(b.counts.values())
+        if b.blocked or show_counts or (b.warnings and self.verbosity == 0):
+            if b.blocked or not self.quiet:
+                self._header(key)
+        for reason, targets in b.blocked.items():
             names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"
                                                            if len(targets) > GROUPED_NAMES else "")
             self._write(f"failed: [{names}] {reason}" + (f" ({len(targets)} targets)" if len(targets) > 1 else ""))
-        self._blocked = {}
-        if self._step_counts is not None:
-            counts = self._step_counts
-            self._step_counts = None
-            if self.verbosity == 0 and any(counts.values()):
-                self._say("  " + "  ".join(f"{k}={v}" for k, v in counts.items() if v))
-            if self._step_warnings and self.verbosity == 0:
-                self._say(f"  warnings: {kinds_line(dict(self._step_warnings))}")
-            self._step_warnings = Counter()
+        if show_counts:
+            self._say("  " + "  ".join(f"{k}={v}" for k, v in b.counts.items() if v))
+        if b.warnings and self.verbosity == 0:
+            self._say(f"  warnings: {kinds_line(dict(b.warnings))}")
+        del self._blocks[key]
+        if self._cur == key:
+            self._cur = None
+            self._step = None
+
+    def _end_step(self) -> None:
+        """Close every open block (a wave, play or run ended)."""
+        for key in list(self._blocks):
+            self._close(key)
+        self._cur = self._step = None
         self.stream.flush()
 
     # -- events -----------------------------------------------------------------
@@ -195,12 +235,11 @@ class HumanOutput:
         if kind == TASK_END:
             self._task(d["outcome"])
         elif kind == STEP_START:
-            self._end_step()
-            wave = f" (wave {d['wave']})" if d.get("wave") is not None else ""
-            self._say("")
-            self._say(header("STEP", d["step"] + wave))
-            self._step_counts = {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "unreachable": 0}
-            self._step, self._step_announced, self._step_seen = d, int(d.get("tasks") or 0), 0
+            key = (d.get("play"), d["step"], d.get("wave"))
+            self._step, self._cur = d, key
+            if key not in self._blocks:
+                # its header waits for its first line (a failure, or its counts when done)
+                self._blocks[key] = _StepBlock(event=d, announced=int(d.get("tasks") or 0))
             self._advance(0)
         elif kind == PLAY_START:
             self._end_step()
@@ -238,7 +277,9 @@ class HumanOutput:
             self._say(f"WAVE [{name}] gate: {gate}: the play goes on")
 
     def _task(self, o: TaskOutcome) -> None:
-        self._step_seen += 1
+        block = self._blocks.get(self._cur) if self._cur is not None else None
+        if block is not None:
+            block.seen += 1
         self._kinds.setdefault(o.target, o.kind)
         c = self._counts.setdefault((o.kind, o.target), dict.fromkeys(COUNTERS, 0))
         c["ignored" if o.ignored else o.status] += 1
@@ -247,15 +288,15 @@ class HumanOutput:
         if not o.resumed:
             self._ran += 1
             self._run_counts["failed" if o.ignored else o.status] += 1
-        if self._step_counts is not None:
+        if block is not None:
             bucket = "done earlier" if o.resumed else "failed" if o.ignored else o.status
-            self._step_counts[bucket] = self._step_counts.get(bucket, 0) + 1
+            block.counts[bucket] = block.counts.get(bucket, 0) + 1
         self._advance()
         status = o.status
         loud = status in ("failed", "unreachable")
         blocked = _blocked_reason(o) if loud and self.verbosity == 0 else None
-        if blocked is not None:
-            self._blocked.setdefault(blocked, []).append(o.target)
+        if blocked is not None and block is not None:
+            block.blocked.setdefault(blocked, []).append(o.target)
         elif loud or self.verbosity >= 1:
             label = "failed (ignored)" if o.ignored else status
             text = f"{label}: [{o.target}]"
@@ -264,20 +305,25 @@ class HumanOutput:
                 text += f" {message}"
             if o.attempts > 1:
                 text += f" (attempts: {o.attempts})"
-            self._write(text)
+            self._loud(text)
             if o.traceback and self.verbosity >= 3:
                 for line in o.traceback.rstrip().splitlines():
                     self._write("    " + line)
         if self.diff and o.diff is not None and status == "changed":
+            if not self.quiet and self._cur in self._blocks:
+                self._header(self._cur)
             if self.verbosity == 0:
                 self._say(f"changed: [{o.target}] {o.diff.summary}")
             for line in o.diff.lines:
                 self._say("    " + line)
         if o.warnings:
             for wkind, n, text in self.warnings.add(o.step, o.target, o.warnings):
-                self._step_warnings[wkind] += n
+                if block is not None:
+                    block.warnings[wkind] += n
                 if self.verbosity >= 1:
-                    self._write(f"warning: [{o.target}] {text}")
+                    self._loud(f"warning: [{o.target}] {text}")
+        if block is not None and block.seen >= block.announced > 0:
+            self._close(self._cur)
 
     def _recap(self, summary: RunSummary) -> None:
         self._say("")
