@@ -206,8 +206,7 @@ class HumanOutput:
             self._advance(dropped)
         show_counts = self.verbosity == 0 and any(b.counts.values())
         if b.blocked or show_counts or (b.warnings and self.verbosity == 0):
-            if b.blocked or not self.quiet:
-                self._header(key)
+            self._header(key)  # printed by _say: with -q, the failures come without it
         for reason, targets in b.blocked.items():
             names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"
                                                            if len(targets) > GROUPED_NAMES else "")
