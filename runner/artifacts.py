@@ -85,7 +85,7 @@ class ArtifactStore:
         versioned = _versioned_name(key, sha)
         target = self.root / versioned
         if not (target.exists() and _sha_of(target) == sha):
-            _remove_stale_temporaries(target.parent)
+            remove_stale_temporaries(target.parent)
             atomic_write(target, data)
         self.store.add_artifact(key, str(versioned), sha, len(data),
                                 task_key=self.task_key, run_id=self.run_id)
@@ -124,7 +124,7 @@ class ArtifactStore:
 _STARTED = time.time()
 
 
-def _remove_stale_temporaries(directory: Path) -> None:
+def remove_stale_temporaries(directory: Path) -> None:
     """Delete the ``.<name>.*.tmp`` files a killed run left in ``directory`` (never one
     of this run's: a write in flight on another thread is younger than the process)."""
     try:

@@ -253,3 +253,21 @@ def test_immediate_recreate_mails_each_user_once_with_new_addresses(tmp_path: Pa
     second = sc.apply("--tags", "export,notify")
     assert second.code == 0 and second.totals.get("changed", 0) == 0, second.out[-2000:]
     assert len(smtp.mails) == len(manifest["users"])
+
+
+def test_a_notice_write_killed_midway_leaves_no_temporary_file_after_the_rerun(tmp_path: Path) -> None:
+    """A SIGKILL between the temporary file and its rename leaves `.bob.txt.*.tmp`; the
+    rerun that writes the notice clears it (the stress-kill test compares the outbox)."""
+    import os
+    import time
+    bob = User("bob", "bob@im.contoso.com", display_name="Bob")
+    ctx = _ctx(tmp_path, [bob], 0, notify_smtp_host="")
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    stale = outbox / ".bob.txt.gxkk0x97.tmp"
+    stale.write_bytes(b"half a notice")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    result = _run(ctx, bob)
+    assert result.status == "changed" and (outbox / "bob.txt").is_file()
+    assert sorted(p.name for p in outbox.iterdir()) == ["bob.txt"]

@@ -30,7 +30,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from runner.artifacts import atomic_write
+from runner.artifacts import atomic_write, remove_stale_temporaries
 from runner.errors import PermanentFault, TransientFault
 from runner.lcs.mapping import Mapped, mapping_for, user_sip_uri
 from runner.model import User
@@ -185,6 +185,8 @@ class NotifyUsers(StepModule):
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:  # type: ignore[override]
         path = Path(diff.data["path"])
         text = diff.data["text"]
+        # A run killed mid-write left a `.<name>.*.tmp` beside the notice: clear it.
+        remove_stale_temporaries(path.parent)
         if diff.data.get("write", True):
             atomic_write(path, text.encode("utf-8"))
         data: dict[str, Any] = {"notice": str(path)}
