@@ -7,15 +7,18 @@ user of the host; a second one (only when some user is not logged on and
 
 Policy: an inventory user without a profile on the host is a warning (in
 the result and ``facts.users[alias].problem``); Windows Messenger missing
-fails the task unless ``require_messenger: false``.
+fails the task unless ``require_messenger: false``. The same first line reads
+Messenger's sign-in policy keys (runner.steps._signin): ``facts.signin`` holds
+them and what is missing or wrong; wrong values are warnings.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from runner.errors import TransientFault
+from runner.errors import PermanentFault, TransientFault
 from runner.model import Host
 from runner.steps import _clients as cl
+from runner.steps import _signin as S
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import reg
 from runner.windows.cmdline import Command
@@ -67,7 +70,8 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     conn = ctx.connection(host.name)
     base = [Command("ver"), Command("echo", "%SystemDrive%"), Command("echo", "%ProgramFiles%"),
             reg.query(cl.UNINSTALL, recursive=True), reg.query(cl.PROFILE_LIST, recursive=True),
-            reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion")]
+            reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion"),
+            *S.read_commands()]
     limit = cl.line_limit(ctx, host.name)
     # profiles an earlier run recorded: those users' hives are read in this first line, in
     # place or loaded and unloaded (cmd.exe branches on who is logged on), checked below
@@ -145,11 +149,34 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
         _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings, limit)
     os_version = reg.value_of(reg.find_key(reg.parse_query(text[7]), cl.WINDOWS_NT), "CurrentVersion")
     os_version = os_version if isinstance(os_version, str) else None
+    signin = _signin(ctx, host.name, sections[8:10], warnings)
     facts = {"os": os_line, "os_version": os_version, "run_id": ctx.run_id, "messenger_exe": exe, "cmd_line_limit": cl.limit_for_version(os_version),
-             "env": env, "messenger": messenger,
+             "env": env, "messenger": messenger, "signin": signin,
              "profiles": {sid: {"path": p.path, "loaded": p.loaded} for sid, p in found.items()},
              "loaded_hives": loaded, "users": user_facts, "contacts_key": contacts_key}
     return facts, warnings
+
+
+def _signin(ctx: StepContext, host: str, sections: list, warnings: list[str]) -> dict[str, Any]:
+    """The client's Messenger sign-in settings (runner.steps._signin) and what is missing or
+    wrong in them against the inventory's ``lcs_pool_fqdn`` / ``lcs_transport``. A wrong value
+    (another server, an unknown transport, ExchangeConn "Exchange only") is a warning; missing
+    ones are the state before configure_messenger, and a warning only once it has set them."""
+    have = S.held(sections)
+    try:
+        server: str | None = S.wanted_server({}, ctx.vars, ctx.inventory)
+    except PermanentFault:  # no pool named, or a bad name: configure_messenger says so
+        server = None
+    try:
+        transport: str | None = S.wanted_transport({}, ctx.vars)
+    except PermanentFault:
+        transport = None
+    problems = S.problems(have, server, transport)
+    configured = any(r.status in ("ok", "changed") for r in ctx.previous("configure_messenger", host))
+    shown = [p for p in problems if configured or not p.startswith("no ")]
+    if shown:
+        warnings.append(f"{host}: Messenger sign-in settings missing or wrong: {'; '.join(shown)}")
+    return {**S.summary(have), "problems": problems}
 
 
 def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
