@@ -97,3 +97,20 @@ def test_immediate_points_every_client_at_lcs_and_switches_exchange_im_off(tmp_p
              if m.get("signin_seed") in ("exchange_only", "pilot", "typed_transport")}
     assert warned == wrong
     assert_idempotent(sc)
+
+
+def test_lab_verify_signin_names_clients_not_pointed_at_lcs(tmp_path) -> None:
+    from runner.lab.verify import verify
+
+    sc = make_scenario(tmp_path, "immediate.yml", SEED, contacts=3)
+    before = verify(sc.lab_dir, signin=True)
+    pilot = next(h for h, m in sc.manifest["machines"].items() if m.get("signin_seed") == "pilot")
+    assert any(p.startswith(f"{pilot}: ") and "lcspilot." in p for p in before.problems), before.problems
+    assert sum("Messenger sign-in policy" in p for p in before.problems) == len(sc.manifest["machines"])
+    assert sc.apply().code == 0
+    after = verify(sc.lab_dir, signin=True)
+    assert after.ok, after.problems
+    # a client whose Exchange IM account is back on is named again
+    Lab(sc.lab_dir).host(pilot).registry.delete_value(S.SERVICE_KEY, "Disabled")
+    again = verify(sc.lab_dir, signin=True)
+    assert again.problems == [f"{pilot}: Messenger sign-in policy: Exchange IM not switched off"]

@@ -585,6 +585,8 @@ def _write_servers_and_ground_truth(lab: Lab, est: _Estate) -> None:
         "params": est.params, "lcs_limit": LCS_LIMIT,
         "exchange_server": exchange_hosts[0], "lcs_server": lcs_hosts[0],
         "lcs_server_dn": est.servers[lcs_hosts[0]]["server_dn"],
+        # the SIP server the clients are to be pointed at (configure_messenger's default)
+        "lcs_pool_fqdn": (est.inventory.get("all") or {}).get("vars", {}).get("lcs_pool_fqdn") or lcs_hosts[0],
         "ad_base": est.domains["ad"],
         "sip_mapping": est.sip_mapping,
         "users": {u.alias: {
