@@ -3,6 +3,7 @@ keeps Exchange IM while any of its users is still on it, and at the end Exchange
 switched off everywhere (configure_messenger, docs/messenger-signin.md)."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -96,6 +97,11 @@ def test_immediate_points_every_client_at_lcs_and_switches_exchange_im_off(tmp_p
     wrong = {h for h, m in sc.manifest["machines"].items()
              if m.get("signin_seed") in ("exchange_only", "pilot", "typed_transport")}
     assert warned == wrong
+    report = json.loads(sc.runner("report", "--state", str(sc.state), "--format", "json").out)
+    for u in report["users"]:
+        for m in u["machines"]:
+            assert m["signin"] == {"sip_server": POOL, "transport": "tls", "exchange_conn": None,
+                                   "exchange_im": "off", "problems": []}, (u["user"], m)
     assert_idempotent(sc)
 
 
