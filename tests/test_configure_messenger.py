@@ -287,3 +287,22 @@ def test_inventory_clients_warns_of_missing_values_once_they_were_set(lab, tmp_p
     step = InventoryClients()
     result = step.apply(ctx, inv.hosts[host], step.probe(ctx, inv.hosts[host]))
     assert any("no SIP server set" in w for w in result.warnings), result.warnings
+
+
+def test_sign_in_warnings_are_counted_as_their_own_kind_per_host():
+    from runner.warnings_tally import classify
+
+    assert classify("pc0007: Messenger sign-in settings missing or wrong: ExchangeConn is 2 (REG_DWORD)") == (
+        "sign-in settings", ["pc0007"])
+
+
+def test_status_counts_clients_set_not_yet_and_wrong():
+    from runner.status import render_facts, summarise_facts
+
+    hosts = {"pc1": {"signin": {"problems": []}}, "pc2": {"signin": {"problems": ["no SIP server set"]}},
+             "pc3": {"signin": {"problems": ["no SIP server set", "ExchangeConn is 2 (REG_DWORD)"]}},
+             "pc4": {}}
+    f = summarise_facts(hosts)
+    assert f["signin"] == {"set": 1, "missing": 1, "wrong": [{"host": "pc3", "problems": [
+        "ExchangeConn is 2 (REG_DWORD)"]}]}
+    assert "  Messenger sign-in: 1 set, 1 not yet, 1 wrong: pc3 (ExchangeConn is 2 (REG_DWORD))" in render_facts(f)
