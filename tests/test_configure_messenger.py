@@ -281,11 +281,17 @@ def test_inventory_clients_reports_wrong_settings_and_counts_missing_ones(lab, t
 def test_inventory_clients_warns_of_missing_values_once_they_were_set(lab, tmp_path):
     _, inv, _ = lab
     host = _host(lab, None)
-    ctx, conn = _ctx(lab, host, tmp_path, done={("configure_messenger", host): ["changed"]})
-    conn.conn.lab_host.registry.delete_key(S.POLICY_KEY) if conn.conn.lab_host.registry.key_exists(
-        S.POLICY_KEY) else None
+    configure = ConfigureMessenger()
+    ctx, conn = _ctx(lab, host, tmp_path)
+    assert configure.apply(ctx, inv.hosts[host], configure.probe(ctx, inv.hosts[host])).status == "changed"
+    # someone removes the policy afterwards (a GPO cleanup, a reimage)
+    conn.conn.lab_host.registry.delete_key(S.POLICY_KEY)
     step = InventoryClients()
-    result = step.apply(ctx, inv.hosts[host], step.probe(ctx, inv.hosts[host]))
+    before, _ = _ctx(lab, host, tmp_path)
+    result = step.apply(before, inv.hosts[host], step.probe(before, inv.hosts[host]))
+    assert not [w for w in result.warnings if "sign-in" in w], "never configured: not a warning"
+    after, _ = _ctx(lab, host, tmp_path, done={("configure_messenger", host): ["changed"]})
+    result = step.apply(after, inv.hosts[host], step.probe(after, inv.hosts[host]))
     assert any("no SIP server set" in w for w in result.warnings), result.warnings
 
 
