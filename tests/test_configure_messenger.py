@@ -312,3 +312,28 @@ def test_status_counts_clients_set_not_yet_and_wrong():
     assert f["signin"] == {"set": 1, "missing": 1, "wrong": [{"host": "pc3", "problems": [
         "ExchangeConn is 2 (REG_DWORD)"]}]}
     assert "  Messenger sign-in: 1 set, 1 not yet, 1 wrong: pc3 (ExchangeConn is 2 (REG_DWORD))" in render_facts(f)
+
+
+def test_values_that_do_not_take_fail_the_task_with_what_reg_said(lab, tmp_path):
+    host = _host(lab, None)
+    _, inv, _ = lab
+
+    class Refusing(Recording):
+        def run(self, line: str, **kw: Any):  # every reg add refused as reg.exe refuses a bad one
+            return super().run(line.replace("reg add", "reg nosuchop"), **kw)
+
+    conn = Refusing(LabConnection(inv.hosts[host], inv, None))
+    ctx = Ctx(inv, {host: conn}, tmp_path, args={"exchange_im": "keep"}, vars=dict(inv.hosts[host].vars))
+    step = ConfigureMessenger()
+    result = step.apply(ctx, inv.hosts[host], step.probe(ctx, inv.hosts[host]))
+    assert result.status == "failed" and "did not take" in result.message and "Invalid syntax" in result.message
+    assert result.data["signin"]["problems"], "the facts say what is still missing"
+
+
+def test_a_key_that_cannot_be_read_is_not_taken_for_an_absent_one():
+    from runner.windows.cmdline import Section
+
+    absent = Section(False, reg.NOT_FOUND + "\r\n")
+    assert S.unreadable([absent, Section(True, "")]) is None
+    assert S.unreadable([Section(False, "ERROR: Access is denied.\r\n"), absent]) == "ERROR: Access is denied."
+    assert S.unreadable([None, absent]) == "the registry read did not run"

@@ -127,8 +127,10 @@ def wanted(server: str, transport: str, exchange_im: str | None) -> list[Setting
 
 
 def read_commands() -> list[Command]:
-    """The two ``reg query`` commands whose sections ``held`` reads."""
-    return [reg.query(POLICY_KEY, recursive=True), reg.query(EXCHANGE_POLICIES)]
+    """The two ``reg query`` commands whose sections ``held`` reads; each one's error text
+    goes to its own section (``2>&1``), apart from what other commands of the line say."""
+    return [Command(*reg.query(POLICY_KEY, recursive=True).bits, "2>&1"),
+            Command(*reg.query(EXCHANGE_POLICIES).bits, "2>&1")]
 
 
 def held(sections: Sequence[Section | None]) -> Held:
@@ -143,15 +145,14 @@ def held(sections: Sequence[Section | None]) -> Held:
     return out
 
 
-def unreadable(sections: Sequence[Section | None], stderr: str) -> str | None:
-    """Why the read tells nothing (a section that never ran, an error other than "not
-    found"), or None when every failed section is a key that does not exist."""
+def unreadable(sections: Sequence[Section | None]) -> str | None:
+    """Why the read tells nothing (a section that never ran, a query that failed other than
+    with "not found"), or None when every failed query is of a key that does not exist."""
     if any(s is None for s in sections):
         return "the registry read did not run"
-    if all(s.ok for s in sections if s is not None):
-        return None
-    rest = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "unable to find" not in ln.lower()]
-    return "; ".join(rest)[:200] if rest else None
+    errors = [" ".join(ln.strip() for ln in s.stdout.splitlines() if ln.strip())
+              for s in sections if s is not None and not s.ok and "unable to find" not in s.stdout.lower()]
+    return "; ".join(errors)[:200] if errors else None
 
 
 def value(have: Held, key: str, name: str) -> tuple[str, Any] | None:

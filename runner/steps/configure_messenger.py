@@ -37,18 +37,18 @@ from runner.windows.cmdline import Command
 DISABLE_STEP = "disable_exchange_im"
 
 
-def _read(ctx: StepContext, host: str, before: Sequence[Command] = ()) -> tuple[S.Held, list[Any]]:
+def _read(ctx: StepContext, host: str, before: Sequence[Command] = ()) -> tuple[S.Held, str]:
     """Run ``before`` then the policy read, in one line within the host's limit; the values
-    held after it and the sections of ``before``."""
+    held after it and what reg.exe wrote to stderr."""
     commands = [*before, *S.read_commands()]
     sections, stderr = cl.run_sections(ctx.connection(host), commands, limit=cl.line_limit(ctx, host))
     reads = sections[len(before):]
     if any(s is None for s in reads):
         raise TransientFault(f"the registry read on {host} did not come back whole", host=host)
-    why = S.unreadable(reads, stderr)
+    why = S.unreadable(reads)
     if why:
-        raise PermanentFault(f"cannot read the Messenger policy keys on {host}: {why}", host=host)
-    return S.held(reads), list(sections[:len(before)])
+        raise PermanentFault(f"cannot read the Messenger policy keys on {host}: reg.exe said {why}", host=host)
+    return S.held(reads), stderr
 
 
 def still_on_exchange(ctx: StepContext, host: str) -> list[str]:
@@ -129,15 +129,17 @@ class ConfigureMessenger(StepModule):
         todo = [S.Setting(*row) for row in d["todo"]]
         commands = [reg.delete_value(s.key, s.name) if s.data is None else reg.add(s.key, s.name, s.type, s.data)
                     for s in todo]
-        have, _ = _read(ctx, target.name, commands)
+        have, stderr = _read(ctx, target.name, commands)
         after = {**S.summary(have), "problems": S.problems(have, d["server"], d["transport"])}
         left = S.differences(S.wanted(d["server"], d["transport"], d["exchange_im"]), have)
         data: dict[str, Any] = {"set": [s.shown() for s in todo if s.data is not None],
                                 "removed": [s.shown() for s in todo if s.data is None], "signin": after,
                                 "facts_update": {"signin": after}}
         if left:
+            said = " ".join(ln.strip() for ln in stderr.splitlines() if ln.strip())[:200]
             return StepResult("failed", f"{target.name}: reg add/delete did not take: "
-                              + ", ".join(s.shown() for s in left), data=data, warnings=list(d.get("warnings") or []))
+                              + ", ".join(s.shown() for s in left) + (f" (reg.exe: {said})" if said else ""),
+                              data=data, warnings=list(d.get("warnings") or []))
         return StepResult("changed", f"{len(todo)} sign-in value(s) set on {target.name} (SIP server "
                           f"{d['server']}, {d['transport']}"
                           + (f", Exchange IM {d['exchange_im']}" if d["exchange_im"] else "") + ")",
