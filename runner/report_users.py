@@ -171,7 +171,8 @@ def _machine(history: _History, alias: str, host: str, export: dict[str, Any] | 
     return {"host": host, "found": found if isinstance(found, int) else None,
             "exported": counts.get(host) if isinstance(counts, dict) else None,
             "messenger_before": before, "messenger_after": after, "reboot_pending": reboot,
-            "signin": signin if isinstance(signin, dict) else None, "problem": problem}
+            "signin": {k: v for k, v in signin.items() if k != "values"} if isinstance(signin, dict) else None,
+            "problem": problem}
 
 
 def _contacts(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -337,3 +337,25 @@ def test_a_key_that_cannot_be_read_is_not_taken_for_an_absent_one():
     assert S.unreadable([absent, Section(True, "")]) is None
     assert S.unreadable([Section(False, "ERROR: Access is denied.\r\n"), absent]) == "ERROR: Access is denied."
     assert S.unreadable([None, absent]) == "the registry read did not run"
+
+
+def test_the_probe_uses_this_runs_inventory_facts_until_the_step_has_run(lab, tmp_path):
+    _, inv, _ = lab
+    host = _host(lab, "pilot")
+    h = inv.hosts[host]
+    ctx, conn = _ctx(lab, host, tmp_path, args={"exchange_im": "keep"})
+    gather = InventoryClients()
+    ctx._facts[host] = gather.apply(ctx, h, gather.probe(ctx, h)).data["facts"]
+    step = ConfigureMessenger()
+    n = len(conn.lines)
+    diff = step.probe(ctx, h)
+    assert len(conn.lines) == n, "the facts of this run's inventory stand for the read"
+    assert [row[1] for row in diff.data["todo"]] == ["ServerAddress", "Transport", "ExchangeConn"]
+    assert step.apply(ctx, h, diff).status == "changed" and len(conn.lines) == n + 1
+    # once the step has an outcome for the host, the facts may be stale: read live
+    ctx.done[("configure_messenger", host)] = ["changed"]
+    assert step.probe(ctx, h) is None and len(conn.lines) == n + 2
+    # facts of another run: read live too
+    ctx.done.clear()
+    ctx._facts[host] = {**ctx._facts[host], "run_id": "an-earlier-run"}
+    assert step.probe(ctx, h) is None and len(conn.lines) == n + 3

@@ -145,6 +145,28 @@ def held(sections: Sequence[Section | None]) -> Held:
     return out
 
 
+def raw(have: Held) -> list[list[Any]]:
+    """``have`` as JSON for the host's facts: [key, name, type, data], data None where it is
+    not text, a number or a list of text (such a value never matches a wanted one)."""
+    out = []
+    for (key, name), (type_, data) in sorted(have.items()):
+        safe = isinstance(data, (str, int)) or isinstance(data, list) and all(isinstance(x, str) for x in data)
+        out.append([key, name, type_, data if safe else None])
+    return out
+
+
+def from_raw(rows: Any) -> Held | None:
+    """The inverse of ``raw``; None when ``rows`` is not its shape."""
+    if not isinstance(rows, list):
+        return None
+    out: Held = {}
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 4 and all(isinstance(x, str) for x in row[:3])):
+            return None
+        out[(row[0].lower(), row[1].lower())] = (row[2], row[3])
+    return out
+
+
 def unreadable(sections: Sequence[Section | None]) -> str | None:
     """Why the read tells nothing (a section that never ran, a query that failed other than
     with "not found"), or None when every failed query is of a key that does not exist."""
@@ -185,13 +207,14 @@ def shown(found: tuple[str, Any] | None) -> str:
 
 
 def summary(have: Held) -> dict[str, Any]:
-    """The sign-in facts of a client (``facts.signin``), as ``runner status`` shows them."""
+    """The sign-in facts of a client (``facts.signin``): the values held (``values``, what a
+    probe may use instead of reading again) and what ``runner status`` shows of them."""
     server = value(have, POLICY_KEY, SERVER)
     transport = value(have, POLICY_KEY, TRANSPORT)
     names = {v: k for k, v in TRANSPORTS.items()}
     conn = value(have, EXCHANGE_POLICIES, EXCHANGE_CONN)
     disabled = value(have, SERVICE_KEY, DISABLED)
-    return {"sip_server": server[1] if server and isinstance(server[1], str) else None,
+    return {"values": raw(have), "sip_server": server[1] if server and isinstance(server[1], str) else None,
             "transport": (names.get(transport[1], str(transport[1])) if transport and transport[0] == "REG_DWORD"
                           else None if transport is None else f"{transport[1]!r} ({transport[0]})"),
             "exchange_conn": conn[1] if conn and conn[0] == "REG_DWORD" else None if conn is None else str(conn[1]),

@@ -10,7 +10,8 @@ Exchange settings are left as they are, and so does ``keep`` on a machine none o
 users is on Exchange IM any more (a second run never turns back on what ``off`` switched off). Keys, values and sources: docs/messenger-signin.md.
 
 Probe: one line reads both policy keys (``reg query``) and compares them value by value;
-nothing differs, nothing is written. Apply: one line of ``reg add`` / ``reg delete`` for
+nothing differs, nothing is written. The line is saved when inventory_clients read the same
+keys earlier in this run and no outcome of this step exists for the host (``_fresh_values``). Apply: one line of ``reg add`` / ``reg delete`` for
 what differs only, followed by the same read, so the outcome says what the client holds.
 Both lines stay within the host's line limit (fact ``cmd_line_limit``: 2,047 characters on
 Windows 2000). A run killed in between leaves values a re-probe finds and finishes.
@@ -49,6 +50,22 @@ def _read(ctx: StepContext, host: str, before: Sequence[Command] = ()) -> tuple[
     if why:
         raise PermanentFault(f"cannot read the Messenger policy keys on {host}: reg.exe said {why}", host=host)
     return S.held(reads), stderr
+
+
+def _fresh_values(ctx: StepContext, host: str) -> S.Held | None:
+    """The policy values inventory_clients read on ``host`` in this run, when nothing of this
+    step can have changed them since: no configure_messenger outcome of the host exists in
+    any run (as upgrade_messenger trusts the facts). Then they stand for the probe's read,
+    one round trip less per client; otherwise (a later play, a retry, a later run) the probe
+    reads live. A kill after reg add but before the checkpoint leaves no outcome: the resumed
+    run writes those values again, which apply bears (``reg add /f``, and its read-back)."""
+    facts = ctx.facts(host) if hasattr(ctx, "facts") else None
+    if not facts or facts.get("run_id") != ctx.run_id or not isinstance(facts.get("signin"), dict):
+        return None
+    have = S.from_raw(facts["signin"].get("values"))
+    if have is None or ctx.previous(ConfigureMessenger.name, host):
+        return None
+    return have
 
 
 def still_on_exchange(ctx: StepContext, host: str) -> list[str]:
@@ -99,7 +116,9 @@ class ConfigureMessenger(StepModule):
         if mode == "keep" and not still_on_exchange(ctx, target.name):
             mode = None  # everyone of the machine has moved: an "off" already set stays
         want = S.wanted(server, transport, mode)
-        have, _ = _read(ctx, target.name)
+        have = _fresh_values(ctx, target.name)
+        if have is None:
+            have, _ = _read(ctx, target.name)
         todo = S.differences(want, have)
         if not todo:
             self._found = (target.name, {**S.summary(have), "problems": S.problems(have, server, transport)})
