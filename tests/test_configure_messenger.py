@@ -359,3 +359,25 @@ def test_the_probe_uses_this_runs_inventory_facts_until_the_step_has_run(lab, tm
     ctx.done.clear()
     ctx._facts[host] = {**ctx._facts[host], "run_id": "an-earlier-run"}
     assert step.probe(ctx, h) is None and len(conn.lines) == n + 3
+
+
+def test_inventory_reads_the_policy_where_it_fits_and_never_loses_it(tmp_path):
+    """On Windows 2000's 2,047 characters, a machine with many users has no room for the policy
+    reads in its first line: they go with the hive loads of its second line, or in one of their
+    own, and the facts are the same whichever way they were read."""
+    inv = load_inventory(generate(tmp_path / "lab", clients=8, users_per_client=4, contacts=2, seed=7))
+    manifest = json.loads((tmp_path / "lab" / "manifest.json").read_text())
+    step = InventoryClients()
+    where: set[str] = set()
+    for host in sorted(manifest["machines"]):
+        ctx, conn = _ctx((tmp_path, inv, manifest), host, tmp_path, facts={"cmd_line_limit": 2047})
+        result = step.apply(ctx, inv.hosts[host], step.probe(ctx, inv.hosts[host]))
+        assert all(len(line) <= 2047 for line in conn.lines)
+        at = [i for i, line in enumerate(conn.lines) if "Messenger\\Client" in line]
+        assert len(at) == 1, "read once"
+        where.add("first" if at == [0] else "with the hives" if "reg load" in conn.lines[at[0]] else "own line")
+        held = _values(conn, S.POLICY_KEY)
+        signin = result.data["facts"]["signin"]
+        assert signin["sip_server"] == (held.get("ServerAddress") or (None, None))[1], host
+        assert (signin["exchange_conn"] is not None) == bool(_values(conn, S.EXCHANGE_POLICIES)), host
+    assert where == {"first", "with the hives", "own line"}, where

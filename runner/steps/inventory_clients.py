@@ -13,7 +13,7 @@ them and what is missing or wrong; wrong values are warnings.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from runner.errors import PermanentFault, TransientFault
 from runner.model import Host
@@ -70,8 +70,7 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     conn = ctx.connection(host.name)
     base = [Command("ver"), Command("echo", "%SystemDrive%"), Command("echo", "%ProgramFiles%"),
             reg.query(cl.UNINSTALL, recursive=True), reg.query(cl.PROFILE_LIST, recursive=True),
-            reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion"),
-            *S.read_commands()]
+            reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion")]
     limit = cl.line_limit(ctx, host.name)
     # profiles an earlier run recorded: those users' hives are read in this first line, in
     # place or loaded and unloaded (cmd.exe branches on who is logged on), checked below
@@ -93,7 +92,14 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
                                       else Command("ver")]))
             offsets.append(pos)
             pos += 1
-    builders.append(cl.plain([reg.query("HKU")]))
+    # when this line loads hives, HKU once more to see them unloaded (without hives to load,
+    # the first group's HKU says all there is); Messenger's sign-in policy keys before it when
+    # they fit in these lines, else with the second line's hives (or in one of their own)
+    tail = [cl.plain([reg.query("HKU")])] if guesses else []
+    policy = cl.plain(S.read_commands())
+    in_first = cl.line_count([*builders, policy, *tail], limit=limit) == cl.line_count([*builders, *tail],
+                                                                                         limit=limit)
+    builders += [policy, *tail] if in_first else tail
     with cl.hive_locks(host.name, list(guesses)):
         sections, _ = cl.run_built(conn, builders, limit=limit)
         for alias in guesses:
@@ -145,11 +151,16 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
         else:
             unloaded.append((user, p))
         user_facts[user.alias] = entry
+    policy_secs = sections[pos:pos + 2] if in_first else None
     if unloaded and ctx.args.get("load_hives", True):
-        _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings, limit)
+        later = _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings, limit,
+                               extra=() if in_first else S.read_commands())
+        policy_secs = policy_secs or later
+    if policy_secs is None:
+        policy_secs, _ = cl.run_sections(conn, S.read_commands(), limit=limit)
     os_version = reg.value_of(reg.find_key(reg.parse_query(text[7]), cl.WINDOWS_NT), "CurrentVersion")
     os_version = os_version if isinstance(os_version, str) else None
-    signin = _signin(ctx, host.name, sections[8:10], warnings)
+    signin = _signin(ctx, host.name, policy_secs, warnings)
     facts = {"os": os_line, "os_version": os_version, "run_id": ctx.run_id, "messenger_exe": exe, "cmd_line_limit": cl.limit_for_version(os_version),
              "env": env, "messenger": messenger, "signin": signin,
              "profiles": {sid: {"path": p.path, "loaded": p.loaded} for sid, p in found.items()},
@@ -180,14 +191,18 @@ def _signin(ctx: StepContext, host: str, sections: list, warnings: list[str]) ->
 
 
 def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
-                   user_facts: dict[str, Any], warnings: list[str], limit: int) -> None:
-    """Load, read and unload (always, same line) the hives of users not logged on."""
+                   user_facts: dict[str, Any], warnings: list[str], limit: int,
+                   extra: Sequence[Command] = ()) -> list:
+    """Load, read and unload (always, same line) the hives of users not logged on; ``extra``
+    commands run in the same lines, and their sections are returned."""
     groups: list[list[Command]] = []
     for user, p in unloaded:
         name = cl.hive_name(user.alias)
         # 2>&1: reg load's error text in the user's own section, so "in use" is that user's outcome
         groups.append([Command(*reg.load(name, p.path.rstrip("\\") + "\\NTUSER.DAT").bits, "2>&1"),
                        reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True), reg.unload(name)])
+    if extra:
+        groups.append(list(extra))
     groups.append([reg.query("HKU")])
     with cl.hive_locks(host, [u.alias for u, _ in unloaded]):
         sections, stderr = cl.run_groups(conn, groups, limit=limit)
@@ -212,3 +227,4 @@ def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
         # export_contacts does, never recorded as a lasting "unfit client" warning
         raise TransientFault(f"the hive of {', '.join(locked)} on {host} is in use (reg load): {stderr.strip()[:200]}",
                              host=host)
+    return sections[3 * len(unloaded):3 * len(unloaded) + len(extra)] if extra else []
