@@ -1,6 +1,9 @@
 """inventory_clients: gather each client's facts (OS, Messenger, profiles, contact lists).
 
-One round trip reads ``ver``, the environment, the Uninstall and ProfileList
+One round trip reads ``ver``, the environment (``%SystemDrive%``,
+``%ProgramFiles%``, ``%SystemRoot%``), the Windows version (``CurrentVersion``:
+``os_version`` and the ``cmd_line_limit`` it implies, 2,047 characters on
+Windows 2000 and 8,191 from XP on), the Uninstall and ProfileList
 keys, ``reg query HKU`` and the contact key of every logged-on inventory
 user of the host; a second one (only when some user is not logged on and
 ``load_hives`` is true) loads, reads and always unloads their NTUSER.DAT.
@@ -67,7 +70,8 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     conn = ctx.connection(host.name)
     base = [Command("ver"), Command("echo", "%SystemDrive%"), Command("echo", "%ProgramFiles%"),
             reg.query(cl.UNINSTALL, recursive=True), reg.query(cl.PROFILE_LIST, recursive=True),
-            reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion")]
+            reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion"),
+            Command("echo", "%SystemRoot%")]
     limit = cl.line_limit(ctx, host.name)
     # profiles an earlier run recorded: those users' hives are read in this first line, in
     # place or loaded and unloaded (cmd.exe branches on who is logged on), checked below
@@ -97,6 +101,8 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
                 cl.unload_verified(conn, host.name, cl.hive_name(alias))
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     env = {"SystemDrive": text[1].strip() or "C:", "ProgramFiles": text[2].strip() or r"C:\Program Files"}
+    if text[8].strip() and "%" not in text[8]:  # C:\WINNT on Windows 2000, C:\WINDOWS on XP/2003
+        env["SystemRoot"] = text[8].strip()
     os_line = next((ln.strip() for ln in text[0].splitlines() if ln.strip()), None)
     messenger = cl.messenger_from_uninstall(reg.parse_query(text[3]))
     file_version = cl.file_version(text[6])
