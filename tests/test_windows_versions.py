@@ -20,7 +20,7 @@ from lab_fixtures import ALICE, CONTACTS, make_lab
 from runner.apply import ApplyRequest, apply
 from runner.errors import InputError
 from runner.lab import generator
-from runner.lab.binaries import messenger51_msi
+from runner.lab.binaries import MESSENGER51_CODE
 from runner.lab.lcs import LcsStore
 from runner.lab.shell import Shell, execute
 from runner.lab.store import Lab
@@ -218,3 +218,53 @@ def test_windows_2000_clients_migrate_with_every_line_under_2047(tmp_path, monke
     assert not [ln for _, ln in on_2000 if "c:\\windows" in ln.lower()]
     report = verify(lab.path)
     assert report.ok, report
+
+
+def test_upgrade_on_windows_2000_reads_no_wmic_and_logs_under_winnt(tmp_path):
+    from runner.connections.lab import LabConnection
+    from runner.loader import load_inventory
+    from runner.steps.inventory_clients import gather
+    from runner.steps.upgrade_messenger import UpgradeMessenger
+    from stepctx import StepCtx
+
+    inv = load_inventory(generator.generate(tmp_path / "lab", clients=20, users_per_client=1, contacts=2, seed=3))
+    lab = Lab(tmp_path / "lab")
+    name = next(n for n in sorted(inv.group_hosts("clients"))
+                if lab.host(n).windows.version == "5.0" and not lab.host(n).products.get(MESSENGER51_CODE))
+    conn = LabConnection(inv.hosts[name], inv, None)
+    sent: list[str] = []
+    original = conn.run
+    conn.run = lambda cmd, **kw: (sent.append(cmd), original(cmd, **kw))[1]  # type: ignore[method-assign]
+    ctx = StepCtx(inv, {name: conn}, tmp_path)
+    facts = gather(ctx, inv.hosts[name])[0]
+    assert (facts["os_version"], facts["cmd_line_limit"], facts["env"]["SystemRoot"]) == ("5.0", 2047, r"C:\WINNT")
+    ctx._facts[name] = {**facts, "run_id": "an earlier run"}  # not this run's: the probe reads live
+    sent.clear()
+    step = UpgradeMessenger()
+    diff = step.probe(ctx, inv.hosts[name])
+    assert diff is not None and sent and not any("wmic" in c.lower() for c in sent), sent
+    sent.clear()
+    assert step.apply(ctx, inv.hosts[name], diff).status == "changed"
+    assert sent[0].startswith(r"mkdir C:\WINNT\Temp 2>nul & msiexec /i ")
+    assert lab.host(name).fs.exists(r"C:\WINNT\Temp\runner-wm51.log")
+    assert step.probe(ctx, inv.hosts[name]) is None, "5.1 registered: the Uninstall key alone tells"
+
+
+def test_upgrade_names_1622_and_the_log_it_could_not_open(tmp_path):
+    from runner.connections.lab import LabConnection
+    from runner.loader import load_inventory
+    from runner.steps.upgrade_messenger import UpgradeMessenger
+    from stepctx import StepCtx
+
+    inv = load_inventory(generator.generate(tmp_path / "lab", clients=20, users_per_client=1, contacts=2, seed=3))
+    step = UpgradeMessenger()
+    for name in sorted(inv.group_hosts("clients")):
+        ctx = StepCtx(inv, {name: LabConnection(inv.hosts[name], inv, None)}, tmp_path,
+                      args={"log": "C:\\bad|dir\\wm.log"})  # a folder no mkdir can make
+        diff = step.probe(ctx, inv.hosts[name])
+        if diff is not None:
+            break
+    result = step.apply(ctx, inv.hosts[name], diff)
+    assert result.status == "failed" and result.data["rc"] == 1622
+    assert result.message == f"msiexec 1622: {msiexec.MESSAGES[1622]} (log C:\\bad|dir\\wm.log)"
+    assert "log_artifact" not in result.data
