@@ -2,9 +2,11 @@
 
 ``generate(directory, clients=..., users_per_client=..., contacts=..., seed=...)``
 writes a complete lab (layout in runner.lab.store and docs/lab-storage.md):
-Windows XP/2000 clients with user profiles and Exchange IM contact lists in
-their hives, an Exchange 2000 IM server with every user homed on it (AD in
-``ad.db``), an empty LCS 2005 pool (``hosts/lcs01/lcs.db``), the Windows
+Windows XP (SP2/SP3) and Windows 2000 (SP4) clients with user profiles and
+Exchange IM contact lists in their hives, an Exchange 2000 IM server on
+Windows 2000 Server with every user homed on it (AD in ``ad.db``), an empty
+LCS 2005 pool on Windows Server 2003 (``hosts/lcs01/lcs.db``): each host's
+folders and registry are those of its version (runner.lab.winver), the Windows
 Messenger 5.1 package on ``\\\\deploy\\packages``, ``manifest.json`` (the
 ground truth) and ``inventory.yml``. The same arguments always produce the
 same manifest and inventory.
