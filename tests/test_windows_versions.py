@@ -214,8 +214,11 @@ def test_windows_2000_clients_migrate_with_every_line_under_2047(tmp_path, monke
     assert max(len(ln) for h, ln in lines if h == "lcs01") > 2047
     # the journal (every mutating command) says the same
     assert all(len(e.command) <= 2047 for e in lab.mutations_since(0) if lab.host(e.host).windows.version == "5.0")
-    # no literal C:\WINDOWS on a Windows 2000 host, and no wmic asked there once its facts say 5.0
+    # no literal C:\WINDOWS on a Windows 2000 host, and wmic asked there only by the first
+    # gather, before any fact says 5.0 (it answers "not recognized": the Uninstall key tells)
     assert not [ln for _, ln in on_2000 if "c:\\windows" in ln.lower()]
+    wmic_lines = [h for h, ln in on_2000 if "wmic" in ln.lower()]
+    assert all(wmic_lines.count(h) == 1 for h in lab.host_names() if h.startswith("pc")), wmic_lines
     report = verify(lab.path)
     assert report.ok, report
 
@@ -239,6 +242,10 @@ def test_upgrade_on_windows_2000_reads_no_wmic_and_logs_under_winnt(tmp_path):
     facts = gather(ctx, inv.hosts[name])[0]
     assert (facts["os_version"], facts["cmd_line_limit"], facts["env"]["SystemRoot"]) == ("5.0", 2047, r"C:\WINNT")
     ctx._facts[name] = {**facts, "run_id": "an earlier run"}  # not this run's: the probe reads live
+    sent.clear()
+    again = gather(ctx, inv.hosts[name])[0]  # a later gather knows the host has no wmic
+    assert sent and not any("wmic" in c.lower() for c in sent), sent
+    assert again["messenger"]["file_known"] is False and again["messenger"]["version"] == facts["messenger"]["version"]
     sent.clear()
     step = UpgradeMessenger()
     diff = step.probe(ctx, inv.hosts[name])

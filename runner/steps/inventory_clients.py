@@ -68,9 +68,13 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     exe = str(ctx.args.get("messenger_exe") or cl.DEFAULT_MESSENGER_EXE)
     users = cl.client_users(ctx.inventory, host.name)
     conn = ctx.connection(host.name)
+    wmic = cl.has_wmic(ctx, host.name)
     base = [Command("ver"), Command("echo", "%SystemDrive%"), Command("echo", "%ProgramFiles%"),
             reg.query(cl.UNINSTALL, recursive=True), reg.query(cl.PROFILE_LIST, recursive=True),
-            reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion"),
+            # msmsgs.exe's version through wmic, which Windows 2000 lacks (an earlier gather's
+            # os_version says so; "ver" then holds the section's place and tells nothing)
+            reg.query("HKU"), cl.file_version_query(exe) if wmic else Command("ver"),
+            reg.query(cl.WINDOWS_NT, value="CurrentVersion"),
             Command("echo", "%SystemRoot%")]
     limit = cl.line_limit(ctx, host.name)
     # profiles an earlier run recorded: those users' hives are read in this first line, in
@@ -105,14 +109,14 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
         env["SystemRoot"] = text[8].strip()
     os_line = next((ln.strip() for ln in text[0].splitlines() if ln.strip()), None)
     messenger = cl.messenger_from_uninstall(reg.parse_query(text[3]))
-    file_version = cl.file_version(text[6])
+    file_version = cl.file_version(text[6]) if wmic else None
     if messenger is None and file_version:
         messenger = {"installed": True, "product": "Windows Messenger", "version": file_version,
                      "product_code": None, "source": "file"}
     messenger = messenger or {"installed": False, "product": None, "version": None, "product_code": None,
                               "source": None}
     messenger["file_version"] = file_version
-    messenger["file_known"] = sections[6] is not None and sections[6].ok  # wmic could look at the file
+    messenger["file_known"] = wmic and sections[6] is not None and sections[6].ok  # wmic looked at the file
     found = cl.profiles(reg.parse_query(text[4]), reg.parse_query(text[5]), env)
     loaded = sorted(s for s in reg.subkeys(reg.parse_query(text[5]), "HKU"))
     warnings: list[str] = []
