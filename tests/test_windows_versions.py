@@ -275,3 +275,27 @@ def test_upgrade_names_1622_and_the_log_it_could_not_open(tmp_path):
     assert result.status == "failed" and result.data["rc"] == 1622
     assert result.message == f"msiexec 1622: {msiexec.MESSAGES[1622]} (log C:\\bad|dir\\wm.log)"
     assert "log_artifact" not in result.data
+
+
+def test_discover_reads_a_crowded_windows_2000_client_within_2047(tmp_path, monkeypatch):
+    from runner.inventory.discover import discover
+    from runner.loader import load_inventory
+
+    real_info = generator._machine_info
+
+    def all_2000(rng, names):
+        info = real_info(rng, names)
+        for c in info.values():
+            c.update(os="Windows 2000 Professional", service_pack="Service Pack 4")
+        return info
+
+    monkeypatch.setattr(generator, "_machine_info", all_2000)
+    inv_path = generator.generate(tmp_path / "lab", clients=2, users_per_client=8, contacts=5, seed=6)
+    man = json.loads((tmp_path / "lab" / "manifest.json").read_text())
+    longest: list[int] = []
+    real_run = Shell.run
+    monkeypatch.setattr(Shell, "run", lambda self, line, **kw: (longest.append(len(line)), real_run(self, line, **kw))[1])
+    found = discover(load_inventory(inv_path))
+    assert max(longest) <= 2047 and len(longest) > 4  # several lines per client: the profiles did not fit one
+    for alias, u in man["users"].items():  # every profile holds its user's Exchange IM profile key
+        assert sorted(found.clients[alias]) == sorted(u["clients"]), alias
