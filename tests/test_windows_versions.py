@@ -105,9 +105,7 @@ def test_msiexec_exits_1622_when_the_log_folder_is_missing(xp):
     # the runner's line makes the folder first: installed, log written
     line = install_line(pkg, log=r"C:\NoSuchDir\wm.log").render()
     assert execute(xp, "pc0001", line).rc == 0
-    assert h.fs.read(r"C:\NoSuchDir\wm.log").endswith(b"Installation success or error status: 0.\r\n"
-                                                      b"=== Verbose logging stopped: " +
-                                                      h.fs.read(r"C:\NoSuchDir\wm.log").rsplit(b": ", 1)[1])
+    assert b"Installation success or error status: 0.\r\n" in h.fs.read(r"C:\NoSuchDir\wm.log")
     assert [p.version for p in h.products.list()] == ["5.1.0715"]
 
 
