@@ -365,7 +365,7 @@ def test_inventory_reads_the_policy_where_it_fits_and_never_loses_it(tmp_path):
     """On Windows 2000's 2,047 characters, a machine with many users has no room for the policy
     reads in its first line: they go with the hive loads of its second line, or in one of their
     own, and the facts are the same whichever way they were read."""
-    inv = load_inventory(generate(tmp_path / "lab", clients=8, users_per_client=4, contacts=2, seed=7))
+    inv = load_inventory(generate(tmp_path / "lab", clients=10, users_per_client=3, contacts=2, seed=7))
     manifest = json.loads((tmp_path / "lab" / "manifest.json").read_text())
     step = InventoryClients()
     where: set[str] = set()

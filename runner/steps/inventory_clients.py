@@ -10,9 +10,10 @@ user of the host; a second one (only when some user is not logged on and
 
 Policy: an inventory user without a profile on the host is a warning (in
 the result and ``facts.users[alias].problem``); Windows Messenger missing
-fails the task unless ``require_messenger: false``. The same first line reads
-Messenger's sign-in policy keys (runner.steps._signin): ``facts.signin`` holds
-them and what is missing or wrong; wrong values are warnings.
+fails the task unless ``require_messenger: false``. Messenger's sign-in policy
+keys (runner.steps._signin) are read in the first line where they fit, else
+with the second line's hives, else in a line of their own: ``facts.signin``
+holds them and what is missing or wrong; wrong values are warnings.
 """
 from __future__ import annotations
 
