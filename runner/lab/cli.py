@@ -23,7 +23,7 @@ from runner.lab.verify import load_manifest, verify
 
 DEFAULT_DIR = ".lab/default"
 REHEARSAL_DIR = ".lab/rehearsal"
-FAULT_KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked")
+FAULT_KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked", "put_truncated")
 
 
 def _fail(e: RunnerError) -> None:

@@ -626,8 +626,10 @@ def inventory(names: list[str], users: list[_User], table_partner: str) -> dict[
 # -- a lab from a real inventory ------------------------------------------------
 
 def _applies_to_lab(name: str) -> bool:
-    """Whether a variable applies to a lab host (SSH settings and lab_dir do not)."""
-    return not name.startswith("ssh_") and name != "lab_dir"
+    """Whether a variable applies to a lab host. SSH settings and lab_dir do not, nor
+    ``messenger_package_local``: that is the estate's real package on the control node,
+    which the lab's msiexec could not install; the lab serves its own on its share."""
+    return not name.startswith("ssh_") and name not in ("lab_dir", "messenger_package_local")
 
 
 def _lab_vars(vars_: Mapping[str, Any]) -> dict[str, Any]:

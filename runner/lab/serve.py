@@ -19,10 +19,16 @@ How it works (the SSH protocol is entirely OpenSSH's; we only route sockets):
   while rewriting every path: ``/C:/x/y`` (how OpenSSH for Windows names
   ``C:\\x\\y``) becomes ``DIR/hosts/<host>/fs/C/x/y``; nothing can escape
   the host's ``fs`` directory.
+- sshd exposes how each session was authenticated (``ExposeAuthInfo yes``,
+  ``$SSH_USER_AUTH``): a session that logged on by key has no network
+  credentials, as on Windows, and the lab shell refuses it every UNC path
+  (runner.lab.logon); a password session reaches the lab's shares.
 - A host whose lab fault ``down`` is 1.0 has its connections closed at once
   (the client sees a dropped connection).
 - It writes ``DIR/ssh/inventory.yml`` (the lab's users and groups, hosts with
-  ``connection: ssh``) and ``DIR/ssh/known_hosts``, and stops on Ctrl-C/SIGTERM.
+  ``connection: ssh``; ``messenger_package_local`` naming the file behind the
+  lab's package share, which its key sessions cannot read) and
+  ``DIR/ssh/known_hosts``, and stops on Ctrl-C/SIGTERM.
 """
 from __future__ import annotations
 
@@ -212,6 +218,9 @@ class LabServer:
             "KbdInteractiveAuthentication no",
             "AuthenticationMethods publickey",
             "PermitUserEnvironment no",
+            # $SSH_USER_AUTH names the method the session logged on with: a key-based session
+            # has no network credentials, and the lab shell refuses it every share (runner.lab.logon)
+            "ExposeAuthInfo yes",
             "PrintMotd no",
             "PrintLastLog no",
             "UseDNS no",
@@ -432,6 +441,11 @@ def write_ssh_inventory(server: LabServer) -> Path:
     mark = lab_identity(server.lab_dir)
     if mark:  # the served lab is the same estate as the lab itself (runner.estate)
         vars_[LAB_MARK_VAR] = mark
+    package_local = lab_package_file(server.lab_dir, vars_.get("messenger_package"))
+    if package_local is not None:
+        # the served lab's sessions log on by key, so they cannot read the package's share:
+        # the runner pushes it from the control node, where the lab keeps the share's files
+        vars_["messenger_package_local"] = package_local
     vars_.update({
         "ssh_key_file": str(server.client_key),
         "ssh_known_hosts": str(server.known_hosts),
@@ -443,9 +457,19 @@ def write_ssh_inventory(server: LabServer) -> Path:
     user = _current_user()
 
     def rewrite(group: dict) -> None:
+        own = group.get("vars")
+        if isinstance(own, dict) and "messenger_package" in own:
+            local = lab_package_file(server.lab_dir, own["messenger_package"])
+            if local is not None:
+                own["messenger_package_local"] = local
         hosts = group.get("hosts") or {}
         for name in list(hosts):
             entry = dict(hosts[name] or {})
+            hvars = entry.get("vars")
+            if isinstance(hvars, dict) and "messenger_package" in hvars:
+                local = lab_package_file(server.lab_dir, hvars["messenger_package"])
+                if local is not None:
+                    entry["vars"] = dict(hvars, messenger_package_local=local)
             entry.update({"connection": "ssh", "address": server.addresses.get(name, entry.get("address")),
                           "port": server.port, "user": user})
             hosts[name] = entry
@@ -462,6 +486,21 @@ def write_ssh_inventory(server: LabServer) -> Path:
         + "# SSH inventory of a served lab, written by `runner lab serve`\n"
         + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return server.inventory_out
+
+
+def lab_package_file(lab_dir: Path, unc: Any) -> str | None:
+    """The control-node file behind the lab share path ``unc`` (the step's default package
+    when None), or None when it is no UNC path or the lab's share holds no such file."""
+    if unc is None:
+        from runner.steps.upgrade_messenger import DEFAULT_PACKAGE
+        unc = DEFAULT_PACKAGE
+    if not isinstance(unc, str) or not unc.startswith("\\\\") or "{{" in unc:
+        return None
+    parts = [p for p in unc[2:].split("\\") if p]
+    if len(parts) < 3:
+        return None
+    real = _case_insensitive(str(lab_dir / "shares"), parts)
+    return real if os.path.isfile(real) else None
 
 
 # --------------------------------------------------------------------------
@@ -487,9 +526,10 @@ def session_main(lab_dir: Path) -> int:
         fs_root = lab_dir / "hosts" / host / "fs"
         (fs_root / "C").mkdir(parents=True, exist_ok=True)
         return sftp_relay(str(fs_root))
-    from runner.lab import shell
+    from runner.lab import logon, shell
 
-    rc = shell.main(["--dir", str(lab_dir)])
+    with logon.session(session_logon()):
+        rc = shell.main(["--dir", str(lab_dir)])
     if rc == 255:
         # the lab shell's connection faults ("down", "timeout", "drop") and its own
         # failures: make them what a client would see from a real host, a lost connection
@@ -503,6 +543,21 @@ def session_main(lab_dir: Path) -> int:
         sys.stderr.buffer.flush()
         return 1
     return rc
+
+
+def session_logon() -> str:
+    """How sshd authenticated this session (``key`` or ``password``), from the file
+    ``$SSH_USER_AUTH`` that ``ExposeAuthInfo yes`` writes; ``key`` when it cannot be read
+    (the lab's own sessions log on by key)."""
+    from runner.lab.logon import from_ssh_user_auth
+    path = os.environ.get("SSH_USER_AUTH")
+    if not path:
+        return "key"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return from_ssh_user_auth(fh.read())
+    except OSError:
+        return "key"
 
 
 def drop_connection() -> None:

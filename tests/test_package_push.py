@@ -1,0 +1,280 @@
+"""A key-based logon reaches no share; upgrade_messenger pushes the package, checks its SHA-256 on
+the client, installs it and removes it (in-process lab: ``lab_logon``)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from stepctx import StepCtx
+
+from runner.connections.lab import LabConnection
+from runner.errors import InputError, PermanentFault, TransientFault
+from runner.lab.binaries import MESSENGER51_CODE
+from runner.lab.generator import generate
+from runner.lab.store import Lab
+from runner.loader import load_inventory
+from runner.steps.upgrade_messenger import UpgradeMessenger
+from runner.windows import sha256
+from runner.windows.cmdline import Command, Quoted
+
+UNC = r"\\deploy\packages\WindowsMessenger51.msi"
+WIN_NT = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
+
+
+@pytest.fixture
+def estate(tmp_path):
+    """A generated lab of two XP/2000 clients and the control node's copy of its package."""
+    inv_path = generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=2, seed=3)
+    inv = load_inventory(inv_path)
+    local = tmp_path / "control" / "WindowsMessenger51.msi"
+    local.parent.mkdir()
+    local.write_bytes((tmp_path / "lab" / "shares" / "deploy" / "packages" / "WindowsMessenger51.msi").read_bytes())
+    return inv, local
+
+
+def _session(inv, tmp_path, name="pc0001", **vars):
+    host = dataclasses.replace(inv.hosts[name], vars=dict(inv.hosts[name].vars, **vars))
+    conn = LabConnection(host, inv, None)
+    ctx = StepCtx(inv, {name: conn}, tmp_path, vars=host.vars)
+    return host, conn, ctx
+
+
+def _temp_files(conn) -> list[str]:
+    return [n for n in conn.lab_host.fs.listdir(r"C:\WINDOWS\Temp") if n.lower().startswith("runner-wm51-")]
+
+
+def _set_faults(tmp_path, **rates):
+    path = tmp_path / "lab" / "lab.json"
+    cfg = json.loads(path.read_text())
+    cfg.setdefault("faults", {}).setdefault("global", {}).update(rates)
+    path.write_text(json.dumps(cfg))
+    from runner.connections import lab as labconn
+    labconn._labs.clear()
+
+
+# -- the logon: key sessions reach no share -----------------------------------------------------
+
+def test_a_key_session_is_denied_every_unc_path_and_a_password_session_reads_it(estate, tmp_path):
+    inv, _ = estate
+    _, key, _ = _session(inv, tmp_path, lab_logon="key")
+    for line in (f"type {UNC}", rf"copy {UNC} C:\x.msi"):
+        res = key.run(line)
+        assert res.rc == 1 and res.stderr == "Access is denied.\r\n", (line, res)
+    assert key.run(rf'if exist {UNC} echo there').stdout == ""
+    res = key.run(rf"msiexec /i {UNC} /qn /norestart /l*v C:\m.log")
+    assert res.rc == 1619
+    assert "Note: 1: 2203 2: " + UNC + " 3: -2147287035" in key.get(r"C:\m.log").decode()
+    assert not key.lab_host.fs.exists(r"C:\x.msi")
+    _, pw, _ = _session(inv, tmp_path)          # lab_logon unset: a password logon
+    assert pw.run(rf"copy {UNC} C:\x.msi").stdout.strip() == "1 file(s) copied."
+    assert pw.run(rf'if exist {UNC} echo there').stdout.strip() == "there"
+
+
+def test_a_bad_lab_logon_is_refused_naming_the_choices(estate, tmp_path):
+    inv, _ = estate
+    with pytest.raises(PermanentFault, match="password, key"):
+        _session(inv, tmp_path, lab_logon="kerberos")
+
+
+def test_a_key_logon_upgrade_from_the_share_fails_1619_with_the_way_out(estate, tmp_path):
+    inv, _ = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key")
+    step = UpgradeMessenger()
+    result = step.apply(ctx, host, step.probe(ctx, host))
+    assert result.status == "failed" and result.data["rc"] == 1619
+    assert "messenger_package_local" in result.message
+    assert conn.lab_host.products.get(MESSENGER51_CODE) is None
+
+
+# -- the push -----------------------------------------------------------------------------------
+
+def test_a_key_logon_upgrade_pushes_checks_installs_and_removes_the_package(estate, tmp_path):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    step = UpgradeMessenger()
+    diff = step.probe(ctx, host)
+    assert diff.data["push"] and "pushed to the client" in "\n".join(diff.lines)
+    result = step.apply(ctx, host, diff)
+    assert result.status == "changed", result.message
+    pushed = result.data["pushed"]
+    assert pushed["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert pushed["remote"] == rf"C:\WINDOWS\Temp\runner-wm51-{pushed['sha256'][:12]}.msi"
+    assert pushed["hash_tool"] == "sha256sum"        # an XP/2000 client: Cygwin's coreutils
+    journal = [e.command for e in conn.lab_host.journal()]
+    assert any(c.startswith("put " + pushed["remote"]) for c in journal)
+    assert any(c.startswith("msiexec /i " + pushed["remote"]) for c in journal)
+    assert not any(UNC.lower() in c.lower() for c in journal)
+    assert _temp_files(conn) == []                    # removed after the install
+    assert conn.lab_host.products.get(MESSENGER51_CODE) is not None
+    assert step.probe(ctx, host) is None
+
+
+def test_a_pushed_package_cut_short_is_caught_before_msiexec_and_pushed_again(estate, tmp_path):
+    inv, local = estate
+    _set_faults(tmp_path, put_truncated=1.0)
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    step = UpgradeMessenger()
+    diff = step.probe(ctx, host)
+    with pytest.raises(TransientFault, match="damaged") as caught:
+        step.apply(ctx, host, diff)
+    assert caught.value.data["pushed"]["got"] != caught.value.data["pushed"]["sha256"]
+    assert not any(e.command.startswith("msiexec") for e in conn.lab_host.journal())
+    assert _temp_files(conn) == [] and conn.lab_host.products.get(MESSENGER51_CODE) is None
+    _set_faults(tmp_path, put_truncated=0.0)          # the link is good again: the retry installs
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    assert step.apply(ctx, host, step.probe(ctx, host)).status == "changed"
+
+
+def test_the_pushed_package_is_removed_when_msiexec_fails(estate, tmp_path):
+    inv, local = estate
+    cfg_path = tmp_path / "lab" / "lab.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["hosts"]["pc0001"]["msiexec_result"] = 1603
+    cfg_path.write_text(json.dumps(cfg))
+    from runner.connections import lab as labconn
+    labconn._labs.clear()
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    step = UpgradeMessenger()
+    result = step.apply(ctx, host, step.probe(ctx, host))
+    assert result.status == "failed" and result.data["rc"] == 1603 and "pushed" in result.data
+    assert _temp_files(conn) == []
+
+
+def test_a_package_a_killed_run_left_is_removed_by_the_next_probe(estate, tmp_path):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    step = UpgradeMessenger()
+    assert step.apply(ctx, host, step.probe(ctx, host)).status == "changed"
+    conn.put(b"half a package", r"C:\WINDOWS\Temp\runner-wm51-0123456789ab.msi")   # a kill before the del
+    conn.put(b"not ours", r"C:\WINDOWS\Temp\other.msi")
+    assert step.probe(ctx, host) is None                   # up to date, and it cleaned up
+    assert _temp_files(conn) == [] and conn.lab_host.fs.exists(r"C:\WINDOWS\Temp\other.msi")
+
+
+def test_a_check_mode_probe_leaves_a_leftover_alone(estate, tmp_path):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    conn.put(b"half a package", r"C:\WINDOWS\Temp\runner-wm51-0123456789ab.msi")
+    ctx.check = True
+    assert UpgradeMessenger().probe(ctx, host) is not None
+    assert _temp_files(conn) == ["runner-wm51-0123456789ab.msi"]
+
+
+def test_certutil_checks_the_push_on_windows_7_and_a_missing_tool_is_a_clear_failure(estate, tmp_path):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local),
+                               client_sha256_tool="certutil")
+    step = UpgradeMessenger()
+    with pytest.raises(PermanentFault, match="could not compute .* with certutil .*not recognized"):
+        step.apply(ctx, host, step.probe(ctx, host))     # XP has no certutil
+    assert _temp_files(conn) == []
+    conn.lab_host.registry.set_value(WIN_NT, "CurrentVersion", "REG_SZ", "6.1")   # now a Windows 7 client
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    assert conn.run("sha256sum -b C:\\boot.ini").rc == 9009   # no Cygwin there
+    result = step.apply(ctx, host, step.probe(ctx, host))
+    assert result.status == "changed" and result.data["pushed"]["hash_tool"] == "certutil"
+
+
+def test_reading_the_push_back_over_the_connection_is_the_sftp_check(estate, tmp_path):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local),
+                               client_sha256_tool="sftp")
+    step = UpgradeMessenger()
+    result = step.apply(ctx, host, step.probe(ctx, host))
+    assert result.status == "changed" and "read back" in result.message
+    assert not any(e.command.startswith(("sha256sum", "certutil")) for e in conn.lab_host.journal())
+
+
+def test_a_password_logon_without_a_local_package_still_installs_from_the_share(estate, tmp_path):
+    inv, _ = estate
+    host, conn, ctx = _session(inv, tmp_path)
+    step = UpgradeMessenger()
+    result = step.apply(ctx, host, step.probe(ctx, host))
+    assert result.status == "changed" and "pushed" not in result.data
+    assert any(e.command.startswith("msiexec /i " + UNC) for e in conn.lab_host.journal())
+
+
+def test_every_push_command_line_fits_windows_2000(estate, tmp_path):
+    inv, local = estate
+    seen: list[str] = []
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local),
+                               remote_temp=r"C:\Documents and Settings\migrator\Local Settings\Temp")
+    conn.lab_host.fs.mkdir(r"C:\Documents and Settings\migrator\Local Settings\Temp")
+    real = conn.run
+    conn.run = lambda line, **kw: (seen.append(line), real(line, **kw))[1]  # type: ignore[method-assign]
+    step = UpgradeMessenger()
+    assert step.apply(ctx, host, step.probe(ctx, host)).status == "changed"
+    assert seen and max(len(line) for line in seen) <= 2047
+    assert any("Local Settings\\Temp\\runner-wm51-" in line for line in seen)
+
+
+# -- the lab's tools hash the bytes really there --------------------------------------------------
+
+def test_the_lab_hash_tools_print_what_windows_and_cygwin_print(tmp_path):
+    lab = Lab.create(tmp_path / "lab", {"hosts": {"pc1": {"role": "client"}, "pc7": {"role": "client"}}})
+    data = b"MSI bytes \x00\xff" * 100
+    digest = hashlib.sha256(data).hexdigest()
+    xp, w7 = lab.host("pc1"), lab.host("pc7")
+    w7.registry.set_value(WIN_NT, "CurrentVersion", "REG_SZ", "6.1")
+    from runner.lab.shell import Shell
+    for h in (xp, w7):
+        h.fs.write(r"C:\Temp\p.msi", data)
+    out = Shell(lab, xp).run(r"sha256sum -b C:\Temp\p.msi")
+    assert out.stdout == f"\\{digest} *C:\\\\Temp\\\\p.msi\n" and sha256.parse(out.stdout) == digest
+    missing = Shell(lab, xp).run(r"sha256sum -b C:\Temp\none.msi")
+    assert missing.rc == 1 and "No such file or directory" in missing.stderr
+    assert Shell(lab, xp).run(r"certutil -hashfile C:\Temp\p.msi SHA256").rc == 9009
+    out = Shell(lab, w7).run(r"certutil -hashfile C:\Temp\p.msi SHA256")
+    lines = out.stdout.splitlines()
+    assert out.rc == 0 and lines[0] == r"SHA256 hash of file C:\Temp\p.msi:"
+    assert lines[1] == " ".join(digest[i:i + 2] for i in range(0, 64, 2))
+    assert lines[2] == "CertUtil: -hashfile command completed successfully."
+    assert sha256.parse(out.stdout) == digest
+    gone = Shell(lab, w7).run(r"certutil -hashfile C:\Temp\none.msi SHA256")
+    assert gone.rc == -2147024894 and "ERROR_FILE_NOT_FOUND" in gone.stdout and sha256.parse(gone.stdout) is None
+    # auto: sha256sum where Cygwin is, else certutil, in one line
+    for h in (xp, w7):
+        line = sha256.command("auto", r"C:\Temp\p.msi").render()
+        assert sha256.parse(Shell(lab, h).run(line).stdout) == digest
+
+
+def test_sha256_parse_reads_each_tools_layout():
+    d = "ab" * 32
+    assert sha256.parse(f"{d} *C:/x.msi\n") == d
+    assert sha256.parse("SHA256 hash of C:\\x.msi:\r\n" + d.upper() + "\r\nCertUtil: done\r\n") == d
+    assert sha256.parse("CertUtil: -hashfile command FAILED: 0x80070002\r\n") is None
+    assert sha256.parse("") is None
+    with pytest.raises(ValueError, match="auto, sha256sum, certutil, sftp"):
+        sha256.check_tool("md5")
+    assert isinstance(sha256.command("certutil", r"C:\a b.msi"), Command)
+    assert Quoted(r"C:\a b.msi").render() in sha256.command("certutil", r"C:\a b.msi").render()
+
+
+# -- the inventory ------------------------------------------------------------------------------
+
+def _inventory(tmp_path: Path, value: str) -> Path:
+    inv = tmp_path / "inv" / "estate.yml"
+    inv.parent.mkdir(exist_ok=True)
+    inv.write_text("all:\n  vars:\n    lab_dir: ../lab\n"
+                   f"    messenger_package_local: {json.dumps(value)}\n"
+                   "  hosts:\n    pc0001: {}\n"
+                   "users:\n  alice:\n    im_address: alice@im.contoso.com\n    clients: [pc0001]\n")
+    return inv
+
+
+def test_messenger_package_local_is_resolved_against_the_inventory_folder(tmp_path):
+    (tmp_path / "inv" / "pkg").mkdir(parents=True)
+    (tmp_path / "inv" / "pkg" / "wm51.msi").write_bytes(b"x")
+    inv = load_inventory(_inventory(tmp_path, "pkg/wm51.msi"))
+    assert inv.hosts["pc0001"].vars["messenger_package_local"] == str((tmp_path / "inv" / "pkg" / "wm51.msi").resolve())
+
+
+def test_a_missing_messenger_package_local_is_an_input_error_at_its_line(tmp_path):
+    path = _inventory(tmp_path, "pkg/none.msi")
+    with pytest.raises(InputError) as caught:
+        load_inventory(path)
+    text = str(caught.value)
+    assert f"{path}:4:" in text and "messenger_package_local 'pkg/none.msi' does not exist" in text
