@@ -278,3 +278,11 @@ def test_a_missing_messenger_package_local_is_an_input_error_at_its_line(tmp_pat
         load_inventory(path)
     text = str(caught.value)
     assert f"{path}:4:" in text and "messenger_package_local 'pkg/none.msi' does not exist" in text
+
+
+def test_a_remote_temp_with_a_variable_is_refused_since_sftp_expands_none(estate, tmp_path):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local),
+                               remote_temp="%TEMP%")
+    with pytest.raises(PermanentFault, match="literal folder"):
+        UpgradeMessenger().probe(ctx, host)

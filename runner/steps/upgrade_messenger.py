@@ -100,7 +100,14 @@ def pushes(ctx: StepContext) -> bool:
 def _push_folder(ctx: StepContext) -> str | None:
     """``remote_temp`` when set (a literal path), else None: the host's ``%SystemRoot%\\Temp``."""
     value = ctx.vars.get("remote_temp")
-    return str(value).rstrip("\\") if value else None
+    if not value:
+        return None
+    folder = str(value).rstrip("\\")
+    if "%" in folder or not re.match(r"^[A-Za-z]:\\", folder + "\\"):
+        raise PermanentFault(f"remote_temp {folder!r} must be a literal folder such as C:\\WINNT\\Temp: the "
+                             "package is copied there over SFTP, which expands no %VARIABLE%; leave it unset "
+                             "for the host's %SystemRoot%\\Temp")
+    return folder
 
 
 def _leftovers_removal(ctx: StepContext) -> Command:
