@@ -286,3 +286,43 @@ def test_a_remote_temp_with_a_variable_is_refused_since_sftp_expands_none(estate
                                remote_temp="%TEMP%")
     with pytest.raises(PermanentFault, match="literal folder"):
         UpgradeMessenger().probe(ctx, host)
+
+
+def _key_logon_lab(tmp_path: Path, *, push: bool):
+    """A generated lab whose inventory logs every host on by key, pushing the package or not."""
+    import yaml
+    from scenario_support import make_scenario
+
+    sc = make_scenario(tmp_path, "gradual.yml", seed=4, clients=3, users_per_client=1, contacts=3)
+    doc = yaml.safe_load(sc.inventory.read_text(encoding="utf-8"))
+    doc["all"]["vars"]["lab_logon"] = "key"
+    if push:   # relative: to the inventory's folder, the lab directory
+        doc["all"]["vars"]["messenger_package_local"] = "shares/deploy/packages/WindowsMessenger51.msi"
+    sc.inventory.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return sc
+
+
+def test_a_key_logon_estate_migrates_end_to_end_by_pushing_the_package(tmp_path):
+    sc = _key_logon_lab(tmp_path, push=True)
+    run = sc.apply()
+    assert run.code == 0, run.out[-3000:]
+    mutations = [e.command for e in sc.mutations_since(run.started)]
+    installs = [c for c in mutations if c.startswith("msiexec")]
+    assert installs and all("\\Temp\\runner-wm51-" in c for c in installs), installs
+    assert not any("\\\\deploy" in c.lower() for c in mutations)
+    lab = Lab(sc.lab_dir)
+    for name in lab.host_names():
+        fs = lab.host(name).fs
+        if fs.is_dir(r"C:\WINDOWS\Temp"):
+            assert not [n for n in fs.listdir(r"C:\WINDOWS\Temp") if n.startswith("runner-wm51-")], name
+    again = sc.apply()
+    assert again.code == 0 and again.totals.get("changed", 0) == 0, again.totals
+
+
+def test_a_key_logon_estate_without_the_local_package_fails_its_upgrades_saying_why(tmp_path):
+    sc = _key_logon_lab(tmp_path, push=False)
+    run = sc.apply()
+    assert run.code != 0
+    failed = [t for t in run.tasks if t.get("step") and t.get("status") == "failed"
+              and "messenger_package_local" in str(t.get("message"))]
+    assert failed, run.out[-3000:]
