@@ -326,3 +326,20 @@ def test_a_key_logon_estate_without_the_local_package_fails_its_upgrades_saying_
     failed = [t for t in run.tasks if t.get("step") and t.get("status") == "failed"
               and "messenger_package_local" in str(t.get("message"))]
     assert failed, run.out[-3000:]
+
+
+def test_a_push_damaged_on_every_try_fails_the_host_with_the_reason_after_its_retries(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNNER_RETRY_DELAY_SCALE", "0.0005")
+    sc = _key_logon_lab(tmp_path, push=True)
+    cfg = json.loads((sc.lab_dir / "lab.json").read_text())
+    cfg.setdefault("faults", {}).setdefault("global", {})["put_truncated"] = 1.0
+    (sc.lab_dir / "lab.json").write_text(json.dumps(cfg))
+    from runner.connections import lab as labconn
+    labconn._labs.clear()
+    run = sc.apply()
+    labconn._labs.clear()
+    assert run.code != 0
+    upgrades = [t for t in run.tasks if str(t.get("step", "")).startswith("Upgrade")]
+    assert upgrades and all(t["status"] == "failed" and "damaged" in t["message"] for t in upgrades), upgrades
+    assert run.totals["retried"] >= len(upgrades)
+    assert not any(e.command.startswith("msiexec") for e in sc.mutations_since(run.started))

@@ -281,6 +281,6 @@ class UpgradeMessenger(StepModule):
             data["log_artifact"] = {"path": ref.path, "sha256": ref.sha256, "size": ref.size}
         hint = ""
         if result.rc == 1619 and package.startswith("\\\\"):
-            hint = (" (a key-based SSH logon cannot read a share: log on with a password, or set "
-                    "messenger_package_local to push the package; docs/transports.md)")
+            hint = (" (the package is on a share, which a key-based SSH logon cannot read: log on with "
+                    "a password, or set messenger_package_local to push the package; docs/transports.md)")
         return StepResult("failed", f"msiexec {result.rc}: {outcome.message}{hint}", data=data)
