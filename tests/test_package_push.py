@@ -343,3 +343,29 @@ def test_a_push_damaged_on_every_try_fails_the_host_with_the_reason_after_its_re
     assert upgrades and all(t["status"] == "failed" and "damaged" in t["message"] for t in upgrades), upgrades
     assert run.totals["retried"] >= len(upgrades)
     assert not any(e.command.startswith("msiexec") for e in sc.mutations_since(run.started))
+
+
+def test_a_lab_made_from_a_pushing_inventory_rehearses_the_push_with_key_logons(tmp_path):
+    """example-ssh.yml with messenger_package_local set: the lab pushes its own package, its
+    sessions logged on by key, and the rehearsal migrates."""
+    import yaml
+    from scenario_support import Scenario
+
+    from runner.lab.generator import generate_from_inventory
+
+    src = tmp_path / "estate" / "contoso.yml"
+    src.parent.mkdir()
+    (src.parent / "WindowsMessenger51.msi").write_bytes(b"the real package")
+    text = (Path(__file__).resolve().parents[1] / "inventories" / "example-ssh.yml").read_text(encoding="utf-8")
+    src.write_text(text.replace("    # messenger_package_local: packages/WindowsMessenger51.msi",
+                                "    messenger_package_local: WindowsMessenger51.msi"), encoding="utf-8")
+    inv_path = generate_from_inventory(tmp_path / "lab", src, contacts=3, seed=5)
+    doc = yaml.safe_load(inv_path.read_text(encoding="utf-8"))
+    local = doc["all"]["vars"]["messenger_package_local"]
+    assert local == "shares/deploy/packages/WindowsMessenger51.msi" and doc["all"]["vars"]["lab_logon"] == "key"
+    assert load_inventory(inv_path)   # the lab's package is there
+    sc = Scenario(tmp_path, "gradual.yml", 5)
+    run = sc.apply("--limit", "wave:wave1")
+    assert run.code == 0, run.out[-3000:]
+    installs = [e.command for e in sc.mutations_since(run.started) if e.command.startswith("msiexec")]
+    assert installs and all("runner-wm51-" in c for c in installs), installs
