@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from stepctx import StepCtx
 
 from runner.connections.ssh import SSHConnection
+from runner.errors import TransientFault
 from runner.lab.binaries import MESSENGER51_CODE
 from runner.lab.generator import generate
 from runner.lab.store import Lab
@@ -73,6 +75,36 @@ def test_a_key_logon_is_refused_the_share_and_the_pushed_package_is_hashed_and_i
         assert lab_host.products.get(MESSENGER51_CODE) is not None
         assert step.probe(ctx, host) is None
     finally:
+        conn.close()
+
+
+def test_a_push_cut_short_over_sftp_is_caught_by_the_clients_hash_before_msiexec(served, tmp_path):
+    name = sorted(h for h in served.addresses if h.startswith("pc"))[1]
+    path = served.lab_dir / "lab.json"
+    saved = path.read_text(encoding="utf-8")
+    cfg = json.loads(saved)
+    cfg.setdefault("faults", {}).setdefault("hosts", {})[name] = {"put_truncated": 1.0}
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    inv = load_inventory(served.inventory_out)
+    conn = SSHConnection(ssh_host(served, name), None, None)
+    try:
+        host = inv.hosts[name]
+        ctx = StepCtx(inv, {name: conn}, tmp_path, vars=host.vars)
+        step = UpgradeMessenger()
+        with pytest.raises(TransientFault, match="damaged") as caught:
+            step.apply(ctx, host, step.probe(ctx, host))
+        pushed = caught.value.data["pushed"]
+        assert pushed["got"] != pushed["sha256"]
+        lab_host = Lab(served.lab_dir).host(name)
+        assert not any(e.command.startswith("msiexec") for e in lab_host.journal())
+        assert not lab_host.fs.exists(pushed["remote"])
+        path.write_text(saved, encoding="utf-8")      # the link is good again: a new connection installs
+        conn.close()
+        conn = SSHConnection(ssh_host(served, name), None, None)
+        ctx = StepCtx(inv, {name: conn}, tmp_path, vars=host.vars)
+        assert step.apply(ctx, host, step.probe(ctx, host)).status == "changed"
+    finally:
+        path.write_text(saved, encoding="utf-8")
         conn.close()
 
 

@@ -32,7 +32,7 @@ MEANINGS = {
     "msiexec_1618": "msiexec exits 1618 (another install runs); retried",
     "lcs_busy": "the LCS server answers busy; retried",
     "hive_locked": "a user's hive is in use, cannot be loaded; retried",
-    "put_truncated": "a file put on a host arrives cut short (lab connection); hash check fails, retried",
+    "put_truncated": "a file put on a host arrives cut short; the upgrade's hash check fails, retried",
 }
 
 

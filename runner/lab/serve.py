@@ -18,7 +18,8 @@ How it works (the SSH protocol is entirely OpenSSH's; we only route sockets):
   for the sftp subsystem, relays SFTP to ``/usr/lib/openssh/sftp-server``
   while rewriting every path: ``/C:/x/y`` (how OpenSSH for Windows names
   ``C:\\x\\y``) becomes ``DIR/hosts/<host>/fs/C/x/y``; nothing can escape
-  the host's ``fs`` directory.
+  the host's ``fs`` directory. With the lab fault ``put_truncated``, a file
+  written over SFTP is cut to half its size once sftp-server has closed it.
 - sshd exposes how each session was authenticated (``ExposeAuthInfo yes``,
   ``$SSH_USER_AUTH``): a session that logged on by key has no network
   credentials, as on Windows, and the lab shell refuses it every UNC path
@@ -47,7 +48,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 from runner.errors import InputError, RunnerError
 
@@ -525,7 +526,7 @@ def session_main(lab_dir: Path) -> int:
         host = session_host(lab_dir)
         fs_root = lab_dir / "hosts" / host / "fs"
         (fs_root / "C").mkdir(parents=True, exist_ok=True)
-        return sftp_relay(str(fs_root))
+        return sftp_relay(str(fs_root), written=put_faults(lab_dir, host))
     from runner.lab import logon, shell
 
     with logon.session(session_logon()):
@@ -543,6 +544,30 @@ def session_main(lab_dir: Path) -> int:
         sys.stderr.buffer.flush()
         return 1
     return rc
+
+
+def put_faults(lab_dir: Path, host: str) -> Callable[[str], None] | None:
+    """The lab fault ``put_truncated`` for files written over SFTP: a callback cutting a
+    written file to half its size when the fault fires (None when its rate is 0)."""
+    from runner.lab.faults import Faults
+    from runner.lab.store import Lab
+
+    try:
+        lab = Lab(lab_dir)
+    except InputError:
+        return None
+    faults = Faults(lab)
+    if faults.rate(host, "put_truncated") <= 0:
+        return None
+    lab_host = lab.host(host)
+
+    def written(path: str) -> None:
+        if faults.fires(lab_host, "put_truncated"):
+            try:
+                os.truncate(path, os.path.getsize(path) // 2)
+            except OSError:
+                pass
+    return written
 
 
 def session_logon() -> str:
@@ -581,7 +606,8 @@ def drop_connection() -> None:
 # --- SFTP path rewriting ------------------------------------------------------
 FXP_INIT, FXP_OPEN, FXP_LSTAT, FXP_SETSTAT, FXP_OPENDIR, FXP_REMOVE, FXP_MKDIR = 1, 3, 7, 9, 11, 13, 14
 FXP_RMDIR, FXP_REALPATH, FXP_STAT, FXP_RENAME, FXP_READLINK, FXP_SYMLINK = 15, 16, 17, 18, 19, 20
-FXP_STATUS, FXP_NAME, FXP_EXTENDED = 101, 104, 200
+FXP_CLOSE, FXP_STATUS, FXP_HANDLE, FXP_NAME, FXP_EXTENDED = 4, 101, 102, 104, 200
+FXF_WRITE = 0x02
 _ONE_PATH = {FXP_OPEN, FXP_LSTAT, FXP_SETSTAT, FXP_OPENDIR, FXP_REMOVE, FXP_MKDIR, FXP_RMDIR,
              FXP_REALPATH, FXP_STAT, FXP_READLINK}
 _TWO_PATHS = {FXP_RENAME, FXP_SYMLINK}
@@ -670,14 +696,21 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
     return buf
 
 
-def sftp_relay(fs_root: str, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
-    """Relay SFTP between the SSH channel and sftp-server, rewriting paths into ``fs_root``."""
+def sftp_relay(fs_root: str, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None,
+               written: Callable[[str], None] | None = None) -> int:
+    """Relay SFTP between the SSH channel and sftp-server, rewriting paths into ``fs_root``.
+
+    ``written(path)`` is called with the real path of every file opened for writing once
+    sftp-server has closed it, before the client hears so (the lab's ``put_truncated``)."""
     cin = stdin or sys.stdin.buffer
     cout = stdout or sys.stdout.buffer
     proc = subprocess.Popen([SFTP_SERVER, "-d", fs_root + "/C"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, bufsize=0)
     assert proc.stdin is not None and proc.stdout is not None
     realpath_ids: set[int] = set()
+    write_opens: dict[int, str] = {}     # request id of an open for writing -> real path
+    write_handles: dict[bytes, str] = {}
+    write_closes: dict[int, str] = {}    # request id of the close of such a handle -> real path
     ids_lock = threading.Lock()
     out_lock = threading.Lock()
     enc = "utf-8"
@@ -719,9 +752,24 @@ def sftp_relay(fs_root: str, stdin: BinaryIO | None = None, stdout: BinaryIO | N
                 if name_is_expand(ptype, body):
                     with ids_lock:
                         realpath_ids.add(req_id)
+                mapped = b""
                 for _ in range(count):
-                    new += _s(mp(pk.string()))
+                    mapped = mp(pk.string())
+                    new += _s(mapped)
+                if ptype == FXP_OPEN and written is not None and pk.pos + 4 <= len(body):
+                    (pflags,) = struct.unpack_from(">I", body, pk.pos)
+                    if pflags & FXF_WRITE:
+                        with ids_lock:
+                            write_opens[req_id] = mapped.decode(enc, "surrogateescape")
                 body = new + body[pk.pos:]
+            elif ptype == FXP_CLOSE and written is not None:
+                pk = _Packet(body)
+                pk.pos = 1
+                req_id = pk.u32()
+                with ids_lock:
+                    path = write_handles.pop(pk.string(), None)
+                    if path is not None:
+                        write_closes[req_id] = path
             proc.stdin.write(struct.pack(">I", len(body)) + body)  # type: ignore[union-attr]
         proc.stdin.close()  # type: ignore[union-attr]
 
@@ -730,6 +778,17 @@ def sftp_relay(fs_root: str, stdin: BinaryIO | None = None, stdout: BinaryIO | N
             body = _read_packet(proc.stdout)  # type: ignore[arg-type]
             if body is None:
                 break
+            if body[0] in (FXP_HANDLE, FXP_STATUS) and written is not None:
+                pk = _Packet(body)
+                pk.pos = 1
+                req_id = pk.u32()
+                with ids_lock:
+                    opened = write_opens.pop(req_id, None) if body[0] == FXP_HANDLE else None
+                    if opened is not None:
+                        write_handles[pk.string()] = opened
+                    closed = write_closes.pop(req_id, None) if body[0] == FXP_STATUS else None
+                if closed is not None:
+                    written(closed)
             if body[0] == FXP_NAME:
                 pk = _Packet(body)
                 pk.pos = 1
@@ -777,7 +836,8 @@ def _session_cli(argv: list[str]) -> int:
     try:
         if args.mode == "sftp":
             host = session_host(Path(args.dir))
-            return sftp_relay(str(Path(args.dir).resolve() / "hosts" / host / "fs"))
+            return sftp_relay(str(Path(args.dir).resolve() / "hosts" / host / "fs"),
+                              written=put_faults(Path(args.dir).resolve(), host))
         return session_main(Path(args.dir).resolve())
     except ServeError as exc:
         print(str(exc), file=sys.stderr)
