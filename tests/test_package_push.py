@@ -43,7 +43,9 @@ def _session(inv, tmp_path, name="pc0001", **vars):
 
 
 def _temp_files(conn) -> list[str]:
-    return [n for n in conn.lab_host.fs.listdir(r"C:\WINDOWS\Temp") if n.lower().startswith("runner-wm51-")]
+    """The pushed packages in the host's %SystemRoot%\\Temp (C:\\WINNT on Windows 2000)."""
+    temp = conn.lab_host.environment()["SystemRoot"] + "\\Temp"
+    return [n for n in conn.lab_host.fs.listdir(temp) if n.lower().startswith("runner-wm51-")]
 
 
 def _set_faults(tmp_path, **rates):
@@ -148,16 +150,17 @@ def test_a_package_a_killed_run_left_is_removed_by_the_next_probe(estate, tmp_pa
     host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
     step = UpgradeMessenger()
     assert step.apply(ctx, host, step.probe(ctx, host)).status == "changed"
-    conn.put(b"half a package", r"C:\WINDOWS\Temp\runner-wm51-0123456789ab.msi")   # a kill before the del
-    conn.put(b"not ours", r"C:\WINDOWS\Temp\other.msi")
+    temp = conn.lab_host.environment()["SystemRoot"] + "\\Temp"
+    conn.put(b"half a package", temp + "\\runner-wm51-0123456789ab.msi")   # a kill before the del
+    conn.put(b"not ours", temp + "\\other.msi")
     assert step.probe(ctx, host) is None                   # up to date, and it cleaned up
-    assert _temp_files(conn) == [] and conn.lab_host.fs.exists(r"C:\WINDOWS\Temp\other.msi")
+    assert _temp_files(conn) == [] and conn.lab_host.fs.exists(temp + "\\other.msi")
 
 
 def test_a_check_mode_probe_leaves_a_leftover_alone(estate, tmp_path):
     inv, local = estate
     host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
-    conn.put(b"half a package", r"C:\WINDOWS\Temp\runner-wm51-0123456789ab.msi")
+    conn.put(b"half a package", conn.lab_host.environment()["SystemRoot"] + "\\Temp\\runner-wm51-0123456789ab.msi")
     ctx.check = True
     assert UpgradeMessenger().probe(ctx, host) is not None
     assert _temp_files(conn) == ["runner-wm51-0123456789ab.msi"]
@@ -311,10 +314,13 @@ def test_a_key_logon_estate_migrates_end_to_end_by_pushing_the_package(tmp_path)
     assert installs and all("\\Temp\\runner-wm51-" in c for c in installs), installs
     assert not any("\\\\deploy" in c.lower() for c in mutations)
     lab = Lab(sc.lab_dir)
+    roots = set()
     for name in lab.host_names():
-        fs = lab.host(name).fs
-        if fs.is_dir(r"C:\WINDOWS\Temp"):
-            assert not [n for n in fs.listdir(r"C:\WINDOWS\Temp") if n.startswith("runner-wm51-")], name
+        host = lab.host(name)
+        temp = host.environment()["SystemRoot"] + "\\Temp"
+        roots.add(temp)
+        assert not [n for n in host.fs.listdir(temp) if n.startswith("runner-wm51-")], name
+    assert any(f"{t}\\runner-wm51-" in c for c in installs for t in roots)
     again = sc.apply()
     assert again.code == 0 and again.totals.get("changed", 0) == 0, again.totals
 
@@ -369,3 +375,23 @@ def test_a_lab_made_from_a_pushing_inventory_rehearses_the_push_with_key_logons(
     assert run.code == 0, run.out[-3000:]
     installs = [e.command for e in sc.mutations_since(run.started) if e.command.startswith("msiexec")]
     assert installs and all("runner-wm51-" in c for c in installs), installs
+
+
+def test_a_windows_2000_client_gets_the_push_in_winnt_temp_in_lines_under_2047(tmp_path):
+    """(Without facts the probe still asks wmic, which 2000 lacks: its answer is told apart.)"""
+    inv_path = generate(tmp_path / "lab", clients=4, users_per_client=1, contacts=2, seed=4)
+    inv = load_inventory(inv_path)
+    local = tmp_path / "lab" / "shares" / "deploy" / "packages" / "WindowsMessenger51.msi"
+    lab = Lab(tmp_path / "lab")
+    name = next(n for n in sorted(inv.hosts) if n.startswith("pc") and lab.host(n).windows.version == "5.0")
+    host, conn, ctx = _session(inv, tmp_path, name, lab_logon="key", messenger_package_local=str(local))
+    seen: list[str] = []
+    real = conn.run
+    conn.run = lambda line, **kw: (seen.append(line), real(line, **kw))[1]  # type: ignore[method-assign]
+    step = UpgradeMessenger()
+    result = step.apply(ctx, host, step.probe(ctx, host))
+    assert result.status == "changed", result.message
+    assert result.data["pushed"]["remote"].startswith("C:\\WINNT\\Temp\\runner-wm51-")
+    assert result.data["pushed"]["hash_tool"] == "sha256sum"
+    assert max(len(line) for line in seen) <= 2047
+    assert _temp_files(conn) == [] and step.probe(ctx, host) is None

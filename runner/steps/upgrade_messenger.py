@@ -1,14 +1,18 @@
 """upgrade_messenger: install Windows Messenger 5.1 where the installed version is older.
 
-Probe reads the registered products (the Uninstall keys) and msmsgs.exe's
-file version (wmic datafile) in one round trip. The upgrade is done only when
+Probe reads the registered products (the Uninstall keys, whose ``DisplayVersion``
+every Windows version has) and msmsgs.exe's file version (wmic datafile; not on
+Windows 2000, which has no wmic: its facts say so, and there the Uninstall key
+alone tells) in one round trip. The upgrade is done only when
 both say so: a Messenger product of the wanted version is registered *and*
 the file is of that version. A 5.1 file without its product (an install cut
 short, a file copied by hand) is installed again; a registered product whose
 file is older is reinstalled (``REINSTALL=ALL REINSTALLMODE=vomus``). Apply runs
-``msiexec /i PACKAGE /qn /norestart /l*v LOG``: 0 changed; 3010/1641
-changed with ``reboot_required``; 1618 TransientFault (the engine retries);
-anything else failed, with the installer log fetched into an artifact.
+``mkdir LOGDIR & msiexec /i PACKAGE /qn /norestart /l*v LOG`` (LOG in the host's
+``%SystemRoot%\\Temp`` unless ``log`` says otherwise, its folder made first: msiexec
+exits 1622 without it): 0 changed; 3010/1641 changed with ``reboot_required``; 1618
+TransientFault (the engine retries); anything else failed, with the installer log
+fetched into an artifact (1622 names the log path: no log was written).
 
 Where the package comes from. ``messenger_package`` (default
 ``\\\\deploy\\packages\\WindowsMessenger51.msi``) is read by msiexec on the client,
@@ -16,28 +20,28 @@ which needs a session with network credentials: a password logon. A key-based
 SSH logon on Windows has none and gets "Access is denied" for every share
 (docs/transports.md). For those hosts set ``messenger_package_local``, a file on
 the control node (the inventory loader resolves it against the inventory's
-folder and checks it exists): apply then pushes it over the connection to
-``remote_temp`` (default: the host's ``%SystemRoot%\\Temp``) as
-``runner-wm51-<12 hex of its sha256>.msi``, has the client compute the pushed
-file's SHA-256 (``client_sha256_tool``, runner.windows.sha256) and runs msiexec
-only when it is the control node's, and deletes it afterwards, also when the
-install or the check failed. A hash that differs (a transfer cut short) is a
+folder and checks it exists): apply then pushes it over the connection into the
+host's scratch folder (runner.hostenv: ``remote_temp``, else ``%SystemRoot%\\Temp``)
+as ``runner-wm51-<12 hex of its sha256>.msi``, has the client compute the pushed
+file's SHA-256 (``client_sha256_tool``, runner.windows.sha256), runs msiexec only
+when it is the control node's, and deletes it afterwards, also when the install
+or the check failed. A hash that differs (a transfer cut short) is a
 TransientFault: the engine pushes again. With ``client_sha256_tool: sftp`` the
 file is read back over SFTP and hashed on the control node instead: that proves
 the bytes on the client's disk as its SSH server reads them, not what a program
 of the client reads, and costs a second transfer. A run killed between the push
 and the delete leaves the file: the next probe of that host (it reads live
-whenever a package is pushed) and the next push both delete every
-``runner-wm51-*.msi`` in that folder first.
+whenever a package is pushed) and the delete after the next install remove every
+``runner-wm51-*.msi`` in that folder.
 """
 from __future__ import annotations
-
-from typing import Any
 
 import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
+from runner import hostenv
 from runner.errors import PermanentFault, StepFault, TransientFault
 from runner.model import Host
 from runner.steps import _clients as cl
@@ -48,7 +52,7 @@ from runner.windows.cmdline import Command, Quoted
 DEFAULT_PACKAGE = r"\\deploy\packages\WindowsMessenger51.msi"
 TARGET_VERSION = "5.1"
 PUSHED_PREFIX = "runner-wm51-"
-#: Where a pushed package goes when ``remote_temp`` is not set: cmd.exe expands it on the host.
+#: The scratch folder when ``remote_temp`` is not set, as cmd.exe expands it on the host.
 SYSTEM_TEMP = r"%SystemRoot%\Temp"
 
 
@@ -64,14 +68,17 @@ def installed(ctx: StepContext, host: str) -> tuple[str | None, str | None, bool
         m = facts["messenger"]
         return (m.get("version") if m.get("source") == "uninstall" else None), m.get("file_version"), \
             bool(m["file_known"])
-    reads = [reg.query(cl.UNINSTALL, recursive=True), cl.file_version_query(exe)]
+    reads = [reg.query(cl.UNINSTALL, recursive=True)]
+    wmic = cl.has_wmic(ctx, host)
+    if wmic:
+        reads.append(cl.file_version_query(exe))
     if pushing and not ctx.check:   # --check changes nothing, not even a leftover
-        reads.append(_leftovers_removal(ctx))
-    sections, _ = cl.run_sections(ctx.connection(host), reads)
+        reads.append(_leftovers_removal(_push_folder(ctx)))
+    sections, _ = cl.run_sections(ctx.connection(host), reads, limit=cl.line_limit(ctx, host))
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     found = cl.messenger_from_uninstall(reg.parse_query(text[0]))
-    file_known = sections[1] is not None and sections[1].ok
-    return (found or {}).get("version"), cl.file_version(text[1]), file_known
+    file_known = wmic and sections[1] is not None and sections[1].ok
+    return (found or {}).get("version"), cl.file_version(text[1]) if wmic else None, file_known
 
 
 def _fresh_facts(ctx: StepContext, host: str, exe: str) -> Any:
@@ -110,9 +117,9 @@ def _push_folder(ctx: StepContext) -> str | None:
     return folder
 
 
-def _leftovers_removal(ctx: StepContext) -> Command:
-    """``del /q`` of every pushed package in the push folder (``2>nul``: none is no error)."""
-    folder = _push_folder(ctx)
+def _leftovers_removal(folder: str | None) -> Command:
+    """``del /q`` of every pushed package in ``folder`` (None: ``%SystemRoot%\\Temp``, which cmd.exe
+    expands), a killed run's leftovers included (``2>nul``: none is no error)."""
     pattern = (Quoted(folder + "\\" + PUSHED_PREFIX + "*.msi") if folder is not None
                else f'"{SYSTEM_TEMP}\\{PUSHED_PREFIX}*.msi"')   # a constant: %SystemRoot% expands
     return Command("del", "/q", pattern, "2>nul")
@@ -197,27 +204,23 @@ class UpgradeMessenger(StepModule):
         except ValueError as exc:
             raise PermanentFault(f"{target.name}: {exc}", host=target.name) from None
         payload, digest = local_package(diff.data["package"])
-        # one line: what a killed run left goes, and the host names its %SystemRoot%
-        found = conn.run(Command(_leftovers_removal(ctx), "&", "echo", "%SystemRoot%").render(limit=limit))
-        folder = _push_folder(ctx) or (found.stdout.strip().splitlines() or [""])[-1].strip() + "\\Temp"
-        if not re.match(r"^[A-Za-z]:\\", folder):
-            raise PermanentFault(f"{target.name}: cannot tell where to push the package: the host's "
-                                 f"%SystemRoot% is {found.stdout.strip()!r}; set remote_temp", host=target.name)
+        given = _push_folder(ctx)   # checked: a literal folder, since SFTP expands nothing
+        facts = ctx.facts(target.name) if hasattr(ctx, "facts") else None
+        folder = given or hostenv.temp_dir(conn, ctx.vars, facts)
         remote = f"{folder}\\{PUSHED_PREFIX}{digest[:12]}.msi"
         pushed = {"local": diff.data["package"], "remote": remote, "sha256": digest, "size": len(payload),
                   "hash_tool": tool}
         try:
             conn.put(payload, remote)
-            self._check_pushed(ctx, target, conn, tool, pushed, limit)
+            self._check_pushed(target, conn, tool, pushed, limit)
             return self._install(ctx, target, diff, remote, {"pushed": pushed})
         finally:
-            try:
-                conn.run(Command("del", "/q", Quoted(remote)).render(limit=limit))
+            try:   # this push and any a killed run left
+                conn.run(_leftovers_removal(folder).render(limit=limit))
             except StepFault:
-                pass   # the host's next probe or push deletes it (_leftovers_removal)
+                pass   # the host's next probe or install deletes it
 
-    def _check_pushed(self, ctx: StepContext, target: Host, conn: Any, tool: str, pushed: dict[str, Any],
-                      limit: int) -> None:
+    def _check_pushed(self, target: Host, conn: Any, tool: str, pushed: dict[str, Any], limit: int) -> None:
         """The pushed file's SHA-256, computed on the client (or read back with ``sftp``), is the
         control node's: else a TransientFault (pushed again) or, with no tool, a PermanentFault."""
         remote = pushed["remote"]
@@ -243,11 +246,12 @@ class UpgradeMessenger(StepModule):
 
     def _install(self, ctx: StepContext, target: Host, diff: Diff, package: str,
                  extra: dict[str, Any]) -> StepResult:
-        """``msiexec /i package`` and what its exit code means."""
+        """``msiexec /i package`` (its log's folder made first) and what its exit code means."""
         conn = ctx.connection(target.name)
-        log = str(ctx.args.get("log") or msiexec.DEFAULT_LOG)
+        facts = ctx.facts(target.name) if hasattr(ctx, "facts") else None
+        log = str(ctx.args.get("log") or hostenv.temp_dir(conn, ctx.vars, facts) + "\\" + msiexec.LOG_NAME)
         props = {"REINSTALL": "ALL", "REINSTALLMODE": "vomus"} if diff.data.get("reinstall") else {}
-        cmd = msiexec.install(package, log=log, properties=props)
+        cmd = msiexec.install_line(package, log=log, properties=props)
         result = conn.run(cmd.render(limit=cl.line_limit(ctx, target.name)))
         outcome = msiexec.classify(result.rc)
         data: dict[str, Any] = {"rc": result.rc, "from": diff.data.get("from"), "package": diff.data["package"],
@@ -272,6 +276,8 @@ class UpgradeMessenger(StepModule):
             msg += " (reboot required)" if outcome.reboot_required else ""
             return StepResult("changed", msg, data=data,
                               warnings=[f"{target.name}: reboot required"] if outcome.reboot_required else [])
+        if result.rc == 1622:  # msiexec could not open its log: there is none to fetch
+            return StepResult("failed", f"msiexec 1622: {outcome.message} (log {log})", data=data)
         try:
             log_bytes = conn.get(log)
         except Exception as exc:  # the log may be missing (1619: package not found)

@@ -22,7 +22,8 @@ cut short or altered gives another hash, as on a real machine.
   later than 2003's.
 
 The Windows version is the host's ``HKLM\\SOFTWARE\\Microsoft\\Windows
-NT\\CurrentVersion`` ``CurrentVersion`` value (Windows XP, 5.1, when unset).
+NT\\CurrentVersion`` ``CurrentVersion`` value, which the generator writes from the
+host's lab.json ``os`` (runner.lab.winver); Windows XP, 5.1, when unset.
 """
 from __future__ import annotations
 
