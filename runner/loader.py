@@ -657,15 +657,16 @@ def _inventory_context(path: Path_) -> str:
 CONTROL_NODE_PATH_VARS = ("lab_dir", "messenger_package_local")
 
 
-def _resolve_lab_dir(vars_: dict[str, Any], base: Path) -> dict[str, Any]:
+def _resolve_control_paths(vars_: dict[str, Any], base: Path) -> dict[str, Any]:
     """``vars_`` with the CONTROL_NODE_PATH_VARS made absolute against ``base`` (templates stay)."""
     for name in CONTROL_NODE_PATH_VARS:
         value = vars_.get(name)
         if isinstance(value, str) and value and "{{" not in value:
-            value = os.path.expanduser(value)
-            if not os.path.isabs(value):
+            full = os.path.expanduser(value)
+            full = full if os.path.isabs(full) else str((base / full).resolve())
+            if full != value:
                 vars_ = dict(vars_)
-                vars_[name] = str((base / value).resolve())
+                vars_[name] = full
     return vars_
 
 
@@ -827,7 +828,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     depth = b.depths()
     ancestors = b.ancestors()
     order = {g: i for i, g in enumerate(b.group_defs)}
-    group_vars = {g: _resolve_lab_dir(dict(d.get("vars") or {}), b.base) for g, (d, _) in b.group_defs.items()}
+    group_vars = {g: _resolve_control_paths(dict(d.get("vars") or {}), b.base) for g, (d, _) in b.group_defs.items()}
     all_vars = group_vars.get("all", {})
 
     groups: dict[str, Group] = {}
@@ -844,7 +845,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         for g in ordered:
             merged.update(group_vars.get(g, {}))
         hdef = b.host_defs.get(h, ({}, ()))[0] or {}
-        merged.update(_resolve_lab_dir(dict(hdef.get("vars") or {}), b.base))
+        merged.update(_resolve_control_paths(dict(hdef.get("vars") or {}), b.base))
         connection = hdef.get("connection") or ("lab" if merged.get("lab_dir") else "ssh")
         hosts[h] = Host(name=h, connection=connection, address=hdef.get("address"), port=hdef.get("port"),
                         user=hdef.get("user"), groups=tuple(ordered), vars=merged)
