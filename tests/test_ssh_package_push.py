@@ -130,3 +130,31 @@ def test_a_password_logon_reads_the_share(served, tmp_path_factory, monkeypatch)
                 conn.close()
         finally:
             pw_server.stop()
+
+
+def test_a_served_lab_made_from_a_pushing_inventory_pushes_over_ssh(tmp_path):
+    """lab init --from-inventory keeps a relative messenger_package_local: the SSH
+    inventory, one folder down, names the file absolutely, and loads."""
+    from pathlib import Path
+
+    from runner.lab.generator import generate_from_inventory
+
+    src = tmp_path / "estate" / "contoso.yml"
+    src.parent.mkdir()
+    (src.parent / "WindowsMessenger51.msi").write_bytes(b"the real package")
+    text = (Path(__file__).resolve().parents[1] / "inventories" / "example-ssh.yml").read_text(encoding="utf-8")
+    marker = "    clients:                                  # the Windows XP/2000 desktops with Windows Messenger\n      vars:\n"
+    assert marker in text
+    src.write_text(text.replace(marker, marker + "        messenger_package_local: WindowsMessenger51.msi\n"),
+                   encoding="utf-8")   # on the clients group, which names no messenger_package
+    generate_from_inventory(tmp_path / "lab", src, contacts=2, seed=5)
+    lab_doc = yaml.safe_load((tmp_path / "lab" / "inventory.yml").read_text(encoding="utf-8"))
+    assert lab_doc["all"]["children"]["clients"]["vars"]["messenger_package_local"].startswith("shares/")
+    server = serve(tmp_path / "lab", fake_shell=False)
+    try:
+        inv = load_inventory(server.inventory_out)
+        name = sorted(h for h in inv.hosts if inv.hosts[h].vars.get("messenger_package_local"))[0]
+        local = inv.hosts[name].vars["messenger_package_local"]
+        assert os.path.isabs(local) and os.path.isfile(local)
+    finally:
+        server.stop()

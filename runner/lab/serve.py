@@ -442,11 +442,9 @@ def write_ssh_inventory(server: LabServer) -> Path:
     mark = lab_identity(server.lab_dir)
     if mark:  # the served lab is the same estate as the lab itself (runner.estate)
         vars_[LAB_MARK_VAR] = mark
-    package_local = lab_package_file(server.lab_dir, vars_.get("messenger_package"))
-    if package_local is not None:
-        # the served lab's sessions log on by key, so they cannot read the package's share:
-        # the runner pushes it from the control node, where the lab keeps the share's files
-        vars_["messenger_package_local"] = package_local
+    # the served lab's sessions log on by key, so they cannot read the package's share:
+    # the runner pushes it from the control node, where the lab keeps the share's files
+    _push_from_lab(server.lab_dir, vars_, default=True)
     vars_.update({
         "ssh_key_file": str(server.client_key),
         "ssh_known_hosts": str(server.known_hosts),
@@ -458,19 +456,13 @@ def write_ssh_inventory(server: LabServer) -> Path:
     user = _current_user()
 
     def rewrite(group: dict) -> None:
-        own = group.get("vars")
-        if isinstance(own, dict) and "messenger_package" in own:
-            local = lab_package_file(server.lab_dir, own["messenger_package"])
-            if local is not None:
-                own["messenger_package_local"] = local
+        if group is not all_ and isinstance(group.get("vars"), dict):
+            group["vars"] = _push_from_lab(server.lab_dir, dict(group["vars"]))
         hosts = group.get("hosts") or {}
         for name in list(hosts):
             entry = dict(hosts[name] or {})
-            hvars = entry.get("vars")
-            if isinstance(hvars, dict) and "messenger_package" in hvars:
-                local = lab_package_file(server.lab_dir, hvars["messenger_package"])
-                if local is not None:
-                    entry["vars"] = dict(hvars, messenger_package_local=local)
+            if isinstance(entry.get("vars"), dict):
+                entry["vars"] = _push_from_lab(server.lab_dir, dict(entry["vars"]))
             entry.update({"connection": "ssh", "address": server.addresses.get(name, entry.get("address")),
                           "port": server.port, "user": user})
             hosts[name] = entry
@@ -487,6 +479,22 @@ def write_ssh_inventory(server: LabServer) -> Path:
         + "# SSH inventory of a served lab, written by `runner lab serve`\n"
         + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return server.inventory_out
+
+
+def _push_from_lab(lab_dir: Path, vars_: dict[str, Any], *, default: bool = False) -> dict[str, Any]:
+    """``vars_`` (changed in place) pushing the lab's own package: ``messenger_package_local``
+    set to the file behind the scope's ``messenger_package`` (with ``default``: the step's
+    default package where the scope names none), and a relative one (a lab made from an
+    inventory that pushes) made absolute, since the SSH inventory lives in another folder."""
+    if "messenger_package" in vars_ or default:
+        local = lab_package_file(lab_dir, vars_.get("messenger_package"))
+        if local is not None:
+            vars_["messenger_package_local"] = local
+            return vars_
+    local = vars_.get("messenger_package_local")
+    if isinstance(local, str) and local and "{{" not in local and not os.path.isabs(local):
+        vars_["messenger_package_local"] = str((lab_dir / local).resolve())
+    return vars_
 
 
 def lab_package_file(lab_dir: Path, unc: Any) -> str | None:
