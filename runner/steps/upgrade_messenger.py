@@ -171,7 +171,7 @@ class UpgradeMessenger(StepModule):
         current = product or file
         pushed = pushes(ctx)
         lines = [f"- messenger {current or '(none)'}",
-                 f"+ messenger {want} from {package}" + (" (pushed to the client, sha256 checked there)"
+                 f"+ messenger {want} from {package}" + (" (pushed to the client, its SHA-256 checked)"
                                                          if pushed else "")]
         data: dict[str, Any] = {"from": current, "package": package}
         if pushed:
