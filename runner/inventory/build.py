@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from runner.artifacts import atomic_write
-from runner.errors import InputError, RunnerError
+from runner.errors import InputError, InputErrors, RunnerError
 from runner.inventory.directory import Directory
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent.parent / "schemas" / "inventory.schema.json"
@@ -58,6 +58,25 @@ def rebase_lab_dirs(node: Any, src: Path, dst: Path) -> None:
                 node[k] = os.path.relpath((src / v).resolve(), dst.resolve())
             else:
                 rebase_lab_dirs(v, src, dst)
+
+
+def check_values(found: Directory) -> None:
+    """Every user and client the directory gave, checked against the inventory schema's
+    rules for users and hosts (runner.loader.schema_errors, the checks of `runner validate`)
+    and reported at the LDIF line of the value (``msExchIMAddress: ahall`` at its line),
+    before any inventory is made. InputErrors (exit 4) when any is wrong."""
+    from runner.loader import _inventory_context, _sorted, _validator, load_schema, schema_errors
+
+    defs = load_schema("inventory")["$defs"]
+    schema = {"$defs": defs, "type": "object", "properties": {
+        "users": {"type": "object", "additionalProperties": {"$ref": "#/$defs/user"},
+                  "propertyNames": {"$ref": "#/$defs/alias"}},
+        "hosts": {"type": "object", "additionalProperties": {"$ref": "#/$defs/host"},
+                  "propertyNames": {"$ref": "#/$defs/host_name"}}}}
+    errors = schema_errors(found, {"users": found.users, "hosts": found.hosts},  # type: ignore[arg-type]
+                           _validator(schema), _inventory_context)
+    if errors:
+        raise InputErrors(_sorted(errors))
 
 
 def inventory_document(found: Directory, base: dict[str, Any] | None = None, *, base_path: str | None = None,
@@ -154,8 +173,10 @@ def write_inventory(doc: dict[str, Any], out_path: str, source: str) -> None:
         try:
             load_inventory(check)  # what `runner validate` checks, before OUT is touched
         except InputError as e:
-            raise InputError(f"the inventory made for {out_path} does not validate, so nothing was written "
-                             f"(its line {e.line}: {e.message})") from None
+            # the checked copy is deleted: name what is wrong, never a line of a file that is not there
+            problems = e.errors if isinstance(e, InputErrors) else [e]
+            raise InputError(f"the inventory made for {out_path} would not validate, so nothing was written: "
+                             + "; ".join(p.message for p in problems)) from None
         finally:
             check.unlink(missing_ok=True)
         atomic_write(out, data)

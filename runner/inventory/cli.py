@@ -25,6 +25,7 @@ _WAVE = click.option("--wave", default="wave1", show_default=True,
 
 
 def _finish(found: Directory, base: str | None, out: str, source: str, wave: str) -> int:
+    build.check_values(found)  # a bad directory value at its LDIF line, not at a line of OUT
     base_doc = build.read_base(base) if base else None
     doc, notes = build.inventory_document(found, base_doc, base_path=base, out_path=out, wave=wave)
     build.write_inventory(doc, out, source)
