@@ -207,9 +207,9 @@ def report(state_dir: str, run_id: str | None, fmt: str, output: str | None, as_
     info = collect_report(Path(state_dir), run_id)
     text = render(info, "json" if as_json else fmt)
     if output:
-        from runner.artifacts import atomic_write
+        from runner.artifacts import write_output
         try:
-            atomic_write(Path(output), text.encode("utf-8"))
+            write_output(output, text.encode("utf-8"))
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(output, 0o666 & ~umask)  # a report is handed on: the usual mode, not the temp file's 0600

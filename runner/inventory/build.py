@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from runner.artifacts import atomic_write
+from runner.artifacts import atomic_write, check_output_path
 from runner.errors import InputError, InputErrors, RunnerError
 from runner.inventory.directory import Directory
 
@@ -164,8 +164,8 @@ def write_inventory(doc: dict[str, Any], out_path: str, source: str) -> None:
 
     from runner.loader import load_inventory
 
+    out = check_output_path(out_path)
     data = (header(source, out_path) + dump_yaml(doc)).encode("utf-8")
-    out = Path(out_path)
     check = out.with_name(f".{out.name}.check.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
