@@ -6,7 +6,9 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -148,15 +150,26 @@ def test_discover_never_writes_over_its_input(estate: tuple[Lab, Path, dict], ca
     assert bare.read_bytes() == before
 
 
-@pytest.mark.ssh
-def test_discover_over_ssh_needs_the_host_keys_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@contextmanager
+def _served(lab: Path, clients: int, users_per_client: int, seed: int) -> Iterator[object]:
+    """A generated lab served over real OpenSSH (skipped without sshd); stopped afterwards."""
     if not os.access("/usr/sbin/sshd", os.X_OK):
         pytest.skip("OpenSSH sshd not installed (apt-get install openssh-server)")
-    from ssh_helpers import serve, write_inventory
+    from ssh_helpers import serve
 
-    generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=1, seed=5)
-    server = serve(tmp_path / "lab", fake_shell=False)
+    generate(lab, clients=clients, users_per_client=users_per_client, contacts=2, seed=seed)
+    server = serve(lab, fake_shell=False)
     try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.ssh
+def test_discover_over_ssh_needs_the_host_keys_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ssh_helpers import write_inventory
+
+    with _served(tmp_path / "lab", 2, 1, 5) as server:
         known = tmp_path / "known_hosts"
         inv = write_inventory(server, tmp_path / "inv.yml", ssh_known_hosts=str(known))
         out = tmp_path / "d.yml"
@@ -166,19 +179,11 @@ def test_discover_over_ssh_needs_the_host_keys_first(tmp_path: Path, capsys: pyt
         assert run(["inventory", "discover", "-i", str(inv), "-o", str(out), "--accept-new-host-keys"]) == 0
         assert known.read_text().count("\n") >= 1 and out.is_file()
         assert run(["inventory", "discover", "-i", str(inv), "-o", str(out)]) == 0   # keys known now
-    finally:
-        server.stop()
 
 
 @pytest.mark.ssh
 def test_discover_reads_the_clients_over_ssh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if not os.access("/usr/sbin/sshd", os.X_OK):
-        pytest.skip("OpenSSH sshd not installed (apt-get install openssh-server)")
-    from ssh_helpers import serve
-
-    generate(tmp_path / "lab", clients=3, users_per_client=2, contacts=2, seed=4)
-    server = serve(tmp_path / "lab", fake_shell=False)
-    try:
+    with _served(tmp_path / "lab", 3, 2, 4) as server:
         since = time.time()
         out = tmp_path / "d.yml"
         rc = run(["inventory", "discover", "-i", str(server.inventory_out), "-o", str(out)])
@@ -189,5 +194,3 @@ def test_discover_reads_the_clients_over_ssh(tmp_path: Path, capsys: pytest.Capt
                 == {a: sorted(u["clients"]) for a, u in man["users"].items()})
         assert doc["all"]["children"]["clients"]["hosts"]["pc0001"]["connection"] == "ssh"
         assert Lab(tmp_path / "lab").mutations_since(since) == []
-    finally:
-        server.stop()
