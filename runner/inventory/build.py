@@ -21,6 +21,7 @@ import yaml
 from runner.artifacts import atomic_write, check_output_path
 from runner.errors import InputError, InputErrors, RunnerError
 from runner.inventory.directory import Directory
+from runner.model import CONTROL_NODE_PATH_VARS
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent.parent / "schemas" / "inventory.schema.json"
 _KEPT_USER_FIELDS = ("wave", "sip_uri", "home_server", "clients")
@@ -48,9 +49,8 @@ def _hosts_of(group: dict[str, Any] | None, out: set[str]) -> None:
 
 
 def rebase_lab_dirs(node: Any, src: Path, dst: Path) -> None:
-    """Relative control-node paths (``lab_dir``, ``messenger_package_local``: runner.loader.
+    """Relative control-node paths (``lab_dir``, ``ssh_key_file``...: runner.model.
     CONTROL_NODE_PATH_VARS) point from the base's folder; make them point from OUT's."""
-    from runner.loader import CONTROL_NODE_PATH_VARS
     if isinstance(node, dict):
         for k, v in node.items():
             if k in CONTROL_NODE_PATH_VARS and isinstance(v, str) and v and "{{" not in v \
