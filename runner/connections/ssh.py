@@ -368,7 +368,7 @@ class SSHConnection:
                     t.start_client(timeout=self.connect_timeout)
                 except (paramiko.SSHException, EOFError, OSError) as exc:
                     raise ConnectionFault(f"{self.host}: SSH handshake with {self.address}:{self.port} failed "
-                                          f"({_brief(exc)})", host=self.host) from None
+                                          f"({_brief(exc)}){_algorithms_hint(exc)}", host=self.host) from None
                 self._verify_host_key(t, known)
                 self._authenticate(t)
                 if self.keepalive > 0:
@@ -754,6 +754,25 @@ def _is_refusal(exc: BaseException) -> bool:
         return True
     return isinstance(exc, paramiko.SSHException) and str(exc) in (
         "Unable to open channel.", "Timeout opening channel.")
+
+
+#: What the OpenSSH releases of 2005 (3.9 to 4.2: Cygwin's, copSSH's) offer for key exchange;
+#: the SHA-2 kinds came with OpenSSH 5.7 (ECDH), 7.3 (group14-sha256) and 7.2 (rsa-sha2 signatures).
+LEGACY_KEX = ("diffie-hellman-group-exchange-sha1", "diffie-hellman-group14-sha1", "diffie-hellman-group1-sha1")
+
+
+def _algorithms_hint(exc: BaseException) -> str:
+    """Why a handshake found no common algorithm, when the cause is this paramiko's own set:
+    paramiko 5 implements none of the SHA-1 key exchanges and no ``ssh-rsa`` (SHA-1) host-key
+    signature, which are all an sshd of 2005 offers (docs/transports.md)."""
+    if not isinstance(exc, paramiko.ssh_exception.IncompatiblePeer):
+        return ""
+    kex = getattr(paramiko.Transport, "_kex_info", {})
+    if any(k in kex for k in LEGACY_KEX):
+        return ""
+    return (f"; this paramiko ({paramiko.__version__}) implements no SHA-1 key exchange and no ssh-rsa "
+            "host key, the only ones an OpenSSH of 2005 (Cygwin, copSSH) offers: for such hosts run the runner "
+            "with paramiko 3.x (pip install 'paramiko>=3.4,<4'; docs/transports.md)")
 
 
 def _brief(exc: BaseException) -> str:
