@@ -43,3 +43,19 @@ def test_validate_says_problems_when_there_are_problems(tmp_path: Path, capsys: 
     assert run(["validate", str(ROOT / "playbooks" / "gradual.yml"), "-i", str(bad)]) == 4
     cap = capsys.readouterr()
     assert "1 problem(s) found: not valid" in cap.err and ": valid" not in cap.out
+
+
+@pytest.mark.parametrize("name", ["base-example.yml", "example-ssh.yml"])
+def test_the_shipped_inventories_log_on_to_the_servers_by_password_only(name: str) -> None:
+    """Keys are tried before a password, and a key logon has no network credentials (which
+    ldifde and wmic on the servers may need): the servers offer no key and no agent."""
+    from runner.connections.ssh import SSHConnection
+    from runner.loader import load_inventory
+
+    inv = load_inventory(ROOT / "inventories" / name)
+    for server in inv.group_hosts("exchange_im_servers") + inv.group_hosts("lcs_servers"):
+        conn = SSHConnection(inv.hosts[server], inv)
+        assert conn.key_file is None and not conn.use_agent, server
+        assert inv.hosts[server].vars["ssh_password_env"], server
+    key = str(inv.vars.get("ssh_key_file") or inv.groups["clients"].vars.get("ssh_key_file"))
+    assert key.endswith("_rsa")          # the OpenSSH of 2005 knows no ed25519
