@@ -145,11 +145,13 @@ def header(source: str, out_path: str) -> str:
     """The comment block at the top of a generated inventory (with the schema line for editors)."""
     if source == "discover":
         lines = ["# Made by `runner inventory discover`: each user's clients are the machines where a profile",
-                 "# of theirs holds an Exchange IM contact list (read off the clients, nothing changed)."]
+                 "# of theirs holds an Exchange IM contact list (read off the clients, nothing changed).",
+                 "# GENERATED: comments are not kept when it is made again; keep yours in the base inventory."]
     else:
         lines = [f"# Made by `runner inventory {source}`: users from Active Directory (SIDs and objectGUIDs",
                  "# decoded from the directory, never typed). `runner inventory discover` fills in each user's",
-                 "# clients; edit waves and servers here or in the --base inventory, then run it again."]
+                 "# clients. GENERATED: comments are not kept when it is made again; edit servers, variables",
+                 "# and waves in the base inventory (never written by the runner), then run it again."]
     if SCHEMA_FILE.is_file():
         rel = Path(os.path.relpath(SCHEMA_FILE, Path(out_path).resolve().parent)).as_posix()
         if rel.startswith("../../../"):  # OUT is outside the checkout: an absolute path reads better
