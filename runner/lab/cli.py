@@ -193,13 +193,16 @@ def describe(lab_dir: Path, name: str | None) -> dict[str, Any]:
 @click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Lab directory.")
 @click.option("--wave", "waves", multiple=True, help="Only users of this wave (repeatable); the server is then not expected to be decommissioned.")
-@click.option("--no-contacts", is_flag=True, help="Do not check contacts (the 'users recreate' scenario).")
+@click.option("--no-contacts", is_flag=True, help="Do not check contacts nor allow and block lists (the 'users recreate' scenario).")
+@click.option("--no-permissions", is_flag=True, help="Do not check the users' allow and block lists.")
 @click.option("--no-exchange", is_flag=True, help="Do not check the Exchange IM side.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_exchange: bool, as_json: bool) -> None:
+def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_permissions: bool, no_exchange: bool,
+               as_json: bool) -> None:
     """Compare LCS and Exchange IM with the manifest; exit 0 if all is as expected, else 1."""
     try:
-        rep = verify(Path(directory), waves=waves, contacts=not no_contacts, exchange_side=not no_exchange)
+        rep = verify(Path(directory), waves=waves, contacts=not no_contacts, exchange_side=not no_exchange,
+                     permissions=not (no_contacts or no_permissions))
     except RunnerError as e:
         _fail(e)
     if as_json:
@@ -208,15 +211,17 @@ def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_exc
         bad = [u for u in rep.users if not u.ok]
         for u in bad:
             click.echo(f"{u.alias} ({u.wave}): " + "; ".join(u.problems))
-            for what in ("missing", "extra", "duplicated"):
+            for what in ("missing", "extra", "duplicated", "permissions_missing", "permissions_wrong"):
                 lst = getattr(u, what)
                 if lst:
-                    click.echo(f"  {what}: " + ", ".join(lst[:10]) + (" ..." if len(lst) > 10 else ""))
+                    click.echo(f"  {what.replace('_', ' ')}: " + ", ".join(lst[:10]) + (" ..." if len(lst) > 10 else ""))
         for p in rep.problems:
             click.echo(p)
         over = sum(1 for u in rep.users if u.over_limit)
+        perms = sum(u.permissions_expected for u in rep.users)
         click.echo(f"{len(rep.users) - len(bad)}/{len(rep.users)} users as expected"
                    + (f", {over} over the LCS limit of {rep.limit}" if over else "")
+                   + (f", {perms} permission entries checked" if perms else "")
                    + ("" if rep.decommissioned is None else
                       f", server {'decommissioned' if rep.decommissioned else 'still in service'}"))
     sys.exit(EXIT_OK if rep.ok else EXIT_ERROR)

@@ -145,6 +145,19 @@ class ChunkScript:
         return ldif.parse(typed.stdout)
 
 
+def im_entries(conn: Connection, host: str, vars: Mapping[str, Any], owners: Sequence[str],
+               addresses: Sequence[str], attrs: Sequence[str]) -> dict[str, ldif.Entry]:
+    """The directory entries whose msExchIMAddress is one of ``addresses``, by that address in
+    lower case: one ldifde search per OR group, on one line or a few (Windows 2000's limit by
+    default), deleting the ``owners``' stale scratch files first; raises when a search failed."""
+    script = ChunkScript(conn, host, vars, owners, limit=line_limit(vars, WINDOWS_2000_LINE), clean=True,
+                         script=False)
+    handles = [script.add_query(Query(ldap_any("msExchIMAddress", list(g)), tuple(attrs)))
+               for g in groups(list(addresses))]
+    script.run()
+    return {a.lower(): e for h in handles for e in script.entries(h) for a in e.get("msExchIMAddress")}
+
+
 def wmic_fault(sec: Section | None, what: str, host: str) -> Exception | None:
     """The fault of one wmic command's section (stderr included), None when it succeeded:
     TransientFault for a busy or unreachable server, WmicError otherwise."""
