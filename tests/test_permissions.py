@@ -151,3 +151,36 @@ def test_lab_store_error_is_a_wmi_error(tmp_path) -> None:
                                                "Communication": "Allow"})
     finally:
         s.close()
+
+
+def test_lab_verify_names_missing_and_wrong_entries_and_lists_extra_ones(tmp_path) -> None:
+    import json
+    import sqlite3
+
+    from runner.lab.generator import generate
+    from runner.lab.verify import expected_permissions, verify
+
+    d = tmp_path / "lab"
+    generate(d, clients=12, users_per_client=2, contacts=4, seed=4)
+    m = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+    users = {u["im_address"].lower(): u["sip_uri"] for u in m["users"].values()}
+    alias, u, want = next((a, u, expected_permissions(u["permissions"], m["sip_mapping"], users)[0])
+                          for a, u in m["users"].items()
+                          if len(expected_permissions(u["permissions"], m["sip_mapping"], users)[0]) >= 3)
+    guid = u["ad_guid"].upper()
+    db = sqlite3.connect(d / "hosts" / m["lcs_server"] / "lcs.db")
+    db.execute("INSERT INTO users VALUES (?,?,?,?,1,?,NULL,'t','t')",
+               (guid, "CN=x", u["display_name"], u["sip_uri"], m["lcs_server_dn"]))
+    (k0, v0), (k1, v1), *rest = sorted(want.items())
+    flipped = ("Deny" if v1[0] == "Allow" else "Allow", v1[1])
+    for (typ, mask), (p, c) in [((k1[0], k1[1]), flipped), *rest, (("user", "sip:own@contoso.com"), ("Deny", "Deny"))]:
+        db.execute("INSERT INTO user_aces VALUES (?,?,?,?,?)", (guid, typ.capitalize(), mask, p, c))
+    db.commit()
+    db.close()
+    r = next(x for x in verify(d, exchange_side=False, contacts=True).users if x.alias == alias)
+    show = lambda k: k[0] if not k[1] else f"{k[0]} {k[1]}"  # noqa: E731
+    assert r.permissions_missing == [show(k0)]
+    assert r.permissions_wrong == [f"{show(k1)}: {flipped[0]}/{flipped[1]}, expected {v1[0]}/{v1[1]}"]
+    assert r.permissions_extra == ["user sip:own@contoso.com"]
+    assert any("permission" in p for p in r.problems)
+    assert r.permissions_expected == len(want)
