@@ -197,7 +197,7 @@ def translate(values: Iterable[str], mapping: SipMapping) -> Translation:
             t.unmappable.append(UnmappableAce(read.raw, who))
             continue
         other = sorted(NOT_CARRIED[c] for c in read.rights if c in NOT_CARRIED)
-        if other:
+        if other and read.rights & CARRIED.keys():  # (an ACE of such rights only is reported unmappable)
             t.notes.append(f"{read.raw}: RVP right(s) {', '.join(other)} have no LCS equivalent, not carried")
         groups.setdefault((who[0], who[1].lower()), []).append(read)
     rights = {k: _effective(v) for k, v in groups.items()}
