@@ -84,7 +84,7 @@ def _principal(value: str) -> str:
 
 def assert_permissions_moved(sc: Scenario, tasks: list[dict[str, Any]]) -> dict[str, int]:
     """Every user's LCS entries are exactly the expected ones; every ACL value is carried or reported."""
-    seen = {"entries": 0, "unmappable": 0, "deny": 0, "domain": 0, "hostile": 0}
+    seen = {"entries": 0, "unmappable": 0, "deny": 0, "domain": 0, "hostile": 0, "malformed": 0}
     for alias, u in sc.manifest["users"].items():
         want, unmapped = expected_entries(sc.manifest, alias)
         assert lcs_entries(sc, alias) == want, alias
@@ -99,6 +99,7 @@ def assert_permissions_moved(sc: Scenario, tasks: list[dict[str, Any]]) -> dict[
         seen["deny"] += sum(1 for r in want.values() if "Deny" in r)
         seen["domain"] += sum(1 for k in want if k[0] == "domain")
         seen["hostile"] += sum(1 for k in want if "'" in k[1] or "&" in k[1])
+        seen["malformed"] += sum(1 for v in u["permissions"]["acl"] if v in MALFORMED_ACES)
     return seen
 
 
@@ -126,6 +127,7 @@ def test_permissions_are_migrated_verified_and_reported(migrated) -> None:
     seen = assert_permissions_moved(sc, tasks)
     # the lab exercised the awkward cases, so the checks meant something
     assert seen["entries"] > 20 and seen["unmappable"] > 0 and seen["deny"] > 0 and seen["domain"] > 0
+    assert seen["hostile"] > 0 and seen["malformed"] > 0
     verified = _verified(tasks)
     assert set(verified) == set(sc.manifest["users"]) and all(verified.values())
     for alias in sc.manifest["users"]:

@@ -338,7 +338,8 @@ def _seed_permissions(est: "_Estate") -> dict[str, dict[str, Any]]:
     unasked), colleagues allowed or blocked (one right or both), people and domains outside
     the organisation (a partner sip_mapping knows, an outsider it does not), now and then an
     alias with quotes, ``&``, ``%``, ``^`` or Unicode, a value no reader can parse, or an RVP
-    right LCS has no equivalent for. Entries list each principal with both rights filled
+    right LCS has no equivalent for (the second user with a list always has an unreadable
+value). Entries list each principal with both rights filled
     in the way docs/permissions.md describes (a right the principal's ACEs leave out comes
     from its domain's entry, else everyone's, else Allow).
     """
@@ -391,8 +392,8 @@ def _seed_permissions(est: "_Estate") -> dict[str, dict[str, Any]]:
             rights = entry.pop("_rights", (entry["presence"], entry["communication"]))
             acl.extend(_ace_values(principal, *rights))
             entries.append(entry)
-        if rng.random() < 0.05:
-            acl.append(rng.choice(MALFORMED_ACES))
+        if rng.random() < 0.05 or len(out) == 1 + len([1 for v in out.values() if not v["acl"]]):
+            acl.append(rng.choice(MALFORMED_ACES))   # now and then, and always on the lab's second list
         if rng.random() < 0.05 and everyone is None:
             acl.append("(A;;LI;;;WD)")   # an RVP right only: no LCS entry, reported
         rng.shuffle(acl)
