@@ -2,9 +2,11 @@
 
 ``generate(directory, clients=..., users_per_client=..., contacts=..., seed=...)``
 writes a complete lab (layout in runner.lab.store and docs/lab-storage.md):
-Windows XP/2000 clients with user profiles and Exchange IM contact lists in
-their hives, an Exchange 2000 IM server with every user homed on it (AD in
-``ad.db``), an empty LCS 2005 pool (``hosts/lcs01/lcs.db``), the Windows
+Windows XP (SP2/SP3) and Windows 2000 (SP4) clients with user profiles and
+Exchange IM contact lists in their hives, an Exchange 2000 IM server on
+Windows 2000 Server with every user homed on it (AD in ``ad.db``), an empty
+LCS 2005 pool on Windows Server 2003 (``hosts/lcs01/lcs.db``): each host's
+folders and registry are those of its version (runner.lab.winver), the Windows
 Messenger 5.1 package on ``\\\\deploy\\packages``, ``manifest.json`` (the
 ground truth) and ``inventory.yml``. The same arguments always produce the
 same manifest and inventory.
@@ -27,6 +29,7 @@ the inventory path; an existing lab is kept as it is.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -48,6 +51,7 @@ from runner.lab.binaries import make_exe, messenger51_msi, MESSENGER51_CODE
 from runner.lab.lcs import LcsStore
 from runner.lab.store import Lab, close_thread_connections, hive_image
 from runner.lab.verify import map_address
+from runner.lab.winver import ROLE_DEFAULT
 
 IM_DOMAIN = "im.contoso.com"
 SMTP_DOMAIN = "contoso.com"
@@ -65,6 +69,7 @@ PACKAGE_SHARE = ("deploy", "packages")
 PACKAGE_NAME = "WindowsMessenger51.msi"
 CONTACTS_KEY = r"Software\Microsoft\Exchange\Messenger\Profiles"
 LCS_LIMIT = 150
+WINDOWS_NT_KEY = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
 WAVES = (("wave1", 0.1), ("wave2", 0.3), ("wave3", 0.6))
 
 # (label, file version, MSI product code or None when it ships with the OS)
@@ -279,15 +284,19 @@ def _contact_lists(rng: random.Random, users: list[_User], contacts: int, book: 
 
 
 def _machine_info(rng: random.Random, names: list[str]) -> dict[str, dict[str, str]]:
-    """Each client's OS (XP or 2000) and Messenger (MESSENGERS key), as an estate of that era had them."""
+    """Each client's OS (XP SP2/SP3 or 2000 SP4) and Messenger (MESSENGERS key), as an estate
+    of that era had them. The service pack comes from the name's hash, not ``rng``, so the
+    rest of a seeded estate is what it was before service packs were modelled."""
     machine_info = {}
     for c in names:
         os_name = "Windows XP Professional" if rng.random() < 0.7 else "Windows 2000 Professional"
         if os_name.startswith("Windows XP"):
             m = rng.choices(["wm47", "msn47", "wm51"], [0.8, 0.15, 0.05])[0]
+            sp = "Service Pack 3" if hashlib.sha256(c.encode()).digest()[0] % 2 else "Service Pack 2"
         else:
             m = rng.choices(["msn46", "msn47", "wm51"], [0.5, 0.45, 0.05])[0]
-        machine_info[c] = {"os": os_name, "messenger": m}
+            sp = "Service Pack 4"
+        machine_info[c] = {"os": os_name, "service_pack": sp, "messenger": m}
     return machine_info
 
 
@@ -409,16 +418,14 @@ def _client_job(args: tuple[str, list[tuple[str, dict]]]) -> None:
         _write_client(lab, name, spec)
 
 
-#: Folders every Windows install has; reg export and msiexec logs write into them and,
-#: like real Windows, fail with "The system cannot find the path specified." without them.
-SYSTEM_FOLDERS = (r"C:\WINDOWS\system32", r"C:\WINDOWS\Temp",
-                  r"C:\Documents and Settings\Administrator\Local Settings\Temp")
-
-
 def _windows_skeleton(host: Any) -> None:
-    """Create the folders of a fresh Windows install on a lab host."""
-    for folder in SYSTEM_FOLDERS:
+    """Create the folders of a fresh install of the host's Windows version (reg export and
+    msiexec logs write into them and, like real Windows, fail without them) and its
+    ``Windows NT\\CurrentVersion`` values."""
+    for folder in host.windows.system_folders():
         host.fs.mkdir(folder)
+    host.registry.bulk_set(WINDOWS_NT_KEY, host.windows.registry_values(
+        str(host.config.get("os") or host.windows.name)))
 
 
 def _real_dirs(base: Path, windows_paths: list[str]) -> list[Path]:
@@ -445,7 +452,7 @@ def _write_client(lab: Lab, name: str, spec: dict) -> None:
     label, version, code = MESSENGERS[spec["messenger"]]
     fs_root = host.dir / "fs"
     exe_dir = r"C:\Program Files\Messenger"
-    folders = [*SYSTEM_FOLDERS, exe_dir, *(p["dir"] for p in spec["profiles"])]
+    folders = [*host.windows.system_folders(), exe_dir, *(p["dir"] for p in spec["profiles"])]
     os.mkdir(host.dir)
     os.mkdir(fs_root)
     for d in _real_dirs(fs_root, folders):
@@ -453,10 +460,7 @@ def _write_client(lab: Lab, name: str, spec: dict) -> None:
     with open(fs_root / "C" / "Program Files" / "Messenger" / "msmsgs.exe", "wb") as f:
         f.write(_exe(version, label))
     with host.bulk(atomic=False):
-        host.registry.bulk_set(r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion", [
-            ("ProductName", "REG_SZ", spec["os"]),
-            ("CurrentVersion", "REG_SZ", "5.1" if "XP" in spec["os"] else "5.0"),
-            ("CSDVersion", "REG_SZ", "Service Pack 1" if "XP" in spec["os"] else "Service Pack 4")])
+        host.registry.bulk_set(WINDOWS_NT_KEY, host.windows.registry_values(spec["os"]))
         host.registry.bulk_set(r"HKLM\SOFTWARE\Microsoft\MessengerService", [
             ("InstallationDirectory", "REG_SZ", exe_dir)])
         if code:
@@ -540,8 +544,9 @@ def generate(directory: Path | str, *, clients: int = 50, users_per_client: int 
     est = _Estate(
         seed=seed, params=_params(clients, users_per_client, contacts, seed), clients=names, users=users,
         machines=extra["machines"],
-        servers={EXCHANGE_HOST: {"role": "exchange_im", "address": "127.0.1.1"},
-                 LCS_HOST: {"role": "lcs", "address": "127.0.1.2", "server_dn": LCS_SERVER_DN}},
+        servers={EXCHANGE_HOST: {"role": "exchange_im", "address": "127.0.1.1", "os": ROLE_DEFAULT["exchange_im"]},
+                 LCS_HOST: {"role": "lcs", "address": "127.0.1.2", "server_dn": LCS_SERVER_DN,
+                            "os": ROLE_DEFAULT["lcs"]}},
         domains={"im": IM_DOMAIN, "smtp": SMTP_DOMAIN, "sip": SIP_DOMAIN, "ad": AD_BASE},
         sip_mapping=sip_mapping(extra["table_partner"]), packages=[PACKAGE_UNC],
         inventory=inventory(names, users, extra["table_partner"]), header=GENERATED_HEADER)
@@ -561,7 +566,8 @@ def _write_lab(d: Path, est: _Estate, workers: int | None = None) -> Path:
     manifest.json and inventory.yml; return the inventory path."""
     hosts: dict[str, dict[str, Any]] = {}
     for i, n in enumerate(est.clients, start=1):
-        hosts[n] = {"role": "client", "address": f"127.10.{i // 256}.{i % 256}", "os": est.machines[n]["os"]}
+        hosts[n] = {"role": "client", "address": f"127.10.{i // 256}.{i % 256}", "os": est.machines[n]["os"],
+                    "service_pack": est.machines[n]["service_pack"]}
     hosts.update(est.servers)
     shares: dict[str, dict[str, str]] = {}
     for unc in est.packages:
@@ -946,7 +952,7 @@ def _plan_from_inventory(inv: Inventory, contacts: int, seed: int) -> _Estate:
         if h in servers or h not in client_set:
             n += 1
             role = "lcs" if h in lcs else "exchange_im" if h in exchange_hosts else "member"
-            entries[h] = {"role": role, "address": f"127.0.{1 + n // 256}.{n % 256}"}
+            entries[h] = {"role": role, "address": f"127.0.{1 + n // 256}.{n % 256}", "os": ROLE_DEFAULT[role]}
     for i, h in enumerate(lcs):
         dn = inv.vars.get("lcs_home_server_dn") if i == 0 else None
         entries[h]["server_dn"] = str(dn) if isinstance(dn, str) and dn and "{{" not in dn else (

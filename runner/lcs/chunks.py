@@ -83,10 +83,10 @@ class ChunkScript:
         self.stderr = ""
 
     def _scratch(self, ext: str) -> str:
-        return temp_path(self.vars, f"runner-{owner_tag(self.owners[0])}-{secrets.token_hex(4)}.{ext}")
+        return temp_path(self.conn, self.vars, f"runner-{owner_tag(self.owners[0])}-{secrets.token_hex(4)}.{ext}")
 
     def _stale(self, owner: str) -> Command:
-        return Command("del", "/q", Quoted(temp_path(self.vars, f"runner-{owner_tag(owner)}-*")))
+        return Command("del", "/q", Quoted(temp_path(self.conn, self.vars, f"runner-{owner_tag(owner)}-*")))
 
     def add(self, cmd: Command, *, stderr_too: bool = False) -> int:
         """Add ``cmd``; its index for :meth:`section`. ``stderr_too``: its stderr goes into its

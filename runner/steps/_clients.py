@@ -114,6 +114,14 @@ def limit_for_version(version: str | None) -> int:
     return MAX_COMMAND_LINE if v >= (5, 1) else 2047
 
 
+def has_wmic(ctx: Any, host: str) -> bool:
+    """Whether ``host`` has wmic: not on Windows 2000 (``os_version`` 5.0 in its facts; wmic
+    first shipped with XP); assumed when no fact says (a failed wmic read is then told apart)."""
+    facts = ctx.facts(host) if hasattr(ctx, "facts") else None
+    v = version_tuple((facts or {}).get("os_version"))
+    return not v or v >= (5, 1)
+
+
 def take(conn: Connection, path: str) -> bytes:
     """Read the file at ``path`` and delete it, in one round trip when the connection can
     (``take``: over SSH the remove follows the read on the same SFTP session), else a

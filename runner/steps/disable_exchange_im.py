@@ -147,7 +147,7 @@ class DisableExchangeIm(StepModule):
             conn = ctx0.connection(host)
             script = ChunkScript(conn, host, ctx0.vars, [u.alias for _, u, _ in items],
                                  limit=line_limit(ctx0.vars, WINDOWS_2000_LINE), script=False)
-            path = temp_path(ctx0.vars, f"runner-{owner_tag(items[0][1].alias)}-{secrets.token_hex(4)}.ldf")
+            path = temp_path(conn, ctx0.vars, f"runner-{owner_tag(items[0][1].alias)}-{secrets.token_hex(4)}.ldf")
             conn.put(ldif.render(changes), path)
             imported = script.add(ldif.import_command(path), stderr_too=True)
             script.add(Command("del", "/q", Quoted(path)))

@@ -1,6 +1,9 @@
 """inventory_clients: gather each client's facts (OS, Messenger, profiles, contact lists).
 
-One round trip reads ``ver``, the environment, the Uninstall and ProfileList
+One round trip reads ``ver``, the environment (``%SystemDrive%``,
+``%ProgramFiles%``, ``%SystemRoot%``), the Windows version (``CurrentVersion``:
+``os_version`` and the ``cmd_line_limit`` it implies, 2,047 characters on
+Windows 2000 and 8,191 from XP on), the Uninstall and ProfileList
 keys, ``reg query HKU`` and the contact key of every logged-on inventory
 user of the host; a second one (only when some user is not logged on and
 ``load_hives`` is true) loads, reads and always unloads their NTUSER.DAT.
@@ -65,9 +68,14 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     exe = str(ctx.args.get("messenger_exe") or cl.DEFAULT_MESSENGER_EXE)
     users = cl.client_users(ctx.inventory, host.name)
     conn = ctx.connection(host.name)
+    wmic = cl.has_wmic(ctx, host.name)
     base = [Command("ver"), Command("echo", "%SystemDrive%"), Command("echo", "%ProgramFiles%"),
             reg.query(cl.UNINSTALL, recursive=True), reg.query(cl.PROFILE_LIST, recursive=True),
-            reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion")]
+            # msmsgs.exe's version through wmic, which Windows 2000 lacks (an earlier gather's
+            # os_version says so; "ver" then holds the section's place and tells nothing)
+            reg.query("HKU"), cl.file_version_query(exe) if wmic else Command("ver"),
+            reg.query(cl.WINDOWS_NT, value="CurrentVersion"),
+            Command("echo", "%SystemRoot%")]
     limit = cl.line_limit(ctx, host.name)
     # profiles an earlier run recorded: those users' hives are read in this first line, in
     # place or loaded and unloaded (cmd.exe branches on who is logged on), checked below
@@ -97,16 +105,18 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
                 cl.unload_verified(conn, host.name, cl.hive_name(alias))
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     env = {"SystemDrive": text[1].strip() or "C:", "ProgramFiles": text[2].strip() or r"C:\Program Files"}
+    if text[8].strip() and "%" not in text[8]:  # C:\WINNT on Windows 2000, C:\WINDOWS on XP/2003
+        env["SystemRoot"] = text[8].strip()
     os_line = next((ln.strip() for ln in text[0].splitlines() if ln.strip()), None)
     messenger = cl.messenger_from_uninstall(reg.parse_query(text[3]))
-    file_version = cl.file_version(text[6])
+    file_version = cl.file_version(text[6]) if wmic else None
     if messenger is None and file_version:
         messenger = {"installed": True, "product": "Windows Messenger", "version": file_version,
                      "product_code": None, "source": "file"}
     messenger = messenger or {"installed": False, "product": None, "version": None, "product_code": None,
                               "source": None}
     messenger["file_version"] = file_version
-    messenger["file_known"] = sections[6] is not None and sections[6].ok  # wmic could look at the file
+    messenger["file_known"] = wmic and sections[6] is not None and sections[6].ok  # wmic looked at the file
     found = cl.profiles(reg.parse_query(text[4]), reg.parse_query(text[5]), env)
     loaded = sorted(s for s in reg.subkeys(reg.parse_query(text[5]), "HKU"))
     warnings: list[str] = []

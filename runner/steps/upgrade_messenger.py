@@ -1,19 +1,24 @@
 """upgrade_messenger: install Windows Messenger 5.1 where the installed version is older.
 
-Probe reads the registered products (the Uninstall keys) and msmsgs.exe's
-file version (wmic datafile) in one round trip. The upgrade is done only when
+Probe reads the registered products (the Uninstall keys, whose ``DisplayVersion``
+every Windows version has) and msmsgs.exe's file version (wmic datafile; not on
+Windows 2000, which has no wmic: its facts say so, and there the Uninstall key
+alone tells) in one round trip. The upgrade is done only when
 both say so: a Messenger product of the wanted version is registered *and*
 the file is of that version. A 5.1 file without its product (an install cut
 short, a file copied by hand) is installed again; a registered product whose
 file is older is reinstalled (``REINSTALL=ALL REINSTALLMODE=vomus``). Apply runs
-``msiexec /i PACKAGE /qn /norestart /l*v LOG``: 0 changed; 3010/1641
-changed with ``reboot_required``; 1618 TransientFault (the engine retries);
-anything else failed, with the installer log fetched into an artifact.
+``mkdir LOGDIR & msiexec /i PACKAGE /qn /norestart /l*v LOG`` (LOG in the host's
+``%SystemRoot%\\Temp`` unless ``log`` says otherwise, its folder made first: msiexec
+exits 1622 without it): 0 changed; 3010/1641 changed with ``reboot_required``; 1618
+TransientFault (the engine retries); anything else failed, with the installer log
+fetched into an artifact (1622 names the log path: no log was written).
 """
 from __future__ import annotations
 
 from typing import Any
 
+from runner import hostenv
 from runner.errors import TransientFault
 from runner.model import Host
 from runner.steps import _clients as cl
@@ -34,12 +39,14 @@ def installed(ctx: StepContext, host: str) -> tuple[str | None, str | None, bool
         m = facts["messenger"]
         return (m.get("version") if m.get("source") == "uninstall" else None), m.get("file_version"), \
             bool(m["file_known"])
-    sections, _ = cl.run_sections(ctx.connection(host), [reg.query(cl.UNINSTALL, recursive=True),
-                                                         cl.file_version_query(exe)])
+    reads = [reg.query(cl.UNINSTALL, recursive=True)]
+    if cl.has_wmic(ctx, host):
+        reads.append(cl.file_version_query(exe))
+    sections, _ = cl.run_sections(ctx.connection(host), reads, limit=cl.line_limit(ctx, host))
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     found = cl.messenger_from_uninstall(reg.parse_query(text[0]))
-    file_known = sections[1] is not None and sections[1].ok
-    return (found or {}).get("version"), cl.file_version(text[1]), file_known
+    file_known = len(sections) > 1 and sections[1] is not None and sections[1].ok
+    return (found or {}).get("version"), cl.file_version(text[1]) if len(text) > 1 else None, file_known
 
 
 def _fresh_facts(ctx: StepContext, host: str, exe: str) -> Any:
@@ -112,10 +119,11 @@ class UpgradeMessenger(StepModule):
 
     def apply(self, ctx: StepContext, target: Host, diff: Diff) -> StepResult:  # type: ignore[override]
         conn = ctx.connection(target.name)
-        log = str(ctx.args.get("log") or msiexec.DEFAULT_LOG)
+        facts = ctx.facts(target.name) if hasattr(ctx, "facts") else None
+        log = str(ctx.args.get("log") or hostenv.temp_dir(conn, ctx.vars, facts) + "\\" + msiexec.LOG_NAME)
         props = {"REINSTALL": "ALL", "REINSTALLMODE": "vomus"} if diff.data.get("reinstall") else {}
-        cmd = msiexec.install(diff.data["package"], log=log, properties=props)
-        result = conn.run(cmd.render())
+        cmd = msiexec.install_line(diff.data["package"], log=log, properties=props)
+        result = conn.run(cmd.render(limit=cl.line_limit(ctx, target.name)))
         outcome = msiexec.classify(result.rc)
         data: dict[str, Any] = {"rc": result.rc, "from": diff.data.get("from"), "package": diff.data["package"],
                                 "reboot_required": outcome.reboot_required,
@@ -134,6 +142,8 @@ class UpgradeMessenger(StepModule):
             msg = f"installed {diff.data['package']}" + (" (reboot required)" if outcome.reboot_required else "")
             return StepResult("changed", msg, data=data,
                               warnings=[f"{target.name}: reboot required"] if outcome.reboot_required else [])
+        if result.rc == 1622:  # msiexec could not open its log: there is none to fetch
+            return StepResult("failed", f"msiexec 1622: {outcome.message} (log {log})", data=data)
         try:
             log_bytes = conn.get(log)
         except Exception as exc:  # the log may be missing (1619: package not found)

@@ -5,12 +5,17 @@ learn.microsoft.com/windows-server/administration/windows-commands/reg-query):
 a blank line, the full key path (``HKEY_LOCAL_MACHINE\\...``), then one
 line per value: four spaces, name, four spaces, type, four spaces, data;
 a blank line ends the key; with ``/s`` further keys follow; without ``/s``
-the subkeys are listed as bare key lines after the values. Windows XP's
-reg.exe 3.0 prints ``! REG.EXE VERSION 3.0`` first and separates the name,
-type and data with tabs; both layouts parse. Data by type:
+the subkeys are listed as bare key lines after the values. That is the
+layout of Windows Vista and later. reg.exe 3.0 of Windows XP / Server 2003
+(and the Support Tools' reg.exe 2.0 of Windows 2000) prints a blank line,
+``! REG.EXE VERSION 3.0`` and a blank line first, and each value as four
+spaces, name, TAB, type, TAB, data (docs/windows-versions.md); both layouts
+parse, whichever a host prints. Data by type:
 
-- REG_SZ / REG_EXPAND_SZ: the text as stored (``%SystemDrive%`` unexpanded);
-- REG_MULTI_SZ: the strings joined by the two characters ``\\0``;
+- REG_SZ / REG_EXPAND_SZ: the text as stored (``%SystemDrive%`` unexpanded;
+  tabs and spaces inside are data);
+- REG_MULTI_SZ: the strings joined by the two characters ``\\0`` (reg.exe 3.0
+  adds a final ``\\0\\0``: the empty strings it gives are dropped);
 - REG_DWORD / REG_QWORD: ``0x`` + lower-case hex;
 - REG_BINARY / REG_NONE / others: upper-case hex bytes without separators.
 
@@ -110,7 +115,10 @@ def parse_data(type_: str, text: str) -> RegData:
     if t in ("REG_SZ", "REG_EXPAND_SZ"):
         return text
     if t == "REG_MULTI_SZ":
-        return text.split("\\0") if text else []
+        parts = text.split("\\0") if text else []
+        while parts and parts[-1] == "":  # reg.exe 3.0's closing \0\0
+            parts.pop()
+        return parts
     if t in ("REG_DWORD", "REG_QWORD", "REG_DWORD_BIG_ENDIAN"):
         return int(text, 16) if text else 0
     cleaned = re.sub(r"[\s,]", "", text)
@@ -128,7 +136,7 @@ def parse_query(stdout: str) -> list[RegKey]:
     """
     keys: list[RegKey] = []
     current: RegKey | None = None
-    for raw in stdout.splitlines():
+    for raw in stdout.split("\n"):  # not splitlines(): data may hold U+2028, \x1c... as text
         line = raw.rstrip("\r")
         if not line.strip():
             continue
@@ -139,7 +147,7 @@ def parse_query(stdout: str) -> list[RegKey]:
             m = m or _VALUE_SPACES.match(line)
             if m is None or current is None:
                 continue
-            name = m.group(1).strip() if "\t" in line else m.group(1)
+            name = m.group(1)
             if name in _DEFAULT_NAMES:
                 name = ""
             type_ = m.group(2)

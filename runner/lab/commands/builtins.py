@@ -53,7 +53,7 @@ def rem(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
 
 @builtin("ver")
 def ver(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
-    version = ctx.host.config.get("windows_version", "Microsoft Windows XP [Version 5.1.2600]")
+    version = ctx.host.config.get("windows_version") or ctx.host.windows.ver_line
     return 0, f"\r\n{version}\r\n", "", False
 
 

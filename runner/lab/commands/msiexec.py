@@ -8,7 +8,9 @@ required (here: the package says so, the host is configured so, or
 a reboot (reboot needed and no /norestart), 1618 another installation is in
 progress (fault ``msiexec_1618``), 1603 fatal error (package marked
 ``broken`` or lab.json host ``msiexec_result: 1603``), 1619 the package
-could not be opened, 1620 not a valid package, 1639 invalid command line.
+could not be opened, 1620 not a valid package, 1622 the log file could not
+be opened (``/l*v`` naming a folder that does not exist: msiexec creates the
+file, never its folder; checked before anything else), 1639 invalid command line.
 The package format is runner.lab.binaries' lab MSI. An install is all or
 nothing (LabHost.commit_install): a process killed mid-install leaves the
 old product, files and Uninstall key, or the new ones, never a mix. The verbose log ends
@@ -33,9 +35,10 @@ def _log_lines(ctx: Any, package: str, props: dict[str, Any] | None, status: int
     clock = time.strftime("%H:%M:%S:000")
     name = (props or {}).get("ProductName", "")
     version = (props or {}).get("ProductVersion", "")
+    root = ctx.getenv("SystemRoot") or r"C:\WINDOWS"
     lines = [
         f"=== Verbose logging started: {ts}  Build type: SHIP UNICODE 3.01.4001.5512  "
-        f"Calling process: C:\\WINDOWS\\system32\\msiexec.exe ===",
+        f"Calling process: {root}\\system32\\msiexec.exe ===",
         f"MSI (c) (AC:B0) [{clock}]: Resetting cached policy values",
         f"MSI (c) (AC:B0) [{clock}]: ******* RunEngine:",
         f"           ******* Product: {package}",
@@ -53,6 +56,15 @@ def _log_lines(ctx: Any, package: str, props: dict[str, Any] | None, status: int
                      f"Installation success or error status: {status}.")
     lines.append(f"=== Verbose logging stopped: {ts} ===")
     return "\r\n".join(lines) + "\r\n"
+
+
+def _log_folder_exists(ctx: Any, log: str) -> bool:
+    """Whether the folder of the log file exists (ERROR_INSTALL_LOG_FAILURE, 1622, otherwise)."""
+    folder = ctx.full_path(log).rsplit("\\", 1)[0]
+    try:
+        return ctx.host.fs.is_dir(folder + "\\" if folder.endswith(":") else folder)
+    except InvalidPath:
+        return False
 
 
 def _target(ctx: Any, path: str) -> str:
@@ -99,6 +111,8 @@ def msiexec(ctx: Any, argv: list[str], raw: str) -> CommandResult:
     if package is None:
         return CommandResult(1639, "", "")
     ctx.mutated()
+    if log and not _log_folder_exists(ctx, log):
+        return CommandResult(1622, "", "")
 
     def finish(code: int, meta: dict[str, Any] | None, note: str) -> CommandResult:
         if log:
