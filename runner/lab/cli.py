@@ -178,14 +178,22 @@ def describe(lab_dir: Path, name: str | None) -> dict[str, Any]:
         row = db.execute("SELECT primary_uri, enabled, home_server_dn FROM users WHERE instance_id=?",
                          (u["ad_guid"].upper(),)).fetchone()
         n = db.execute("SELECT count(*) FROM contacts WHERE user_instance_id=?", (u["ad_guid"].upper(),)).fetchone()[0]
+        try:
+            aces = [f"{t} {m}: presence {p}, communication {c}".replace(" :", ":") for t, m, p, c in db.execute(
+                "SELECT type, mask, presence, communication FROM user_aces WHERE user_instance_id=?",
+                (u["ad_guid"].upper(),))]
+        except sqlite3.OperationalError:  # a pool store from before allow and block lists
+            aces = []
     finally:
         db.close()
     out["lcs"] = {"enabled": bool(row and row[1]), "primary_uri": row[0] if row else None,
-                  "home_server_dn": row[2] if row else None, "contacts": n}
+                  "home_server_dn": row[2] if row else None, "contacts": n, "allow_block": aces}
     with exchange.Directory(exchange.ad_path(lab_dir)) as d:
         dn = exchange.guid_dn(d, u["ad_guid"])
         attrs = d.attributes(dn) if dn else {}
     out["exchange_im"] = {a: attrs.get(a, [None])[0] for a in exchange.IM_ATTRIBUTES}
+    out["exchange_im"]["msExchIMACL"] = [str(v) for k, vals in attrs.items() if k.lower() == "msexchimacl"
+                                         for v in vals]
     return out
 
 
