@@ -146,7 +146,8 @@ def test_a_faulty_lab_night_fits_in_two_screens_and_names_every_failure(tmp_path
     res = sc.runner("apply", str(sc.playbook_path), "-i", str(sc.inventory), "--state", str(sc.state))
     assert res.code in (2, 3), res.out[-3000:]
     lines = res.out.splitlines()
-    assert len(lines) < 120, res.out
+    # two screens; the allow/block list steps (import and verify per wave) added about 20 lines
+    assert len(lines) < 140, res.out
     db = sqlite3.connect(sc.state / "state.db")
     bad = db.execute("SELECT step, target, wave FROM tasks WHERE status IN ('failed', 'unreachable')").fetchall()
     db.close()

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from runner.errors import PermanentFault, TransientFault
-from runner.lcs.chunks import LCS_LINE, ChunkScript, line_limit
+from runner.lcs.chunks import LCS_LINE, ChunkScript, line_limit, outcomes
 from runner.lcs.mapping import mapping_for
 from runner.lcs.permissions import ACE_CLASS, PermissionPlan, plan
 from runner.lcs.server import home_server, instance_id
@@ -137,15 +137,7 @@ class ImportPermissions(PermissionStep):
             return [exc] * len(items)
         out: list[ApplyOutcome] = []
         for n, ((ctx, user, _), (state, p, _)) in enumerate(zip(items, probed)):
-            created, failed, busy = [], [], False
-            for what, i in sections.get(n, []):
-                sec = script.section(i)
-                if sec is not None and sec.ok and "ERROR:" not in sec.stdout:
-                    created.append(what)
-                else:
-                    code = wmic.outcome(sec.stdout if sec else "", "", ok=False).code
-                    busy = busy or sec is None or code in wmic.TRANSIENT_CODES
-                    failed.append(what)
+            created, failed, busy = outcomes(script, sections.get(n, []))
             if busy:
                 out.append(TransientFault(f"LCS server {host} busy while adding {user.alias}'s allow and block "
                                           f"list ({len(created)} added, {len(failed)} left)", host=host))
