@@ -186,3 +186,16 @@ def test_lab_verify_names_missing_and_wrong_entries_and_lists_extra_ones(tmp_pat
     assert r.permissions_extra == ["user sip:own@contoso.com"]
     assert any("permission" in p for p in r.problems)
     assert r.permissions_expected == len(want)
+
+
+def test_a_value_that_is_not_text_is_kept_as_hex_reported_and_compared_alike() -> None:
+    from runner.steps._permissions import acl_values
+    from runner.windows import ldif
+
+    export = b"dn: CN=a,DC=x\r\nmsExchIMACL:: AQIDBP8=\r\nmsExchIMACL: (A;;PRST;;;WD)\r\n\r\n"
+    [entry] = ldif.parse(export)
+    values = acl_values(entry.get("msExchIMACL"))
+    assert values == ["0x01020304ff", "(A;;PRST;;;WD)"]
+    assert acl_values(values) == values  # the same again (disable compares them with the verified list)
+    t = translate(values, RULE)
+    assert [u.value for u in t.unmappable] == ["0x01020304ff"] and [e.type for e in t.entries] == ["All"]

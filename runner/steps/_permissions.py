@@ -55,6 +55,21 @@ class PermissionStep(StepModule):
         return self.probe_many([(ctx, target)])[0]  # type: ignore[return-value]
 
 
+def acl_values(values: Sequence[str]) -> list[str]:
+    """msExchIMACL values as the runner keeps and compares them: text as it is, a value that is
+    not text (ldifde printed it base64-encoded and it is not UTF-8, e.g. a binary encoding this
+    convention does not know) as ``0x`` and its bytes in hex, so it is reported, stored and
+    compared like any other."""
+    out = []
+    for v in values:
+        try:
+            v.encode("utf-8")
+            out.append(v)
+        except UnicodeEncodeError:
+            out.append("0x" + v.encode("utf-8", "surrogateescape").hex())
+    return out
+
+
 def artifact_name(user: User) -> str:
     """The control node's record of a user's ACL as read from the directory."""
     return f"permissions/{user.alias}/acl.json"
@@ -152,7 +167,7 @@ def read_chunk(items: Sequence[tuple[StepContext, User]], *, directory: bool) ->
             continue
         entry = found.get(user.im_address.lower()) if directory else None
         if entry is not None:
-            state = PermissionState(list(entry.get(ACL_ATTRIBUTE)), entry.dn, "directory")
+            state = PermissionState(acl_values(entry.get(ACL_ATTRIBUTE)), entry.dn, "directory")
         else:
             recorded = recorded_acl(ctx, user)
             state = PermissionState(recorded, None, "artifact" if recorded is not None else "none")
@@ -167,6 +182,7 @@ def permissions_pending(ctx: StepContext, user: User, acl: Sequence[str]) -> str
     msExchIMACL values ``acl``), or None: no list, or verify_permissions passed on this very list."""
     if not acl:
         return None
+    acl = acl_values(acl)
     for record in ctx.previous("verify_permissions", user.alias):
         data = record.data or {}
         if record.status in ("ok", "changed") and data.get("verified"):
