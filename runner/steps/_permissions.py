@@ -188,7 +188,7 @@ def permissions_pending(ctx: StepContext, user: User, acl: Sequence[str]) -> str
         if record.status in ("ok", "changed") and data.get("verified"):
             if sorted(str(v) for v in data.get("acl") or []) == sorted(str(v) for v in acl):
                 return None
-            return (f"{user.alias}'s msExchIMACL changed since verify_permissions passed: run "
-                    "import_permissions and verify_permissions again")
+            return (f"{user.alias}'s msExchIMACL changed since verify_permissions passed: a new run "
+                    f"(--fresh --limit {user.alias}) imports and verifies it again")
     return (f"verify_permissions has not passed for {user.alias} (their Exchange IM allow and block list, "
             f"{len(acl)} entr{'y' if len(acl) == 1 else 'ies'}, would be lost)")
