@@ -109,7 +109,7 @@ class ImportPermissions(PermissionStep):
         return self._apply_probed(items, many)
 
     def _apply_probed(self, items: Sequence[tuple[StepContext, User, Diff]],
-                          many: dict[str, Any]) -> list[ApplyOutcome]:
+                      many: dict[str, Any]) -> list[ApplyOutcome]:
         """apply_many once every user of ``items`` has their probe in ``many``."""
         probed = [many[user.alias] for _, user, _ in items]
         ctx0 = items[0][0]
