@@ -23,7 +23,7 @@ from runner.lab.verify import load_manifest, verify
 
 DEFAULT_DIR = ".lab/default"
 REHEARSAL_DIR = ".lab/rehearsal"
-FAULT_KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked")
+FAULT_KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked", "put_truncated")
 
 
 def _fail(e: RunnerError) -> None:
@@ -237,7 +237,7 @@ def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_per
 
 def _faults_help() -> str:
     from runner.lab.faults import MEANINGS
-    kinds = "\n".join(f"  {k:<13} {MEANINGS.get(k, '')}" for k in FAULT_KINDS)
+    kinds = "\n".join(f"  {k:<14} {MEANINGS.get(k, '')}" for k in FAULT_KINDS)
     return ("Set seeded fault rates, KIND=RATE with 0 <= RATE <= 1, for the whole lab or one host "
             "(--host); with no rate, print the rates.\n\n"
             "Example: runner lab faults drop=0.05 lcs_busy=0.1 --host pc0003\n\n"

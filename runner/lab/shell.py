@@ -44,6 +44,7 @@ from runner.connections.base import CommandResult
 from runner.lab import commands as _commands_pkg
 from runner.lab.commands import PROGRAMS
 from runner.lab.faults import Faults
+from runner.lab.logon import ACCESS_DENIED, NoNetworkCredentials
 from runner.lab.store import InvalidPath, Lab, LabHost
 
 #: cmd.exe's limit from Windows XP on; each host has its own (LabHost.windows.line_limit).
@@ -578,7 +579,10 @@ class Shell:
             return _Out(9009, "", NOT_RECOGNIZED.format(name=token))
         argv = split_args(node.text)
         raw = rest[1:] if rest[:1] in (" ", "\t") else rest
-        res = prog(ctx, argv, raw)
+        try:
+            res = prog(ctx, argv, raw)
+        except NoNetworkCredentials:  # a share in a key-based session (runner.lab.logon)
+            return _Out(1, "", ACCESS_DENIED)
         if ctx._mutated:
             self.host.record(name, node.text, res.rc)
         return _Out(res.rc, res.stdout, res.stderr)

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from runner.errors import InputError
+from runner.lab.logon import check_unc
 from runner.lab.winver import WindowsVersion, for_host
 from runner.windows.regfile import RegData, RegKey, RegValue, type_number
 
@@ -1023,6 +1024,7 @@ class FileSystem:
         if not p:
             raise InvalidPath("empty path")
         if p.startswith("\\\\"):
+            check_unc(p)  # a session without network credentials cannot open a share (runner.lab.logon)
             parts = [x for x in p[2:].split("\\") if x]
             if len(parts) < 2:
                 raise InvalidPath(f"invalid UNC path {path!r}")

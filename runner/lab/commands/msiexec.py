@@ -8,9 +8,11 @@ required (here: the package says so, the host is configured so, or
 a reboot (reboot needed and no /norestart), 1618 another installation is in
 progress (fault ``msiexec_1618``), 1603 fatal error (package marked
 ``broken`` or lab.json host ``msiexec_result: 1603``), 1619 the package
-could not be opened, 1620 not a valid package, 1622 the log file could not
-be opened (``/l*v`` naming a folder that does not exist: msiexec creates the
-file, never its folder; checked before anything else), 1639 invalid command line.
+could not be opened (for a share a key-based logon cannot open, its log has
+note 2203 with STG_E_ACCESSDENIED, -2147287035), 1620 not a valid package,
+1622 the log file could not be opened (``/l*v`` naming a folder that does not
+exist: msiexec creates the file, never its folder; checked before anything
+else), 1639 invalid command line.
 The package format is runner.lab.binaries' lab MSI. An install is all or
 nothing (LabHost.commit_install): a process killed mid-install leaves the
 old product, files and Uninstall key, or the new ones, never a mix. The verbose log ends
@@ -25,6 +27,7 @@ from typing import Any
 from runner.connections.base import CommandResult
 from runner.lab.binaries import make_exe, read_msi
 from runner.lab.commands import program
+from runner.lab.logon import NoNetworkCredentials
 from runner.lab.store import UNINSTALL_KEY, InvalidPath
 
 FOLDERS = {"[ProgramFilesFolder]": "ProgramFiles", "[SystemFolder]": None, "[WindowsFolder]": "SystemRoot"}
@@ -126,6 +129,10 @@ def msiexec(ctx: Any, argv: list[str], raw: str) -> CommandResult:
         return finish(1618, None, "Another installation is in progress. Error 1618.")
     try:
         data = ctx.read_file(package)
+    except NoNetworkCredentials:
+        # Windows Installer's note 2203 (database cannot be opened) with STG_E_ACCESSDENIED:
+        # what a key-based logon's msiexec logs for a package on a share (runner.lab.logon)
+        return finish(1619, None, f"Note: 1: 2203 2: {package} 3: -2147287035")
     except (OSError, InvalidPath):
         return finish(1619, None, f"Note: 1: 1619 Package could not be opened: {package}")
     meta = read_msi(data)
