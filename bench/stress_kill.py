@@ -233,7 +233,8 @@ def _attempt(cmd: list[str], cwd: Path, log_base: Path, delay: float | None, sig
 
 
 def _verify(lab: Path, playbook: str, *, lab_name: str) -> list[Discrepancy]:
-    args = ["lab", "verify", "--dir", str(lab), "--json"] + (["--no-contacts"] if playbook in NO_CONTACTS else [])
+    args = ["lab", "verify", "--dir", str(lab), "--json", "--signin"] + (
+        ["--no-contacts"] if playbook in NO_CONTACTS else [])
     proc = _runner(*args, cwd=lab)
     try:
         rep = json.loads(proc.stdout)

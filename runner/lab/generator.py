@@ -300,6 +300,43 @@ def _machine_info(rng: random.Random, names: list[str]) -> dict[str, dict[str, s
     return machine_info
 
 
+MESSENGER_POLICY = r"HKLM\SOFTWARE\Policies\Microsoft\Messenger\Client"
+MESSENGER_SERVICE_POLICY = r"HKLM\SOFTWARE\Microsoft\MessengerService\Policies"
+#: How an Exchange 2000 IM estate's clients hold Messenger's policy values before the migration
+#: (docs/messenger-signin.md): most have none; some ExchangeConn from the Exchange IM rollout (1
+#: Exchange always primary, 2 Exchange only, which keeps a client off LCS); a few a pilot LCS
+#: server's settings, or a transport typed by hand as text; some an unrelated policy.
+SIGNIN_SEEDS = (("exchange_primary", 0.12), ("exchange_only", 0.08), ("pilot", 0.06), ("typed_transport", 0.04),
+                ("autorun_policy", 0.15))
+
+
+def _signin_seeds(seed: int, names: list[str], sip_domain: str) -> dict[str, dict[str, Any]]:
+    """The Messenger policy values of each seeded client: {name: {"signin_seed": kind, "policies":
+    [[key, [[value, type, data], ...]], ...]}}. Drawn from its own random stream, so the
+    rest of the estate is what the seed always gave; a lab of three clients or more has at
+    least one client with wrong values (inventory_clients has something to report)."""
+    rng = random.Random(f"signin-{seed}")
+    kinds: dict[str, str] = {}
+    for c in names:
+        r, acc = rng.random(), 0.0
+        for kind, share in SIGNIN_SEEDS:
+            acc += share
+            if r < acc:
+                kinds[c] = kind
+                break
+    if len(names) >= 3 and not any(k in ("exchange_only", "pilot", "typed_transport") for k in kinds.values()):
+        kinds[names[-1]], kinds[names[-2]] = "exchange_only", "pilot"
+    values = {
+        "exchange_primary": [[MESSENGER_SERVICE_POLICY, [["ExchangeConn", "REG_DWORD", 1]]]],
+        "exchange_only": [[MESSENGER_SERVICE_POLICY, [["ExchangeConn", "REG_DWORD", 2]]]],
+        "pilot": [[MESSENGER_POLICY, [["ServerAddress", "REG_SZ", f"lcspilot.{sip_domain}"],
+                                      ["Transport", "REG_DWORD", 2], ["ConfigurationMode", "REG_DWORD", 1]]]],
+        "typed_transport": [[MESSENGER_POLICY, [["Transport", "REG_SZ", "TLS"], ["PreventAutoRun", "REG_DWORD", 1]]]],
+        "autorun_policy": [[MESSENGER_POLICY, [["PreventAutoRun", "REG_DWORD", 1]]]],
+    }
+    return {c: {"signin_seed": k, "policies": values[k]} for c, k in kinds.items()}
+
+
 def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tuple[list[str], list[_User], dict]:
     """Decide everything (pure, seeded): client names and OS/Messenger, users, lists."""
     rng = random.Random(seed)
@@ -318,6 +355,8 @@ def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tupl
 
     _contact_lists(rng, users, contacts, _AddressBook(colleague, partners, lambda rng: (table_partner, "Fabrikam CEO")))
     machine_info = _machine_info(rng, names)
+    for c, extra in _signin_seeds(seed, names, SIP_DOMAIN).items():
+        machine_info[c].update(extra)
     return names, users, {"machines": machine_info, "table_partner": table_partner}
 
 
@@ -463,6 +502,8 @@ def _write_client(lab: Lab, name: str, spec: dict) -> None:
         host.registry.bulk_set(WINDOWS_NT_KEY, host.windows.registry_values(spec["os"]))
         host.registry.bulk_set(r"HKLM\SOFTWARE\Microsoft\MessengerService", [
             ("InstallationDirectory", "REG_SZ", exe_dir)])
+        for key, values in spec.get("policies") or ():
+            host.registry.bulk_set(key, [tuple(v) for v in values])
         if code:
             host.products.add(code, label, version, install_location=exe_dir + "\\\\")
         for p in spec["profiles"]:
@@ -641,6 +682,8 @@ def _write_servers_and_ground_truth(lab: Lab, est: _Estate) -> None:
         "params": est.params, "lcs_limit": LCS_LIMIT,
         "exchange_server": exchange_hosts[0], "lcs_server": lcs_hosts[0],
         "lcs_server_dn": est.servers[lcs_hosts[0]]["server_dn"],
+        # the SIP server the clients are to be pointed at (configure_messenger's default)
+        "lcs_pool_fqdn": (est.inventory.get("all") or {}).get("vars", {}).get("lcs_pool_fqdn") or lcs_hosts[0],
         "ad_base": est.domains["ad"],
         "sip_mapping": est.sip_mapping,
         "users": {u.alias: {
@@ -706,7 +749,8 @@ def inventory(names: list[str], users: list[_User], table_partner: str) -> dict[
     return {
         "all": {
             "vars": {"im_domain": IM_DOMAIN, "sip_mapping": sip_mapping(table_partner),
-                     "lcs_home_server_dn": LCS_SERVER_DN, "lab_dir": ".",
+                     "lcs_home_server_dn": LCS_SERVER_DN, "lcs_pool_fqdn": f"{LCS_HOST}.{SIP_DOMAIN}",
+                     "lab_dir": ".",
                      "messenger_package": PACKAGE_UNC,
                      "exchange_im_service": exchange.IM_SERVICE, "lcs_max_contacts_default": LCS_LIMIT},
             "children": {
@@ -959,6 +1003,8 @@ def _plan_from_inventory(inv: Inventory, contacts: int, seed: int) -> _Estate:
                or _dc_base("DC=" + ",DC=".join(im_domain.removeprefix("im.").split("."))) or AD_BASE)
     mapped = {str(k).lower(): str(v) for k, v in (rule.get("domains") or {}).items()}.get(im_domain)
     sip_domain = smtp_domain = mapped or ".".join(x[3:] for x in ad_base.split(","))
+    for c, extra in _signin_seeds(seed, clients, sip_domain).items():
+        machines[c].update(extra)
     entries: dict[str, dict[str, Any]] = {}
     n = 0
     for h in inv.hosts:

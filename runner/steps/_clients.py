@@ -79,6 +79,17 @@ def run_built(conn: Connection, builders: Sequence[GroupBuilder], *,
     return out, "".join(errors)
 
 
+def line_count(builders: Sequence[GroupBuilder], *, limit: int = MAX_COMMAND_LINE) -> int:
+    """How many lines ``run_built`` would send for ``builders`` (a nonce of the real one's
+    length gives lines of the real lengths): lets a caller see whether a group still fits."""
+    groups, total = [], 0
+    for build in builders:
+        pieces, n = build("0" * 8, total)
+        groups.append(pieces)
+        total += n
+    return len(batch_groups(groups, limit=limit))
+
+
 def hive_group(sid: str, in_place: Sequence[Command], alias: str, ntuser: str,
                loaded: Sequence[Command]) -> GroupBuilder:
     """Work on a user's hive whoever is logged on, as one group: when ``HKU\\<sid>`` is

@@ -10,15 +10,19 @@ user of the host; a second one (only when some user is not logged on and
 
 Policy: an inventory user without a profile on the host is a warning (in
 the result and ``facts.users[alias].problem``); Windows Messenger missing
-fails the task unless ``require_messenger: false``.
+fails the task unless ``require_messenger: false``. Messenger's sign-in policy
+keys (runner.steps._signin) are read in the first line where they fit, else
+with the second line's hives, else in a line of their own: ``facts.signin``
+holds them and what is missing or wrong; wrong values are warnings.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-from runner.errors import TransientFault
+from runner.errors import PermanentFault, TransientFault
 from runner.model import Host
 from runner.steps import _clients as cl
+from runner.steps import _signin as S
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import reg
 from runner.windows.cmdline import Command
@@ -97,7 +101,14 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
                                       else Command("ver")]))
             offsets.append(pos)
             pos += 1
-    builders.append(cl.plain([reg.query("HKU")]))
+    # when this line loads hives, HKU once more to see them unloaded (without hives to load,
+    # the first group's HKU says all there is); Messenger's sign-in policy keys before it when
+    # they fit in these lines, else with the second line's hives (or in one of their own)
+    tail = [cl.plain([reg.query("HKU")])] if guesses else []
+    policy = cl.plain(S.read_commands())
+    in_first = cl.line_count([*builders, policy, *tail], limit=limit) == cl.line_count([*builders, *tail],
+                                                                                         limit=limit)
+    builders += [policy, *tail] if in_first else tail
     with cl.hive_locks(host.name, list(guesses)):
         sections, _ = cl.run_built(conn, builders, limit=limit)
         for alias in guesses:
@@ -151,26 +162,58 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
         else:
             unloaded.append((user, p))
         user_facts[user.alias] = entry
+    policy_secs = sections[pos:pos + 2] if in_first else None
     if unloaded and ctx.args.get("load_hives", True):
-        _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings, limit)
+        later = _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings, limit,
+                               extra=() if in_first else S.read_commands())
+        policy_secs = policy_secs or later
+    if policy_secs is None:
+        policy_secs, _ = cl.run_sections(conn, S.read_commands(), limit=limit)
     os_version = reg.value_of(reg.find_key(reg.parse_query(text[7]), cl.WINDOWS_NT), "CurrentVersion")
     os_version = os_version if isinstance(os_version, str) else None
+    signin = _signin(ctx, host.name, policy_secs, warnings)
     facts = {"os": os_line, "os_version": os_version, "run_id": ctx.run_id, "messenger_exe": exe, "cmd_line_limit": cl.limit_for_version(os_version),
-             "env": env, "messenger": messenger,
+             "env": env, "messenger": messenger, "signin": signin,
              "profiles": {sid: {"path": p.path, "loaded": p.loaded} for sid, p in found.items()},
              "loaded_hives": loaded, "users": user_facts, "contacts_key": contacts_key}
     return facts, warnings
 
 
+def _signin(ctx: StepContext, host: str, sections: list, warnings: list[str]) -> dict[str, Any]:
+    """The client's Messenger sign-in settings (runner.steps._signin) and what is missing or
+    wrong in them against the inventory's ``lcs_pool_fqdn`` / ``lcs_transport``. A wrong value
+    (another server, an unknown transport, ExchangeConn "Exchange only") is a warning; missing
+    ones are the state before configure_messenger, and a warning only once it has set them."""
+    have = S.held(sections)
+    try:
+        server: str | None = S.wanted_server({}, ctx.vars, ctx.inventory)
+    except PermanentFault:  # no pool named, or a bad name: configure_messenger says so
+        server = None
+    try:
+        transport: str | None = S.wanted_transport({}, ctx.vars)
+    except PermanentFault:
+        transport = None
+    problems = S.problems(have, server, transport)
+    configured = any(r.status in ("ok", "changed") for r in ctx.previous("configure_messenger", host))
+    shown = [p for p in problems if configured or not p.startswith("no ")]
+    if shown:
+        warnings.append(f"{host}: Messenger sign-in settings missing or wrong: {'; '.join(shown)}")
+    return {**S.summary(have), "problems": problems}
+
+
 def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
-                   user_facts: dict[str, Any], warnings: list[str], limit: int) -> None:
-    """Load, read and unload (always, same line) the hives of users not logged on."""
+                   user_facts: dict[str, Any], warnings: list[str], limit: int,
+                   extra: Sequence[Command] = ()) -> list:
+    """Load, read and unload (always, same line) the hives of users not logged on; ``extra``
+    commands run in the same lines, and their sections are returned."""
     groups: list[list[Command]] = []
     for user, p in unloaded:
         name = cl.hive_name(user.alias)
         # 2>&1: reg load's error text in the user's own section, so "in use" is that user's outcome
         groups.append([Command(*reg.load(name, p.path.rstrip("\\") + "\\NTUSER.DAT").bits, "2>&1"),
                        reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True), reg.unload(name)])
+    if extra:
+        groups.append(list(extra))
     groups.append([reg.query("HKU")])
     with cl.hive_locks(host, [u.alias for u, _ in unloaded]):
         sections, stderr = cl.run_groups(conn, groups, limit=limit)
@@ -195,3 +238,4 @@ def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
         # export_contacts does, never recorded as a lasting "unfit client" warning
         raise TransientFault(f"the hive of {', '.join(locked)} on {host} is in use (reg load): {stderr.strip()[:200]}",
                              host=host)
+    return sections[3 * len(unloaded):3 * len(unloaded) + len(extra)] if extra else []

@@ -1,4 +1,4 @@
-"""reg.exe: command builders (query, export, load, unload) and the ``reg query`` parser.
+"""reg.exe: command builders (query, export, add, delete, load, unload) and the ``reg query`` parser.
 
 ``reg query`` output (doc: DOMAIN.md; Microsoft "reg query" command reference,
 learn.microsoft.com/windows-server/administration/windows-commands/reg-query):
@@ -84,6 +84,36 @@ def export(key: str, file: str, *, overwrite: bool = True) -> Command:
     if overwrite:
         bits.append("/y")
     return Command(*bits)
+
+
+#: The value types ``add`` writes (reg.exe's ``/t``); data goes on the line as one quoted argument.
+ADD_TYPES = ("REG_SZ", "REG_EXPAND_SZ", "REG_DWORD")
+
+
+def add(key: str, name: str, type_: str, data: str | int) -> Command:
+    """``reg add KEY /v NAME /t TYPE /d DATA /f``: set one value, creating the key (``/f``:
+    overwrite without asking). ``name`` "" is the default value (``/ve``). A REG_DWORD's
+    ``data`` is an int written in decimal; text data is ``Quoted`` (refused when it cannot go
+    on a command line: cmdline.UnsafeValueError)."""
+    if type_ not in ADD_TYPES:
+        raise ValueError(f"reg add: unsupported type {type_!r}")
+    if type_ == "REG_DWORD":
+        if not isinstance(data, int) or isinstance(data, bool) or not 0 <= data < 1 << 32:
+            raise ValueError(f"reg add: REG_DWORD data must be an int in 0..2**32-1, not {data!r}")
+        shown: str = str(data)
+    else:
+        shown = str(data)
+    bits: list = ["reg", "add", Quoted(short_path(key))]
+    bits += ["/v", Quoted(name)] if name else ["/ve"]
+    bits += ["/t", type_, "/d", Quoted(shown), "/f"]
+    return Command(*bits)
+
+
+def delete_value(key: str, name: str) -> Command:
+    """``reg delete KEY /v NAME /f``: remove one value (exit 1, not found, when it is absent)."""
+    bits: list = ["reg", "delete", Quoted(short_path(key))]
+    bits += ["/v", Quoted(name)] if name else ["/ve"]
+    return Command(*bits, "/f")
 
 
 def load(name: str, file: str) -> Command:
