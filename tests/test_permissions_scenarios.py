@@ -149,6 +149,23 @@ def test_permissions_second_apply_and_fresh_apply_change_nothing(migrated) -> No
     assert all((t.get("data") or {}).get("source") in ("artifact", "none") for t in imports)
 
 
+def test_a_second_state_directory_over_the_migrated_estate_finds_nothing_to_do(migrated) -> None:
+    """A new control node (or a lost state directory) over an estate already moved: Exchange IM
+    no longer holds the lists and this store has no record of them; the users are not failed
+    for it, nothing changes on LCS, and Exchange IM is still not touched."""
+    sc, _ = migrated
+    other = sc.root / "state-other"
+    run = sc.runner("apply", str(sc.playbook_path), "-i", str(sc.inventory), "--state", str(other), "--json")
+    assert run.code == 0, run.out[-3000:]
+    perms = [t for t in run.tasks if t["module"] in ("import_permissions", "verify_permissions")]
+    assert perms and all(t["status"] == "ok" for t in perms), [t for t in perms if t["status"] != "ok"][:3]
+    assert all((t.get("data") or {}).get("source") == "none" for t in perms if t["module"] == "import_permissions")
+    server_steps = {"enable_lcs_users", "import_contacts", "import_permissions", "disable_exchange_im",
+                    "decommission_exchange_im"}
+    assert not [t for t in run.tasks if t["status"] == "changed" and t["module"] in server_steps]
+    assert lab_verify(sc.lab_dir).ok
+
+
 def _add_ace(sc: Scenario, alias: str, typ: str, mask: str, presence: str, communication: str) -> None:
     m = sc.manifest
     db = sqlite3.connect(sc.lab_dir / "hosts" / m["lcs_server"] / "lcs.db")

@@ -77,11 +77,20 @@ def artifact_name(user: User) -> str:
 
 def record_acl(ctx: StepContext, user: User, state: PermissionState, host: str) -> str | None:
     """Keep what the directory said (atomic, sha256, like the contact exports); the artifact's
-    name, None when there is nothing read to keep or in check mode (nothing is written)."""
-    if state.source != "directory" or state.acl is None or ctx.check:
+    name, None in check mode (nothing is written). A user the directory has no Exchange IM
+    entry for and no earlier record of (moved off Exchange IM before this state directory
+    existed) is recorded with no entries, so verify_permissions has a list to check: should
+    their entry turn up with an ACL after all, disable_exchange_im refuses it as changed."""
+    if ctx.check or state.source == "artifact":
         return None if state.source != "artifact" else artifact_name(user)
-    doc = {"user": user.alias, "im_address": user.im_address, "dn": state.dn, "read_from": host,
-           ACL_ATTRIBUTE: list(state.acl)}
+    if state.source == "none":
+        doc: dict[str, Any] = {"user": user.alias, "im_address": user.im_address, "dn": None, "read_from": host,
+                               "note": "no Exchange IM directory entry when read", ACL_ATTRIBUTE: []}
+    elif state.acl is None:
+        return None
+    else:
+        doc = {"user": user.alias, "im_address": user.im_address, "dn": state.dn, "read_from": host,
+               ACL_ATTRIBUTE: list(state.acl)}
     ctx.artifacts.write(artifact_name(user), json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8"))
     return artifact_name(user)
 
