@@ -676,11 +676,52 @@ class StateStore:
     # -- tasks ----------------------------------------------------------------
 
     def completed(self, run_id: str) -> dict[str, str]:
-        """Task key -> fingerprint of the tasks of ``run_id`` whose last outcome is done."""
+        """Task key -> fingerprint of the tasks of ``run_id`` whose last outcome is done, less
+        those a rollback reopened (:meth:`reopened_by_rollback`)."""
         marks = ",".join("?" * len(DONE_STATUSES))
         rows = self._read(f"SELECT key, fingerprint FROM tasks WHERE run_id=? AND status IN ({marks})",
                           (run_id, *sorted(DONE_STATUSES)))
-        return {r["key"]: r["fingerprint"] or "" for r in rows}
+        reopened = self.reopened_by_rollback(run_id)
+        return {r["key"]: r["fingerprint"] or "" for r in rows if r["key"] not in reopened}
+
+    def reopened_by_rollback(self, run_id: str) -> set[str]:
+        """Keys of finished tasks of ``run_id`` that a later rollback, or a later move after a
+        rollback, undid, so a resumed run does them again (docs/rollback.md).
+
+        A rollback record is a finished (ok/changed) task whose result data says
+        ``rollback: true`` (the steps of playbooks/rollback.yml). A user's task of another
+        run that ended before that user's latest rollback record is reopened (the
+        migration is done again); a rollback task that ended before a later ``changed``
+        task of the user in another run is reopened (the user moved again, so a next
+        rollback runs again). Users are matched by their record key (AD GUID)."""
+        marks = ",".join("?" * len(DONE_STATUSES))
+        records = self._read("SELECT run_id, subject, ended, result FROM tasks WHERE status IN ('ok','changed')"
+                             " AND subject IS NOT NULL AND result LIKE ?", (_ROLLBACK_LIKE,))
+        latest: dict[str, float] = {}  # subject -> its latest rollback in another run
+        own: set[str] = set()          # subjects this run rolled back
+        for r in records:
+            if _is_rollback(r["result"]):
+                if r["run_id"] == run_id:
+                    own.add(r["subject"])
+                else:
+                    latest[r["subject"]] = max(latest.get(r["subject"], 0.0), float(r["ended"] or 0))
+        if not latest and not own:
+            return set()
+        moved: dict[str, float] = {}  # subject -> its latest change in another run (not a rollback)
+        if own:
+            subs = sorted(own)
+            for r in self._read(f"SELECT subject, ended, result FROM tasks WHERE run_id<>? AND status='changed'"
+                                f" AND subject IN ({','.join('?' * len(subs))})", (run_id, *subs)):
+                if not _is_rollback(r["result"]):
+                    moved[r["subject"]] = max(moved.get(r["subject"], 0.0), float(r["ended"] or 0))
+        out = set()
+        for r in self._read(f"SELECT key, subject, ended, result FROM tasks WHERE run_id=? AND status IN ({marks})"
+                            " AND subject IS NOT NULL", (run_id, *sorted(DONE_STATUSES))):
+            ended = float(r["ended"] or 0)
+            undone_at = moved.get(r["subject"], 0.0) if _is_rollback(r["result"]) else latest.get(r["subject"], 0.0)
+            if ended < undone_at:
+                out.add(r["key"])
+        return out
 
     def register_tasks(self, run_id: str, tasks: Iterable[tuple[str, int, str, str, str, str, str | None, str]]) -> None:
         """Record planned tasks as ``pending`` unless already known, so status can say what is left.
@@ -901,6 +942,22 @@ class StateStore:
         rows = self._read("SELECT name, path, sha256, size FROM artifacts WHERE name=? ORDER BY id DESC",
                           (name,))
         return [ArtifactRow(r["name"], r["path"], r["sha256"], r["size"]) for r in rows]
+
+
+#: The text every rollback record's result holds (json.dumps of ``"rollback": true``); a prefilter.
+_ROLLBACK_LIKE = '%"rollback": true%'
+
+
+def _is_rollback(result: str | bytes | None) -> bool:
+    """True when a task's stored result is a rollback record: its data says ``rollback: true``."""
+    if not isinstance(result, str) or '"rollback": true' not in result:
+        return False
+    try:
+        doc = json.loads(result)
+    except ValueError:
+        return False
+    data = doc.get("data") if isinstance(doc, dict) else None
+    return isinstance(data, dict) and data.get("rollback") is True
 
 
 def _text(raw: bytes) -> str | bytes:
