@@ -118,6 +118,15 @@ def test_rolled_back_users_are_disabled_on_lcs_and_keep_their_contacts(rolled_ba
         assert ("msrtcsip-userenabled", "FALSE") in _ad_rows(sc.lab_dir / "ad.db", alias, "msRTCSIP")
 
 
+def test_the_report_says_who_was_rolled_back(rolled_back) -> None:
+    sc = rolled_back["sc"]
+    run = sc.runner("report", "--state", str(sc.state), "--json")
+    assert run.code == 0, run.out[-2000:]
+    users = {u["user"]: u for u in json.loads(run.out)["users"]}
+    for alias in rolled_back["first"]:
+        assert (users[alias]["stage_text"], users[alias]["state"]) == ("rolled back to Exchange IM", "pending")
+
+
 def test_other_waves_are_untouched(rolled_back) -> None:
     sc = rolled_back["sc"]
     assert {t["target"] for t in rolled_back["back"].tasks} == set(rolled_back["first"])
@@ -229,3 +238,20 @@ def test_remove_imported_contacts_keeps_what_the_user_added_or_edited_on_lcs(tmp
     assert len(removed) == len(got.contacts) - 2
     again = _rollback(sc, "--limit", alias, "--fresh", playbook=playbook)
     assert again.code == 0 and again.totals["changed"] == 0, again.out[-3000:]
+
+
+def test_check_mode_previews_the_rollback_and_changes_nothing(tmp_path) -> None:
+    sc, _ = _pristine(tmp_path)
+    moved = sc.apply("--limit", f"wave:{WAVE}")
+    assert moved.code == 0, moved.out[-3000:]
+    first = _waves(sc)[WAVE]
+    before = lcs_dump(sc.lab_dir, sc.manifest)
+    run = _rollback(sc, "--limit", f"wave:{WAVE}", "--check", "--diff")
+    assert run.code == 0, run.out[-3000:]
+    previews = [t for t in run.tasks if t["status"] == "changed"]
+    assert {(t["module"], t["target"]) for t in previews} == {(m, a) for a in first
+                                                               for m in ("restore_exchange_im", "disable_lcs_users")}
+    assert not any("refuse" in w for t in run.tasks for w in t.get("warnings", []))
+    assert_exchange_im_disabled(sc, first)
+    assert lcs_dump(sc.lab_dir, sc.manifest) == before
+    assert not sc.mutations_since(run.started)

@@ -31,7 +31,7 @@ from runner.lcs.chunks import LCS_LINE, ChunkScript, LcsRead, groups, line_limit
 from runner.lcs.exchange import guid_query
 from runner.lcs.server import CONTACT_CLASS, USER_CLASS, UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import CHUNK_SIZE_ARG, ChunkedOnly, imported_name, refusal_warnings
+from runner.steps._lcs import CHUNK_SIZE_ARG, ChunkedOnly, backup_name, imported_name, refusal_warnings
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.steps.import_contacts import read_imported
 from runner.steps.restore_exchange_im import GUID_GROUP, entries_by_guid, guid_bytes
@@ -119,6 +119,8 @@ class DisableLcsUsers(ChunkedOnly, StepModule):
         remove = removable(state, read_imported(ctx, user)) if ctx.args.get("remove_imported_contacts") else []
         if not enabled and not remove:
             return None
+        # a --check preview: the restore before this step only probed; a user it can restore is not refused
+        on_exchange = on_exchange or (ctx.check and ctx.artifacts.read(backup_name(user.alias)) is not None)
         why = None if on_exchange else f"{user.alias} is not back on Exchange IM (no msExchIMAddress in AD: " \
                                        "restore_exchange_im has not restored them)"
         warnings = refusal_warnings(ctx, why, action=f"disable {user.alias} on LCS ({host})",
