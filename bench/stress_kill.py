@@ -81,9 +81,9 @@ _WAVE1 = ("--limit", "wave:wave1")
 #: Every pair the script knows: the four scenarios, and the rollback of a wave (docs/rollback.md):
 #: wave1 moved, then the rollback killed; and wave1 moved, rolled back, then moved again killed.
 PAIRS = {
-    "gradual": Pair("gradual"), "immediate": Pair("immediate"),
-    "immediate-recreate": Pair("immediate-recreate", verify=("--no-contacts",)),
-    "gradual-deferred": Pair("gradual-deferred"),
+    "gradual": Pair("gradual", verify=("--signin",)), "immediate": Pair("immediate", verify=("--signin",)),
+    "immediate-recreate": Pair("immediate-recreate", verify=("--signin", "--no-contacts")),
+    "gradual-deferred": Pair("gradual-deferred", verify=("--signin",)),
     "rollback": Pair("rollback", _WAVE1, prep=(("gradual", _WAVE1),), verify=None),
     "rollback-moved-again": Pair("gradual", _WAVE1, prep=(("gradual", _WAVE1), ("rollback", _WAVE1)),
                                  verify=("--wave", "wave1")),

@@ -165,6 +165,11 @@ def _machine(history: _History, alias: str, host: str, export: dict[str, Any] | 
         # neither (outcomes recorded before they were): upgraded, to an unrecorded version
         after = d.get("to") or d.get("version") or ("upgraded" if last["status"] == "changed" else before)
     reboot = bool(changed and _data(changed[-1]).get("reboot_required"))
+    # Messenger's sign-in policy: as configure_messenger last left it, else as last gathered
+    configured = [r for r in rows if r["module"] == "configure_messenger" and r["status"] in PASSED
+                  and isinstance(_data(r).get("signin"), dict)]
+    signin = _data(configured[-1])["signin"] if configured else (
+        last_facts.get("signin") if isinstance(last_facts, dict) else None)
     problem = None
     for r in reversed(rows):
         if r["status"] == "pending":
@@ -175,6 +180,7 @@ def _machine(history: _History, alias: str, host: str, export: dict[str, Any] | 
     return {"host": host, "found": found if isinstance(found, int) else None,
             "exported": counts.get(host) if isinstance(counts, dict) else None,
             "messenger_before": before, "messenger_after": after, "reboot_pending": reboot,
+            "signin": {k: v for k, v in signin.items() if k != "values"} if isinstance(signin, dict) else None,
             "problem": problem}
 
 

@@ -24,6 +24,7 @@ _KINDS: tuple[tuple[str, re.Pattern[str], int | None, bool], ...] = (
     ("reboot required", re.compile(r"^(\S+): reboot required"), 1, False),
     ("no profile", re.compile(r"^(\S+): no profile on "), 1, False),
     ("hive not loadable", re.compile(r"^(\S+): hive could not be loaded"), 1, False),
+    ("sign-in settings", re.compile(r"^(\S+): Messenger sign-in settings missing or wrong"), 1, False),
     ("no contact list read", re.compile(r"^no contact list of (\S+) was read"), 1, False),
     ("display name differs", re.compile(r"^(\S+): display name .* differs from"), 1, False),
     ("forced", re.compile(r"^FORCED"), None, False),

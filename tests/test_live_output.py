@@ -146,7 +146,9 @@ def test_a_faulty_lab_night_fits_in_two_screens_and_names_every_failure(tmp_path
     res = sc.runner("apply", str(sc.playbook_path), "-i", str(sc.inventory), "--state", str(sc.state))
     assert res.code in (2, 3), res.out[-3000:]
     lines = res.out.splitlines()
-    assert len(lines) < 120, res.out
+    # two screens: 128 lines at most for this night (89 when the draw of faults is kind),
+    # with each wave's sign-in step and the end play's refusals for machines of failed users
+    assert len(lines) < 135, res.out
     db = sqlite3.connect(sc.state / "state.db")
     bad = db.execute("SELECT step, target, wave FROM tasks WHERE status IN ('failed', 'unreachable')").fetchall()
     db.close()

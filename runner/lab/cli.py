@@ -23,7 +23,7 @@ from runner.lab.verify import load_manifest, verify
 
 DEFAULT_DIR = ".lab/default"
 REHEARSAL_DIR = ".lab/rehearsal"
-FAULT_KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked")
+FAULT_KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked", "put_truncated")
 
 
 def _fail(e: RunnerError) -> None:
@@ -195,11 +195,15 @@ def describe(lab_dir: Path, name: str | None) -> dict[str, Any]:
 @click.option("--wave", "waves", multiple=True, help="Only users of this wave (repeatable); the server is then not expected to be decommissioned.")
 @click.option("--no-contacts", is_flag=True, help="Do not check contacts (the 'users recreate' scenario).")
 @click.option("--no-exchange", is_flag=True, help="Do not check the Exchange IM side.")
+@click.option("--signin", is_flag=True, help="Also check each client's Messenger sign-in policy (SIP server, "
+              "transport; Exchange IM switched off when the whole lab is checked).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_exchange: bool, as_json: bool) -> None:
+def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_exchange: bool, signin: bool,
+               as_json: bool) -> None:
     """Compare LCS and Exchange IM with the manifest; exit 0 if all is as expected, else 1."""
     try:
-        rep = verify(Path(directory), waves=waves, contacts=not no_contacts, exchange_side=not no_exchange)
+        rep = verify(Path(directory), waves=waves, contacts=not no_contacts, exchange_side=not no_exchange,
+                     signin=signin)
     except RunnerError as e:
         _fail(e)
     if as_json:
@@ -224,7 +228,7 @@ def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_exc
 
 def _faults_help() -> str:
     from runner.lab.faults import MEANINGS
-    kinds = "\n".join(f"  {k:<13} {MEANINGS.get(k, '')}" for k in FAULT_KINDS)
+    kinds = "\n".join(f"  {k:<14} {MEANINGS.get(k, '')}" for k in FAULT_KINDS)
     return ("Set seeded fault rates, KIND=RATE with 0 <= RATE <= 1, for the whole lab or one host "
             "(--host); with no rate, print the rates.\n\n"
             "Example: runner lab faults drop=0.05 lcs_busy=0.1 --host pc0003\n\n"

@@ -9,7 +9,8 @@ HRESULTs WMI returns (codes from the WBEMSTATUS enumeration, wbemcli.h).
 Schema (inspect with ``sqlite3 hosts/lcs01/lcs.db``)::
 
     meta(name TEXT PRIMARY KEY, value TEXT)            -- schema_version, server_dn
-    pool_settings(name TEXT PRIMARY KEY, value TEXT)   -- MSFT_SIPESEmSetting: MaxContactsPerUser (default 150)
+    pool_settings(name TEXT PRIMARY KEY, value TEXT)   -- MSFT_SIPESEmSetting (keys Backend, InstanceID):
+                                                       --   MaxContactsPerUser (default 150)
     users(                                             -- MSFT_SIPESUserSetting (+ the AD msRTCSIP-* it implies)
       instance_id TEXT PRIMARY KEY,        -- AD user GUID in braces, upper case: {0123...}
       user_dn TEXT NOT NULL,
@@ -17,7 +18,7 @@ Schema (inspect with ``sqlite3 hosts/lcs01/lcs.db``)::
       primary_uri TEXT NOT NULL UNIQUE COLLATE NOCASE,   -- msRTCSIP-PrimaryUserAddress, sip:alice@contoso.com
       enabled INTEGER NOT NULL,                          -- msRTCSIP-UserEnabled
       home_server_dn TEXT NOT NULL,                      -- msRTCSIP-PrimaryHomeServer
-      target_server_dn TEXT,                             -- msRTCSIP-TargetHomeServer (during a move)
+      target_server_dn TEXT,                             -- TargetServerDNIfMoving: msRTCSIP-TargetHomeServer (during a move)
       created TEXT NOT NULL, modified TEXT NOT NULL)
     contact_groups(                                    -- MSFT_SIPESUserContactGroupData
       user_instance_id TEXT REFERENCES users ON DELETE CASCADE,
@@ -63,6 +64,7 @@ import ipaddress
 import os
 import sqlite3
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,12 +148,13 @@ _AD_SYNC = "CREATE TABLE IF NOT EXISTS ad_sync(seq INTEGER PRIMARY KEY, instance
 CLASSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "MSFT_SIPESUserSetting": (("InstanceID",), (
         "InstanceID", "UserDN", "DisplayName", "PrimaryURI", "Enabled",
-        "HomeServerDN", "TargetServerDN")),
+        "HomeServerDN", "TargetServerDNIfMoving")),
     "MSFT_SIPESUserContactGroupData": (("GroupID", "UserInstanceID"), (
         "UserInstanceID", "GroupID", "Name", "ExternalURL")),
     "MSFT_SIPESUserContactData": (("SIPURI", "UserInstanceID"), (
         "UserInstanceID", "SIPURI", "Name", "ExternalURL", "Subscribed", "GroupID")),
-    "MSFT_SIPESEmSetting": (("Backend",), ("Backend", "MaxContactsPerUser")),
+    # keyed on Backend and InstanceID (LCS 2005 SP1 SDK, cc165059)
+    "MSFT_SIPESEmSetting": (("Backend", "InstanceID"), ("Backend", "InstanceID", "MaxContactsPerUser")),
 }
 
 
@@ -408,6 +411,12 @@ class LcsStore:
         return self.meta("server_dn") or ""
 
     @property
+    def em_instance_id(self) -> str:
+        """``MSFT_SIPESEmSetting.InstanceID``: the GUID of the pool's User Services settings
+        (conv: derived from the pool's DN, so stores of any age have the same one)."""
+        return "{" + str(uuid.uuid5(uuid.NAMESPACE_URL, "lcs-em-setting:" + self.server_dn.lower())).upper() + "}"
+
+    @property
     def max_contacts(self) -> int:
         """``MSFT_SIPESEmSetting.MaxContactsPerUser``."""
         row = self._db.execute("SELECT value FROM pool_settings WHERE name='MaxContactsPerUser'").fetchone()
@@ -423,7 +432,8 @@ class LcsStore:
         cls = canonical_class(cls)
         hints = {k.lower(): v for k, v in (hints or {}).items()}
         if cls == "MSFT_SIPESEmSetting":
-            return [Instance(cls, {"Backend": self.meta("backend"), "MaxContactsPerUser": self.max_contacts})]
+            return [Instance(cls, {"Backend": self.meta("backend"), "InstanceID": self.em_instance_id,
+                                   "MaxContactsPerUser": self.max_contacts})]
         if cls == "MSFT_SIPESUserSetting":
             sql, args = "SELECT * FROM users", []
             conds = []
@@ -462,7 +472,7 @@ class LcsStore:
     @staticmethod
     def _user_props(r: tuple) -> dict[str, Any]:
         return {"InstanceID": r[0], "UserDN": r[1], "DisplayName": r[2], "PrimaryURI": r[3],
-                "Enabled": bool(r[4]), "HomeServerDN": r[5], "TargetServerDN": r[6]}
+                "Enabled": bool(r[4]), "HomeServerDN": r[5], "TargetServerDNIfMoving": r[6]}
 
     def user(self, instance_id: str) -> dict[str, Any] | None:
         """The MSFT_SIPESUserSetting properties of one user, or None."""
@@ -588,13 +598,14 @@ class LcsStore:
         enabled = _as_bool(p.get("enabled", True), "Enabled")
         db.execute("INSERT INTO users VALUES (?,?,?,?,?,?,?,?,?)", (
             uid, p["userdn"], p.get("displayname"), p["primaryuri"], int(enabled),
-            p["homeserverdn"], p.get("targetserverdn"), now, now))
+            p["homeserverdn"], p.get("targetserverdnifmoving"), now, now))
         r = db.execute("SELECT * FROM users WHERE instance_id=?", (uid,)).fetchone()
         return Instance("MSFT_SIPESUserSetting", self._user_props(r))
 
     def _update_user(self, db: sqlite3.Connection, inst: Instance, c: dict[str, Any]) -> None:
         cols = {"userdn": "user_dn", "displayname": "display_name", "primaryuri": "primary_uri",
-                "enabled": "enabled", "homeserverdn": "home_server_dn", "targetserverdn": "target_server_dn"}
+                "enabled": "enabled", "homeserverdn": "home_server_dn",
+                "targetserverdnifmoving": "target_server_dn"}
         sets, args = [], []
         for k, v in c.items():
             if k == "primaryuri":

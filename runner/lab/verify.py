@@ -15,6 +15,8 @@ For each user of ``manifest.json`` (optionally only some waves):
   ``msRTCSIP-PrimaryHomeServer`` saying what LCS says, the ``sip:``
   proxyAddresses value): a partly done enable;
 - ``exchange_im_disabled``: the AD user carries no msExchIM* attribute;
+with ``signin`` (``runner lab verify --signin``), every client's Messenger sign-in policy
+(a SIP server, TCP or TLS, and, for the whole lab, Exchange IM switched off);
 for every client, whatever the waves: a msmsgs.exe of Messenger 5.1 or later
 comes with a registered product of that version (product record and
 Uninstall key), and a registered 5.1 product with its file (else a partial
@@ -131,7 +133,7 @@ def load_manifest(lab_dir: Path) -> dict[str, Any]:
 
 
 def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
-           exchange_side: bool = True) -> Report:
+           exchange_side: bool = True, signin: bool = False) -> Report:
     """Compare the lab's LCS store and AD with its manifest (see the module docstring)."""
     lab_dir = Path(lab_dir)
     man = load_manifest(lab_dir)
@@ -185,6 +187,9 @@ def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
             ad.close()
     rep = Report(reports, decommissioned, limit)
     rep.problems.extend(client_problems(lab_dir))
+    if signin:
+        rep.problems.extend(signin_problems(lab_dir, pool=man.get("lcs_pool_fqdn"),
+                                            exchange_off=decommissioned is not None))
     if decommissioned is False:
         rep.problems.append(f"Exchange IM server {man['exchange_server']} not decommissioned")
     return rep
@@ -196,6 +201,56 @@ UNINSTALL_KEY_LC = r"software\microsoft\windows\currentversion\uninstall"
 
 def _version(v: str | None) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", v or "")[:4])
+
+
+MESSENGER_POLICY_LC = r"software\policies\microsoft\messenger\client"
+EXCHANGE_POLICY_LC = r"software\microsoft\messengerservice\policies"
+EXCHANGE_SERVICE_LC = MESSENGER_POLICY_LC + r"\{83d4679e-b6d7-11d2-bf36-00c04fb90a03}"
+
+
+def signin_problems(lab_dir: Path, *, pool: str | None, exchange_off: bool) -> list[str]:
+    """Clients whose Windows Messenger policy does not name the SIP server ``pool`` (any
+    server when None) with a TCP (2) or
+    TLS (4) transport in manual mode (docs/messenger-signin.md); with ``exchange_off`` (the
+    whole lab, after decommissioning), also those where ExchangeConn is left or the Exchange
+    IM service is not disabled. Read from each client's host.db, not through the runner."""
+    out: list[str] = []
+    for name, hdir in _client_dirs(lab_dir):
+        h = sqlite3.connect(f"file:{hdir / 'host.db'}?mode=ro", uri=True)
+        try:
+            values = {(k, n): (t, d) for k, n, t, d in h.execute(
+                "SELECT key_lc, name_lc, type, data FROM reg_value WHERE key_lc IN (?, ?, ?)",
+                (MESSENGER_POLICY_LC, EXCHANGE_POLICY_LC, EXCHANGE_SERVICE_LC))}
+        finally:
+            h.close()
+        server = values.get((MESSENGER_POLICY_LC, "serveraddress"))
+        wrong: list[str] = []
+        if server is None or server[0] != "REG_SZ" or not server[1]:
+            wrong.append("no SIP server")
+        elif pool and str(server[1]).lower() != pool.lower():
+            wrong.append(f"SIP server {server[1]!r}, not {pool!r}")
+        if values.get((MESSENGER_POLICY_LC, "transport")) not in (("REG_DWORD", 2), ("REG_DWORD", 4)):
+            wrong.append("no TCP/TLS transport")
+        if values.get((MESSENGER_POLICY_LC, "configurationmode")) != ("REG_DWORD", 1):
+            wrong.append("not in manual configuration mode")
+        if exchange_off and (EXCHANGE_POLICY_LC, "exchangeconn") in values:
+            wrong.append("ExchangeConn still set")
+        if exchange_off and values.get((EXCHANGE_SERVICE_LC, "disabled")) != ("REG_DWORD", 1):
+            wrong.append("Exchange IM not switched off")
+        if wrong:
+            out.append(f"{name}: Messenger sign-in policy: " + ", ".join(wrong))
+    return out
+
+
+def _client_dirs(lab_dir: Path) -> list[tuple[str, Path]]:
+    """(name, host folder) of the lab's clients that exist."""
+    try:
+        hosts = json.loads((Path(lab_dir) / "lab.json").read_text(encoding="utf-8")).get("hosts") or {}
+    except (OSError, ValueError):
+        return []
+    return [(name, Path(lab_dir) / "hosts" / name) for name, cfg in (hosts.items() if isinstance(hosts, dict) else [])
+            if isinstance(cfg, dict) and cfg.get("role", "client") == "client"
+            and (Path(lab_dir) / "hosts" / name / "host.db").exists()]
 
 
 def client_problems(lab_dir: Path, minimum: str = "5.1") -> list[str]:

@@ -83,10 +83,10 @@ class ChunkScript:
         self.stderr = ""
 
     def _scratch(self, ext: str) -> str:
-        return temp_path(self.vars, f"runner-{owner_tag(self.owners[0])}-{secrets.token_hex(4)}.{ext}")
+        return temp_path(self.conn, self.vars, f"runner-{owner_tag(self.owners[0])}-{secrets.token_hex(4)}.{ext}")
 
     def _stale(self, owner: str) -> Command:
-        return Command("del", "/q", Quoted(temp_path(self.vars, f"runner-{owner_tag(owner)}-*")))
+        return Command("del", "/q", Quoted(temp_path(self.conn, self.vars, f"runner-{owner_tag(owner)}-*")))
 
     def add(self, cmd: Command, *, stderr_too: bool = False) -> int:
         """Add ``cmd``; its index for :meth:`section`. ``stderr_too``: its stderr goes into its
@@ -229,7 +229,7 @@ def import_and_read(conn: Connection, host: str, vars: Mapping[str, Any], owners
     line limit, default Windows 2000's): import it, delete it, run ``queries``. The import's
     section (runner.lcs.exchange.unfinished_import reads it) and every entry found."""
     script = ChunkScript(conn, host, vars, owners, limit=line_limit(vars, WINDOWS_2000_LINE), script=False)
-    path = temp_path(vars, f"runner-{owner_tag(owners[0])}-{secrets.token_hex(4)}.ldf")
+    path = temp_path(conn, vars, f"runner-{owner_tag(owners[0])}-{secrets.token_hex(4)}.ldf")
     conn.put(ldif.render(changes), path)
     imported = script.add(ldif.import_command(path), stderr_too=True)
     script.add(Command("del", "/q", Quoted(path)))
