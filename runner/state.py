@@ -689,39 +689,43 @@ class StateStore:
         rollback, undid, so a resumed run does them again (docs/rollback.md).
 
         A rollback record is a finished (ok/changed) task whose result data says
-        ``rollback: true`` (the steps of playbooks/rollback.yml). A user's task of another
-        run that ended before that user's latest rollback record is reopened (the
-        migration is done again); a rollback task that ended before a later ``changed``
-        task of the user in another run is reopened (the user moved again, so a next
-        rollback runs again). Users are matched by their record key (AD GUID)."""
+        ``rollback: true`` (the user steps of playbooks/rollback.yml); a run holding one is a
+        rollback run. A task of another run is reopened when it ended before its user's
+        latest rollback record, or before a ``changed`` task of the same user or host in a
+        rollback run (a client the rollback switched back to Exchange IM). A task of a
+        rollback run is reopened when it ended before a ``changed`` task of the same user or
+        host in a run that is not one (they moved again, so a next rollback runs again).
+        Users are matched by their record key (AD GUID)."""
         marks = ",".join("?" * len(DONE_STATUSES))
         records = self._read("SELECT run_id, subject, ended, result FROM tasks WHERE status IN ('ok','changed')"
                              " AND subject IS NOT NULL AND result LIKE ?", (_ROLLBACK_LIKE,))
-        latest: dict[str, float] = {}  # subject -> its latest rollback in another run
-        own: set[str] = set()          # subjects this run rolled back
-        for r in records:
-            if _is_rollback(r["result"]):
-                if r["run_id"] == run_id:
-                    own.add(r["subject"])
-                else:
-                    latest[r["subject"]] = max(latest.get(r["subject"], 0.0), float(r["ended"] or 0))
-        if not latest and not own:
+        found = [(r["run_id"], r["subject"], float(r["ended"] or 0)) for r in records if _is_rollback(r["result"])]
+        if not found:
             return set()
-        moved: dict[str, float] = {}  # subject -> its latest change in another run (not a rollback)
-        if own:
-            subs = sorted(own)
-            for r in self._read(f"SELECT subject, ended, result FROM tasks WHERE run_id<>? AND status='changed'"
-                                f" AND subject IN ({','.join('?' * len(subs))})", (run_id, *subs)):
-                if not _is_rollback(r["result"]):
-                    moved[r["subject"]] = max(moved.get(r["subject"], 0.0), float(r["ended"] or 0))
-        out = set()
-        for r in self._read(f"SELECT key, subject, ended, result FROM tasks WHERE run_id=? AND status IN ({marks})"
-                            " AND subject IS NOT NULL", (run_id, *sorted(DONE_STATUSES))):
-            ended = float(r["ended"] or 0)
-            undone_at = moved.get(r["subject"], 0.0) if _is_rollback(r["result"]) else latest.get(r["subject"], 0.0)
-            if ended < undone_at:
-                out.add(r["key"])
-        return out
+        rollback_runs = sorted({rid for rid, _, _ in found})
+        runs = ",".join("?" * len(rollback_runs))
+        undone: dict[str, float] = {}  # subject -> when it was last undone, as this run sees it
+
+        def later(subject: str, ended: float) -> None:
+            undone[subject] = max(undone.get(subject, 0.0), ended)
+        if run_id in rollback_runs:
+            rows = self._read(f"SELECT subject, MAX(ended) AS ended FROM tasks WHERE status='changed' AND subject IN"
+                              f" (SELECT subject FROM tasks WHERE run_id=?) AND run_id NOT IN ({runs})"
+                              " GROUP BY subject", (run_id, *rollback_runs))
+            for r in rows:
+                later(r["subject"], float(r["ended"] or 0))
+        else:
+            for rid, subject, ended in found:
+                later(subject, ended)
+            for r in self._read(f"SELECT subject, MAX(ended) AS ended FROM tasks WHERE status='changed'"
+                                f" AND subject IS NOT NULL AND run_id IN ({runs}) GROUP BY subject", tuple(rollback_runs)):
+                later(r["subject"], float(r["ended"] or 0))
+        if not undone:
+            return set()
+        return {r["key"] for r in self._read(f"SELECT key, subject, ended FROM tasks WHERE run_id=?"
+                                             f" AND status IN ({marks}) AND subject IS NOT NULL",
+                                             (run_id, *sorted(DONE_STATUSES)))
+                if float(r["ended"] or 0) < undone.get(r["subject"], 0.0)}
 
     def register_tasks(self, run_id: str, tasks: Iterable[tuple[str, int, str, str, str, str, str | None, str]]) -> None:
         """Record planned tasks as ``pending`` unless already known, so status can say what is left.

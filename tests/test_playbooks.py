@@ -21,9 +21,10 @@ def test_every_playbook_but_the_rollback_migrates():
 
 def test_the_rollback_restores_exchange_im_before_disabling_on_lcs_and_keeps_contacts():
     steps = [s for play in load_playbook(PLAYBOOKS[0].parent / "rollback.yml").plays for s in play.steps]
-    assert [s.module for s in steps] == ["restore_exchange_im", "disable_lcs_users"]
+    assert [s.module for s in steps] == ["restore_exchange_im", "disable_lcs_users", "configure_messenger"]
     assert not any(s.args.get("force") for s in steps), "a shipped playbook must not force"
     assert steps[1].args.get("remove_imported_contacts") is False
+    assert steps[2].args.get("exchange_im") == "keep", "the clients get their Exchange IM account back"
 
 
 @pytest.mark.parametrize("path", MIGRATIONS, ids=lambda p: p.name)

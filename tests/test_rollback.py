@@ -129,7 +129,11 @@ def test_the_report_says_who_was_rolled_back(rolled_back) -> None:
 
 def test_other_waves_are_untouched(rolled_back) -> None:
     sc = rolled_back["sc"]
-    assert {t["target"] for t in rolled_back["back"].tasks} == set(rolled_back["first"])
+    tasks = rolled_back["back"].tasks
+    users = sc.manifest["users"]
+    assert {t["target"] for t in tasks if t["module"] != "configure_messenger"} == set(rolled_back["first"])
+    assert {t["target"] for t in tasks if t["module"] == "configure_messenger"} == {
+        c for a in rolled_back["first"] for c in users[a]["clients"]}  # only the wave's clients
     for alias in rolled_back["others"]:
         assert _ad_rows(sc.lab_dir / "ad.db", alias, "") == rolled_back["before_others"][alias], alias
         assert lcs_user(sc.lab_dir, sc.manifest, alias).primary_uri is None, alias
@@ -255,3 +259,37 @@ def test_check_mode_previews_the_rollback_and_changes_nothing(tmp_path) -> None:
     assert_exchange_im_disabled(sc, first)
     assert lcs_dump(sc.lab_dir, sc.manifest) == before
     assert not sc.mutations_since(run.started)
+
+
+def _exchange_policy(sc: Scenario, host: str) -> dict[str, Any]:
+    """The client's Exchange IM account policy: ExchangeConn and the account's ``disabled``."""
+    from runner.lab.verify import EXCHANGE_POLICY_LC, EXCHANGE_SERVICE_LC
+    db = sqlite3.connect(f"file:{sc.lab_dir / 'hosts' / host / 'host.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT key_lc, name_lc, data FROM reg_value WHERE key_lc IN (?, ?)",
+                          (EXCHANGE_POLICY_LC, EXCHANGE_SERVICE_LC)).fetchall()
+    finally:
+        db.close()
+    return {("exchangeconn" if k == EXCHANGE_POLICY_LC else "disabled") if n in ("exchangeconn", "disabled") else n: d
+            for k, n, d in rows}
+
+
+def test_clients_switched_off_exchange_im_get_it_back_and_lose_it_again_on_the_next_move(tmp_path) -> None:
+    sc = make_scenario(tmp_path, "gradual.yml", 8, clients=8, users_per_client=1, contacts=10)
+    users = sc.manifest["users"]
+    first = [a for a, u in users.items() if u["wave"] == WAVE]
+    only = sorted(h for h in {c for a in first for c in users[a]["clients"]}
+                  if all(u["wave"] == WAVE for u in users.values() if h in u["clients"]))
+    assert only, "the lab has no machine used by wave1 alone"
+    moved = sc.apply("--limit", f"wave:{WAVE}")
+    assert moved.code == 0, moved.out[-3000:]
+    off = {"disabled": 1}
+    assert all(_exchange_policy(sc, h) == off for h in only)  # gradual.yml switched them off Exchange IM
+    back = _rollback(sc, "--limit", f"wave:{WAVE}")
+    assert back.code == 0, back.out[-3000:]
+    assert all(_exchange_policy(sc, h) == {"exchangeconn": 0} for h in only)  # coexistence again
+    again = sc.apply("--limit", f"wave:{WAVE}")
+    assert again.code == 0, again.out[-3000:]
+    assert all(_exchange_policy(sc, h) == off for h in only)
+    check = verify(sc.lab_dir, waves=[WAVE])
+    assert check.ok, [(u.alias, u.problems) for u in check.users if not u.ok] + check.problems

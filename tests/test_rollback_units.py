@@ -95,3 +95,23 @@ def test_a_rollback_reopens_the_users_earlier_tasks_and_a_later_move_reopens_the
         store.flush()
         assert set(store.completed(move.id)) == {"m/enable/alice", "m/enable/bob"}
         assert store.completed(back.id) == {}  # alice moved again: the next rollback runs again
+
+
+def test_a_client_the_rollback_changed_is_done_again_by_the_next_move_and_the_other_way_round(tmp_path):
+    def host(key: str, module: str, status: str, ended: float, target: str) -> TaskOutcome:
+        return TaskOutcome(key=key, play_index=0, step=module, module=module, kind="host", target=target,
+                           status=status, ended=ended, fingerprint="fp")
+    with StateStore(tmp_path) as store:
+        move = store.start_run("gradual.yml", "inv.yml", command="c")
+        store.record_task(move.id, host("m/off/pc1", "configure_messenger", "changed", 1.0, "pc1"))
+        store.record_task(move.id, host("m/off/pc2", "configure_messenger", "changed", 1.0, "pc2"))
+        back = store.start_run("rollback.yml", "inv.yml", command="c")
+        store.record_task(back.id, _outcome("r/restore/alice", "restore_exchange_im", "changed", 2.0, rollback=True))
+        store.record_task(back.id, host("r/keep/pc1", "configure_messenger", "changed", 2.5, "pc1"))
+        store.record_task(back.id, host("r/keep/pc2", "configure_messenger", "ok", 2.5, "pc2"))  # nothing to do
+        store.flush()
+        assert store.completed(move.id) == {"m/off/pc2": "fp"}
+        store.record_task(move.id, host("m/off/pc1", "configure_messenger", "changed", 3.0, "pc1"))
+        store.flush()
+        assert set(store.completed(move.id)) == {"m/off/pc1", "m/off/pc2"}
+        assert set(store.completed(back.id)) == {"r/restore/alice", "r/keep/pc2"}
