@@ -24,7 +24,8 @@ both copies before the killed command):
    this pair are spent, then until it exits 0 (exit 2 or 3 with faults means
    retries ran out: run again; bounded by --max-runs);
 4. the victim's end state is compared with the reference's, store by store
-   (bench/_endstate.py: LCS users, contacts and groups per user; AD
+   (bench/_endstate.py: LCS users, contacts, groups and allow/block
+   entries (import_permissions) per user; AD
    msExchIM*, msRTCSIP-* and proxyAddresses per user and every other AD
    object; products, Uninstall keys, HKLM, loaded hives, services, files and
    Temp folders per host; user hives; artifacts' sha256 and the outbox;

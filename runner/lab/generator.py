@@ -360,6 +360,95 @@ def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tupl
     return names, users, {"machines": machine_info, "table_partner": table_partner}
 
 
+#: RVP user aliases that are awkward on a command line, in WQL or in a SIP URI (percent-encoded in the
+#: URL as an RVP client writes it): some map (a quote, an ampersand), most cannot.
+HOSTILE_ALIASES = ["o%27brien", "r%26d", "100%25", "caret%5Eman", "zo%C3%AB", "quote%22d", "tom%USERNAME%",
+                   "%E6%9D%8E%E4%BC%9F", "semi%3Bcolon%29"]
+ACL_OUTSIDER_DOMAIN = "im.litware.com"   # an IM domain outside the organisation that sip_mapping does not know
+MALFORMED_ACES = ["(X;;PR;;;WD)", "A;;PRST;;;WD", "(A;;QQ;;;WD)", "(D;;PRST;;;)", "(A;;PRST;;;10.0.0.7)"]
+
+
+def _ace_values(principal: str, presence: str | None, send_to: str | None) -> list[str]:
+    """The msExchIMACL values (docs/permissions.md) giving ``principal`` these rights (None:
+    this principal's ACEs say nothing of that right): a grant and a deny ACE as needed."""
+    granted = "".join(c for c, v in (("PR", presence), ("ST", send_to)) if v == "Allow")
+    denied = "".join(c for c, v in (("PR", presence), ("ST", send_to)) if v == "Deny")
+    out = [f"(A;;{granted};;;{principal})"] if granted else []
+    return out + ([f"(D;;{denied};;;{principal})"] if denied else [])
+
+
+def _seed_permissions(est: "_Estate") -> dict[str, dict[str, Any]]:
+    """Each user's Exchange IM allow and block list (seeded per user from the lab's seed, apart
+    from the other draws): msExchIMACL values and, in source terms, the entries LCS should get.
+
+    About a third of the users never changed their privacy settings (no msExchIMACL). The
+    others have an everyone entry (allow, or presence only: nobody may message them
+    unasked), colleagues allowed or blocked (one right or both), people and domains outside
+    the organisation (a partner sip_mapping knows, an outsider it does not), now and then an
+    alias with quotes, ``&``, ``%``, ``^`` or Unicode, a value no reader can parse, or an RVP
+    right LCS has no equivalent for (the second user with a list always has an unreadable
+value). Entries list each principal with both rights filled
+    in the way docs/permissions.md describes (a right the principal's ACEs leave out comes
+    from its domain's entry, else everyone's, else Allow).
+    """
+    domains = {str(k).lower() for k in (est.sip_mapping.get("domains") or {})}
+    own = {u.im_domain.lower() for u in est.users}
+    partner = next((d for d in sorted(domains) if d not in own and d.startswith("im.")),
+                   next((d for d in sorted(domains) if d not in own), PARTNER_IM_DOMAIN))
+    out: dict[str, dict[str, Any]] = {}
+    for u in est.users:
+        rng = random.Random(f"permissions:{est.seed}:{u.alias}")
+        if rng.random() < 0.35:
+            out[u.alias] = {"acl": [], "entries": []}
+            continue
+        principals: list[tuple[str, dict[str, Any]]] = []   # (msExchIMACL principal, entry)
+        r = rng.random()
+        if r < 0.6:
+            everyone = ("Allow", "Allow")
+        elif r < 0.8:
+            everyone = ("Allow", "Deny")
+        else:
+            everyone = None
+        if everyone is not None:
+            principals.append(("WD", {"type": "All", "presence": everyone[0], "communication": everyone[1]}))
+        doms: dict[str, tuple[str, str]] = {}
+        if rng.random() < 0.3:
+            d = rng.choice([partner, ACL_OUTSIDER_DOMAIN, u.im_domain])
+            doms[d] = rng.choice([("Deny", "Deny"), ("Allow", "Deny"), ("Allow", "Allow")])
+            principals.append((d, {"type": "Domain", "domain": d, "presence": doms[d][0],
+                                   "communication": doms[d][1]}))
+        people: list[str] = []
+        others = [o for o in est.users if o is not u]
+        for o in rng.sample(others, min(len(others), rng.randint(0, 4))):
+            people.append(f"http://{o.im_domain}/instmsg/aliases/{o.im_local}")
+        if rng.random() < 0.3:
+            people.append(f"http://{partner}/instmsg/aliases/{_ascii(rng.choice(FIRST))}.{_ascii(rng.choice(LAST))}")
+        if rng.random() < 0.25:
+            people.append(f"http://{ACL_OUTSIDER_DOMAIN}/instmsg/aliases/{_ascii(rng.choice(FIRST))}{rng.randint(1, 99)}")
+        if rng.random() < 0.15:
+            people.append(f"http://{u.im_domain}/instmsg/aliases/{rng.choice(HOSTILE_ALIASES)}")
+        for url in dict.fromkeys(people):
+            host = url.split("/")[2]
+            fallback = doms.get(host) or everyone or ("Allow", "Allow")
+            presence = rng.choice(["Allow", "Deny", None])
+            send_to = rng.choice(["Allow", "Deny"] if presence is None else ["Allow", "Deny", None])
+            principals.append((url, {"type": "User", "url": url, "presence": presence or fallback[0],
+                                     "communication": send_to or fallback[1], "_rights": (presence, send_to)}))
+        acl: list[str] = []
+        entries = []
+        for principal, entry in principals:
+            rights = entry.pop("_rights", (entry["presence"], entry["communication"]))
+            acl.extend(_ace_values(principal, *rights))
+            entries.append(entry)
+        if rng.random() < 0.05 or len(out) == 1 + len([1 for v in out.values() if not v["acl"]]):
+            acl.append(rng.choice(MALFORMED_ACES))   # now and then, and always on the lab's second list
+        if rng.random() < 0.05 and everyone is None:
+            acl.append("(A;;LI;;;WD)")   # an RVP right only: no LCS entry, reported
+        rng.shuffle(acl)
+        out[u.alias] = {"acl": acl, "entries": entries}
+    return out
+
+
 def _client_job(args: tuple[str, list[tuple[str, dict]]]) -> None:
     """Materialise a chunk of clients (runs in a worker process for big labs)."""
     lab_dir, jobs = args
@@ -568,13 +657,15 @@ def _write_servers_and_ground_truth(lab: Lab, est: _Estate) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / parts[-1]).write_bytes(messenger51_msi())
     exchange_hosts, lcs_hosts = est.role("exchange_im"), est.role("lcs")
+    permissions = _seed_permissions(est)
     # Exchange IM server(s) and AD: the first one homes every user
     for i, name in enumerate(exchange_hosts):
         ex = lab.host(name)
         _windows_skeleton(ex)
         homed = est.users if i == 0 else []
         exchange.install_server(lab, ex, [exchange.ImUser(u.im_local, u.display_name, u.guid, u.sid, u.im_domain,
-                                                          est.domains["smtp"]) for u in homed],
+                                                          est.domains["smtp"], tuple(permissions[u.alias]["acl"]))
+                                          for u in homed],
                                 base_dn=est.domains["ad"])
     # LCS pool(s)
     for name in lcs_hosts:
@@ -599,7 +690,8 @@ def _write_servers_and_ground_truth(lab: Lab, est: _Estate) -> None:
             "display_name": u.display_name, "im_address": u.im_address, "sid": u.sid, "ad_guid": u.guid,
             "sip_uri": u.sip_uri, "wave": u.wave, "clients": u.clients, "profile_url": u.profile_url,
             "machines": {c: {"logged_on": u.logged_on[c], "contacts": u.contacts[c], "groups": u.groups[c]}
-                         for c in u.clients}} for u in est.users},
+                         for c in u.clients},
+            "permissions": permissions[u.alias]} for u in est.users},
         "machines": est.machines,
     }
     (lab.path / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")

@@ -35,6 +35,12 @@ Schema (inspect with ``sqlite3 hosts/lcs01/lcs.db``)::
       group_ids TEXT NOT NULL DEFAULT '',                   -- space separated ids (<= 64) of contact_groups
       PRIMARY KEY (user_instance_id, sip_uri))
     ad_sync(seq INTEGER PRIMARY KEY, instance_id TEXT, user_dn TEXT)  -- AD writes in flight (below)
+    user_aces(                                         -- MSFT_SIPESUserACEData (allow and block lists)
+      user_instance_id TEXT REFERENCES users ON DELETE CASCADE,
+      type TEXT NOT NULL,                                   -- All, Domain or User
+      mask TEXT NOT NULL DEFAULT '' COLLATE NOCASE,         -- '' (NULL) for All; FQDN/IP; SIP URI; <= 454
+      presence TEXT NOT NULL, communication TEXT NOT NULL,  -- Allow or Deny
+      PRIMARY KEY (user_instance_id, type, mask))
 
 A user setting and the AD attributes it implies change together, as on a
 real pool (LCS keeps them in AD): the store's connection for user changes
@@ -56,12 +62,18 @@ Limits enforced (doc unless marked): at most 64 groups per user, group ids
 it); ``SIPURI`` cannot be changed (WBEM_E_INVALID_PARAMETER) and must start
 with ``sip:``; a contact's GroupID must name existing groups of the user;
 PrimaryURI unique across the pool (WBEM_E_ALREADY_EXISTS); deleting a
-group removes its id from the contacts (conv).
+group removes its id from the contacts (conv). An ACE (MSFT_SIPESUserACEData,
+LCS 2005 SP1 SDK) needs a homed user, ``Type`` All/Domain/User, ``Presence``
+and ``Communication`` Allow/Deny on creation (all case-insensitive); ``Mask``
+is NULL for All, an FQDN or IP address for Domain, a SIP URI for User, at most
+454 characters; its keys cannot be updated; a second ACE with the same keys is
+WBEM_E_ALREADY_EXISTS.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -142,6 +154,11 @@ CREATE TABLE IF NOT EXISTS contacts(
   PRIMARY KEY (user_instance_id, sip_uri));
 CREATE TABLE IF NOT EXISTS ad_sync(seq INTEGER PRIMARY KEY, instance_id TEXT NOT NULL, user_dn TEXT);
 """
+_ACES = ("CREATE TABLE IF NOT EXISTS user_aces(user_instance_id TEXT NOT NULL REFERENCES users(instance_id) "
+         "ON DELETE CASCADE, type TEXT NOT NULL, mask TEXT NOT NULL DEFAULT '' COLLATE NOCASE, "
+         "presence TEXT NOT NULL, communication TEXT NOT NULL, PRIMARY KEY (user_instance_id, type, mask))")
+ACE_TYPES = ("All", "Domain", "User")
+ACE_ACTIONS = ("Allow", "Deny")
 _AD_SYNC = "CREATE TABLE IF NOT EXISTS ad_sync(seq INTEGER PRIMARY KEY, instance_id TEXT NOT NULL, user_dn TEXT)"
 
 # WMI class -> (key properties, all properties in MOF order)
@@ -155,6 +172,8 @@ CLASSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         "UserInstanceID", "SIPURI", "Name", "ExternalURL", "Subscribed", "GroupID")),
     # keyed on Backend and InstanceID (LCS 2005 SP1 SDK, cc165059)
     "MSFT_SIPESEmSetting": (("Backend", "InstanceID"), ("Backend", "InstanceID", "MaxContactsPerUser")),
+    "MSFT_SIPESUserACEData": (("Mask", "Type", "UserInstanceID"), (
+        "UserInstanceID", "Type", "Mask", "Presence", "Communication")),
 }
 
 
@@ -256,7 +275,9 @@ class Instance:
         parts = []
         for k in sorted(keys, key=str.lower):
             v = self.props.get(k)
-            if isinstance(v, str):
+            if v is None:
+                parts.append(f"{k}=NULL")
+            elif isinstance(v, str):
                 parts.append(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"')
             else:
                 parts.append(f"{k}={v}")
@@ -295,6 +316,7 @@ class LcsStore:
         db = sqlite3.connect(path)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
+        db.execute(_ACES)
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
             ("schema_version", str(SCHEMA_VERSION)), ("server_dn", server_dn), ("backend", backend)])
         db.execute("INSERT OR REPLACE INTO pool_settings VALUES ('MaxContactsPerUser', ?)", (str(max_contacts),))
@@ -456,6 +478,13 @@ class LcsStore:
             where, args = " WHERE user_instance_id = ?", [normalise_guid(uid)]
         elif _strings(uid):
             where, args = f" WHERE user_instance_id IN ({','.join('?' * len(uid))})", [normalise_guid(u) for u in uid]
+        if cls == "MSFT_SIPESUserACEData":
+            self._ensure_aces()
+            rows = self._db.execute(
+                "SELECT user_instance_id, type, mask, presence, communication FROM user_aces"
+                + where + " ORDER BY user_instance_id, rowid", args).fetchall()
+            return [Instance(cls, {"UserInstanceID": r[0], "Type": r[1], "Mask": r[2] or None, "Presence": r[3],
+                                   "Communication": r[4]}) for r in rows]
         if cls == "MSFT_SIPESUserContactGroupData":
             rows = self._db.execute(
                 "SELECT user_instance_id, group_id, name, external_url FROM contact_groups"
@@ -494,6 +523,8 @@ class LcsStore:
                 return self._create_group(db, p)
             if cls == "MSFT_SIPESUserContactData":
                 return self._create_contact(db, p)
+            if cls == "MSFT_SIPESUserACEData":
+                return self._create_ace(db, p)
         raise WmiError(WBEM_E_FAILED, "Provider is not capable of the attempted operation")
 
     def update(self, inst: Instance, changes: Mapping[str, Any]) -> Instance:
@@ -516,6 +547,8 @@ class LcsStore:
                     db.execute("UPDATE pool_settings SET value=? WHERE name='MaxContactsPerUser'", (str(n),))
             elif cls == "MSFT_SIPESUserSetting":
                 self._update_user(db, inst, c)
+            elif cls == "MSFT_SIPESUserACEData":
+                self._update_ace(db, inst, c)
             elif cls == "MSFT_SIPESUserContactGroupData":
                 if "name" in c:
                     self._check_group_name(db, inst.props["UserInstanceID"], c["name"], inst.props["GroupID"])
@@ -551,6 +584,9 @@ class LcsStore:
             elif inst.cls == "MSFT_SIPESUserContactData":
                 db.execute("DELETE FROM contacts WHERE user_instance_id=? AND sip_uri=?",
                            (p["UserInstanceID"], p["SIPURI"]))
+            elif inst.cls == "MSFT_SIPESUserACEData":
+                db.execute("DELETE FROM user_aces WHERE user_instance_id=? AND type=? AND mask=?",
+                           (p["UserInstanceID"], p["Type"], p["Mask"] or ""))
             else:
                 raise WmiError(WBEM_E_FAILED, "Provider is not capable of the attempted operation")
 
@@ -671,6 +707,71 @@ class LcsStore:
         return Instance("MSFT_SIPESUserContactData", {
             "UserInstanceID": uid, "SIPURI": sip, "Name": p.get("name"), "ExternalURL": p.get("externalurl"),
             "Subscribed": subscribed, "GroupID": ids})
+
+    def _ensure_aces(self) -> None:
+        """The ACE table, created in a store made before it existed (labs of earlier versions)."""
+        if not getattr(self, "_aces_ready", False):
+            self._db.execute(_ACES)
+            self._aces_ready = True
+
+    @staticmethod
+    def _choice(value: Any, allowed: tuple[str, ...], prop: str) -> str:
+        """``value`` as one of ``allowed`` (case-insensitive, as LCS reads them), else Invalid parameter."""
+        for a in allowed:
+            if isinstance(value, str) and value.strip().lower() == a.lower():
+                return a
+        if value is None or value == "":
+            raise WmiError(WBEM_E_INVALID_PARAMETER, f"{prop} is required")
+        raise WmiError(WBEM_E_INVALID_PARAMETER, f"Invalid value for {prop}")
+
+    @staticmethod
+    def _ace_mask(typ: str, mask: Any) -> str:
+        """The Mask LCS accepts for an ACE of ``typ``: NULL for All, an FQDN or IP address for
+        Domain, a SIP URI for User (doc: MSFT_SIPESUserACEData); '' stands for NULL."""
+        m = "" if mask is None else str(mask)
+        if len(m) > MAX_SIPURI:
+            raise WmiError(WBEM_E_INVALID_PARAMETER, f"Mask exceeds {MAX_SIPURI} characters")
+        if typ == "All":
+            if m:
+                raise WmiError(WBEM_E_INVALID_PARAMETER, "Mask must be NULL when Type is All")
+            return ""
+        if not m:
+            raise WmiError(WBEM_E_INVALID_PARAMETER, f"Mask is required when Type is {typ}")
+        if typ == "User":
+            check_sip_uri(m, prop="Mask")
+            return m
+        try:
+            ipaddress.ip_address(m)
+            return m
+        except ValueError:
+            pass
+        labels = m.rstrip(".").split(".")
+        if len(labels) < 2 or not all(re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", lb)
+                                      for lb in labels):
+            raise WmiError(WBEM_E_INVALID_PARAMETER, "Invalid Mask")
+        return m
+
+    def _create_ace(self, db: sqlite3.Connection, p: dict[str, Any]) -> Instance:
+        self._ensure_aces()
+        uid = self._require_user(db, p.get("userinstanceid"))
+        typ = self._choice(p.get("type"), ACE_TYPES, "Type")
+        mask = self._ace_mask(typ, p.get("mask"))
+        presence = self._choice(p.get("presence"), ACE_ACTIONS, "Presence")
+        communication = self._choice(p.get("communication"), ACE_ACTIONS, "Communication")
+        if db.execute("SELECT 1 FROM user_aces WHERE user_instance_id=? AND type=? AND mask=?",
+                      (uid, typ, mask)).fetchone():
+            raise WmiError(WBEM_E_ALREADY_EXISTS)
+        db.execute("INSERT INTO user_aces VALUES (?,?,?,?,?)", (uid, typ, mask, presence, communication))
+        return Instance("MSFT_SIPESUserACEData", {"UserInstanceID": uid, "Type": typ, "Mask": mask or None,
+                                                  "Presence": presence, "Communication": communication})
+
+    def _update_ace(self, db: sqlite3.Connection, inst: Instance, c: dict[str, Any]) -> None:
+        uid = self._require_user(db, inst.props["UserInstanceID"])
+        for k, col in (("presence", "presence"), ("communication", "communication")):
+            if k in c:
+                db.execute(f"UPDATE user_aces SET {col}=? WHERE user_instance_id=? AND type=? AND mask=?",
+                           (self._choice(c[k], ACE_ACTIONS, self._prop(inst.cls, k)), uid, inst.props["Type"],
+                            inst.props["Mask"] or ""))
 
     def _update_contact(self, db: sqlite3.Connection, inst: Instance, c: dict[str, Any]) -> None:
         uid, sip = inst.props["UserInstanceID"], inst.props["SIPURI"]

@@ -1,7 +1,9 @@
 """disable_exchange_im: clear a user's Exchange IM attributes once they are safe on LCS.
 
 Refuses unless the user is enabled on LCS and verify_contacts passed for
-them in this or an earlier run, or the playbook says users recreate their
+them in this or an earlier run (and, when their entry holds an Exchange IM
+allow and block list, ``msExchIMACL``, verify_permissions passed on that very
+list: docs/permissions.md), or the playbook says users recreate their
 contacts themselves (``contacts_recreated_by_users: true``, scenario 1), and
 refuses a user whose newest export read their list from no machine (a user
 without clients: nothing proves their contacts are on LCS).
@@ -27,8 +29,8 @@ import json
 from typing import Any, Sequence
 
 from runner.errors import PermanentFault
-from runner.lcs.chunks import (LCS_LINE, WINDOWS_2000_LINE, ChunkScript, LcsRead, groups, import_and_read,
-                               ldap_any, line_limit)
+from runner.lcs.chunks import (LCS_LINE, ChunkScript, LcsRead, groups, im_entries,
+                               import_and_read, ldap_any, line_limit)
 from runner.lcs.exchange import (BACKUP_ATTRIBUTES, IM_ATTRIBUTES, Directory, Query, clear_im_change,
                                  entry_starts, exchange_server, im_backup, im_user_query, keeps_backup,
                                  unfinished_import)
@@ -36,6 +38,7 @@ from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
 from runner.steps._lcs import (CHUNK_SIZE_ARG, backup_name, latest_export, lcs_for, machines_read, recreated_by_users,
                                refusal_warnings, verified)
+from runner.steps._permissions import permissions_pending
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
 from runner.windows.cmdline import quotable
@@ -72,12 +75,8 @@ class DisableExchangeIm(StepModule):
         ctx0 = live[0][1]
         host = exchange_server(ctx0.inventory, ctx0.vars)
         try:
-            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u in live],
-                                 limit=line_limit(ctx0.vars, WINDOWS_2000_LINE), clean=True, script=False)
-            handles = [script.add_query(Query(ldap_any("msExchIMAddress", [u.im_address for *_, u in g]),
-                                              BACKUP_ATTRIBUTES)) for g in groups(live)]
-            script.run()
-            found = {a.lower(): e for h in handles for e in script.entries(h) for a in e.get("msExchIMAddress")}
+            found = im_entries(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u in live],
+                               [u.im_address for *_, u in live], BACKUP_ATTRIBUTES)
         except Exception as exc:  # noqa: BLE001 - the chunk's read failed: each user's outcome
             for i, *_ in live:
                 out[i] = exc
@@ -94,7 +93,8 @@ class DisableExchangeIm(StepModule):
                 state = states.get(user.alias)
                 if isinstance(state, Exception):
                     raise state
-                out[i] = self._diff(ctx, user, entry, change, self._pending(ctx, user, state), host)
+                out[i] = self._diff(ctx, user, entry, change,
+                                    self._pending(ctx, user, state, acl=entry.get("msExchIMACL")), host)
             except Exception as exc:  # noqa: BLE001
                 out[i] = exc
         return out
@@ -217,11 +217,13 @@ class DisableExchangeIm(StepModule):
         change = clear_im_change(entry)
         if not change.mods:
             return None
-        return self._diff(ctx, target, entry, change, self._pending(ctx, target), host)
+        return self._diff(ctx, target, entry, change, self._pending(ctx, target, acl=entry.get("msExchIMACL")), host)
 
     @staticmethod
-    def _pending(ctx: StepContext, user: User, state: UserState | None = None) -> str | None:
-        """Why the user is not yet safe to disable, or None (``state``: their LCS setting, when read)."""
+    def _pending(ctx: StepContext, user: User, state: UserState | None = None, *,
+                 acl: list[str] | None = None) -> str | None:
+        """Why the user is not yet safe to disable, or None (``state``: their LCS setting, when read;
+        ``acl``: their msExchIMACL values, which verify_permissions must have passed on)."""
         if state is None:
             server, iid = lcs_for(ctx, user)
             state = server.read(iid, contacts=False)
@@ -235,7 +237,7 @@ class DisableExchangeIm(StepModule):
         found = latest_export(ctx, user)
         if found is not None and not machines_read(ctx, user, found[1]):
             return f"no contact list of {user.alias} was read from any machine"
-        return None
+        return permissions_pending(ctx, user, acl or [])
 
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
         host = exchange_server(ctx.inventory, ctx.vars)
