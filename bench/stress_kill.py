@@ -4,7 +4,9 @@ Usage: python bench/stress_kill.py [--kills N] [--labs L] [--clients 8-20] [--se
        [--faults | --no-faults] [--playbooks gradual,immediate,...] [--sigint-share 0.25]
        [--workdir DIR] [--keep] [--json]
 
-For each lab (seed S, S+1, ...; clients drawn from --clients) and each playbook:
+For each lab (seed S, S+1, ...; clients drawn from --clients) and each playbook (PAIRS:
+the four scenarios, and two of a wave's rollback, whose first moves run uninterrupted on
+both copies before the killed command):
 
 1. a pristine lab is generated once and copied twice (identical bytes): a
    reference and a victim, each with its own state directory;
@@ -63,10 +65,32 @@ import _endstate  # noqa: E402  (bench/ and the tree are put on sys.path just ab
 from _endstate import Discrepancy  # noqa: E402
 from runner.lab.generator import generate  # noqa: E402
 
-PLAYBOOKS = ("gradual", "immediate", "immediate-recreate", "gradual-deferred")
+@dataclass(frozen=True)
+class Pair:
+    """What one lab x "playbook" pair runs: ``prep`` (playbook, arguments) applied uninterrupted
+    to both copies first (each with its own state directory), then the killed command
+    (``playbook`` with ``args``); ``verify``: the arguments of `runner lab verify` afterwards
+    (None: not run, the lab is meant to be half moved)."""
+
+    playbook: str
+    args: tuple[str, ...] = ()
+    prep: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    verify: tuple[str, ...] | None = ()
+
+
+_WAVE1 = ("--limit", "wave:wave1")
+#: Every pair the script knows: the four scenarios, and the rollback of a wave (docs/rollback.md):
+#: wave1 moved, then the rollback killed; and wave1 moved, rolled back, then moved again killed.
+PAIRS = {
+    "gradual": Pair("gradual", verify=("--signin",)), "immediate": Pair("immediate", verify=("--signin",)),
+    "immediate-recreate": Pair("immediate-recreate", verify=("--signin", "--no-contacts")),
+    "gradual-deferred": Pair("gradual-deferred", verify=("--signin",)),
+    "rollback": Pair("rollback", _WAVE1, prep=(("gradual", _WAVE1),), verify=None),
+    "rollback-moved-again": Pair("gradual", _WAVE1, prep=(("gradual", _WAVE1), ("rollback", _WAVE1)),
+                                 verify=("--wave", "wave1")),
+}
+PLAYBOOKS = tuple(PAIRS)
 DEFAULT_FAULTS = ("drop=0.02", "lcs_busy=0.05", "msiexec_1618=0.05", "hive_locked=0.02")
-#: Playbooks whose users rebuild their own lists: verify does not check contacts.
-NO_CONTACTS = {"immediate-recreate"}
 DONE = ("ok", "changed", "skipped")
 EXIT_INTERRUPTED = 99
 
@@ -142,9 +166,11 @@ def _only_startup_frames(stderr: str) -> bool:
         for f, fn in frames)
 
 
-def _apply_cmd(playbook: str, lab: Path, state: Path) -> list[str]:
-    return [sys.executable, "-m", "runner", "apply", str(REPO / "playbooks" / f"{playbook}.yml"),
-            "-i", str(lab / "inventory.yml"), "--state", str(state), "--json"]
+def _apply_cmd(playbook: str, lab: Path, state: Path, args: tuple[str, ...] | None = None) -> list[str]:
+    """The apply of pair ``playbook`` (PAIRS; or, with ``args``, of that playbook file)."""
+    pair = PAIRS.get(playbook, Pair(playbook)) if args is None else Pair(playbook, args)
+    return [sys.executable, "-m", "runner", "apply", str(REPO / "playbooks" / f"{pair.playbook}.yml"),
+            "-i", str(lab / "inventory.yml"), "--state", str(state), "--json", *pair.args]
 
 
 def _done_share(state: Path) -> float:
@@ -233,8 +259,10 @@ def _attempt(cmd: list[str], cwd: Path, log_base: Path, delay: float | None, sig
 
 
 def _verify(lab: Path, playbook: str, *, lab_name: str) -> list[Discrepancy]:
-    args = ["lab", "verify", "--dir", str(lab), "--json", "--signin"] + (
-        ["--no-contacts"] if playbook in NO_CONTACTS else [])
+    wanted = PAIRS.get(playbook, Pair(playbook)).verify
+    if wanted is None:
+        return []
+    args = ["lab", "verify", "--dir", str(lab), "--json", *wanted]
     proc = _runner(*args, cwd=lab)
     try:
         rep = json.loads(proc.stdout)
@@ -324,6 +352,12 @@ class StressRun:
         shutil.copytree(pristine, ref)
         shutil.copytree(pristine, vic)
         self.fig.pairs += 1
+        for n, (pb, args) in enumerate(PAIRS.get(playbook, Pair(playbook)).prep):  # the same on both copies
+            for label, lab, state in (("ref", ref, ref_state), ("victim", vic, vic_state)):
+                a = _attempt(_apply_cmd(pb, lab, state, args), pdir, pdir / "logs" / f"prep-{n}-{label}", None, 0, 900)
+                if a.rc != 0:
+                    self.fig.baseline.append(Discrepancy(name, playbook, "prep", f"{label} {pb}",
+                                                         f"exit {a.rc}: {a.stderr.strip()[-300:]}"))
         total, startup = self._reference(name, playbook, ref, ref_state, pdir)
         if faulty:
             proc = _runner("lab", "faults", *self.o.fault_rates, "--seed", str(self.o.seed + i), "--dir", str(vic),
@@ -459,7 +493,7 @@ def _clients(text: str) -> tuple[int, int]:
 
 def _playbooks(text: str) -> tuple[str, ...]:
     names = tuple(p.strip().removesuffix(".yml") for p in text.split(",") if p.strip())
-    unknown = [p for p in names if not (REPO / "playbooks" / f"{p}.yml").is_file()]
+    unknown = [p for p in names if p not in PAIRS and not (REPO / "playbooks" / f"{p}.yml").is_file()]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown playbook(s) {', '.join(unknown) or text!r}; "
                                          f"choose among {', '.join(PLAYBOOKS)}")
@@ -479,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fault-rates", default=" ".join(DEFAULT_FAULTS),
                     help=f"rates for `runner lab faults` (default: {' '.join(DEFAULT_FAULTS)})")
     ap.add_argument("--playbooks", type=_playbooks, default=PLAYBOOKS,
-                    help="comma-separated names from playbooks/ (default: all four)")
+                    help=f"comma-separated names from playbooks/ or pairs ({', '.join(PAIRS)}; default: all)")
     ap.add_argument("--sigint-share", type=float, default=0.25, help="share of kills sent as SIGINT (0.25)")
     ap.add_argument("--contacts", type=int, default=20, help="average contacts per user and machine (20)")
     ap.add_argument("--max-runs", type=int, default=40, help="applies per pair, after its killed ones, before giving up (40)")

@@ -35,6 +35,8 @@ MILESTONES = {"export_contacts": "exported", "enable_lcs_users": "enabled", "imp
 STAGE_WORDS = {"not started": "not started", "exported": "contacts exported", "enabled": "enabled on LCS",
                "imported": "contacts imported", "verified": "contacts verified",
                "disabled": "disabled on Exchange IM"}
+#: What a user's stage says when a rollback (docs/rollback.md) put them back and nothing moved them since.
+ROLLED_BACK = "rolled back to Exchange IM"
 PROBLEMS = ("failed", "unreachable")
 PASSED = ("ok", "changed")
 NO_WAVE = "(no wave)"
@@ -51,6 +53,13 @@ def _warnings(row: Mapping[str, Any]) -> list[str]:
     result = row.get("result")
     found = result.get("warnings") if isinstance(result, dict) else None
     return [str(w) for w in found] if isinstance(found, list) else []
+
+
+def _rolled_back_at(rows: Iterable[Mapping[str, Any]]) -> float:
+    """When the user's latest rollback record finished (0.0: none): milestones before it no
+    longer hold (runner.state.StateStore.reopened_by_rollback)."""
+    return max((float(r.get("ended") or 0) for r in rows
+                if r.get("status") in PASSED and _data(r).get("rollback") is True), default=0.0)
 
 
 class _History:
@@ -275,8 +284,10 @@ def user_rows(rows: list[dict[str, Any]], inventory: Inventory | None, subject_a
         urows = history.by_user.get(alias, [])
         user = users.get(alias)
         stage, stage_run = "not started", None
+        rolled_back = _rolled_back_at(urows)
+        since = [r for r in urows if (r.get("ended") or 0) > rolled_back] if rolled_back else urows
         for module, milestone in MILESTONES.items():
-            r = _History.latest(urows, module)
+            r = _History.latest(since, module)
             if r is not None and r["status"] in PASSED and STAGES.index(milestone) > STAGES.index(stage):
                 stage, stage_run = milestone, r["run_id"]
         latest_per_step: dict[str, dict[str, Any]] = {}
@@ -310,7 +321,7 @@ def user_rows(rows: list[dict[str, Any]], inventory: Inventory | None, subject_a
             "im_address": user.im_address if user is not None else None,
             "wave": wave,
             "stage": stage,
-            "stage_text": STAGE_WORDS[stage],
+            "stage_text": ROLLED_BACK if rolled_back and stage == "not started" else STAGE_WORDS[stage],
             "state": "failed" if failure else ("moved" if stage == "disabled" else "pending"),
             "run": stage_run or (runs[-1] if runs else None),
             "machines": machines,

@@ -676,11 +676,56 @@ class StateStore:
     # -- tasks ----------------------------------------------------------------
 
     def completed(self, run_id: str) -> dict[str, str]:
-        """Task key -> fingerprint of the tasks of ``run_id`` whose last outcome is done."""
+        """Task key -> fingerprint of the tasks of ``run_id`` whose last outcome is done, less
+        those a rollback reopened (:meth:`reopened_by_rollback`)."""
         marks = ",".join("?" * len(DONE_STATUSES))
         rows = self._read(f"SELECT key, fingerprint FROM tasks WHERE run_id=? AND status IN ({marks})",
                           (run_id, *sorted(DONE_STATUSES)))
-        return {r["key"]: r["fingerprint"] or "" for r in rows}
+        reopened = self.reopened_by_rollback(run_id)
+        return {r["key"]: r["fingerprint"] or "" for r in rows if r["key"] not in reopened}
+
+    def reopened_by_rollback(self, run_id: str) -> set[str]:
+        """Keys of finished tasks of ``run_id`` that a later rollback, or a later move after a
+        rollback, undid, so a resumed run does them again (docs/rollback.md).
+
+        A rollback record is a finished (ok/changed) task whose result data says
+        ``rollback: true`` (the user steps of playbooks/rollback.yml); a run holding one is a
+        rollback run. A task of another run is reopened when it ended before its user's
+        latest rollback record, or before a ``changed`` task of the same user or host in a
+        rollback run (a client the rollback switched back to Exchange IM). A task of a
+        rollback run is reopened when it ended before a ``changed`` task of the same user or
+        host in a run that is not one (they moved again, so a next rollback runs again).
+        Users are matched by their record key (AD GUID)."""
+        marks = ",".join("?" * len(DONE_STATUSES))
+        records = self._read("SELECT run_id, subject, ended, result FROM tasks WHERE status IN ('ok','changed')"
+                             " AND subject IS NOT NULL AND result LIKE ?", (_ROLLBACK_LIKE,))
+        found = [(r["run_id"], r["subject"], float(r["ended"] or 0)) for r in records if _is_rollback(r["result"])]
+        if not found:
+            return set()
+        rollback_runs = sorted({rid for rid, _, _ in found})
+        runs = ",".join("?" * len(rollback_runs))
+        undone: dict[str, float] = {}  # subject -> when it was last undone, as this run sees it
+
+        def later(subject: str, ended: float) -> None:
+            undone[subject] = max(undone.get(subject, 0.0), ended)
+        if run_id in rollback_runs:
+            rows = self._read(f"SELECT subject, MAX(ended) AS ended FROM tasks WHERE status='changed' AND subject IN"
+                              f" (SELECT subject FROM tasks WHERE run_id=?) AND run_id NOT IN ({runs})"
+                              " GROUP BY subject", (run_id, *rollback_runs))
+            for r in rows:
+                later(r["subject"], float(r["ended"] or 0))
+        else:
+            for rid, subject, ended in found:
+                later(subject, ended)
+            for r in self._read(f"SELECT subject, MAX(ended) AS ended FROM tasks WHERE status='changed'"
+                                f" AND subject IS NOT NULL AND run_id IN ({runs}) GROUP BY subject", tuple(rollback_runs)):
+                later(r["subject"], float(r["ended"] or 0))
+        if not undone:
+            return set()
+        return {r["key"] for r in self._read(f"SELECT key, subject, ended FROM tasks WHERE run_id=?"
+                                             f" AND status IN ({marks}) AND subject IS NOT NULL",
+                                             (run_id, *sorted(DONE_STATUSES)))
+                if float(r["ended"] or 0) < undone.get(r["subject"], 0.0)}
 
     def register_tasks(self, run_id: str, tasks: Iterable[tuple[str, int, str, str, str, str, str | None, str]]) -> None:
         """Record planned tasks as ``pending`` unless already known, so status can say what is left.
@@ -901,6 +946,22 @@ class StateStore:
         rows = self._read("SELECT name, path, sha256, size FROM artifacts WHERE name=? ORDER BY id DESC",
                           (name,))
         return [ArtifactRow(r["name"], r["path"], r["sha256"], r["size"]) for r in rows]
+
+
+#: The text every rollback record's result holds (json.dumps of ``"rollback": true``); a prefilter.
+_ROLLBACK_LIKE = '%"rollback": true%'
+
+
+def _is_rollback(result: str | bytes | None) -> bool:
+    """True when a task's stored result is a rollback record: its data says ``rollback: true``."""
+    if not isinstance(result, str) or '"rollback": true' not in result:
+        return False
+    try:
+        doc = json.loads(result)
+    except ValueError:
+        return False
+    data = doc.get("data") if isinstance(doc, dict) else None
+    return isinstance(data, dict) and data.get("rollback") is True
 
 
 def _text(raw: bytes) -> str | bytes:

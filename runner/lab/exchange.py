@@ -157,8 +157,8 @@ class Directory:
         return [r[0] for r in self.db.execute("SELECT dn FROM objects ORDER BY rowid")
                 if r[0].lower() == base.lower() or r[0].lower().endswith(suffix)]
 
-    def find_equal(self, attr: str, value: str) -> list[str]:
-        """DNs having ``attr=value`` (case-insensitive)."""
+    def find_equal(self, attr: str, value: str | bytes) -> list[str]:
+        """DNs having ``attr=value`` (case-insensitive; bytes compare byte for byte)."""
         return [r[0] for r in self.db.execute(
             "SELECT DISTINCT dn FROM attrs WHERE name=? AND value=? COLLATE NOCASE", (attr, value))]
 

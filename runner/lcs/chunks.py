@@ -256,3 +256,18 @@ class LcsRead:
                 if not isinstance(state, Exception):
                     state.max_contacts = max_contacts
         return out
+
+
+def import_and_read(conn: Connection, host: str, vars: Mapping[str, Any], owners: Sequence[str],
+                    changes: Sequence[ldif.Change], queries: Sequence[Query]) -> tuple[Section | None, list[ldif.Entry]]:
+    """Put one LDIF file holding ``changes`` on the host, then one line (or a few within its
+    line limit, default Windows 2000's): import it, delete it, run ``queries``. The import's
+    section (runner.lcs.exchange.unfinished_import reads it) and every entry found."""
+    script = ChunkScript(conn, host, vars, owners, limit=line_limit(vars, WINDOWS_2000_LINE), script=False)
+    path = temp_path(conn, vars, f"runner-{owner_tag(owners[0])}-{secrets.token_hex(4)}.ldf")
+    conn.put(ldif.render(changes), path)
+    imported = script.add(ldif.import_command(path), stderr_too=True)
+    script.add(Command("del", "/q", Quoted(path)))
+    handles = [script.add_query(q) for q in queries]
+    script.run()
+    return script.section(imported), [e for h in handles for e in script.entries(h)]

@@ -18,12 +18,13 @@ are variables with the defaults below (DOMAIN.md).
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from runner.connections.base import Connection
-from runner.errors import PermanentFault
+from runner.errors import PermanentFault, TransientFault
 from runner.hostenv import temp_dir
 from runner.model import Inventory
 from runner.windows import ldif
@@ -234,3 +235,94 @@ def homed_on(entries: Sequence[ldif.Entry], server: str) -> list[ldif.Entry]:
         if not where.strip() or s in where:
             out.append(e)
     return out
+
+
+# -- the backup a rollback restores (docs/rollback.md) -------------------------------------
+
+#: The user's LCS state in AD saved beside the msExchIM* values (kept for the record and
+#: checked by the rollback; LCS itself writes these, the rollback never does).
+BACKUP_RTC_ATTRIBUTES = (*RTC_ATTRIBUTES, "msRTCSIP-TargetHomeServer")
+#: What disable_exchange_im reads of a user: what it clears and what it saves.
+BACKUP_ATTRIBUTES = (*IM_ATTRIBUTES, *BACKUP_RTC_ATTRIBUTES)
+
+
+def im_backup(entry: ldif.Entry, *, alias: str, server: str) -> dict[str, Any]:
+    """The backup of a user's Exchange IM attributes, from the ``entry`` read just before they
+    are cleared: its DN, every msExchIM* value and the msRTCSIP-* state, in the directory's
+    order. Deterministic (no time stamp): saving the same values again is the same file."""
+    def values(names: Sequence[str]) -> dict[str, list[str]]:
+        return {a: list(entry.get(a)) for a in names if entry.get(a)}
+    return {"format": 1, "alias": alias, "dn": entry.dn, "exchange_im_server": server,
+            "msExchIM": values(IM_ATTRIBUTES), "msRTCSIP": values(BACKUP_RTC_ATTRIBUTES)}
+
+
+def keeps_backup(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """True when the saved backup ``old`` must stay rather than be replaced by ``new``: ``old``
+    holds msExchIM* values and ``new`` holds fewer of them (a partly cleared entry, which
+    would make a worse backup). Equal or more values replace it (identical bytes: no new
+    version)."""
+    if not old or not isinstance(old.get("msExchIM"), Mapping) or not old["msExchIM"]:
+        return False
+    have = {a.lower() for a in old["msExchIM"]}
+    now = {a.lower() for a in new.get("msExchIM") or {}}
+    return now < have
+
+
+def restore_im_change(entry: ldif.Entry, backup: Mapping[str, Any]) -> ldif.Change:
+    """The LDIF modify that gives ``entry`` exactly the msExchIM* values of ``backup``: a
+    replace of every saved attribute whose values differ, a delete of any IM attribute the
+    backup does not hold; no mods when the entry already matches."""
+    saved = {a.lower(): (a, list(v)) for a, v in (backup.get("msExchIM") or {}).items()}
+    mods: list[tuple[str, str, Sequence[Any]]] = []
+    for a in IM_ATTRIBUTES:
+        now = entry.get(a)
+        if a.lower() in saved:
+            name, want = saved[a.lower()]
+            if now != want:
+                mods.append(("replace", name, [ldif.value_for_ldif(v) for v in want]))
+        elif now:
+            mods.append(("delete", a, []))
+    return ldif.Change(entry.dn, "modify", mods)
+
+
+def guid_query(guids: Sequence[str], attrs: Sequence[str]) -> Query:
+    """The search for the AD objects whose objectGUID is one of ``guids`` ({8-4-4-4-12}, as the
+    inventory holds them; objectGUID is stored little-endian, as uuid's bytes_le)."""
+    import uuid
+    parts = "".join(f"(objectGUID={ldif.escape_filter_bytes(uuid.UUID(g.strip('{}')).bytes_le)})" for g in guids)
+    return Query(parts if len(guids) == 1 else f"(|{parts})", tuple(attrs))
+
+
+def entry_starts(changes: Sequence[ldif.Change]) -> list[int]:
+    """The line each change starts on in ``ldif.render(changes)`` (ldifde names that line
+    when it stops at an entry)."""
+    starts, line = [], 1
+    for ch in changes:
+        starts.append(line)
+        line += ldif.render([ch]).count(b"\r\n")
+    return starts
+
+
+def import_stopped_at(sec: Section | None) -> int | None:
+    """Where an ``ldifde -i`` section stopped: None when it succeeded, the line of the entry
+    it names, or 0 when it failed without naming one (or never ran)."""
+    if sec is not None and sec.ok:
+        return None
+    m = re.search(r"error on entry starting on line (\d+)", sec.stdout if sec else "")
+    return int(m.group(1)) if m else 0
+
+
+def unfinished_import(sec: Section | None, start: int, dn: str, host: str, left: str) -> Exception:
+    """The fault of an entry that did not read back as an ``ldifde -i`` of a chunk's file
+    meant (``sec``: the import's section; ``start``: the entry's line in the file): ldifde
+    stopped at it (PermanentFault with its error), before it (TransientFault: the change
+    never ran, retried), or succeeded and the entry still ``left`` (PermanentFault)."""
+    stopped_at = import_stopped_at(sec)
+    if stopped_at is not None and stopped_at == start:
+        detail = (sec.stdout if sec else "").strip().splitlines()
+        return PermanentFault(f"ldifde import on {host} failed for {dn}: {detail[-1] if detail else 'no output'}",
+                              host=host)
+    if stopped_at is not None:
+        return TransientFault(f"ldifde import on {host} stopped before {dn} (at line {stopped_at}); retried",
+                              host=host)
+    return PermanentFault(f"ldifde import on {host} succeeded but {dn} {left}", host=host)

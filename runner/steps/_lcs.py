@@ -11,7 +11,7 @@ from runner.errors import PermanentFault
 from runner.lcs.contacts import ExportedContact, parse_export
 from runner.lcs.server import LcsServer, home_server, instance_id
 from runner.model import User
-from runner.steps.base import StepContext
+from runner.steps.base import Diff, StepContext, StepResult
 
 
 #: The ``chunk_size`` argument of the chunked LCS / Exchange IM steps (docs/server-batching.md).
@@ -97,9 +97,34 @@ def lcs_for(ctx: StepContext, user: User) -> tuple[LcsServer, str]:
     return LcsServer(ctx.connection(host), host), instance_id(user)
 
 
+#: The modules of a rollback (playbooks/rollback.yml); their results carry ``rollback: true``.
+ROLLBACK_MODULES = ("restore_exchange_im", "disable_lcs_users")
+
+
+def backup_name(alias: str) -> str:
+    """The artifact holding the user's Exchange IM values saved by disable_exchange_im."""
+    return f"exim-backup/{alias}.json"
+
+
+def imported_name(alias: str) -> str:
+    """The artifact listing the contacts import_contacts created (or was about to create) on LCS."""
+    return f"lcs-imported/{alias}.json"
+
+
+def rolled_back_at(ctx: StepContext, user: User) -> float:
+    """When the user's latest rollback finished (0.0: never rolled back): what came before it
+    no longer holds (docs/rollback.md)."""
+    ends = [float(getattr(r, "ended", 0) or 0) for m in ROLLBACK_MODULES for r in ctx.previous(m, user.alias)
+            if (r.data or {}).get("rollback")]
+    return max(ends, default=0.0)
+
+
 def verified(ctx: StepContext, user: User) -> bool:
-    """True when verify_contacts passed for ``user`` in this or an earlier run."""
+    """True when verify_contacts passed for ``user`` in this or an earlier run, after their
+    latest rollback if any (a rolled-back user is verified again before being disabled)."""
+    since = rolled_back_at(ctx, user)
     return any(r.status in ("ok", "changed") and (r.data or {}).get("verified")
+               and (not since or float(getattr(r, "ended", 0) or 0) > since)
                for r in ctx.previous("verify_contacts", user.alias))
 
 
@@ -118,3 +143,20 @@ def refusal_warnings(ctx: StepContext, why: str | None, *, action: str, forced: 
     if ctx.check:
         return [f"would refuse now: {why}"]
     raise PermanentFault(f"refusing to {action}: {why} (force: true overrides)")
+
+
+class ChunkedOnly:
+    """For a step written for chunks only: ``probe``/``apply`` of one target are its
+    ``probe_many``/``apply_many`` of a chunk of one (mixed in before StepModule)."""
+
+    def probe(self, ctx: StepContext, target: Any) -> Diff | None:
+        [found] = self.probe_many([(ctx, target)])  # type: ignore[attr-defined]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def apply(self, ctx: StepContext, target: Any, diff: Diff) -> StepResult:
+        [done] = self.apply_many([(ctx, target, diff)])  # type: ignore[attr-defined]
+        if isinstance(done, Exception):
+            raise done
+        return done

@@ -29,7 +29,7 @@ from runner.errors import PermanentFault, TransientFault
 from runner.model import Host
 from runner.steps import _clients as cl
 from runner.steps import _signin as S
-from runner.steps._lcs import refusal_warnings
+from runner.steps._lcs import refusal_warnings, rolled_back_at
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import reg
 from runner.windows.cmdline import Command
@@ -70,11 +70,13 @@ def _fresh_values(ctx: StepContext, host: str) -> S.Held | None:
 
 def still_on_exchange(ctx: StepContext, host: str) -> list[str]:
     """Inventory users of ``host`` not yet taken off Exchange IM (newest disable_exchange_im
-    outcome missing or not ok/changed), in inventory order."""
+    outcome missing or not ok/changed, or older than their latest rollback: docs/rollback.md),
+    in inventory order."""
     out = []
     for user in cl.client_users(ctx.inventory, host):
         newest = ctx.previous(DISABLE_STEP, user.alias)
-        if not newest or newest[0].status not in ("ok", "changed"):
+        if not newest or newest[0].status not in ("ok", "changed") \
+                or float(getattr(newest[0], "ended", 0) or 0) < rolled_back_at(ctx, user):
             out.append(user.alias)
     return out
 

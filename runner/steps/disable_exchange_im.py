@@ -14,28 +14,34 @@ line. Round trips: the probe reads the directory (and, only when there is
 something to clear, the user's LCS setting: one line per host); apply puts
 the file and runs one line. The probe's line also deletes this user's scratch
 ``.ldf`` files that a killed run left on the server (runner.lcs.exchange).
+
+Before anything is cleared, apply saves each user's values (every msExchIM*
+value and the msRTCSIP-* state, as the probe read them) as the artifact
+``exim-backup/<alias>.json`` (atomic, fsynced, sha256 in the state store), which
+``restore_exchange_im`` puts back (docs/rollback.md). The artifact is durable
+before the LDIF goes to the server, so a run killed in between has the backup
+and the values; a rerun after the clear finds nothing to clear and writes
+nothing, and a backup is never replaced by one holding fewer msExchIM* values.
 """
 from __future__ import annotations
 
-import re
-import secrets
+import json
 from typing import Any, Sequence
 
-from runner.errors import PermanentFault, TransientFault
-from runner.lcs.chunks import (LCS_LINE, WINDOWS_2000_LINE, ChunkScript, LcsRead, groups, im_entries, ldap_any,
-                               line_limit)
-from runner.lcs.exchange import (IM_ATTRIBUTES, Directory, Query, clear_im_change, exchange_server,
-                                 im_user_query, temp_path, owner_tag)
+from runner.errors import PermanentFault
+from runner.lcs.chunks import (LCS_LINE, ChunkScript, LcsRead, groups, im_entries,
+                               import_and_read, ldap_any, line_limit)
+from runner.lcs.exchange import (BACKUP_ATTRIBUTES, IM_ATTRIBUTES, Directory, Query, clear_im_change,
+                                 entry_starts, exchange_server, im_backup, im_user_query, keeps_backup,
+                                 unfinished_import)
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import (CHUNK_SIZE_ARG, latest_export, lcs_for, machines_read, recreated_by_users,
+from runner.steps._lcs import (CHUNK_SIZE_ARG, backup_name, latest_export, lcs_for, machines_read, recreated_by_users,
                                refusal_warnings, verified)
 from runner.steps._permissions import permissions_pending
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
-from runner.windows.cmdline import Command, Quoted, quotable
-
-_ENTRY_LINE = re.compile(r"error on entry starting on line (\d+)")
+from runner.windows.cmdline import quotable
 
 
 class DisableExchangeIm(StepModule):
@@ -70,7 +76,7 @@ class DisableExchangeIm(StepModule):
         host = exchange_server(ctx0.inventory, ctx0.vars)
         try:
             found = im_entries(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u in live],
-                               [u.im_address for *_, u in live], IM_ATTRIBUTES)
+                               [u.im_address for *_, u in live], BACKUP_ATTRIBUTES)
         except Exception as exc:  # noqa: BLE001 - the chunk's read failed: each user's outcome
             for i, *_ in live:
                 out[i] = exc
@@ -88,7 +94,7 @@ class DisableExchangeIm(StepModule):
                 if isinstance(state, Exception):
                     raise state
                 out[i] = self._diff(ctx, user, entry, change,
-                                    self._pending(ctx, user, state, acl=entry.get("msExchIMACL")))
+                                    self._pending(ctx, user, state, acl=entry.get("msExchIMACL")), host)
             except Exception as exc:  # noqa: BLE001
                 out[i] = exc
         return out
@@ -123,45 +129,70 @@ class DisableExchangeIm(StepModule):
         return out
 
     @staticmethod
-    def _diff(ctx: StepContext, target: User, entry: ldif.Entry, change: ldif.Change, why: str | None) -> Diff:
+    def _diff(ctx: StepContext, target: User, entry: ldif.Entry, change: ldif.Change, why: str | None,
+              host: str) -> Diff:
         warnings = refusal_warnings(ctx, why, action=f"disable Exchange IM for {target.alias}",
                                     forced=f"disabling Exchange IM for {target.alias}")
         lines = [f"- {entry.dn}: {attr}" for _, attr, _ in change.mods] + [f"! {w}" for w in warnings]
         return Diff(f"clear {len(change.mods)} IM attribute(s) of {target.alias}", lines,
-                    {"dn": entry.dn, "attrs": [a for _, a, _ in change.mods], "warnings": warnings})
+                    {"dn": entry.dn, "attrs": [a for _, a, _ in change.mods], "warnings": warnings,
+                     "backup": im_backup(entry, alias=target.alias, server=host)})
+
+    @staticmethod
+    def _save_backup(ctx: StepContext, user: User, diff: Diff) -> dict[str, Any]:
+        """Store the values the probe read as ``exim-backup/<alias>.json`` (durable when this
+        returns), unless the backup already saved holds more of them; what the result names."""
+        name = backup_name(user.alias)
+        backup = diff.data.get("backup")
+        if not isinstance(backup, dict) or not backup.get("msExchIM"):
+            raise PermanentFault(f"no values of {user.alias}'s Exchange IM attributes were read: "
+                                 "nothing is cleared without a backup")
+        raw = ctx.artifacts.read(name)
+        try:
+            old = json.loads(raw) if raw is not None else None
+        except ValueError:
+            old = None
+        if keeps_backup(old, backup):
+            return {"backup": name, "backup_kept": True}
+        ref = ctx.artifacts.write(name, json.dumps(backup, sort_keys=True, indent=1).encode("utf-8") + b"\n")
+        return {"backup": name, "backup_sha256": ref.sha256}
 
     def apply_many(self, items: Sequence[tuple[StepContext, User, Diff]]) -> list[ApplyOutcome]:
         """One LDIF file with every user's modify, put on the Exchange IM server, then one line
         (or a few): import it, delete it, read the users back. Each user's outcome is their
         entry read back; when ldifde stopped at an entry, that user fails with its error and
         the users after it are retried (TransientFault: their change never ran)."""
+        out: list[ApplyOutcome] = [StepResult("failed")] * len(items)
+        saved: dict[str, dict[str, Any]] = {}
+        kept = []
+        for n, (ctx, user, diff) in enumerate(items):  # the backups first, durable before any clear
+            try:
+                saved[user.alias] = self._save_backup(ctx, user, diff)
+                kept.append(n)
+            except Exception as exc:  # noqa: BLE001 - that user is not cleared
+                out[n] = exc
+        if not kept:
+            return out
+        done = self._clear([items[n] for n in kept], saved)
+        for n, result in zip(kept, done):
+            out[n] = result
+        return out
+
+    def _clear(self, items: Sequence[tuple[StepContext, User, Diff]],
+               saved: dict[str, dict[str, Any]]) -> list[ApplyOutcome]:
+        """The chunk's LDIF put and imported (``apply_many``), for users whose backup is saved."""
         ctx0, _, _ = items[0]
         host = exchange_server(ctx0.inventory, ctx0.vars)
         changes = [ldif.Change(d.data["dn"], "modify", [("delete", a, []) for a in d.data["attrs"]])
                    for _, _, d in items]
-        starts, line = [], 1
-        for ch in changes:
-            starts.append(line)
-            line += ldif.render([ch]).count(b"\r\n")
+        starts = entry_starts(changes)
         try:
-            conn = ctx0.connection(host)
-            script = ChunkScript(conn, host, ctx0.vars, [u.alias for _, u, _ in items],
-                                 limit=line_limit(ctx0.vars, WINDOWS_2000_LINE), script=False)
-            path = temp_path(conn, ctx0.vars, f"runner-{owner_tag(items[0][1].alias)}-{secrets.token_hex(4)}.ldf")
-            conn.put(ldif.render(changes), path)
-            imported = script.add(ldif.import_command(path), stderr_too=True)
-            script.add(Command("del", "/q", Quoted(path)))
-            handles = [script.add_query(Query(ldap_any("msExchIMAddress", [u.im_address for _, u, _ in g]),
-                                              IM_ATTRIBUTES)) for g in groups(items)]
-            script.run()
-            back = {a.lower(): e for h in handles for e in script.entries(h) for a in e.get("msExchIMAddress")}
+            sec, entries = import_and_read(
+                ctx0.connection(host), host, ctx0.vars, [u.alias for _, u, _ in items], changes,
+                [Query(ldap_any("msExchIMAddress", [u.im_address for _, u, _ in g]), IM_ATTRIBUTES) for g in groups(items)])
+            back = {a.lower(): e for e in entries for a in e.get("msExchIMAddress")}
         except Exception as exc:  # noqa: BLE001
             return [exc] * len(items)
-        sec = script.section(imported)
-        stopped_at = None
-        if sec is None or not sec.ok:
-            m = _ENTRY_LINE.search(sec.stdout if sec else "")
-            stopped_at = int(m.group(1)) if m else 0
         out: list[ApplyOutcome] = []
         for n, (ctx, user, diff) in enumerate(items):
             d = diff.data
@@ -169,34 +200,24 @@ class DisableExchangeIm(StepModule):
             left = [a for a in IM_ATTRIBUTES if entry is not None and entry.get(a)]
             if not left:
                 out.append(StepResult("changed", f"Exchange IM disabled for {user.alias}",
-                                      {"dn": d["dn"], "cleared": d["attrs"], "forced": bool(d["warnings"])},
-                                      d["warnings"]))
-            elif stopped_at is not None and stopped_at == starts[n]:
-                detail = (sec.stdout if sec else "").strip().splitlines()
-                out.append(PermanentFault(f"ldifde import on {host} failed for {d['dn']}: "
-                                          f"{detail[-1] if detail else 'no output'}", host=host))
-            elif stopped_at is not None:
-                out.append(TransientFault(f"ldifde import on {host} stopped before {d['dn']} (at line "
-                                          f"{stopped_at}); retried", host=host))
+                                      {"dn": d["dn"], "cleared": d["attrs"], "forced": bool(d["warnings"]),
+                                       **saved.get(user.alias, {})}, d["warnings"]))
             else:
-                out.append(PermanentFault(f"ldifde import on {host} succeeded but {d['dn']} still has "
-                                          f"{', '.join(left)}", host=host))
+                out.append(unfinished_import(sec, starts[n], d["dn"], host, f"still has {', '.join(left)}"))
         return out
 
     def probe(self, ctx: StepContext, target: User) -> Diff | None:
         host = exchange_server(ctx.inventory, ctx.vars)
-        entry = Directory(ctx.connection(host), host, ctx.vars, owner=target.alias).im_user(target.im_address)
+        q = im_user_query(target.im_address)
+        found = Directory(ctx.connection(host), host, ctx.vars, owner=target.alias).search(
+            q.ldap_filter, BACKUP_ATTRIBUTES)
+        entry = found[0] if found else None
         if entry is None:
             return None
         change = clear_im_change(entry)
         if not change.mods:
             return None
-        warnings = refusal_warnings(ctx, self._pending(ctx, target, acl=entry.get("msExchIMACL")),
-                                    action=f"disable Exchange IM for {target.alias}",
-                                    forced=f"disabling Exchange IM for {target.alias}")
-        lines = [f"- {entry.dn}: {attr}" for _, attr, _ in change.mods] + [f"! {w}" for w in warnings]
-        return Diff(f"clear {len(change.mods)} IM attribute(s) of {target.alias}", lines,
-                    {"dn": entry.dn, "attrs": [a for _, a, _ in change.mods], "warnings": warnings})
+        return self._diff(ctx, target, entry, change, self._pending(ctx, target, acl=entry.get("msExchIMACL")), host)
 
     @staticmethod
     def _pending(ctx: StepContext, user: User, state: UserState | None = None, *,
@@ -221,6 +242,7 @@ class DisableExchangeIm(StepModule):
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
         host = exchange_server(ctx.inventory, ctx.vars)
         d = diff.data
+        saved = self._save_backup(ctx, target, diff)
         # put the LDIF, then one line: import, delete it, read the user back
         done = Directory(ctx.connection(host), host, ctx.vars, owner=target.alias).apply(
             [ldif.Change(d["dn"], "modify", [("delete", a, []) for a in d["attrs"]])],
@@ -230,4 +252,5 @@ class DisableExchangeIm(StepModule):
             raise PermanentFault(f"ldifde import on {host} succeeded but {d['dn']} still has "
                                  f"{', '.join(left)}", host=host)
         return StepResult("changed", f"Exchange IM disabled for {target.alias}",
-                          {"dn": d["dn"], "cleared": d["attrs"], "forced": bool(d["warnings"])}, d["warnings"])
+                          {"dn": d["dn"], "cleared": d["attrs"], "forced": bool(d["warnings"]), **saved},
+                          d["warnings"])

@@ -12,10 +12,17 @@ reports every one of them, not only those this attempt created. In coexistence (
 scenarios) ungrouped contacts go to ``coexistence_group``. In check mode
 before any export, the plan is made from the clients' registries (read-only),
 so ``--check --diff`` lists the contacts a run would add.
+
+Before a contact is created, it is added to the user's record of what the runner
+imported (artifact ``lcs-imported/<alias>.json``: SIP URI, name and group names as
+sent, durable before the command runs), so a rollback with
+``remove_imported_contacts`` can tell the runner's contacts from ones the user
+added or edited on LCS (docs/rollback.md), whatever run was killed where.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import json
+from typing import Any, Mapping, Sequence
 
 from runner.errors import PermanentFault, TransientFault
 from runner.lcs.chunks import LCS_LINE, ChunkScript, LcsRead, busy_section, line_limit, outcomes
@@ -23,7 +30,7 @@ from runner.lcs.contacts import LcsGroup, group_ids_for, parse_export, parse_exp
 from runner.lcs.mapping import mapping_for
 from runner.lcs.server import CONTACT_CLASS, GROUP_CLASS, UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import CHUNK_SIZE_ARG, latest_export, lcs_for, require_export
+from runner.steps._lcs import CHUNK_SIZE_ARG, imported_name, latest_export, lcs_for, require_export
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import wmic
 from runner.steps.export_contacts import read_current
@@ -151,6 +158,9 @@ class ImportContacts(StepModule):
         failures: list[str] = []
         if plan.groups_to_create:  # creates them and re-reads the server-assigned ids in one line
             groups, failures = server.create_groups(iid, plan.groups_to_create)
+        if plan.contacts_to_add:
+            record_imported(ctx, target, [sent_contact(c.uri, c.name, group_ids_for(c.groups, groups), groups)
+                                          for c in plan.contacts_to_add])
         created, failed = server.create_contacts(iid, plan.contacts_to_add, groups) if plan.contacts_to_add \
             else ([], [])
         data = {**plan.as_dict(), "artifact": artifact, "created": created, "failed": failed}
@@ -207,6 +217,7 @@ class ImportContacts(StepModule):
             for n, p in enumerate(plans):
                 if n in busy:
                     continue
+                sent = []
                 for c in p[0].contacts_to_add:
                     values: dict[str, Any] = {"UserInstanceID": p[2], "SIPURI": c.uri}
                     if c.name:
@@ -215,8 +226,11 @@ class ImportContacts(StepModule):
                     ids = group_ids_for(c.groups, group_of[n])
                     if ids:
                         values["GroupID"] = list(ids)
+                    sent.append(sent_contact(c.uri, c.name, ids, group_of[n]))
                     sections.setdefault(n, []).append((c.uri, script.add(wmic.create(CONTACT_CLASS, values),
                                                                          stderr_too=True)))
+                if sent:  # durable before the commands run (a kill in between leaves a superset)
+                    record_imported(items[n][0], items[n][1], sent)
             if script.commands:
                 script.run()
         except Exception as exc:  # noqa: BLE001 - the chunk's commands did not run: each user's outcome
@@ -242,3 +256,32 @@ class ImportContacts(StepModule):
             out.append(StepResult(status, f"added {len(created)} contact(s), {len(plan.groups_to_create)} group(s)",
                                   data, warnings))
         return out
+
+
+def sent_contact(uri: str, name: str, ids: Sequence[int], groups: Sequence[LcsGroup]) -> dict[str, Any]:
+    """A contact as import_contacts creates it on LCS: SIP URI, Name as sent, group names."""
+    names = {g.id: g.name for g in groups}
+    return {"uri": uri, "name": wmic.clean_text(name) if name else "",
+            "groups": sorted(names[i] for i in ids if i in names)}
+
+
+def read_imported(ctx: StepContext, user: User) -> list[dict[str, Any]]:
+    """The contacts import_contacts created (or was about to create) for ``user`` on LCS."""
+    raw = ctx.artifacts.read(imported_name(user.alias))
+    try:
+        doc = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        doc = {}
+    found = doc.get("contacts") if isinstance(doc, Mapping) else None
+    return [c for c in found if isinstance(c, Mapping) and isinstance(c.get("uri"), str)] if isinstance(found, list) \
+        else []
+
+
+def record_imported(ctx: StepContext, user: User, sent: Sequence[Mapping[str, Any]]) -> None:
+    """Add ``sent`` to the user's record of imported contacts (one entry per SIP URI, the
+    latest form kept; sorted, so the same contacts are the same bytes)."""
+    by_uri = {c["uri"].casefold(): dict(c) for c in read_imported(ctx, user)}
+    for c in sent:
+        by_uri[c["uri"].casefold()] = dict(c)
+    doc = {"format": 1, "alias": user.alias, "contacts": [by_uri[k] for k in sorted(by_uri)]}
+    ctx.artifacts.write(imported_name(user.alias), json.dumps(doc, sort_keys=True, indent=1).encode("utf-8") + b"\n")

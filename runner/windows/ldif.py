@@ -177,6 +177,21 @@ def escape_filter_value(value: str) -> str:
     return "".join(out)
 
 
+def escape_filter_bytes(raw: bytes) -> str:
+    """RFC 4515 escaping of an octet-string value (objectGUID): every byte as ``\\xx``."""
+    return "".join("\\%02x" % b for b in raw)
+
+
+def value_for_ldif(value: str) -> str | bytes:
+    """A value read by :func:`parse` as it must be written back: binary values (decoded with
+    ``surrogateescape``) as their original bytes, text as text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
+    return value
+
+
 def export_command(path: str, ldap_filter: str, attrs: Sequence[str], base_dn: str | None = None) -> Command:
     """``ldifde -f PATH [-d BASE] -r FILTER -l A,B`` (export to a file on the host)."""
     for a in attrs:

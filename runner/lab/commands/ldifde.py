@@ -171,7 +171,7 @@ def _text(v: Any) -> str:
     return v.decode("latin-1") if isinstance(v, bytes) else str(v)
 
 
-def parse_filter(text: str) -> tuple[Matcher, list[tuple[str, str]]]:
+def parse_filter(text: str) -> tuple[Matcher, list[tuple[str, Any]]]:
     """Parse an RFC 2254 filter; also return equality terms usable to pre-select (attr, value)."""
     s = text.strip()
     if not s.startswith("("):
@@ -184,7 +184,7 @@ def parse_filter(text: str) -> tuple[Matcher, list[tuple[str, str]]]:
                 return v
         return []
 
-    def item() -> tuple[Matcher, list[tuple[str, str]] | None]:
+    def item() -> tuple[Matcher, list[tuple[str, Any]] | None]:
         nonlocal pos
         if pos >= len(s) or s[pos] != "(":
             raise ValueError("filter")
@@ -227,6 +227,10 @@ def parse_filter(text: str) -> tuple[Matcher, list[tuple[str, str]]]:
             rx = re.compile("^" + ".*".join(re.escape(_unescape_filter(p)) for p in v.split("*")) + "$", re.I | re.S)
             return (lambda o: any(rx.match(_text(x)) for x in attr_values(o, a))), None
         val = _unescape_filter(v)
+        if op == "=" and a.lower() in BINARY_ATTRIBUTES:
+            # an octet string (objectGUID as \\xx escapes) matches byte for byte, as AD compares it
+            raw = val.encode("latin-1", "replace")
+            return (lambda o: any(isinstance(x, bytes) and x == raw for x in attr_values(o, a))), [(a, raw)]
         if op in ("=", "~="):
             if a.lower() == "objectclass":
                 return (lambda o: any(_text(x).lower() == val.lower() for x in attr_values(o, a))), None
