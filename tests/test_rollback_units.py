@@ -115,3 +115,28 @@ def test_a_client_the_rollback_changed_is_done_again_by_the_next_move_and_the_ot
         store.flush()
         assert set(store.completed(move.id)) == {"m/off/pc1", "m/off/pc2"}
         assert set(store.completed(back.id)) == {"r/restore/alice", "r/keep/pc2"}
+
+
+def test_a_verify_permissions_pass_from_before_the_rollback_no_longer_lets_disable_clear_the_list():
+    """After a rollback the user's list is verified again before disable_exchange_im may clear it."""
+    from types import SimpleNamespace
+
+    from runner.model import User
+    from runner.steps._permissions import permissions_pending
+
+    acl = ["(A;;PRST;;;WD)"]
+    history: dict[str, list] = {}
+
+    def previous(module: str, target: str) -> list:
+        return history.get(module, [])
+
+    ctx = SimpleNamespace(previous=previous)
+    user = User("alice", "alice@im.contoso.com")
+    passed = SimpleNamespace(status="ok", ended=100.0, data={"verified": True, "acl": acl})
+    history["verify_permissions"] = [passed]
+    assert permissions_pending(ctx, user, acl) is None
+    history["restore_exchange_im"] = [SimpleNamespace(status="changed", ended=200.0, data={"rollback": True})]
+    assert "has not passed" in (permissions_pending(ctx, user, acl) or "")
+    history["verify_permissions"] = [SimpleNamespace(status="ok", ended=300.0, data={"verified": True, "acl": acl}),
+                                     passed]
+    assert permissions_pending(ctx, user, acl) is None

@@ -20,7 +20,7 @@ from runner.lcs.exchange import exchange_server, im_user_query
 from runner.lcs.permissions import ACE_CLASS, ACE_PROPS, LcsAce, parse_lcs
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import CHUNK_SIZE_ARG
+from runner.steps._lcs import CHUNK_SIZE_ARG, rolled_back_at
 from runner.steps.base import Diff, StepContext, StepModule
 from runner.windows import wmic
 from runner.windows.cmdline import quotable
@@ -192,8 +192,11 @@ def permissions_pending(ctx: StepContext, user: User, acl: Sequence[str]) -> str
     if not acl:
         return None
     acl = acl_values(acl)
+    since = rolled_back_at(ctx, user)   # a rolled-back user's list is verified again before disabling
     for record in ctx.previous("verify_permissions", user.alias):
         data = record.data or {}
+        if since and float(getattr(record, "ended", 0) or 0) <= since:
+            continue
         if record.status in ("ok", "changed") and data.get("verified"):
             if sorted(str(v) for v in data.get("acl") or []) == sorted(str(v) for v in acl):
                 return None
