@@ -41,7 +41,7 @@ from runner.connections.base import CommandResult
 from runner.lab import commands as _commands_pkg
 from runner.lab.commands import PROGRAMS
 from runner.lab.faults import Faults
-from runner.lab.store import InvalidPath, Lab, LabHost
+from runner.lab.store import InvalidPath, Lab, LabHost, batch_scope
 
 MAX_LINE = 8191
 TOO_LONG = "The command line is too long.\r\n"
@@ -588,6 +588,11 @@ class Shell:
         echo = True
         so: list[str] = []
         se: list[str] = []
+        with batch_scope():  # the stores may commit the script's commands together (lab/store.py)
+            self._batch_lines(data, echo, so, se)
+        return _Out(self.errorlevel, "".join(so), "".join(se))
+
+    def _batch_lines(self, data: str, echo: bool, so: list[str], se: list[str]) -> None:
         for raw in data.replace("\r\n", "\n").split("\n"):
             line = raw.strip()
             quiet = line.startswith("@")
@@ -603,7 +608,6 @@ class Shell:
             r = self.run(line, in_batch=True)
             so.append(r.stdout)
             se.append(r.stderr)
-        return _Out(self.errorlevel, "".join(so), "".join(se))
 
 
 def expand_batch(line: str, env: dict[str, str]) -> str:

@@ -273,6 +273,39 @@ def write_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             _depth[k] = d
 
 
+_batch = threading.local()
+
+
+@contextmanager
+def batch_scope() -> Iterator[None]:
+    """While a batch file runs on this thread (the lab's ``cmd /c script.cmd``): a store may
+    group the commits of its commands (``LcsStore``: one transaction for a chunk's script,
+    each command in its own savepoint, committed at the end or every
+    ``GROUP_COMMIT_SECONDS``). Nested batch files share the outermost scope."""
+    depth = getattr(_batch, "depth", 0)
+    if depth == 0:
+        _batch.closers = []
+    _batch.depth = depth + 1
+    try:
+        yield
+    finally:
+        _batch.depth = depth
+        if depth == 0:
+            closers, _batch.closers = _batch.closers, []
+            for close in closers:
+                close()
+
+
+def in_batch() -> bool:
+    """True inside :func:`batch_scope` on this thread."""
+    return getattr(_batch, "depth", 0) > 0
+
+
+def at_batch_end(close: Callable[[], None]) -> None:
+    """Call ``close`` when this thread's outermost batch scope ends (a group commit)."""
+    _batch.closers.append(close)
+
+
 def close_thread_connections() -> None:
     """Close this thread's cached SQLite connections (tests, forks, unloads)."""
     for conn in (getattr(_local, "conns", None) or {}).values():
