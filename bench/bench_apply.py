@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import pstats
 import resource
@@ -241,6 +242,11 @@ def bench(n: int, forks: int, profile: str | None, *, runs: list[str], again: in
             prof = cProfile.Profile() if profile == label and not walls[label] else None
             meter.profiling = prof is not None
             meter.threads = ThreadProfiles()
+            t = time.perf_counter()
+            left = gc.collect()  # what the previous run left to the collector, timed apart
+            if left and walls:
+                print(f"  (before this run: {left} objects the previous run left collected in "
+                      f"{time.perf_counter() - t:.2f} s, not counted)")
             since = time.time()
             t = time.perf_counter()
             if prof:

@@ -25,7 +25,7 @@ from runner.connections.base import CommandResult
 from runner.errors import ChannelFault, ConnectionFault, PermanentFault
 from runner.lab.faults import Faults
 from runner.lab.shell import Shell
-from runner.lab.store import InvalidPath, Lab, LabHost
+from runner.lab.store import InvalidPath, Lab, LabHost, close_ended_threads
 
 _labs: dict[Path, Lab] = {}
 _labs_lock = threading.Lock()
@@ -155,3 +155,4 @@ class LabConnection:
 
     def close(self) -> None:
         self.closed = True
+        close_ended_threads()  # the lab connections of the run's finished worker threads
