@@ -10,7 +10,9 @@ three runs are timed in-process, exactly as the CLI runs them (runner.apply):
   again    the same command again: every task is skipped from the checkpoints
   fresh    ``--fresh``: a new run that re-probes every target (all ok)
 
-Printed per run: wall time, tasks and tasks/s; per step (in plan order,
+Printed per run: wall time and CPU time (of all the process's threads: on a loaded
+machine it stays near what an idle one would take, where wall time does not), tasks
+and tasks/s; per step (in plan order,
 summed over waves): wall time, tasks, and lab round trips (command lines,
 puts, gets and takes) per target (its tasks of every wave summed), per (task, host)
 touched (the targets' budgets of docs/performance.md), with their maxima, and
@@ -248,6 +250,7 @@ def bench(n: int, forks: int, profile: str | None, *, runs: list[str], again: in
                 print(f"  (before this run: {left} objects the previous run left collected in "
                       f"{time.perf_counter() - t:.2f} s, not counted)")
             since = time.time()
+            cpu = time.process_time()
             t = time.perf_counter()
             if prof:
                 prof.enable()
@@ -256,9 +259,10 @@ def bench(n: int, forks: int, profile: str | None, *, runs: list[str], again: in
                 prof.disable()
             meter.profiling = False
             dt = time.perf_counter() - t
+            cpu = time.process_time() - cpu
             walls[label].append(dt)
             tasks = sum(meter.step_tasks.values())
-            print(f"  {label:<6} rc={rc} {dt:7.2f} s  {tasks} tasks  {tasks / dt:8.1f} tasks/s  "
+            print(f"  {label:<6} rc={rc} {dt:7.2f} s ({cpu:.2f} s CPU, all threads)  {tasks} tasks  {tasks / dt:8.1f} tasks/s  "
                   f"{hosts / dt:7.1f} hosts/s  {_mutations(root / 'lab', since)} mutating commands  "
                   f"peak RSS so far {_peak_rss_mib():.0f} MiB")
             if len(walls[label]) == 1:
