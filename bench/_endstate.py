@@ -71,7 +71,7 @@ def _text(v: Any) -> Any:
 # -- the lab ------------------------------------------------------------------
 
 def _lcs(lab: Path, man: dict[str, Any], by_guid: dict[str, str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {"lcs.user": {}, "lcs.contacts": {}, "lcs.groups": {}}
+    out: dict[str, dict[str, Any]] = {"lcs.user": {}, "lcs.contacts": {}, "lcs.groups": {}, "lcs.aces": {}}
     db = _ro(lab / "hosts" / man["lcs_server"] / "lcs.db")
     try:
         for iid, dn, name, uri, enabled, home, target in db.execute(
@@ -94,6 +94,15 @@ def _lcs(lab: Path, man: dict[str, Any], by_guid: dict[str, str]) -> dict[str, d
             contacts.setdefault(by_guid.get(iid.upper(), iid), []).append(
                 [uri.casefold(), name, url, bool(sub), gnames])
         out["lcs.contacts"] = {k: sorted(v) for k, v in contacts.items()}
+        aces: dict[str, list[list[Any]]] = {}
+        try:
+            rows = db.execute("SELECT user_instance_id, type, mask, presence, communication FROM user_aces").fetchall()
+        except sqlite3.OperationalError:  # a pool store from before allow and block lists
+            rows = []
+        for iid, typ, mask, presence, communication in rows:
+            aces.setdefault(by_guid.get(iid.upper(), iid), []).append([typ, (mask or "").casefold(), presence,
+                                                                        communication])
+        out["lcs.aces"] = {k: sorted(v) for k, v in aces.items()}
     finally:
         db.close()
     return out

@@ -22,7 +22,8 @@ For each lab (seed S, S+1, ...; clients drawn from --clients) and each playbook:
    this pair are spent, then until it exits 0 (exit 2 or 3 with faults means
    retries ran out: run again; bounded by --max-runs);
 4. the victim's end state is compared with the reference's, store by store
-   (bench/_endstate.py: LCS users, contacts and groups per user; AD
+   (bench/_endstate.py: LCS users, contacts, groups and allow/block
+   entries (import_permissions) per user; AD
    msExchIM*, msRTCSIP-* and proxyAddresses per user and every other AD
    object; products, Uninstall keys, HKLM, loaded hives, services, files and
    Temp folders per host; user hives; artifacts' sha256 and the outbox;
@@ -232,7 +233,8 @@ def _attempt(cmd: list[str], cwd: Path, log_base: Path, delay: float | None, sig
 
 
 def _verify(lab: Path, playbook: str, *, lab_name: str) -> list[Discrepancy]:
-    args = ["lab", "verify", "--dir", str(lab), "--json"] + (["--no-contacts"] if playbook in NO_CONTACTS else [])
+    args = ["lab", "verify", "--dir", str(lab), "--json", "--signin"] + (
+        ["--no-contacts"] if playbook in NO_CONTACTS else [])
     proc = _runner(*args, cwd=lab)
     try:
         rep = json.loads(proc.stdout)

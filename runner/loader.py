@@ -652,12 +652,46 @@ def _inventory_context(path: Path_) -> str:
     return label
 
 
-def _resolve_lab_dir(vars_: dict[str, Any], base: Path) -> dict[str, Any]:
-    lab_dir = vars_.get("lab_dir")
-    if isinstance(lab_dir, str) and lab_dir and not os.path.isabs(lab_dir):
-        vars_ = dict(vars_)
-        vars_["lab_dir"] = str((base / lab_dir).resolve())
+#: Variables naming a file or folder on the control node: a relative one is relative to
+#: the inventory file's folder, whatever the current directory.
+CONTROL_NODE_PATH_VARS = ("lab_dir", "messenger_package_local")
+
+
+def _resolve_control_paths(vars_: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``vars_`` with the CONTROL_NODE_PATH_VARS made absolute against ``base`` (templates stay)."""
+    for name in CONTROL_NODE_PATH_VARS:
+        value = vars_.get(name)
+        if isinstance(value, str) and value and "{{" not in value:
+            full = os.path.expanduser(value)
+            full = full if os.path.isabs(full) else str((base / full).resolve())
+            if full != value:
+                vars_ = dict(vars_)
+                vars_[name] = full
     return vars_
+
+
+def _local_package_errors(doc: Document, vars_path: Path_, vars_: Any, base: Path) -> list[InputError]:
+    """``messenger_package_local`` of one scope must name a readable file on the control node:
+    a missing package would otherwise fail every client's upgrade, one by one, mid-night."""
+    if not isinstance(vars_, dict) or "messenger_package_local" not in vars_:
+        return []
+    value = vars_["messenger_package_local"]
+    where = tuple(vars_path) + ("messenger_package_local",)
+    if not isinstance(value, str) or not value.strip():
+        return [doc.error("messenger_package_local must be the path of the package file on the control node "
+                          "(relative paths: to the inventory's folder)", where)]
+    if "{{" in value:
+        return []
+    path = Path(os.path.expanduser(value))
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        why = "is a folder" if path.is_dir() else "does not exist"
+        return [doc.error(f"messenger_package_local {value!r} {why} (looked for {path}); it must be the "
+                          "Windows Messenger package file on the control node, pushed to key-logon clients",
+                          where)]
+    if not os.access(path, os.R_OK):
+        return [doc.error(f"messenger_package_local {value!r}: {path} cannot be read", where)]
+    return []
 
 
 class _InventoryBuilder:
@@ -794,7 +828,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     depth = b.depths()
     ancestors = b.ancestors()
     order = {g: i for i, g in enumerate(b.group_defs)}
-    group_vars = {g: _resolve_lab_dir(dict(d.get("vars") or {}), b.base) for g, (d, _) in b.group_defs.items()}
+    group_vars = {g: _resolve_control_paths(dict(d.get("vars") or {}), b.base) for g, (d, _) in b.group_defs.items()}
     all_vars = group_vars.get("all", {})
 
     groups: dict[str, Group] = {}
@@ -811,7 +845,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         for g in ordered:
             merged.update(group_vars.get(g, {}))
         hdef = b.host_defs.get(h, ({}, ()))[0] or {}
-        merged.update(_resolve_lab_dir(dict(hdef.get("vars") or {}), b.base))
+        merged.update(_resolve_control_paths(dict(hdef.get("vars") or {}), b.base))
         connection = hdef.get("connection") or ("lab" if merged.get("lab_dir") else "ssh")
         hosts[h] = Host(name=h, connection=connection, address=hdef.get("address"), port=hdef.get("port"),
                         user=hdef.get("user"), groups=tuple(ordered), vars=merged)
@@ -846,6 +880,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     scopes += [(("users", str(a), "vars"), (u or {}).get("vars")) for a, u in users_data.items()]
     for vpath, vars_ in scopes:
         b.errors.extend(_sip_mapping_errors(doc, vpath, vars_))
+        b.errors.extend(_local_package_errors(doc, vpath, vars_, b.base))
     if b.errors:
         raise InputErrors(_sorted(b.errors))
     return Inventory(path=doc.file, hosts=hosts, groups=groups, users=users, vars=all_vars)

@@ -43,10 +43,17 @@ WIDTH = 78
 _PROBLEMS = ("failed", "unreachable", "ignored")
 
 
-def header(kind: str, name: str) -> str:
-    """``PLAY [name] ****...`` padded to the line width, as Ansible does."""
-    text = f"{kind} [{name}] "
+def header(kind: str, name: str, counts: str = "") -> str:
+    """``PLAY [name] ****...`` padded to the line width, as Ansible does; ``counts`` (a
+    block that has nothing else to say) goes after the name: ``STEP [name] ok=8 ****``."""
+    text = f"{kind} [{name}] " + (f"{counts} " if counts else "")
     return text + "*" * max(3, WIDTH - len(text))
+
+
+def _block_name(block: "_StepBlock") -> str:
+    """A step block's name in its header: the step, and its wave when it has one."""
+    d = block.event
+    return d["step"] + (f" (wave {d['wave']})" if d.get("wave") is not None else "")
 
 
 def duration(seconds: float) -> str:
@@ -77,6 +84,7 @@ class _StepBlock:
                                                              "skipped": 0, "unreachable": 0})
     warnings: Counter[str] = field(default_factory=Counter)
     blocked: dict[str, list[str]] = field(default_factory=dict)
+    headed: bool = False   # its header was printed (a line of it came before it closed)
 
 
 def _counters(c: dict[str, int]) -> str:
@@ -187,10 +195,10 @@ class HumanOutput:
         if self._headed == key:
             return
         self._headed = key
-        d = self._blocks[key].event
-        wave = f" (wave {d['wave']})" if d.get("wave") is not None else ""
+        block = self._blocks[key]
+        block.headed = True
         self._say("")
-        self._say(header("STEP", d["step"] + wave))
+        self._say(header("STEP", _block_name(block)))
 
     def _loud(self, line: str) -> None:
         """Write a failure (or -v) line under its own step's header."""
@@ -205,7 +213,13 @@ class HumanOutput:
         if dropped > 0:
             self._advance(dropped)
         show_counts = self.verbosity == 0 and any(b.counts.values())
-        if b.blocked or show_counts or (b.warnings and self.verbosity == 0):
+        if show_counts and not b.headed and not b.blocked and not (b.warnings and self.verbosity == 0):
+            # nothing but its counts: one line, `STEP [name] changed=8 ****` (a screen or two a night)
+            self._headed = key
+            self._say("")
+            self._say(header("STEP", _block_name(b), "  ".join(f"{k}={v}" for k, v in b.counts.items() if v)))
+            show_counts = False
+        elif b.blocked or show_counts or (b.warnings and self.verbosity == 0):
             self._header(key)  # printed by _say: with -q, the failures come without it
         for reason, targets in b.blocked.items():
             names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"

@@ -120,6 +120,9 @@ def render_summary(info: dict[str, Any]) -> list[str]:
              "  stages: " + ", ".join(f"{STAGE_WORDS[k]} {n}" for k, n in s["stages"].items() if n),
              f"  contacts: {c['exported']} exported, {c['imported']} imported, {c['already_on_lcs']} already on LCS, "
              f"{c['unmappable']} unmappable, {c['over_limit']} over the limit, {c['names_cut']} name(s) cut",
+             f"  allow/block lists: {s['permissions']['imported']} entries imported, "
+             f"{s['permissions']['kept']} kept as set on LCS, {s['permissions']['unmappable']} unmappable, "
+             f"{s['permissions']['verified']} user(s) verified",
              f"  reboot pending: {len(s['reboot_pending'])} machine(s)"
              + (f": {', '.join(s['reboot_pending'])}" if s["reboot_pending"] else ""),
              f"  help desk: {s['help_desk']} user(s) to help by hand"]
@@ -138,7 +141,7 @@ def render_summary(info: dict[str, Any]) -> list[str]:
 def render_users(users: list[dict[str, Any]]) -> list[str]:
     """The per-user table (one line each) and, under it, each failure with what to do next."""
     header = ["user", "wave", "stands", "exported", "imported", "already", "unmappable", "over", "cut",
-              "messenger", "reboot", "failure"]
+              "perms", "p.unmap", "messenger", "reboot", "failure"]
     rows = []
     for u in users:
         c = u["contacts"]
@@ -146,7 +149,8 @@ def render_users(users: list[dict[str, Any]]) -> list[str]:
         fail = f"{u['failure']['status']} at '{u['failure']['step']}'" if u["failure"] else "-"
         rows.append([u["user"], u["wave"] or "-", u["stage_text"], _n(c["exported"]), _n(c["imported"]),
                      _n(c["already_on_lcs"]), str(len(c["unmappable"])), str(len(c["over_limit"])),
-                     str(len(c["names_cut"])), messenger, ",".join(u["reboot_pending"]) or "-", fail])
+                     str(len(c["names_cut"])), _n(u["permissions"]["imported"]),
+                     str(len(u["permissions"]["unmappable"])), messenger, ",".join(u["reboot_pending"]) or "-", fail])
     lines = _table(header, rows) if rows else []
     failed = [u for u in users if u["failure"]]
     if failed:

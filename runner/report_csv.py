@@ -16,7 +16,8 @@ from typing import Any
 COLUMNS = ("user", "display_name", "im_address", "wave", "stage", "state", "run", "machines",
            "contacts_found", "contacts_exported_per_machine", "exported", "imported", "already_on_lcs",
            "unmappable", "unmappable_contacts", "over_limit", "over_limit_contacts", "names_cut",
-           "messenger_before", "messenger_after", "reboot_pending", "failed_step", "failure_status",
+           "permissions_imported", "permissions_kept", "permissions_unmappable", "unmappable_permissions",
+           "permissions_verified", "messenger_before", "messenger_after", "reboot_pending", "failed_step", "failure_status",
            "failure_reason", "next_action", "redo_by_hand", "warnings")
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
@@ -48,6 +49,10 @@ def csv_row(u: dict[str, Any]) -> list[Any]:
         "unmappable_contacts": "; ".join(f"{x['address']} ({x['reason']})" for x in c["unmappable"]),
         "over_limit": len(c["over_limit"]), "over_limit_contacts": "; ".join(c["over_limit"]),
         "names_cut": len(c["names_cut"]),
+        "permissions_imported": u["permissions"]["imported"], "permissions_kept": u["permissions"]["kept"],
+        "permissions_unmappable": len(u["permissions"]["unmappable"]),
+        "unmappable_permissions": "; ".join(f"{x['value']} ({x['reason']})" for x in u["permissions"]["unmappable"]),
+        "permissions_verified": u["permissions"]["verified"],
         "messenger_before": _per_machine(u["machines"], "messenger_before"),
         "messenger_after": _per_machine(u["machines"], "messenger_after"),
         "reboot_pending": "; ".join(u["reboot_pending"]),

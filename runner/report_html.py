@@ -113,12 +113,14 @@ def _num(value: Any) -> str:
 
 HEADERS = (("User", "text"), ("Name", "text"), ("Wave", "text"), ("Stands", "num"), ("State", "text"),
            ("Exported", "num"), ("Imported", "num"), ("Already on LCS", "num"), ("Unmappable", "num"),
-           ("Over limit", "num"), ("Names cut", "num"), ("Messenger (before -> after)", "text"),
+           ("Over limit", "num"), ("Names cut", "num"), ("Allow/block imported", "num"),
+           ("Allow/block unmappable", "num"), ("Messenger (before -> after)", "text"),
            ("Reboot pending", "text"), ("Last failure", "text"), ("Next", "text"), ("Redo by hand", "text"))
 
 
 def _row(u: dict[str, Any]) -> str:
     c = u["contacts"]
+    p = u["permissions"]
     f = u["failure"]
     messenger = _list([f"{m['host']}: {messenger_text(m)}" for m in u["machines"]])
     failure = f"{f['status']} at '{f['step']}': {f['reason']}" if f else ""
@@ -129,7 +131,9 @@ def _row(u: dict[str, Any]) -> str:
              _num(c["exported"]), _num(c["imported"]), _num(c["already_on_lcs"]),
              f'<td class="num" data-v="{len(c["unmappable"])}" title="{_e("; ".join(x["address"] for x in c["unmappable"]))}">'
              f'{len(c["unmappable"])}</td>',
-             _num(len(c["over_limit"])), _num(len(c["names_cut"])), f"<td>{messenger}</td>",
+             _num(len(c["over_limit"])), _num(len(c["names_cut"])), _num(p["imported"]),
+             f'<td class="num" data-v="{len(p["unmappable"])}" title="{_e("; ".join(x["value"] for x in p["unmappable"]))}">'
+             f'{len(p["unmappable"])}</td>', f"<td>{messenger}</td>",
              f"<td>{_e(', '.join(u['reboot_pending']))}</td>", f'<td class="failure long">{_e(failure)}</td>',
              f'<td class="long">{_e(f["next"] if f else "")}</td>', f'<td class="long">{_list(u["redo_by_hand"])}</td>']
     return f'<tr class="{_e(u["state"])}" data-user="{_e(u["user"])}">' + "".join(cells) + "</tr>"
@@ -168,6 +172,8 @@ def _body(info: dict[str, Any]) -> str:
                + _card(c["exported"], "contacts exported") + _card(c["imported"], "contacts imported")
                + _card(c["already_on_lcs"], "already on LCS") + _card(c["unmappable"], "unmappable")
                + _card(c["over_limit"], "over the limit") + _card(c["names_cut"], "names cut")
+               + _card(s["permissions"]["imported"], "allow/block entries imported")
+               + _card(s["permissions"]["unmappable"], "allow/block unmappable")
                + _card(len(s["reboot_pending"]), "reboots pending") + _card(s["help_desk"], "help desk users")
                + "</div>")
     if s.get("causes"):

@@ -156,6 +156,11 @@ def _machine(history: _History, alias: str, host: str, export: dict[str, Any] | 
         # neither (outcomes recorded before they were): upgraded, to an unrecorded version
         after = d.get("to") or d.get("version") or ("upgraded" if last["status"] == "changed" else before)
     reboot = bool(changed and _data(changed[-1]).get("reboot_required"))
+    # Messenger's sign-in policy: as configure_messenger last left it, else as last gathered
+    configured = [r for r in rows if r["module"] == "configure_messenger" and r["status"] in PASSED
+                  and isinstance(_data(r).get("signin"), dict)]
+    signin = _data(configured[-1])["signin"] if configured else (
+        last_facts.get("signin") if isinstance(last_facts, dict) else None)
     problem = None
     for r in reversed(rows):
         if r["status"] == "pending":
@@ -166,6 +171,7 @@ def _machine(history: _History, alias: str, host: str, export: dict[str, Any] | 
     return {"host": host, "found": found if isinstance(found, int) else None,
             "exported": counts.get(host) if isinstance(counts, dict) else None,
             "messenger_before": before, "messenger_after": after, "reboot_pending": reboot,
+            "signin": {k: v for k, v in signin.items() if k != "values"} if isinstance(signin, dict) else None,
             "problem": problem}
 
 
@@ -209,7 +215,29 @@ def _contacts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _redo(scenario1: bool, contacts: Mapping[str, Any], notice: str | None) -> list[str]:
+def _permissions(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A user's allow and block list: entries to have on LCS, imported by the runner, already
+    there, kept with LCS's own values, unmappable (with the reason), verified."""
+    imports = [r for r in rows if r["module"] == "import_permissions" and r["status"] != "pending"]
+    planned = next((r for r in reversed(imports) if "expected" in _data(r)), None)
+    verify = _History.latest(rows, "verify_permissions", need="expected")
+    created: dict[str, None] = {}
+    for r in imports:
+        created.update((str(c), None) for c in _data(r).get("created") or [])
+    d = _data(planned) if planned is not None else (_data(verify) if verify is not None else {})
+    unmappable = [{"value": str(u.get("value", "")), "reason": str(u.get("reason", ""))}
+                  for u in d.get("unmappable") or [] if isinstance(u, dict)]
+    return {
+        "expected": d.get("expected"),
+        "imported": len(created) if imports else None,
+        "kept": len(d.get("kept") or []),
+        "unmappable": unmappable,
+        "verified": bool(_data(verify).get("verified")) if verify is not None else None,
+    }
+
+
+def _redo(scenario1: bool, contacts: Mapping[str, Any], notice: str | None,
+          permissions: Mapping[str, Any] | None = None) -> list[str]:
     """What the help desk does by hand with the user."""
     out = []
     if scenario1:
@@ -224,6 +252,9 @@ def _redo(scenario1: bool, contacts: Mapping[str, Any], notice: str | None) -> l
         limit = contacts.get("limit")
         out.append(f"not imported, over the server's limit{f' of {limit}' if limit else ''} contacts per user "
                    "(remove some on LCS or raise MaxContactsPerUser, then add): " + ", ".join(contacts["over_limit"]))
+    if permissions and permissions["unmappable"]:
+        out.append("allow/block entries to set by hand on LCS, none could be mapped: "
+                   + "; ".join(f"{u['value']} ({u['reason']})" for u in permissions["unmappable"]))
     return out
 
 
@@ -263,6 +294,7 @@ def user_rows(rows: list[dict[str, Any]], inventory: Inventory | None, subject_a
         clients = list(user.clients) if user is not None else list((_data(export).get("counts") or {}) if export else [])
         machines = [_machine(history, alias, h, export, facts) for h in clients]
         contacts = _contacts(urows)
+        permissions = _permissions(urows)
         notify = _History.latest(urows, "notify_users", need="notice")
         scenario1 = any(r["module"] == "notify_users" for r in urows)
         # a user's export also runs in an earlier wave that upgrades a machine they share:
@@ -283,10 +315,12 @@ def user_rows(rows: list[dict[str, Any]], inventory: Inventory | None, subject_a
             "run": stage_run or (runs[-1] if runs else None),
             "machines": machines,
             "contacts": contacts,
+            "permissions": permissions,
             "reboot_pending": [m["host"] for m in machines if m["reboot_pending"]],
             "failure": failure,
             "scenario1": scenario1,
-            "redo_by_hand": _redo(scenario1, contacts, _data(notify).get("notice") if notify else None),
+            "redo_by_hand": _redo(scenario1, contacts, _data(notify).get("notice") if notify else None,
+                                  permissions),
             "warnings": warnings,
         })
     return out
@@ -333,6 +367,10 @@ def summarise(users: list[dict[str, Any]]) -> dict[str, Any]:
                      "unmappable": sum(len(u["contacts"]["unmappable"]) for u in users),
                      "over_limit": sum(len(u["contacts"]["over_limit"]) for u in users),
                      "names_cut": sum(len(u["contacts"]["names_cut"]) for u in users)},
+        "permissions": {"imported": sum(u["permissions"]["imported"] or 0 for u in users),
+                        "kept": sum(u["permissions"]["kept"] for u in users),
+                        "unmappable": sum(len(u["permissions"]["unmappable"]) for u in users),
+                        "verified": sum(1 for u in users if u["permissions"]["verified"])},
         "reboot_pending": hosts_reboot,
         "help_desk": sum(1 for u in users if u["redo_by_hand"]),
         "failures_by_step": failed_steps,

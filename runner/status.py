@@ -241,6 +241,7 @@ def summarise_facts(hosts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     by_messenger: Counter[str] = Counter()
     below = missing = 0
     unfit: list[dict[str, Any]] = []
+    signin: dict[str, Any] = {"set": 0, "missing": 0, "wrong": []}
     largest: dict[str, dict[str, Any]] = {}
     for host in sorted(hosts):
         f = hosts[host]
@@ -266,11 +267,27 @@ def summarise_facts(hosts: dict[str, dict[str, Any]]) -> dict[str, Any]:
                                   "over_limit": count > DEFAULT_MAX_CONTACTS}
         if problems:
             unfit.append({"host": host, "problems": problems})
+        _count_signin(signin, host, f.get("signin"))
     top = sorted(largest.values(), key=lambda e: (-e["count"], e["user"]))
     return {"hosts": len(hosts), "os": dict(by_os.most_common()), "messenger": dict(by_messenger.most_common()),
-            "below_5_1": below, "messenger_missing": missing, "unfit": unfit,
+            "below_5_1": below, "messenger_missing": missing, "unfit": unfit, "signin": signin,
             "contact_lists": {"users": len(largest), "limit": DEFAULT_MAX_CONTACTS,
                               "over_limit": sum(1 for e in top if e["over_limit"]), "largest": top[:LARGEST]}}
+
+
+def _count_signin(tally: dict[str, Any], host: str, signin: Any) -> None:
+    """Count a host's Messenger sign-in settings (inventory_clients' ``facts.signin``): set as
+    wanted, missing (not yet configured), or wrong (listed with what is wrong)."""
+    if not isinstance(signin, dict):
+        return
+    problems = [p for p in signin.get("problems") or [] if isinstance(p, str)]
+    wrong = [p for p in problems if not p.startswith("no ")]
+    if wrong:
+        tally["wrong"].append({"host": host, "problems": wrong})
+    elif problems:
+        tally["missing"] += 1
+    else:
+        tally["set"] += 1
 
 
 def render_facts(f: dict[str, Any]) -> list[str]:
@@ -292,6 +309,13 @@ def render_facts(f: dict[str, Any]) -> list[str]:
     shown = "; ".join(f"{u['host']} ({', '.join(u['problems'])})" for u in unfit[:MAX_UNFIT_SHOWN])
     more = f"; +{len(unfit) - MAX_UNFIT_SHOWN} more" if len(unfit) > MAX_UNFIT_SHOWN else ""
     lines.append(f"  unfit: {len(unfit)}" + (f": {shown}{more}" if unfit else ""))
+    si = f.get("signin") or {}
+    if si.get("set") or si.get("missing") or si.get("wrong"):
+        wrong = si["wrong"]
+        shown_w = "; ".join(f"{w['host']} ({', '.join(w['problems'])})" for w in wrong[:MAX_UNFIT_SHOWN])
+        more_w = f"; +{len(wrong) - MAX_UNFIT_SHOWN} more" if len(wrong) > MAX_UNFIT_SHOWN else ""
+        lines.append(f"  Messenger sign-in: {si['set']} set, {si['missing']} not yet, {len(wrong)} wrong"
+                     + (f": {shown_w}{more_w}" if wrong else ""))
     c = f["contact_lists"]
     top = ", ".join(f"{e['user']} {e['count']}" + (" (over limit)" if e["over_limit"] else "")
                     for e in c["largest"])

@@ -24,8 +24,15 @@ _KINDS: tuple[tuple[str, re.Pattern[str], int | None, bool], ...] = (
     ("reboot required", re.compile(r"^(\S+): reboot required"), 1, False),
     ("no profile", re.compile(r"^(\S+): no profile on "), 1, False),
     ("hive not loadable", re.compile(r"^(\S+): hive could not be loaded"), 1, False),
+    ("sign-in settings", re.compile(r"^(\S+): Messenger sign-in settings missing or wrong"), 1, False),
     ("no contact list read", re.compile(r"^no contact list of (\S+) was read"), 1, False),
     ("display name differs", re.compile(r"^(\S+): display name .* differs from"), 1, False),
+    ("unmappable permission", re.compile(r"^unmappable permission (.+?): "), 1, False),
+    ("unmappable permission",
+     re.compile(r"^\d+ unmappable allow/block entr\(y/ies\) not on LCS: (.*)$"), 1, True),
+    ("permission kept as on LCS", re.compile(r"^permission (.+?) already on LCS as "), 1, False),
+    ("RVP right not carried", re.compile(r"^(.+?): RVP right\(s\) .* have no LCS equivalent"), 1, False),
+    ("no permissions read", re.compile(r"^(\S+) has no Exchange IM directory entry and no earlier read"), 1, False),
     ("forced", re.compile(r"^FORCED"), None, False),
 )
 

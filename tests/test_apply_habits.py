@@ -37,7 +37,7 @@ def test_list_options_come_from_the_plan_with_limit_and_tags_and_touch_nothing(t
     assert "Export contact lists" not in tasks.out and "TAGS: [lcs, import]" in tasks.out
     tags = sc.runner(*base, "--list-tags", "--skip-tags", "inventory")
     # wave1 selects no Exchange IM server: the decommission play has nothing to run tonight
-    assert tags.code == EXIT_OK and "TASK TAGS: [client, exchange, export, import, lcs, verify]" in tags.out
+    assert tags.code == EXIT_OK and "TASK TAGS: [client, exchange, export, import, lcs, permissions, verify]" in tags.out
     assert not sc.state.exists()                     # nothing locked or recorded
     assert sc.mutations_since(0) == journal_before   # nothing ran on any host
     bad = sc.runner(*base[:-1], "wave:nope", "--list-hosts")

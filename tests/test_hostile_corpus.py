@@ -263,6 +263,17 @@ inv_line("sip-domains-bad-target", 5, "      domains: {im.contoso.com: 'contoso.
 inv_line("sip-domains-list", 5, "      domains: [im.contoso.com]", "sip_mapping")
 inv_line("sip-table-bad-uri", 5, "      table: {alice@im.contoso.com: 'sip:al ice@contoso.com'}", "sip_mapping")
 inv_line("sip-unknown-key", 5, "      domain: {im.contoso.com: contoso.com}", "sip_mapping", "domain")
+# the package pushed to key-logon clients: a file on the control node, checked when read
+inv_line("package-local-missing", 3, '    messenger_package_local: pkgs/WindowsMessenger51.msi\n    lcs_home_server_dn: x',
+         "messenger_package_local 'pkgs/WindowsMessenger51.msi' does not exist")
+inv_line("package-local-folder", 3, '    messenger_package_local: .\n    lcs_home_server_dn: x',
+         "messenger_package_local '.' is a folder")
+inv_line("package-local-empty", 3, '    messenger_package_local: ""\n    lcs_home_server_dn: x', "messenger_package_local")
+inv_line("package-local-list", 3, '    messenger_package_local: [a.msi]\n    lcs_home_server_dn: x',
+         "messenger_package_local")
+inv_line("sha256-tool-unknown", 3, '    client_sha256_tool: md5sum\n    lcs_home_server_dn: x', "client_sha256_tool",
+         "auto, sha256sum, certutil, sftp")
+inv_line("lab-logon-unknown", 3, '    lab_logon: kerberos\n    lcs_home_server_dn: x', "lab_logon", "password, key")
 
 # -- every inventory field, bad types and values ---------------------------------------------
 

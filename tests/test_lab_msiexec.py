@@ -16,7 +16,7 @@ def test_install_sets_file_version_uninstall_key_and_log(tmp_path):
     assert h.fs.file_version(r"C:\Program Files\Messenger\msmsgs.exe") == "4.7.3001"
     assert execute(lab, "pc0001", CMD).rc == 0
     assert h.fs.file_version(r"C:\Program Files\Messenger\msmsgs.exe") == "5.1.0715"
-    assert "DisplayVersion    REG_SZ    5.1.0715" in execute(lab, "pc0001", f"reg query {UNINSTALL} /s").stdout
+    assert "DisplayVersion\tREG_SZ\t5.1.0715" in execute(lab, "pc0001", f"reg query {UNINSTALL} /s").stdout
     assert "Installation success or error status: 0." in h.fs.read(r"C:\Temp\m.log").decode()
     assert h.journal()[-1].program == "msiexec"
 

@@ -1,8 +1,11 @@
 """The lab's reg.exe: output layout and exit codes.
 
 Sources: learn.microsoft.com windows-commands reg-query/reg-add/reg-delete/
-reg-export/reg-import/reg-load/reg-unload; layout as Vista+ reg.exe prints it
-(and Wine programs/reg/query.c): blank line, key path, "    NAME    TYPE    DATA".
+reg-export/reg-import/reg-load/reg-unload. The lab's pc0001 runs Windows XP, whose
+reg.exe 3.0 prints a blank line, "! REG.EXE VERSION 3.0", a blank line, the key
+path, then "    NAME<TAB>TYPE<TAB>DATA" (Microsoft's PowerShell docs show such
+output); the Vista+ layout (blank line, key path, "    NAME    TYPE    DATA",
+as Wine programs/reg/query.c prints it) is pinned in test_windows_versions.py.
 """
 from __future__ import annotations
 
@@ -25,11 +28,11 @@ def run(lab, line):
     return execute(lab, "pc0001", line)
 
 
-def test_query_prints_blank_line_key_and_four_space_columns(lab):
+def test_query_prints_header_blank_line_key_and_tab_columns(lab):
     r = run(lab, f'reg query "HKU\\{ALICE}\\{CONTACTS}"')
     assert r.rc == 0
-    assert r.stdout == (f"\r\nHKEY_USERS\\{ALICE}\\{CONTACTS}\r\n"
-                        f'    bob@im.contoso.com    REG_SZ    Bob "B" & Co 100%\r\n\r\n')
+    assert r.stdout == (f"\r\n! REG.EXE VERSION 3.0\r\n\r\nHKEY_USERS\\{ALICE}\\{CONTACTS}\r\n"
+                        f'    bob@im.contoso.com\tREG_SZ\tBob "B" & Co 100%\r\n\r\n')
 
 
 def test_query_missing_key_fails_with_exit_1(lab):
@@ -45,10 +48,10 @@ def test_add_types_and_query_formats(lab):
     run(lab, f"reg add {k} /v E /t REG_EXPAND_SZ /d %%SystemDrive%% /f")
     run(lab, f"reg add {k} /ve /d def /f")
     out = run(lab, f"reg query {k}").stdout
-    assert "    D    REG_DWORD    0x2a\r\n" in out
-    assert "    M    REG_MULTI_SZ    a\\0b\r\n" in out
-    assert "    B    REG_BINARY    01FF\r\n" in out
-    assert "    (Default)    REG_SZ    def\r\n" in out
+    assert "    D\tREG_DWORD\t0x2a\r\n" in out
+    assert "    M\tREG_MULTI_SZ\ta\\0b\\0\\0\r\n" in out
+    assert "    B\tREG_BINARY\t01FF\r\n" in out
+    assert "    <NO NAME>\tREG_SZ\tdef\r\n" in out
 
 
 def test_add_invalid_type_or_dword_is_invalid_syntax(lab):
@@ -65,7 +68,7 @@ def test_invalid_root_is_invalid_key_name(lab):
 def test_value_and_key_names_are_case_insensitive_and_case_preserving(lab):
     run(lab, r"reg add HKLM\SOFTWARE\CaseKey /v MixedName /d 1 /f")
     r = run(lab, r"reg query hklm\software\casekey /v mixedname")
-    assert "HKEY_LOCAL_MACHINE\\SOFTWARE\\CaseKey\r\n    MixedName    REG_SZ    1" in r.stdout
+    assert "HKEY_LOCAL_MACHINE\\SOFTWARE\\CaseKey\r\n    MixedName\tREG_SZ\t1" in r.stdout
 
 
 def test_delete_value_and_key(lab):
@@ -78,7 +81,7 @@ def test_delete_value_and_key(lab):
 
 def test_load_unload_of_a_user_hive(lab):
     assert run(lab, f'reg load HKU\\tmp "C:\\Documents and Settings\\carol\\NTUSER.DAT"').stdout == OK
-    assert "dave@im.contoso.com    REG_SZ    \r\n" in run(lab, f'reg query "HKU\\tmp\\{CONTACTS}"').stdout
+    assert "dave@im.contoso.com\tREG_SZ\t\r\n" in run(lab, f'reg query "HKU\\tmp\\{CONTACTS}"').stdout
     run(lab, f'reg add "HKU\\tmp\\{CONTACTS}" /v eve@im.contoso.com /d Eve /f')
     assert run(lab, "reg unload HKU\\tmp").stdout == OK
     assert run(lab, f'reg query "HKU\\tmp\\{CONTACTS}"').stderr == NOT_FOUND
@@ -121,7 +124,7 @@ def test_import_applies_a_reg_file_and_reports_success_on_stderr(lab):
     lab.host("pc0001").fs.write(r"C:\Temp\i.reg", b"\xff\xfe" + text.encode("utf-16-le"))
     r = run(lab, r"reg import C:\Temp\i.reg")
     assert (r.rc, r.stderr) == (0, OK)
-    assert "    x    REG_SZ    1 & 2\r\n" in run(lab, r"reg query HKLM\SOFTWARE\Imp").stdout
+    assert "    x\tREG_SZ\t1 & 2\r\n" in run(lab, r"reg query HKLM\SOFTWARE\Imp").stdout
 
 
 def test_mutations_are_journaled_and_reads_are_not(lab):

@@ -1,6 +1,7 @@
 """The lab's cmd.exe: parsing and exit codes pinned to cmd.exe behaviour.
 
-Sources: KB 830473 (8,191-character limit), stackoverflow.com/questions/4094699
+Sources: KB 830473 (8,191-character limit on XP, the lab's pc0001; 2,047 on
+Windows 2000, in test_windows_versions.py), stackoverflow.com/questions/4094699
 (cmd.exe parser phases), learn.microsoft.com "Parsing C++ command-line
 arguments" (CommandLineToArgvW), the cmd.exe 9009 message.
 """
@@ -34,13 +35,13 @@ def test_8191_characters_run_and_8192_are_too_long(lab):
     ok = "echo " + "x" * (8191 - 5)
     assert len(ok) == 8191 and run(lab, ok).rc == 0
     r = run(lab, ok + "x")
-    assert (r.rc, r.stderr) == (1, "The command line is too long.\r\n")
+    assert (r.rc, r.stderr) == (1, "The input line is too long.\r\n")
 
 
 def test_limit_applies_after_variable_expansion(lab):
     line = "echo %ProgramFiles%" + "x" * (8191 - 19)
     assert len(line) == 8191
-    assert run(lab, line).stderr == "The command line is too long.\r\n"
+    assert run(lab, line).stderr == "The input line is too long.\r\n"
 
 
 def test_chaining_and_or_and_sequence(lab):

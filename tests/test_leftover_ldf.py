@@ -31,8 +31,9 @@ sys.exit(run(sys.argv[1:]))
 
 
 def _ldf_files(lab_dir: Path, host: str) -> list[str]:
-    fs = Lab(lab_dir).host(host).fs
-    temp = r"C:\WINDOWS\Temp"
+    lab_host = Lab(lab_dir).host(host)
+    fs = lab_host.fs
+    temp = lab_host.windows.system_root + r"\Temp"   # C:\WINNT\Temp on the Windows 2000 exim01
     return [n for n in (fs.listdir(temp) if fs.exists(temp) else []) if n.lower().endswith(".ldf")]
 
 

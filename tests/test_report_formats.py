@@ -140,7 +140,9 @@ def test_help_desk_list_names_unmappable_and_over_limit_contacts(night):
             assert x["address"] in items
         for uri in c["over_limit"]:
             assert uri in items
-        assert bool(u["redo_by_hand"]) == bool(c["unmappable"] or c["over_limit"])
+        for x in u["permissions"]["unmappable"]:
+            assert x["value"] in items
+        assert bool(u["redo_by_hand"]) == bool(c["unmappable"] or c["over_limit"] or u["permissions"]["unmappable"])
     assert info["summary"]["help_desk"] == sum(1 for u in info["users"] if u["redo_by_hand"]) > 0
 
 

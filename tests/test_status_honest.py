@@ -31,7 +31,11 @@ def test_after_a_wave1_night_status_shows_the_rest_of_the_playbook_and_updated_f
     assert res.code == 0, res.out[-2000:]
     info = status_json(sc)
     run = info["runs"][0]
-    assert run["status"] == "partial" and run["left"] == 0
+    # left: only the switch-off of Exchange IM on machines shared with a later wave's users
+    # (configure_messenger refuses it by name, ignore_errors; the next night runs it again)
+    held = [t for t in res.tasks if t["module"] == "configure_messenger" and t["status"] == "failed"]
+    assert all("still on Exchange IM" in t["message"] for t in held)
+    assert run["status"] == "partial" and run["left"] == len(held)
     rem = run["remaining"]
     plays = {p["name"]: p for p in rem["plays"]}
     assert set(plays["Move users wave by wave"]["waves"]) == {"wave2", "wave3"}

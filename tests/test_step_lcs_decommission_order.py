@@ -16,7 +16,7 @@ from runner.connections.lab import LabConnection
 from runner.errors import TransientFault
 from runner.lab.generator import generate
 from runner.lab.store import Lab
-from runner.lcs.exchange import DEFAULT_TEMP, DEFAULT_VS_FILTER, Directory
+from runner.lcs.exchange import DEFAULT_VS_FILTER, Directory
 from runner.loader import load_inventory
 from runner.steps.decommission_exchange_im import DecommissionExchangeIm
 
@@ -35,9 +35,10 @@ def exim(tmp_path: Path):
 
 
 def _ldf_files(lab_host) -> list[str]:
-    """LDIF files left in the scratch directory the steps use (runner.lcs.exchange.DEFAULT_TEMP)."""
-    assert lab_host.fs.exists(DEFAULT_TEMP)
-    return [n for n in lab_host.fs.listdir(DEFAULT_TEMP) if n.lower().endswith(".ldf")]
+    """LDIF files left in the scratch directory the steps use (the host's %SystemRoot%\\Temp)."""
+    temp = lab_host.windows.system_root + "\\Temp"
+    assert lab_host.fs.exists(temp)
+    return [n for n in lab_host.fs.listdir(temp) if n.lower().endswith(".ldf")]
 
 
 def test_a_service_stopped_since_the_probe_is_transient_and_nothing_after_the_stop_ran(exim) -> None:

@@ -120,6 +120,11 @@ def test_lcs_steps_stay_within_their_round_trip_budget_and_a_re_probe_costs_one(
     since = time.time()
     assert _apply(root, inv, fresh=True) == 0
     assert Lab(root / "lab").mutations_since(since) == [], "a re-run must not change anything"
+    # one round trip a chunk; the first chunk of the run on each server learns its %SystemRoot%
+    # (runner.hostenv: where scratch files go) with one more, once per server and run
+    learned = 0
     for module in (*FIRST, "import_contacts"):
         per = trips.counts[module]
-        assert per and set(per.values()) == {1}, (module, dict(per))
+        assert per and set(per.values()) <= {1, 2}, (module, dict(per))
+        learned += sum(v - 1 for v in per.values())
+    assert learned <= 2, "lcs01 and exim01 are asked once each"

@@ -9,9 +9,16 @@ Faults from lab.json (runner.lab.faults), drawn on every call: ``down`` ->
 ConnectionFault("host unreachable") on every call (it cannot be connected
 to); ``timeout`` -> ChannelFault before the command runs; ``drop`` ->
 ChannelFault after it ran (its effect stays, the answer is lost): a fault of
-that one command, as over SSH, never of the host; ``slow`` -> a short sleep.
+that one command, as over SSH, never of the host; ``slow`` -> a short sleep;
+``put_truncated`` -> a ``put`` writes only the first half of the file (a
+transfer cut short, which the step's hash check must catch).
 ``put`` writes the file (creating missing folders) and is journaled as a
 mutating command; ``get`` of a missing file is a PermanentFault.
+
+How the session logged on: host variable ``lab_logon``, ``password`` (the
+default: the session has network credentials and reaches shares) or ``key``
+(none: every UNC path answers "Access is denied", as in a key-based SSH logon
+on Windows; runner.lab.logon).
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from typing import Any
 
 from runner.connections.base import CommandResult
 from runner.errors import ChannelFault, ConnectionFault, PermanentFault
+from runner.lab import logon
 from runner.lab.faults import Faults
 from runner.lab.shell import Shell
 from runner.lab.store import InvalidPath, Lab, LabHost, close_ended_threads
@@ -101,6 +109,10 @@ class LabConnection:
         except KeyError:
             raise ConnectionFault("host unreachable (not in the lab)", host=host.name) from None
         self.faults = Faults(self.lab)
+        try:
+            self.logon = logon.check_logon((getattr(host, "vars", None) or {}).get("lab_logon"))
+        except ValueError as e:
+            raise PermanentFault(str(e), host=host.name) from None
         self.closed = False
 
     def _before(self) -> None:
@@ -119,15 +131,19 @@ class LabConnection:
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
         """Run one cmd.exe command line on the lab host."""
         self._before()
-        result = Shell(self.lab, self.lab_host, self.faults).run(command)
+        with logon.session(self.logon):
+            result = Shell(self.lab, self.lab_host, self.faults).run(command)
         self._after()
         return result
 
     def put(self, data: bytes, remote_path: str) -> None:
         """Write ``data`` to a Windows path of the host (journaled as mutating)."""
         self._before()
+        if self.faults.fires(self.lab_host, "put_truncated"):
+            data = data[:len(data) // 2]
         try:
-            self.lab_host.fs.write(remote_path, data)
+            with logon.session(self.logon):
+                self.lab_host.fs.write(remote_path, data)
         except (OSError, InvalidPath) as e:
             raise PermanentFault(f"put {remote_path}: {e}", host=self.host) from None
         self.lab_host.record("put", f"put {remote_path} ({len(data)} bytes)", 0)
@@ -144,7 +160,8 @@ class LabConnection:
     def _read(self, remote_path: str, *, remove: bool) -> bytes:
         self._before()
         try:
-            data = self.lab_host.fs.read(remote_path)
+            with logon.session(self.logon):
+                data = self.lab_host.fs.read(remote_path)
         except (OSError, InvalidPath) as e:
             raise PermanentFault(f"get {remote_path}: {e}", host=self.host) from None
         if remove:

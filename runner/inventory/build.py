@@ -48,10 +48,13 @@ def _hosts_of(group: dict[str, Any] | None, out: set[str]) -> None:
 
 
 def rebase_lab_dirs(node: Any, src: Path, dst: Path) -> None:
-    """Relative ``lab_dir`` values point from the base's folder; make them point from OUT's."""
+    """Relative control-node paths (``lab_dir``, ``messenger_package_local``: runner.loader.
+    CONTROL_NODE_PATH_VARS) point from the base's folder; make them point from OUT's."""
+    from runner.loader import CONTROL_NODE_PATH_VARS
     if isinstance(node, dict):
         for k, v in node.items():
-            if k == "lab_dir" and isinstance(v, str) and not os.path.isabs(v):
+            if k in CONTROL_NODE_PATH_VARS and isinstance(v, str) and v and "{{" not in v \
+                    and not os.path.isabs(os.path.expanduser(v)):
                 node[k] = os.path.relpath((src / v).resolve(), dst.resolve())
             else:
                 rebase_lab_dirs(v, src, dst)

@@ -61,30 +61,35 @@ def read_host(pool: ConnectionPool, name: str, contacts_key: str) -> HostProfile
     """Read one client's profiles and contact-list presence (read-only; hives always unloaded)."""
     out = HostProfiles(name)
     conn = pool.get(name)
+    # no facts yet: lines stay within Windows 2000's 2,047 characters, which every version takes
+    limit = cl.DEFAULT_LINE_LIMIT
     sections, _ = cl.run_sections(conn, [Command("echo", "%SystemDrive%"), reg.query(cl.PROFILE_LIST, recursive=True),
-                                         reg.query("HKU")])
+                                         reg.query("HKU")], limit=limit)
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     if not text[1]:
         raise TransientFault(f"reg query of ProfileList on {name} failed", host=name)
     env = {"SystemDrive": text[0].strip() or "C:"}
     found = {sid: p for sid, p in cl.profiles(reg.parse_query(text[1]), reg.parse_query(text[2]), env).items()
              if _is_user_sid(sid)}
-    commands: list[Command] = []
+    groups: list[list[Command]] = []  # a hive's load, read and unload always share a line
     layout: list[tuple[str, int, bool]] = []  # sid, index of its query, loaded by us
+    n = 0
     for sid, p in found.items():
         out.folders[sid] = p.path.rstrip("\\").rsplit("\\", 1)[-1]
         if p.loaded:
-            layout.append((sid, len(commands), False))
-            commands.append(reg.query(f"HKU\\{sid}\\{contacts_key}", recursive=True))
+            layout.append((sid, n, False))
+            groups.append([reg.query(f"HKU\\{sid}\\{contacts_key}", recursive=True)])
+            n += 1
         else:
             hive = cl.hive_name(sid)
-            commands.append(reg.load(hive, p.path.rstrip("\\") + "\\NTUSER.DAT"))
-            layout.append((sid, len(commands), True))
-            commands += [reg.query(f"HKU\\{hive}\\{contacts_key}", recursive=True), reg.unload(hive)]
-    if not commands:
+            layout.append((sid, n + 1, True))
+            groups.append([reg.load(hive, p.path.rstrip("\\") + "\\NTUSER.DAT"),
+                           reg.query(f"HKU\\{hive}\\{contacts_key}", recursive=True), reg.unload(hive)])
+            n += 3
+    if not groups:
         return out
-    commands.append(reg.query("HKU"))
-    sections, _ = cl.run_sections(conn, commands)
+    groups.append([reg.query("HKU")])
+    sections, _ = cl.run_groups(conn, groups, limit=limit)
     for sid, qi, ours in layout:
         if ours and (sections[qi - 1] is None or not sections[qi - 1].ok):
             out.unreadable.append(sid)

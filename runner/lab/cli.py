@@ -23,7 +23,7 @@ from runner.lab.verify import load_manifest, verify
 
 DEFAULT_DIR = ".lab/default"
 REHEARSAL_DIR = ".lab/rehearsal"
-FAULT_KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked")
+FAULT_KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked", "put_truncated")
 
 
 def _fail(e: RunnerError) -> None:
@@ -178,14 +178,22 @@ def describe(lab_dir: Path, name: str | None) -> dict[str, Any]:
         row = db.execute("SELECT primary_uri, enabled, home_server_dn FROM users WHERE instance_id=?",
                          (u["ad_guid"].upper(),)).fetchone()
         n = db.execute("SELECT count(*) FROM contacts WHERE user_instance_id=?", (u["ad_guid"].upper(),)).fetchone()[0]
+        try:
+            aces = [f"{t} {m}: presence {p}, communication {c}".replace(" :", ":") for t, m, p, c in db.execute(
+                "SELECT type, mask, presence, communication FROM user_aces WHERE user_instance_id=?",
+                (u["ad_guid"].upper(),))]
+        except sqlite3.OperationalError:  # a pool store from before allow and block lists
+            aces = []
     finally:
         db.close()
     out["lcs"] = {"enabled": bool(row and row[1]), "primary_uri": row[0] if row else None,
-                  "home_server_dn": row[2] if row else None, "contacts": n}
+                  "home_server_dn": row[2] if row else None, "contacts": n, "allow_block": aces}
     with exchange.Directory(exchange.ad_path(lab_dir)) as d:
         dn = exchange.guid_dn(d, u["ad_guid"])
         attrs = d.attributes(dn) if dn else {}
     out["exchange_im"] = {a: attrs.get(a, [None])[0] for a in exchange.IM_ATTRIBUTES}
+    out["exchange_im"]["msExchIMACL"] = [str(v) for k, vals in attrs.items() if k.lower() == "msexchimacl"
+                                         for v in vals]
     return out
 
 
@@ -193,13 +201,18 @@ def describe(lab_dir: Path, name: str | None) -> dict[str, Any]:
 @click.option("--dir", "directory", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Lab directory.")
 @click.option("--wave", "waves", multiple=True, help="Only users of this wave (repeatable); the server is then not expected to be decommissioned.")
-@click.option("--no-contacts", is_flag=True, help="Do not check contacts (the 'users recreate' scenario).")
+@click.option("--no-contacts", is_flag=True, help="Do not check contacts nor allow and block lists (the 'users recreate' scenario).")
+@click.option("--no-permissions", is_flag=True, help="Do not check the users' allow and block lists.")
 @click.option("--no-exchange", is_flag=True, help="Do not check the Exchange IM side.")
+@click.option("--signin", is_flag=True, help="Also check each client's Messenger sign-in policy (SIP server, "
+              "transport; Exchange IM switched off when the whole lab is checked).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_exchange: bool, as_json: bool) -> None:
+def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_permissions: bool, no_exchange: bool,
+               signin: bool, as_json: bool) -> None:
     """Compare LCS and Exchange IM with the manifest; exit 0 if all is as expected, else 1."""
     try:
-        rep = verify(Path(directory), waves=waves, contacts=not no_contacts, exchange_side=not no_exchange)
+        rep = verify(Path(directory), waves=waves, contacts=not no_contacts, exchange_side=not no_exchange,
+                     permissions=not (no_contacts or no_permissions), signin=signin)
     except RunnerError as e:
         _fail(e)
     if as_json:
@@ -208,15 +221,17 @@ def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_exc
         bad = [u for u in rep.users if not u.ok]
         for u in bad:
             click.echo(f"{u.alias} ({u.wave}): " + "; ".join(u.problems))
-            for what in ("missing", "extra", "duplicated"):
+            for what in ("missing", "extra", "duplicated", "permissions_missing", "permissions_wrong"):
                 lst = getattr(u, what)
                 if lst:
-                    click.echo(f"  {what}: " + ", ".join(lst[:10]) + (" ..." if len(lst) > 10 else ""))
+                    click.echo(f"  {what.replace('_', ' ')}: " + ", ".join(lst[:10]) + (" ..." if len(lst) > 10 else ""))
         for p in rep.problems:
             click.echo(p)
         over = sum(1 for u in rep.users if u.over_limit)
+        perms = sum(u.permissions_expected for u in rep.users)
         click.echo(f"{len(rep.users) - len(bad)}/{len(rep.users)} users as expected"
                    + (f", {over} over the LCS limit of {rep.limit}" if over else "")
+                   + (f", {perms} permission entries checked" if perms else "")
                    + ("" if rep.decommissioned is None else
                       f", server {'decommissioned' if rep.decommissioned else 'still in service'}"))
     sys.exit(EXIT_OK if rep.ok else EXIT_ERROR)
@@ -224,7 +239,7 @@ def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_exc
 
 def _faults_help() -> str:
     from runner.lab.faults import MEANINGS
-    kinds = "\n".join(f"  {k:<13} {MEANINGS.get(k, '')}" for k in FAULT_KINDS)
+    kinds = "\n".join(f"  {k:<14} {MEANINGS.get(k, '')}" for k in FAULT_KINDS)
     return ("Set seeded fault rates, KIND=RATE with 0 <= RATE <= 1, for the whole lab or one host "
             "(--host); with no rate, print the rates.\n\n"
             "Example: runner lab faults drop=0.05 lcs_busy=0.1 --host pc0003\n\n"

@@ -12,7 +12,9 @@ Users carry ``msExchIMAddress`` (``alice@im.contoso.com``),
 ``msExchIMPhysicalURL`` (``http://exim01.contoso.com/instmsg/aliases/alice``,
 conv), ``msExchIMMetaPhysicalURL`` (``http://im.contoso.com/instmsg/aliases/alice``,
 conv), ``msExchIMVirtualServer`` (DN of the IM virtual server) and
-``msExchIMACL`` (conv: a text ACE ``(A;;;;;WD)``), plus the usual
+``msExchIMACL`` (conv, docs/permissions.md: one SDDL-shaped ACE per value,
+``(A;;PRST;;;WD)``; absent for a user whose privacy settings were never
+changed), plus the usual
 ``objectClass``, ``cn``, ``displayName``, ``sAMAccountName``, ``mail``,
 ``userPrincipalName``, ``objectGUID`` (16 bytes), ``objectSid`` text (conv).
 When LCS enables a user, wmic writes ``msRTCSIP-PrimaryUserAddress``,
@@ -255,6 +257,7 @@ class ImUser:
     sid: str
     im_domain: str
     smtp_domain: str
+    acl: tuple[str, ...] = ()   # the msExchIMACL values (docs/permissions.md)
 
 
 def server_dns(base_dn: str, server: str = "EXIM01") -> tuple[str, str]:
@@ -313,7 +316,7 @@ def install_server(lab: Any, host: Any, users: list[ImUser], *, base_dn: str,
                 ("msExchIMAddress", f"{u.alias}@{u.im_domain}"),
                 ("msExchIMPhysicalURL", f"http://{host.name}.{suffix}/instmsg/aliases/{u.alias}"),
                 ("msExchIMMetaPhysicalURL", f"http://{u.im_domain}/instmsg/aliases/{u.alias}"),
-                ("msExchIMVirtualServer", vs), ("msExchIMACL", "(A;;;;;WD)")])
+                ("msExchIMVirtualServer", vs), *(("msExchIMACL", a) for a in u.acl)])
         # one statement for all users (what d.add does per user): 16,000 users in ~1 s instead of ~4
         d.db.executemany("INSERT INTO objects VALUES (?,?,?,?)", objects)
         d.db.executemany("INSERT INTO attrs (dn, name, value) VALUES (?,?,?)", attrs)

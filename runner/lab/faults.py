@@ -1,7 +1,8 @@
 """Seeded, deterministic fault injection for the lab (lab.json ``faults``).
 
 Config: ``{"seed": 7, "global": {"drop": 0.0, "timeout": 0.0, "slow": 0.0,
-"down": 0.0, "msiexec_1618": 0.0, "lcs_busy": 0.0, "hive_locked": 0.0},
+"down": 0.0, "msiexec_1618": 0.0, "lcs_busy": 0.0, "hive_locked": 0.0,
+"put_truncated": 0.0},
 "hosts": {"pc0003": {"down": 1.0}}}``; a host's own rate wins over the
 global one.
 
@@ -21,7 +22,7 @@ from typing import Any
 from runner.lab.store import Lab, LabHost
 
 SLOW_SECONDS = 0.05
-KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked")
+KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked", "put_truncated")
 #: What each fault does to a run (``runner lab faults --help`` lists them).
 MEANINGS = {
     "drop": "the connection drops after a command ran (it did run); retried",
@@ -31,6 +32,7 @@ MEANINGS = {
     "msiexec_1618": "msiexec exits 1618 (another install runs); retried",
     "lcs_busy": "the LCS server answers busy; retried",
     "hive_locked": "a user's hive is in use, cannot be loaded; retried",
+    "put_truncated": "a file put on a host arrives cut short; the upgrade's hash check fails, retried",
 }
 
 

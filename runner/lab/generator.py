@@ -2,9 +2,11 @@
 
 ``generate(directory, clients=..., users_per_client=..., contacts=..., seed=...)``
 writes a complete lab (layout in runner.lab.store and docs/lab-storage.md):
-Windows XP/2000 clients with user profiles and Exchange IM contact lists in
-their hives, an Exchange 2000 IM server with every user homed on it (AD in
-``ad.db``), an empty LCS 2005 pool (``hosts/lcs01/lcs.db``), the Windows
+Windows XP (SP2/SP3) and Windows 2000 (SP4) clients with user profiles and
+Exchange IM contact lists in their hives, an Exchange 2000 IM server on
+Windows 2000 Server with every user homed on it (AD in ``ad.db``), an empty
+LCS 2005 pool on Windows Server 2003 (``hosts/lcs01/lcs.db``): each host's
+folders and registry are those of its version (runner.lab.winver), the Windows
 Messenger 5.1 package on ``\\\\deploy\\packages``, ``manifest.json`` (the
 ground truth) and ``inventory.yml``. The same arguments always produce the
 same manifest and inventory.
@@ -27,6 +29,7 @@ the inventory path; an existing lab is kept as it is.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -48,6 +51,7 @@ from runner.lab.binaries import make_exe, messenger51_msi, MESSENGER51_CODE
 from runner.lab.lcs import LcsStore
 from runner.lab.store import Lab, close_thread_connections, hive_image
 from runner.lab.verify import map_address
+from runner.lab.winver import ROLE_DEFAULT
 
 IM_DOMAIN = "im.contoso.com"
 SMTP_DOMAIN = "contoso.com"
@@ -65,6 +69,7 @@ PACKAGE_SHARE = ("deploy", "packages")
 PACKAGE_NAME = "WindowsMessenger51.msi"
 CONTACTS_KEY = r"Software\Microsoft\Exchange\Messenger\Profiles"
 LCS_LIMIT = 150
+WINDOWS_NT_KEY = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
 WAVES = (("wave1", 0.1), ("wave2", 0.3), ("wave3", 0.6))
 
 # (label, file version, MSI product code or None when it ships with the OS)
@@ -279,16 +284,57 @@ def _contact_lists(rng: random.Random, users: list[_User], contacts: int, book: 
 
 
 def _machine_info(rng: random.Random, names: list[str]) -> dict[str, dict[str, str]]:
-    """Each client's OS (XP or 2000) and Messenger (MESSENGERS key), as an estate of that era had them."""
+    """Each client's OS (XP SP2/SP3 or 2000 SP4) and Messenger (MESSENGERS key), as an estate
+    of that era had them. The service pack comes from the name's hash, not ``rng``, so the
+    rest of a seeded estate is what it was before service packs were modelled."""
     machine_info = {}
     for c in names:
         os_name = "Windows XP Professional" if rng.random() < 0.7 else "Windows 2000 Professional"
         if os_name.startswith("Windows XP"):
             m = rng.choices(["wm47", "msn47", "wm51"], [0.8, 0.15, 0.05])[0]
+            sp = "Service Pack 3" if hashlib.sha256(c.encode()).digest()[0] % 2 else "Service Pack 2"
         else:
             m = rng.choices(["msn46", "msn47", "wm51"], [0.5, 0.45, 0.05])[0]
-        machine_info[c] = {"os": os_name, "messenger": m}
+            sp = "Service Pack 4"
+        machine_info[c] = {"os": os_name, "service_pack": sp, "messenger": m}
     return machine_info
+
+
+MESSENGER_POLICY = r"HKLM\SOFTWARE\Policies\Microsoft\Messenger\Client"
+MESSENGER_SERVICE_POLICY = r"HKLM\SOFTWARE\Microsoft\MessengerService\Policies"
+#: How an Exchange 2000 IM estate's clients hold Messenger's policy values before the migration
+#: (docs/messenger-signin.md): most have none; some ExchangeConn from the Exchange IM rollout (1
+#: Exchange always primary, 2 Exchange only, which keeps a client off LCS); a few a pilot LCS
+#: server's settings, or a transport typed by hand as text; some an unrelated policy.
+SIGNIN_SEEDS = (("exchange_primary", 0.12), ("exchange_only", 0.08), ("pilot", 0.06), ("typed_transport", 0.04),
+                ("autorun_policy", 0.15))
+
+
+def _signin_seeds(seed: int, names: list[str], sip_domain: str) -> dict[str, dict[str, Any]]:
+    """The Messenger policy values of each seeded client: {name: {"signin_seed": kind, "policies":
+    [[key, [[value, type, data], ...]], ...]}}. Drawn from its own random stream, so the
+    rest of the estate is what the seed always gave; a lab of three clients or more has at
+    least one client with wrong values (inventory_clients has something to report)."""
+    rng = random.Random(f"signin-{seed}")
+    kinds: dict[str, str] = {}
+    for c in names:
+        r, acc = rng.random(), 0.0
+        for kind, share in SIGNIN_SEEDS:
+            acc += share
+            if r < acc:
+                kinds[c] = kind
+                break
+    if len(names) >= 3 and not any(k in ("exchange_only", "pilot", "typed_transport") for k in kinds.values()):
+        kinds[names[-1]], kinds[names[-2]] = "exchange_only", "pilot"
+    values = {
+        "exchange_primary": [[MESSENGER_SERVICE_POLICY, [["ExchangeConn", "REG_DWORD", 1]]]],
+        "exchange_only": [[MESSENGER_SERVICE_POLICY, [["ExchangeConn", "REG_DWORD", 2]]]],
+        "pilot": [[MESSENGER_POLICY, [["ServerAddress", "REG_SZ", f"lcspilot.{sip_domain}"],
+                                      ["Transport", "REG_DWORD", 2], ["ConfigurationMode", "REG_DWORD", 1]]]],
+        "typed_transport": [[MESSENGER_POLICY, [["Transport", "REG_SZ", "TLS"], ["PreventAutoRun", "REG_DWORD", 1]]]],
+        "autorun_policy": [[MESSENGER_POLICY, [["PreventAutoRun", "REG_DWORD", 1]]]],
+    }
+    return {c: {"signin_seed": k, "policies": values[k]} for c, k in kinds.items()}
 
 
 def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tuple[list[str], list[_User], dict]:
@@ -309,7 +355,98 @@ def _plan(clients: int, users_per_client: int, contacts: int, seed: int) -> tupl
 
     _contact_lists(rng, users, contacts, _AddressBook(colleague, partners, lambda rng: (table_partner, "Fabrikam CEO")))
     machine_info = _machine_info(rng, names)
+    for c, extra in _signin_seeds(seed, names, SIP_DOMAIN).items():
+        machine_info[c].update(extra)
     return names, users, {"machines": machine_info, "table_partner": table_partner}
+
+
+#: RVP user aliases that are awkward on a command line, in WQL or in a SIP URI (percent-encoded in the
+#: URL as an RVP client writes it): some map (a quote, an ampersand), most cannot.
+HOSTILE_ALIASES = ["o%27brien", "r%26d", "100%25", "caret%5Eman", "zo%C3%AB", "quote%22d", "tom%USERNAME%",
+                   "%E6%9D%8E%E4%BC%9F", "semi%3Bcolon%29"]
+ACL_OUTSIDER_DOMAIN = "im.litware.com"   # an IM domain outside the organisation that sip_mapping does not know
+MALFORMED_ACES = ["(X;;PR;;;WD)", "A;;PRST;;;WD", "(A;;QQ;;;WD)", "(D;;PRST;;;)", "(A;;PRST;;;10.0.0.7)"]
+
+
+def _ace_values(principal: str, presence: str | None, send_to: str | None) -> list[str]:
+    """The msExchIMACL values (docs/permissions.md) giving ``principal`` these rights (None:
+    this principal's ACEs say nothing of that right): a grant and a deny ACE as needed."""
+    granted = "".join(c for c, v in (("PR", presence), ("ST", send_to)) if v == "Allow")
+    denied = "".join(c for c, v in (("PR", presence), ("ST", send_to)) if v == "Deny")
+    out = [f"(A;;{granted};;;{principal})"] if granted else []
+    return out + ([f"(D;;{denied};;;{principal})"] if denied else [])
+
+
+def _seed_permissions(est: "_Estate") -> dict[str, dict[str, Any]]:
+    """Each user's Exchange IM allow and block list (seeded per user from the lab's seed, apart
+    from the other draws): msExchIMACL values and, in source terms, the entries LCS should get.
+
+    About a third of the users never changed their privacy settings (no msExchIMACL). The
+    others have an everyone entry (allow, or presence only: nobody may message them
+    unasked), colleagues allowed or blocked (one right or both), people and domains outside
+    the organisation (a partner sip_mapping knows, an outsider it does not), now and then an
+    alias with quotes, ``&``, ``%``, ``^`` or Unicode, a value no reader can parse, or an RVP
+    right LCS has no equivalent for (the second user with a list always has an unreadable
+value). Entries list each principal with both rights filled
+    in the way docs/permissions.md describes (a right the principal's ACEs leave out comes
+    from its domain's entry, else everyone's, else Allow).
+    """
+    domains = {str(k).lower() for k in (est.sip_mapping.get("domains") or {})}
+    own = {u.im_domain.lower() for u in est.users}
+    partner = next((d for d in sorted(domains) if d not in own and d.startswith("im.")),
+                   next((d for d in sorted(domains) if d not in own), PARTNER_IM_DOMAIN))
+    out: dict[str, dict[str, Any]] = {}
+    for u in est.users:
+        rng = random.Random(f"permissions:{est.seed}:{u.alias}")
+        if rng.random() < 0.35:
+            out[u.alias] = {"acl": [], "entries": []}
+            continue
+        principals: list[tuple[str, dict[str, Any]]] = []   # (msExchIMACL principal, entry)
+        r = rng.random()
+        if r < 0.6:
+            everyone = ("Allow", "Allow")
+        elif r < 0.8:
+            everyone = ("Allow", "Deny")
+        else:
+            everyone = None
+        if everyone is not None:
+            principals.append(("WD", {"type": "All", "presence": everyone[0], "communication": everyone[1]}))
+        doms: dict[str, tuple[str, str]] = {}
+        if rng.random() < 0.3:
+            d = rng.choice([partner, ACL_OUTSIDER_DOMAIN, u.im_domain])
+            doms[d] = rng.choice([("Deny", "Deny"), ("Allow", "Deny"), ("Allow", "Allow")])
+            principals.append((d, {"type": "Domain", "domain": d, "presence": doms[d][0],
+                                   "communication": doms[d][1]}))
+        people: list[str] = []
+        others = [o for o in est.users if o is not u]
+        for o in rng.sample(others, min(len(others), rng.randint(0, 4))):
+            people.append(f"http://{o.im_domain}/instmsg/aliases/{o.im_local}")
+        if rng.random() < 0.3:
+            people.append(f"http://{partner}/instmsg/aliases/{_ascii(rng.choice(FIRST))}.{_ascii(rng.choice(LAST))}")
+        if rng.random() < 0.25:
+            people.append(f"http://{ACL_OUTSIDER_DOMAIN}/instmsg/aliases/{_ascii(rng.choice(FIRST))}{rng.randint(1, 99)}")
+        if rng.random() < 0.15:
+            people.append(f"http://{u.im_domain}/instmsg/aliases/{rng.choice(HOSTILE_ALIASES)}")
+        for url in dict.fromkeys(people):
+            host = url.split("/")[2]
+            fallback = doms.get(host) or everyone or ("Allow", "Allow")
+            presence = rng.choice(["Allow", "Deny", None])
+            send_to = rng.choice(["Allow", "Deny"] if presence is None else ["Allow", "Deny", None])
+            principals.append((url, {"type": "User", "url": url, "presence": presence or fallback[0],
+                                     "communication": send_to or fallback[1], "_rights": (presence, send_to)}))
+        acl: list[str] = []
+        entries = []
+        for principal, entry in principals:
+            rights = entry.pop("_rights", (entry["presence"], entry["communication"]))
+            acl.extend(_ace_values(principal, *rights))
+            entries.append(entry)
+        if rng.random() < 0.05 or len(out) == 1 + len([1 for v in out.values() if not v["acl"]]):
+            acl.append(rng.choice(MALFORMED_ACES))   # now and then, and always on the lab's second list
+        if rng.random() < 0.05 and everyone is None:
+            acl.append("(A;;LI;;;WD)")   # an RVP right only: no LCS entry, reported
+        rng.shuffle(acl)
+        out[u.alias] = {"acl": acl, "entries": entries}
+    return out
 
 
 def _client_job(args: tuple[str, list[tuple[str, dict]]]) -> None:
@@ -320,16 +457,14 @@ def _client_job(args: tuple[str, list[tuple[str, dict]]]) -> None:
         _write_client(lab, name, spec)
 
 
-#: Folders every Windows install has; reg export and msiexec logs write into them and,
-#: like real Windows, fail with "The system cannot find the path specified." without them.
-SYSTEM_FOLDERS = (r"C:\WINDOWS\system32", r"C:\WINDOWS\Temp",
-                  r"C:\Documents and Settings\Administrator\Local Settings\Temp")
-
-
 def _windows_skeleton(host: Any) -> None:
-    """Create the folders of a fresh Windows install on a lab host."""
-    for folder in SYSTEM_FOLDERS:
+    """Create the folders of a fresh install of the host's Windows version (reg export and
+    msiexec logs write into them and, like real Windows, fail without them) and its
+    ``Windows NT\\CurrentVersion`` values."""
+    for folder in host.windows.system_folders():
         host.fs.mkdir(folder)
+    host.registry.bulk_set(WINDOWS_NT_KEY, host.windows.registry_values(
+        str(host.config.get("os") or host.windows.name)))
 
 
 def _real_dirs(base: Path, windows_paths: list[str]) -> list[Path]:
@@ -356,7 +491,7 @@ def _write_client(lab: Lab, name: str, spec: dict) -> None:
     label, version, code = MESSENGERS[spec["messenger"]]
     fs_root = host.dir / "fs"
     exe_dir = r"C:\Program Files\Messenger"
-    folders = [*SYSTEM_FOLDERS, exe_dir, *(p["dir"] for p in spec["profiles"])]
+    folders = [*host.windows.system_folders(), exe_dir, *(p["dir"] for p in spec["profiles"])]
     os.mkdir(host.dir)
     os.mkdir(fs_root)
     for d in _real_dirs(fs_root, folders):
@@ -364,12 +499,11 @@ def _write_client(lab: Lab, name: str, spec: dict) -> None:
     with open(fs_root / "C" / "Program Files" / "Messenger" / "msmsgs.exe", "wb") as f:
         f.write(_exe(version, label))
     with host.bulk(atomic=False):
-        host.registry.bulk_set(r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion", [
-            ("ProductName", "REG_SZ", spec["os"]),
-            ("CurrentVersion", "REG_SZ", "5.1" if "XP" in spec["os"] else "5.0"),
-            ("CSDVersion", "REG_SZ", "Service Pack 1" if "XP" in spec["os"] else "Service Pack 4")])
+        host.registry.bulk_set(WINDOWS_NT_KEY, host.windows.registry_values(spec["os"]))
         host.registry.bulk_set(r"HKLM\SOFTWARE\Microsoft\MessengerService", [
             ("InstallationDirectory", "REG_SZ", exe_dir)])
+        for key, values in spec.get("policies") or ():
+            host.registry.bulk_set(key, [tuple(v) for v in values])
         if code:
             host.products.add(code, label, version, install_location=exe_dir + "\\\\")
         for p in spec["profiles"]:
@@ -451,8 +585,9 @@ def generate(directory: Path | str, *, clients: int = 50, users_per_client: int 
     est = _Estate(
         seed=seed, params=_params(clients, users_per_client, contacts, seed), clients=names, users=users,
         machines=extra["machines"],
-        servers={EXCHANGE_HOST: {"role": "exchange_im", "address": "127.0.1.1"},
-                 LCS_HOST: {"role": "lcs", "address": "127.0.1.2", "server_dn": LCS_SERVER_DN}},
+        servers={EXCHANGE_HOST: {"role": "exchange_im", "address": "127.0.1.1", "os": ROLE_DEFAULT["exchange_im"]},
+                 LCS_HOST: {"role": "lcs", "address": "127.0.1.2", "server_dn": LCS_SERVER_DN,
+                            "os": ROLE_DEFAULT["lcs"]}},
         domains={"im": IM_DOMAIN, "smtp": SMTP_DOMAIN, "sip": SIP_DOMAIN, "ad": AD_BASE},
         sip_mapping=sip_mapping(extra["table_partner"]), packages=[PACKAGE_UNC],
         inventory=inventory(names, users, extra["table_partner"]), header=GENERATED_HEADER)
@@ -472,7 +607,8 @@ def _write_lab(d: Path, est: _Estate, workers: int | None = None) -> Path:
     manifest.json and inventory.yml; return the inventory path."""
     hosts: dict[str, dict[str, Any]] = {}
     for i, n in enumerate(est.clients, start=1):
-        hosts[n] = {"role": "client", "address": f"127.10.{i // 256}.{i % 256}", "os": est.machines[n]["os"]}
+        hosts[n] = {"role": "client", "address": f"127.10.{i // 256}.{i % 256}", "os": est.machines[n]["os"],
+                    "service_pack": est.machines[n]["service_pack"]}
     hosts.update(est.servers)
     shares: dict[str, dict[str, str]] = {}
     for unc in est.packages:
@@ -521,13 +657,15 @@ def _write_servers_and_ground_truth(lab: Lab, est: _Estate) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / parts[-1]).write_bytes(messenger51_msi())
     exchange_hosts, lcs_hosts = est.role("exchange_im"), est.role("lcs")
+    permissions = _seed_permissions(est)
     # Exchange IM server(s) and AD: the first one homes every user
     for i, name in enumerate(exchange_hosts):
         ex = lab.host(name)
         _windows_skeleton(ex)
         homed = est.users if i == 0 else []
         exchange.install_server(lab, ex, [exchange.ImUser(u.im_local, u.display_name, u.guid, u.sid, u.im_domain,
-                                                          est.domains["smtp"]) for u in homed],
+                                                          est.domains["smtp"], tuple(permissions[u.alias]["acl"]))
+                                          for u in homed],
                                 base_dn=est.domains["ad"])
     # LCS pool(s)
     for name in lcs_hosts:
@@ -544,13 +682,16 @@ def _write_servers_and_ground_truth(lab: Lab, est: _Estate) -> None:
         "params": est.params, "lcs_limit": LCS_LIMIT,
         "exchange_server": exchange_hosts[0], "lcs_server": lcs_hosts[0],
         "lcs_server_dn": est.servers[lcs_hosts[0]]["server_dn"],
+        # the SIP server the clients are to be pointed at (configure_messenger's default)
+        "lcs_pool_fqdn": (est.inventory.get("all") or {}).get("vars", {}).get("lcs_pool_fqdn") or lcs_hosts[0],
         "ad_base": est.domains["ad"],
         "sip_mapping": est.sip_mapping,
         "users": {u.alias: {
             "display_name": u.display_name, "im_address": u.im_address, "sid": u.sid, "ad_guid": u.guid,
             "sip_uri": u.sip_uri, "wave": u.wave, "clients": u.clients, "profile_url": u.profile_url,
             "machines": {c: {"logged_on": u.logged_on[c], "contacts": u.contacts[c], "groups": u.groups[c]}
-                         for c in u.clients}} for u in est.users},
+                         for c in u.clients},
+            "permissions": permissions[u.alias]} for u in est.users},
         "machines": est.machines,
     }
     (lab.path / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
@@ -608,7 +749,8 @@ def inventory(names: list[str], users: list[_User], table_partner: str) -> dict[
     return {
         "all": {
             "vars": {"im_domain": IM_DOMAIN, "sip_mapping": sip_mapping(table_partner),
-                     "lcs_home_server_dn": LCS_SERVER_DN, "lab_dir": ".",
+                     "lcs_home_server_dn": LCS_SERVER_DN, "lcs_pool_fqdn": f"{LCS_HOST}.{SIP_DOMAIN}",
+                     "lab_dir": ".",
                      "messenger_package": PACKAGE_UNC,
                      "exchange_im_service": exchange.IM_SERVICE, "lcs_max_contacts_default": LCS_LIMIT},
             "children": {
@@ -626,12 +768,25 @@ def inventory(names: list[str], users: list[_User], table_partner: str) -> dict[
 # -- a lab from a real inventory ------------------------------------------------
 
 def _applies_to_lab(name: str) -> bool:
-    """Whether a variable applies to a lab host (SSH settings and lab_dir do not)."""
-    return not name.startswith("ssh_") and name != "lab_dir"
+    """Whether a variable applies to a lab host as it is. SSH settings and lab_dir do not, nor
+    ``messenger_package_local``: that is the estate's real package on the control node,
+    which the lab's msiexec could not install (``_lab_vars`` points it at the lab's own)."""
+    return not name.startswith("ssh_") and name not in ("lab_dir", "messenger_package_local")
 
 
-def _lab_vars(vars_: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in vars_.items() if _applies_to_lab(k)}
+def _lab_vars(vars_: Mapping[str, Any], packages: list[str] | None = None) -> dict[str, Any]:
+    """The variables of one scope (group or host) as the lab's inventory has them. A scope that
+    pushes the package (``messenger_package_local``: its machines log on by key) pushes the
+    lab's own package, and its lab sessions log on by key too, so the rehearsal takes the
+    same path as the night (``packages``: the UNC paths the lab serves)."""
+    out = {k: v for k, v in vars_.items() if _applies_to_lab(k)}
+    if packages and vars_.get("messenger_package_local"):
+        unc = vars_.get("messenger_package")
+        parts = _unc_parts(unc if isinstance(unc, str) and unc in packages else packages[0])
+        assert parts is not None
+        out["messenger_package_local"] = "/".join(["shares", *parts])   # from the lab's inventory folder
+        out.setdefault("lab_logon", "key")
+    return out
 
 
 def _dc_base(dn: str) -> str | None:
@@ -726,7 +881,7 @@ def _own_host_vars(inv: Inventory, host: str) -> dict[str, Any]:
     return {k: v for k, v in h.vars.items() if k not in from_groups or from_groups[k] != v}
 
 
-def _group_docs(inv: Inventory) -> dict[str, Any]:
+def _group_docs(inv: Inventory, packages: list[str] | None = None) -> dict[str, Any]:
     """``all`` with the inventory's group hierarchy, vars and host vars, minus what does not
     apply to the lab (SSH settings, addresses, connections); a group that is a child of
     several groups is defined once and referenced (``null``) elsewhere."""
@@ -737,7 +892,7 @@ def _group_docs(inv: Inventory) -> dict[str, Any]:
         defined.add(name)
         g = inv.groups[name]
         doc: dict[str, Any] = {}
-        vars_ = _lab_vars(g.vars)
+        vars_ = _lab_vars(g.vars, packages)
         if name == "all":
             vars_["lab_dir"] = "."
         if vars_:
@@ -745,7 +900,7 @@ def _group_docs(inv: Inventory) -> dict[str, Any]:
         if g.hosts:
             hosts: dict[str, Any] = {}
             for h in g.hosts:
-                own = _lab_vars(_own_host_vars(inv, h)) if h not in placed else {}
+                own = _lab_vars(_own_host_vars(inv, h), packages) if h not in placed else {}
                 placed.add(h)
                 hosts[h] = {"vars": own} if own else {}
             doc["hosts"] = hosts
@@ -848,27 +1003,30 @@ def _plan_from_inventory(inv: Inventory, contacts: int, seed: int) -> _Estate:
                or _dc_base("DC=" + ",DC=".join(im_domain.removeprefix("im.").split("."))) or AD_BASE)
     mapped = {str(k).lower(): str(v) for k, v in (rule.get("domains") or {}).items()}.get(im_domain)
     sip_domain = smtp_domain = mapped or ".".join(x[3:] for x in ad_base.split(","))
+    for c, extra in _signin_seeds(seed, clients, sip_domain).items():
+        machines[c].update(extra)
     entries: dict[str, dict[str, Any]] = {}
     n = 0
     for h in inv.hosts:
         if h in servers or h not in client_set:
             n += 1
             role = "lcs" if h in lcs else "exchange_im" if h in exchange_hosts else "member"
-            entries[h] = {"role": role, "address": f"127.0.{1 + n // 256}.{n % 256}"}
+            entries[h] = {"role": role, "address": f"127.0.{1 + n // 256}.{n % 256}", "os": ROLE_DEFAULT[role]}
     for i, h in enumerate(lcs):
         dn = inv.vars.get("lcs_home_server_dn") if i == 0 else None
         entries[h]["server_dn"] = str(dn) if isinstance(dn, str) and dn and "{{" not in dn else (
             f"CN=LC Services,CN=Microsoft,CN={h},CN=Pools,CN=RTC Service,CN=Microsoft,CN=System,{ad_base}")
     # the first Exchange IM server and the first LCS server lead (the manifest names them)
     servers_cfg = {h: entries[h] for h in [exchange_hosts[0], lcs[0], *entries] if h in entries}
-    doc = {"all": _group_docs(inv), "users": {u.alias: u.entry for u in users}}
+    packages = _package_paths(inv, clients)
+    doc = {"all": _group_docs(inv, packages), "users": {u.alias: u.entry for u in users}}
     header = (f"# Generated by `runner lab init --from-inventory {inv.path}`: its hosts, groups, users and\n"
               "# variables (SSH settings left out), on a lab. Regenerate rather than edit.\n")
     return _Estate(seed=seed, params={"from_inventory": inv.path, "clients": len(clients), "contacts": contacts,
                                       "seed": seed},
                    clients=clients, users=users, machines=machines, servers=servers_cfg,
                    domains={"im": im_domain, "smtp": smtp_domain, "sip": sip_domain, "ad": ad_base},
-                   sip_mapping=rule, packages=_package_paths(inv, clients), inventory=doc, header=header)
+                   sip_mapping=rule, packages=packages, inventory=doc, header=header)
 
 
 def generate_from_inventory(directory: Path | str, inventory_path: Path | str, *, contacts: int = 20,

@@ -9,7 +9,8 @@ HRESULTs WMI returns (codes from the WBEMSTATUS enumeration, wbemcli.h).
 Schema (inspect with ``sqlite3 hosts/lcs01/lcs.db``)::
 
     meta(name TEXT PRIMARY KEY, value TEXT)            -- schema_version, server_dn
-    pool_settings(name TEXT PRIMARY KEY, value TEXT)   -- MSFT_SIPESEmSetting: MaxContactsPerUser (default 150)
+    pool_settings(name TEXT PRIMARY KEY, value TEXT)   -- MSFT_SIPESEmSetting (keys Backend, InstanceID):
+                                                       --   MaxContactsPerUser (default 150)
     users(                                             -- MSFT_SIPESUserSetting (+ the AD msRTCSIP-* it implies)
       instance_id TEXT PRIMARY KEY,        -- AD user GUID in braces, upper case: {0123...}
       user_dn TEXT NOT NULL,
@@ -17,7 +18,7 @@ Schema (inspect with ``sqlite3 hosts/lcs01/lcs.db``)::
       primary_uri TEXT NOT NULL UNIQUE COLLATE NOCASE,   -- msRTCSIP-PrimaryUserAddress, sip:alice@contoso.com
       enabled INTEGER NOT NULL,                          -- msRTCSIP-UserEnabled
       home_server_dn TEXT NOT NULL,                      -- msRTCSIP-PrimaryHomeServer
-      target_server_dn TEXT,                             -- msRTCSIP-TargetHomeServer (during a move)
+      target_server_dn TEXT,                             -- TargetServerDNIfMoving: msRTCSIP-TargetHomeServer (during a move)
       created TEXT NOT NULL, modified TEXT NOT NULL)
     contact_groups(                                    -- MSFT_SIPESUserContactGroupData
       user_instance_id TEXT REFERENCES users ON DELETE CASCADE,
@@ -34,6 +35,12 @@ Schema (inspect with ``sqlite3 hosts/lcs01/lcs.db``)::
       group_ids TEXT NOT NULL DEFAULT '',                   -- space separated ids (<= 64) of contact_groups
       PRIMARY KEY (user_instance_id, sip_uri))
     ad_sync(seq INTEGER PRIMARY KEY, instance_id TEXT, user_dn TEXT)  -- AD writes in flight (below)
+    user_aces(                                         -- MSFT_SIPESUserACEData (allow and block lists)
+      user_instance_id TEXT REFERENCES users ON DELETE CASCADE,
+      type TEXT NOT NULL,                                   -- All, Domain or User
+      mask TEXT NOT NULL DEFAULT '' COLLATE NOCASE,         -- '' (NULL) for All; FQDN/IP; SIP URI; <= 454
+      presence TEXT NOT NULL, communication TEXT NOT NULL,  -- Allow or Deny
+      PRIMARY KEY (user_instance_id, type, mask))
 
 A user setting and the AD attributes it implies change together, as on a
 real pool (LCS keeps them in AD): the store's connection for user changes
@@ -55,14 +62,21 @@ Limits enforced (doc unless marked): at most 64 groups per user, group ids
 it); ``SIPURI`` cannot be changed (WBEM_E_INVALID_PARAMETER) and must start
 with ``sip:``; a contact's GroupID must name existing groups of the user;
 PrimaryURI unique across the pool (WBEM_E_ALREADY_EXISTS); deleting a
-group removes its id from the contacts (conv).
+group removes its id from the contacts (conv). An ACE (MSFT_SIPESUserACEData,
+LCS 2005 SP1 SDK) needs a homed user, ``Type`` All/Domain/User, ``Presence``
+and ``Communication`` Allow/Deny on creation (all case-insensitive); ``Mask``
+is NULL for All, an FQDN or IP address for Domain, a SIP URI for User, at most
+454 characters; its keys cannot be updated; a second ACE with the same keys is
+WBEM_E_ALREADY_EXISTS.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sqlite3
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,18 +156,26 @@ CREATE TABLE IF NOT EXISTS contacts(
   PRIMARY KEY (user_instance_id, sip_uri));
 CREATE TABLE IF NOT EXISTS ad_sync(seq INTEGER PRIMARY KEY, instance_id TEXT NOT NULL, user_dn TEXT);
 """
+_ACES = ("CREATE TABLE IF NOT EXISTS user_aces(user_instance_id TEXT NOT NULL REFERENCES users(instance_id) "
+         "ON DELETE CASCADE, type TEXT NOT NULL, mask TEXT NOT NULL DEFAULT '' COLLATE NOCASE, "
+         "presence TEXT NOT NULL, communication TEXT NOT NULL, PRIMARY KEY (user_instance_id, type, mask))")
+ACE_TYPES = ("All", "Domain", "User")
+ACE_ACTIONS = ("Allow", "Deny")
 _AD_SYNC = "CREATE TABLE IF NOT EXISTS ad_sync(seq INTEGER PRIMARY KEY, instance_id TEXT NOT NULL, user_dn TEXT)"
 
 # WMI class -> (key properties, all properties in MOF order)
 CLASSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "MSFT_SIPESUserSetting": (("InstanceID",), (
         "InstanceID", "UserDN", "DisplayName", "PrimaryURI", "Enabled",
-        "HomeServerDN", "TargetServerDN")),
+        "HomeServerDN", "TargetServerDNIfMoving")),
     "MSFT_SIPESUserContactGroupData": (("GroupID", "UserInstanceID"), (
         "UserInstanceID", "GroupID", "Name", "ExternalURL")),
     "MSFT_SIPESUserContactData": (("SIPURI", "UserInstanceID"), (
         "UserInstanceID", "SIPURI", "Name", "ExternalURL", "Subscribed", "GroupID")),
-    "MSFT_SIPESEmSetting": (("Backend",), ("Backend", "MaxContactsPerUser")),
+    # keyed on Backend and InstanceID (LCS 2005 SP1 SDK, cc165059)
+    "MSFT_SIPESEmSetting": (("Backend", "InstanceID"), ("Backend", "InstanceID", "MaxContactsPerUser")),
+    "MSFT_SIPESUserACEData": (("Mask", "Type", "UserInstanceID"), (
+        "UserInstanceID", "Type", "Mask", "Presence", "Communication")),
 }
 
 
@@ -255,7 +277,9 @@ class Instance:
         parts = []
         for k in sorted(keys, key=str.lower):
             v = self.props.get(k)
-            if isinstance(v, str):
+            if v is None:
+                parts.append(f"{k}=NULL")
+            elif isinstance(v, str):
                 parts.append(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"')
             else:
                 parts.append(f"{k}={v}")
@@ -295,6 +319,7 @@ class LcsStore:
         db = sqlite3.connect(path)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
+        db.execute(_ACES)
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
             ("schema_version", str(SCHEMA_VERSION)), ("server_dn", server_dn), ("backend", backend)])
         db.execute("INSERT OR REPLACE INTO pool_settings VALUES ('MaxContactsPerUser', ?)", (str(max_contacts),))
@@ -440,6 +465,12 @@ class LcsStore:
         return self.meta("server_dn") or ""
 
     @property
+    def em_instance_id(self) -> str:
+        """``MSFT_SIPESEmSetting.InstanceID``: the GUID of the pool's User Services settings
+        (conv: derived from the pool's DN, so stores of any age have the same one)."""
+        return "{" + str(uuid.uuid5(uuid.NAMESPACE_URL, "lcs-em-setting:" + self.server_dn.lower())).upper() + "}"
+
+    @property
     def max_contacts(self) -> int:
         """``MSFT_SIPESEmSetting.MaxContactsPerUser``."""
         row = self._db.execute("SELECT value FROM pool_settings WHERE name='MaxContactsPerUser'").fetchone()
@@ -455,7 +486,8 @@ class LcsStore:
         cls = canonical_class(cls)
         hints = {k.lower(): v for k, v in (hints or {}).items()}
         if cls == "MSFT_SIPESEmSetting":
-            return [Instance(cls, {"Backend": self.meta("backend"), "MaxContactsPerUser": self.max_contacts})]
+            return [Instance(cls, {"Backend": self.meta("backend"), "InstanceID": self.em_instance_id,
+                                   "MaxContactsPerUser": self.max_contacts})]
         if cls == "MSFT_SIPESUserSetting":
             sql, args = "SELECT * FROM users", []
             conds = []
@@ -478,6 +510,13 @@ class LcsStore:
             where, args = " WHERE user_instance_id = ?", [normalise_guid(uid)]
         elif _strings(uid):
             where, args = f" WHERE user_instance_id IN ({','.join('?' * len(uid))})", [normalise_guid(u) for u in uid]
+        if cls == "MSFT_SIPESUserACEData":
+            self._ensure_aces()
+            rows = self._db.execute(
+                "SELECT user_instance_id, type, mask, presence, communication FROM user_aces"
+                + where + " ORDER BY user_instance_id, rowid", args).fetchall()
+            return [Instance(cls, {"UserInstanceID": r[0], "Type": r[1], "Mask": r[2] or None, "Presence": r[3],
+                                   "Communication": r[4]}) for r in rows]
         if cls == "MSFT_SIPESUserContactGroupData":
             rows = self._db.execute(
                 "SELECT user_instance_id, group_id, name, external_url FROM contact_groups"
@@ -494,7 +533,7 @@ class LcsStore:
     @staticmethod
     def _user_props(r: tuple) -> dict[str, Any]:
         return {"InstanceID": r[0], "UserDN": r[1], "DisplayName": r[2], "PrimaryURI": r[3],
-                "Enabled": bool(r[4]), "HomeServerDN": r[5], "TargetServerDN": r[6]}
+                "Enabled": bool(r[4]), "HomeServerDN": r[5], "TargetServerDNIfMoving": r[6]}
 
     def user(self, instance_id: str) -> dict[str, Any] | None:
         """The MSFT_SIPESUserSetting properties of one user, or None."""
@@ -516,6 +555,8 @@ class LcsStore:
                 return self._create_group(db, p)
             if cls == "MSFT_SIPESUserContactData":
                 return self._create_contact(db, p)
+            if cls == "MSFT_SIPESUserACEData":
+                return self._create_ace(db, p)
         raise WmiError(WBEM_E_FAILED, "Provider is not capable of the attempted operation")
 
     def update(self, inst: Instance, changes: Mapping[str, Any]) -> Instance:
@@ -538,6 +579,8 @@ class LcsStore:
                     db.execute("UPDATE pool_settings SET value=? WHERE name='MaxContactsPerUser'", (str(n),))
             elif cls == "MSFT_SIPESUserSetting":
                 self._update_user(db, inst, c)
+            elif cls == "MSFT_SIPESUserACEData":
+                self._update_ace(db, inst, c)
             elif cls == "MSFT_SIPESUserContactGroupData":
                 if "name" in c:
                     self._check_group_name(db, inst.props["UserInstanceID"], c["name"], inst.props["GroupID"])
@@ -573,6 +616,9 @@ class LcsStore:
             elif inst.cls == "MSFT_SIPESUserContactData":
                 db.execute("DELETE FROM contacts WHERE user_instance_id=? AND sip_uri=?",
                            (p["UserInstanceID"], p["SIPURI"]))
+            elif inst.cls == "MSFT_SIPESUserACEData":
+                db.execute("DELETE FROM user_aces WHERE user_instance_id=? AND type=? AND mask=?",
+                           (p["UserInstanceID"], p["Type"], p["Mask"] or ""))
             else:
                 raise WmiError(WBEM_E_FAILED, "Provider is not capable of the attempted operation")
 
@@ -620,13 +666,14 @@ class LcsStore:
         enabled = _as_bool(p.get("enabled", True), "Enabled")
         db.execute("INSERT INTO users VALUES (?,?,?,?,?,?,?,?,?)", (
             uid, p["userdn"], p.get("displayname"), p["primaryuri"], int(enabled),
-            p["homeserverdn"], p.get("targetserverdn"), now, now))
+            p["homeserverdn"], p.get("targetserverdnifmoving"), now, now))
         r = db.execute("SELECT * FROM users WHERE instance_id=?", (uid,)).fetchone()
         return Instance("MSFT_SIPESUserSetting", self._user_props(r))
 
     def _update_user(self, db: sqlite3.Connection, inst: Instance, c: dict[str, Any]) -> None:
         cols = {"userdn": "user_dn", "displayname": "display_name", "primaryuri": "primary_uri",
-                "enabled": "enabled", "homeserverdn": "home_server_dn", "targetserverdn": "target_server_dn"}
+                "enabled": "enabled", "homeserverdn": "home_server_dn",
+                "targetserverdnifmoving": "target_server_dn"}
         sets, args = [], []
         for k, v in c.items():
             if k == "primaryuri":
@@ -692,6 +739,71 @@ class LcsStore:
         return Instance("MSFT_SIPESUserContactData", {
             "UserInstanceID": uid, "SIPURI": sip, "Name": p.get("name"), "ExternalURL": p.get("externalurl"),
             "Subscribed": subscribed, "GroupID": ids})
+
+    def _ensure_aces(self) -> None:
+        """The ACE table, created in a store made before it existed (labs of earlier versions)."""
+        if not getattr(self, "_aces_ready", False):
+            self._db.execute(_ACES)
+            self._aces_ready = True
+
+    @staticmethod
+    def _choice(value: Any, allowed: tuple[str, ...], prop: str) -> str:
+        """``value`` as one of ``allowed`` (case-insensitive, as LCS reads them), else Invalid parameter."""
+        for a in allowed:
+            if isinstance(value, str) and value.strip().lower() == a.lower():
+                return a
+        if value is None or value == "":
+            raise WmiError(WBEM_E_INVALID_PARAMETER, f"{prop} is required")
+        raise WmiError(WBEM_E_INVALID_PARAMETER, f"Invalid value for {prop}")
+
+    @staticmethod
+    def _ace_mask(typ: str, mask: Any) -> str:
+        """The Mask LCS accepts for an ACE of ``typ``: NULL for All, an FQDN or IP address for
+        Domain, a SIP URI for User (doc: MSFT_SIPESUserACEData); '' stands for NULL."""
+        m = "" if mask is None else str(mask)
+        if len(m) > MAX_SIPURI:
+            raise WmiError(WBEM_E_INVALID_PARAMETER, f"Mask exceeds {MAX_SIPURI} characters")
+        if typ == "All":
+            if m:
+                raise WmiError(WBEM_E_INVALID_PARAMETER, "Mask must be NULL when Type is All")
+            return ""
+        if not m:
+            raise WmiError(WBEM_E_INVALID_PARAMETER, f"Mask is required when Type is {typ}")
+        if typ == "User":
+            check_sip_uri(m, prop="Mask")
+            return m
+        try:
+            ipaddress.ip_address(m)
+            return m
+        except ValueError:
+            pass
+        labels = m.rstrip(".").split(".")
+        if len(labels) < 2 or not all(re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", lb)
+                                      for lb in labels):
+            raise WmiError(WBEM_E_INVALID_PARAMETER, "Invalid Mask")
+        return m
+
+    def _create_ace(self, db: sqlite3.Connection, p: dict[str, Any]) -> Instance:
+        self._ensure_aces()
+        uid = self._require_user(db, p.get("userinstanceid"))
+        typ = self._choice(p.get("type"), ACE_TYPES, "Type")
+        mask = self._ace_mask(typ, p.get("mask"))
+        presence = self._choice(p.get("presence"), ACE_ACTIONS, "Presence")
+        communication = self._choice(p.get("communication"), ACE_ACTIONS, "Communication")
+        if db.execute("SELECT 1 FROM user_aces WHERE user_instance_id=? AND type=? AND mask=?",
+                      (uid, typ, mask)).fetchone():
+            raise WmiError(WBEM_E_ALREADY_EXISTS)
+        db.execute("INSERT INTO user_aces VALUES (?,?,?,?,?)", (uid, typ, mask, presence, communication))
+        return Instance("MSFT_SIPESUserACEData", {"UserInstanceID": uid, "Type": typ, "Mask": mask or None,
+                                                  "Presence": presence, "Communication": communication})
+
+    def _update_ace(self, db: sqlite3.Connection, inst: Instance, c: dict[str, Any]) -> None:
+        uid = self._require_user(db, inst.props["UserInstanceID"])
+        for k, col in (("presence", "presence"), ("communication", "communication")):
+            if k in c:
+                db.execute(f"UPDATE user_aces SET {col}=? WHERE user_instance_id=? AND type=? AND mask=?",
+                           (self._choice(c[k], ACE_ACTIONS, self._prop(inst.cls, k)), uid, inst.props["Type"],
+                            inst.props["Mask"] or ""))
 
     def _update_contact(self, db: sqlite3.Connection, inst: Instance, c: dict[str, Any]) -> None:
         uid, sip = inst.props["UserInstanceID"], inst.props["SIPURI"]

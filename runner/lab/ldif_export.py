@@ -19,17 +19,20 @@ from typing import Any
 from runner.artifacts import atomic_write
 from runner.inventory.directory import COMPUTER_ATTRIBUTES, USER_ATTRIBUTES, sid_to_bytes
 from runner.lab import exchange
-from runner.lab.store import Lab
+from runner.lab.store import LAB_FORMAT, Lab
+from runner.lab.winver import ROLE_DEFAULT, for_host
 from runner.windows.ldif import render_entries
 
-#: (operatingSystem, operatingSystemVersion, operatingSystemServicePack) as AD records them
-OS_VALUES = {
-    "Windows XP Professional": ("Windows XP Professional", "5.1 (2600)", "Service Pack 1"),
-    "Windows 2000 Professional": ("Windows 2000 Professional", "5.0 (2195)", "Service Pack 4"),
-    "exchange_im": ("Windows 2000 Server", "5.0 (2195)", "Service Pack 4"),
-    "lcs": ("Windows Server 2003", "5.2 (3790)", "Service Pack 1"),
-    "member": ("Windows Server 2003", "5.2 (3790)", "Service Pack 1"),
-}
+
+
+def os_values(lab: Lab, name: str) -> tuple[str, str, str]:
+    """(operatingSystem, operatingSystemVersion, operatingSystemServicePack) of a lab host as AD
+    records them ("Windows 2000 Server", "5.0 (2195)", "Service Pack 4"): its lab.json ``os``
+    (else its role's) and the version it runs (runner.lab.winver)."""
+    cfg = lab.hosts_config[name]
+    v = for_host(cfg, LAB_FORMAT)  # the version its os names (a lab/1 lab's hosts named theirs too)
+    os_name = cfg.get("os") or ROLE_DEFAULT.get(str(cfg.get("role", "client")), ROLE_DEFAULT["client"])
+    return str(os_name), f"{v.version} ({v.build.rsplit('.', 1)[-1]})", v.service_pack
 
 
 def _dns_suffix(base_dn: str) -> str:
@@ -59,8 +62,7 @@ def computers_ldif(lab_dir: Path) -> bytes:
     suffix = _dns_suffix(base)
     entries: list[tuple[str, list[tuple[str, Any]]]] = []
     for name in lab.host_names():
-        cfg = lab.hosts_config[name]
-        os_name, version, sp = OS_VALUES.get(cfg.get("os") or cfg.get("role", ""), (cfg.get("os"), None, None))
+        os_name, version, sp = os_values(lab, name)
         values = [("dNSHostName", f"{name}.{suffix}")]
         values += [(a, v) for a, v in zip(COMPUTER_ATTRIBUTES[1:], (os_name, version, sp)) if v]
         entries.append((f"CN={name.upper()},CN=Computers,{base}", values))

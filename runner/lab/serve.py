@@ -18,11 +18,18 @@ How it works (the SSH protocol is entirely OpenSSH's; we only route sockets):
   for the sftp subsystem, relays SFTP to ``/usr/lib/openssh/sftp-server``
   while rewriting every path: ``/C:/x/y`` (how OpenSSH for Windows names
   ``C:\\x\\y``) becomes ``DIR/hosts/<host>/fs/C/x/y``; nothing can escape
-  the host's ``fs`` directory.
+  the host's ``fs`` directory. With the lab fault ``put_truncated``, a file
+  written over SFTP is cut to half its size once sftp-server has closed it.
+- sshd exposes how each session was authenticated (``ExposeAuthInfo yes``,
+  ``$SSH_USER_AUTH``): a session that logged on by key has no network
+  credentials, as on Windows, and the lab shell refuses it every UNC path
+  (runner.lab.logon); a password session reaches the lab's shares.
 - A host whose lab fault ``down`` is 1.0 has its connections closed at once
   (the client sees a dropped connection).
 - It writes ``DIR/ssh/inventory.yml`` (the lab's users and groups, hosts with
-  ``connection: ssh``) and ``DIR/ssh/known_hosts``, and stops on Ctrl-C/SIGTERM.
+  ``connection: ssh``; ``messenger_package_local`` naming the file behind the
+  lab's package share, which its key sessions cannot read) and
+  ``DIR/ssh/known_hosts``, and stops on Ctrl-C/SIGTERM.
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 from runner.errors import InputError, RunnerError
 
@@ -212,6 +219,9 @@ class LabServer:
             "KbdInteractiveAuthentication no",
             "AuthenticationMethods publickey",
             "PermitUserEnvironment no",
+            # $SSH_USER_AUTH names the method the session logged on with: a key-based session
+            # has no network credentials, and the lab shell refuses it every share (runner.lab.logon)
+            "ExposeAuthInfo yes",
             "PrintMotd no",
             "PrintLastLog no",
             "UseDNS no",
@@ -432,6 +442,9 @@ def write_ssh_inventory(server: LabServer) -> Path:
     mark = lab_identity(server.lab_dir)
     if mark:  # the served lab is the same estate as the lab itself (runner.estate)
         vars_[LAB_MARK_VAR] = mark
+    # the served lab's sessions log on by key, so they cannot read the package's share:
+    # the runner pushes it from the control node, where the lab keeps the share's files
+    _push_from_lab(server.lab_dir, vars_, default=True)
     vars_.update({
         "ssh_key_file": str(server.client_key),
         "ssh_known_hosts": str(server.known_hosts),
@@ -443,9 +456,13 @@ def write_ssh_inventory(server: LabServer) -> Path:
     user = _current_user()
 
     def rewrite(group: dict) -> None:
+        if group is not all_ and isinstance(group.get("vars"), dict):
+            group["vars"] = _push_from_lab(server.lab_dir, dict(group["vars"]))
         hosts = group.get("hosts") or {}
         for name in list(hosts):
             entry = dict(hosts[name] or {})
+            if isinstance(entry.get("vars"), dict):
+                entry["vars"] = _push_from_lab(server.lab_dir, dict(entry["vars"]))
             entry.update({"connection": "ssh", "address": server.addresses.get(name, entry.get("address")),
                           "port": server.port, "user": user})
             hosts[name] = entry
@@ -462,6 +479,37 @@ def write_ssh_inventory(server: LabServer) -> Path:
         + "# SSH inventory of a served lab, written by `runner lab serve`\n"
         + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return server.inventory_out
+
+
+def _push_from_lab(lab_dir: Path, vars_: dict[str, Any], *, default: bool = False) -> dict[str, Any]:
+    """``vars_`` (changed in place) pushing the lab's own package: ``messenger_package_local``
+    set to the file behind the scope's ``messenger_package`` (with ``default``: the step's
+    default package where the scope names none), and a relative one (a lab made from an
+    inventory that pushes) made absolute, since the SSH inventory lives in another folder."""
+    if "messenger_package" in vars_ or default:
+        local = lab_package_file(lab_dir, vars_.get("messenger_package"))
+        if local is not None:
+            vars_["messenger_package_local"] = local
+            return vars_
+    local = vars_.get("messenger_package_local")
+    if isinstance(local, str) and local and "{{" not in local and not os.path.isabs(local):
+        vars_["messenger_package_local"] = str((lab_dir / local).resolve())
+    return vars_
+
+
+def lab_package_file(lab_dir: Path, unc: Any) -> str | None:
+    """The control-node file behind the lab share path ``unc`` (the step's default package
+    when None), or None when it is no UNC path or the lab's share holds no such file."""
+    if unc is None:
+        from runner.steps.upgrade_messenger import DEFAULT_PACKAGE
+        unc = DEFAULT_PACKAGE
+    if not isinstance(unc, str) or not unc.startswith("\\\\") or "{{" in unc:
+        return None
+    parts = [p for p in unc[2:].split("\\") if p]
+    if len(parts) < 3:
+        return None
+    real = _case_insensitive(str(lab_dir / "shares"), parts)
+    return real if os.path.isfile(real) else None
 
 
 # --------------------------------------------------------------------------
@@ -486,10 +534,11 @@ def session_main(lab_dir: Path) -> int:
         host = session_host(lab_dir)
         fs_root = lab_dir / "hosts" / host / "fs"
         (fs_root / "C").mkdir(parents=True, exist_ok=True)
-        return sftp_relay(str(fs_root))
-    from runner.lab import shell
+        return sftp_relay(str(fs_root), written=put_faults(lab_dir, host))
+    from runner.lab import logon, shell
 
-    rc = shell.main(["--dir", str(lab_dir)])
+    with logon.session(session_logon()):
+        rc = shell.main(["--dir", str(lab_dir)])
     if rc == 255:
         # the lab shell's connection faults ("down", "timeout", "drop") and its own
         # failures: make them what a client would see from a real host, a lost connection
@@ -503,6 +552,45 @@ def session_main(lab_dir: Path) -> int:
         sys.stderr.buffer.flush()
         return 1
     return rc
+
+
+def put_faults(lab_dir: Path, host: str) -> Callable[[str], None] | None:
+    """The lab fault ``put_truncated`` for files written over SFTP: a callback cutting a
+    written file to half its size when the fault fires (None when its rate is 0)."""
+    from runner.lab.faults import Faults
+    from runner.lab.store import Lab
+
+    try:
+        lab = Lab(lab_dir)
+    except InputError:
+        return None
+    faults = Faults(lab)
+    if faults.rate(host, "put_truncated") <= 0:
+        return None
+    lab_host = lab.host(host)
+
+    def written(path: str) -> None:
+        if faults.fires(lab_host, "put_truncated"):
+            try:
+                os.truncate(path, os.path.getsize(path) // 2)
+            except OSError:
+                pass
+    return written
+
+
+def session_logon() -> str:
+    """How sshd authenticated this session (``key`` or ``password``), from the file
+    ``$SSH_USER_AUTH`` that ``ExposeAuthInfo yes`` writes; ``key`` when it cannot be read
+    (the lab's own sessions log on by key)."""
+    from runner.lab.logon import from_ssh_user_auth
+    path = os.environ.get("SSH_USER_AUTH")
+    if not path:
+        return "key"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return from_ssh_user_auth(fh.read())
+    except OSError:
+        return "key"
 
 
 def drop_connection() -> None:
@@ -526,7 +614,8 @@ def drop_connection() -> None:
 # --- SFTP path rewriting ------------------------------------------------------
 FXP_INIT, FXP_OPEN, FXP_LSTAT, FXP_SETSTAT, FXP_OPENDIR, FXP_REMOVE, FXP_MKDIR = 1, 3, 7, 9, 11, 13, 14
 FXP_RMDIR, FXP_REALPATH, FXP_STAT, FXP_RENAME, FXP_READLINK, FXP_SYMLINK = 15, 16, 17, 18, 19, 20
-FXP_STATUS, FXP_NAME, FXP_EXTENDED = 101, 104, 200
+FXP_CLOSE, FXP_STATUS, FXP_HANDLE, FXP_NAME, FXP_EXTENDED = 4, 101, 102, 104, 200
+FXF_WRITE = 0x02
 _ONE_PATH = {FXP_OPEN, FXP_LSTAT, FXP_SETSTAT, FXP_OPENDIR, FXP_REMOVE, FXP_MKDIR, FXP_RMDIR,
              FXP_REALPATH, FXP_STAT, FXP_READLINK}
 _TWO_PATHS = {FXP_RENAME, FXP_SYMLINK}
@@ -615,14 +704,21 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
     return buf
 
 
-def sftp_relay(fs_root: str, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
-    """Relay SFTP between the SSH channel and sftp-server, rewriting paths into ``fs_root``."""
+def sftp_relay(fs_root: str, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None,
+               written: Callable[[str], None] | None = None) -> int:
+    """Relay SFTP between the SSH channel and sftp-server, rewriting paths into ``fs_root``.
+
+    ``written(path)`` is called with the real path of every file opened for writing once
+    sftp-server has closed it, before the client hears so (the lab's ``put_truncated``)."""
     cin = stdin or sys.stdin.buffer
     cout = stdout or sys.stdout.buffer
     proc = subprocess.Popen([SFTP_SERVER, "-d", fs_root + "/C"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, bufsize=0)
     assert proc.stdin is not None and proc.stdout is not None
     realpath_ids: set[int] = set()
+    write_opens: dict[int, str] = {}     # request id of an open for writing -> real path
+    write_handles: dict[bytes, str] = {}
+    write_closes: dict[int, str] = {}    # request id of the close of such a handle -> real path
     ids_lock = threading.Lock()
     out_lock = threading.Lock()
     enc = "utf-8"
@@ -664,9 +760,24 @@ def sftp_relay(fs_root: str, stdin: BinaryIO | None = None, stdout: BinaryIO | N
                 if name_is_expand(ptype, body):
                     with ids_lock:
                         realpath_ids.add(req_id)
+                mapped = b""
                 for _ in range(count):
-                    new += _s(mp(pk.string()))
+                    mapped = mp(pk.string())
+                    new += _s(mapped)
+                if ptype == FXP_OPEN and written is not None and pk.pos + 4 <= len(body):
+                    (pflags,) = struct.unpack_from(">I", body, pk.pos)
+                    if pflags & FXF_WRITE:
+                        with ids_lock:
+                            write_opens[req_id] = mapped.decode(enc, "surrogateescape")
                 body = new + body[pk.pos:]
+            elif ptype == FXP_CLOSE and written is not None:
+                pk = _Packet(body)
+                pk.pos = 1
+                req_id = pk.u32()
+                with ids_lock:
+                    path = write_handles.pop(pk.string(), None)
+                    if path is not None:
+                        write_closes[req_id] = path
             proc.stdin.write(struct.pack(">I", len(body)) + body)  # type: ignore[union-attr]
         proc.stdin.close()  # type: ignore[union-attr]
 
@@ -675,6 +786,17 @@ def sftp_relay(fs_root: str, stdin: BinaryIO | None = None, stdout: BinaryIO | N
             body = _read_packet(proc.stdout)  # type: ignore[arg-type]
             if body is None:
                 break
+            if body[0] in (FXP_HANDLE, FXP_STATUS) and written is not None:
+                pk = _Packet(body)
+                pk.pos = 1
+                req_id = pk.u32()
+                with ids_lock:
+                    opened = write_opens.pop(req_id, None) if body[0] == FXP_HANDLE else None
+                    if opened is not None:
+                        write_handles[pk.string()] = opened
+                    closed = write_closes.pop(req_id, None) if body[0] == FXP_STATUS else None
+                if closed is not None:
+                    written(closed)
             if body[0] == FXP_NAME:
                 pk = _Packet(body)
                 pk.pos = 1
@@ -722,7 +844,8 @@ def _session_cli(argv: list[str]) -> int:
     try:
         if args.mode == "sftp":
             host = session_host(Path(args.dir))
-            return sftp_relay(str(Path(args.dir).resolve() / "hosts" / host / "fs"))
+            return sftp_relay(str(Path(args.dir).resolve() / "hosts" / host / "fs"),
+                              written=put_faults(Path(args.dir).resolve(), host))
         return session_main(Path(args.dir).resolve())
     except ServeError as exc:
         print(str(exc), file=sys.stderr)

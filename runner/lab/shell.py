@@ -4,10 +4,11 @@ Phases, after "How does the Windows Command Interpreter (CMD.EXE) parse
 scripts?" (stackoverflow.com/questions/4094699) and Microsoft's ``cmd``
 reference (learn.microsoft.com/windows-server/administration/windows-commands/cmd):
 
-0. Length: more than 8,191 characters -> ``The command line is too long.``,
+0. Length: more than the host's limit -> ``The input line is too long.``,
    exit 1 (KB 830473: "the maximum length of the string that you can use at
-   the command prompt is 8191 characters"; it applies again after
-   environment variables are expanded).
+   the command prompt is 8191 characters" on Windows XP and later, 2047 on
+   Windows 2000; it applies again after environment variables are expanded;
+   the message is the one cmd.exe prints, as commonly reported).
 1. ``%NAME%`` expansion over the whole line, quotes or not; a name that is
    not defined is left as typed (command-line behaviour, unlike batch files).
 2. Tokens: ``"`` toggles quoting (everything inside is literal); outside
@@ -20,7 +21,9 @@ reference (learn.microsoft.com/windows-server/administration/windows-commands/cm
    (learn.microsoft.com "Parsing C++ command-line arguments").
 
 Unknown programs print ``'x' is not recognized as an internal or external
-command,`` / ``operable program or batch file.`` on stderr and exit 9009.
+command,`` / ``operable program or batch file.`` on stderr and exit 9009;
+so do programs the host's Windows version lacks (``wmic`` on Windows 2000,
+runner.lab.winver).
 Output uses CRLF. The exit code of the line is ERRORLEVEL at its end, so
 ``echo`` (which does not set ERRORLEVEL) keeps the previous command's code.
 
@@ -41,10 +44,12 @@ from runner.connections.base import CommandResult
 from runner.lab import commands as _commands_pkg
 from runner.lab.commands import PROGRAMS
 from runner.lab.faults import Faults
+from runner.lab.logon import ACCESS_DENIED, NoNetworkCredentials
 from runner.lab.store import InvalidPath, Lab, LabHost, batch_scope
 
+#: cmd.exe's limit from Windows XP on; each host has its own (LabHost.windows.line_limit).
 MAX_LINE = 8191
-TOO_LONG = "The command line is too long.\r\n"
+TOO_LONG = "The input line is too long.\r\n"
 NOT_RECOGNIZED = ("'{name}' is not recognized as an internal or external command,\r\n"
                   "operable program or batch file.\r\n")
 SYNTAX_ERROR = "The syntax of the command is incorrect.\r\n"
@@ -459,13 +464,15 @@ class Shell:
         self.cwd = self.env.get("USERPROFILE", "C:\\")
         self.faults = faults or Faults(lab)
         self.errorlevel = 0
+        self.max_line = host.windows.line_limit
+        self.missing = host.windows.missing_programs
 
     def run(self, line: str, *, in_batch: bool = False) -> CommandResult:
-        if len(line) > MAX_LINE:
+        if len(line) > self.max_line:
             return CommandResult(1, "", TOO_LONG)
         line = line.split("\n", 1)[0].rstrip("\r")  # phase 0: a line ends at LF
         expanded = expand_batch(line, self.env) if in_batch else expand(line, self.env)
-        if len(expanded) > MAX_LINE:
+        if len(expanded) > self.max_line:
             return CommandResult(1, "", TOO_LONG)
         if not expanded.strip():
             return CommandResult(0, "", "")
@@ -565,14 +572,17 @@ class Shell:
         if builtin is not None:
             rc, so, se, sets = builtin(self, ctx, rest)
             return _Out(rc, so, se, sets)
-        prog = PROGRAMS.get(name)
+        prog = PROGRAMS.get(name) if name not in self.missing else None
         if prog is None and name.endswith((".cmd", ".bat")):
             return self._batch_file(token)
         if prog is None:
             return _Out(9009, "", NOT_RECOGNIZED.format(name=token))
         argv = split_args(node.text)
         raw = rest[1:] if rest[:1] in (" ", "\t") else rest
-        res = prog(ctx, argv, raw)
+        try:
+            res = prog(ctx, argv, raw)
+        except NoNetworkCredentials:  # a share in a key-based session (runner.lab.logon)
+            return _Out(1, "", ACCESS_DENIED)
         if ctx._mutated:
             self.host.record(name, node.text, res.rc)
         return _Out(res.rc, res.stdout, res.stderr)

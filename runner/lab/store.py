@@ -2,9 +2,12 @@
 
 Layout of a lab directory (documented for administrators; inspect with sqlite3):
 
-- ``lab.json``: ``{"format": "lab/1", "seed", "domains", "hosts": {name:
-  {"role": "client"|"exchange_im"|"lcs", "address": "127.x.y.z", "env": {...},
-  ...}}, "faults": {...}, "shares": {...}}``.
+- ``lab.json``: ``{"format": "lab/2", "seed", "domains", "hosts": {name:
+  {"role": "client"|"exchange_im"|"lcs"|"member", "address": "127.x.y.z",
+  "os": "Windows 2000 Professional"..., "env": {...}, ...}}, "faults": {...},
+  "shares": {...}}``. A host's ``os`` decides what its cmd.exe and programs do
+  (runner.lab.winver); a ``lab/1`` lab (written before) keeps the one model
+  it was made with; a newer format is refused with a message.
 - ``hosts/<name>/fs/<drive letter>/...``: the host's files, as real files.
   UNC paths ``\\\\server\\share\\rest`` live in ``shares/<server>/<share>/rest``.
 - ``hosts/<name>/host.db`` (SQLite, WAL): HKLM (tables ``reg_key``,
@@ -47,9 +50,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from runner.errors import InputError
+from runner.lab.logon import check_unc
+from runner.lab.winver import WindowsVersion, for_host
 from runner.windows.regfile import RegData, RegKey, RegValue, type_number
 
-LAB_FORMAT = "lab/1"
+LAB_FORMAT = "lab/2"
+#: lab.json formats this version reads (``lab/1``: every host modelled as runner.lab.winver.LEGACY).
+LAB_FORMATS = ("lab/1", "lab/2")
 HIVE_APP_ID = 0x4C414248  # "LABH"
 BUSY_TIMEOUT_MS = 30000
 
@@ -862,6 +869,11 @@ class LabHost:
     def role(self) -> str:
         return str(self.config.get("role", "client"))
 
+    @property
+    def windows(self) -> WindowsVersion:
+        """The Windows version this host runs (its ``os``; runner.lab.winver)."""
+        return for_host(self.config, self.lab.format)
+
     def db(self) -> sqlite3.Connection:
         """This thread's connection to host.db (created with its schema on first use)."""
         if self._bulk_conn is not None:
@@ -1000,6 +1012,7 @@ class LabHost:
     def environment(self) -> dict[str, str]:
         """The environment cmd.exe starts with (DEFAULT_ENV, COMPUTERNAME, lab.json overrides)."""
         env = dict(DEFAULT_ENV)
+        env.update(self.windows.environment())
         env["COMPUTERNAME"] = self.name.upper()
         env.update({str(k): str(v) for k, v in (self.config.get("env") or {}).items()})
         return env
@@ -1081,6 +1094,7 @@ class FileSystem:
         if not p:
             raise InvalidPath("empty path")
         if p.startswith("\\\\"):
+            check_unc(p)  # a session without network credentials cannot open a share (runner.lab.logon)
             parts = [x for x in p[2:].split("\\") if x]
             if len(parts) < 2:
                 raise InvalidPath(f"invalid UNC path {path!r}")
@@ -1235,6 +1249,13 @@ class Lab:
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"cannot read lab.json: {e}", str(cfg)) from None
         hosts = _checked_config(self.config, str(cfg))
+        fmt = self.config.get("format", LAB_FORMAT)
+        if fmt not in LAB_FORMATS:
+            raise InputError(f"lab.json: format {fmt!r} is not one this runner reads ({', '.join(LAB_FORMATS)}); "
+                             "it was written by another version: use that version, or regenerate the lab "
+                             "with `runner lab init --force`", str(cfg))
+        #: lab.json's format: ``lab/1`` labs keep the single Windows model they were made with
+        self.format: str = str(fmt)
         self.hosts_config: dict[str, dict[str, Any]] = hosts
         self._by_lower = {n.lower(): n for n in hosts}
         self._hosts: dict[str, LabHost] = {}

@@ -14,7 +14,15 @@ For each user of ``manifest.json`` (optionally only some waves):
   (``msRTCSIP-PrimaryUserAddress``, ``msRTCSIP-UserEnabled``,
   ``msRTCSIP-PrimaryHomeServer`` saying what LCS says, the ``sip:``
   proxyAddresses value): a partly done enable;
+- ``permissions_missing`` / ``permissions_wrong`` (with ``permissions``): the
+  manifest's allow and block list entries that map (a person's RVP URL through
+  the same rule as contacts, a domain through its ``domains`` map; the others
+  must have been reported) against the user's ``MSFT_SIPESUserACEData`` on LCS:
+  an entry absent, or present with other Presence/Communication values;
+  ``permissions_extra`` lists entries LCS has beyond them (a user's own, not a problem);
 - ``exchange_im_disabled``: the AD user carries no msExchIM* attribute;
+with ``signin`` (``runner lab verify --signin``), every client's Messenger sign-in policy
+(a SIP server, TCP or TLS, and, for the whole lab, Exchange IM switched off);
 for every client, whatever the waves: a msmsgs.exe of Messenger 5.1 or later
 comes with a registered product of that version (product record and
 Uninstall key), and a registered 5.1 product with its file (else a partial
@@ -94,6 +102,11 @@ class UserReport:
     over_limit: int = 0
     groups_missing: list[str] = field(default_factory=list)
     ad_missing: list[str] = field(default_factory=list)
+    permissions_expected: int = 0
+    permissions_unmappable: int = 0
+    permissions_missing: list[str] = field(default_factory=list)
+    permissions_wrong: list[str] = field(default_factory=list)
+    permissions_extra: list[str] = field(default_factory=list)
     exchange_im_disabled: bool = False
     problems: list[str] = field(default_factory=list)
 
@@ -131,8 +144,12 @@ def load_manifest(lab_dir: Path) -> dict[str, Any]:
 
 
 def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
-           exchange_side: bool = True) -> Report:
-    """Compare the lab's LCS store and AD with its manifest (see the module docstring)."""
+           exchange_side: bool = True, signin: bool = False, permissions: bool | None = None) -> Report:
+    """Compare the lab's LCS store and AD with its manifest (see the module docstring).
+    ``permissions`` (default: as ``contacts``; scenario 1's users recreate both) checks the
+    allow and block lists."""
+    if permissions is None:
+        permissions = contacts
     lab_dir = Path(lab_dir)
     man = load_manifest(lab_dir)
     if (lab_dir / "lab.json").is_file():
@@ -169,6 +186,8 @@ def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
                     r.problems.append("enabled on LCS but AD lacks " + ", ".join(r.ad_missing))
             if contacts:
                 _check_contacts(db, r, guid, u, rule, user_uris, limit)
+            if permissions and u.get("permissions") is not None:
+                _check_permissions(db, r, guid, u["permissions"], rule, user_uris)
             if ad is not None:
                 dn = exchange.guid_dn(ad, u["ad_guid"])
                 attrs = ad.attributes(dn) if dn else {}
@@ -185,6 +204,9 @@ def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
             ad.close()
     rep = Report(reports, decommissioned, limit)
     rep.problems.extend(client_problems(lab_dir))
+    if signin:
+        rep.problems.extend(signin_problems(lab_dir, pool=man.get("lcs_pool_fqdn"),
+                                            exchange_off=decommissioned is not None))
     if decommissioned is False:
         rep.problems.append(f"Exchange IM server {man['exchange_server']} not decommissioned")
     return rep
@@ -196,6 +218,56 @@ UNINSTALL_KEY_LC = r"software\microsoft\windows\currentversion\uninstall"
 
 def _version(v: str | None) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", v or "")[:4])
+
+
+MESSENGER_POLICY_LC = r"software\policies\microsoft\messenger\client"
+EXCHANGE_POLICY_LC = r"software\microsoft\messengerservice\policies"
+EXCHANGE_SERVICE_LC = MESSENGER_POLICY_LC + r"\{83d4679e-b6d7-11d2-bf36-00c04fb90a03}"
+
+
+def signin_problems(lab_dir: Path, *, pool: str | None, exchange_off: bool) -> list[str]:
+    """Clients whose Windows Messenger policy does not name the SIP server ``pool`` (any
+    server when None) with a TCP (2) or
+    TLS (4) transport in manual mode (docs/messenger-signin.md); with ``exchange_off`` (the
+    whole lab, after decommissioning), also those where ExchangeConn is left or the Exchange
+    IM service is not disabled. Read from each client's host.db, not through the runner."""
+    out: list[str] = []
+    for name, hdir in _client_dirs(lab_dir):
+        h = sqlite3.connect(f"file:{hdir / 'host.db'}?mode=ro", uri=True)
+        try:
+            values = {(k, n): (t, d) for k, n, t, d in h.execute(
+                "SELECT key_lc, name_lc, type, data FROM reg_value WHERE key_lc IN (?, ?, ?)",
+                (MESSENGER_POLICY_LC, EXCHANGE_POLICY_LC, EXCHANGE_SERVICE_LC))}
+        finally:
+            h.close()
+        server = values.get((MESSENGER_POLICY_LC, "serveraddress"))
+        wrong: list[str] = []
+        if server is None or server[0] != "REG_SZ" or not server[1]:
+            wrong.append("no SIP server")
+        elif pool and str(server[1]).lower() != pool.lower():
+            wrong.append(f"SIP server {server[1]!r}, not {pool!r}")
+        if values.get((MESSENGER_POLICY_LC, "transport")) not in (("REG_DWORD", 2), ("REG_DWORD", 4)):
+            wrong.append("no TCP/TLS transport")
+        if values.get((MESSENGER_POLICY_LC, "configurationmode")) != ("REG_DWORD", 1):
+            wrong.append("not in manual configuration mode")
+        if exchange_off and (EXCHANGE_POLICY_LC, "exchangeconn") in values:
+            wrong.append("ExchangeConn still set")
+        if exchange_off and values.get((EXCHANGE_SERVICE_LC, "disabled")) != ("REG_DWORD", 1):
+            wrong.append("Exchange IM not switched off")
+        if wrong:
+            out.append(f"{name}: Messenger sign-in policy: " + ", ".join(wrong))
+    return out
+
+
+def _client_dirs(lab_dir: Path) -> list[tuple[str, Path]]:
+    """(name, host folder) of the lab's clients that exist."""
+    try:
+        hosts = json.loads((Path(lab_dir) / "lab.json").read_text(encoding="utf-8")).get("hosts") or {}
+    except (OSError, ValueError):
+        return []
+    return [(name, Path(lab_dir) / "hosts" / name) for name, cfg in (hosts.items() if isinstance(hosts, dict) else [])
+            if isinstance(cfg, dict) and cfg.get("role", "client") == "client"
+            and (Path(lab_dir) / "hosts" / name / "host.db").exists()]
 
 
 def client_problems(lab_dir: Path, minimum: str = "5.1") -> list[str]:
@@ -268,6 +340,54 @@ def _check_contacts(db: sqlite3.Connection, r: UserReport, guid: str, u: dict[st
     r.groups_missing = sorted(groups - have_groups) if r.expected else []
     if r.groups_missing:
         r.problems.append(f"{len(r.groups_missing)} group(s) missing")
+
+
+def expected_permissions(perms: dict[str, Any], rule: dict[str, Any],
+                         users: dict[str, str]) -> tuple[dict[tuple[str, str], tuple[str, str]], int]:
+    """The manifest's allow and block list of one user as LCS should hold it:
+    {(type, mask lower case): (Presence, Communication)} and how many entries map to nothing."""
+    from urllib.parse import unquote
+    domains = {k.lower(): v.lower() for k, v in (rule.get("domains") or {}).items()}
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    unmappable = 0
+    for e in perms.get("entries") or []:
+        if e["type"] == "All":
+            key: tuple[str, str] | None = ("all", "")
+        elif e["type"] == "Domain":
+            key = ("domain", domains[e["domain"].lower()]) if e["domain"].lower() in domains else None
+        else:
+            _, _, host, _, _, alias = e["url"].split("/", 5)
+            uri = map_address(f"{unquote(alias)}@{host}", rule, users)
+            key = ("user", uri.lower()) if uri else None
+        if key is None:
+            unmappable += 1
+        else:
+            out[key] = (e["presence"], e["communication"])
+    return out, unmappable
+
+
+def _check_permissions(db: sqlite3.Connection, r: UserReport, guid: str, perms: dict[str, Any],
+                       rule: dict[str, Any], users: dict[str, str]) -> None:
+    expected, r.permissions_unmappable = expected_permissions(perms, rule, users)
+    r.permissions_expected = len(expected)
+    try:
+        rows = db.execute("SELECT type, mask, presence, communication FROM user_aces WHERE user_instance_id=?",
+                          (guid,)).fetchall()
+    except sqlite3.OperationalError:  # a pool store without the table: no entry on LCS
+        rows = []
+    have = {(t.lower(), (m or "").lower()): (p, c) for t, m, p, c in rows}
+
+    def show(k: tuple[str, str]) -> str:
+        return k[0] if not k[1] else f"{k[0]} {k[1]}"
+    r.permissions_missing = sorted(show(k) for k in expected if k not in have)
+    r.permissions_wrong = sorted(f"{show(k)}: {have[k][0]}/{have[k][1]}, expected {v[0]}/{v[1]}"
+                                 for k, v in expected.items()
+                                 if k in have and (have[k][0].lower(), have[k][1].lower()) != (v[0].lower(), v[1].lower()))
+    r.permissions_extra = sorted(show(k) for k in have if k not in expected)
+    if r.permissions_missing:
+        r.problems.append(f"{len(r.permissions_missing)} permission entr(y/ies) missing on LCS")
+    if r.permissions_wrong:
+        r.problems.append(f"{len(r.permissions_wrong)} permission entr(y/ies) with other values on LCS")
 
 
 def _decommissioned(lab_dir: Path, man: dict[str, Any], ad: exchange.Directory) -> bool:

@@ -102,7 +102,7 @@ class ChunkScript:
     def _scratch(self, ext: str) -> str:
         name = f"runner-{owner_tag(self.owners[0])}-{secrets.token_hex(4)}.{ext}"
         self._own.add(name.lower())
-        return temp_path(self.vars, name)
+        return temp_path(self.conn, self.vars, name)
 
     def _stale(self, listing: Section | None) -> list[str]:
         """The files of the ``dir /b`` listing that a killed run left for this chunk's owners."""
@@ -114,7 +114,7 @@ class ChunkScript:
 
     def _remove(self, names: list[str]) -> None:
         """Delete stale scratch files (best effort: a failure leaves them to a later read)."""
-        dels = [Command("del", "/q", Quoted(temp_path(self.vars, n))) for n in names]
+        dels = [Command("del", "/q", Quoted(temp_path(self.conn, self.vars, n))) for n in names]
         try:
             for one in batch(dels, limit=self.limit):
                 self.conn.run(one.render(limit=self.limit))
@@ -142,7 +142,7 @@ class ChunkScript:
         nonce = secrets.token_hex(4)
         commands = list(self.commands)
         if self.clean:  # listed first: before this chunk's own scratch files exist
-            commands.append(Command("dir", "/b", "/a-d", Quoted(temp_path(self.vars, "runner-*"))))
+            commands.append(Command("dir", "/b", "/a-d", Quoted(temp_path(self.conn, self.vars, "runner-*"))))
         wrapped, _ = sectioned(commands, nonce)
         if self.clean:
             wrapped.insert(0, wrapped.pop())
@@ -184,6 +184,41 @@ class ChunkScript:
         if typed is None or not typed.ok:
             return []
         return ldif.parse(typed.stdout)
+
+
+def im_entries(conn: Connection, host: str, vars: Mapping[str, Any], owners: Sequence[str],
+               addresses: Sequence[str], attrs: Sequence[str]) -> dict[str, ldif.Entry]:
+    """The directory entries whose msExchIMAddress is one of ``addresses``, by that address in
+    lower case: one ldifde search per OR group, on one line or a few (Windows 2000's limit by
+    default), deleting the ``owners``' stale scratch files first; raises when a search failed."""
+    script = ChunkScript(conn, host, vars, owners, limit=line_limit(vars, WINDOWS_2000_LINE), clean=True,
+                         script=False)
+    handles = [script.add_query(Query(ldap_any("msExchIMAddress", list(g)), tuple(attrs)))
+               for g in groups(list(addresses))]
+    script.run()
+    return {a.lower(): e for h in handles for e in script.entries(h) for a in e.get("msExchIMAddress")}
+
+
+def busy_section(sec: Section | None) -> bool:
+    """The section of a wmic command that met a busy or unreachable server (or never ran)."""
+    if sec is None:
+        return True
+    return wmic.outcome(sec.stdout, "", ok=False).code in wmic.TRANSIENT_CODES
+
+
+def outcomes(script: ChunkScript, named: Sequence[tuple[str, int]]) -> tuple[list[str], list[str], bool]:
+    """One user's wmic creations in a run ChunkScript (name, command index): the names whose
+    section succeeded, those that failed, and whether a failure met a busy or unreachable
+    server (the user is then retried rather than failed)."""
+    done, failed, busy = [], [], False
+    for name, i in named:
+        sec = script.section(i)
+        if sec is not None and sec.ok and "ERROR:" not in sec.stdout:
+            done.append(name)
+        else:
+            failed.append(name)
+            busy = busy or busy_section(sec)
+    return done, failed, busy
 
 
 def wmic_fault(sec: Section | None, what: str, host: str) -> Exception | None:

@@ -6,7 +6,8 @@ on the LCS server). Reads export to a file and ``type`` it in the same round
 trip; changes put an LDIF file on the host and ``ldifde -i -f`` it.
 
 Scratch files are ``runner-<owner>-<random>.ldf`` in ``remote_temp``
-(default ``C:\\WINDOWS\\Temp``), ``<owner>`` 8 hex digits derived from what
+(default ``%SystemRoot%\\Temp`` as the host says it, runner.hostenv: ``C:\\WINNT\\Temp``
+on a Windows 2000 Exchange server), ``<owner>`` 8 hex digits derived from what
 the work is for (a user's alias, a host's name). A run killed, or a connection
 dropped, between the put and the line that deletes them leaves them behind:
 every read line of a Directory with an owner starts by deleting that owner's
@@ -23,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from runner.connections.base import Connection
 from runner.errors import PermanentFault
+from runner.hostenv import temp_dir
 from runner.model import Inventory
 from runner.windows import ldif
 from runner.windows.cmdline import Command, Quoted, Section, chain, gated_sections, sectioned, split_sections
@@ -31,7 +33,6 @@ IM_ATTRIBUTES = ("msExchIMAddress", "msExchIMPhysicalURL", "msExchIMMetaPhysical
                  "msExchIMVirtualServer", "msExchIMACL")
 DEFAULT_SERVICE = "MSExchangeIM"              # conv: the Exchange IM service (var exchange_im_service)
 DEFAULT_VS_FILTER = "(objectClass=protocolCfgIMVirtualServer)"   # conv (var exchange_im_virtual_server_filter)
-DEFAULT_TEMP = r"C:\WINDOWS\Temp"
 
 
 def exchange_server(inventory: Inventory, vars: Mapping[str, Any]) -> str:
@@ -44,9 +45,10 @@ def exchange_server(inventory: Inventory, vars: Mapping[str, Any]) -> str:
     return hosts[0]
 
 
-def temp_path(vars: Mapping[str, Any], name: str) -> str:
-    """A scratch file path on a Windows host (var ``remote_temp``)."""
-    return str(vars.get("remote_temp") or DEFAULT_TEMP).rstrip("\\") + "\\" + name
+def temp_path(conn: Connection, vars: Mapping[str, Any], name: str) -> str:
+    """A scratch file path on the host ``conn`` reaches: in var ``remote_temp``, else in its
+    ``%SystemRoot%\\Temp`` (runner.hostenv.temp_dir)."""
+    return temp_dir(conn, vars) + "\\" + name
 
 
 def owner_tag(owner: str) -> str:
@@ -88,11 +90,11 @@ class Directory:
     def _scratch(self) -> str:
         """A new scratch file path on the host."""
         tag = f"{owner_tag(self.owner)}-" if self.owner else ""
-        return temp_path(self.vars, f"runner-{tag}{secrets.token_hex(4)}.ldf")
+        return temp_path(self.conn, self.vars, f"runner-{tag}{secrets.token_hex(4)}.ldf")
 
     def stale_pattern(self) -> str | None:
         """The wildcard of this owner's scratch files, None without an owner."""
-        return temp_path(self.vars, f"runner-{owner_tag(self.owner)}-*.ldf") if self.owner else None
+        return temp_path(self.conn, self.vars, f"runner-{owner_tag(self.owner)}-*.ldf") if self.owner else None
 
     def _line(self, gated: Sequence[Command], plain: Sequence[Command],
               queries: Sequence[Query], *, clean: bool = False

@@ -79,6 +79,17 @@ def run_built(conn: Connection, builders: Sequence[GroupBuilder], *,
     return out, "".join(errors)
 
 
+def line_count(builders: Sequence[GroupBuilder], *, limit: int = MAX_COMMAND_LINE) -> int:
+    """How many lines ``run_built`` would send for ``builders`` (a nonce of the real one's
+    length gives lines of the real lengths): lets a caller see whether a group still fits."""
+    groups, total = [], 0
+    for build in builders:
+        pieces, n = build("0" * 8, total)
+        groups.append(pieces)
+        total += n
+    return len(batch_groups(groups, limit=limit))
+
+
 def hive_group(sid: str, in_place: Sequence[Command], alias: str, ntuser: str,
                loaded: Sequence[Command]) -> GroupBuilder:
     """Work on a user's hive whoever is logged on, as one group: when ``HKU\\<sid>`` is
@@ -112,6 +123,14 @@ def limit_for_version(version: str | None) -> int:
     if not v:
         return DEFAULT_LINE_LIMIT
     return MAX_COMMAND_LINE if v >= (5, 1) else 2047
+
+
+def has_wmic(ctx: Any, host: str) -> bool:
+    """Whether ``host`` has wmic: not on Windows 2000 (``os_version`` 5.0 in its facts; wmic
+    first shipped with XP); assumed when no fact says (a failed wmic read is then told apart)."""
+    facts = ctx.facts(host) if hasattr(ctx, "facts") else None
+    v = version_tuple((facts or {}).get("os_version"))
+    return not v or v >= (5, 1)
 
 
 def take(conn: Connection, path: str) -> bytes:

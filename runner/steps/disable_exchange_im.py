@@ -1,7 +1,9 @@
 """disable_exchange_im: clear a user's Exchange IM attributes once they are safe on LCS.
 
 Refuses unless the user is enabled on LCS and verify_contacts passed for
-them in this or an earlier run, or the playbook says users recreate their
+them in this or an earlier run (and, when their entry holds an Exchange IM
+allow and block list, ``msExchIMACL``, verify_permissions passed on that very
+list: docs/permissions.md), or the playbook says users recreate their
 contacts themselves (``contacts_recreated_by_users: true``, scenario 1), and
 refuses a user whose newest export read their list from no machine (a user
 without clients: nothing proves their contacts are on LCS).
@@ -20,13 +22,15 @@ import secrets
 from typing import Any, Sequence
 
 from runner.errors import PermanentFault, TransientFault
-from runner.lcs.chunks import LCS_LINE, WINDOWS_2000_LINE, ChunkScript, LcsRead, groups, ldap_any, line_limit
+from runner.lcs.chunks import (LCS_LINE, WINDOWS_2000_LINE, ChunkScript, LcsRead, groups, im_entries, ldap_any,
+                               line_limit)
 from runner.lcs.exchange import (IM_ATTRIBUTES, Directory, Query, clear_im_change, exchange_server,
                                  im_user_query, temp_path, owner_tag)
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
 from runner.steps._lcs import (CHUNK_SIZE_ARG, DEFAULT_CHUNK, latest_export, lcs_for, machines_read,
                                recreated_by_users, refusal_warnings, verified)
+from runner.steps._permissions import permissions_pending
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
 from runner.windows.cmdline import Command, Quoted, quotable
@@ -65,12 +69,8 @@ class DisableExchangeIm(StepModule):
         ctx0 = live[0][1]
         host = exchange_server(ctx0.inventory, ctx0.vars)
         try:
-            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u in live],
-                                 limit=line_limit(ctx0.vars, WINDOWS_2000_LINE), clean=True, script=False)
-            handles = [script.add_query(Query(ldap_any("msExchIMAddress", [u.im_address for *_, u in g]),
-                                              IM_ATTRIBUTES)) for g in groups(live)]
-            script.run()
-            found = {a.lower(): e for h in handles for e in script.entries(h) for a in e.get("msExchIMAddress")}
+            found = im_entries(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u in live],
+                               [u.im_address for *_, u in live], IM_ATTRIBUTES)
         except Exception as exc:  # noqa: BLE001 - the chunk's read failed: each user's outcome
             for i, *_ in live:
                 out[i] = exc
@@ -87,7 +87,8 @@ class DisableExchangeIm(StepModule):
                 state = states.get(user.alias)
                 if isinstance(state, Exception):
                     raise state
-                out[i] = self._diff(ctx, user, entry, change, self._pending(ctx, user, state))
+                out[i] = self._diff(ctx, user, entry, change,
+                                    self._pending(ctx, user, state, acl=entry.get("msExchIMACL")))
             except Exception as exc:  # noqa: BLE001
                 out[i] = exc
         return out
@@ -146,7 +147,7 @@ class DisableExchangeIm(StepModule):
             conn = ctx0.connection(host)
             script = ChunkScript(conn, host, ctx0.vars, [u.alias for _, u, _ in items],
                                  limit=line_limit(ctx0.vars, WINDOWS_2000_LINE), script=False)
-            path = temp_path(ctx0.vars, f"runner-{owner_tag(items[0][1].alias)}-{secrets.token_hex(4)}.ldf")
+            path = temp_path(conn, ctx0.vars, f"runner-{owner_tag(items[0][1].alias)}-{secrets.token_hex(4)}.ldf")
             conn.put(ldif.render(changes), path)
             imported = script.add(ldif.import_command(path), stderr_too=True)
             script.add(Command("del", "/q", Quoted(path)))
@@ -190,7 +191,7 @@ class DisableExchangeIm(StepModule):
         change = clear_im_change(entry)
         if not change.mods:
             return None
-        warnings = refusal_warnings(ctx, self._pending(ctx, target),
+        warnings = refusal_warnings(ctx, self._pending(ctx, target, acl=entry.get("msExchIMACL")),
                                     action=f"disable Exchange IM for {target.alias}",
                                     forced=f"disabling Exchange IM for {target.alias}")
         lines = [f"- {entry.dn}: {attr}" for _, attr, _ in change.mods] + [f"! {w}" for w in warnings]
@@ -198,8 +199,10 @@ class DisableExchangeIm(StepModule):
                     {"dn": entry.dn, "attrs": [a for _, a, _ in change.mods], "warnings": warnings})
 
     @staticmethod
-    def _pending(ctx: StepContext, user: User, state: UserState | None = None) -> str | None:
-        """Why the user is not yet safe to disable, or None (``state``: their LCS setting, when read)."""
+    def _pending(ctx: StepContext, user: User, state: UserState | None = None, *,
+                 acl: list[str] | None = None) -> str | None:
+        """Why the user is not yet safe to disable, or None (``state``: their LCS setting, when read;
+        ``acl``: their msExchIMACL values, which verify_permissions must have passed on)."""
         if state is None:
             server, iid = lcs_for(ctx, user)
             state = server.read(iid, contacts=False)
@@ -213,7 +216,7 @@ class DisableExchangeIm(StepModule):
         found = latest_export(ctx, user)
         if found is not None and not machines_read(ctx, user, found[1]):
             return f"no contact list of {user.alias} was read from any machine"
-        return None
+        return permissions_pending(ctx, user, acl or [])
 
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
         host = exchange_server(ctx.inventory, ctx.vars)

@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from runner import hostenv
 from runner.connections.base import Connection
 from runner.errors import PermanentFault, TransientFault
 from runner.model import User
@@ -51,7 +52,6 @@ from runner.windows.cmdline import Command, Quoted, Section
 from runner.windows.imcontacts import DEFAULT_CONTACTS_KEY, contacts_from_keys, dumps, merge
 from runner.windows.regfile import RegFileError, parse_reg
 
-TEMP_DIR = r"C:\Windows\Temp"
 #: A machine reading older than this is not handed to another user's probe.
 READING_MAX_AGE = 300.0
 
@@ -63,7 +63,13 @@ def _contacts_key(ctx: StepContext) -> str:
 # -- profiles -------------------------------------------------------------------
 
 def _locate_commands() -> list[Command]:
-    return [Command("echo", "%SystemDrive%"), reg.query(cl.PROFILE_LIST, recursive=True), reg.query("HKU")]
+    """Where profiles are, and ``%SystemRoot%`` (for the scratch folder, runner.hostenv)."""
+    return [Command("echo", "%SystemDrive%"), reg.query(cl.PROFILE_LIST, recursive=True), reg.query("HKU"),
+            Command("echo", "%SystemRoot%")]
+
+
+#: Sections of ``_locate_commands``.
+_LOCATE = 4
 
 
 def _located(sections: Sequence[Section | None]) -> dict[str, cl.Profile]:
@@ -74,6 +80,8 @@ def _located(sections: Sequence[Section | None]) -> dict[str, cl.Profile]:
 
 def _locate_live(conn: Connection, host: str, user: User, limit: int) -> cl.Profile:
     sections, _ = cl.run_sections(conn, _locate_commands(), limit=limit)
+    if sections[3] is not None and sections[3].ok:
+        hostenv.remember(conn, sections[3].stdout)
     p = cl.profile_for(user, _located(sections))
     if p is None:
         raise PermanentFault(f"{user.alias} has no profile on {host}", host=host)
@@ -148,13 +156,15 @@ def read_machine(ctx: StepContext, host: str, users: Sequence[User]) -> dict[str
     with cl.hive_locks(host, [u.alias for u, _ in first]):
         sections, _ = cl.run_built(conn, builders + [cl.plain([reg.query("HKU")])], limit=limit)
         _check_unloaded(conn, host, [u for u, _ in first], sections[-1])
-    live = _located(sections[:3])
+    live = _located(sections[:_LOCATE])
+    if sections[3] is not None and sections[3].ok:
+        hostenv.remember(conn, sections[3].stdout)
     results: dict[str, Any] = {}
     for i, (u, guess) in enumerate(first):
         p = cl.profile_for(u, live)
         if p is None or not _same_path(p.path, guess.path) or p.sid.lower() != guess.sid.lower():
             continue  # the facts are out of date: read again below with the live profile
-        results[u.alias] = _outcome(u, host, p, sections[3 + 5 * i:8 + 5 * i], sections[-1], key)
+        results[u.alias] = _outcome(u, host, p, sections[_LOCATE + 5 * i:_LOCATE + 5 + 5 * i], sections[-1], key)
     again: list[tuple[User, cl.Profile]] = []
     for u, _ in plan:
         if u.alias in results:
@@ -282,9 +292,10 @@ def export_one(ctx: StepContext, user: User, host: str,
     limit = cl.line_limit(ctx, host)
     p = profile if profile is not None else _locate_live(conn, host, user, limit)
     owner = _owner(user.alias)
-    remote = f"{TEMP_DIR}\\runner-{owner}-{ctx.run_id[:8] or 'run'}.reg"
+    temp = hostenv.temp_dir(conn, ctx.vars, ctx.facts(host) if hasattr(ctx, "facts") else None)
+    remote = f"{temp}\\runner-{owner}-{ctx.run_id[:8] or 'run'}.reg"
     in_place, loaded = f"HKU\\{p.sid}\\{key}", f"HKU\\{cl.hive_name(user.alias)}\\{key}"
-    cleanup = Command("del", "/q", Quoted(f"{TEMP_DIR}\\runner-{owner}-*.reg"), "2>nul")
+    cleanup = Command("del", "/q", Quoted(f"{temp}\\runner-{owner}-*.reg"), "2>nul")
     group = cl.hive_group(p.sid, [reg.export(in_place, remote), reg.query(in_place)], user.alias, _ntuser(p),
                           [reg.export(loaded, remote), reg.query(loaded)])
     with cl.hive_locks(host, [user.alias]):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from runner.errors import PermanentFault, TransientFault
-from runner.lcs.chunks import LCS_LINE, ChunkScript, LcsRead, line_limit
+from runner.lcs.chunks import LCS_LINE, ChunkScript, LcsRead, busy_section, line_limit, outcomes
 from runner.lcs.contacts import LcsGroup, group_ids_for, parse_export, parse_export_groups, plan_import
 from runner.lcs.mapping import mapping_for
 from runner.lcs.server import CONTACT_CLASS, GROUP_CLASS, UserState, home_server, instance_id
@@ -194,7 +194,7 @@ class ImportContacts(StepModule):
                     for g, i in zip(plans[n][0].groups_to_create, made[n]):
                         sec = script.section(i)
                         if sec is None or not sec.ok or "ERROR:" in sec.stdout:
-                            if _busy(sec):
+                            if busy_section(sec):
                                 busy[n] = f"creating group {g!r}"
                             group_failures[n].append(f"group {g!r} not created")
                     state = states.get(plans[n][2].upper())
@@ -226,14 +226,7 @@ class ImportContacts(StepModule):
             if n in busy:
                 out.append(TransientFault(f"LCS server {host} busy while {busy[n]} for {user.alias}", host=host))
                 continue
-            created, failed, retry = [], [], False
-            for uri, i in sections.get(n, []):
-                sec = script.section(i)
-                if sec is not None and sec.ok and "ERROR:" not in sec.stdout:
-                    created.append(uri)
-                else:
-                    failed.append(uri)
-                    retry = retry or _busy(sec)
+            created, failed, retry = outcomes(script, sections.get(n, []))
             if retry:
                 out.append(TransientFault(f"LCS server {host} busy while adding {user.alias}'s contacts "
                                           f"({len(created)} added, {len(failed)} left)", host=host))
@@ -249,11 +242,3 @@ class ImportContacts(StepModule):
             out.append(StepResult(status, f"added {len(created)} contact(s), {len(plan.groups_to_create)} group(s)",
                                   data, warnings))
         return out
-
-
-def _busy(sec: Any) -> bool:
-    """The section of a wmic command that met a busy or unreachable server (or never ran)."""
-    if sec is None:
-        return True
-    code = wmic.outcome(sec.stdout, "", ok=False).code
-    return code in wmic.TRANSIENT_CODES

@@ -1,21 +1,28 @@
 """inventory_clients: gather each client's facts (OS, Messenger, profiles, contact lists).
 
-One round trip reads ``ver``, the environment, the Uninstall and ProfileList
+One round trip reads ``ver``, the environment (``%SystemDrive%``,
+``%ProgramFiles%``, ``%SystemRoot%``), the Windows version (``CurrentVersion``:
+``os_version`` and the ``cmd_line_limit`` it implies, 2,047 characters on
+Windows 2000 and 8,191 from XP on), the Uninstall and ProfileList
 keys, ``reg query HKU`` and the contact key of every logged-on inventory
 user of the host; a second one (only when some user is not logged on and
 ``load_hives`` is true) loads, reads and always unloads their NTUSER.DAT.
 
 Policy: an inventory user without a profile on the host is a warning (in
 the result and ``facts.users[alias].problem``); Windows Messenger missing
-fails the task unless ``require_messenger: false``.
+fails the task unless ``require_messenger: false``. Messenger's sign-in policy
+keys (runner.steps._signin) are read in the first line where they fit, else
+with the second line's hives, else in a line of their own: ``facts.signin``
+holds them and what is missing or wrong; wrong values are warnings.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-from runner.errors import TransientFault
+from runner.errors import PermanentFault, TransientFault
 from runner.model import Host
 from runner.steps import _clients as cl
+from runner.steps import _signin as S
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import reg
 from runner.windows.cmdline import Command
@@ -65,9 +72,14 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     exe = str(ctx.args.get("messenger_exe") or cl.DEFAULT_MESSENGER_EXE)
     users = cl.client_users(ctx.inventory, host.name)
     conn = ctx.connection(host.name)
+    wmic = cl.has_wmic(ctx, host.name)
     base = [Command("ver"), Command("echo", "%SystemDrive%"), Command("echo", "%ProgramFiles%"),
             reg.query(cl.UNINSTALL, recursive=True), reg.query(cl.PROFILE_LIST, recursive=True),
-            reg.query("HKU"), cl.file_version_query(exe), reg.query(cl.WINDOWS_NT, value="CurrentVersion")]
+            # msmsgs.exe's version through wmic, which Windows 2000 lacks (an earlier gather's
+            # os_version says so; "ver" then holds the section's place and tells nothing)
+            reg.query("HKU"), cl.file_version_query(exe) if wmic else Command("ver"),
+            reg.query(cl.WINDOWS_NT, value="CurrentVersion"),
+            Command("echo", "%SystemRoot%")]
     limit = cl.line_limit(ctx, host.name)
     # profiles an earlier run recorded: those users' hives are read in this first line, in
     # place or loaded and unloaded (cmd.exe branches on who is logged on), checked below
@@ -89,7 +101,14 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
                                       else Command("ver")]))
             offsets.append(pos)
             pos += 1
-    builders.append(cl.plain([reg.query("HKU")]))
+    # when this line loads hives, HKU once more to see them unloaded (without hives to load,
+    # the first group's HKU says all there is); Messenger's sign-in policy keys before it when
+    # they fit in these lines, else with the second line's hives (or in one of their own)
+    tail = [cl.plain([reg.query("HKU")])] if guesses else []
+    policy = cl.plain(S.read_commands())
+    in_first = cl.line_count([*builders, policy, *tail], limit=limit) == cl.line_count([*builders, *tail],
+                                                                                         limit=limit)
+    builders += [policy, *tail] if in_first else tail
     with cl.hive_locks(host.name, list(guesses)):
         sections, _ = cl.run_built(conn, builders, limit=limit)
         for alias in guesses:
@@ -97,16 +116,18 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
                 cl.unload_verified(conn, host.name, cl.hive_name(alias))
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     env = {"SystemDrive": text[1].strip() or "C:", "ProgramFiles": text[2].strip() or r"C:\Program Files"}
+    if text[8].strip() and "%" not in text[8]:  # C:\WINNT on Windows 2000, C:\WINDOWS on XP/2003
+        env["SystemRoot"] = text[8].strip()
     os_line = next((ln.strip() for ln in text[0].splitlines() if ln.strip()), None)
     messenger = cl.messenger_from_uninstall(reg.parse_query(text[3]))
-    file_version = cl.file_version(text[6])
+    file_version = cl.file_version(text[6]) if wmic else None
     if messenger is None and file_version:
         messenger = {"installed": True, "product": "Windows Messenger", "version": file_version,
                      "product_code": None, "source": "file"}
     messenger = messenger or {"installed": False, "product": None, "version": None, "product_code": None,
                               "source": None}
     messenger["file_version"] = file_version
-    messenger["file_known"] = sections[6] is not None and sections[6].ok  # wmic could look at the file
+    messenger["file_known"] = wmic and sections[6] is not None and sections[6].ok  # wmic looked at the file
     found = cl.profiles(reg.parse_query(text[4]), reg.parse_query(text[5]), env)
     loaded = sorted(s for s in reg.subkeys(reg.parse_query(text[5]), "HKU"))
     warnings: list[str] = []
@@ -141,26 +162,58 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
         else:
             unloaded.append((user, p))
         user_facts[user.alias] = entry
+    policy_secs = sections[pos:pos + 2] if in_first else None
     if unloaded and ctx.args.get("load_hives", True):
-        _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings, limit)
+        later = _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings, limit,
+                               extra=() if in_first else S.read_commands())
+        policy_secs = policy_secs or later
+    if policy_secs is None:
+        policy_secs, _ = cl.run_sections(conn, S.read_commands(), limit=limit)
     os_version = reg.value_of(reg.find_key(reg.parse_query(text[7]), cl.WINDOWS_NT), "CurrentVersion")
     os_version = os_version if isinstance(os_version, str) else None
+    signin = _signin(ctx, host.name, policy_secs, warnings)
     facts = {"os": os_line, "os_version": os_version, "run_id": ctx.run_id, "messenger_exe": exe, "cmd_line_limit": cl.limit_for_version(os_version),
-             "env": env, "messenger": messenger,
+             "env": env, "messenger": messenger, "signin": signin,
              "profiles": {sid: {"path": p.path, "loaded": p.loaded} for sid, p in found.items()},
              "loaded_hives": loaded, "users": user_facts, "contacts_key": contacts_key}
     return facts, warnings
 
 
+def _signin(ctx: StepContext, host: str, sections: list, warnings: list[str]) -> dict[str, Any]:
+    """The client's Messenger sign-in settings (runner.steps._signin) and what is missing or
+    wrong in them against the inventory's ``lcs_pool_fqdn`` / ``lcs_transport``. A wrong value
+    (another server, an unknown transport, ExchangeConn "Exchange only") is a warning; missing
+    ones are the state before configure_messenger, and a warning only once it has set them."""
+    have = S.held(sections)
+    try:
+        server: str | None = S.wanted_server({}, ctx.vars, ctx.inventory)
+    except PermanentFault:  # no pool named, or a bad name: configure_messenger says so
+        server = None
+    try:
+        transport: str | None = S.wanted_transport({}, ctx.vars)
+    except PermanentFault:
+        transport = None
+    problems = S.problems(have, server, transport)
+    configured = any(r.status in ("ok", "changed") for r in ctx.previous("configure_messenger", host))
+    shown = [p for p in problems if configured or not p.startswith("no ")]
+    if shown:
+        warnings.append(f"{host}: Messenger sign-in settings missing or wrong: {'; '.join(shown)}")
+    return {**S.summary(have), "problems": problems}
+
+
 def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
-                   user_facts: dict[str, Any], warnings: list[str], limit: int) -> None:
-    """Load, read and unload (always, same line) the hives of users not logged on."""
+                   user_facts: dict[str, Any], warnings: list[str], limit: int,
+                   extra: Sequence[Command] = ()) -> list:
+    """Load, read and unload (always, same line) the hives of users not logged on; ``extra``
+    commands run in the same lines, and their sections are returned."""
     groups: list[list[Command]] = []
     for user, p in unloaded:
         name = cl.hive_name(user.alias)
         # 2>&1: reg load's error text in the user's own section, so "in use" is that user's outcome
         groups.append([Command(*reg.load(name, p.path.rstrip("\\") + "\\NTUSER.DAT").bits, "2>&1"),
                        reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True), reg.unload(name)])
+    if extra:
+        groups.append(list(extra))
     groups.append([reg.query("HKU")])
     with cl.hive_locks(host, [u.alias for u, _ in unloaded]):
         sections, stderr = cl.run_groups(conn, groups, limit=limit)
@@ -185,3 +238,4 @@ def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
         # export_contacts does, never recorded as a lasting "unfit client" warning
         raise TransientFault(f"the hive of {', '.join(locked)} on {host} is in use (reg load): {stderr.strip()[:200]}",
                              host=host)
+    return sections[3 * len(unloaded):3 * len(unloaded) + len(extra)] if extra else []

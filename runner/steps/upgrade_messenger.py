@@ -1,45 +1,84 @@
 """upgrade_messenger: install Windows Messenger 5.1 where the installed version is older.
 
-Probe reads the registered products (the Uninstall keys) and msmsgs.exe's
-file version (wmic datafile) in one round trip. The upgrade is done only when
+Probe reads the registered products (the Uninstall keys, whose ``DisplayVersion``
+every Windows version has) and msmsgs.exe's file version (wmic datafile; not on
+Windows 2000, which has no wmic: its facts say so, and there the Uninstall key
+alone tells) in one round trip. The upgrade is done only when
 both say so: a Messenger product of the wanted version is registered *and*
 the file is of that version. A 5.1 file without its product (an install cut
 short, a file copied by hand) is installed again; a registered product whose
 file is older is reinstalled (``REINSTALL=ALL REINSTALLMODE=vomus``). Apply runs
-``msiexec /i PACKAGE /qn /norestart /l*v LOG``: 0 changed; 3010/1641
-changed with ``reboot_required``; 1618 TransientFault (the engine retries);
-anything else failed, with the installer log fetched into an artifact.
+``mkdir LOGDIR & msiexec /i PACKAGE /qn /norestart /l*v LOG`` (LOG in the host's
+``%SystemRoot%\\Temp`` unless ``log`` says otherwise, its folder made first: msiexec
+exits 1622 without it): 0 changed; 3010/1641 changed with ``reboot_required``; 1618
+TransientFault (the engine retries); anything else failed, with the installer log
+fetched into an artifact (1622 names the log path: no log was written).
+
+Where the package comes from. ``messenger_package`` (default
+``\\\\deploy\\packages\\WindowsMessenger51.msi``) is read by msiexec on the client,
+which needs a session with network credentials: a password logon. A key-based
+SSH logon on Windows has none and gets "Access is denied" for every share
+(docs/transports.md). For those hosts set ``messenger_package_local``, a file on
+the control node (the inventory loader resolves it against the inventory's
+folder and checks it exists): apply then pushes it over the connection into the
+host's scratch folder (runner.hostenv: ``remote_temp``, else ``%SystemRoot%\\Temp``)
+as ``runner-wm51-<12 hex of its sha256>.msi``, has the client compute the pushed
+file's SHA-256 (``client_sha256_tool``, runner.windows.sha256), runs msiexec only
+when it is the control node's, and deletes it afterwards, also when the install
+or the check failed. A hash that differs (a transfer cut short) is a
+TransientFault: the engine pushes again. With ``client_sha256_tool: sftp`` the
+file is read back over SFTP and hashed on the control node instead: that proves
+the bytes on the client's disk as its SSH server reads them, not what a program
+of the client reads, and costs a second transfer. A run killed between the push
+and the delete leaves the file: the next probe of that host (it reads live
+whenever a package is pushed) and the delete after the next install remove every
+``runner-wm51-*.msi`` in that folder.
 """
 from __future__ import annotations
 
+import hashlib
+import re
+from pathlib import Path
 from typing import Any
 
-from runner.errors import TransientFault
+from runner import hostenv
+from runner.errors import PermanentFault, StepFault, TransientFault
 from runner.model import Host
 from runner.steps import _clients as cl
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
-from runner.windows import msiexec, reg
+from runner.windows import msiexec, reg, sha256
+from runner.windows.cmdline import Command, Quoted
 
 DEFAULT_PACKAGE = r"\\deploy\packages\WindowsMessenger51.msi"
 TARGET_VERSION = "5.1"
+PUSHED_PREFIX = "runner-wm51-"
+#: The scratch folder when ``remote_temp`` is not set, as cmd.exe expands it on the host.
+SYSTEM_TEMP = r"%SystemRoot%\Temp"
 
 
 def installed(ctx: StepContext, host: str) -> tuple[str | None, str | None, bool]:
     """(newest registered Messenger product's version, msmsgs.exe's file version, whether the
     file could be looked at) on ``host``; None where there is none. One round trip, or none
-    when ``_fresh_facts`` stand for it."""
+    when ``_fresh_facts`` stand for it (never when a package is pushed: that line also
+    deletes a pushed package a killed run left)."""
     exe = str(ctx.args.get("messenger_exe") or cl.DEFAULT_MESSENGER_EXE)
-    facts = _fresh_facts(ctx, host, exe)
+    pushing = pushes(ctx)
+    facts = None if pushing else _fresh_facts(ctx, host, exe)
     if facts is not None:
         m = facts["messenger"]
         return (m.get("version") if m.get("source") == "uninstall" else None), m.get("file_version"), \
             bool(m["file_known"])
-    sections, _ = cl.run_sections(ctx.connection(host), [reg.query(cl.UNINSTALL, recursive=True),
-                                                         cl.file_version_query(exe)])
+    reads = [reg.query(cl.UNINSTALL, recursive=True)]
+    wmic = cl.has_wmic(ctx, host)
+    if wmic:
+        reads.append(cl.file_version_query(exe))
+    if pushing and not ctx.check:   # --check changes nothing, not even a leftover
+        reads.append(_leftovers_removal(_push_folder(ctx)))
+    sections, _ = cl.run_sections(ctx.connection(host), reads, limit=cl.line_limit(ctx, host))
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     found = cl.messenger_from_uninstall(reg.parse_query(text[0]))
-    file_known = sections[1] is not None and sections[1].ok
-    return (found or {}).get("version"), cl.file_version(text[1]), file_known
+    file_known = wmic and sections[1] is not None and sections[1].ok
+    return (found or {}).get("version"), cl.file_version(text[1]) if wmic else None, file_known
 
 
 def _fresh_facts(ctx: StepContext, host: str, exe: str) -> Any:
@@ -59,6 +98,43 @@ def _fresh_facts(ctx: StepContext, host: str, exe: str) -> Any:
     return facts
 
 
+def pushes(ctx: StepContext) -> bool:
+    """Whether the package is pushed from the control node (``messenger_package_local``,
+    unless the step's own ``package`` argument names the host's path)."""
+    return bool(ctx.vars.get("messenger_package_local")) and not ctx.args.get("package")
+
+
+def _push_folder(ctx: StepContext) -> str | None:
+    """``remote_temp`` when set (a literal path), else None: the host's ``%SystemRoot%\\Temp``."""
+    value = ctx.vars.get("remote_temp")
+    if not value:
+        return None
+    folder = str(value).rstrip("\\")
+    if "%" in folder or not re.match(r"^[A-Za-z]:\\", folder + "\\"):
+        raise PermanentFault(f"remote_temp {folder!r} must be a literal folder such as C:\\WINNT\\Temp: the "
+                             "package is copied there over SFTP, which expands no %VARIABLE%; leave it unset "
+                             "for the host's %SystemRoot%\\Temp")
+    return folder
+
+
+def _leftovers_removal(folder: str | None) -> Command:
+    """``del /q`` of every pushed package in ``folder`` (None: ``%SystemRoot%\\Temp``, which cmd.exe
+    expands), a killed run's leftovers included (``2>nul``: none is no error)."""
+    pattern = (Quoted(folder + "\\" + PUSHED_PREFIX + "*.msi") if folder is not None
+               else f'"{SYSTEM_TEMP}\\{PUSHED_PREFIX}*.msi"')   # a constant: %SystemRoot% expands
+    return Command("del", "/q", pattern, "2>nul")
+
+
+def local_package(path: str) -> tuple[bytes, str]:
+    """The bytes of the control node's package file and their sha256 (PermanentFault when it
+    cannot be read: the loader checked it exists, but it may have gone since)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise PermanentFault(f"messenger_package_local {path}: cannot read it ({exc.strerror or exc})") from None
+    return data, hashlib.sha256(data).hexdigest()
+
+
 class UpgradeMessenger(StepModule):
     """Bring Windows Messenger to 5.1 or later."""
 
@@ -76,6 +152,9 @@ class UpgradeMessenger(StepModule):
     }
 
     def _package(self, ctx: StepContext) -> str:
+        """What msiexec installs from: the control node's file to push, else the host's path."""
+        if pushes(ctx):
+            return str(ctx.vars["messenger_package_local"])
         return str(ctx.args.get("package") or ctx.vars.get("messenger_package") or DEFAULT_PACKAGE)
 
     def probe(self, ctx: StepContext, target: Host) -> Diff | None:  # type: ignore[override]
@@ -90,8 +169,13 @@ class UpgradeMessenger(StepModule):
         package = self._package(ctx)
         want = str(ctx.args.get("version") or TARGET_VERSION)
         current = product or file
-        lines = [f"- messenger {current or '(none)'}", f"+ messenger {want} from {package}"]
+        pushed = pushes(ctx)
+        lines = [f"- messenger {current or '(none)'}",
+                 f"+ messenger {want} from {package}" + (" (pushed to the client, its SHA-256 checked)"
+                                                         if pushed else "")]
         data: dict[str, Any] = {"from": current, "package": package}
+        if pushed:
+            data["push"] = True
         if on_disk and file:  # the file is there, its product is not: an install cut short
             lines.append(f"! msmsgs.exe is {file} but no Messenger {want} product is registered: installing again")
             data["partial"] = f"file {file} without its product"
@@ -111,15 +195,68 @@ class UpgradeMessenger(StepModule):
         return StepResult("ok", data={"version": found[1]})
 
     def apply(self, ctx: StepContext, target: Host, diff: Diff) -> StepResult:  # type: ignore[override]
+        if not diff.data.get("push"):
+            return self._install(ctx, target, diff, diff.data["package"], {})
         conn = ctx.connection(target.name)
-        log = str(ctx.args.get("log") or msiexec.DEFAULT_LOG)
+        limit = cl.line_limit(ctx, target.name)
+        try:
+            tool = sha256.check_tool(ctx.vars.get("client_sha256_tool"))
+        except ValueError as exc:
+            raise PermanentFault(f"{target.name}: {exc}", host=target.name) from None
+        payload, digest = local_package(diff.data["package"])
+        given = _push_folder(ctx)   # checked: a literal folder, since SFTP expands nothing
+        facts = ctx.facts(target.name) if hasattr(ctx, "facts") else None
+        folder = given or hostenv.temp_dir(conn, ctx.vars, facts)
+        remote = f"{folder}\\{PUSHED_PREFIX}{digest[:12]}.msi"
+        pushed = {"local": diff.data["package"], "remote": remote, "sha256": digest, "size": len(payload),
+                  "hash_tool": tool}
+        try:
+            conn.put(payload, remote)
+            self._check_pushed(target, conn, tool, pushed, limit)
+            return self._install(ctx, target, diff, remote, {"pushed": pushed})
+        finally:
+            try:   # this push and any a killed run left
+                conn.run(_leftovers_removal(folder).render(limit=limit))
+            except StepFault:
+                pass   # the host's next probe or install deletes it
+
+    def _check_pushed(self, target: Host, conn: Any, tool: str, pushed: dict[str, Any], limit: int) -> None:
+        """The pushed file's SHA-256, computed on the client (or read back with ``sftp``), is the
+        control node's: else a TransientFault (pushed again) or, with no tool, a PermanentFault."""
+        remote = pushed["remote"]
+        if tool == "sftp":
+            got: str | None = hashlib.sha256(conn.get(remote)).hexdigest()
+            answer = ""
+        else:
+            result = conn.run(sha256.command(tool, remote).render(limit=limit))
+            got = sha256.parse(result.stdout) if result.rc == 0 else None
+            answer = (result.stdout + result.stderr).strip()
+            if tool == "auto" and got is not None:  # which of the two answered, for the result
+                pushed["hash_tool"] = "certutil" if "CertUtil:" in result.stdout else "sha256sum"
+        if got is None:
+            raise PermanentFault(
+                f"{target.name}: could not compute the pushed package's SHA-256 on the client with "
+                f"{tool} ({answer[:200] or 'no output'}); see client_sha256_tool in docs/transports.md",
+                host=target.name, data={"pushed": pushed})
+        if got != pushed["sha256"]:
+            raise TransientFault(
+                f"{target.name}: the pushed package {remote} has SHA-256 {got[:16]}..., not the control "
+                f"node's {pushed['sha256'][:16]}... ({pushed['size']} bytes sent): the transfer was "
+                "damaged; pushing it again", host=target.name, data={"pushed": dict(pushed, got=got)})
+
+    def _install(self, ctx: StepContext, target: Host, diff: Diff, package: str,
+                 extra: dict[str, Any]) -> StepResult:
+        """``msiexec /i package`` (its log's folder made first) and what its exit code means."""
+        conn = ctx.connection(target.name)
+        facts = ctx.facts(target.name) if hasattr(ctx, "facts") else None
+        log = str(ctx.args.get("log") or hostenv.temp_dir(conn, ctx.vars, facts) + "\\" + msiexec.LOG_NAME)
         props = {"REINSTALL": "ALL", "REINSTALLMODE": "vomus"} if diff.data.get("reinstall") else {}
-        cmd = msiexec.install(diff.data["package"], log=log, properties=props)
-        result = conn.run(cmd.render())
+        cmd = msiexec.install_line(package, log=log, properties=props)
+        result = conn.run(cmd.render(limit=cl.line_limit(ctx, target.name)))
         outcome = msiexec.classify(result.rc)
         data: dict[str, Any] = {"rc": result.rc, "from": diff.data.get("from"), "package": diff.data["package"],
                                 "reboot_required": outcome.reboot_required,
-                                "to": str(ctx.args.get("version") or TARGET_VERSION)}
+                                "to": str(ctx.args.get("version") or TARGET_VERSION), **extra}
         if diff.data.get("partial"):
             data["partial"] = diff.data["partial"]
         if outcome.outcome is msiexec.MsiOutcome.TRANSIENT:
@@ -131,9 +268,16 @@ class UpgradeMessenger(StepModule):
                                                   "version": want,
                                                   "product_code": None},
                                     "reboot_pending": outcome.reboot_required}
-            msg = f"installed {diff.data['package']}" + (" (reboot required)" if outcome.reboot_required else "")
+            msg = f"installed {diff.data['package']}"
+            if "pushed" in extra:
+                tool = extra["pushed"]["hash_tool"]
+                msg += (" (pushed, read back and its SHA-256 checked)" if tool == "sftp"
+                        else f" (pushed, SHA-256 checked on the client with {tool})")
+            msg += " (reboot required)" if outcome.reboot_required else ""
             return StepResult("changed", msg, data=data,
                               warnings=[f"{target.name}: reboot required"] if outcome.reboot_required else [])
+        if result.rc == 1622:  # msiexec could not open its log: there is none to fetch
+            return StepResult("failed", f"msiexec 1622: {outcome.message} (log {log})", data=data)
         try:
             log_bytes = conn.get(log)
         except Exception as exc:  # the log may be missing (1619: package not found)
@@ -141,4 +285,8 @@ class UpgradeMessenger(StepModule):
         else:
             ref = ctx.artifacts.write(f"msiexec/{target.name}/runner-wm51.log", log_bytes)
             data["log_artifact"] = {"path": ref.path, "sha256": ref.sha256, "size": ref.size}
-        return StepResult("failed", f"msiexec {result.rc}: {outcome.message}", data=data)
+        hint = ""
+        if result.rc == 1619 and package.startswith("\\\\"):
+            hint = (" (the package is on a share, which a key-based SSH logon cannot read: log on with "
+                    "a password, or set messenger_package_local to push the package; docs/transports.md)")
+        return StepResult("failed", f"msiexec {result.rc}: {outcome.message}{hint}", data=data)

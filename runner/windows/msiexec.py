@@ -5,7 +5,9 @@ messages", learn.microsoft.com/windows/win32/msi/error-codes):
 0 success; 3010 success, reboot required; 1641 success, the installer
 started a reboot; 1618 another installation is in progress (transient:
 retry later); 1603 fatal error during installation; 1619 the package could
-not be opened; anything else is a permanent failure.
+not be opened; 1622 the log file could not be opened (ERROR_INSTALL_LOG_FAILURE:
+its folder does not exist or is not writable; :func:`install_line` creates the
+folder first); anything else is a permanent failure.
 """
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ from enum import Enum
 
 from runner.windows.cmdline import Command, Quoted
 
-DEFAULT_LOG = r"C:\Windows\Temp\runner-wm51.log"
+#: The installer log's file name, in the host's %SystemRoot%\Temp unless a step says otherwise.
+LOG_NAME = "runner-wm51.log"
+#: install()'s default log (steps pass the host's own folder, runner.hostenv).
+DEFAULT_LOG = "C:\\Windows\\Temp\\" + LOG_NAME
 
 MESSAGES: dict[int, str] = {
     0: "The action completed successfully.",
@@ -25,6 +30,8 @@ MESSAGES: dict[int, str] = {
     1618: "Another installation is already in progress.",
     1619: "This installation package could not be opened.",
     1620: "This installation package could not be opened (invalid package).",
+    1622: ("Error opening installation log file. Verify that the specified log file location exists "
+           "and that you can write to it."),
     1624: "Error applying transforms.",
     1625: "This installation is forbidden by system policy.",
     1633: "This installation package is not supported on this processor type.",
@@ -93,3 +100,15 @@ def install(package: str, *, log: str | None = DEFAULT_LOG, quiet: bool = True,
             raise ValueError(f"not a safe msiexec property: {name}={value!r}")
         bits.append(f"{name}={value}")
     return Command(*bits)
+
+
+def install_line(package: str, *, log: str, properties: dict[str, str] | None = None) -> Command:
+    """``mkdir LOGDIR 2>nul & msiexec /i PACKAGE /qn /norestart /l*v LOG [PROP=value...]``: the
+    log's folder is made first (msiexec creates the file, not its folder, and exits 1622
+    without it); ``mkdir`` of a folder that exists fails quietly, and the line's exit code
+    is msiexec's."""
+    folder = log.rsplit("\\", 1)[0] if "\\" in log else ""
+    cmd = install(package, log=log, properties=properties)
+    if not folder or folder.endswith(":"):
+        return cmd
+    return Command(Command("mkdir", Quoted(folder), "2>nul"), "&", cmd)

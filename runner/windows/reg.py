@@ -1,16 +1,21 @@
-"""reg.exe: command builders (query, export, load, unload) and the ``reg query`` parser.
+"""reg.exe: command builders (query, export, add, delete, load, unload) and the ``reg query`` parser.
 
 ``reg query`` output (doc: DOMAIN.md; Microsoft "reg query" command reference,
 learn.microsoft.com/windows-server/administration/windows-commands/reg-query):
 a blank line, the full key path (``HKEY_LOCAL_MACHINE\\...``), then one
 line per value: four spaces, name, four spaces, type, four spaces, data;
 a blank line ends the key; with ``/s`` further keys follow; without ``/s``
-the subkeys are listed as bare key lines after the values. Windows XP's
-reg.exe 3.0 prints ``! REG.EXE VERSION 3.0`` first and separates the name,
-type and data with tabs; both layouts parse. Data by type:
+the subkeys are listed as bare key lines after the values. That is the
+layout of Windows Vista and later. reg.exe 3.0 of Windows XP / Server 2003
+(and the Support Tools' reg.exe 2.0 of Windows 2000) prints a blank line,
+``! REG.EXE VERSION 3.0`` and a blank line first, and each value as four
+spaces, name, TAB, type, TAB, data (docs/windows-versions.md); both layouts
+parse, whichever a host prints. Data by type:
 
-- REG_SZ / REG_EXPAND_SZ: the text as stored (``%SystemDrive%`` unexpanded);
-- REG_MULTI_SZ: the strings joined by the two characters ``\\0``;
+- REG_SZ / REG_EXPAND_SZ: the text as stored (``%SystemDrive%`` unexpanded;
+  tabs and spaces inside are data);
+- REG_MULTI_SZ: the strings joined by the two characters ``\\0`` (reg.exe 3.0
+  adds a final ``\\0\\0``: the empty strings it gives are dropped);
 - REG_DWORD / REG_QWORD: ``0x`` + lower-case hex;
 - REG_BINARY / REG_NONE / others: upper-case hex bytes without separators.
 
@@ -81,6 +86,36 @@ def export(key: str, file: str, *, overwrite: bool = True) -> Command:
     return Command(*bits)
 
 
+#: The value types ``add`` writes (reg.exe's ``/t``); data goes on the line as one quoted argument.
+ADD_TYPES = ("REG_SZ", "REG_EXPAND_SZ", "REG_DWORD")
+
+
+def add(key: str, name: str, type_: str, data: str | int) -> Command:
+    """``reg add KEY /v NAME /t TYPE /d DATA /f``: set one value, creating the key (``/f``:
+    overwrite without asking). ``name`` "" is the default value (``/ve``). A REG_DWORD's
+    ``data`` is an int written in decimal; text data is ``Quoted`` (refused when it cannot go
+    on a command line: cmdline.UnsafeValueError)."""
+    if type_ not in ADD_TYPES:
+        raise ValueError(f"reg add: unsupported type {type_!r}")
+    if type_ == "REG_DWORD":
+        if not isinstance(data, int) or isinstance(data, bool) or not 0 <= data < 1 << 32:
+            raise ValueError(f"reg add: REG_DWORD data must be an int in 0..2**32-1, not {data!r}")
+        shown: str = str(data)
+    else:
+        shown = str(data)
+    bits: list = ["reg", "add", Quoted(short_path(key))]
+    bits += ["/v", Quoted(name)] if name else ["/ve"]
+    bits += ["/t", type_, "/d", Quoted(shown), "/f"]
+    return Command(*bits)
+
+
+def delete_value(key: str, name: str) -> Command:
+    """``reg delete KEY /v NAME /f``: remove one value (exit 1, not found, when it is absent)."""
+    bits: list = ["reg", "delete", Quoted(short_path(key))]
+    bits += ["/v", Quoted(name)] if name else ["/ve"]
+    return Command(*bits, "/f")
+
+
 def load(name: str, file: str) -> Command:
     """``reg load HKU\\NAME FILE``: mount a hive file (e.g. NTUSER.DAT) under HKU."""
     return Command("reg", "load", Quoted(f"HKU\\{name}"), Quoted(file))
@@ -110,7 +145,10 @@ def parse_data(type_: str, text: str) -> RegData:
     if t in ("REG_SZ", "REG_EXPAND_SZ"):
         return text
     if t == "REG_MULTI_SZ":
-        return text.split("\\0") if text else []
+        parts = text.split("\\0") if text else []
+        while parts and parts[-1] == "":  # reg.exe 3.0's closing \0\0
+            parts.pop()
+        return parts
     if t in ("REG_DWORD", "REG_QWORD", "REG_DWORD_BIG_ENDIAN"):
         return int(text, 16) if text else 0
     cleaned = re.sub(r"[\s,]", "", text)
@@ -128,7 +166,7 @@ def parse_query(stdout: str) -> list[RegKey]:
     """
     keys: list[RegKey] = []
     current: RegKey | None = None
-    for raw in stdout.splitlines():
+    for raw in stdout.split("\n"):  # not splitlines(): data may hold U+2028, \x1c... as text
         line = raw.rstrip("\r")
         if not line.strip():
             continue
@@ -139,7 +177,7 @@ def parse_query(stdout: str) -> list[RegKey]:
             m = m or _VALUE_SPACES.match(line)
             if m is None or current is None:
                 continue
-            name = m.group(1).strip() if "\t" in line else m.group(1)
+            name = m.group(1)
             if name in _DEFAULT_NAMES:
                 name = ""
             type_ = m.group(2)

@@ -6,7 +6,9 @@ Windows XP's cmd.exe (Microsoft "Windows commands" reference pages for
 echo, type, del, mkdir, copy, if, ver, set; message texts from cmd.exe):
 ``ECHO is on.``, ``The system cannot find the file specified.``,
 ``Could Not Find <path>``, ``File Not Found``, ``A subdirectory or file <x> already exists.``,
-``        1 file(s) copied.``, ``Environment variable X not defined``.
+``        1 file(s) copied.``, ``Environment variable X not defined``; a share
+the session cannot open (a key-based logon: runner.lab.logon) answers
+``Access is denied.``.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, Callable
 
 from runner.connections.base import CommandResult
 from runner.lab.commands import program
+from runner.lab.logon import ACCESS_DENIED, NoNetworkCredentials
 from runner.lab.store import InvalidPath
 
 Builtin = Callable[[Any, Any, str], tuple[int, str, str, bool]]
@@ -54,7 +57,7 @@ def rem(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
 
 @builtin("ver")
 def ver(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
-    version = ctx.host.config.get("windows_version", "Microsoft Windows XP [Version 5.1.2600]")
+    version = ctx.host.config.get("windows_version") or ctx.host.windows.ver_line
     return 0, f"\r\n{version}\r\n", "", False
 
 
@@ -68,6 +71,10 @@ def type_(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
     for f in files:
         try:
             data = ctx.read_file(f)
+        except NoNetworkCredentials:
+            err.append(ACCESS_DENIED)
+            rc = 1
+            continue
         except (OSError, InvalidPath):
             err.append(NOT_FOUND if len(files) == 1 else f"The system cannot find the file specified.\r\n"
                        f"Error occurred while processing: {f}.\r\n")
@@ -93,6 +100,9 @@ def del_(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
         try:
             ok = _delete_matching(ctx, full) if any(c in full.rsplit("\\", 1)[-1] for c in "*?") \
                 else ctx.host.fs.delete(full)
+        except NoNetworkCredentials:
+            err.append(ACCESS_DENIED)
+            continue
         except (OSError, InvalidPath):
             ok = False
         if not ok:
@@ -200,6 +210,8 @@ def copy(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
     dst = ctx.full_path(args[1]) if len(args) == 2 else ctx.cwd
     try:
         data = ctx.host.fs.read(src)
+    except NoNetworkCredentials:
+        return 1, "        0 file(s) copied.\r\n", ACCESS_DENIED, True
     except (OSError, InvalidPath):
         return 1, "        0 file(s) copied.\r\n", NOT_FOUND, True
     try:
@@ -253,7 +265,7 @@ def if_(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
         if word.lower() == "exist":
             try:
                 cond = ctx.host.fs.exists(ctx.full_path(arg))
-            except InvalidPath:
+            except (OSError, InvalidPath):  # a share the session cannot open does not "exist"
                 cond = False
         else:
             try:

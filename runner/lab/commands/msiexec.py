@@ -8,7 +8,11 @@ required (here: the package says so, the host is configured so, or
 a reboot (reboot needed and no /norestart), 1618 another installation is in
 progress (fault ``msiexec_1618``), 1603 fatal error (package marked
 ``broken`` or lab.json host ``msiexec_result: 1603``), 1619 the package
-could not be opened, 1620 not a valid package, 1639 invalid command line.
+could not be opened (for a share a key-based logon cannot open, its log has
+note 2203 with STG_E_ACCESSDENIED, -2147287035), 1620 not a valid package,
+1622 the log file could not be opened (``/l*v`` naming a folder that does not
+exist: msiexec creates the file, never its folder; checked before anything
+else), 1639 invalid command line.
 The package format is runner.lab.binaries' lab MSI. An install is all or
 nothing (LabHost.commit_install): a process killed mid-install leaves the
 old product, files and Uninstall key, or the new ones, never a mix. The verbose log ends
@@ -23,6 +27,7 @@ from typing import Any
 from runner.connections.base import CommandResult
 from runner.lab.binaries import make_exe, read_msi
 from runner.lab.commands import program
+from runner.lab.logon import NoNetworkCredentials
 from runner.lab.store import UNINSTALL_KEY, InvalidPath
 
 FOLDERS = {"[ProgramFilesFolder]": "ProgramFiles", "[SystemFolder]": None, "[WindowsFolder]": "SystemRoot"}
@@ -33,9 +38,10 @@ def _log_lines(ctx: Any, package: str, props: dict[str, Any] | None, status: int
     clock = time.strftime("%H:%M:%S:000")
     name = (props or {}).get("ProductName", "")
     version = (props or {}).get("ProductVersion", "")
+    root = ctx.getenv("SystemRoot") or r"C:\WINDOWS"
     lines = [
         f"=== Verbose logging started: {ts}  Build type: SHIP UNICODE 3.01.4001.5512  "
-        f"Calling process: C:\\WINDOWS\\system32\\msiexec.exe ===",
+        f"Calling process: {root}\\system32\\msiexec.exe ===",
         f"MSI (c) (AC:B0) [{clock}]: Resetting cached policy values",
         f"MSI (c) (AC:B0) [{clock}]: ******* RunEngine:",
         f"           ******* Product: {package}",
@@ -53,6 +59,15 @@ def _log_lines(ctx: Any, package: str, props: dict[str, Any] | None, status: int
                      f"Installation success or error status: {status}.")
     lines.append(f"=== Verbose logging stopped: {ts} ===")
     return "\r\n".join(lines) + "\r\n"
+
+
+def _log_folder_exists(ctx: Any, log: str) -> bool:
+    """Whether the folder of the log file exists (ERROR_INSTALL_LOG_FAILURE, 1622, otherwise)."""
+    folder = ctx.full_path(log).rsplit("\\", 1)[0]
+    try:
+        return ctx.host.fs.is_dir(folder + "\\" if folder.endswith(":") else folder)
+    except InvalidPath:
+        return False
 
 
 def _target(ctx: Any, path: str) -> str:
@@ -99,6 +114,8 @@ def msiexec(ctx: Any, argv: list[str], raw: str) -> CommandResult:
     if package is None:
         return CommandResult(1639, "", "")
     ctx.mutated()
+    if log and not _log_folder_exists(ctx, log):
+        return CommandResult(1622, "", "")
 
     def finish(code: int, meta: dict[str, Any] | None, note: str) -> CommandResult:
         if log:
@@ -112,6 +129,10 @@ def msiexec(ctx: Any, argv: list[str], raw: str) -> CommandResult:
         return finish(1618, None, "Another installation is in progress. Error 1618.")
     try:
         data = ctx.read_file(package)
+    except NoNetworkCredentials:
+        # Windows Installer's note 2203 (database cannot be opened) with STG_E_ACCESSDENIED:
+        # what a key-based logon's msiexec logs for a package on a share (runner.lab.logon)
+        return finish(1619, None, f"Note: 1: 2203 2: {package} 3: -2147287035")
     except (OSError, InvalidPath):
         return finish(1619, None, f"Note: 1: 1619 Package could not be opened: {package}")
     meta = read_msi(data)

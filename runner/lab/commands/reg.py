@@ -17,6 +17,16 @@ upper-case hex digits, REG_MULTI_SZ joined by ``\\0``. Mutations print
 (a hive file already loaded), ``ERROR: The parameter is incorrect.``
 (unloading a name that is not loaded). ``reg import`` writes its success
 line to stderr, as the real one does.
+
+On Windows XP and Server 2003 (reg.exe 3.0) and Windows 2000 (the Support
+Tools' reg.exe 2.0) ``reg query`` prints the older layout instead
+(runner.lab.winver; docs/windows-versions.md): a blank line,
+``! REG.EXE VERSION 3.0`` (or ``2.0``), a blank line, then the same blocks
+with each value as four spaces, name, TAB, type, TAB, data (Microsoft's
+PowerShell documentation shows such output); the default value is named
+``<NO NAME>``; REG_MULTI_SZ ends with ``\\0\\0`` (conv: as forum posts show
+it); a missing default value under ``/ve`` prints an empty ``<NO NAME>``
+REG_SZ (conv).
 """
 from __future__ import annotations
 
@@ -94,9 +104,20 @@ def format_data(v: RegValue, sep: str = "\\0") -> str:
     return bytes(v.data or b"").hex().upper()  # type: ignore[arg-type]
 
 
-def format_value(v: RegValue, sep: str = "\\0") -> str:
-    name = v.name if v.name else "(Default)"
-    return f"    {name}    {v.type}    {format_data(v, sep)}\r\n"
+def format_value(v: RegValue, sep: str = "\\0", version: str | None = None) -> str:
+    """One value line of ``reg query``: the Vista/7 layout, or reg.exe ``version``'s (3.0, 2.0)."""
+    if version is None:
+        name = v.name if v.name else "(Default)"
+        return f"    {name}    {v.type}    {format_data(v, sep)}\r\n"
+    data = format_data(v, sep)
+    if type_number(v.type) == 7 and v.data:
+        data += sep + sep
+    return f"    {v.name or '<NO NAME>'}\t{v.type}\t{data}\r\n"
+
+
+def _header(version: str | None) -> str:
+    """What ``reg query`` prints before the first key."""
+    return "\r\n" if version is None else f"\r\n! REG.EXE VERSION {version}\r\n\r\n"
 
 
 def _query(ctx: Any, args: list[str]) -> CommandResult:
@@ -113,7 +134,8 @@ def _query(ctx: Any, args: list[str]) -> CommandResult:
     except KeyNotFound:
         return _err(NOT_FOUND)
     sep = o.vals.get("/se", "\\0")
-    out = ["\r\n"]
+    version = ctx.host.windows.reg_version
+    out = [_header(version)]
     if "/v" in o.vals or "/ve" in o.flags:
         want = "" if "/ve" in o.flags else o.vals["/v"]
         matches = 0
@@ -121,12 +143,14 @@ def _query(ctx: Any, args: list[str]) -> CommandResult:
         for p in keys:
             v = reg.get_value(p, want)
             if v is None and want == "" and "/s" not in o.flags:
-                # /ve on a key without a default value (Windows 7 reg.exe)
-                out.append(f"{p}\r\n    (Default)    REG_SZ    (value not set)\r\n\r\n")
+                # /ve on a key without a default value
+                unset = ("    (Default)    REG_SZ    (value not set)\r\n" if version is None
+                         else "    <NO NAME>\tREG_SZ\t\r\n")
+                out.append(f"{p}\r\n{unset}\r\n")
                 matches += 1
                 continue
             if v is not None:
-                out.append(f"{p}\r\n{format_value(v, sep)}\r\n")
+                out.append(f"{p}\r\n{format_value(v, sep, version)}\r\n")
                 matches += 1
         if matches == 0:
             return _err(NOT_FOUND)
@@ -136,12 +160,12 @@ def _query(ctx: Any, args: list[str]) -> CommandResult:
     if "/s" in o.flags:
         for p, vals in reg.walk(path):
             out.append(f"{p}\r\n")
-            out.extend(format_value(v, sep) for v in vals)
+            out.extend(format_value(v, sep, version) for v in vals)
             out.append("\r\n")
         return CommandResult(0, "".join(out), "")
     vals = reg.values(path) if path != "HKEY_USERS" else []
     out.append(f"{path}\r\n")
-    out.extend(format_value(v, sep) for v in vals)
+    out.extend(format_value(v, sep, version) for v in vals)
     if vals:
         out.append("\r\n")
     subs = reg.subkeys(path)

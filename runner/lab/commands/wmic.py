@@ -9,6 +9,9 @@ Syntax accepted (``wmic /?`` on Windows XP/2003)::
          | set PROP=VALUE[,PROP=VALUE...]
          | delete )
 
+Lines end ``\r\r\n`` on stdout (:func:`piped`: a known quirk of wmic when its
+output is piped or redirected, as it always is in the lab).
+
 Output (what real wmic prints; the MS docs on wmic describe the verbs and
 formats but not byte layouts, so the exact layout follows observed wmic
 output and is marked (conv) where it is our choice):
@@ -54,6 +57,7 @@ from runner.connections.base import CommandResult
 from runner.lab.lcs import (
     CLASSES, WBEM_E_INVALID_CLASS, WBEM_E_INVALID_NAMESPACE, WBEM_E_INVALID_QUERY, Instance, WmiError,
 )
+from runner.lab.winver import LEGACY
 from runner.lab.wql import Where, parse_where
 
 CRLF = "\r\n"
@@ -532,8 +536,18 @@ def _register() -> None:
 
     @program("wmic", "wmic.exe")
     def wmic(ctx: Any, argv: list[str], raw: str) -> CommandResult:
-        """The emulated wmic.exe (see the module docstring)."""
-        return run_wmic(raw, lab_host(ctx))
+        """The emulated wmic.exe (see the module docstring); its stdout as a pipe receives it."""
+        res = run_wmic(raw, lab_host(ctx))
+        if ctx.host.windows == LEGACY:  # a lab/1 lab: output as those labs had it
+            return res
+        return CommandResult(res.rc, piped(res.stdout), res.stderr)
+
+
+def piped(stdout: str) -> str:
+    """wmic's stdout as a pipe or file receives it: every line ends ``\r\r\n`` (wmic writes
+    ``\r\n`` through a text-mode stream, which adds a CR of its own). A lab command's output
+    never reaches a console (SSH, the in-process connection), so this is all the lab prints."""
+    return stdout.replace("\r\n", "\r\r\n")
 
 
 _register()

@@ -1,0 +1,165 @@
+"""configure_messenger: point Windows Messenger 5.1 at the LCS pool by machine policy.
+
+Sets, under ``HKLM\\SOFTWARE\\Policies\\Microsoft\\Messenger\\Client``, the SIP server
+(argument ``sip_server``, else var ``lcs_pool_fqdn``, else the first ``lcs_servers`` host),
+the transport (``tcp`` or ``tls``, var ``lcs_transport``, default ``tls``) and the manual
+configuration mode; and, with ``exchange_im``, the Exchange IM account: ``keep`` during
+coexistence (``ExchangeConn`` 0, the Exchange IM service not disabled), ``off`` at the end
+(``ExchangeConn`` removed, the Exchange IM service disabled). Without ``exchange_im`` the
+Exchange settings are left as they are, and so does ``keep`` on a machine none of whose
+users is on Exchange IM any more (a second run never turns back on what ``off`` switched off). Keys, values and sources: docs/messenger-signin.md.
+
+Probe: one line reads both policy keys (``reg query``) and compares them value by value;
+nothing differs, nothing is written. The line is saved when inventory_clients read the same
+keys earlier in this run and no outcome of this step exists for the host (``_fresh_values``). Apply: one line of ``reg add`` / ``reg delete`` for
+what differs only, followed by the same read, so the outcome says what the client holds.
+Both lines stay within the host's line limit (fact ``cmd_line_limit``: 2,047 characters on
+Windows 2000). A run killed in between leaves values a re-probe finds and finishes.
+
+Safety: ``exchange_im: off`` is refused on a machine while any inventory user of it is
+still on Exchange IM (their newest ``disable_exchange_im`` outcome is not ok/changed: a
+machine shared by users of several waves keeps Exchange IM until the last of them has
+moved); ``force: true`` overrides, loudly.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from runner.errors import PermanentFault, TransientFault
+from runner.model import Host
+from runner.steps import _clients as cl
+from runner.steps import _signin as S
+from runner.steps._lcs import refusal_warnings
+from runner.steps.base import Diff, StepContext, StepModule, StepResult
+from runner.windows import reg
+from runner.windows.cmdline import Command
+
+#: The step that takes a user off Exchange IM; its newest ok/changed outcome means "moved".
+DISABLE_STEP = "disable_exchange_im"
+
+
+def _read(ctx: StepContext, host: str, before: Sequence[Command] = ()) -> tuple[S.Held, str]:
+    """Run ``before`` then the policy read, in one line within the host's limit; the values
+    held after it and what reg.exe wrote to stderr."""
+    commands = [*before, *S.read_commands()]
+    sections, stderr = cl.run_sections(ctx.connection(host), commands, limit=cl.line_limit(ctx, host))
+    reads = sections[len(before):]
+    if any(s is None for s in reads):
+        raise TransientFault(f"the registry read on {host} did not come back whole", host=host)
+    why = S.unreadable(reads)
+    if why:
+        raise PermanentFault(f"cannot read the Messenger policy keys on {host}: reg.exe said {why}", host=host)
+    return S.held(reads), stderr
+
+
+def _fresh_values(ctx: StepContext, host: str) -> S.Held | None:
+    """The policy values inventory_clients read on ``host`` in this run, when nothing of this
+    step can have changed them since: no configure_messenger outcome of the host exists in
+    any run (as upgrade_messenger trusts the facts). Then they stand for the probe's read,
+    one round trip less per client; otherwise (a later play, a retry, a later run) the probe
+    reads live. A kill after reg add but before the checkpoint leaves no outcome: the resumed
+    run writes those values again, which apply bears (``reg add /f``, and its read-back)."""
+    facts = ctx.facts(host) if hasattr(ctx, "facts") else None
+    if not facts or facts.get("run_id") != ctx.run_id or not isinstance(facts.get("signin"), dict):
+        return None
+    have = S.from_raw(facts["signin"].get("values"))
+    if have is None or ctx.previous(ConfigureMessenger.name, host):
+        return None
+    return have
+
+
+def still_on_exchange(ctx: StepContext, host: str) -> list[str]:
+    """Inventory users of ``host`` not yet taken off Exchange IM (newest disable_exchange_im
+    outcome missing or not ok/changed), in inventory order."""
+    out = []
+    for user in cl.client_users(ctx.inventory, host):
+        newest = ctx.previous(DISABLE_STEP, user.alias)
+        if not newest or newest[0].status not in ("ok", "changed"):
+            out.append(user.alias)
+    return out
+
+
+def _line(s: S.Setting, have: S.Held) -> str:
+    found = S.value(have, s.key, s.name)
+    if s.data is None:
+        return f"- {s.what}: {S.shown(found)} (removed)"
+    new = repr(s.data) if isinstance(s.data, str) else str(s.data)
+    return f"{'~' if found is not None else '+'} {s.what}: {S.shown(found)} -> {new}"
+
+
+class ConfigureMessenger(StepModule):
+    """Set Windows Messenger's sign-in policy (SIP server, transport, Exchange IM account)."""
+
+    name = "configure_messenger"
+    target = "host"
+    args_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "sip_server": {"type": "string", "minLength": 1,
+                           "description": "the LCS pool's FQDN (default: var lcs_pool_fqdn, else the "
+                                          "first lcs_servers host)"},
+            "transport": {"enum": ["tcp", "tls"], "description": "default: var lcs_transport, else tls"},
+            "exchange_im": {"enum": ["keep", "off"],
+                            "description": "keep: coexistence (ExchangeConn 0); off: Exchange IM switched off "
+                                           "(refused while a user of the machine is still on it); "
+                                           "absent: left as it is"},
+            "force": {"type": "boolean", "default": False,
+                      "description": "switch Exchange IM off even while users of the machine are on it"},
+        },
+    }
+
+    def probe(self, ctx: StepContext, target: Host) -> Diff | None:  # type: ignore[override]
+        server = S.wanted_server(ctx.args, ctx.vars, ctx.inventory)
+        transport = S.wanted_transport(ctx.args, ctx.vars)
+        mode = ctx.args.get("exchange_im")
+        if mode == "keep" and not still_on_exchange(ctx, target.name):
+            mode = None  # everyone of the machine has moved: an "off" already set stays
+        want = S.wanted(server, transport, mode)
+        have = _fresh_values(ctx, target.name)
+        if have is None:
+            have, _ = _read(ctx, target.name)
+        todo = S.differences(want, have)
+        if not todo:
+            self._found = (target.name, {**S.summary(have), "problems": S.problems(have, server, transport)})
+            return None
+        warnings: list[str] = []
+        if mode == "off" and any(s.key != S.POLICY_KEY for s in todo):
+            left = still_on_exchange(ctx, target.name)
+            why = (f"{len(left)} user(s) of {target.name} still on Exchange IM: {', '.join(left[:20])}"
+                   + (f" and {len(left) - 20} more" if len(left) > 20 else "")) if left else None
+            warnings = refusal_warnings(ctx, why, action=f"switch Exchange IM off on {target.name}",
+                                        forced="switching Exchange IM off")
+        return Diff(summary=f"set {len(todo)} Messenger sign-in value(s) on {target.name}",
+                    lines=[_line(s, have) for s in todo] + [f"! {w}" for w in warnings],
+                    data={"server": server, "transport": transport, "exchange_im": mode,
+                          "todo": [[s.key, s.name, s.type, s.data, s.what] for s in todo],
+                          "warnings": warnings})
+
+    def unchanged(self, ctx: StepContext, target: Host) -> StepResult:  # type: ignore[override]
+        """Nothing differed: ok, with what the client holds (``runner status`` shows it)."""
+        found, self._found = getattr(self, "_found", None), None
+        if found is None or found[0] != target.name:
+            return StepResult("ok")
+        return StepResult("ok", data={"signin": found[1], "facts_update": {"signin": found[1]}})
+
+    def apply(self, ctx: StepContext, target: Host, diff: Diff) -> StepResult:  # type: ignore[override]
+        d = diff.data
+        todo = [S.Setting(*row) for row in d["todo"]]
+        commands = [reg.delete_value(s.key, s.name) if s.data is None else reg.add(s.key, s.name, s.type, s.data)
+                    for s in todo]
+        have, stderr = _read(ctx, target.name, commands)
+        after = {**S.summary(have), "problems": S.problems(have, d["server"], d["transport"])}
+        left = S.differences(S.wanted(d["server"], d["transport"], d["exchange_im"]), have)
+        data: dict[str, Any] = {"set": [s.shown() for s in todo if s.data is not None],
+                                "removed": [s.shown() for s in todo if s.data is None], "signin": after,
+                                "facts_update": {"signin": after}}
+        if left:
+            said = " ".join(ln.strip() for ln in stderr.splitlines() if ln.strip())[:200]
+            return StepResult("failed", f"{target.name}: reg add/delete did not take: "
+                              + ", ".join(s.shown() for s in left) + (f" (reg.exe: {said})" if said else ""),
+                              data=data, warnings=list(d.get("warnings") or []))
+        return StepResult("changed", f"{len(todo)} sign-in value(s) set on {target.name} (SIP server "
+                          f"{d['server']}, {d['transport']}"
+                          + (f", Exchange IM {d['exchange_im']}" if d["exchange_im"] else "") + ")",
+                          data=data, warnings=list(d.get("warnings") or []))

@@ -1,0 +1,79 @@
+"""verify_permissions: read a user's LCS allow and block list back and compare it with their ACL.
+
+The ACL is the one import_permissions read from the directory and kept
+(``permissions/<alias>/acl.json``); every entry of it that maps must be on
+LCS with its (Type, Mask) key. An entry LCS holds with other values (set by
+the user or an administrator on LCS before the import) passes, with a
+warning: import is a set union and never overwrites it. Missing entries fail
+the task, by name. Passing is recorded as ``data.verified = true`` together
+with the ACL values verified: disable_exchange_im refuses to clear a user's
+msExchIMACL unless that very list was verified. Read-only; one wmic read per
+chunk on the home server. docs/permissions.md.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from runner.errors import PermanentFault
+from runner.lcs.mapping import mapping_for
+from runner.lcs.permissions import plan
+from runner.lcs.server import home_server
+from runner.model import User
+from runner.steps._permissions import PermissionStep, PermissionState, artifact_name, read_chunk
+from runner.steps.base import Diff, ProbeOutcome, StepContext, StepResult
+
+
+class VerifyPermissions(PermissionStep):
+    """Compare LCS's allow and block list with the recorded Exchange IM ACL; read-only."""
+
+    name = "verify_permissions"
+    read_only = True
+
+    def probe_many(self, items: Sequence[tuple[StepContext, User]]) -> list[ProbeOutcome]:
+        """The chunk's LCS entries in one read on their home server, each compared with that
+        user's recorded ACL."""
+        out: list[ProbeOutcome] = []
+        for (ctx, user), state in zip(items, read_chunk(items, directory=False)):
+            try:
+                if isinstance(state, Exception):
+                    raise state
+                out.append(self._verdict(ctx, user, state))
+            except Exception as exc:  # noqa: BLE001 - this user's outcome
+                out.append(exc)
+        return out
+
+    @staticmethod
+    def _verdict(ctx: StepContext, user: User, state: PermissionState) -> Diff:
+        host = home_server(user, ctx.inventory, ctx.vars)
+        if state.acl is None:
+            if ctx.check:
+                return Diff(f"verify {user.alias}'s allow and block list once it is imported", [], {"pending": True})
+            raise PermanentFault(f"no allow and block list read for {user.alias} ({artifact_name(user)} missing): "
+                                 "run import_permissions for this user first")
+        p = plan(state.acl, state.aces, mapping_for(ctx.vars, ctx.inventory, user))
+        data: dict[str, Any] = {
+            "verified": not p.to_add and state.user is not None, "acl": list(state.acl), "expected": p.expected,
+            "present": len(p.present) + len(p.kept), "missing": [e.describe() for e in p.to_add],
+            "kept": [w for w in p.warnings() if w.startswith("permission ")],
+            "unmappable": [{"value": u.value, "reason": u.reason} for u in p.unmappable]}
+        return Diff(f"verify {p.expected} allow/block entr(y/ies) on {host}", [], data)
+
+    def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
+        d = diff.data
+        if d.get("pending"):
+            return StepResult("skipped", diff.summary)
+        # one line per kind: import_permissions reported each entry with its reason
+        warnings = []
+        if d["unmappable"]:
+            warnings.append(f"{len(d['unmappable'])} unmappable allow/block entr(y/ies) not on LCS: "
+                            + ", ".join(u["value"] for u in d["unmappable"]))
+        warnings += d["kept"]  # the same lines as import_permissions': counted once
+        if not d["verified"] and ctx.check:
+            return StepResult("skipped", f"check mode: not verified yet ({len(d['missing'])} entr(y/ies) not "
+                              "imported yet)", d, warnings)
+        if not d["verified"]:
+            missing = d["missing"]
+            msg = (f"{len(missing)} allow/block entr(y/ies) missing on LCS: " + "; ".join(missing[:20])
+                   + (" ..." if len(missing) > 20 else "")) if missing else f"{target.alias} is not enabled on LCS"
+            return StepResult("failed", msg, d, warnings)
+        return StepResult("ok", f"{d['present']}/{d['expected']} allow/block entr(y/ies) present", d, warnings)
