@@ -190,14 +190,16 @@ def test_a_chunks_read_deletes_the_files_its_users_killed_chunks_left_and_no_one
     for n in (*mine, other):
         fs.write(TEMP + "\\" + n, b"left by a kill")
     conn = _ShellConnection(lab, name)
-    script = ChunkScript(conn, name, {}, ["alice", "bob"], limit=2047, clean=True, script=False)
+    script = ChunkScript(conn, name, {"remote_temp": TEMP}, ["alice", "bob"], limit=2047, clean=True,
+                         script=False)
     first = script.add(Command("echo", "hello"))
     script.run()
     assert script.section(first) is not None and script.section(first).stdout.strip() == "hello"
     assert sorted(script.removed) == sorted(mine)
     assert sorted(fs.listdir(TEMP)) == [other]
     assert len(conn.lines) == 2   # the read, then the one line deleting the stale files
-    again = ChunkScript(conn, name, {}, ["alice", "bob"], limit=2047, clean=True, script=False)
+    again = ChunkScript(conn, name, {"remote_temp": TEMP}, ["alice", "bob"], limit=2047, clean=True,
+                         script=False)
     again.add(Command("echo", "hello"))
     again.run()
     assert again.removed == [] and len(conn.lines) == 3   # nothing left: the read alone
