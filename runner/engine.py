@@ -87,6 +87,15 @@ MAX_CHUNK = 500
 FLUSH_GAP = 0.05
 
 
+def chunk_linger(spans: Iterable[float]) -> float:
+    """Seconds a partial chunk waits for its step's next ready task, given the durations of the
+    wave's recent single tasks: twice their median, within ``CHUNK_LINGER`` and ``MAX_LINGER``."""
+    ordered = sorted(spans)
+    if not ordered:
+        return CHUNK_LINGER
+    return min(MAX_LINGER, max(CHUNK_LINGER, 2 * ordered[len(ordered) // 2]))
+
+
 def retry_delay_scale() -> float:
     """The factor applied to every retry delay, from ``RUNNER_RETRY_DELAY_SCALE`` (default 1).
 
@@ -799,10 +808,7 @@ class _WaveRun:
 
     def _linger(self) -> float:
         """How long a partial chunk waits for its step's next ready task (see ``CHUNK_LINGER``)."""
-        if not self.spans:
-            return CHUNK_LINGER
-        ordered = sorted(self.spans)
-        return min(MAX_LINGER, max(CHUNK_LINGER, 2 * ordered[len(ordered) // 2]))
+        return chunk_linger(self.spans)
 
     # -- starting work ---------------------------------------------------------------
 
