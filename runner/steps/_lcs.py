@@ -20,7 +20,8 @@ from runner.steps.base import StepContext
 #: these alone came to 0.08 a user; at 100 the steps stay within 0.1 a user (bench_apply.py).
 DEFAULT_CHUNK = 100
 CHUNK_SIZE_ARG = {"type": "integer", "minimum": 1, "maximum": 500,
-                  "description": f"most users per chunk, i.e. per round trip (default {DEFAULT_CHUNK})"}
+                  "description": "most users per chunk, i.e. per round trip; it can only lower the step's "
+                                 f"own size ({DEFAULT_CHUNK} for the LCS contact and Exchange IM steps)"}
 
 
 def _artifact_names(data: Any) -> Iterable[str]:
