@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -58,6 +59,39 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, refused (OptionsError, exit 5) when it exists and is not a regular file.
+
+    Every command that writes a file the user names (``-o``) calls this first: the atomic
+    write replaces whatever is at the path, so ``-o /dev/null`` run as root would swap the
+    device for a regular file, ``-o`` naming a FIFO or a folder would replace or fail on
+    it, and a symbolic link would be replaced by a file rather than written through.
+    """
+    out = Path(path)
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        return out
+    except OSError as e:
+        raise OptionsError(f"{out}: cannot check the output path: {e.strerror}") from None
+    if stat.S_ISREG(st.st_mode):
+        return out
+    kind = ("a symbolic link (give the path of the file itself)" if stat.S_ISLNK(st.st_mode) else
+            "a folder" if stat.S_ISDIR(st.st_mode) else
+            "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+            "a named pipe" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else
+            "not a regular file")
+    raise OptionsError(f"{out} is {kind}: the output must be a new or an existing regular file, which is "
+                       "replaced as a whole; nothing was written")
+
+
+def write_output(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write a user-named output file atomically, after :func:`check_output_path`."""
+    out = check_output_path(path)
+    atomic_write(out, data)
+    return out
 
 
 class ArtifactStore:

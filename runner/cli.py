@@ -156,15 +156,17 @@ def validate(playbook: str, inventory: str | None) -> int:
     if errors:
         for e in errors:
             click.echo(InputError.__str__(e))
-        click.echo(f"{len(errors)} problem(s) found", err=True)
+        click.echo(f"{len(errors)} problem(s) found: not valid (exit 4)", err=True)
         return EXIT_INVALID
     what = f"{playbook} and {inventory}" if inventory else playbook
     if not_generated is not None:
         click.echo(f"note: {InputError.__str__(not_generated)}; the playbook was checked without it", err=True)
         what = f"{playbook} and the lab settings of {inventory}"
-    for warning in inventory_warnings(inv) if inv is not None else []:
+    warnings = inventory_warnings(inv) if inv is not None else []
+    for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"{what}: valid")
+    # a warning is not a problem: the files are valid and a run goes ahead; say which it is
+    click.echo(f"{what}: valid" + (f", with {len(warnings)} warning(s) and no problem" if warnings else ""))
     return EXIT_OK
 
 
@@ -207,9 +209,9 @@ def report(state_dir: str, run_id: str | None, fmt: str, output: str | None, as_
     info = collect_report(Path(state_dir), run_id)
     text = render(info, "json" if as_json else fmt)
     if output:
-        from runner.artifacts import atomic_write
+        from runner.artifacts import write_output
         try:
-            atomic_write(Path(output), text.encode("utf-8"))
+            write_output(output, text.encode("utf-8"))
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(output, 0o666 & ~umask)  # a report is handed on: the usual mode, not the temp file's 0600

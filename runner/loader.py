@@ -26,7 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from runner.errors import InputError, InputErrors, RunnerError
 from runner.fastschema import compile_check
 from runner.lcs.mapping import rule_problems
-from runner.model import Group, Host, Inventory, Play, Playbook, Serial, Step, User
+from runner.model import CONTROL_NODE_PATH_VARS, Group, Host, Inventory, Play, Playbook, Serial, Step, User
 from runner.templating import check_syntax, is_template
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -652,9 +652,8 @@ def _inventory_context(path: Path_) -> str:
     return label
 
 
-#: Variables naming a file or folder on the control node: a relative one is relative to
-#: the inventory file's folder, whatever the current directory.
-CONTROL_NODE_PATH_VARS = ("lab_dir", "messenger_package_local")
+# CONTROL_NODE_PATH_VARS (runner.model): the variables naming a file or folder on the control
+# node, relative to the inventory file's folder whatever the current directory.
 
 
 def _resolve_control_paths(vars_: dict[str, Any], base: Path) -> dict[str, Any]:

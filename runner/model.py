@@ -10,6 +10,15 @@ from typing import Any, Literal, Mapping
 
 TargetKind = Literal["host", "user"]
 
+#: Variables naming a file or folder on the control node. A relative one is relative to the
+#: folder of the inventory that sets it, whatever the current directory: the loader makes them
+#: absolute (runner.loader), the SSH connection resolves them the same way when a value comes
+#: from elsewhere (runner.connections.ssh), and an inventory written into another folder
+#: (``from-ldif --base``, ``discover -o``) has them rebased (runner.inventory.build). One list
+#: for all three, so a new path variable cannot be resolved by one and forgotten by another.
+CONTROL_NODE_PATH_VARS: tuple[str, ...] = ("lab_dir", "messenger_package_local", "ssh_key_file",
+                                           "ssh_known_hosts", "ssh_password_file")
+
 
 @dataclass(frozen=True)
 class Host:

@@ -273,6 +273,12 @@ inv_line("package-local-list", 3, '    messenger_package_local: [a.msi]\n    lcs
          "messenger_package_local")
 inv_line("sha256-tool-unknown", 3, '    client_sha256_tool: md5sum\n    lcs_home_server_dn: x', "client_sha256_tool",
          "auto, sha256sum, certutil, sftp")
+# how the client's SFTP server spells paths: checked when the inventory is read, not at the first transfer
+inv_line("sftp-paths-typo", 3, '    ssh_sftp_paths: cygwn\n    lcs_home_server_dn: x', "'ssh_sftp_paths' must be one of "
+         "win32-openssh, cygwin (got 'cygwn')", "did you mean 'cygwin'")
+inv_line("sftp-paths-host", 11, "        pc2: {vars: {ssh_sftp_paths: Cygwin}}", "'ssh_sftp_paths'", "host 'pc2'",
+         "did you mean 'cygwin'")
+inv_line("sftp-paths-list", 3, '    ssh_sftp_paths: [cygwin]\n    lcs_home_server_dn: x', "'ssh_sftp_paths' must be one of")
 inv_line("lab-logon-unknown", 3, '    lab_logon: kerberos\n    lcs_home_server_dn: x', "lab_logon", "password, key")
 
 # -- every inventory field, bad types and values ---------------------------------------------

@@ -6,7 +6,9 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -108,22 +110,80 @@ def test_an_unreachable_client_keeps_the_users_it_had(estate: tuple[Lab, Path, d
     doc["users"][on_pc1[0]]["clients"] = ["pc0001"]
     bare.write_text(yaml.safe_dump(doc))
     out = tmp_path / "d.yml"
-    assert run(["inventory", "discover", "-i", str(bare), "-o", str(out)]) == 0
+    assert run(["inventory", "discover", "-i", str(bare), "-o", str(out)]) == 3   # the README's unreachable
     err = capsys.readouterr().err
-    assert "pc0001: not read" in err
+    assert "pc0001: not read" in err and "ERROR: 1 client(s) not read: pc0001" in err and f"{out} was written" in err
     got = yaml.safe_load(out.read_text())["users"][on_pc1[0]]["clients"]
     assert "pc0001" in got and set(got) - {"pc0001"} == set(man["users"][on_pc1[0]]["clients"]) - {"pc0001"}
 
 
-@pytest.mark.ssh
-def test_discover_reads_the_clients_over_ssh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_client_read_is_exit_3_and_writes_nothing(estate: tuple[Lab, Path, dict], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    lab, bare, _ = estate
+    doc = yaml.safe_load(bare.read_text())
+    doc["all"]["vars"]["lab_dir"] = str(tmp_path / "no-such-lab")   # a wrong lab_dir: every client fails
+    wrong = tmp_path / "wrong.yml"
+    wrong.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "d.yml"
+    out.write_text("# the previous result\n")
+    assert run(["inventory", "discover", "-i", str(wrong), "-o", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "ERROR: no client could be read (0/8 client(s) read" in err and f"{out} was not written" in err
+    assert "pc0001: not read" in err and "Traceback" not in err
+    assert out.read_text() == "# the previous result\n"
+
+
+def test_discover_never_writes_over_its_input(estate: tuple[Lab, Path, dict], capsys: pytest.CaptureFixture[str]) -> None:
+    lab, bare, _ = estate
+    before = bare.read_bytes()
+    assert run(["inventory", "discover", "-i", str(bare), "-o", str(bare)]) == 5
+    err = capsys.readouterr().err
+    assert f"-o {bare} is the -i inventory" in err and "keeps no comments" in err
+    assert bare.read_bytes() == before
+    alias = bare.with_name("alias.yml")
+    alias.symlink_to(bare.name)          # the same file by another name (a symlink is not a regular file)
+    assert run(["inventory", "discover", "-i", str(bare), "-o", str(alias)]) == 5
+    hard = bare.with_name("hard.yml")
+    os.link(bare, hard)                  # a hard link: the same file, a regular one
+    assert run(["inventory", "discover", "-i", str(hard), "-o", str(bare)]) == 5
+    assert "is the -i inventory" in capsys.readouterr().err
+    assert bare.read_bytes() == before
+
+
+@contextmanager
+def _served(lab: Path, clients: int, users_per_client: int, seed: int) -> Iterator[object]:
+    """A generated lab served over real OpenSSH (skipped without sshd); stopped afterwards."""
     if not os.access("/usr/sbin/sshd", os.X_OK):
         pytest.skip("OpenSSH sshd not installed (apt-get install openssh-server)")
     from ssh_helpers import serve
 
-    generate(tmp_path / "lab", clients=3, users_per_client=2, contacts=2, seed=4)
-    server = serve(tmp_path / "lab", fake_shell=False)
+    generate(lab, clients=clients, users_per_client=users_per_client, contacts=2, seed=seed)
+    server = serve(lab, fake_shell=False)
     try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.ssh
+def test_discover_over_ssh_needs_the_host_keys_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ssh_helpers import write_inventory
+
+    with _served(tmp_path / "lab", 2, 1, 5) as server:
+        known = tmp_path / "known_hosts"
+        inv = write_inventory(server, tmp_path / "inv.yml", ssh_known_hosts=str(known))
+        out = tmp_path / "d.yml"
+        assert run(["inventory", "discover", "-i", str(inv), "-o", str(out)]) == 3
+        err = capsys.readouterr().err
+        assert "is not in" in err and "--accept-new-host-keys" in err and not out.exists()
+        assert run(["inventory", "discover", "-i", str(inv), "-o", str(out), "--accept-new-host-keys"]) == 0
+        assert known.read_text().count("\n") >= 1 and out.is_file()
+        assert run(["inventory", "discover", "-i", str(inv), "-o", str(out)]) == 0   # keys known now
+
+
+@pytest.mark.ssh
+def test_discover_reads_the_clients_over_ssh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with _served(tmp_path / "lab", 3, 2, 4) as server:
         since = time.time()
         out = tmp_path / "d.yml"
         rc = run(["inventory", "discover", "-i", str(server.inventory_out), "-o", str(out)])
@@ -134,5 +194,3 @@ def test_discover_reads_the_clients_over_ssh(tmp_path: Path, capsys: pytest.Capt
                 == {a: sorted(u["clients"]) for a, u in man["users"].items()})
         assert doc["all"]["children"]["clients"]["hosts"]["pc0001"]["connection"] == "ssh"
         assert Lab(tmp_path / "lab").mutations_since(since) == []
-    finally:
-        server.stop()

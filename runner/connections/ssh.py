@@ -65,7 +65,7 @@ from runner.errors import (
     PermanentFault,
     StepFault,
 )
-from runner.model import Host, Inventory
+from runner.model import CONTROL_NODE_PATH_VARS, Host, Inventory
 
 DEFAULT_CODEPAGE = "cp437"   # the OEM code page of US-English Windows consoles
 DEFAULT_KEEPALIVE = 15.0
@@ -199,9 +199,8 @@ class SSHConnection:
             raise PermanentFault(f"ssh_sftp_paths is {self._sftp_paths!r}: one of {', '.join(SFTP_PATH_STYLES)}",
                                  host=host.name)
         self.accept_new = bool(_opt(options, "accept_new_host_keys", False))
-        kh = v.get("ssh_known_hosts") or "~/.ssh/known_hosts"
-        self.known_hosts = self._resolve_path(str(kh))
-        self.key_file = self._resolve_path(str(v["ssh_key_file"])) if v.get("ssh_key_file") else None
+        self.known_hosts = self._path_var("ssh_known_hosts") or Path(os.path.expanduser("~/.ssh/known_hosts"))
+        self.key_file = self._path_var("ssh_key_file")
         self.use_agent = bool(v.get("ssh_agent", True))
         self.proxy_jump = v.get("ssh_proxy_jump") or None
         self.exit_code_trailer = bool(v.get("ssh_exit_code_trailer", False))
@@ -223,8 +222,16 @@ class SSHConnection:
         self.last_answer: float | None = None   # time.time() of the last command or transfer that completed
 
     # --- helpers -------------------------------------------------------
-    def _resolve_path(self, p: str) -> Path:
-        path = Path(os.path.expanduser(p))
+    def _path_var(self, name: str) -> Path | None:
+        """The control-node file a host variable names (None when unset). Only the variables of
+        runner.model.CONTROL_NODE_PATH_VARS name such files: the loader has made them absolute
+        already, and one from elsewhere is relative to the inventory's folder, as there."""
+        if name not in CONTROL_NODE_PATH_VARS:
+            raise ValueError(f"{name} is not in runner.model.CONTROL_NODE_PATH_VARS")
+        value = self._vars.get(name)
+        if not value:
+            return None
+        path = Path(os.path.expanduser(str(value)))
         if not path.is_absolute() and self._inventory is not None and self._inventory.path:
             path = Path(self._inventory.path).resolve().parent / path
         return path
@@ -244,9 +251,8 @@ class SSHConnection:
                 raise AuthenticationFault(
                     f"{self.host}: environment variable {env} (ssh_password_env) is not set", host=self.host)
             return _Secret(val)
-        pfile = self._vars.get("ssh_password_file")
-        if pfile:
-            path = self._resolve_path(str(pfile))
+        path = self._path_var("ssh_password_file")
+        if path is not None:
             try:
                 return _Secret(path.read_text(encoding="utf-8").rstrip("\r\n"))
             except OSError as exc:
@@ -362,7 +368,7 @@ class SSHConnection:
                     t.start_client(timeout=self.connect_timeout)
                 except (paramiko.SSHException, EOFError, OSError) as exc:
                     raise ConnectionFault(f"{self.host}: SSH handshake with {self.address}:{self.port} failed "
-                                          f"({_brief(exc)})", host=self.host) from None
+                                          f"({_brief(exc)}){_algorithms_hint(exc)}", host=self.host) from None
                 self._verify_host_key(t, known)
                 self._authenticate(t)
                 if self.keepalive > 0:
@@ -748,6 +754,25 @@ def _is_refusal(exc: BaseException) -> bool:
         return True
     return isinstance(exc, paramiko.SSHException) and str(exc) in (
         "Unable to open channel.", "Timeout opening channel.")
+
+
+#: What the OpenSSH releases of 2005 (3.9 to 4.2: Cygwin's, copSSH's) offer for key exchange;
+#: the SHA-2 kinds came with OpenSSH 5.7 (ECDH), 7.3 (group14-sha256) and 7.2 (rsa-sha2 signatures).
+LEGACY_KEX = ("diffie-hellman-group-exchange-sha1", "diffie-hellman-group14-sha1", "diffie-hellman-group1-sha1")
+
+
+def _algorithms_hint(exc: BaseException) -> str:
+    """Why a handshake found no common algorithm, when the cause is this paramiko's own set:
+    paramiko 5 implements none of the SHA-1 key exchanges and no ``ssh-rsa`` (SHA-1) host-key
+    signature, which are all an sshd of 2005 offers (docs/transports.md)."""
+    if not isinstance(exc, paramiko.ssh_exception.IncompatiblePeer):
+        return ""
+    kex = getattr(paramiko.Transport, "_kex_info", {})
+    if any(k in kex for k in LEGACY_KEX):
+        return ""
+    return (f"; this paramiko ({paramiko.__version__}) implements no SHA-1 key exchange and no ssh-rsa "
+            "host key, the only ones an OpenSSH of 2005 (Cygwin, copSSH) offers: for such hosts run the runner "
+            "with paramiko 3.x (pip install 'paramiko>=3.4,<4'; docs/transports.md)")
 
 
 def _brief(exc: BaseException) -> str:

@@ -18,9 +18,10 @@ from typing import Any
 
 import yaml
 
-from runner.artifacts import atomic_write
-from runner.errors import InputError, RunnerError
+from runner.artifacts import atomic_write, check_output_path
+from runner.errors import InputError, InputErrors, RunnerError
 from runner.inventory.directory import Directory
+from runner.model import CONTROL_NODE_PATH_VARS
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent.parent / "schemas" / "inventory.schema.json"
 _KEPT_USER_FIELDS = ("wave", "sip_uri", "home_server", "clients")
@@ -48,9 +49,8 @@ def _hosts_of(group: dict[str, Any] | None, out: set[str]) -> None:
 
 
 def rebase_lab_dirs(node: Any, src: Path, dst: Path) -> None:
-    """Relative control-node paths (``lab_dir``, ``messenger_package_local``: runner.loader.
+    """Relative control-node paths (``lab_dir``, ``ssh_key_file``...: runner.model.
     CONTROL_NODE_PATH_VARS) point from the base's folder; make them point from OUT's."""
-    from runner.loader import CONTROL_NODE_PATH_VARS
     if isinstance(node, dict):
         for k, v in node.items():
             if k in CONTROL_NODE_PATH_VARS and isinstance(v, str) and v and "{{" not in v \
@@ -58,6 +58,25 @@ def rebase_lab_dirs(node: Any, src: Path, dst: Path) -> None:
                 node[k] = os.path.relpath((src / v).resolve(), dst.resolve())
             else:
                 rebase_lab_dirs(v, src, dst)
+
+
+def check_values(found: Directory) -> None:
+    """Every user and client the directory gave, checked against the inventory schema's
+    rules for users and hosts (runner.loader.schema_errors, the checks of `runner validate`)
+    and reported at the LDIF line of the value (``msExchIMAddress: ahall`` at its line),
+    before any inventory is made. InputErrors (exit 4) when any is wrong."""
+    from runner.loader import _inventory_context, _sorted, _validator, load_schema, schema_errors
+
+    defs = load_schema("inventory")["$defs"]
+    schema = {"$defs": defs, "type": "object", "properties": {
+        "users": {"type": "object", "additionalProperties": {"$ref": "#/$defs/user"},
+                  "propertyNames": {"$ref": "#/$defs/alias"}},
+        "hosts": {"type": "object", "additionalProperties": {"$ref": "#/$defs/host"},
+                  "propertyNames": {"$ref": "#/$defs/host_name"}}}}
+    errors = schema_errors(found, {"users": found.users, "hosts": found.hosts},  # type: ignore[arg-type]
+                           _validator(schema), _inventory_context)
+    if errors:
+        raise InputErrors(_sorted(errors))
 
 
 def inventory_document(found: Directory, base: dict[str, Any] | None = None, *, base_path: str | None = None,
@@ -126,11 +145,13 @@ def header(source: str, out_path: str) -> str:
     """The comment block at the top of a generated inventory (with the schema line for editors)."""
     if source == "discover":
         lines = ["# Made by `runner inventory discover`: each user's clients are the machines where a profile",
-                 "# of theirs holds an Exchange IM contact list (read off the clients, nothing changed)."]
+                 "# of theirs holds an Exchange IM contact list (read off the clients, nothing changed).",
+                 "# GENERATED: comments are not kept when it is made again; keep yours in the base inventory."]
     else:
         lines = [f"# Made by `runner inventory {source}`: users from Active Directory (SIDs and objectGUIDs",
                  "# decoded from the directory, never typed). `runner inventory discover` fills in each user's",
-                 "# clients; edit waves and servers here or in the --base inventory, then run it again."]
+                 "# clients. GENERATED: comments are not kept when it is made again; edit servers, variables",
+                 "# and waves in the base inventory (never written by the runner), then run it again."]
     if SCHEMA_FILE.is_file():
         rel = Path(os.path.relpath(SCHEMA_FILE, Path(out_path).resolve().parent)).as_posix()
         if rel.startswith("../../../"):  # OUT is outside the checkout: an absolute path reads better
@@ -145,8 +166,8 @@ def write_inventory(doc: dict[str, Any], out_path: str, source: str) -> None:
 
     from runner.loader import load_inventory
 
+    out = check_output_path(out_path)
     data = (header(source, out_path) + dump_yaml(doc)).encode("utf-8")
-    out = Path(out_path)
     check = out.with_name(f".{out.name}.check.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,8 +175,10 @@ def write_inventory(doc: dict[str, Any], out_path: str, source: str) -> None:
         try:
             load_inventory(check)  # what `runner validate` checks, before OUT is touched
         except InputError as e:
-            raise InputError(f"the inventory made for {out_path} does not validate, so nothing was written "
-                             f"(its line {e.line}: {e.message})") from None
+            # the checked copy is deleted: name what is wrong, never a line of a file that is not there
+            problems = e.errors if isinstance(e, InputErrors) else [e]
+            raise InputError(f"the inventory made for {out_path} would not validate, so nothing was written: "
+                             + "; ".join(p.message for p in problems)) from None
         finally:
             check.unlink(missing_ok=True)
         atomic_write(out, data)

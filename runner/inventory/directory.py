@@ -75,6 +75,28 @@ class Directory:
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
     servers: list[str] = field(default_factory=list)   # computers running a Server OS, not made clients
     warnings: list[str] = field(default_factory=list)
+    #: where each value came from, by its path (``("users", alias, "im_address")``,
+    #: ``("hosts", name, "address")``): (file or None for a live query, line, the entry's DN),
+    #: so a bad value is reported at its LDIF line, never at a line of the inventory made
+    origins: dict[tuple[str, ...], tuple[str | None, int, str, str | None]] = field(default_factory=dict)
+
+    def note(self, path: tuple[str, ...], file: str | None, rec: Record, attr: str | None = None) -> None:
+        """Record that the value at ``path`` came from ``attr`` of ``rec`` (the record itself when None)."""
+        self.origins[path] = (file, rec.line_of(attr) if attr else rec.line, rec.dn, attr)
+
+    def error(self, message: str, path: tuple[Any, ...] = (), *, at_key: bool = False) -> InputError:
+        """An InputError at the source of the value at ``path`` (its deepest recorded prefix):
+        ``FILE:LINE`` of the LDIF record, or the entry's DN for a live query. The shape of
+        runner.loader.Document.error, so runner.loader.schema_errors words the message."""
+        path = tuple(str(p) for p in path)
+        for n in range(len(path), 0, -1):
+            hit = self.origins.get(path[:n])
+            if hit is not None:
+                file, line, dn, attr = hit
+                if attr:
+                    message += f" (the directory's {attr})"
+                return InputError(message, file, line) if file else InputError(f"{dn}: {message}")
+        return InputError(message)
 
 
 def _binary(rec: Record, attr: str, file: str | None, decode: Any) -> str | None:
@@ -100,16 +122,40 @@ def _alias(sam: str) -> str:
     return a if _ALIAS.match(a) else ("u" + a)[:64]
 
 
+def _has(rec: Record, attr: str, file: str | None) -> bool:
+    value = rec.text(attr, file)
+    return bool(value and value.strip())
+
+
 def read_users(records: Iterable[Record], file: str | None, out: Directory) -> None:
-    """Add the IM-enabled users of ``records`` to ``out`` (errors at the record's line)."""
+    """Add the IM-enabled users of ``records`` to ``out`` (errors at the record's line).
+
+    The export's filter ``(msExchIMAddress=*)`` (USER_FILTER) gives only entries
+    that have an IM address, so a record without one means the file is not that
+    export (the computers one given first, another filter) or was cut: an error,
+    never a user silently left out. So is a file with no user at all.
+    """
+    records = list(records)
+    source = file or "the directory query"
+    if not records:
+        if file is None:
+            raise InputError(f"the directory query found no user matching {USER_FILTER} under the search base")
+        raise InputError(f"holds no user record: is it the users export (ldifde -r \"{USER_FILTER}\")?", file, 1)
+    if not any(_has(r, "msExchIMAddress", file) for r in records) \
+            and any(_has(r, "dNSHostName", file) for r in records):
+        raise InputError(f"{source} is the computers export (its records have dNSHostName and no msExchIMAddress): "
+                         "give the users export first and the computers one with --computers", file,
+                         records[0].line if file else None)
     seen_sid: dict[str, str] = {}
+    seen_im: dict[str, tuple[str, int]] = {}
     seen_alias = {a.lower() for a in out.users}
     for rec in records:
         where = f"{file}:{rec.line}" if file else rec.dn
         im = rec.text("msExchIMAddress", file)
-        if not im:
-            out.warnings.append(f"{where}: {rec.dn} has no msExchIMAddress (not an Exchange IM user); left out")
-            continue
+        if not im or not im.strip():
+            raise InputError(f"{rec.dn!r} has no msExchIMAddress, which every entry of the users export has "
+                             f"(its filter is {USER_FILTER}): the file looks cut or is not that export", file,
+                             rec.line if file else None)
         sam = rec.text("sAMAccountName", file)
         if not sam:
             raise InputError(f"{rec.dn!r} has no sAMAccountName (export it with -l)", file, rec.line)
@@ -118,9 +164,20 @@ def read_users(records: Iterable[Record], file: str | None, out: Directory) -> N
             out.warnings.append(f"{where}: sAMAccountName {sam!r} is the inventory alias {alias!r}")
         if alias.lower() in seen_alias:
             raise InputError(f"user {alias!r} ({rec.dn}) appears twice", file, rec.line)
+        if im.strip().lower() in seen_im:
+            first, line = seen_im[im.strip().lower()]
+            raise InputError(f"{rec.dn!r} has the msExchIMAddress of {first!r}" + (f" (line {line})" if file else ""),
+                             file, rec.line_of("msExchIMAddress"))
+        seen_im[im.strip().lower()] = (rec.dn, rec.line)
         guid = _binary(rec, "objectGUID", file, guid_from_bytes)
         sid = _binary(rec, "objectSid", file, sid_from_bytes)
         entry: dict[str, Any] = {"im_address": im.strip()}
+        at = ("users", alias)
+        out.note(at, file, rec)
+        for key, attr in (("im_address", "msExchIMAddress"), ("display_name", "displayName"), ("sid", "objectSid"),
+                          ("ad_guid", "objectGUID")):
+            out.note(at + (key,), file, rec, attr)
+        out.note(at + ("vars", "email"), file, rec, "mail")
         name = rec.text("displayName", file)
         if name:
             entry["display_name"] = name
@@ -144,7 +201,18 @@ def read_users(records: Iterable[Record], file: str | None, out: Directory) -> N
 
 
 def read_computers(records: Iterable[Record], file: str | None, out: Directory) -> None:
-    """Add the workstations of ``records`` to ``out.hosts`` (Server editions go to ``out.servers``)."""
+    """Add the workstations of ``records`` to ``out.hosts`` (Server editions go to ``out.servers``).
+
+    A file none of whose records has a dNSHostName is not the computers export
+    (the users one given to --computers, say): an error naming it, not 0 clients.
+    """
+    records = list(records)
+    if file is not None and records and not any(_has(r, "dNSHostName", file) for r in records):
+        users = any(_has(r, "msExchIMAddress", file) or _has(r, "sAMAccountName", file) for r in records)
+        raise InputError(("is the users export (msExchIMAddress, no dNSHostName)" if users else
+                          "has no computer with a dNSHostName") + ": give the export of the computer objects "
+                         f"(ldifde -r \"{COMPUTER_FILTER}\" -l {','.join(COMPUTER_ATTRIBUTES)})",
+                         file, records[0].line)
     for rec in records:
         fqdn = rec.text("dNSHostName", file)
         if not fqdn:
@@ -159,6 +227,12 @@ def read_computers(records: Iterable[Record], file: str | None, out: Directory) 
             raise InputError(f"computer {name!r} ({fqdn}) appears twice", file, rec.line)
         os_name = rec.text("operatingSystem", file) or ""
         host: dict[str, Any] = {"address": fqdn}
+        out.note(("hosts", name), file, rec)
+        out.note(("hosts", name, "address"), file, rec, "dNSHostName")
+        for key, attr in (("ad_operating_system", "operatingSystem"),
+                          ("ad_operating_system_version", "operatingSystemVersion"),
+                          ("ad_operating_system_service_pack", "operatingSystemServicePack")):
+            out.note(("hosts", name, "vars", key), file, rec, attr)
         facts = {k: rec.text(a, file) for k, a in (("ad_operating_system", "operatingSystem"),
                                                   ("ad_operating_system_version", "operatingSystemVersion"),
                                                   ("ad_operating_system_service_pack", "operatingSystemServicePack"))}

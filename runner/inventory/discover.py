@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.connections.registry import ConnectionPool
-from runner.errors import StepFault, TransientFault
+from runner.connections.registry import ConnectionOptions, ConnectionPool
+from runner.errors import EXIT_UNREACHABLE, RunnerError, StepFault, TransientFault
 from runner.model import Inventory
 from runner.steps import _clients as cl
 from runner.windows import reg
@@ -29,6 +29,12 @@ from runner.windows.cmdline import Command
 from runner.windows.imcontacts import DEFAULT_CONTACTS_KEY, contacts_from_keys
 
 ATTEMPTS = 3
+
+
+class ClientsNotRead(RunnerError):
+    """No client of the inventory could be read: nothing is written (exit 3, the README's unreachable)."""
+
+    exit_code = EXIT_UNREACHABLE
 
 
 @dataclass
@@ -126,11 +132,14 @@ def client_hosts(inv: Inventory) -> list[str]:
 
 
 def discover(inv: Inventory, *, hosts: list[str] | None = None, forks: int = 8,
-             contacts_key: str | None = None) -> Discovery:
-    """Read every client (``forks`` at a time) and match the profiles holding a list to the users."""
+             contacts_key: str | None = None, options: ConnectionOptions | None = None) -> Discovery:
+    """Read every client (``forks`` at a time) and match the profiles holding a list to the users.
+
+    ``options`` are the connection settings of the command line (``--accept-new-host-keys``).
+    """
     names = hosts if hosts is not None else client_hosts(inv)
     key = contacts_key or str(inv.vars.get("contacts_key") or DEFAULT_CONTACTS_KEY)
-    pool = ConnectionPool(inv)
+    pool = ConnectionPool(inv, options)
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(forks, len(names) or 1))) as ex:
             results = dict(zip(names, ex.map(lambda n: _read_with_retries(pool, n, key), names)))

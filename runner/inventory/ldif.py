@@ -14,6 +14,11 @@ such a record is an entry; ``modify``, ``delete``, ``modrdn`` and ``moddn``
 records are checked and counted in ``skipped``, not returned. ``attr:< URL``
 values are refused (ldifde never writes them, and reading local files named
 by an input file is not wanted).
+
+A file cut short (copied in part, ``head -c``, a full disk) is refused at its
+last line: ldifde ends every line with CRLF and every record with a blank
+line, so a last line without a line end, or a last record without the blank
+line after it, means the export is not whole.
 """
 from __future__ import annotations
 
@@ -87,10 +92,24 @@ def decode_text(data: bytes, file: str) -> str:
                          "re-encoded?", file, line) from None
 
 
+CUT = ("it looks cut: ldifde ends every record with a blank line, so a whole export ends with one; "
+       "copy or export the whole file again")
+
+
 def _logical_lines(text: str, file: str) -> list[tuple[int, str]]:
-    """Unfold: (first physical line number, logical line); blank lines kept as ''."""
+    """Unfold: (first physical line number, logical line); blank lines kept as ''.
+
+    The line end of the last line is not a line of its own; a file whose last line has
+    none was cut (ldifde ends every line with CRLF), an InputError at that line.
+    """
     out: list[tuple[int, str]] = []
-    for n, raw in enumerate(text.split("\n"), start=1):
+    physical = text.split("\n")
+    if physical[-1] == "":
+        physical.pop()
+    else:
+        raise InputError(f"the file ends inside a line (no line end after {physical[-1][-30:]!r}): {CUT}",
+                         file, len(physical))
+    for n, raw in enumerate(physical, start=1):
         line = raw[:-1] if raw.endswith("\r") else raw
         if line.startswith(" "):
             if not out or out[-1][1] == "":
@@ -108,7 +127,8 @@ def _value(rest: str, attr: str, file: str, line: int) -> str | bytes:
         try:
             return base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
-            raise InputError(f"{attr}:: is not valid base64", file, line) from None
+            cut = " (a value cut short? the file may have been truncated)" if len(b64) % 4 else ""
+            raise InputError(f"{attr}:: is not valid base64{cut}", file, line) from None
     if rest.startswith("<"):
         raise InputError(f"{attr}:< (a value read from a URL) is not supported", file, line)
     value = rest.lstrip(" ")
@@ -185,8 +205,20 @@ def parse(data: bytes, file: str) -> Document:
             flush()
         else:
             block.append((n, s))
+    if any(not s.startswith("#") for _, s in block):
+        # the last record was not closed by a blank line: the file stops after (or inside) it
+        raise InputError(f"the last record ({_dn_of(block)}) is not followed by a blank line: {CUT}",
+                         file, block[-1][0])
     flush()
     return Document(records, skipped)
+
+
+def _dn_of(block: list[tuple[int, str]]) -> str:
+    """The record's dn as written, for a message (its first line when it has none)."""
+    for _, s in block:
+        if s.lower().startswith("dn:"):
+            return s[:80]
+    return f"starting {block[0][1][:40]!r}"
 
 
 def read(path: str) -> Document:

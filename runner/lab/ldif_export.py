@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runner.artifacts import atomic_write
+from runner.artifacts import atomic_write, check_output_path
 from runner.inventory.directory import COMPUTER_ATTRIBUTES, USER_ATTRIBUTES, sid_to_bytes
 from runner.lab import exchange
 from runner.lab.store import LAB_FORMAT, Lab
@@ -73,6 +73,8 @@ def export_ldif(lab_dir: Path | str, out_dir: Path | str) -> tuple[Path, Path]:
     """Write ``users.ldf`` and ``computers.ldf`` into ``out_dir`` (each atomically); return their paths."""
     lab_dir, out = Path(lab_dir), Path(out_dir)
     users, computers = out / "users.ldf", out / "computers.ldf"
+    for path in (users, computers):  # both checked before either is written
+        check_output_path(path)
     atomic_write(users, users_ldif(lab_dir))
     atomic_write(computers, computers_ldif(lab_dir))
     return users, computers
