@@ -90,12 +90,16 @@ class _Interrupts:
 def inventory_estate(inventory: Inventory) -> Estate:
     """The estate ``inventory`` describes, a lab's identity read from its directory."""
     cache: dict[Path, str] = {}
+    resolved: dict[Path, Path] = {}  # every host of a lab names the same folder: one realpath, not one a host
 
     def lab_of(host: Any) -> str | None:
         try:
-            path = lab_dir_for(host, inventory).resolve()
+            given = lab_dir_for(host, inventory)
         except PermanentFault:
             return None
+        path = resolved.get(given)
+        if path is None:
+            path = resolved[given] = given.resolve()
         if path not in cache:
             cache[path] = lab_identity(path) or f"dir:{path}"
         return cache[path]

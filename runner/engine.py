@@ -21,7 +21,7 @@ tasks sharing a ``chunk_key``: one worker probes and applies the chunk with
 still gets its own outcome, attempts and retries (a transient fault of one
 user retries that user alone, in the chunk's next round). A partial chunk
 waits up to ``CHUNK_LINGER`` seconds for more ready tasks while the step's
-upstream is still at work.
+upstream is still at work (longer when the wave's single tasks take longer: ``_linger``).
 
 Ansible semantics: a target that failed a step drops out of the rest of
 the play (unless ``ignore_errors``); an unreachable host is skipped for the
@@ -74,13 +74,26 @@ from runner.templating import evaluate_when
 COUNTERS = ("ok", "changed", "failed", "skipped", "unreachable", "retried", "ignored")
 DELAY_SCALE_ENV = "RUNNER_RETRY_DELAY_SCALE"
 MAX_DELAY_SCALE = 100.0
-#: Seconds a partial chunk waits for more ready tasks of its step while their upstream is still busy.
+#: Seconds a partial chunk waits for more ready tasks of its step while their upstream is still busy
+#: (at least: twice the median duration of the wave's recent single tasks when that is longer, up
+#: to ``MAX_LINGER``, so that a loaded machine or a slow network, whose tasks come further apart,
+#: does not cut chunks short; a client 20 times slower than the others still comes later, alone).
 CHUNK_LINGER = 0.2
+MAX_LINGER = 2.0
 #: The most tasks in one chunk, whatever the module or ``chunk_size`` say.
 MAX_CHUNK = 500
 #: Seconds between two commits of the state store that let dependent tasks start: outcomes are
 #: committed in groups (a commit per finished task cost more than the tasks of a re-probe).
 FLUSH_GAP = 0.05
+
+
+def chunk_linger(spans: Iterable[float]) -> float:
+    """Seconds a partial chunk waits for its step's next ready task, given the durations of the
+    wave's recent single tasks: twice their median, within ``CHUNK_LINGER`` and ``MAX_LINGER``."""
+    ordered = sorted(spans)
+    if not ordered:
+        return CHUNK_LINGER
+    return min(MAX_LINGER, max(CHUNK_LINGER, 2 * ordered[len(ordered) // 2]))
 
 
 def retry_delay_scale() -> float:
@@ -717,6 +730,7 @@ class _WaveRun:
         self.running = [0] * len(self.groups)
         self.inflight: dict[Future[Any], int] = {}
         self.ready: deque[Task] = deque()
+        self.spans: deque[float] = deque(maxlen=64)       # durations of the wave's recent single tasks
         self.dirty = False                                # outcomes emitted since the last flush
         self.flushed_at = 0.0
         self.shown: int | None = None                     # the step whose header the output shows
@@ -739,6 +753,8 @@ class _WaveRun:
     def _outcome(self, task: Task, outcome: TaskOutcome) -> None:
         """Account for a finished task: emit, drop its target on failure, free its downstream."""
         self._emit_step(self.pos[task.key])
+        if not outcome.resumed and not self.chunked[self.pos[task.key]] and outcome.ended and outcome.started:
+            self.spans.append(max(0.0, outcome.ended - outcome.started))
         self.e._finish(task, outcome)
         self.dirty = True
         if outcome.status in ("failed", "unreachable") and not outcome.ignored:
@@ -790,6 +806,10 @@ class _WaveRun:
             size = min(size, wanted)
         return max(1, min(size, MAX_CHUNK))
 
+    def _linger(self) -> float:
+        """How long a partial chunk waits for its step's next ready task (see ``CHUNK_LINGER``)."""
+        return chunk_linger(self.spans)
+
     # -- starting work ---------------------------------------------------------------
 
     def _start(self) -> float | None:
@@ -817,7 +837,7 @@ class _WaveRun:
                 while waiting and self.running[i] < limit and len(self.inflight) < forks:
                     if len(waiting) < size and self.unready[i] > 0:
                         # more of this step's tasks are on their way: wait a little for them
-                        left = CHUNK_LINGER - (time.monotonic() - self.fed[i])
+                        left = self._linger() - (time.monotonic() - self.fed[i])
                         if left > 0:
                             due = left if due is None else min(due, left)
                             break

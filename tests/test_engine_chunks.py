@@ -133,3 +133,11 @@ def test_a_slow_client_delays_only_the_users_that_depend_on_it(tmp_path):
     for alias, clients in _users(8).items():
         if clients == ["pc00"]:
             assert lines.index(f"chunked {alias}") > slow_done, lines
+
+
+def test_a_partial_chunk_lingers_longer_when_the_waves_single_tasks_take_longer() -> None:
+    from runner.engine import CHUNK_LINGER, MAX_LINGER, chunk_linger
+    assert chunk_linger([]) == CHUNK_LINGER                      # nothing known yet
+    assert chunk_linger([0.01, 0.02, 0.03]) == CHUNK_LINGER      # fast tasks: the floor
+    assert chunk_linger([0.1, 0.4, 0.5, 9.0]) == 1.0             # twice the median (0.5), not the mean
+    assert chunk_linger([5.0, 6.0, 7.0]) == MAX_LINGER           # a slow network: capped

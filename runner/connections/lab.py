@@ -22,6 +22,8 @@ on Windows; runner.lab.logon).
 """
 from __future__ import annotations
 
+import functools
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from runner.errors import ChannelFault, ConnectionFault, PermanentFault
 from runner.lab import logon
 from runner.lab.faults import Faults
 from runner.lab.shell import Shell
-from runner.lab.store import InvalidPath, Lab, LabHost
+from runner.lab.store import InvalidPath, Lab, LabHost, close_ended_threads
 
 _labs: dict[Path, Lab] = {}
 _labs_lock = threading.Lock()
@@ -54,8 +56,15 @@ def lab_dir_for(host: Any, inventory: Any) -> Path:
         raise PermanentFault("lab connection needs the variable lab_dir", host=host.name)
     p = Path(str(raw))
     if not p.is_absolute() and getattr(inventory, "path", None):
-        p = Path(inventory.path).resolve().parent / p
+        p = _folder_of(str(inventory.path), os.getcwd()) / p
     return p
+
+
+@functools.lru_cache(maxsize=64)
+def _folder_of(path: str, cwd: str) -> Path:
+    """The resolved folder of the file ``path`` (relative to ``cwd``): resolved once, not once a
+    host (a realpath costs an lstat per path component; 1,000 hosts share one inventory)."""
+    return (Path(cwd) / path).resolve().parent
 
 
 def check_labs(inventory: Any, hosts: Any) -> None:
@@ -163,3 +172,4 @@ class LabConnection:
 
     def close(self) -> None:
         self.closed = True
+        close_ended_threads()  # the lab connections of the run's finished worker threads

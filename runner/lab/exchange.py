@@ -125,6 +125,18 @@ class Directory:
     def rollback(self) -> None:
         self.db.execute("ROLLBACK")
 
+    def savepoint(self) -> None:
+        """Mark a point inside the transaction that :meth:`rollback_to_savepoint` returns to."""
+        self.db.execute("SAVEPOINT entry")
+
+    def release_savepoint(self) -> None:
+        self.db.execute("RELEASE entry")
+
+    def rollback_to_savepoint(self) -> None:
+        """Undo what followed the last :meth:`savepoint` (the transaction stays open)."""
+        self.db.execute("ROLLBACK TO entry")
+        self.db.execute("RELEASE entry")
+
     # -- reading --------------------------------------------------------
     def exists(self, dn: str) -> bool:
         return self.db.execute("SELECT 1 FROM objects WHERE dn=?", (dn,)).fetchone() is not None

@@ -83,6 +83,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 SCHEMA_VERSION = 1
+#: Longest a batch file's grouped changes hold the pool's write lock before they are committed.
+GROUP_COMMIT_SECONDS = 0.25
 DEFAULT_MAX_CONTACTS = 150
 MAX_GROUPS = 64
 MAX_GROUP_NAME = 128
@@ -303,6 +305,7 @@ class LcsStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self.directory = Path(directory) if directory is not None and Path(directory).exists() else None
         self._udb: sqlite3.Connection | None = None
+        self._group_since = 0.0
         if self.directory is not None and recover:
             self.recover()
 
@@ -362,6 +365,7 @@ class LcsStore:
             with self._tx() as db:
                 yield db
             return
+        self._end_group()  # the user connection's BEGIN IMMEDIATE would wait for our own group
         db = self._user_db()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -413,13 +417,41 @@ class LcsStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """A change of groups, contacts or pool settings, all or nothing. Inside a batch file
+        (runner.lab.store.batch_scope: a chunk's script) the changes of its commands share
+        one transaction, each command in its own savepoint (a failed one is undone alone),
+        committed when the script ends or has held the pool's write lock for
+        ``GROUP_COMMIT_SECONDS``: a kill mid-script loses the uncommitted commands whole,
+        as if it had come before them, and the next run's probe finds them not done."""
+        from runner.lab.store import at_batch_end, in_batch
+        if not in_batch():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+            return
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._group_since = time.monotonic()
+            at_batch_end(self._end_group)
+        self._db.execute("SAVEPOINT command")
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("ROLLBACK TO command")
+            self._db.execute("RELEASE command")
             raise
-        else:
+        self._db.execute("RELEASE command")
+        if time.monotonic() - self._group_since >= GROUP_COMMIT_SECONDS:
+            self._end_group()
+
+    def _end_group(self) -> None:
+        """Commit the batch file's grouped changes (see :meth:`_tx`)."""
+        if self._db.in_transaction:
             self._db.execute("COMMIT")
 
     def meta(self, name: str) -> str | None:

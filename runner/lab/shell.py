@@ -45,7 +45,7 @@ from runner.lab import commands as _commands_pkg
 from runner.lab.commands import PROGRAMS
 from runner.lab.faults import Faults
 from runner.lab.logon import ACCESS_DENIED, NoNetworkCredentials
-from runner.lab.store import InvalidPath, Lab, LabHost
+from runner.lab.store import InvalidPath, Lab, LabHost, batch_scope
 
 #: cmd.exe's limit from Windows XP on; each host has its own (LabHost.windows.line_limit).
 MAX_LINE = 8191
@@ -598,6 +598,11 @@ class Shell:
         echo = True
         so: list[str] = []
         se: list[str] = []
+        with batch_scope():  # the stores may commit the script's commands together (lab/store.py)
+            self._batch_lines(data, echo, so, se)
+        return _Out(self.errorlevel, "".join(so), "".join(se))
+
+    def _batch_lines(self, data: str, echo: bool, so: list[str], se: list[str]) -> None:
         for raw in data.replace("\r\n", "\n").split("\n"):
             line = raw.strip()
             quiet = line.startswith("@")
@@ -613,7 +618,6 @@ class Shell:
             r = self.run(line, in_batch=True)
             so.append(r.stdout)
             se.append(r.stderr)
-        return _Out(self.errorlevel, "".join(so), "".join(se))
 
 
 def expand_batch(line: str, env: dict[str, str]) -> str:

@@ -12,10 +12,14 @@ run once with ``cmd /c``: two round trips (put, run) whatever its size.
 
 Scratch files (the script, ldifde exports) are named after the chunk's first
 owner (a user's alias, runner.lcs.exchange.owner_tag). A read (``clean``)
-first deletes every owner's ``runner-<tag>-*`` files that a killed run left:
-those of the other owners at the start, the first owner's after the script
-(whose own name matches that pattern) has run. No other chunk holding one of
-these users is in flight then (a user is in one task at a time).
+also removes the ``runner-<tag>-*`` files of any of its owners that a killed
+run left: its first command lists ``runner-*`` in ``remote_temp``
+(``dir /b /a-d``, one short command whatever the chunk's size, where a
+``del`` per owner took a whole 2,047-character line for 45 users), and the
+listed files of its owners, other than its own, are deleted in one more line
+afterwards, so only after a kill. No other chunk holding one of these users
+is in flight then (a user is in one task at a time); other users' files are
+left alone (their chunk may be running).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import secrets
 from typing import Any, Mapping, Sequence
 
 from runner.connections.base import CommandResult, Connection
-from runner.errors import PermanentFault, TransientFault
+from runner.errors import PermanentFault, StepFault, TransientFault
 from runner.lcs.exchange import Query, owner_tag, temp_path
 from runner.windows import ldif, wmic
 from runner.windows.cmdline import (MAX_COMMAND_LINE, Command, Quoted, Section, batch, chain, sectioned,
@@ -48,8 +52,19 @@ def line_limit(vars: Mapping[str, Any], default: int = WINDOWS_2000_LINE) -> int
 
 
 def groups(values: Sequence[Any], size: int = OR_GROUP) -> list[Sequence[Any]]:
-    """``values`` cut into runs of at most ``size``."""
-    return [values[i:i + size] for i in range(0, len(values), size)]
+    """``values`` cut into as few runs of at most ``size`` as possible, of even lengths
+    (46 values: 23 and 23, not 40 and 6), so that two half-full commands share a line
+    with the chunk's other commands instead of a full one taking a line of its own."""
+    if not values:
+        return []
+    count = -(-len(values) // size)
+    base, extra = divmod(len(values), count)
+    out, start = [], 0
+    for i in range(count):
+        end = start + base + (1 if i < extra else 0)
+        out.append(values[start:end])
+        start = end
+    return out
 
 
 def wql_any(prop: str, values: Sequence[str]) -> str:
@@ -79,14 +94,33 @@ class ChunkScript:
         self.script = script
         self.commands: list[Command] = []
         self._queries: list[tuple[Query, int]] = []
+        self._own: set[str] = set()   # this chunk's own scratch file names (lower case)
         self.sections: list[Section | None] = []
         self.stderr = ""
+        self.removed: list[str] = []  # stale scratch files of the owners deleted after the run
 
     def _scratch(self, ext: str) -> str:
-        return temp_path(self.conn, self.vars, f"runner-{owner_tag(self.owners[0])}-{secrets.token_hex(4)}.{ext}")
+        name = f"runner-{owner_tag(self.owners[0])}-{secrets.token_hex(4)}.{ext}"
+        self._own.add(name.lower())
+        return temp_path(self.conn, self.vars, name)
 
-    def _stale(self, owner: str) -> Command:
-        return Command("del", "/q", Quoted(temp_path(self.conn, self.vars, f"runner-{owner_tag(owner)}-*")))
+    def _stale(self, listing: Section | None) -> list[str]:
+        """The files of the ``dir /b`` listing that a killed run left for this chunk's owners."""
+        if listing is None or not listing.ok:
+            return []
+        tags = tuple(f"runner-{owner_tag(o)}-" for o in self.owners)
+        names = [n.strip() for n in listing.stdout.splitlines()]
+        return [n for n in names if n and n.lower().startswith(tags) and n.lower() not in self._own]
+
+    def _remove(self, names: list[str]) -> None:
+        """Delete stale scratch files (best effort: a failure leaves them to a later read)."""
+        dels = [Command("del", "/q", Quoted(temp_path(self.conn, self.vars, n))) for n in names]
+        try:
+            for one in batch(dels, limit=self.limit):
+                self.conn.run(one.render(limit=self.limit))
+        except StepFault:
+            return
+        self.removed = names
 
     def add(self, cmd: Command, *, stderr_too: bool = False) -> int:
         """Add ``cmd``; its index for :meth:`section`. ``stderr_too``: its stderr goes into its
@@ -106,28 +140,35 @@ class ChunkScript:
     def run(self) -> None:
         """Run the chunk; afterwards :meth:`section` and :meth:`entries` tell each command's outcome."""
         nonce = secrets.token_hex(4)
-        wrapped, _ = sectioned(self.commands, nonce)
-        first_clean = [self._stale(o) for o in self.owners[1:]] if self.clean else []
-        line_cmds = ([self._stale(self.owners[0])] if self.clean else []) + first_clean + wrapped
-        line = chain(line_cmds) if line_cmds else None
+        commands = list(self.commands)
+        if self.clean:  # listed first: before this chunk's own scratch files exist
+            commands.append(Command("dir", "/b", "/a-d", Quoted(temp_path(self.conn, self.vars, "runner-*"))))
+        wrapped, _ = sectioned(commands, nonce)
+        if self.clean:
+            wrapped.insert(0, wrapped.pop())
+        line = chain(wrapped) if wrapped else None
         if line is not None and len(line) <= self.limit:
             res = self.conn.run(line.render(limit=self.limit))
         elif not self.script:
-            results = [self.conn.run(one.render(limit=self.limit)) for one in batch(line_cmds, limit=self.limit)]
+            results = [self.conn.run(one.render(limit=self.limit)) for one in batch(wrapped, limit=self.limit)]
             res = CommandResult(results[-1].rc, "".join(r.stdout for r in results),
                                    "".join(r.stderr for r in results))
         else:
             script = self._scratch("cmd")
-            body = ["@echo off", *(c.render() for c in first_clean), *(c.render() for c in wrapped)]
+            body = ["@echo off", *(c.render() for c in wrapped)]
             self.conn.put(("\r\n".join(b.replace("%", "%%") for b in body) + "\r\n").encode("utf-8"), script)
-            after = self._stale(self.owners[0]) if self.clean else Command("del", "/q", Quoted(script))
-            res = self.conn.run(chain([Command("cmd", "/c", Quoted(script)), after]).render(limit=self.limit))
-        self.sections = split_sections(res.stdout, len(self.commands), nonce)
+            res = self.conn.run(chain([Command("cmd", "/c", Quoted(script)),
+                                       Command("del", "/q", Quoted(script))]).render(limit=self.limit))
+        sections = split_sections(res.stdout, len(commands), nonce)
+        self.sections = sections[:len(self.commands)]
         self.stderr = res.stderr
         if not any(self.sections) and self.commands:
             raise TransientFault(f"no output from the {len(self.commands)} command(s) of a chunk on {self.host} "
                                  f"({(res.stderr or res.stdout).strip()[-200:] or 'nothing printed'})",
                                  host=self.host)
+        stale = self._stale(sections[-1]) if self.clean else []
+        if stale:
+            self._remove(stale)
 
     def section(self, index: int) -> Section | None:
         return self.sections[index] if index < len(self.sections) else None
@@ -199,16 +240,21 @@ class LcsRead:
     """The LCS state of many users, read with a few OR-ed wmic queries added to a ChunkScript
     (what LcsServer.read reads for one user: setting, groups, contacts, MaxContactsPerUser)."""
 
-    def __init__(self, script: ChunkScript, iids: Sequence[str], *, contacts: bool = True) -> None:
+    def __init__(self, script: ChunkScript, iids: Sequence[str], *, contacts: bool = True,
+                 only_groups: bool = False) -> None:
+        """``contacts``: also the groups, contacts and the pool's limit; ``only_groups``: the
+        groups alone (a read-back of groups just created, whose server-assigned ids are needed)."""
         from runner.lcs.server import CONTACT_CLASS, GROUP_CLASS, POOL_CLASS, USER_CLASS, USER_PROPS
         self.script = script
         self.iids = list(dict.fromkeys(iids))
-        self.contacts = contacts
+        self.contacts = contacts and not only_groups
+        contacts = self.contacts
         self._parts: list[tuple[str, Sequence[str], int]] = []
         for g in groups(self.iids):
-            self._parts.append(("user", g, script.add(wmic.get(USER_CLASS, ("InstanceID",) + tuple(
-                p for p in USER_PROPS if p != "InstanceID"), wql_any("InstanceID", g)), stderr_too=True)))
-            if contacts:
+            if not only_groups:
+                self._parts.append(("user", g, script.add(wmic.get(USER_CLASS, ("InstanceID",) + tuple(
+                    p for p in USER_PROPS if p != "InstanceID"), wql_any("InstanceID", g)), stderr_too=True)))
+            if contacts or only_groups:
                 self._parts.append(("group", g, script.add(wmic.get(
                     GROUP_CLASS, ("UserInstanceID", "GroupID", "Name"), wql_any("UserInstanceID", g)),
                     stderr_too=True)))

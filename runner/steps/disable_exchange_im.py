@@ -36,8 +36,8 @@ from runner.lcs.exchange import (BACKUP_ATTRIBUTES, IM_ATTRIBUTES, Directory, Qu
                                  unfinished_import)
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import (CHUNK_SIZE_ARG, backup_name, latest_export, lcs_for, machines_read, recreated_by_users,
-                               refusal_warnings, verified)
+from runner.steps._lcs import (CHUNK_SIZE_ARG, DEFAULT_CHUNK, backup_name, latest_export, lcs_for, machines_read,
+                               recreated_by_users, refusal_warnings, verified)
 from runner.steps._permissions import permissions_pending
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
@@ -53,7 +53,7 @@ class DisableExchangeIm(StepModule):
         "contacts_recreated_by_users": {"type": "boolean", "default": False},
         "force": {"type": "boolean", "default": False},
         "chunk_size": CHUNK_SIZE_ARG}}
-    chunk = 50
+    chunk = DEFAULT_CHUNK
 
     def chunk_key(self, ctx: StepContext, target: User) -> str:
         return exchange_server(ctx.inventory, ctx.vars)

@@ -27,7 +27,7 @@ from runner.lcs.exchange import (RTC_ATTRIBUTES, Directory, Query, exchange_serv
 from runner.lcs.mapping import Unmappable, user_sip_uri
 from runner.lcs.server import USER_CLASS, USER_PROPS, LcsServer, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import CHUNK_SIZE_ARG, lcs_for
+from runner.steps._lcs import CHUNK_SIZE_ARG, DEFAULT_CHUNK, lcs_for
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
 from runner.windows.cmdline import quotable
@@ -41,7 +41,7 @@ class EnableLcsUsers(StepModule):
     args_schema = {"type": "object", "additionalProperties": False, "properties": {
         "home_server_dn": {"type": "string", "description": "overrides var lcs_home_server_dn"},
         "chunk_size": CHUNK_SIZE_ARG}}
-    chunk = 50
+    chunk = DEFAULT_CHUNK
 
     def chunk_key(self, ctx: StepContext, target: User) -> str:
         return home_server(target, ctx.inventory, ctx.vars)

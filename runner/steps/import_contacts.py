@@ -30,7 +30,7 @@ from runner.lcs.contacts import LcsGroup, group_ids_for, parse_export, parse_exp
 from runner.lcs.mapping import mapping_for
 from runner.lcs.server import CONTACT_CLASS, GROUP_CLASS, UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import CHUNK_SIZE_ARG, imported_name, latest_export, lcs_for, require_export
+from runner.steps._lcs import CHUNK_SIZE_ARG, DEFAULT_CHUNK, imported_name, latest_export, lcs_for, require_export
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import wmic
 from runner.steps.export_contacts import read_current
@@ -48,7 +48,7 @@ class ImportContacts(StepModule):
         "coexistence_group": {"type": "string", "minLength": 1, "maxLength": 128,
                               "default": "Exchange IM Contacts"},
         "chunk_size": CHUNK_SIZE_ARG}}
-    chunk = 50
+    chunk = DEFAULT_CHUNK
 
     def chunk_key(self, ctx: StepContext, target: User) -> str:
         return home_server(target, ctx.inventory, ctx.vars)
@@ -197,7 +197,7 @@ class ImportContacts(StepModule):
                 made = {n: [script.add(wmic.create(GROUP_CLASS, {"UserInstanceID": plans[n][2],
                                                                  "Name": wmic.clean_text(g)}), stderr_too=True)
                             for g in plans[n][0].groups_to_create] for n in need}
-                read = LcsRead(script, [plans[n][2] for n in need], contacts=True)
+                read = LcsRead(script, [plans[n][2] for n in need], only_groups=True)
                 script.run()
                 states = read.states()
                 for n in need:

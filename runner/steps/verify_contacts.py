@@ -19,8 +19,8 @@ from runner.lcs.contacts import verify
 from runner.lcs.mapping import mapping_for
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import (CHUNK_SIZE_ARG, latest_export, lcs_for, machines_read, recreated_by_users,
-                               require_export)
+from runner.steps._lcs import (CHUNK_SIZE_ARG, DEFAULT_CHUNK, latest_export, lcs_for, machines_read,
+                               recreated_by_users, require_export)
 from runner.steps.base import Diff, ProbeOutcome, StepContext, StepModule, StepResult
 
 
@@ -35,7 +35,7 @@ class VerifyContacts(StepModule):
                                         "description": "pass users whose contact list was read from no machine"},
         "chunk_size": CHUNK_SIZE_ARG}}
 
-    chunk = 50
+    chunk = DEFAULT_CHUNK
 
     def chunk_key(self, ctx: StepContext, target: User) -> str:
         return home_server(target, ctx.inventory, ctx.vars)

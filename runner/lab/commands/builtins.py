@@ -1,11 +1,11 @@
-"""cmd.exe internal commands of the lab shell: echo, type, del, mkdir/md, copy, if, ver, set, rem, cmd.
+"""cmd.exe internal commands of the lab shell: echo, type, del, dir, mkdir/md, copy, if, ver, set, rem, cmd.
 
 Each builtin is ``(shell, ctx, rest) -> (rc, stdout, stderr, sets_errorlevel)``
 where ``rest`` is the text after the command name. Messages are those of
 Windows XP's cmd.exe (Microsoft "Windows commands" reference pages for
 echo, type, del, mkdir, copy, if, ver, set; message texts from cmd.exe):
 ``ECHO is on.``, ``The system cannot find the file specified.``,
-``Could Not Find <path>``, ``A subdirectory or file <x> already exists.``,
+``Could Not Find <path>``, ``File Not Found``, ``A subdirectory or file <x> already exists.``,
 ``        1 file(s) copied.``, ``Environment variable X not defined``; a share
 the session cannot open (a key-based logon: runner.lab.logon) answers
 ``Access is denied.``.
@@ -13,6 +13,7 @@ the session cannot open (a key-based logon: runner.lab.logon) answers
 from __future__ import annotations
 
 import fnmatch
+import time
 from typing import Any, Callable
 
 from runner.connections.base import CommandResult
@@ -122,6 +123,63 @@ def _delete_matching(ctx: Any, full: str) -> bool:
         if fnmatch.fnmatchcase(name.lower(), pattern.lower()) and not fs.is_dir(path):
             hit = fs.delete(path) or hit
     return hit
+
+
+@builtin("dir")
+def dir_(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
+    """``dir [/b] [/a[:][-]d] [path[\\pattern]]``: the entries of a folder matching the
+    pattern (``*``, ``?``; case-insensitive), in name order as NTFS lists them. ``/b``
+    prints bare names, one a line (what scripts read); otherwise the usual listing.
+    Nothing matching: ``File Not Found`` on stderr and ERRORLEVEL 1."""
+    args = _args(rest)
+    switches = [a.lower() for a in args if a.startswith("/")]
+    paths = [a for a in args if not a.startswith("/")] or ["."]
+    bare = "/b" in switches
+    attr = next((s[2:].lstrip(":") for s in switches if s.startswith("/a")), None)
+    fs = ctx.host.fs
+    out, rc = [], 0
+    for given in paths:
+        full = ctx.full_path(given.rstrip("\\") if len(given.rstrip("\\")) > 2 else given)
+        folder, _, pattern = full.rpartition("\\")
+        if not any(c in pattern for c in "*?"):
+            try:
+                if fs.is_dir(full):
+                    folder, pattern = full, "*"
+            except (OSError, InvalidPath):
+                pass
+        try:
+            names = sorted(fs.listdir(folder or "\\"), key=str.lower) if fs.is_dir(folder or "\\") else []
+        except (OSError, InvalidPath):
+            names = []
+        hits = []
+        for name in names:
+            if not fnmatch.fnmatchcase(name.lower(), pattern.lower()):
+                continue
+            is_dir = fs.is_dir(folder + "\\" + name)
+            if (attr == "-d" and is_dir) or (attr == "d" and not is_dir):
+                continue
+            hits.append((name, is_dir))
+        if not hits:
+            rc = 1
+            continue
+        if bare:
+            out.extend(name + "\r\n" for name, _ in hits)
+            continue
+        out.append(f"\r\n Directory of {folder}\r\n\r\n")
+        files = size = 0
+        for name, is_dir in hits:
+            real = fs.resolve(folder + "\\" + name)
+            st = real.stat()
+            stamp = time.strftime("%m/%d/%Y  %I:%M %p", time.localtime(st.st_mtime))
+            if is_dir:
+                out.append(f"{stamp}    <DIR>          {name}\r\n")
+            else:
+                files, size = files + 1, size + st.st_size
+                out.append(f"{stamp} {st.st_size:>17,} {name}\r\n")
+        out.append(f"{files:>16} File(s) {size:>14,} bytes\r\n")
+    if rc and not out:
+        return 1, "", "File Not Found\r\n", True
+    return rc, "".join(out), ("File Not Found\r\n" if rc else ""), True
 
 
 @builtin("mkdir", "md")

@@ -361,23 +361,34 @@ def _import(ctx: Any, d: Directory, opts: dict[str, Any], head: str) -> CommandR
     except LdifSyntaxError as e:
         return CommandResult(1, out + CRLF, f"There is a syntax error in the input file{CRLF}"
                                             f"Failed on line {e.line}.  The last token starts with ''.{CRLF}{FAILED}")
+    # One transaction for the file (a chunk's LDIF holds many users' changes), each entry in a
+    # savepoint: an entry that fails is undone alone and the import stops there, keeping the
+    # entries before it, as ldifde does; a kill mid-import keeps none of them (as if it had
+    # come before the import), which the next run's probe finds not done.
     done = 0
-    for e in entries:
-        d.begin()
-        try:
-            _apply(d, e)
-        except LdapError as err:
-            d.rollback()
-            if opts["-k"] and err.code in IGNORABLE:
-                continue
-            verb = {"add": "Add", "modify": "Add", "delete": "Delete"}[e.changetype]
-            out += "." * done + CRLF + f"{done} entries modified successfully.{CRLF}"
-            server = LdapError.SERVER.get(err.code, "")
-            return CommandResult(err.code, out,
-                                 f"{verb} error on entry starting on line {e.line}: {err.name}{CRLF}"
-                                 f"The server side error is: {server}{CRLF}{FAILED}")
-        d.commit()
-        done += 1
+    d.begin()
+    try:
+        for e in entries:
+            d.savepoint()
+            try:
+                _apply(d, e)
+            except LdapError as err:
+                d.rollback_to_savepoint()
+                if opts["-k"] and err.code in IGNORABLE:
+                    continue
+                d.commit()
+                verb = {"add": "Add", "modify": "Add", "delete": "Delete"}[e.changetype]
+                out += "." * done + CRLF + f"{done} entries modified successfully.{CRLF}"
+                server = LdapError.SERVER.get(err.code, "")
+                return CommandResult(err.code, out,
+                                     f"{verb} error on entry starting on line {e.line}: {err.name}{CRLF}"
+                                     f"The server side error is: {server}{CRLF}{FAILED}")
+            d.release_savepoint()
+            done += 1
+    except BaseException:
+        d.rollback()
+        raise
+    d.commit()
     out += "." * done + CRLF
     out += (f"{done} entries modified successfully.{CRLF}" if done else f"No entries modified{CRLF}")
     return CommandResult(0, out + CRLF + SUCCESS)

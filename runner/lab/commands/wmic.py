@@ -432,8 +432,11 @@ def _lcs_store(path: Path, directory: Path | None = None) -> Any:
     through to the directory ``directory`` (ad.db) in the same transaction.
     Reopened when the file was replaced (another inode)."""
     from runner.lab.lcs import LcsStore
-    cache: dict[str, tuple[int, Any]] = getattr(_stores, "cache", None) or {}
-    _stores.cache = cache
+    cache: dict[str, tuple[int, Any]] | None = getattr(_stores, "cache", None)
+    if cache is None:
+        from runner.lab.store import at_thread_end
+        cache = _stores.cache = {}
+        at_thread_end(lambda: [store.close() for _, store in cache.values()])
     key = str(path)
     ino = os.stat(key).st_ino
     hit = cache.get(key)
