@@ -44,6 +44,7 @@ class Recording:
 class Rec:
     status: str
     data: dict
+    ended: float = 0.0
 
 
 class Ctx(StepCtx):
@@ -54,7 +55,7 @@ class Ctx(StepCtx):
         self.done = done or {}
 
     def previous(self, module: str, target: str) -> list:
-        return [Rec(s, {}) for s in self.done.get((module, target), [])]
+        return [Rec(s, {}) if isinstance(s, str) else Rec(*s) for s in self.done.get((module, target), [])]
 
 
 @pytest.fixture
@@ -381,3 +382,75 @@ def test_inventory_reads_the_policy_where_it_fits_and_never_loses_it(tmp_path):
         assert signin["sip_server"] == (held.get("ServerAddress") or (None, None))[1], host
         assert (signin["exchange_conn"] is not None) == bool(_values(conn, S.EXCHANGE_POLICIES)), host
     assert where == {"first", "with the hives", "own line"}, where
+
+
+def _rolled_back(lab, host: str) -> dict:
+    """Every user of ``host`` moved (disable_exchange_im at t=10), then rolled back at t=20."""
+    _, inv, _ = lab
+    out: dict = {}
+    for u in cl.client_users(inv, host):
+        out[("disable_exchange_im", u.alias)] = [("changed", {}, 10.0)]
+        out[("restore_exchange_im", u.alias)] = [("changed", {"rollback": True}, 20.0)]
+    return out
+
+
+def test_restore_leaves_a_never_migrated_machine_alone(lab, tmp_path):
+    """rollback.yml without --limit reaches every client: one whose users never moved (seeded
+    ExchangeConn 2, no SIP server) gets nothing, not a SIP server nor ExchangeConn 0."""
+    _, inv, _ = lab
+    host = _host(lab, "exchange_only")
+    step = ConfigureMessenger()
+    ctx, conn = _ctx(lab, host, tmp_path, args={"exchange_im": "restore"})
+    assert step.probe(ctx, inv.hosts[host]) is None
+    assert step.unchanged(ctx, inv.hosts[host]).status == "ok"
+    assert conn.lines == [], "no rolled-back user on it: not even read"
+    assert _values(conn, S.EXCHANGE_POLICIES) == {"ExchangeConn": ("REG_DWORD", 2)}
+    assert _values(conn, S.POLICY_KEY) == {}
+    # its users rolled back "too", but it was never switched off: still nothing written
+    back, conn = _ctx(lab, host, tmp_path, args={"exchange_im": "restore"}, done=_rolled_back(lab, host))
+    assert step.probe(back, inv.hosts[host]) is None
+    assert "reg add" not in " ".join(conn.lines) and _values(conn, S.POLICY_KEY) == {}
+
+
+def test_restore_gives_back_exchange_im_only_where_off_switched_it_off(lab, tmp_path):
+    _, inv, _ = lab
+    host = _host(lab, "exchange_only")
+    step = ConfigureMessenger()
+    for args, done in (({"exchange_im": "keep"}, None), ({"exchange_im": "off"}, _all_moved(lab, host))):
+        ctx, conn = _ctx(lab, host, tmp_path, args=args, done=done)
+        step.apply(ctx, inv.hosts[host], step.probe(ctx, inv.hosts[host]))
+    assert _values(conn, S.SERVICE_KEY) == {"Disabled": ("REG_DWORD", 1)}
+    # users still moved (no rollback newer than their disable): restore does nothing
+    moved, _ = _ctx(lab, host, tmp_path, args={"exchange_im": "restore"}, done=_all_moved(lab, host))
+    assert step.probe(moved, inv.hosts[host]) is None
+    back, conn = _ctx(lab, host, tmp_path, args={"exchange_im": "restore"}, done=_rolled_back(lab, host))
+    diff = step.probe(back, inv.hosts[host])
+    assert diff is not None and {row[1]: row[3] for row in diff.data["todo"]} == {"ExchangeConn": 0, "Disabled": None}
+    result = step.apply(back, inv.hosts[host], diff)
+    assert result.status == "changed", result.message
+    assert _values(conn, S.EXCHANGE_POLICIES) == {"ExchangeConn": ("REG_DWORD", 0)} and _values(conn, S.SERVICE_KEY) == {}
+    assert _values(conn, S.POLICY_KEY)["ServerAddress"] == ("REG_SZ", POOL), "the SIP server stays"
+    assert step.probe(back, inv.hosts[host]) is None, "a second rollback changes nothing"
+    # moved again after the rollback: a later off switches it off again, restore stands down
+    again = {k: v for k, v in _rolled_back(lab, host).items()}
+    for u in cl.client_users(inv, host):
+        again[("disable_exchange_im", u.alias)] = [("changed", {}, 30.0)]
+    later, _ = _ctx(lab, host, tmp_path, args={"exchange_im": "restore"}, done=again)
+    assert step.probe(later, inv.hosts[host]) is None
+
+
+def test_an_unquoted_off_is_refused_with_the_advice_to_quote_it(tmp_path):
+    """YAML 1.1 reads `exchange_im: off` as false: the message says to quote it, at its line."""
+    from runner.errors import InputErrors
+    from runner.loader import load_playbook
+    book = tmp_path / "end.yml"
+    book.write_text("- name: End\n  hosts: clients\n  steps:\n    - name: Switch\n      configure_messenger:\n"
+                    "        exchange_im: off\n", encoding="utf-8")
+    with pytest.raises(InputErrors) as err:
+        load_playbook(str(book))
+    text = str(err.value)
+    assert f"{book}:6:" in text and "(got False)" in text
+    assert 'quote it (exchange_im: "off")' in text, text
+    book.write_text(book.read_text(encoding="utf-8").replace("exchange_im: off", 'exchange_im: "off"'),
+                    encoding="utf-8")
+    load_playbook(str(book))

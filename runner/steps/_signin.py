@@ -44,6 +44,9 @@ MANUAL = 1
 #: ExchangeConn during coexistence: 0, "normal operation" (both accounts, neither forced).
 COEXIST = 0
 EXCHANGE_ONLY = 2
+#: configure_messenger's exchange_im modes; ``restore`` is the rollback's: it only undoes ``off``.
+RESTORE = "restore"
+EXCHANGE_MODES = ("keep", "off", RESTORE)
 #: Inventory variables: the pool's FQDN and the transport.
 SERVER_VAR = "lcs_pool_fqdn"
 TRANSPORT_VAR = "lcs_transport"
@@ -110,20 +113,31 @@ def wanted_transport(args: Mapping[str, Any], vars_: Mapping[str, Any]) -> str:
     return value.lower()
 
 
-def wanted(server: str, transport: str, exchange_im: str | None) -> list[Setting]:
+def wanted(server: str | None, transport: str | None, exchange_im: str | None) -> list[Setting]:
     """The settings of a client signed in to ``server`` over ``transport``; ``exchange_im``
     ``keep`` (coexistence: ExchangeConn 0, the Exchange service not disabled), ``off``
-    (ExchangeConn removed, the Exchange service disabled) or None (left as they are)."""
-    out = [Setting(POLICY_KEY, SERVER, "REG_SZ", server, "SIP server"),
-           Setting(POLICY_KEY, TRANSPORT, "REG_DWORD", TRANSPORTS[transport], "transport"),
-           Setting(POLICY_KEY, MODE, "REG_DWORD", MANUAL, "configuration mode")]
-    if exchange_im == "keep":
+    (ExchangeConn removed, the Exchange service disabled) or None (left as they are).
+    ``restore`` (a rollback) wants only keep's Exchange IM values, nothing of the SIP server
+    (``server`` and ``transport`` None): it undoes ``off`` and nothing else."""
+    out = [] if exchange_im == RESTORE else [
+        Setting(POLICY_KEY, SERVER, "REG_SZ", server, "SIP server"),
+        Setting(POLICY_KEY, TRANSPORT, "REG_DWORD", TRANSPORTS[transport or DEFAULT_TRANSPORT], "transport"),
+        Setting(POLICY_KEY, MODE, "REG_DWORD", MANUAL, "configuration mode")]
+    if exchange_im in ("keep", RESTORE):
         out += [Setting(EXCHANGE_POLICIES, EXCHANGE_CONN, "REG_DWORD", COEXIST, "ExchangeConn"),
                 Setting(SERVICE_KEY, DISABLED, "REG_DWORD", None, "Exchange IM service disabled")]
     elif exchange_im == "off":
         out += [Setting(EXCHANGE_POLICIES, EXCHANGE_CONN, "REG_DWORD", None, "ExchangeConn"),
                 Setting(SERVICE_KEY, DISABLED, "REG_DWORD", 1, "Exchange IM service disabled")]
     return out
+
+
+def switched_off(have: Held) -> bool:
+    """Whether the client's Exchange IM account is switched off by policy (``Disabled`` 1 under
+    the Exchange IM service's key: what ``exchange_im: off`` sets, and no seed of an Exchange
+    2000 IM estate holds)."""
+    found = value(have, SERVICE_KEY, DISABLED)
+    return found is not None and found[1] == 1
 
 
 def read_commands() -> list[Command]:

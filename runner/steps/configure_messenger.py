@@ -29,7 +29,7 @@ from runner.errors import PermanentFault, TransientFault
 from runner.model import Host
 from runner.steps import _clients as cl
 from runner.steps import _signin as S
-from runner.steps._lcs import refusal_warnings, rolled_back_at
+from runner.steps._lcs import backup_name, refusal_warnings, rolled_back_at
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import reg
 from runner.windows.cmdline import Command
@@ -81,6 +81,25 @@ def still_on_exchange(ctx: StepContext, host: str) -> list[str]:
     return out
 
 
+def rolled_back_here(ctx: StepContext, host: str) -> list[str]:
+    """Inventory users of ``host`` a rollback put back on Exchange IM after they had moved:
+    their latest rollback record (docs/rollback.md) is newer than their newest ok/changed
+    disable_exchange_im. In ``--check`` the rollback's own steps only probed: a user who moved
+    and whose Exchange IM backup is stored counts (they are what the rollback would put back).
+    A user never moved has no rollback record and no disable: never counted."""
+    out = []
+    for user in cl.client_users(ctx.inventory, host):
+        newest = [r for r in ctx.previous(DISABLE_STEP, user.alias) if r.status in ("ok", "changed")]
+        moved_at = float(getattr(newest[0], "ended", 0) or 0) if newest else None
+        back = rolled_back_at(ctx, user)
+        if back and (moved_at is None or moved_at < back):
+            out.append(user.alias)
+        elif ctx.check and moved_at is not None and not back \
+                and ctx.artifacts.read(backup_name(user.alias)) is not None:
+            out.append(user.alias)
+    return out
+
+
 def _line(s: S.Setting, have: S.Held) -> str:
     found = S.value(have, s.key, s.name)
     if s.data is None:
@@ -102,26 +121,37 @@ class ConfigureMessenger(StepModule):
                            "description": "the LCS pool's FQDN (default: var lcs_pool_fqdn, else the "
                                           "first lcs_servers host)"},
             "transport": {"enum": ["tcp", "tls"], "description": "default: var lcs_transport, else tls"},
-            "exchange_im": {"enum": ["keep", "off"],
+            "exchange_im": {"enum": list(S.EXCHANGE_MODES),
                             "description": "keep: coexistence (ExchangeConn 0); off: Exchange IM switched off "
-                                           "(refused while a user of the machine is still on it); "
-                                           "absent: left as it is"},
+                                           "(refused while a user of the machine is still on it); restore "
+                                           "(rollback.yml): undo off on a machine of rolled-back users, "
+                                           "nothing else; absent: left as it is"},
             "force": {"type": "boolean", "default": False,
                       "description": "switch Exchange IM off even while users of the machine are on it"},
         },
     }
 
     def probe(self, ctx: StepContext, target: Host) -> Diff | None:  # type: ignore[override]
-        server = S.wanted_server(ctx.args, ctx.vars, ctx.inventory)
-        transport = S.wanted_transport(ctx.args, ctx.vars)
         mode = ctx.args.get("exchange_im")
+        if mode == S.RESTORE:
+            # the rollback touches a machine only when a rolled-back user uses it; and there
+            # only what "off" did: never a SIP server on a machine the migration never reached
+            server, transport = None, None
+            if not rolled_back_here(ctx, target.name):
+                self._found = None
+                return None
+        else:
+            server = S.wanted_server(ctx.args, ctx.vars, ctx.inventory)
+            transport = S.wanted_transport(ctx.args, ctx.vars)
         if mode == "keep" and not still_on_exchange(ctx, target.name):
             mode = None  # everyone of the machine has moved: an "off" already set stays
-        want = S.wanted(server, transport, mode)
         have = _fresh_values(ctx, target.name)
         if have is None:
             have, _ = _read(ctx, target.name)
-        todo = S.differences(want, have)
+        if mode == S.RESTORE and not S.switched_off(have):
+            todo: list[S.Setting] = []  # Exchange IM never switched off here: nothing to give back
+        else:
+            todo = S.differences(S.wanted(server, transport, mode), have)
         if not todo:
             self._found = (target.name, {**S.summary(have), "problems": S.problems(have, server, transport)})
             return None
@@ -161,6 +191,9 @@ class ConfigureMessenger(StepModule):
             return StepResult("failed", f"{target.name}: reg add/delete did not take: "
                               + ", ".join(s.shown() for s in left) + (f" (reg.exe: {said})" if said else ""),
                               data=data, warnings=list(d.get("warnings") or []))
+        if d["exchange_im"] == S.RESTORE:
+            return StepResult("changed", f"{target.name}: Exchange IM account given back ({len(todo)} value(s); "
+                              "the SIP server left as it is)", data=data, warnings=list(d.get("warnings") or []))
         return StepResult("changed", f"{len(todo)} sign-in value(s) set on {target.name} (SIP server "
                           f"{d['server']}, {d['transport']}"
                           + (f", Exchange IM {d['exchange_im']}" if d["exchange_im"] else "") + ")",

@@ -107,6 +107,8 @@ class DisableLcsUsers(ChunkedOnly, StepModule):
                     raise state
                 entry = found.get(guid_bytes(user))
                 out[i] = self._diff(ctx, user, host, state, entry is not None and bool(entry.get("msExchIMAddress")))
+                never = self.__dict__.setdefault("_not_on_lcs", set())
+                (never.add if state is None or state.user is None else never.discard)(user.alias)
             except Exception as exc:  # noqa: BLE001
                 out[i] = exc
         return out
@@ -133,7 +135,14 @@ class DisableLcsUsers(ChunkedOnly, StepModule):
                     {"iid": instance_id(user), "disable": enabled, "remove": remove, "warnings": warnings})
 
     def unchanged(self, ctx: StepContext, target: User) -> StepResult:
-        """Already disabled (or not on LCS): ok, still a rollback."""
+        """Already disabled: ok, still a rollback. A user with no LCS setting on the pool was
+        never moved there: ok, and no rollback record (as restore_exchange_im for a user it
+        never took off Exchange IM)."""
+        never = self.__dict__.get("_not_on_lcs", set())
+        if target.alias in never:
+            never.discard(target.alias)
+            return StepResult("ok", f"{target.alias} has no LCS setting: never moved, nothing to disable",
+                              {"rollback": False, "never_moved": True, "removed": []})
         return StepResult("ok", f"{target.alias} is not enabled on LCS", {"rollback": True, "removed": []})
 
     def apply_many(self, items: Sequence[tuple[StepContext, User, Diff]]) -> list[ApplyOutcome]:

@@ -178,7 +178,13 @@ class RestoreExchangeIm(ChunkedOnly, StepModule):
                      "backup": backup, "attrs": [a for _, a, _ in change.mods]})
 
     def unchanged(self, ctx: StepContext, target: User) -> StepResult:
-        """Already back on Exchange IM (a second rollback, or a resumed one): ok, still a rollback."""
+        """Already back on Exchange IM (a second rollback, or a resumed one): ok, still a rollback.
+        A user with no backup in this state directory was never taken off Exchange IM by it
+        (the probe refuses one whose attributes are gone): ok, and no rollback record, so the
+        report and the next night do not take a user who never moved for a rolled-back one."""
+        if ctx.artifacts.read(backup_name(target.alias)) is None:
+            return StepResult("ok", f"{target.alias} never moved: still on Exchange IM, nothing to put back",
+                              {"rollback": False, "never_moved": True})
         return StepResult("ok", f"{target.alias} has their Exchange IM attributes",
                           {"rollback": True, "backup": backup_name(target.alias)})
 
