@@ -81,7 +81,16 @@ def collect_status(state_dir: Path) -> dict[str, Any]:
                 more = (entry["remaining"] or {}).get("tasks") or 0
                 if status != "ok" or entry["left"] or more:
                     entry["resume_command"] = r.command
-                if status == "ok" and (entry["left"] or more):
+                if rollback_playbook(r.playbook):
+                    # a rollback does what its --limit selected and nothing more: the rest of
+                    # the inventory is not "left", and no suggestion may drop the --limit
+                    entry["remaining"] = None
+                    entry["rollback"] = True
+                    entry.pop("resume_command", None)
+                    if status != "ok" or entry["left"]:
+                        entry["resume_command"] = r.command
+                    entry["again_command"] = r.command
+                elif status == "ok" and (entry["left"] or more):
                     entry["status"] = "partial"  # this night's selection is done, the playbook is not
                     entry["next_command"] = next_command(r.command, entry["remaining"])
             out_runs.append(entry)
@@ -121,6 +130,20 @@ def remaining_of_playbook(playbook: str, inventory: str, rows: list[dict[str, An
         if n:
             plays.append({"play": pp.index, "name": pp.play.name, "tasks": n, "waves": waves})
     return {"tasks": total, "plays": plays}
+
+
+def rollback_playbook(playbook: str) -> bool:
+    """Whether ``playbook`` is a rollback (one of its steps puts users back on Exchange IM:
+    docs/rollback.md). False when it cannot be loaded any more."""
+    from runner.errors import RunnerError
+    from runner.loader import load_playbook
+    from runner.steps._lcs import ROLLBACK_MODULES
+
+    try:
+        plays = load_playbook(playbook).plays
+    except (RunnerError, OSError):
+        return False
+    return any(step.module in ROLLBACK_MODULES for play in plays for step in play.steps)
 
 
 def next_command(command: str | None, remaining: dict[str, Any] | None) -> str | None:
@@ -371,5 +394,8 @@ def render_status(info: dict[str, Any]) -> str:
             lines.append(f"  next: {r['next_command']}   (without --limit: everything left)")
         elif r.get("resume_command"):
             lines.append(f"  to resume: {r['resume_command']}")
+        elif r.get("again_command"):
+            lines.append("  a rollback: done for its --limit; the rest of the inventory is not left to do")
+            lines.append(f"  the same rollback again (once those users moved again): {r['again_command']}")
     lines += render_facts(info["facts"])
     return "\n".join(lines)

@@ -293,3 +293,60 @@ def test_clients_switched_off_exchange_im_get_it_back_and_lose_it_again_on_the_n
     assert all(_exchange_policy(sc, h) == off for h in only)
     check = verify(sc.lab_dir, waves=[WAVE])
     assert check.ok, [(u.alias, u.problems) for u in check.users if not u.ok] + check.problems
+
+
+def _registry(sc: Scenario, host: str) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(f"file:{sc.lab_dir / 'hosts' / host / 'host.db'}?mode=ro", uri=True)
+    try:
+        return sorted(db.execute("SELECT key_lc, name_lc, type, data FROM reg_value").fetchall(), key=repr)
+    finally:
+        db.close()
+
+
+def test_rollback_without_limit_leaves_what_never_moved_alone(tmp_path) -> None:
+    """Only wave1 moved; rollback.yml without --limit puts wave1 back and is a no-op for the
+    rest: no never-migrated client pointed at LCS, no never-moved user "rolled back"."""
+    sc = make_scenario(tmp_path, "gradual.yml", 8, clients=8, users_per_client=1, contacts=4)
+    users = sc.manifest["users"]
+    first = sorted(a for a, u in users.items() if u["wave"] == WAVE)
+    others = sorted(set(users) - set(first))
+    assert first and others
+    moved = sc.apply("--limit", f"wave:{WAVE}")
+    assert moved.code == 0, moved.out[-3000:]
+    theirs = {c for a in first for c in users[a]["clients"]}
+    untouched = sorted(set(sc.manifest["machines"]) - theirs)
+    assert untouched, "every client belongs to wave1"
+    before = {h: _registry(sc, h) for h in untouched}
+    back = _rollback(sc)
+    assert back.code == 0, back.out[-3000:]
+    changed = {(t["module"], t["target"]) for t in back.tasks if t["status"] == "changed"}
+    assert {t for m, t in changed if m != "configure_messenger"} == set(first), changed
+    assert {t for m, t in changed if m == "configure_messenger"} <= theirs, changed
+    assert {h: _registry(sc, h) for h in untouched} == before, "a never-migrated client was changed"
+    for alias in first:
+        assert exchange_im_attributes(sc.lab_dir, alias), alias
+    report = sc.runner("report", "--state", str(sc.state), "--json")
+    assert report.code == 0, report.out[-2000:]
+    stages = {u["user"]: u["stage_text"] for u in json.loads(report.out)["users"]}
+    assert {a for a, s in stages.items() if s == "rolled back to Exchange IM"} == set(first), stages
+
+
+def test_status_after_a_rollback_never_suggests_dropping_its_limit(rolled_back) -> None:
+    """`runner status` after `rollback.yml --limit wave:wave1`: no "next ... without --limit"
+    (which would roll back everyone); whatever command it shows keeps --limit wave:wave1."""
+    sc = rolled_back["sc"]
+    run = sc.runner("status", "--state", str(sc.state), "--json")
+    assert run.code == 0, run.out[-2000:]
+    backs = [r for r in json.loads(run.out)["runs"] if r["playbook"].endswith("rollback.yml") and r["latest"]]
+    assert backs
+    for back in backs:
+        assert back["status"] == "ok" and back.get("rollback") is True, back
+        assert not back.get("next_command") and back["remaining"] is None, back
+        assert f"--limit wave:{WAVE}" in back["again_command"], back
+    text = sc.runner("status", "--state", str(sc.state)).out
+    blocks = [b for b in text.split("\nrun ") if "  playbook " in b
+              and b.split("  playbook ", 1)[1].split("\n", 1)[0].endswith("rollback.yml")]
+    assert blocks, text
+    for block in blocks:
+        assert "without --limit" not in block and "next:" not in block, block
+    assert any(f"--limit wave:{WAVE}" in b for b in blocks), blocks
