@@ -329,6 +329,23 @@ def _field(path: Path_) -> str:
     return "the document"
 
 
+#: The words YAML 1.1 reads unquoted as booleans (PyYAML's resolver), by lower-case spelling.
+_YAML_BOOLS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
+
+
+def _quote_advice(path: Path_, got: Any, allowed: Iterable[Any]) -> str:
+    """For a text choice YAML turned into a boolean (``exchange_im: off`` reads as False):
+    the advice to quote it, as for keys (docs/input-checks.md); else nothing."""
+    if not isinstance(got, bool):
+        return ""
+    words = [a for a in allowed if isinstance(a, str) and _YAML_BOOLS.get(a.lower()) is got]
+    if not words:
+        return ""
+    field = _field(path) if path else "value"
+    return (f"; YAML reads an unquoted {words[0]} as a boolean: quote it "
+            f"({field}: \"{words[0]}\")")
+
+
 def _label(path: Path_) -> str:
     """How to name the value at ``path`` in a message: 'retries', item 2 of 'clients'."""
     if not path:
@@ -397,7 +414,8 @@ def schema_errors(doc: Document, instance: Any, validator: jsonschema.protocols.
         elif v == "enum":
             msg = (f"{_label(path)} must be one of " + ", ".join(str(x) for x in err.validator_value)
                    + f" (got {err.instance!r})")
-            in_ctx += _suggest(str(err.instance), map(str, err.validator_value))
+            in_ctx += _suggest(str(err.instance), map(str, err.validator_value)) \
+                or _quote_advice(path, err.instance, err.validator_value)
         elif v == "const":
             msg = f"{_label(path)} must be {err.validator_value!r} (got {err.instance!r})"
         elif v in ("minimum", "exclusiveMinimum"):
