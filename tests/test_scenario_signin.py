@@ -120,3 +120,16 @@ def test_lab_verify_signin_names_clients_not_pointed_at_lcs(tmp_path) -> None:
     Lab(sc.lab_dir).host(pilot).registry.delete_value(S.SERVICE_KEY, "Disabled")
     again = verify(sc.lab_dir, signin=True)
     assert again.problems == [f"{pilot}: Messenger sign-in policy: Exchange IM not switched off"]
+
+
+@pytest.mark.parametrize("playbook", ["immediate.yml", "immediate-recreate.yml"])
+def test_immediate_lifts_exchange_only_even_when_the_switch_off_does_not_happen(tmp_path, playbook) -> None:
+    """A client seeded ExchangeConn 2 ("Exchange only") whose end-of-run switch-off is refused
+    (here: not run, --skip-tags exchange) must still let its moved users sign in to LCS."""
+    sc = make_scenario(tmp_path, playbook, SEED, contacts=3)
+    only = sorted(h for h, m in sc.manifest["machines"].items() if m.get("signin_seed") == "exchange_only")
+    assert only, "the lab seeded no Exchange-only client"
+    run = sc.apply("--skip-tags", "exchange")
+    assert run.code == 0, run.out[-3000:]
+    for host in only:
+        assert _signed_in_to_lcs(sc, host) and _exchange_kept(sc, host), (host, _values(sc, host, S.EXCHANGE_POLICIES))
