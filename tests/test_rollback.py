@@ -285,14 +285,27 @@ def test_clients_switched_off_exchange_im_get_it_back_and_lose_it_again_on_the_n
     assert moved.code == 0, moved.out[-3000:]
     off = {"disabled": 1}
     assert all(_exchange_policy(sc, h) == off for h in only)  # gradual.yml switched them off Exchange IM
+    # `runner lab verify --wave wave1 --signin` checks wave1's clients only: the other waves'
+    # machines, not pointed at LCS yet, are not its business
+    moved_check = verify(sc.lab_dir, waves=[WAVE], signin=True)
+    assert moved_check.ok, [(u.alias, u.problems) for u in moved_check.users if not u.ok] + moved_check.problems
+    assert not verify(sc.lab_dir, waves=[WAVE], rolled_back=True).ok, "moved, not rolled back"
     back = _rollback(sc, "--limit", f"wave:{WAVE}")
     assert back.code == 0, back.out[-3000:]
     assert all(_exchange_policy(sc, h) == {"exchangeconn": 0} for h in only)  # coexistence again
+    # `--rolled-back`: back on Exchange IM, disabled on LCS, their clients' Exchange IM account on
+    rolled = verify(sc.lab_dir, waves=[WAVE], rolled_back=True, signin=True)
+    assert rolled.ok, [(u.alias, u.problems) for u in rolled.users if not u.ok] + rolled.problems
+    plain = verify(sc.lab_dir, waves=[WAVE])
+    assert {u.alias for u in plain.users if "not enabled on LCS" in u.problems} == set(first)
     again = sc.apply("--limit", f"wave:{WAVE}")
     assert again.code == 0, again.out[-3000:]
     assert all(_exchange_policy(sc, h) == off for h in only)
-    check = verify(sc.lab_dir, waves=[WAVE])
+    check = verify(sc.lab_dir, waves=[WAVE], signin=True)
     assert check.ok, [(u.alias, u.problems) for u in check.users if not u.ok] + check.problems
+    gone = verify(sc.lab_dir, waves=[WAVE], rolled_back=True, signin=True)
+    assert {u.alias for u in gone.users if not u.ok} == set(first)
+    assert {p.split(":")[0] for p in gone.problems} >= set(only), gone.problems
 
 
 def _registry(sc: Scenario, host: str) -> list[tuple[Any, ...]]:

@@ -204,15 +204,19 @@ def describe(lab_dir: Path, name: str | None) -> dict[str, Any]:
 @click.option("--no-contacts", is_flag=True, help="Do not check contacts nor allow and block lists (the 'users recreate' scenario).")
 @click.option("--no-permissions", is_flag=True, help="Do not check the users' allow and block lists.")
 @click.option("--no-exchange", is_flag=True, help="Do not check the Exchange IM side.")
-@click.option("--signin", is_flag=True, help="Also check each client's Messenger sign-in policy (SIP server, "
-              "transport; Exchange IM switched off when the whole lab is checked).")
+@click.option("--signin", is_flag=True, help="Also check the Messenger sign-in policy (SIP server, transport; "
+              "Exchange IM switched off when the whole lab is checked) of every client, or with --wave of the "
+              "clients of those waves' users.")
+@click.option("--rolled-back", is_flag=True, help="Expect the users (of --wave) back on Exchange IM after "
+              "playbooks/rollback.yml: Exchange IM address back, disabled on LCS, server in service; with "
+              "--signin, their clients' Exchange IM account not switched off.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_permissions: bool, no_exchange: bool,
-               signin: bool, as_json: bool) -> None:
+               signin: bool, rolled_back: bool, as_json: bool) -> None:
     """Compare LCS and Exchange IM with the manifest; exit 0 if all is as expected, else 1."""
     try:
         rep = verify(Path(directory), waves=waves, contacts=not no_contacts, exchange_side=not no_exchange,
-                     permissions=not (no_contacts or no_permissions), signin=signin)
+                     permissions=not (no_contacts or no_permissions), signin=signin, rolled_back=rolled_back)
     except RunnerError as e:
         _fail(e)
     if as_json:

@@ -21,8 +21,14 @@ For each user of ``manifest.json`` (optionally only some waves):
   an entry absent, or present with other Presence/Communication values;
   ``permissions_extra`` lists entries LCS has beyond them (a user's own, not a problem);
 - ``exchange_im_disabled``: the AD user carries no msExchIM* attribute;
-with ``signin`` (``runner lab verify --signin``), every client's Messenger sign-in policy
-(a SIP server, TCP or TLS, and, for the whole lab, Exchange IM switched off);
+with ``signin`` (``runner lab verify --signin``), the Messenger sign-in policy of every
+client, or with ``waves`` of the clients of those waves' users (a SIP server, TCP or TLS,
+and, for the whole lab, Exchange IM switched off);
+with ``rolled_back`` (``--rolled-back``, after playbooks/rollback.yml) the users are
+expected back on Exchange IM instead: ``msExchIMAddress`` as the manifest has it, not
+enabled on LCS (their contacts may stay there: not checked), the server not
+decommissioned, and with ``signin`` their clients' Exchange IM account not switched off
+(no ``Disabled`` 1, no ``ExchangeConn`` 2);
 for every client, whatever the waves: a msmsgs.exe of Messenger 5.1 or later
 comes with a registered product of that version (product record and
 Uninstall key), and a registered 5.1 product with its file (else a partial
@@ -144,10 +150,11 @@ def load_manifest(lab_dir: Path) -> dict[str, Any]:
 
 
 def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
-           exchange_side: bool = True, signin: bool = False, permissions: bool | None = None) -> Report:
+           exchange_side: bool = True, signin: bool = False, permissions: bool | None = None,
+           rolled_back: bool = False) -> Report:
     """Compare the lab's LCS store and AD with its manifest (see the module docstring).
     ``permissions`` (default: as ``contacts``; scenario 1's users recreate both) checks the
-    allow and block lists."""
+    allow and block lists; ``rolled_back`` expects the users back on Exchange IM instead."""
     if permissions is None:
         permissions = contacts
     lab_dir = Path(lab_dir)
@@ -174,6 +181,10 @@ def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
                              (guid,)).fetchone()
             if row:
                 r.primary_uri, r.enabled = row[0], bool(row[1])
+            if rolled_back:
+                _check_rolled_back(ad, r, u)
+                reports.append(r)
+                continue
             if not r.enabled:
                 r.problems.append("not enabled on LCS")
             elif (r.primary_uri or "").lower() != u["sip_uri"].lower():
@@ -196,18 +207,28 @@ def verify(lab_dir: Path, *, waves: Iterable[str] = (), contacts: bool = True,
                 if left:
                     r.problems.append("Exchange IM still enabled (" + ", ".join(left) + ")")
             reports.append(r)
-        # A wave's night leaves the server in service for the other waves: only a whole-lab check asks.
-        decommissioned = _decommissioned(lab_dir, man, ad) if ad is not None and not waves else None
+        # A wave's night leaves the server in service for the other waves: only a whole-lab check
+        # asks; a rollback, of a wave or of all, needs it in service.
+        decommissioned = _decommissioned(lab_dir, man, ad) if ad is not None and (rolled_back or not waves) \
+            else None
     finally:
         db.close()
         if ad is not None:
             ad.close()
     rep = Report(reports, decommissioned, limit)
     rep.problems.extend(client_problems(lab_dir))
-    if signin:
+    clients = {c for u in man["users"].values() if u.get("wave") in waves for c in u.get("clients") or []} \
+        if waves else None
+    if signin and rolled_back:
+        rep.problems.extend(exchange_back_problems(lab_dir, clients))
+    elif signin:
         rep.problems.extend(signin_problems(lab_dir, pool=man.get("lcs_pool_fqdn"),
-                                            exchange_off=decommissioned is not None))
-    if decommissioned is False:
+                                            exchange_off=decommissioned is not None, clients=clients))
+    if rolled_back:
+        if decommissioned:
+            rep.problems.append(f"Exchange IM server {man['exchange_server']} decommissioned: "
+                                "rolled-back users cannot sign in to it")
+    elif decommissioned is False:
         rep.problems.append(f"Exchange IM server {man['exchange_server']} not decommissioned")
     return rep
 
@@ -225,21 +246,62 @@ EXCHANGE_POLICY_LC = r"software\microsoft\messengerservice\policies"
 EXCHANGE_SERVICE_LC = MESSENGER_POLICY_LC + r"\{83d4679e-b6d7-11d2-bf36-00c04fb90a03}"
 
 
-def signin_problems(lab_dir: Path, *, pool: str | None, exchange_off: bool) -> list[str]:
-    """Clients whose Windows Messenger policy does not name the SIP server ``pool`` (any
-    server when None) with a TCP (2) or
-    TLS (4) transport in manual mode (docs/messenger-signin.md); with ``exchange_off`` (the
-    whole lab, after decommissioning), also those where ExchangeConn is left or the Exchange
-    IM service is not disabled. Read from each client's host.db, not through the runner."""
+def _policy_values(hdir: Path) -> dict[tuple[str, str], tuple[str, Any]]:
+    """The Messenger policy values of a lab client, read from its host.db."""
+    h = sqlite3.connect(f"file:{hdir / 'host.db'}?mode=ro", uri=True)
+    try:
+        return {(k, n): (t, d) for k, n, t, d in h.execute(
+            "SELECT key_lc, name_lc, type, data FROM reg_value WHERE key_lc IN (?, ?, ?)",
+            (MESSENGER_POLICY_LC, EXCHANGE_POLICY_LC, EXCHANGE_SERVICE_LC))}
+    finally:
+        h.close()
+
+
+def exchange_back_problems(lab_dir: Path, clients: set[str] | None) -> list[str]:
+    """Clients (of ``clients``; None: all) on which Windows Messenger cannot sign in to
+    Exchange IM: its account switched off by policy (``Disabled`` 1 under the Exchange IM
+    service's key). The SIP server a migration set may stay (docs/rollback.md)."""
+    out = []
+    for name, hdir in _client_dirs(lab_dir):
+        if clients is not None and name not in clients:
+            continue
+        values = _policy_values(hdir)
+        if values.get((EXCHANGE_SERVICE_LC, "disabled")) == ("REG_DWORD", 1):
+            out.append(f"{name}: Messenger sign-in policy: Exchange IM still switched off")
+    return out
+
+
+def _check_rolled_back(ad: exchange.Directory | None, r: UserReport, u: dict[str, Any]) -> None:
+    """A rolled-back user: not enabled on LCS, and (with the Exchange side) their
+    msExchIMAddress back as the manifest has it and AD's msRTCSIP-UserEnabled not TRUE."""
+    if r.enabled:
+        r.problems.append("still enabled on LCS (a rolled-back user is disabled there)")
+    if ad is None:
+        return
+    dn = exchange.guid_dn(ad, u["ad_guid"])
+    attrs = {k.lower(): v for k, v in (ad.attributes(dn) if dn else {}).items()}
+    address = [str(v).lower() for v in attrs.get("msexchimaddress") or []]
+    r.exchange_im_disabled = not address
+    if address != [u["im_address"].lower()]:
+        r.problems.append("Exchange IM not back: msExchIMAddress is "
+                          + (", ".join(address) if address else "missing") + f", expected {u['im_address']}")
+    if [str(v).upper() for v in attrs.get("msrtcsip-userenabled") or []] == ["TRUE"]:
+        r.problems.append("AD still has msRTCSIP-UserEnabled TRUE")
+
+
+def signin_problems(lab_dir: Path, *, pool: str | None, exchange_off: bool,
+                    clients: set[str] | None = None) -> list[str]:
+    """Clients (of ``clients``, the machines of the waves checked; None: all) whose Windows
+    Messenger policy does not name the SIP server ``pool`` (any server when None) with a
+    TCP (2) or TLS (4) transport in manual mode (docs/messenger-signin.md); with
+    ``exchange_off`` (the whole lab, after decommissioning), also those where ExchangeConn
+    is left or the Exchange IM service is not disabled. Read from each client's host.db,
+    not through the runner."""
     out: list[str] = []
     for name, hdir in _client_dirs(lab_dir):
-        h = sqlite3.connect(f"file:{hdir / 'host.db'}?mode=ro", uri=True)
-        try:
-            values = {(k, n): (t, d) for k, n, t, d in h.execute(
-                "SELECT key_lc, name_lc, type, data FROM reg_value WHERE key_lc IN (?, ?, ?)",
-                (MESSENGER_POLICY_LC, EXCHANGE_POLICY_LC, EXCHANGE_SERVICE_LC))}
-        finally:
-            h.close()
+        if clients is not None and name not in clients:
+            continue
+        values = _policy_values(hdir)
         server = values.get((MESSENGER_POLICY_LC, "serveraddress"))
         wrong: list[str] = []
         if server is None or server[0] != "REG_SZ" or not server[1]:
