@@ -776,7 +776,9 @@ class _WaveRun:
             self._release(task)
             return
         fp = self.completed.get(task.key)
-        if fp is not None and fp == task.step.fingerprint:
+        module = self.modules[i]
+        if fp is not None and fp == task.step.fingerprint \
+                and not (module is not None and module.rechecks_when_done(task.step.args)):
             self._outcome(task, e._outcome(task, "skipped", message="done in an earlier run", resumed=True))
             return
         blocker = self.deps.blocker(task)

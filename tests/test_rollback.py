@@ -363,3 +363,28 @@ def test_status_after_a_rollback_never_suggests_dropping_its_limit(rolled_back) 
     for block in blocks:
         assert "without --limit" not in block and "next:" not in block, block
     assert any(f"--limit wave:{WAVE}" in b for b in blocks), blocks
+
+
+def test_a_rollback_rerun_with_a_stale_state_directory_puts_the_users_back_again(tmp_path) -> None:
+    """Moved and rolled back with state A, moved again with state B: the same rollback with
+    state A (where it had finished) probes again instead of saying "done earlier"."""
+    sc = make_scenario(tmp_path, "gradual.yml", 8, clients=8, users_per_client=1, contacts=4)
+    users = sc.manifest["users"]
+    first = sorted(a for a, u in users.items() if u["wave"] == WAVE)
+    only = sorted(h for h in {c for a in first for c in users[a]["clients"]}
+                  if all(u["wave"] == WAVE for u in users.values() if h in u["clients"]))
+    assert sc.apply("--limit", f"wave:{WAVE}").code == 0
+    assert _rollback(sc, "--limit", f"wave:{WAVE}").code == 0
+    other = tmp_path / "state-b"
+    moved = sc.runner("apply", str(PLAYBOOKS / "gradual.yml"), "-i", str(sc.inventory), "--state", str(other),
+                      "--json", "--limit", f"wave:{WAVE}")
+    assert moved.code == 0, moved.out[-3000:]
+    assert_exchange_im_disabled(sc, first)
+    back = _rollback(sc, "--limit", f"wave:{WAVE}")
+    assert back.code == 0, back.out[-3000:]
+    restored = {t["target"] for t in back.tasks if t["module"] == "restore_exchange_im" and t["status"] == "changed"}
+    assert restored == set(first), [(t["module"], t["target"], t["status"], t.get("message")) for t in back.tasks]
+    for alias in first:
+        assert exchange_im_attributes(sc.lab_dir, alias), alias
+        assert not lcs_user(sc.lab_dir, sc.manifest, alias).enabled, alias
+    assert all(_exchange_policy(sc, h) == {"exchangeconn": 0} for h in only)

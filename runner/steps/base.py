@@ -139,6 +139,15 @@ class StepModule:
         """Targets with the same key may share a chunk (e.g. the server their work runs on)."""
         return ""
 
+    @classmethod
+    def rechecks_when_done(cls, args: Mapping[str, Any]) -> bool:
+        """Whether a task of this step (with these raw ``args``) that an earlier session of
+        the same run finished probes again when the run resumes, instead of being skipped as
+        done: for steps whose work can be undone where this state directory cannot see it
+        (the rollback's: users moved again with another --state, docs/rollback.md). The
+        probe finds the work in place and changes nothing, or does it again."""
+        return False
+
     def probe_many(self, items: Sequence[tuple[StepContext, Host | User]]) -> list[ProbeOutcome]:
         """``probe`` for each (ctx, target): a Diff, None (nothing to change) or the exception
         for that target alone. One round trip for the chunk where the module can."""

@@ -23,7 +23,7 @@ moved); ``force: true`` overrides, loudly.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from runner.errors import PermanentFault, TransientFault
 from runner.model import Host
@@ -130,6 +130,12 @@ class ConfigureMessenger(StepModule):
                       "description": "switch Exchange IM off even while users of the machine are on it"},
         },
     }
+
+    @classmethod
+    def rechecks_when_done(cls, args: Mapping[str, Any]) -> bool:
+        """``exchange_im: restore`` (the rollback's) probes again when its run resumes, as the
+        rollback's user steps do (docs/rollback.md)."""
+        return args.get("exchange_im") == S.RESTORE
 
     def probe(self, ctx: StepContext, target: Host) -> Diff | None:  # type: ignore[override]
         mode = ctx.args.get("exchange_im")

@@ -87,6 +87,12 @@ class RestoreExchangeIm(ChunkedOnly, StepModule):
         "chunk_size": CHUNK_SIZE_ARG}}
     chunk = 50
 
+    @classmethod
+    def rechecks_when_done(cls, args: Mapping[str, Any]) -> bool:
+        """Always probes again when its run resumes: the users may have moved again with
+        another state directory since (docs/rollback.md)."""
+        return True
+
     def chunk_key(self, ctx: StepContext, target: User) -> str:
         return exchange_server(ctx.inventory, ctx.vars)
 
