@@ -454,3 +454,25 @@ def test_an_unquoted_off_is_refused_with_the_advice_to_quote_it(tmp_path):
     book.write_text(book.read_text(encoding="utf-8").replace("exchange_im: off", 'exchange_im: "off"'),
                     encoding="utf-8")
     load_playbook(str(book))
+
+
+def test_restore_in_check_mode_previews_machines_of_users_who_moved_and_have_a_backup(lab, tmp_path):
+    """--check: the rollback's user steps only probed, so no rollback record exists yet; a
+    switched-off machine whose users moved and have a backup is previewed, nothing written."""
+    _, inv, _ = lab
+    host = _host(lab, "exchange_only")
+    step = ConfigureMessenger()
+    for args in ({"exchange_im": "keep"}, {"exchange_im": "off"}):
+        ctx, conn = _ctx(lab, host, tmp_path, args=args, done=_all_moved(lab, host))
+        diff = step.probe(ctx, inv.hosts[host])
+        if diff is not None:
+            step.apply(ctx, inv.hosts[host], diff)
+    checking, conn = _ctx(lab, host, tmp_path, args={"exchange_im": "restore"}, done=_all_moved(lab, host),
+                          check=True)
+    assert step.probe(checking, inv.hosts[host]) is None, "no backup stored: nothing to roll back"
+    from runner.steps._lcs import backup_name
+    for u in cl.client_users(inv, host):
+        checking.artifacts.write(backup_name(u.alias), b"{}")
+    diff = step.probe(checking, inv.hosts[host])
+    assert diff is not None and {row[1] for row in diff.data["todo"]} == {"ExchangeConn", "Disabled"}
+    assert "reg add" not in " ".join(conn.lines) and _values(conn, S.SERVICE_KEY) == {"Disabled": ("REG_DWORD", 1)}

@@ -7,7 +7,11 @@ configuration mode; and, with ``exchange_im``, the Exchange IM account: ``keep``
 coexistence (``ExchangeConn`` 0, the Exchange IM service not disabled), ``off`` at the end
 (``ExchangeConn`` removed, the Exchange IM service disabled). Without ``exchange_im`` the
 Exchange settings are left as they are, and so does ``keep`` on a machine none of whose
-users is on Exchange IM any more (a second run never turns back on what ``off`` switched off). Keys, values and sources: docs/messenger-signin.md.
+users is on Exchange IM any more (a second run never turns back on what ``off`` switched off).
+``restore`` is the rollback's (docs/rollback.md): on a machine a rolled-back user uses and
+whose Exchange IM account ``off`` disabled, it gives back keep's Exchange IM values and
+writes nothing else (no SIP server); elsewhere it changes nothing. Keys, values and sources:
+docs/messenger-signin.md.
 
 Probe: one line reads both policy keys (``reg query``) and compares them value by value;
 nothing differs, nothing is written. The line is saved when inventory_clients read the same
@@ -94,7 +98,7 @@ def rolled_back_here(ctx: StepContext, host: str) -> list[str]:
         back = rolled_back_at(ctx, user)
         if back and (moved_at is None or moved_at < back):
             out.append(user.alias)
-        elif ctx.check and moved_at is not None and not back \
+        elif ctx.check and moved_at is not None and moved_at >= back \
                 and ctx.artifacts.read(backup_name(user.alias)) is not None:
             out.append(user.alias)
     return out
