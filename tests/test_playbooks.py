@@ -24,7 +24,7 @@ def test_the_rollback_restores_exchange_im_before_disabling_on_lcs_and_keeps_con
     assert [s.module for s in steps] == ["restore_exchange_im", "disable_lcs_users", "configure_messenger"]
     assert not any(s.args.get("force") for s in steps), "a shipped playbook must not force"
     assert steps[1].args.get("remove_imported_contacts") is False
-    assert steps[2].args.get("exchange_im") == "keep", "the clients get their Exchange IM account back"
+    assert steps[2].args.get("exchange_im") == "restore", "the clients get their Exchange IM account back, nothing else"
 
 
 @pytest.mark.parametrize("path", MIGRATIONS, ids=lambda p: p.name)
