@@ -18,7 +18,7 @@ from typing import Any
 from runner.errors import InputError
 from runner.estate import subjects
 from runner.model import Inventory
-from runner.report_users import STAGE_WORDS, summarise, user_rows, wave_progress
+from runner.report_users import STAGE_WORDS, entry_key, summarise, user_rows, wave_progress
 from runner.state import DB_NAME, StateStore, refuse_lost_store
 
 #: Version of the report's JSON layout (docs/report.md); raised when a key changes meaning.
@@ -85,7 +85,7 @@ def collect_report(state_dir: Path, run_id: str | None = None, *,
         damaged += [r["damaged"] for r in history if r.get("damaged") and r["damaged"] not in damaged]
         subject_alias = {subj: alias for alias, subj in subjects(inventory).items()} if inventory else {}
         users = user_rows(history, inventory, subject_alias, store.all_facts(damaged),
-                          {r.id: r.command for r in runs})
+                          {r.id: r.command for r in runs}, _runner_records(store))
         return {"report_format": REPORT_FORMAT, "state": str(state_dir), "run": run.id,
                 "run_status": run.status, "scope": "run" if run_id else "estate",
                 "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -95,6 +95,37 @@ def collect_report(state_dir: Path, run_id: str | None = None, *,
                 "entries": entries, "damaged": damaged}
     finally:
         store.close()
+
+
+def _runner_records(store: StateStore) -> dict[str, dict[str, list[str]]]:
+    """Per alias what the runner itself created on LCS in any run, from its records (the
+    artifacts ``lcs-imported/<alias>.json`` of import_contacts and ``permissions/<alias>/created.json``
+    of import_permissions): ``contacts`` (SIP URIs) and ``permissions`` (entry keys as
+    ``everyone`` / ``Type mask``). A record that cannot be read counts as none."""
+    import json
+
+    from runner.artifacts import ArtifactStore
+    from runner.errors import RunnerError
+    artifacts = ArtifactStore(store)
+    out: dict[str, dict[str, list[str]]] = {}
+    wanted = [(row.name, "contacts") for row in store.artifacts_under("lcs-imported/")]
+    wanted += [(row.name, "permissions") for row in store.artifacts_under("permissions/")
+               if row.name.endswith("/created.json")]
+    for name, kind in wanted:
+        try:
+            doc = json.loads(artifacts.read(name) or b"{}")
+        except (RunnerError, ValueError, OSError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        alias = name.split("/")[1].removesuffix(".json")
+        if kind == "contacts":
+            found = [str(c["uri"]) for c in doc.get("contacts") or [] if isinstance(c, dict) and c.get("uri")]
+        else:
+            found = [entry_key(str(e.get("type", "")), str(e.get("mask", "")))
+                     for e in doc.get("entries") or [] if isinstance(e, dict)]
+        out.setdefault(alias, {})[kind] = found
+    return out
 
 
 def _n(value: Any) -> str:

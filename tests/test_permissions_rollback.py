@@ -6,6 +6,7 @@ the user set on LCS, and verify only what LCS really holds. docs/permissions.md.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -63,5 +64,9 @@ def test_a_block_set_in_exchange_im_during_a_rollback_reaches_lcs_on_the_next_mo
     assert not any(blocked[1] in w for w in imp["warnings"]), imp["warnings"]
     assert any(own[1] in w and "kept as set on LCS" in w for w in imp["warnings"]), imp["warnings"]
     assert mine["verify_permissions"]["status"] == "ok" and mine["disable_exchange_im"]["status"] == "changed"
+    # the help desk hears of the conflict the user made on LCS
+    report = json.loads(sc.runner("report", "--state", str(sc.state), "--json").out)
+    desk = next(u for u in report["users"] if u["user"] == alias)["redo_by_hand"]
+    assert any("kept as set on LCS" in line and own[1] in line.lower() for line in desk), desk
     # a second night changes nothing
     assert sc.apply("--limit", f"wave:{WAVE}", "--fresh").totals["changed"] == 0

@@ -290,7 +290,9 @@ class PermissionPlan:
         return {"expected": self.expected, "to_add": [p.as_dict() for p in self.to_add],
                 "to_update": [{**p.as_dict(), "was": {"presence": lcs.presence, "communication": lcs.communication}}
                               for p, lcs in self.to_update],
-                "already_present": len(self.present), "kept": [p.as_dict() for p, _ in self.kept],
+                "already_present": len(self.present),
+                "kept": [{**p.as_dict(), "lcs": {"presence": lcs.presence, "communication": lcs.communication}}
+                         for p, lcs in self.kept],
                 "unmappable": [{"value": u.value, "reason": u.reason} for u in self.unmappable],
                 "notes": list(self.notes)}
 
