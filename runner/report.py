@@ -87,7 +87,7 @@ def collect_report(state_dir: Path, run_id: str | None = None, *,
         users = user_rows(history, inventory, subject_alias, store.all_facts(damaged),
                           {r.id: r.command for r in runs}, _runner_records(store))
         return {"report_format": REPORT_FORMAT, "state": str(state_dir), "run": run.id,
-                "run_status": run.status, "scope": "run" if run_id else "estate",
+                "run_status": shown_status(store, state_dir, run), "scope": "run" if run_id else "estate",
                 "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "playbook": run.playbook, "inventory": run.inventory, "inventory_note": inventory_note,
                 "estate": bound[1].describe() if bound else None,
@@ -95,6 +95,21 @@ def collect_report(state_dir: Path, run_id: str | None = None, *,
                 "entries": entries, "damaged": damaged}
     finally:
         store.close()
+
+
+def shown_status(store: StateStore, state_dir: Path, run: Any) -> str:
+    """The run's status as ``runner status`` shows it: ``interrupted`` for one recorded as
+    running that no process holds the lock of, ``partial`` for an ok run (e.g. ``--limit``)
+    that left tasks of its playbook to do, else as recorded."""
+    from runner.state import lock_holder
+    from runner.status import remaining_of_playbook
+    if run.status == "running" and lock_holder(state_dir) is None:
+        return "interrupted"
+    if run.status != "ok":
+        return str(run.status)
+    left = sum(s["left"] for s in store.step_summary(run.id))
+    remaining = remaining_of_playbook(run.playbook, run.inventory, store.task_rows(run.id))
+    return "partial" if left or (remaining or {}).get("tasks") else "ok"
 
 
 def _runner_records(store: StateStore) -> dict[str, dict[str, list[str]]]:

@@ -35,6 +35,11 @@ def test_after_a_rollback_and_a_new_move_the_report_counts_what_the_runner_did(t
     sc = make_scenario(tmp_path, "gradual.yml", SEED)
     assert sc.apply("--limit", f"wave:{WAVE}").code == 0
     first = _report(sc)
+    # one wave of the playbook's three: `runner status` says partial, and so does the report
+    status = json.loads(sc.runner("status", "--state", str(sc.state), "--json").out)
+    assert status["runs"][0]["status"] == "partial" and first["run_status"] == "partial"
+    html = sc.runner("report", "--state", str(sc.state), "--format", "html").out
+    assert f"Run {first['run']} (partial)" in html
     moved = {u["user"]: u for u in _wave(first)}
     assert moved and all(u["permissions"]["verified"] for u in moved.values())
     imported = {a: u["contacts"]["imported"] for a, u in moved.items()}
