@@ -271,6 +271,7 @@ def _permissions(rows: list[dict[str, Any]], since: list[dict[str, Any]] | None 
         "imported": len(created) if imports else None,
         "kept": len(d.get("kept") or []),
         "conflicts": conflicts,
+        "acl_file": (_data(verify).get("acl_file") if verify is not None else None) or d.get("acl_file"),
         "unmappable": unmappable,
         "verified": bool(_data(verify).get("verified")) if verify is not None else None,
     }

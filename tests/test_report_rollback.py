@@ -4,6 +4,7 @@ verifications from before a rollback no longer count."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -45,6 +46,10 @@ def test_after_a_rollback_and_a_new_move_the_report_counts_what_the_runner_did(t
     imported = {a: u["contacts"]["imported"] for a, u in moved.items()}
     perms = {a: u["permissions"]["imported"] for a, u in moved.items()}
     assert all(imported.values())
+    for u in moved.values():  # where the ACL record really is: its content-addressed file
+        path = u["permissions"]["acl_file"]
+        assert re.fullmatch(rf"artifacts/permissions/{u['user']}/acl\.[0-9a-f]{{12}}\.json", path), path
+        assert (sc.state / path).is_file()
     _rollback(sc)
     back = _report(sc)
     assert all(u["stage_text"] == "rolled back to Exchange IM" for u in _wave(back))

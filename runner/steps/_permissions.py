@@ -3,7 +3,9 @@
 Private to runner/steps (the leading underscore keeps it out of step discovery).
 A user's Exchange IM ACL is read from their directory entry (``msExchIMACL``,
 one ldifde search for the chunk on the Exchange IM server) and kept on the
-control node as the artifact ``permissions/<alias>/acl.json``, so that what
+control node as the artifact ``permissions/<alias>/acl.json`` (on disk, like
+every artifact, the content-addressed ``permissions/<alias>/acl.<sha12>.json``
+under ``artifacts/``; the results carry that path as ``acl_file``), so that what
 was migrated can still be verified, reported and compared after
 disable_exchange_im has cleared the attribute. LCS's side is one wmic query
 over the chunk's ``UserInstanceID``s (docs/permissions.md).
@@ -14,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from runner.artifacts import on_disk_name
 from runner.errors import PermanentFault
 from runner.lcs.chunks import LCS_LINE, ChunkScript, LcsRead, groups, im_entries, line_limit, wmic_fault, wql_any
 from runner.lcs.exchange import exchange_server, im_user_query
@@ -72,8 +75,22 @@ def acl_values(values: Sequence[str]) -> list[str]:
 
 
 def artifact_name(user: User) -> str:
-    """The control node's record of a user's ACL as read from the directory."""
+    """The control node's record of a user's ACL as read from the directory (the artifact's
+    name; its file is ``acl.<sha12>.json``, see :func:`acl_file`)."""
     return f"permissions/{user.alias}/acl.json"
+
+
+def acl_file(ctx: StepContext, user: User) -> str | None:
+    """Where the current version of the user's ACL record is, relative to the state directory
+    (``artifacts/permissions/<alias>/acl.<sha12>.json``), None without one."""
+    raw = ctx.artifacts.read(artifact_name(user))
+    return on_disk_name(artifact_name(user), raw) if raw is not None else None
+
+
+def missing_acl(user: User) -> str:
+    """How a message names the ACL record of ``user`` that is not there."""
+    return (f"artifact {artifact_name(user)}, on disk artifacts/permissions/{user.alias}/acl.<sha12>.json, "
+            "not in the state directory")
 
 
 def created_name(user: User) -> str:

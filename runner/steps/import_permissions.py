@@ -27,8 +27,8 @@ from runner.lcs.mapping import mapping_for
 from runner.lcs.permissions import ACE_CLASS, PermissionPlan, plan
 from runner.lcs.server import home_server, instance_id
 from runner.model import User
-from runner.steps._permissions import (PermissionStep, PermissionState, confirm_created, read_chunk, record_acl,
-                                       record_created)
+from runner.steps._permissions import (PermissionStep, PermissionState, acl_file, confirm_created, read_chunk,
+                                       record_acl, record_created)
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepResult
 from runner.windows import wmic
 
@@ -72,8 +72,8 @@ class ImportPermissions(PermissionStep):
 
     @staticmethod
     def _data(state: PermissionState, p: PermissionPlan, artifact: str | None, created: list[str],
-              failed: list[str], updated: list[str] | None = None) -> dict[str, Any]:
-        return {**p.as_dict(), "source": state.source, "artifact": artifact, "acl_values": len(state.acl or []),
+              failed: list[str], updated: list[str] | None = None, acl_file: str | None = None) -> dict[str, Any]:
+        return {**p.as_dict(), "source": state.source, "artifact": artifact, "acl_file": acl_file, "acl_values": len(state.acl or []),
                 "created": created, "updated": updated or [], "failed": failed}
 
     @staticmethod
@@ -92,7 +92,8 @@ class ImportPermissions(PermissionStep):
         state, p, host = probed
         artifact = record_acl(ctx, target, state, host)
         return StepResult("ok", f"nothing to add ({len(p.present) + len(p.kept)} entr(y/ies) already on {host})",
-                          self._data(state, p, artifact, [], []), self._warnings(target, state, p))
+                          self._data(state, p, artifact, [], [], None, acl_file(ctx, target) if artifact else None),
+                          self._warnings(target, state, p))
 
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
         result = self.apply_many([(ctx, target, diff)])[0]
@@ -168,7 +169,8 @@ class ImportPermissions(PermissionStep):
                 out.append(TransientFault(f"LCS server {host} busy while adding {user.alias}'s allow and block "
                                           f"list ({len(created)} added, {len(failed)} left)", host=host))
                 continue
-            data = self._data(state, p, artifacts[n], created, failed, updated)
+            data = self._data(state, p, artifacts[n], created, failed, updated,
+                              acl_file(ctx, user) if artifacts[n] else None)
             warnings = self._warnings(user, state, p)
             if failed:
                 out.append(StepResult("failed", f"{len(failed)} allow/block entr(y/ies) could not be set on "

@@ -22,7 +22,7 @@ from runner.lcs.mapping import mapping_for
 from runner.lcs.permissions import plan
 from runner.lcs.server import home_server
 from runner.model import User
-from runner.steps._permissions import PermissionStep, PermissionState, artifact_name, read_chunk
+from runner.steps._permissions import PermissionStep, PermissionState, acl_file, missing_acl, read_chunk
 from runner.steps.base import Diff, ProbeOutcome, StepContext, StepResult
 
 
@@ -51,10 +51,11 @@ class VerifyPermissions(PermissionStep):
         if state.acl is None:
             if ctx.check:
                 return Diff(f"verify {user.alias}'s allow and block list once it is imported", [], {"pending": True})
-            raise PermanentFault(f"no allow and block list read for {user.alias} ({artifact_name(user)} missing): "
+            raise PermanentFault(f"no allow and block list read for {user.alias} ({missing_acl(user)}): "
                                  "run import_permissions for this user first")
         p = plan(state.acl, state.aces, mapping_for(ctx.vars, ctx.inventory, user), state.created)
         data: dict[str, Any] = {
+            "acl_file": acl_file(ctx, user),
             "verified": not p.to_add and not p.to_update and state.user is not None, "acl": list(state.acl),
             "expected": p.expected, "present": len(p.present) + len(p.kept),
             "missing": [e.describe() for e in p.to_add]
