@@ -147,6 +147,11 @@ def _n(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def verified_text(verified: bool | None) -> str:
+    """Whether verify_permissions passed (after the latest rollback): yes, no, ``-`` not run."""
+    return "-" if verified is None else ("yes" if verified else "no")
+
+
 def messenger_text(m: dict[str, Any]) -> str:
     """``4.7.2009 -> 5.1`` (``-`` where unknown or not upgraded yet)."""
     return f"{m['messenger_before'] or '-'} -> {m['messenger_after'] or '-'}"
@@ -187,7 +192,7 @@ def render_summary(info: dict[str, Any]) -> list[str]:
 def render_users(users: list[dict[str, Any]]) -> list[str]:
     """The per-user table (one line each) and, under it, each failure with what to do next."""
     header = ["user", "wave", "stands", "exported", "imported", "already", "unmappable", "over", "cut",
-              "perms", "p.unmap", "messenger", "reboot", "failure"]
+              "perms", "p.unmap", "p.kept", "p.ok", "messenger", "reboot", "failure"]
     rows = []
     for u in users:
         c = u["contacts"]
@@ -196,14 +201,17 @@ def render_users(users: list[dict[str, Any]]) -> list[str]:
         rows.append([u["user"], u["wave"] or "-", u["stage_text"], _n(c["exported"]), _n(c["imported"]),
                      _n(c["already_on_lcs"]), str(len(c["unmappable"])), str(len(c["over_limit"])),
                      str(len(c["names_cut"])), _n(u["permissions"]["imported"]),
-                     str(len(u["permissions"]["unmappable"])), messenger, ",".join(u["reboot_pending"]) or "-", fail])
+                     str(len(u["permissions"]["unmappable"])), str(u["permissions"]["kept"]),
+                     verified_text(u["permissions"]["verified"]), messenger, ",".join(u["reboot_pending"]) or "-", fail])
     lines = _table(header, rows) if rows else []
     failed = [u for u in users if u["failure"]]
     if failed:
         lines += ["", "failures (newest per user) and what to do next:"]
         for u in failed:
             f = u["failure"]
-            lines.append(f"  {u['user']}: {f['status']} at '{f['step']}': {f['reason']}")
+            lines.append(f"  {u['user']}: {f['status']} at '{f['step']}': {f['reason']}"
+                         + (" (a refused rollback: nothing changed, the user stays where they stand)"
+                            if f.get("refused") else ""))
             lines.append(f"    next: {f['next']}")
     return lines
 

@@ -68,5 +68,10 @@ def test_a_block_set_in_exchange_im_during_a_rollback_reaches_lcs_on_the_next_mo
     report = json.loads(sc.runner("report", "--state", str(sc.state), "--json").out)
     desk = next(u for u in report["users"] if u["user"] == alias)["redo_by_hand"]
     assert any("kept as set on LCS" in line and own[1] in line.lower() for line in desk), desk
+    text = sc.runner("report", "--state", str(sc.state)).out
+    header = next(line for line in text.splitlines() if line.startswith("user "))
+    row = next(line for line in text.splitlines() if line.startswith(alias + " "))
+    cells = dict(zip(header.split()[:13], row.split()[:3] + row.split("disabled on Exchange IM")[1].split()[:10]))
+    assert cells["p.kept"] == "1" and cells["p.ok"] == "yes", (header, row)
     # a second night changes nothing
     assert sc.apply("--limit", f"wave:{WAVE}", "--fresh").totals["changed"] == 0
