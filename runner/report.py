@@ -233,7 +233,7 @@ def render_report(info: dict[str, Any]) -> str:
         return f"no run {info['unknown_run']} in {info['state']} (runner status lists the runs)"
     if info["run"] is None:
         return f"no runs recorded in {info['state']}"
-    lines = [f"run {info['run']}: {info['playbook']} with {info['inventory']}"]
+    lines = [f"run {info['run']} ({info.get('run_status')}): {info['playbook']} with {info['inventory']}"]
     if info.get("estate"):
         lines.append(f"estate: {info['estate']}")
     if info.get("inventory_note"):
