@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from runner.errors import OptionsError, RunnerError
-from runner.state import StateStore
+from runner.state import ARTIFACTS_DIR, StateStore
 from runner.steps.base import ArtifactRef
 
 
@@ -29,6 +29,12 @@ def _versioned_name(name: str, sha: str) -> PurePosixPath:
     suffix = rel.suffix
     stem = rel.name[: -len(suffix)] if suffix else rel.name
     return rel.with_name(f"{stem}.{sha[:12]}{suffix}")
+
+
+def on_disk_name(name: str, data: bytes) -> str:
+    """Where the version of artifact ``name`` holding ``data`` is kept, relative to the state
+    directory: ``artifacts/<dir>/<stem>.<sha12><suffix>`` (docs/state-directory.md)."""
+    return f"{ARTIFACTS_DIR}/{_versioned_name(name, hashlib.sha256(data).hexdigest())}"
 
 
 def _check_name(name: str) -> PurePosixPath:

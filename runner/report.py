@@ -18,7 +18,7 @@ from typing import Any
 from runner.errors import InputError
 from runner.estate import subjects
 from runner.model import Inventory
-from runner.report_users import STAGE_WORDS, summarise, user_rows, wave_progress
+from runner.report_users import STAGE_WORDS, entry_key, summarise, user_rows, wave_progress
 from runner.state import DB_NAME, StateStore, refuse_lost_store
 
 #: Version of the report's JSON layout (docs/report.md); raised when a key changes meaning.
@@ -85,9 +85,9 @@ def collect_report(state_dir: Path, run_id: str | None = None, *,
         damaged += [r["damaged"] for r in history if r.get("damaged") and r["damaged"] not in damaged]
         subject_alias = {subj: alias for alias, subj in subjects(inventory).items()} if inventory else {}
         users = user_rows(history, inventory, subject_alias, store.all_facts(damaged),
-                          {r.id: r.command for r in runs})
+                          {r.id: r.command for r in runs}, _runner_records(store))
         return {"report_format": REPORT_FORMAT, "state": str(state_dir), "run": run.id,
-                "run_status": run.status, "scope": "run" if run_id else "estate",
+                "run_status": shown_status(store, state_dir, run), "scope": "run" if run_id else "estate",
                 "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "playbook": run.playbook, "inventory": run.inventory, "inventory_note": inventory_note,
                 "estate": bound[1].describe() if bound else None,
@@ -97,8 +97,59 @@ def collect_report(state_dir: Path, run_id: str | None = None, *,
         store.close()
 
 
+def shown_status(store: StateStore, state_dir: Path, run: Any) -> str:
+    """The run's status as ``runner status`` shows it: ``interrupted`` for one recorded as
+    running that no process holds the lock of, ``partial`` for an ok run (e.g. ``--limit``)
+    that left tasks of its playbook to do, else as recorded."""
+    from runner.state import lock_holder
+    from runner.status import remaining_of_playbook
+    if run.status == "running" and lock_holder(state_dir) is None:
+        return "interrupted"
+    if run.status != "ok":
+        return str(run.status)
+    left = sum(s["left"] for s in store.step_summary(run.id))
+    remaining = remaining_of_playbook(run.playbook, run.inventory, store.task_rows(run.id))
+    return "partial" if left or (remaining or {}).get("tasks") else "ok"
+
+
+def _runner_records(store: StateStore) -> dict[str, dict[str, list[str]]]:
+    """Per alias what the runner itself created on LCS in any run, from its records (the
+    artifacts ``lcs-imported/<alias>.json`` of import_contacts and ``permissions/<alias>/created.json``
+    of import_permissions): ``contacts`` (SIP URIs) and ``permissions`` (entry keys as
+    ``everyone`` / ``Type mask``). A record that cannot be read counts as none."""
+    import json
+
+    from runner.artifacts import ArtifactStore
+    from runner.errors import RunnerError
+    artifacts = ArtifactStore(store)
+    out: dict[str, dict[str, list[str]]] = {}
+    wanted = [(row.name, "contacts") for row in store.artifacts_under("lcs-imported/")]
+    wanted += [(row.name, "permissions") for row in store.artifacts_under("permissions/")
+               if row.name.endswith("/created.json")]
+    for name, kind in wanted:
+        try:
+            doc = json.loads(artifacts.read(name) or b"{}")
+        except (RunnerError, ValueError, OSError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        alias = name.split("/")[1].removesuffix(".json")
+        if kind == "contacts":
+            found = [str(c["uri"]) for c in doc.get("contacts") or [] if isinstance(c, dict) and c.get("uri")]
+        else:
+            found = [entry_key(str(e.get("type", "")), str(e.get("mask", "")))
+                     for e in doc.get("entries") or [] if isinstance(e, dict)]
+        out.setdefault(alias, {})[kind] = found
+    return out
+
+
 def _n(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def verified_text(verified: bool | None) -> str:
+    """Whether verify_permissions passed (after the latest rollback): yes, no, ``-`` not run."""
+    return "-" if verified is None else ("yes" if verified else "no")
 
 
 def messenger_text(m: dict[str, Any]) -> str:
@@ -141,7 +192,7 @@ def render_summary(info: dict[str, Any]) -> list[str]:
 def render_users(users: list[dict[str, Any]]) -> list[str]:
     """The per-user table (one line each) and, under it, each failure with what to do next."""
     header = ["user", "wave", "stands", "exported", "imported", "already", "unmappable", "over", "cut",
-              "perms", "p.unmap", "messenger", "reboot", "failure"]
+              "perms", "p.unmap", "p.kept", "p.ok", "messenger", "reboot", "failure"]
     rows = []
     for u in users:
         c = u["contacts"]
@@ -150,14 +201,17 @@ def render_users(users: list[dict[str, Any]]) -> list[str]:
         rows.append([u["user"], u["wave"] or "-", u["stage_text"], _n(c["exported"]), _n(c["imported"]),
                      _n(c["already_on_lcs"]), str(len(c["unmappable"])), str(len(c["over_limit"])),
                      str(len(c["names_cut"])), _n(u["permissions"]["imported"]),
-                     str(len(u["permissions"]["unmappable"])), messenger, ",".join(u["reboot_pending"]) or "-", fail])
+                     str(len(u["permissions"]["unmappable"])), str(u["permissions"]["kept"]),
+                     verified_text(u["permissions"]["verified"]), messenger, ",".join(u["reboot_pending"]) or "-", fail])
     lines = _table(header, rows) if rows else []
     failed = [u for u in users if u["failure"]]
     if failed:
         lines += ["", "failures (newest per user) and what to do next:"]
         for u in failed:
             f = u["failure"]
-            lines.append(f"  {u['user']}: {f['status']} at '{f['step']}': {f['reason']}")
+            lines.append(f"  {u['user']}: {f['status']} at '{f['step']}': {f['reason']}"
+                         + (" (a refused rollback: nothing changed, the user stays where they stand)"
+                            if f.get("refused") else ""))
             lines.append(f"    next: {f['next']}")
     return lines
 
@@ -179,7 +233,7 @@ def render_report(info: dict[str, Any]) -> str:
         return f"no run {info['unknown_run']} in {info['state']} (runner status lists the runs)"
     if info["run"] is None:
         return f"no runs recorded in {info['state']}"
-    lines = [f"run {info['run']}: {info['playbook']} with {info['inventory']}"]
+    lines = [f"run {info['run']} ({info.get('run_status')}): {info['playbook']} with {info['inventory']}"]
     if info.get("estate"):
         lines.append(f"estate: {info['estate']}")
     if info.get("inventory_note"):

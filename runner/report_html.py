@@ -13,7 +13,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from runner.report import messenger_text
+from runner.report import messenger_text, verified_text
 from runner.report_users import STAGES
 
 COLORS = {"moved": "#2e7d32", "failed": "#c62828", "pending": "#9e9e9e"}
@@ -114,7 +114,8 @@ def _num(value: Any) -> str:
 HEADERS = (("User", "text"), ("Name", "text"), ("Wave", "text"), ("Stands", "num"), ("State", "text"),
            ("Exported", "num"), ("Imported", "num"), ("Already on LCS", "num"), ("Unmappable", "num"),
            ("Over limit", "num"), ("Names cut", "num"), ("Allow/block imported", "num"),
-           ("Allow/block unmappable", "num"), ("Messenger (before -> after)", "text"),
+           ("Allow/block unmappable", "num"), ("Allow/block kept as set on LCS", "num"),
+           ("Allow/block verified", "text"), ("Messenger (before -> after)", "text"),
            ("Reboot pending", "text"), ("Last failure", "text"), ("Next", "text"), ("Redo by hand", "text"))
 
 
@@ -133,7 +134,9 @@ def _row(u: dict[str, Any]) -> str:
              f'{len(c["unmappable"])}</td>',
              _num(len(c["over_limit"])), _num(len(c["names_cut"])), _num(p["imported"]),
              f'<td class="num" data-v="{len(p["unmappable"])}" title="{_e("; ".join(x["value"] for x in p["unmappable"]))}">'
-             f'{len(p["unmappable"])}</td>', f"<td>{messenger}</td>",
+             f'{len(p["unmappable"])}</td>',
+             f'<td class="num" data-v="{p["kept"]}" title="{_e("; ".join(p.get("conflicts") or []))}">{p["kept"]}</td>',
+             f"<td>{_e(verified_text(p['verified']))}</td>", f"<td>{messenger}</td>",
              f"<td>{_e(', '.join(u['reboot_pending']))}</td>", f'<td class="failure long">{_e(failure)}</td>',
              f'<td class="long">{_e(f["next"] if f else "")}</td>', f'<td class="long">{_list(u["redo_by_hand"])}</td>']
     return f'<tr class="{_e(u["state"])}" data-user="{_e(u["user"])}">' + "".join(cells) + "</tr>"
@@ -174,6 +177,8 @@ def _body(info: dict[str, Any]) -> str:
                + _card(c["over_limit"], "over the limit") + _card(c["names_cut"], "names cut")
                + _card(s["permissions"]["imported"], "allow/block entries imported")
                + _card(s["permissions"]["unmappable"], "allow/block unmappable")
+               + _card(s["permissions"]["kept"], "allow/block kept as set on LCS")
+               + _card(s["permissions"]["verified"], "users' allow/block lists verified")
                + _card(len(s["reboot_pending"]), "reboots pending") + _card(s["help_desk"], "help desk users")
                + "</div>")
     if s.get("causes"):

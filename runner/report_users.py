@@ -24,7 +24,8 @@ yet (not started), waves and display names. Nothing here writes anything.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+import re
+from typing import Any, Iterable, Mapping, Sequence
 
 from runner.model import Inventory
 
@@ -37,6 +38,9 @@ STAGE_WORDS = {"not started": "not started", "exported": "contacts exported", "e
                "disabled": "disabled on Exchange IM"}
 #: What a user's stage says when a rollback (docs/rollback.md) put them back and nothing moved them since.
 ROLLED_BACK = "rolled back to Exchange IM"
+#: The modules of a rollback (as runner.steps._lcs.ROLLBACK_MODULES): a refusal of theirs changes nothing.
+ROLLBACK_MODULES = ("restore_exchange_im", "disable_lcs_users")
+REFUSED = "refusing to roll back"
 PROBLEMS = ("failed", "unreachable")
 PASSED = ("ok", "changed")
 NO_WAVE = "(no wave)"
@@ -184,7 +188,15 @@ def _machine(history: _History, alias: str, host: str, export: dict[str, Any] | 
             "problem": problem}
 
 
-def _contacts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def entry_key(typ: str, mask: str) -> str:
+    """An allow/block entry as the report counts it: ``everyone`` or ``Type mask`` (lower case)."""
+    return "everyone" if typ.lower() == "all" else f"{typ} {mask}".lower()
+
+
+def _contacts(rows: list[dict[str, Any]], recorded: Sequence[str] = ()) -> dict[str, Any]:
+    """A user's contact figures; ``recorded``: the SIP URIs the runner's record says it created
+    (import_contacts' ``lcs-imported`` artifact), counted as imported when a later import found
+    them already on LCS (a re-move after a rollback), not as the user's own."""
     export = _History.latest(rows, "export_contacts", need="merged_count")
     imports = [r for r in rows if r["module"] == "import_contacts" and r["status"] != "pending"]
     planned = next((r for r in reversed(imports) if "already_present" in _data(r)), None)
@@ -199,6 +211,10 @@ def _contacts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     cut: list[str] = []
     if planned is not None:
         d = _data(planned)
+        mine = {str(u).casefold() for u in recorded}
+        for u in d.get("already_present") or []:
+            if str(u).casefold() in mine:
+                created.setdefault(str(u).casefold(), str(u))
         already = len([u for u in d.get("already_present") or [] if str(u).casefold() not in created])
         unmappable = [{"address": str(u.get("address", "")), "reason": str(u.get("reason", ""))}
                       for u in d.get("unmappable") or [] if isinstance(u, dict)]
@@ -224,22 +240,38 @@ def _contacts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _permissions(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """A user's allow and block list: entries to have on LCS, imported by the runner, already
-    there, kept with LCS's own values, unmappable (with the reason), verified."""
+def _permissions(rows: list[dict[str, Any]], since: list[dict[str, Any]] | None = None,
+                 recorded: Sequence[str] = ()) -> dict[str, Any]:
+    """A user's allow and block list: entries to have on LCS, imported by the runner (in any
+    run: its results' ``created`` and its record ``recorded``), kept with LCS's own values (the
+    conflicts, each with both values), unmappable (with the reason), verified (only a
+    verification after the latest rollback, ``since``, counts)."""
     imports = [r for r in rows if r["module"] == "import_permissions" and r["status"] != "pending"]
     planned = next((r for r in reversed(imports) if "expected" in _data(r)), None)
-    verify = _History.latest(rows, "verify_permissions", need="expected")
+    verify = _History.latest(rows if since is None else since, "verify_permissions", need="expected")
     created: dict[str, None] = {}
     for r in imports:
-        created.update((str(c), None) for c in _data(r).get("created") or [])
+        created.update((str(c).rpartition(": presence ")[0].lower(), None) for c in _data(r).get("created") or [])
+    if imports:
+        created.update((str(k), None) for k in recorded)
     d = _data(planned) if planned is not None else (_data(verify) if verify is not None else {})
     unmappable = [{"value": str(u.get("value", "")), "reason": str(u.get("reason", ""))}
                   for u in d.get("unmappable") or [] if isinstance(u, dict)]
+    conflicts = []
+    for k in (d.get("kept") or []) if planned is not None else []:
+        if isinstance(k, dict):
+            lcs = k.get("lcs") if isinstance(k.get("lcs"), dict) else {}
+            who = "everyone" if k.get("type") == "All" else f"{k.get('type')} {k.get('mask')}"
+            conflicts.append(f"{who}: Exchange IM says presence {k.get('presence')}, communication "
+                             f"{k.get('communication')}; LCS has "
+                             + (f"presence {lcs.get('presence')}, communication {lcs.get('communication')}"
+                                if lcs else "other values"))
     return {
         "expected": d.get("expected"),
         "imported": len(created) if imports else None,
         "kept": len(d.get("kept") or []),
+        "conflicts": conflicts,
+        "acl_file": (_data(verify).get("acl_file") if verify is not None else None) or d.get("acl_file"),
         "unmappable": unmappable,
         "verified": bool(_data(verify).get("verified")) if verify is not None else None,
     }
@@ -262,19 +294,26 @@ def _redo(scenario1: bool, contacts: Mapping[str, Any], notice: str | None,
         out.append(f"not imported, over the server's limit{f' of {limit}' if limit else ''} contacts per user "
                    "(remove some on LCS or raise MaxContactsPerUser, then add): " + ", ".join(contacts["over_limit"]))
     if permissions and permissions["unmappable"]:
-        out.append("allow/block entries to set by hand on LCS, none could be mapped: "
+        n = len(permissions["unmappable"])
+        out.append(f"{n} allow/block entr{'y' if n == 1 else 'ies'} could not be carried to LCS (set by hand on "
+                   "LCS where still wanted): "
                    + "; ".join(f"{u['value']} ({u['reason']})" for u in permissions["unmappable"]))
+    if permissions and permissions.get("conflicts"):
+        out.append("allow/block entries kept as set on LCS, differing from Exchange IM (ask the user which "
+                   "they want; change it on LCS by hand if needed): " + "; ".join(permissions["conflicts"]))
     return out
 
 
 def user_rows(rows: list[dict[str, Any]], inventory: Inventory | None, subject_alias: Mapping[str, str],
-              facts: Mapping[str, Mapping[str, Any]], resume: Mapping[str, str | None]) -> list[dict[str, Any]]:
+              facts: Mapping[str, Mapping[str, Any]], resume: Mapping[str, str | None],
+              records: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> list[dict[str, Any]]:
     """One dict per user (inventory order, then users known only to the store, by alias).
 
     ``rows``: the store's outcome history, oldest first; ``subject_alias``: record key ->
     alias for the inventory's users; ``facts``: the store's client facts per host (used
     when no inventory_clients outcome is in ``rows``); ``resume``: run id -> the command
-    that resumes it.
+    that resumes it; ``records``: alias -> what the runner's own records say it created on LCS
+    (``contacts``: SIP URIs, ``permissions``: entry keys), runner.report reads them.
     """
     history = _History(rows, subject_alias)
     users = dict(inventory.users) if inventory is not None else {}
@@ -301,11 +340,16 @@ def user_rows(rows: list[dict[str, Any]], inventory: Inventory | None, subject_a
             failure = {"step": r["step"], "module": r["module"], "status": r["status"],
                        "reason": r.get("message") or "", "run": r["run_id"], "root": _root(history, r)}
             failure["next"] = next_action(failure, resume.get(r["run_id"]))
+            # a rollback refused (no backup, Exchange IM decommissioned) changed nothing: the
+            # user stays where they stand, the refusal is shown as their newest failure
+            why = failure["root"]["message"] if failure["root"] else failure["reason"]
+            failure["refused"] = r["module"] in ROLLBACK_MODULES and REFUSED in str(why)
         export = _History.latest(urows, "export_contacts", need="counts")
         clients = list(user.clients) if user is not None else list((_data(export).get("counts") or {}) if export else [])
         machines = [_machine(history, alias, h, export, facts) for h in clients]
-        contacts = _contacts(urows)
-        permissions = _permissions(urows)
+        mine = (records or {}).get(alias) or {}
+        contacts = _contacts(urows, mine.get("contacts") or ())
+        permissions = _permissions(urows, since, mine.get("permissions") or ())
         notify = _History.latest(urows, "notify_users", need="notice")
         scenario1 = any(r["module"] == "notify_users" for r in urows)
         # a user's export also runs in an earlier wave that upgrades a machine they share:
@@ -322,7 +366,8 @@ def user_rows(rows: list[dict[str, Any]], inventory: Inventory | None, subject_a
             "wave": wave,
             "stage": stage,
             "stage_text": ROLLED_BACK if rolled_back and stage == "not started" else STAGE_WORDS[stage],
-            "state": "failed" if failure else ("moved" if stage == "disabled" else "pending"),
+            "state": "failed" if failure and not failure["refused"] else (
+                "moved" if stage == "disabled" else "pending"),
             "run": stage_run or (runs[-1] if runs else None),
             "machines": machines,
             "contacts": contacts,
@@ -366,7 +411,8 @@ def summarise(users: list[dict[str, Any]]) -> dict[str, Any]:
     for u in users:
         if u["failure"]:
             failed_steps[u["failure"]["step"]] = failed_steps.get(u["failure"]["step"], 0) + 1
-            causes[failure_cause(u["failure"])] = causes.get(failure_cause(u["failure"]), 0) + 1
+            cause = failure_cause(u["failure"], u)
+            causes[cause] = causes.get(cause, 0) + 1
     return {
         "users": len(users),
         "moved": sum(1 for u in users if u["state"] == "moved"),
@@ -389,12 +435,28 @@ def summarise(users: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def failure_cause(failure: Mapping[str, Any]) -> str:
+def failure_cause(failure: Mapping[str, Any], user: Mapping[str, Any] | None = None) -> str:
     """What a failure comes down to, the same words for every user it stops: the root of a
-    ``not run`` chain (``pc0004, 'Upgrade...': msiexec 1618...``), else the step and reason."""
+    ``not run`` chain (``pc0004, 'Upgrade...': msiexec 1618...``), else the step and reason;
+    a user's own failure with their alias and address replaced by ``<user>`` / ``<address>``
+    (``refusing to roll back <user>: ...`` is one cause however many users it stops)."""
     root = failure.get("root")
     if root and root["target"].startswith("host:"):
         return f"{root['target'][5:]}, '{root['step']}': {root['message']}"
     if root:  # a user's failure names its machine, as the users' own failures of that step do
-        return f"'{root['step']}': {root['message']}"
-    return f"'{failure['step']}': {failure['reason']}"
+        return f"'{root['step']}': {_anonymous(str(root['message']), user, root['target'])}"
+    return f"'{failure['step']}': {_anonymous(str(failure['reason']), user)}"
+
+
+def _anonymous(message: str, user: Mapping[str, Any] | None, target: str | None = None) -> str:
+    """``message`` with the user's IM address and alias (whole words) put as placeholders."""
+    names = []
+    if user is not None:
+        names += [("<address>", str(user.get("im_address") or "")), ("<user>", str(user.get("user") or ""))]
+    if target and target.startswith("user:"):
+        names.append(("<user>", target[5:]))
+    for placeholder, name in names:
+        if name:
+            message = re.sub(rf"(?<![\w.@-]){re.escape(name)}(?![\w@-]|\.\w)", placeholder, message,
+                             flags=re.IGNORECASE)
+    return message

@@ -84,6 +84,23 @@ def test_plan_is_a_set_union_that_keeps_what_lcs_has() -> None:
     assert p.expected == 3
 
 
+def test_an_entry_the_runner_created_and_nobody_changed_is_updated_one_a_user_changed_is_kept() -> None:
+    values = [f"(D;;PRST;;;{URL}bob)", f"(D;;ST;;;{URL}carol)", f"(A;;PRST;;;{URL}dave)"]
+    lcs = [LcsAce("User", "sip:bob@contoso.com", "Allow", "Allow"),     # as the runner created it
+           LcsAce("User", "sip:carol@contoso.com", "Deny", "Deny"),     # runner made Allow/Allow; user changed
+           LcsAce("User", "sip:dave@contoso.com", "Deny", "Deny")]      # mid-update: old value still there
+    created = {("user", "sip:bob@contoso.com"): [("Allow", "Allow")],
+               ("user", "sip:carol@contoso.com"): [("Allow", "Allow")],
+               ("user", "sip:dave@contoso.com"): [("Allow", "Allow"), ("Deny", "Deny")]}
+    p = plan(values, lcs, RULE, created)
+    assert sorted((e.mask, e.presence, e.communication, was.presence) for e, was in p.to_update) == [
+        ("sip:bob@contoso.com", "Deny", "Deny", "Allow"), ("sip:dave@contoso.com", "Allow", "Allow", "Deny")]
+    assert [e.mask for e, _ in p.kept] == ["sip:carol@contoso.com"]
+    assert not any("bob" in w for w in p.warnings()) and p.expected == 3
+    assert [e.mask for e, _ in plan(values, lcs, RULE).kept] == [
+        "sip:bob@contoso.com", "sip:carol@contoso.com", "sip:dave@contoso.com"]  # without a record: all kept
+
+
 # -- the lab's class ---------------------------------------------------------------------
 
 DN = "CN=LC Services,CN=Microsoft,CN=lcs01,CN=Pools,DC=contoso,DC=com"
@@ -112,6 +129,17 @@ def test_lab_ace_created_read_back_with_wql_and_null_mask_for_all(host) -> None:
     rows = wmic.parse_list(res.stdout)
     assert {(r["Type"], r["Mask"], r["Presence"], r["Communication"]) for r in rows} == {
         ("All", "", "Allow", "Deny"), ("User", "sip:o'brien&co@contoso.com", "Deny", "Deny")}
+
+
+def test_lab_ace_values_are_set_through_the_escaped_where_of_its_keys(host) -> None:
+    mask = "sip:o'brien&co@contoso.com"
+    assert create(host, UserInstanceID=GUID, Type="User", Mask=mask, Presence="Allow", Communication="Allow").rc == 0
+    res = run_wmic(wmic.set_("MSFT_SIPESUserACEData", wmic.where(UserInstanceID=GUID, Type="User", Mask=mask),
+                             {"Presence": "Deny", "Communication": "Deny"}).bits[1], host)
+    assert res.rc == 0 and "update successful" in res.stdout, res
+    rows = wmic.parse_list(run_wmic(wmic.get("MSFT_SIPESUserACEData", ("Mask", "Presence", "Communication"),
+                                             wmic.where(UserInstanceID=GUID)).bits[1], host).stdout)
+    assert [(r["Mask"], r["Presence"], r["Communication"]) for r in rows] == [(mask, "Deny", "Deny")]
 
 
 @pytest.mark.parametrize("values, code", [

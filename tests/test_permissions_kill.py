@@ -41,6 +41,24 @@ def _aces(root: Path) -> list[tuple]:
         db.close()
 
 
+def _recorded(root: Path) -> list[tuple]:
+    """Every entry the runner's records (permissions/<alias>/created.json) say it created, as _aces."""
+    man = json.loads((root / "lab" / "manifest.json").read_text(encoding="utf-8"))
+    db = sqlite3.connect(f"file:{root / 'state' / 'state.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT name, path FROM artifacts WHERE id IN (SELECT MAX(id) FROM artifacts "
+                          "WHERE name LIKE 'permissions/%/created.json' GROUP BY name)").fetchall()
+    finally:
+        db.close()
+    out = []
+    for name, path in rows:
+        doc = json.loads((root / "state" / "artifacts" / path).read_text(encoding="utf-8"))
+        guid = man["users"][name.split("/")[1]]["ad_guid"].upper()
+        out += [(guid, e["type"], e["mask"].lower() or None, e["presence"], e["communication"])
+                for e in doc["entries"]]
+    return sorted(out, key=str)
+
+
 def _verified(root: Path) -> set[str]:
     db = sqlite3.connect(f"file:{root / 'state' / 'state.db'}?mode=ro", uri=True)
     try:
@@ -84,6 +102,8 @@ def test_a_kill_after_any_write_of_the_permission_steps_resumes_to_the_same_list
         again = _apply(root, None, "--tags", "permissions")
         assert again.returncode == 0, f"resume after write {after}: {again.stdout[-2000:]}{again.stderr[-2000:]}"
         assert _aces(root) == want, f"killed after write {after}"
+        # every entry on LCS is the runner's and its record knows it, kill or not
+        assert _recorded(root) == sorted(((g, t, m or None, p, c) for g, t, m, p, c in want), key=str), after
         assert len(_verified(root)) == users, f"killed after write {after}: not every user verified"
         shutil.rmtree(root)
     else:

@@ -28,7 +28,10 @@ less specific entry gives (a person: their IM domain's entry, else everyone's;
 a domain: everyone's; everyone: Allow, Exchange IM's default). Entries that
 cannot be read or mapped are :class:`UnmappableAce` with a reason, never dropped.
 Import is a set union keyed like LCS (Type, Mask, case-insensitive): an entry
-already on LCS, whatever its values, is kept as it is.
+already on LCS with other values is kept as it is, unless the runner created it
+itself and it still has exactly the values the runner gave it (the ``created``
+record of :func:`plan`): such an entry is the runner's, not a user's setting,
+and is updated to what Exchange IM says now (a list changed during a rollback).
 """
 from __future__ import annotations
 
@@ -261,9 +264,12 @@ def parse_lcs(records: Iterable[Mapping[str, str]]) -> list[LcsAce]:
 
 @dataclass
 class PermissionPlan:
-    """A set-union import: entries to create, already there, kept as LCS has them, unmappable."""
+    """A set-union import: entries to create, to update (the runner's own earlier entry, untouched
+    on LCS since, now with other values in Exchange IM), already there, kept as LCS has them
+    (set by a user or an administrator), unmappable."""
 
     to_add: list[PlannedAce] = field(default_factory=list)
+    to_update: list[tuple[PlannedAce, LcsAce]] = field(default_factory=list)
     present: list[PlannedAce] = field(default_factory=list)
     kept: list[tuple[PlannedAce, LcsAce]] = field(default_factory=list)
     unmappable: list[UnmappableAce] = field(default_factory=list)
@@ -271,7 +277,7 @@ class PermissionPlan:
 
     @property
     def expected(self) -> int:
-        return len(self.to_add) + len(self.present) + len(self.kept)
+        return len(self.to_add) + len(self.to_update) + len(self.present) + len(self.kept)
 
     def warnings(self) -> list[str]:
         """One line per entry not carried as it was (never dropped silently)."""
@@ -282,14 +288,27 @@ class PermissionPlan:
 
     def as_dict(self) -> dict[str, Any]:
         return {"expected": self.expected, "to_add": [p.as_dict() for p in self.to_add],
-                "already_present": len(self.present), "kept": [p.as_dict() for p, _ in self.kept],
+                "to_update": [{**p.as_dict(), "was": {"presence": lcs.presence, "communication": lcs.communication}}
+                              for p, lcs in self.to_update],
+                "already_present": len(self.present),
+                "kept": [{**p.as_dict(), "lcs": {"presence": lcs.presence, "communication": lcs.communication}}
+                         for p, lcs in self.kept],
                 "unmappable": [{"value": u.value, "reason": u.reason} for u in self.unmappable],
                 "notes": list(self.notes)}
 
 
-def plan(values: Iterable[str], lcs: Sequence[LcsAce], mapping: SipMapping) -> PermissionPlan:
-    """Compare the translated msExchIMACL with what LCS has: the set union to make."""
+#: The runner's record of the entries it created: (Type, Mask) key (lower case) -> the
+#: (Presence, Communication) values it gave the entry (more than one while an update is under way).
+Created = Mapping[tuple[str, str], Iterable[tuple[str, str]]]
+
+
+def plan(values: Iterable[str], lcs: Sequence[LcsAce], mapping: SipMapping,
+         created: Created | None = None) -> PermissionPlan:
+    """Compare the translated msExchIMACL with what LCS has: the set union to make. An entry
+    LCS holds with other values is updated when ``created`` says the runner made it with exactly
+    those values (nobody changed it on LCS since), kept otherwise."""
     t = translate(values, mapping)
+    created = created or {}
     have = {a.key(): a for a in lcs}
     p = PermissionPlan(unmappable=t.unmappable, notes=t.notes)
     for e in t.entries:
@@ -298,6 +317,9 @@ def plan(values: Iterable[str], lcs: Sequence[LcsAce], mapping: SipMapping) -> P
             p.to_add.append(e)
         elif found.presence.lower() == e.presence.lower() and found.communication.lower() == e.communication.lower():
             p.present.append(e)
+        elif (found.presence.lower(), found.communication.lower()) in {
+                (a.lower(), b.lower()) for a, b in created.get(e.key(), ())}:
+            p.to_update.append((e, found))
         else:
             p.kept.append((e, found))
     return p

@@ -3,7 +3,9 @@
 Private to runner/steps (the leading underscore keeps it out of step discovery).
 A user's Exchange IM ACL is read from their directory entry (``msExchIMACL``,
 one ldifde search for the chunk on the Exchange IM server) and kept on the
-control node as the artifact ``permissions/<alias>/acl.json``, so that what
+control node as the artifact ``permissions/<alias>/acl.json`` (on disk, like
+every artifact, the content-addressed ``permissions/<alias>/acl.<sha12>.json``
+under ``artifacts/``; the results carry that path as ``acl_file``), so that what
 was migrated can still be verified, reported and compared after
 disable_exchange_im has cleared the attribute. LCS's side is one wmic query
 over the chunk's ``UserInstanceID``s (docs/permissions.md).
@@ -14,10 +16,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from runner.artifacts import on_disk_name
 from runner.errors import PermanentFault
 from runner.lcs.chunks import LCS_LINE, ChunkScript, LcsRead, groups, im_entries, line_limit, wmic_fault, wql_any
 from runner.lcs.exchange import exchange_server, im_user_query
-from runner.lcs.permissions import ACE_CLASS, ACE_PROPS, LcsAce, parse_lcs
+from runner.lcs.permissions import ACE_CLASS, ACE_PROPS, LcsAce, PlannedAce, parse_lcs
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
 from runner.steps._lcs import CHUNK_SIZE_ARG, rolled_back_at
@@ -38,6 +41,7 @@ class PermissionState:
     source: str                       # "directory", "artifact" or "none"
     user: dict[str, str] | None = None
     aces: list[LcsAce] = field(default_factory=list)
+    created: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
 
 
 class PermissionStep(StepModule):
@@ -71,8 +75,105 @@ def acl_values(values: Sequence[str]) -> list[str]:
 
 
 def artifact_name(user: User) -> str:
-    """The control node's record of a user's ACL as read from the directory."""
+    """The control node's record of a user's ACL as read from the directory (the artifact's
+    name; its file is ``acl.<sha12>.json``, see :func:`acl_file`)."""
     return f"permissions/{user.alias}/acl.json"
+
+
+def acl_file(ctx: StepContext, user: User) -> str | None:
+    """Where the current version of the user's ACL record is, relative to the state directory
+    (``artifacts/permissions/<alias>/acl.<sha12>.json``), None without one."""
+    raw = ctx.artifacts.read(artifact_name(user))
+    return on_disk_name(artifact_name(user), raw) if raw is not None else None
+
+
+def missing_acl(user: User) -> str:
+    """How a message names the ACL record of ``user`` that is not there."""
+    return (f"artifact {artifact_name(user)}, on disk artifacts/permissions/{user.alias}/acl.<sha12>.json, "
+            "not in the state directory")
+
+
+def created_name(user: User) -> str:
+    """The control node's record of the LCS entries import_permissions created (or was about
+    to create, or to update) for ``user``, with the values it gave them."""
+    return f"permissions/{user.alias}/created.json"
+
+
+def read_created(ctx: StepContext, user: User) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """The entries the runner created on LCS for ``user``: (Type, Mask) key (lower case) -> the
+    (Presence, Communication) values it gave them; while an update is under way (recorded, not
+    yet confirmed) both the old and the new values. Entries created before this record existed
+    come from the earlier import_permissions results (their ``to_add`` that were ``created``)."""
+    out: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for record in reversed(ctx.previous("import_permissions", user.alias)):  # oldest first
+        data = record.data or {}
+        done = {str(c) for c in data.get("created") or []}
+        for e in data.get("to_add") or []:
+            if isinstance(e, dict) and _described(e) in done:
+                out[(str(e.get("type", "")).lower(), str(e.get("mask", "")).lower())] = \
+                    [(str(e.get("presence")), str(e.get("communication")))]
+    raw = ctx.artifacts.read(created_name(user))
+    try:
+        doc = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        doc = {}
+    for e in (doc.get("entries") if isinstance(doc, dict) else None) or []:
+        if not isinstance(e, dict):
+            continue
+        values = [(str(e.get("presence")), str(e.get("communication")))]
+        was = e.get("was")
+        if isinstance(was, dict):
+            values.append((str(was.get("presence")), str(was.get("communication"))))
+        out[(str(e.get("type", "")).lower(), str(e.get("mask", "")).lower())] = values
+    return out
+
+
+def _described(e: dict[str, Any]) -> str:
+    return PlannedAce(str(e.get("type", "")), str(e.get("mask", "")), str(e.get("presence", "")),
+                      str(e.get("communication", ""))).describe()
+
+
+def record_created(ctx: StepContext, user: User, entries: Sequence[tuple[PlannedAce, LcsAce | None]]) -> None:
+    """Add ``entries`` to the user's record of what the runner created on LCS, before the wmic
+    that creates or updates them runs (so a kill in between cannot lose track of them): each
+    with the values it is given, and, for an update (an LcsAce: what LCS holds now), the values
+    it had, which stay the runner's until :func:`confirm_created` drops them."""
+    raw = ctx.artifacts.read(created_name(user))
+    try:
+        doc = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        doc = {}
+    by_key = {(str(e.get("type", "")).lower(), str(e.get("mask", "")).lower()): dict(e)
+              for e in (doc.get("entries") if isinstance(doc, dict) else None) or [] if isinstance(e, dict)}
+    for p, was in entries:
+        entry: dict[str, Any] = {"type": p.type, "mask": p.mask, "presence": p.presence,
+                                 "communication": p.communication}
+        if was is not None:
+            entry["was"] = {"presence": was.presence, "communication": was.communication}
+        by_key[p.key()] = entry
+    _write_created(ctx, user, by_key)
+
+
+def confirm_created(ctx: StepContext, user: User, keys: Sequence[tuple[str, str]]) -> None:
+    """The updates of ``keys`` went through: their old values are no longer the runner's."""
+    raw = ctx.artifacts.read(created_name(user))
+    try:
+        doc = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        return
+    by_key = {(str(e.get("type", "")).lower(), str(e.get("mask", "")).lower()): dict(e)
+              for e in (doc.get("entries") if isinstance(doc, dict) else None) or [] if isinstance(e, dict)}
+    if not any("was" in by_key.get(k, {}) for k in keys):
+        return
+    for k in keys:
+        by_key.get(k, {}).pop("was", None)
+    _write_created(ctx, user, by_key)
+
+
+def _write_created(ctx: StepContext, user: User, by_key: dict[tuple[str, str], dict[str, Any]]) -> None:
+    doc = {"format": 1, "alias": user.alias, "entries": [by_key[k] for k in sorted(by_key)]}
+    ctx.artifacts.write(created_name(user), json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=False)
+                        .encode("utf-8") + b"\n")
 
 
 def record_acl(ctx: StepContext, user: User, state: PermissionState, host: str) -> str | None:
@@ -182,6 +283,7 @@ def read_chunk(items: Sequence[tuple[StepContext, User]], *, directory: bool) ->
             state = PermissionState(recorded, None, "artifact" if recorded is not None else "none")
         state.user = setting.user if isinstance(setting, UserState) else None
         state.aces = list(lcs or [])
+        state.created = read_created(ctx, user)
         out[i] = state
     return out
 

@@ -5,12 +5,16 @@ IM server (one ldifde search) and their MSFT_SIPESUserACEData on their LCS
 home server (one wmic query), and plans with runner.lcs.permissions.plan:
 each ACL entry becomes an LCS entry keyed (Type, Mask), people mapped to SIP
 URIs by the same ``sip_mapping`` as contacts, domains by its ``domains``.
-An entry already on LCS is never changed or removed (a user's own setting
-wins); entries that cannot be read or mapped are in the result's data and
+An entry already on LCS with other values is kept (a user's own setting
+wins), unless the runner created it itself and it still has the values it was
+given (``permissions/<alias>/created.json``, recorded before each create or
+update, so a kill in between cannot lose track of it): that one is updated to
+what Exchange IM says now, e.g. a list changed during a rollback. Entries that cannot be read or mapped are in the result's data and
 warnings on every attempt, also when nothing is left to create. Apply
-creates the chunk's missing entries in one script on the pool server, each
+creates the chunk's missing entries and updates its own outdated ones in one script on the pool server, each
 user's outcome read from their own sections. What the directory said is
-kept as the artifact ``permissions/<alias>/acl.json`` (so verify, report and
+kept as the artifact ``permissions/<alias>/acl.json`` (on disk
+``permissions/<alias>/acl.<sha12>.json``, docs/state-directory.md; so verify, report and
 a rerun after disable_exchange_im still know it). docs/permissions.md.
 """
 from __future__ import annotations
@@ -23,7 +27,8 @@ from runner.lcs.mapping import mapping_for
 from runner.lcs.permissions import ACE_CLASS, PermissionPlan, plan
 from runner.lcs.server import home_server, instance_id
 from runner.model import User
-from runner.steps._permissions import PermissionStep, PermissionState, read_chunk, record_acl
+from runner.steps._permissions import (PermissionStep, PermissionState, acl_file, confirm_created, read_chunk,
+                                       record_acl, record_created)
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepResult
 from runner.windows import wmic
 
@@ -52,19 +57,24 @@ class ImportPermissions(PermissionStep):
         host = home_server(user, ctx.inventory, ctx.vars)
         if state.user is None and not ctx.check:
             raise PermanentFault(f"user {user.alias} is not enabled on {host}: run enable_lcs_users first")
-        p = plan(state.acl or [], state.aces, mapping_for(ctx.vars, ctx.inventory, user))
+        p = plan(state.acl or [], state.aces, mapping_for(ctx.vars, ctx.inventory, user), state.created)
         self._many_probed[user.alias] = (state, p, host)
-        if not p.to_add:
+        if not p.to_add and not p.to_update:
             return None
-        lines = [f"+ {e.describe()}" for e in p.to_add] + [f"! {w}" for w in p.warnings()]
-        return Diff(f"add {len(p.to_add)} allow/block entr{'y' if len(p.to_add) == 1 else 'ies'} on {host}",
-                    lines, {})
+        lines = ([f"+ {e.describe()}" for e in p.to_add]
+                 + [f"~ {e.describe()} (was presence {was.presence}, communication {was.communication}, as the "
+                    "runner created it)" for e, was in p.to_update]
+                 + [f"! {w}" for w in p.warnings()])
+        what = [f"add {len(p.to_add)}"] if p.to_add else []
+        what += [f"update {len(p.to_update)}"] if p.to_update else []
+        n = len(p.to_add) + len(p.to_update)
+        return Diff(f"{' and '.join(what)} allow/block entr{'y' if n == 1 else 'ies'} on {host}", lines, {})
 
     @staticmethod
     def _data(state: PermissionState, p: PermissionPlan, artifact: str | None, created: list[str],
-              failed: list[str]) -> dict[str, Any]:
-        return {**p.as_dict(), "source": state.source, "artifact": artifact, "acl_values": len(state.acl or []),
-                "created": created, "failed": failed}
+              failed: list[str], updated: list[str] | None = None, acl_file: str | None = None) -> dict[str, Any]:
+        return {**p.as_dict(), "source": state.source, "artifact": artifact, "acl_file": acl_file, "acl_values": len(state.acl or []),
+                "created": created, "updated": updated or [], "failed": failed}
 
     @staticmethod
     def _warnings(user: User, state: PermissionState, p: PermissionPlan) -> list[str]:
@@ -82,7 +92,8 @@ class ImportPermissions(PermissionStep):
         state, p, host = probed
         artifact = record_acl(ctx, target, state, host)
         return StepResult("ok", f"nothing to add ({len(p.present) + len(p.kept)} entr(y/ies) already on {host})",
-                          self._data(state, p, artifact, [], []), self._warnings(target, state, p))
+                          self._data(state, p, artifact, [], [], None, acl_file(ctx, target) if artifact else None),
+                          self._warnings(target, state, p))
 
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
         result = self.apply_many([(ctx, target, diff)])[0]
@@ -121,8 +132,19 @@ class ImportPermissions(PermissionStep):
             script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, u, _ in items],
                                  limit=line_limit(ctx0.vars, LCS_LINE))
             sections: dict[int, list[tuple[str, int]]] = {}
+            updates: dict[int, list[tuple[str, int]]] = {}
             for n, ((ctx, user, _), (_, p, _)) in enumerate(zip(items, probed)):
                 iid = instance_id(user)
+                if not ctx.check and (p.to_add or p.to_update):  # recorded before LCS has them
+                    record_created(ctx, user, [(e, None) for e in p.to_add] + list(p.to_update))
+                for e, was in p.to_update:  # keys cannot be updated on LCS; the values can
+                    keys: dict[str, Any] = {"UserInstanceID": iid, "Type": was.type}
+                    if was.mask:
+                        keys["Mask"] = was.mask
+                    updates.setdefault(n, []).append((e.describe(), script.add(
+                        wmic.set_(ACE_CLASS, wmic.where(**keys), {"Presence": e.presence,
+                                                                   "Communication": e.communication}),
+                        stderr_too=True)))
                 for e in p.to_add:
                     values: dict[str, Any] = {"UserInstanceID": iid, "Type": e.type}
                     if e.mask:
@@ -138,17 +160,24 @@ class ImportPermissions(PermissionStep):
         out: list[ApplyOutcome] = []
         for n, ((ctx, user, _), (state, p, _)) in enumerate(zip(items, probed)):
             created, failed, busy = outcomes(script, sections.get(n, []))
+            updated, not_updated, busy_too = outcomes(script, updates.get(n, []))
+            failed += not_updated
+            busy = busy or busy_too
+            if updated and not ctx.check:
+                confirm_created(ctx, user, [e.key() for e, _ in p.to_update if e.describe() in updated])
             if busy:
                 out.append(TransientFault(f"LCS server {host} busy while adding {user.alias}'s allow and block "
                                           f"list ({len(created)} added, {len(failed)} left)", host=host))
                 continue
-            data = self._data(state, p, artifacts[n], created, failed)
+            data = self._data(state, p, artifacts[n], created, failed, updated,
+                              acl_file(ctx, user) if artifacts[n] else None)
             warnings = self._warnings(user, state, p)
             if failed:
-                out.append(StepResult("failed", f"{len(failed)} allow/block entr(y/ies) could not be created on "
+                out.append(StepResult("failed", f"{len(failed)} allow/block entr(y/ies) could not be set on "
                                       f"{host}: " + "; ".join(failed[:10]), data, warnings))
                 continue
-            out.append(StepResult("changed" if created else "ok",
-                                  f"added {len(created)} allow/block entr{'y' if len(created) == 1 else 'ies'}",
-                                  data, warnings))
+            done = f"added {len(created)} allow/block entr{'y' if len(created) == 1 else 'ies'}"
+            if updated:
+                done += f", updated {len(updated)} the runner had created to their new Exchange IM values"
+            out.append(StepResult("changed" if created or updated else "ok", done, data, warnings))
         return out

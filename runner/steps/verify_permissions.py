@@ -1,10 +1,13 @@
 """verify_permissions: read a user's LCS allow and block list back and compare it with their ACL.
 
 The ACL is the one import_permissions read from the directory and kept
-(``permissions/<alias>/acl.json``); every entry of it that maps must be on
-LCS with its (Type, Mask) key. An entry LCS holds with other values (set by
-the user or an administrator on LCS before the import) passes, with a
-warning: import is a set union and never overwrites it. Missing entries fail
+(artifact ``permissions/<alias>/acl.json``, on disk
+``permissions/<alias>/acl.<sha12>.json``); every entry of it that maps must be on
+LCS with its (Type, Mask) key and, if the runner created it, with the values
+Exchange IM gives it now. An entry LCS holds with other values that a user or
+an administrator set on LCS passes, with a warning (import is a set union and
+never overwrites it); one the runner created and nobody changed since, still
+holding an older value (an update that did not happen), fails. Missing entries fail
 the task, by name. Passing is recorded as ``data.verified = true`` together
 with the ACL values verified: disable_exchange_im refuses to clear a user's
 msExchIMACL unless that very list was verified. Read-only; one wmic read per
@@ -19,7 +22,7 @@ from runner.lcs.mapping import mapping_for
 from runner.lcs.permissions import plan
 from runner.lcs.server import home_server
 from runner.model import User
-from runner.steps._permissions import PermissionStep, PermissionState, artifact_name, read_chunk
+from runner.steps._permissions import PermissionStep, PermissionState, acl_file, missing_acl, read_chunk
 from runner.steps.base import Diff, ProbeOutcome, StepContext, StepResult
 
 
@@ -48,12 +51,16 @@ class VerifyPermissions(PermissionStep):
         if state.acl is None:
             if ctx.check:
                 return Diff(f"verify {user.alias}'s allow and block list once it is imported", [], {"pending": True})
-            raise PermanentFault(f"no allow and block list read for {user.alias} ({artifact_name(user)} missing): "
+            raise PermanentFault(f"no allow and block list read for {user.alias} ({missing_acl(user)}): "
                                  "run import_permissions for this user first")
-        p = plan(state.acl, state.aces, mapping_for(ctx.vars, ctx.inventory, user))
+        p = plan(state.acl, state.aces, mapping_for(ctx.vars, ctx.inventory, user), state.created)
         data: dict[str, Any] = {
-            "verified": not p.to_add and state.user is not None, "acl": list(state.acl), "expected": p.expected,
-            "present": len(p.present) + len(p.kept), "missing": [e.describe() for e in p.to_add],
+            "acl_file": acl_file(ctx, user),
+            "verified": not p.to_add and not p.to_update and state.user is not None, "acl": list(state.acl),
+            "expected": p.expected, "present": len(p.present) + len(p.kept),
+            "missing": [e.describe() for e in p.to_add]
+            + [f"{e.describe()} (LCS still has the runner's earlier presence {was.presence}, communication "
+               f"{was.communication})" for e, was in p.to_update],
             "kept": [w for w in p.warnings() if w.startswith("permission ")],
             "unmappable": [{"value": u.value, "reason": u.reason} for u in p.unmappable]}
         return Diff(f"verify {p.expected} allow/block entr(y/ies) on {host}", [], data)
@@ -73,7 +80,7 @@ class VerifyPermissions(PermissionStep):
                               "imported yet)", d, warnings)
         if not d["verified"]:
             missing = d["missing"]
-            msg = (f"{len(missing)} allow/block entr(y/ies) missing on LCS: " + "; ".join(missing[:20])
+            msg = (f"{len(missing)} allow/block entr(y/ies) missing or outdated on LCS: " + "; ".join(missing[:20])
                    + (" ..." if len(missing) > 20 else "")) if missing else f"{target.alias} is not enabled on LCS"
             return StepResult("failed", msg, d, warnings)
         return StepResult("ok", f"{d['present']}/{d['expected']} allow/block entr(y/ies) present", d, warnings)
