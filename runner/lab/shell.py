@@ -107,6 +107,14 @@ class ShellContext:
 
 # -- phase 1: %VAR% -------------------------------------------------------------
 
+def with_dynamic(env: dict[str, str], errorlevel: int) -> dict[str, str]:
+    """``env`` plus cmd.exe's dynamic ``ERRORLEVEL`` (the current code), unless a variable of
+    that name is set, which then wins (as in cmd.exe)."""
+    if any(k.lower() == "errorlevel" for k in env):
+        return env
+    return {**env, "ERRORLEVEL": str(errorlevel)}
+
+
 def expand(line: str, env: dict[str, str]) -> str:
     """Expand ``%NAME%`` from ``env`` (case-insensitive); undefined names stay as typed."""
     low = {k.lower(): v for k, v in env.items()}
@@ -471,7 +479,8 @@ class Shell:
         if len(line) > self.max_line:
             return CommandResult(1, "", TOO_LONG)
         line = line.split("\n", 1)[0].rstrip("\r")  # phase 0: a line ends at LF
-        expanded = expand_batch(line, self.env) if in_batch else expand(line, self.env)
+        env = with_dynamic(self.env, self.errorlevel)
+        expanded = expand_batch(line, env) if in_batch else expand(line, env)
         if len(expanded) > self.max_line:
             return CommandResult(1, "", TOO_LONG)
         if not expanded.strip():

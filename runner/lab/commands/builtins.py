@@ -1,4 +1,4 @@
-"""cmd.exe internal commands of the lab shell: echo, type, del, dir, mkdir/md, copy, if, ver, set, rem, cmd.
+"""cmd.exe internal commands of the lab shell: echo, type, del, dir, mkdir/md, copy, if, call, ver, set, rem, cmd.
 
 Each builtin is ``(shell, ctx, rest) -> (rc, stdout, stderr, sets_errorlevel)``
 where ``rest`` is the text after the command name. Messages are those of
@@ -284,6 +284,26 @@ def if_(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
         r = shell._simple(Simple(cmd.strip()), ctx.stdin)
         return r.rc, r.stdout, r.stderr, r.sets_errorlevel
     return 0, "", "", False
+
+
+@builtin("call")
+def call(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
+    """``call COMMAND``: expands ``%NAME%`` in COMMAND a second time, when it runs, then runs it.
+
+    That second expansion is what reads a value a command earlier on the same line set:
+    ``msiexec ... & call echo %^ERRORLEVEL%`` prints msiexec's exit code, since phase 1
+    leaves the undefined ``%^ERRORLEVEL%`` as typed, phase 2 drops the caret, and ``call``
+    expands ``%ERRORLEVEL%`` (dynamic: the current ERRORLEVEL unless a variable of that
+    name is set). Batch labels (``call :label``) are not modelled.
+    """
+    from runner.lab.shell import Simple, expand, with_dynamic
+    text = rest.strip(" \t")
+    if not text:
+        return 0, "", "", False
+    if text.startswith(":"):
+        return 1, "", "Invalid attempt to call batch label outside of batch script.\r\n", True
+    r = shell._simple(Simple(expand(text, with_dynamic(ctx.env, shell.errorlevel))), ctx.stdin)
+    return r.rc, r.stdout, r.stderr, r.sets_errorlevel
 
 
 def _quoted(s: str) -> tuple[str, str]:
