@@ -11,6 +11,7 @@ import pytest
 from stepctx import StepCtx
 
 from runner.connections.lab import LabConnection
+from runner import hostenv
 from runner.errors import InputError, PermanentFault, TransientFault
 from runner.lab.binaries import MESSENGER51_CODE
 from runner.lab.generator import generate
@@ -395,3 +396,128 @@ def test_a_windows_2000_client_gets_the_push_in_winnt_temp_in_lines_under_2047(t
     assert result.data["pushed"]["hash_tool"] == "sha256sum"
     assert max(len(line) for line in seen) <= 2047
     assert _temp_files(conn) == [] and step.probe(ctx, host) is None
+
+
+# -- the folded line: one command line after the put --------------------------------------------
+
+def _counting(conn):
+    """Wrap ``conn`` so each command line, put and get is counted (a round trip each); the
+    host's %SystemRoot% (which a run learns once per connection, or from its facts) is
+    asked before counting starts."""
+    hostenv.system_root(conn)
+    trips: list[str] = []
+    for name in ("run", "put", "get"):
+        real = getattr(conn, name)
+
+        def counted(*a, _real=real, _name=name, **kw):
+            trips.append(_name)
+            return _real(*a, **kw)
+        setattr(conn, name, counted)
+    return trips
+
+
+def _with_msiexec_result(tmp_path, rc):
+    cfg_path = tmp_path / "lab" / "lab.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["hosts"]["pc0001"]["msiexec_result"] = rc
+    cfg_path.write_text(json.dumps(cfg))
+    from runner.connections import lab as labconn
+    labconn._labs.clear()
+
+
+@pytest.mark.parametrize("rc,status", [(0, "changed"), (3010, "changed"), (1603, "failed"), (1618, None)])
+def test_msiexec_exit_codes_come_back_from_the_folded_line_and_the_file_is_deleted(estate, tmp_path, rc, status):
+    inv, local = estate
+    if rc == 1603:
+        _with_msiexec_result(tmp_path, rc)             # a package that fails
+    if rc == 1618:
+        _set_faults(tmp_path, msiexec_1618=1.0)        # another install is running
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    if rc == 3010:
+        conn.lab_host.start_process("msmsgs.exe")      # Messenger running: its file is in use
+    step = UpgradeMessenger()
+    diff = step.probe(ctx, host)
+    trips = _counting(conn)
+    if status is None:      # 1618: another install is running; the engine retries
+        with pytest.raises(TransientFault, match="msiexec 1618"):
+            step.apply(ctx, host, diff)
+    else:
+        result = step.apply(ctx, host, diff)
+        assert (result.status, result.data["rc"]) == (status, rc)
+        assert result.data["reboot_required"] is (rc == 3010)
+    assert trips[:2] == ["put", "run"]             # the put, then one line: hash, msiexec, delete
+    assert trips[2:] == (["get"] if rc == 1603 else [])   # a failure's log is fetched
+    assert _temp_files(conn) == []
+
+
+def test_a_successful_push_costs_the_put_and_one_line(estate, tmp_path):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    step = UpgradeMessenger()
+    diff = step.probe(ctx, host)
+    trips = _counting(conn)
+    result = step.apply(ctx, host, diff)
+    assert result.status == "changed" and result.data["pushed"]["hash_tool"] == "sha256sum"
+    assert trips == ["put", "run"]
+    assert _temp_files(conn) == []
+
+
+def test_sftp_read_back_costs_the_put_the_get_and_one_line(estate, tmp_path):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local),
+                               client_sha256_tool="sftp")
+    step = UpgradeMessenger()
+    diff = step.probe(ctx, host)
+    trips = _counting(conn)
+    assert step.apply(ctx, host, diff).status == "changed"
+    assert trips == ["put", "get", "run"]
+    assert _temp_files(conn) == []
+
+
+@pytest.mark.parametrize("tool", ["auto", "sha256sum"])
+def test_a_mismatching_hash_in_the_folded_line_never_runs_msiexec_and_deletes_the_file(estate, tmp_path, tool):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local),
+                               client_sha256_tool=tool)
+    step = UpgradeMessenger()
+    diff = step.probe(ctx, host)
+    real_put = conn.put
+    conn.put = lambda data, remote: real_put(data[:-1] + bytes([data[-1] ^ 1]), remote)   # one bit flipped
+    trips = _counting(conn)
+    with pytest.raises(TransientFault, match="damaged; msiexec was not run") as caught:
+        step.apply(ctx, host, diff)
+    pushed = caught.value.data["pushed"]
+    assert pushed["got"] != pushed["sha256"] and len(pushed["got"]) == 64
+    assert trips == ["put", "run"]                     # the delete was on the same line
+    assert not any(e.command.startswith("msiexec") for e in conn.lab_host.journal())
+    assert conn.lab_host.products.get(MESSENGER51_CODE) is None
+    assert _temp_files(conn) == []
+
+
+def test_the_gate_alone_refuses_other_bytes_even_with_the_hash_in_the_file_name(estate, tmp_path):
+    inv, local = estate
+    _, conn, _ = _session(inv, tmp_path, lab_logon="key")
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    temp = conn.lab_host.environment()["SystemRoot"] + "\\Temp"
+    path = f"{temp}\\{digest}.msi"                         # sha256sum prints the name after the hash
+    conn.put(b"other bytes", path)
+    for tool in ("auto", "sha256sum"):
+        line = Command(sha256.gate(tool, path, digest), "&&", "echo", "matched")
+        assert conn.run(line.render()).stdout.strip() == ""
+    conn.put(local.read_bytes(), path)
+    line = Command(sha256.gate("sha256sum", path, digest), "&&", "echo", "matched")
+    assert conn.run(line.render()).stdout.strip().endswith("matched")
+
+
+def test_a_missing_hash_tool_in_the_folded_line_is_permanent_and_installs_nothing(estate, tmp_path):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local),
+                               client_sha256_tool="certutil")   # XP: no certutil
+    step = UpgradeMessenger()
+    diff = step.probe(ctx, host)
+    trips = _counting(conn)
+    with pytest.raises(PermanentFault, match="could not compute"):
+        step.apply(ctx, host, diff)
+    assert trips == ["put", "run"]
+    assert not any(e.command.startswith("msiexec") for e in conn.lab_host.journal())
+    assert _temp_files(conn) == []

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from stepctx import StepCtx
 
+from runner import hostenv
 from runner.connections.ssh import SSHConnection
 from runner.errors import TransientFault
 from runner.lab.binaries import MESSENGER51_CODE
@@ -61,8 +62,14 @@ def test_a_key_logon_is_refused_the_share_and_the_pushed_package_is_hashed_and_i
         step = UpgradeMessenger()
         diff = step.probe(ctx, host)
         assert diff is not None and diff.data.get("push"), diff
+        hostenv.system_root(conn)                    # learned once per connection (or from facts)
+        trips: list[str] = []
+        for op in ("run", "put", "get"):
+            real = getattr(conn, op)
+            setattr(conn, op, lambda *a, _real=real, _op=op, **kw: (trips.append(_op), _real(*a, **kw))[1])
         result = step.apply(ctx, host, diff)
         assert result.status == "changed", result.message
+        assert trips == ["put", "run"]               # the SFTP put, then one line: hash, msiexec, delete
         pushed = result.data["pushed"]
         local = host.vars["messenger_package_local"]
         with open(local, "rb") as fh:

@@ -47,7 +47,7 @@ from runner.model import Host
 from runner.steps import _clients as cl
 from runner.steps.base import Diff, StepContext, StepModule, StepResult
 from runner.windows import msiexec, reg, sha256
-from runner.windows.cmdline import Command, Quoted
+from runner.windows.cmdline import Command, Quoted, branch_sections, sectioned
 
 DEFAULT_PACKAGE = r"\\deploy\packages\WindowsMessenger51.msi"
 TARGET_VERSION = "5.1"
@@ -196,7 +196,10 @@ class UpgradeMessenger(StepModule):
 
     def apply(self, ctx: StepContext, target: Host, diff: Diff) -> StepResult:  # type: ignore[override]
         if not diff.data.get("push"):
-            return self._install(ctx, target, diff, diff.data["package"], {})
+            conn = ctx.connection(target.name)
+            line, log = self._install_line(ctx, target, diff, diff.data["package"])
+            result = conn.run(line.render(limit=cl.line_limit(ctx, target.name)))
+            return self._outcome(ctx, target, diff, result.rc, log, diff.data["package"], {})
         conn = ctx.connection(target.name)
         limit = cl.line_limit(ctx, target.name)
         try:
@@ -210,57 +213,121 @@ class UpgradeMessenger(StepModule):
         remote = f"{folder}\\{PUSHED_PREFIX}{digest[:12]}.msi"
         pushed = {"local": diff.data["package"], "remote": remote, "sha256": digest, "size": len(payload),
                   "hash_tool": tool}
+        state = {"cleaned": False}   # whether the folded line's delete ran
         try:
             conn.put(payload, remote)
-            self._check_pushed(target, conn, tool, pushed, limit)
-            return self._install(ctx, target, diff, remote, {"pushed": pushed})
+            if tool == "sftp":
+                self._check_read_back(target, conn, pushed)
+            rc, log = self._push_line(ctx, target, diff, tool, pushed, folder, limit, state)
+            return self._outcome(ctx, target, diff, rc, log, remote, {"pushed": pushed})
         finally:
-            try:   # this push and any a killed run left
-                conn.run(_leftovers_removal(folder).render(limit=limit))
-            except StepFault:
-                pass   # the host's next probe or install deletes it
+            if not state["cleaned"]:   # the line never ran its delete (a put, a read-back or the line failed)
+                try:   # this push and any a killed run left
+                    conn.run(_leftovers_removal(folder).render(limit=limit))
+                except StepFault:
+                    pass   # the host's next probe or install deletes it
 
-    def _check_pushed(self, target: Host, conn: Any, tool: str, pushed: dict[str, Any], limit: int) -> None:
-        """The pushed file's SHA-256, computed on the client (or read back with ``sftp``), is the
-        control node's: else a TransientFault (pushed again) or, with no tool, a PermanentFault."""
+    def _push_line(self, ctx: StepContext, target: Host, diff: Diff, tool: str, pushed: dict[str, Any],
+                   folder: str, limit: int, state: dict[str, bool]) -> tuple[int, str]:
+        """After the put, one line does the rest: with a hash tool on the client, ``HASH | findstr
+        DIGEST && (msiexec ..., its exit code echoed) || (HASH again, to tell a damaged copy from a
+        missing tool)``; with ``sftp`` (read back already) msiexec alone; then, whatever happened,
+        the delete of every pushed package in ``folder``. Returns (msiexec's exit code, its log)
+        and sets ``state["cleaned"]`` when the delete ran; a hash that differs is a TransientFault (pushed again), none
+        at all a PermanentFault."""
         remote = pushed["remote"]
-        if tool == "sftp":
-            got: str | None = hashlib.sha256(conn.get(remote)).hexdigest()
-            answer = ""
+        install, log = self._install_line(ctx, target, diff, remote)
+        # %^ERRORLEVEL% survives the line's expansion; call expands it after msiexec ran
+        with_code = Command(install, "&", "call", "echo", "%^ERRORLEVEL%")
+        removal = _leftovers_removal(folder)
+        gated = tool != "sftp"
+
+        def build(nonce: str, start: int) -> tuple[list[Command], int]:
+            if gated:
+                first, _ = branch_sections(sha256.gate(tool, remote, pushed["sha256"]), [with_code],
+                                           [sha256.command(tool, remote)], nonce, start=start)
+                parts = [first]
+            else:
+                parts, _ = sectioned([with_code], nonce, start=start)
+            n = 3 if gated else 1
+            tail, _ = sectioned([removal], nonce, start=start + n)
+            return [Command(*parts, "&", *tail)], n + 1
+
+        sections, stderr = cl.run_built(ctx.connection(target.name), [build], limit=limit)
+        state["cleaned"] = sections[-1] is not None
+        if gated:
+            check, installed_sec, answer = sections[0], sections[1], sections[2]
+            if check is None:
+                raise TransientFault(f"{target.name}: no answer from the line that checks and installs the "
+                                     f"pushed package ({stderr.strip()[:200] or 'no output'})", host=target.name,
+                                     data={"pushed": pushed})
+            if not check.ok:
+                self._mismatch(target, tool, pushed, answer, stderr)
+            line = next((ln.strip() for ln in check.stdout.splitlines() if ln.strip()), "")
+            if tool == "auto":   # which of the two answered, for the result
+                pushed["hash_tool"] = sha256.answered_by(line)
         else:
-            result = conn.run(sha256.command(tool, remote).render(limit=limit))
-            got = sha256.parse(result.stdout) if result.rc == 0 else None
-            answer = (result.stdout + result.stderr).strip()
-            if tool == "auto" and got is not None:  # which of the two answered, for the result
-                pushed["hash_tool"] = "certutil" if "CertUtil:" in result.stdout else "sha256sum"
+            installed_sec = sections[0]
+        code = _exit_code(installed_sec)
+        if code is None:
+            raise TransientFault(f"{target.name}: msiexec's exit code did not come back "
+                                 f"({stderr.strip()[:200] or 'no output'})", host=target.name,
+                                 data={"pushed": pushed})
+        return code, log
+
+    def _mismatch(self, target: Host, tool: str, pushed: dict[str, Any], answer: Any, stderr: str) -> None:
+        """The gate failed, msiexec did not run: a hash that differs (TransientFault: pushed again)
+        or none at all (PermanentFault: no tool); the gate's own findstr failing on a matching
+        hash is a PermanentFault too (the host's findstr is not what the runner needs)."""
+        remote = pushed["remote"]
+        got = sha256.parse(answer.stdout) if answer is not None and answer.ok else None
         if got is None:
+            text = ((answer.stdout if answer is not None else "") + stderr).strip()
             raise PermanentFault(
                 f"{target.name}: could not compute the pushed package's SHA-256 on the client with "
-                f"{tool} ({answer[:200] or 'no output'}); see client_sha256_tool in docs/transports.md",
+                f"{tool} ({text[:200] or 'no output'}); see client_sha256_tool in docs/transports.md",
                 host=target.name, data={"pushed": pushed})
+        if got == pushed["sha256"]:
+            raise PermanentFault(
+                f"{target.name}: the pushed package's SHA-256 is right but findstr on the client did not "
+                f"confirm it ({stderr.strip()[:200] or 'no output'}); msiexec was not run", host=target.name,
+                data={"pushed": pushed})
+        raise TransientFault(
+            f"{target.name}: the pushed package {remote} has SHA-256 {got[:16]}..., not the control "
+            f"node's {pushed['sha256'][:16]}... ({pushed['size']} bytes sent): the transfer was "
+            "damaged; msiexec was not run; pushing it again", host=target.name,
+            data={"pushed": dict(pushed, got=got)})
+
+    def _check_read_back(self, target: Host, conn: Any, pushed: dict[str, Any]) -> None:
+        """``client_sha256_tool: sftp``: the pushed file read back over the connection has the
+        control node's SHA-256, else a TransientFault (pushed again)."""
+        got = hashlib.sha256(conn.get(pushed["remote"])).hexdigest()
         if got != pushed["sha256"]:
             raise TransientFault(
-                f"{target.name}: the pushed package {remote} has SHA-256 {got[:16]}..., not the control "
-                f"node's {pushed['sha256'][:16]}... ({pushed['size']} bytes sent): the transfer was "
+                f"{target.name}: the pushed package {pushed['remote']} has SHA-256 {got[:16]}..., not the "
+                f"control node's {pushed['sha256'][:16]}... ({pushed['size']} bytes sent): the transfer was "
                 "damaged; pushing it again", host=target.name, data={"pushed": dict(pushed, got=got)})
 
-    def _install(self, ctx: StepContext, target: Host, diff: Diff, package: str,
-                 extra: dict[str, Any]) -> StepResult:
-        """``msiexec /i package`` (its log's folder made first) and what its exit code means."""
+    def _install_line(self, ctx: StepContext, target: Host, diff: Diff, package: str) -> tuple[Command, str]:
+        """``mkdir LOGDIR & msiexec /i package ...`` (runner.windows.msiexec) and its log's path."""
         conn = ctx.connection(target.name)
         facts = ctx.facts(target.name) if hasattr(ctx, "facts") else None
         log = str(ctx.args.get("log") or hostenv.temp_dir(conn, ctx.vars, facts) + "\\" + msiexec.LOG_NAME)
         props = {"REINSTALL": "ALL", "REINSTALLMODE": "vomus"} if diff.data.get("reinstall") else {}
-        cmd = msiexec.install_line(package, log=log, properties=props)
-        result = conn.run(cmd.render(limit=cl.line_limit(ctx, target.name)))
-        outcome = msiexec.classify(result.rc)
-        data: dict[str, Any] = {"rc": result.rc, "from": diff.data.get("from"), "package": diff.data["package"],
+        return msiexec.install_line(package, log=log, properties=props), log
+
+    def _outcome(self, ctx: StepContext, target: Host, diff: Diff, rc: int, log: str, package: str,
+                 extra: dict[str, Any]) -> StepResult:
+        """What msiexec's exit code ``rc`` means (runner.windows.msiexec), its log fetched on failure."""
+        conn = ctx.connection(target.name)
+        outcome = msiexec.classify(rc)
+        data: dict[str, Any] = {"rc": rc, "from": diff.data.get("from"), "package": diff.data["package"],
                                 "reboot_required": outcome.reboot_required,
                                 "to": str(ctx.args.get("version") or TARGET_VERSION), **extra}
         if diff.data.get("partial"):
             data["partial"] = diff.data["partial"]
         if outcome.outcome is msiexec.MsiOutcome.TRANSIENT:
-            raise TransientFault(f"msiexec {result.rc}: {outcome.message}", host=target.name, data=data)
+            raise TransientFault(f"msiexec {rc}: {outcome.message}", host=target.name, data=data)
         if outcome.succeeded:
             # what the host's facts (inventory_clients) say from now on: runner status shows it
             want = str(ctx.args.get("version") or TARGET_VERSION)
@@ -276,7 +343,7 @@ class UpgradeMessenger(StepModule):
             msg += " (reboot required)" if outcome.reboot_required else ""
             return StepResult("changed", msg, data=data,
                               warnings=[f"{target.name}: reboot required"] if outcome.reboot_required else [])
-        if result.rc == 1622:  # msiexec could not open its log: there is none to fetch
+        if rc == 1622:  # msiexec could not open its log: there is none to fetch
             return StepResult("failed", f"msiexec 1622: {outcome.message} (log {log})", data=data)
         try:
             log_bytes = conn.get(log)
@@ -286,7 +353,17 @@ class UpgradeMessenger(StepModule):
             ref = ctx.artifacts.write(f"msiexec/{target.name}/runner-wm51.log", log_bytes)
             data["log_artifact"] = {"path": ref.path, "sha256": ref.sha256, "size": ref.size}
         hint = ""
-        if result.rc == 1619 and package.startswith("\\\\"):
+        if rc == 1619 and package.startswith("\\\\"):
             hint = (" (the package is on a share, which a key-based SSH logon cannot read: log on with "
                     "a password, or set messenger_package_local to push the package; docs/transports.md)")
-        return StepResult("failed", f"msiexec {result.rc}: {outcome.message}{hint}", data=data)
+        return StepResult("failed", f"msiexec {rc}: {outcome.message}{hint}", data=data)
+
+
+def _exit_code(section: Any) -> int | None:
+    """The exit code ``call echo %^ERRORLEVEL%`` printed as the last line of ``section``."""
+    if section is None:
+        return None
+    lines = [ln.strip() for ln in section.stdout.splitlines() if ln.strip()]
+    if not lines or not re.fullmatch(r"-?\d+", lines[-1]):
+        return None
+    return int(lines[-1])

@@ -50,6 +50,31 @@ def command(tool: str, path: str) -> Command:
     raise ValueError(f"no command computes SHA-256 for the tool {tool!r}")
 
 
+def gate(tool: str, path: str, digest: str) -> Command:
+    """``(HASH-COMMAND) | findstr /r /i /c:"^\\\\*DIGEST" [/c:"^di ge st..."]``: succeeds only
+    when the hash the host computes of ``path`` is ``digest``, so ``gate && (msiexec ...)``
+    never installs other bytes. Each pattern is anchored at a line's start and holds all 64
+    hex digits: sha256sum's line (with coreutils' leading ``\\`` for a name holding
+    backslashes, hence ``\\\\*``: findstr's regex for "any number of ``\\``"), certutil's
+    hash line without spaces (Windows 10) and, when certutil may answer, with a space
+    between bytes (Windows 7 / 8.1). The path and certutil's header line cannot match: the
+    pattern starts with the line. findstr prints the matching line, which :func:`parse` reads.
+    """
+    if not _HEX64.fullmatch(digest):
+        raise ValueError(f"not a SHA-256: {digest!r}")
+    digest = digest.lower()
+    patterns = [f'/c:"^\\\\*{digest}"']
+    if tool in ("auto", "certutil"):
+        patterns.append('/c:"^' + " ".join(digest[i:i + 2] for i in range(0, 64, 2)) + '"')
+    return Command(Command("(", command(tool, path), ")"), "|", "findstr", "/r", "/i", *patterns)
+
+
+def answered_by(line: str) -> str:
+    """Which tool printed the hash line ``line`` that :func:`gate` matched: sha256sum's ends
+    in `` *FILE``, certutil's is the hash alone."""
+    return "sha256sum" if " *" in line else "certutil"
+
+
 def parse(stdout: str) -> str | None:
     """The lower-case hex SHA-256 in the output of :func:`command`, None when there is none.
 
