@@ -15,6 +15,9 @@ default forks unless --forks is given. Printed per run, then the median of the r
   net share   thread-seconds inside SSH calls (connect, run, put, get, take) /
               thread-seconds inside tasks: how much of the work is waiting on the network
 
+With --by-step, each run also prints per step (its name in the playbook): round trips
+and round trips per host of the inventory, most first: where the trips still go.
+
 The script exits 1 when an apply does not exit 0. The machine is shared: give the
 median of several runs, and say what else ran.
 """
@@ -51,6 +54,7 @@ class NetMeter:
         self.lock = threading.Lock()
         self.local = threading.local()
         self.trips: Counter = Counter()
+        self.steps: Counter = Counter()   # round trips per step name (the task running the call)
         self.net = 0.0
         self.task = 0.0
 
@@ -60,9 +64,11 @@ class NetMeter:
 
         def run_task(self: Any, pplay: Any, task: Any) -> Any:
             t0 = time.perf_counter()
+            meter.local.step = task.step.name
             try:
                 return orig_task(self, pplay, task)
             finally:
+                meter.local.step = None
                 with meter.lock:
                     meter.task += time.perf_counter() - t0
 
@@ -81,6 +87,7 @@ class NetMeter:
             if counted:
                 with meter.lock:
                     meter.trips[conn.host] += 1
+                    meter.steps[getattr(meter.local, "step", None) or "(outside tasks)"] += 1
             meter.local.depth = depth + 1
             t0 = time.perf_counter()
             try:
@@ -94,6 +101,7 @@ class NetMeter:
 
     def reset(self) -> None:
         self.trips.clear()
+        self.steps.clear()
         self.net = self.task = 0.0
 
 
@@ -147,7 +155,7 @@ def one_run(root: Path, clients: int, seed: int, forks: int | None, port: int, m
     hosts = clients + 2
     result = {"rc": rc, "wall": wall, "hosts_per_s": hosts / wall, "trips_per_host": sum(meter.trips.values()) / hosts,
               "net_share": meter.net / meter.task if meter.task else 0.0, "forks": req.forks,
-              "tail": out.getvalue()[-1500:] if rc != 0 else ""}
+              "tail": out.getvalue()[-1500:] if rc != 0 else "", "steps": dict(meter.steps), "hosts": hosts}
     return result
 
 
@@ -159,6 +167,7 @@ def main() -> int:
     ap.add_argument("--forks", type=int, default=None, help="default: the CLI's default forks")
     ap.add_argument("--port", type=int, default=None, help="default: a random free-looking port")
     ap.add_argument("--dir", default=None, help="work directory (default: a new temporary one)")
+    ap.add_argument("--by-step", action="store_true", help="print each run's round trips per step")
     ns = ap.parse_args()
     if not os.access("/usr/sbin/sshd", os.X_OK):
         print("OpenSSH sshd not installed (apt-get install openssh-server)", file=sys.stderr)
@@ -179,6 +188,9 @@ def main() -> int:
                   f"net share {r['net_share']:.0%}", flush=True)
             if r["tail"]:
                 print(r["tail"])
+            if ns.by_step:
+                for step, n in sorted(r["steps"].items(), key=lambda kv: -kv[1]):
+                    print(f"    {step[:44]:44} {n:6d} trips  {n / r['hosts']:5.2f} per host")
     finally:
         if not ns.dir:
             shutil.rmtree(base, ignore_errors=True)
