@@ -521,3 +521,32 @@ def test_a_missing_hash_tool_in_the_folded_line_is_permanent_and_installs_nothin
     assert trips == ["put", "run"]
     assert not any(e.command.startswith("msiexec") for e in conn.lab_host.journal())
     assert _temp_files(conn) == []
+
+
+@pytest.mark.parametrize("version", ["6.1", "10.0"])
+def test_auto_finds_certutil_in_the_folded_line_with_and_without_spaced_bytes(estate, tmp_path, version):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    conn.lab_host.registry.set_value(WIN_NT, "CurrentVersion", "REG_SZ", version)  # Windows 7 / 10: no Cygwin
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    step = UpgradeMessenger()
+    diff = step.probe(ctx, host)
+    trips = _counting(conn)
+    result = step.apply(ctx, host, diff)
+    assert result.status == "changed" and result.data["pushed"]["hash_tool"] == "certutil"
+    assert trips == ["put", "run"] and _temp_files(conn) == []
+
+
+def test_the_folded_line_fits_windows_2000(estate, tmp_path):
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    conn.lab_host.registry.set_value(WIN_NT, "CurrentVersion", "REG_SZ", "5.0")
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    step = UpgradeMessenger()
+    diff = step.probe(ctx, host)
+    lines: list[str] = []
+    real = conn.run
+    conn.run = lambda line, **kw: (lines.append(line), real(line, **kw))[1]
+    assert step.apply(ctx, host, diff).status == "changed"
+    folded = [ln for ln in lines if "findstr" in ln]
+    assert len(folded) == 1 and len(folded[0]) <= 2047, folded

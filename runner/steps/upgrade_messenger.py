@@ -237,9 +237,14 @@ class UpgradeMessenger(StepModule):
         at all a PermanentFault."""
         remote = pushed["remote"]
         install, log = self._install_line(ctx, target, diff, remote)
-        # %^ERRORLEVEL% survives the line's expansion; call expands it after msiexec ran
+        # %^ERRORLEVEL% survives the line's expansion; call expands it after msiexec ran. No other
+        # % may follow it on the line (cmd.exe would pair its closing % with that one): the copy's
+        # path and the folder are literal (hostenv's and _push_folder's paths hold no %)
         with_code = Command(install, "&", "call", "echo", "%^ERRORLEVEL%")
         removal = _leftovers_removal(folder)
+        if "%" in remote or "%" in removal.render():
+            raise PermanentFault(f"{target.name}: the push folder {folder!r} holds a %: set remote_temp "
+                                 "to a literal folder", host=target.name)
         gated = tool != "sftp"
 
         def build(nonce: str, start: int) -> tuple[list[Command], int]:
