@@ -450,14 +450,19 @@ def test_msiexec_exit_codes_come_back_from_the_folded_line_and_the_file_is_delet
     assert _temp_files(conn) == []
 
 
-def test_a_successful_push_costs_the_put_and_one_line(estate, tmp_path):
+@pytest.mark.parametrize("version,tool", [(None, "sha256sum"), ("6.1", "certutil"), ("10.0", "certutil")])
+def test_a_successful_push_costs_the_put_and_one_line(estate, tmp_path, version, tool):
+    """XP: Cygwin's sha256sum; Windows 7 (bytes spaced) and 10 (not): auto finds certutil."""
     inv, local = estate
     host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    if version:
+        conn.lab_host.registry.set_value(WIN_NT, "CurrentVersion", "REG_SZ", version)   # no Cygwin there
+        host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
     step = UpgradeMessenger()
     diff = step.probe(ctx, host)
     trips = _counting(conn)
     result = step.apply(ctx, host, diff)
-    assert result.status == "changed" and result.data["pushed"]["hash_tool"] == "sha256sum"
+    assert result.status == "changed" and result.data["pushed"]["hash_tool"] == tool
     assert trips == ["put", "run"]
     assert _temp_files(conn) == []
 
@@ -521,20 +526,6 @@ def test_a_missing_hash_tool_in_the_folded_line_is_permanent_and_installs_nothin
     assert trips == ["put", "run"]
     assert not any(e.command.startswith("msiexec") for e in conn.lab_host.journal())
     assert _temp_files(conn) == []
-
-
-@pytest.mark.parametrize("version", ["6.1", "10.0"])
-def test_auto_finds_certutil_in_the_folded_line_with_and_without_spaced_bytes(estate, tmp_path, version):
-    inv, local = estate
-    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
-    conn.lab_host.registry.set_value(WIN_NT, "CurrentVersion", "REG_SZ", version)  # Windows 7 / 10: no Cygwin
-    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
-    step = UpgradeMessenger()
-    diff = step.probe(ctx, host)
-    trips = _counting(conn)
-    result = step.apply(ctx, host, diff)
-    assert result.status == "changed" and result.data["pushed"]["hash_tool"] == "certutil"
-    assert trips == ["put", "run"] and _temp_files(conn) == []
 
 
 def test_the_folded_line_fits_windows_2000(estate, tmp_path):
