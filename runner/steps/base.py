@@ -134,6 +134,9 @@ class StepModule:
     #: Most targets per chunk (0: one task at a time). The step argument ``chunk_size``
     #: lowers it; the engine also bounds how many chunks run at once (forks, throttle).
     chunk: ClassVar[int] = 0
+    #: Every finished task of the step probes again when its run resumes (see
+    #: :meth:`rechecks_when_done`, which steps override to decide by their arguments).
+    rechecks: ClassVar[bool] = False
 
     def chunk_key(self, ctx: StepContext, target: Host | User) -> str:
         """Targets with the same key may share a chunk (e.g. the server their work runs on)."""
@@ -146,7 +149,7 @@ class StepModule:
         done: for steps whose work can be undone where this state directory cannot see it
         (the rollback's: users moved again with another --state, docs/rollback.md). The
         probe finds the work in place and changes nothing, or does it again."""
-        return False
+        return cls.rechecks
 
     def probe_many(self, items: Sequence[tuple[StepContext, Host | User]]) -> list[ProbeOutcome]:
         """``probe`` for each (ctx, target): a Diff, None (nothing to change) or the exception

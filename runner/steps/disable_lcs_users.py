@@ -24,7 +24,7 @@ Each result carries ``rollback: true`` (see restore_exchange_im).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from runner.errors import PermanentFault
 from runner.lcs.chunks import LCS_LINE, ChunkScript, LcsRead, groups, line_limit, wmic_fault
@@ -66,12 +66,9 @@ class DisableLcsUsers(ChunkedOnly, StepModule):
         "force": {"type": "boolean", "default": False},
         "chunk_size": CHUNK_SIZE_ARG}}
     chunk = 50
-
-    @classmethod
-    def rechecks_when_done(cls, args: Mapping[str, Any]) -> bool:
-        """Always probes again when its run resumes: the users may have moved again with
-        another state directory since (docs/rollback.md)."""
-        return True
+    # probes again when its run resumes: the users may have moved again with another
+    # state directory since (docs/rollback.md)
+    rechecks = True
 
     def chunk_key(self, ctx: StepContext, target: User) -> str:
         return home_server(target, ctx.inventory, ctx.vars)

@@ -86,12 +86,9 @@ class RestoreExchangeIm(ChunkedOnly, StepModule):
                     "description": "the Exchange IM service (default var exchange_im_service, else MSExchangeIM)"},
         "chunk_size": CHUNK_SIZE_ARG}}
     chunk = 50
-
-    @classmethod
-    def rechecks_when_done(cls, args: Mapping[str, Any]) -> bool:
-        """Always probes again when its run resumes: the users may have moved again with
-        another state directory since (docs/rollback.md)."""
-        return True
+    # probes again when its run resumes: the users may have moved again with another
+    # state directory since (docs/rollback.md)
+    rechecks = True
 
     def chunk_key(self, ctx: StepContext, target: User) -> str:
         return exchange_server(ctx.inventory, ctx.vars)
