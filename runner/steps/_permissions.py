@@ -24,7 +24,7 @@ from runner.lcs.permissions import ACE_CLASS, ACE_PROPS, LcsAce, PlannedAce, par
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
 from runner.steps._lcs import CHUNK_SIZE_ARG, rolled_back_at
-from runner.steps.base import Diff, StepContext, StepModule
+from runner.steps.base import Diff, ProbeOutcome, StepContext, StepModule
 from runner.windows import wmic
 from runner.windows.cmdline import quotable
 
@@ -55,8 +55,28 @@ class PermissionStep(StepModule):
     def chunk_key(self, ctx: StepContext, target: User) -> str:
         return home_server(target, ctx.inventory, ctx.vars)
 
+    #: Whether the probe reads msExchIMACL on the Exchange IM server (else the record only).
+    reads_directory: bool = False
+
     def probe(self, ctx: StepContext, target: User) -> Diff | None:
         return self.probe_many([(ctx, target)])[0]  # type: ignore[return-value]
+
+    def probe_many(self, items: Sequence[tuple[StepContext, User]]) -> list[ProbeOutcome]:
+        """The chunk's reads (read_chunk), then each user judged on their own state; a read
+        or judgement that fails is that user's outcome only."""
+        out: list[ProbeOutcome] = []
+        for (ctx, user), state in zip(items, read_chunk(items, directory=self.reads_directory)):
+            try:
+                if isinstance(state, Exception):
+                    raise state
+                out.append(self.judge(ctx, user, state))
+            except Exception as exc:  # noqa: BLE001 - this user's outcome
+                out.append(exc)
+        return out
+
+    def judge(self, ctx: StepContext, user: User, state: PermissionState) -> Diff | None:
+        """What the probe found for one user of the chunk."""
+        raise NotImplementedError
 
 
 def acl_values(values: Sequence[str]) -> list[str]:

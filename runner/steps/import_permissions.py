@@ -27,7 +27,7 @@ from runner.lcs.mapping import mapping_for
 from runner.lcs.permissions import ACE_CLASS, PermissionPlan, plan
 from runner.lcs.server import home_server, instance_id
 from runner.model import User
-from runner.steps._permissions import (PermissionStep, PermissionState, acl_file, confirm_created, read_chunk,
+from runner.steps._permissions import (PermissionStep, PermissionState, acl_file, confirm_created,
                                        record_acl, record_created)
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepResult
 from runner.windows import wmic
@@ -38,22 +38,15 @@ class ImportPermissions(PermissionStep):
 
     name = "import_permissions"
 
+    reads_directory = True
+
     def probe_many(self, items: Sequence[tuple[StepContext, User]]) -> list[ProbeOutcome]:
         """The chunk's ACLs in one ldifde search and their LCS entries in one wmic read, each
         user planned against their own entries."""
         self._many_probed: dict[str, Any] = {}
-        states = read_chunk(items, directory=True)
-        out: list[ProbeOutcome] = []
-        for (ctx, user), state in zip(items, states):
-            try:
-                if isinstance(state, Exception):
-                    raise state
-                out.append(self._diff(ctx, user, state))
-            except Exception as exc:  # noqa: BLE001 - this user's outcome
-                out.append(exc)
-        return out
+        return super().probe_many(items)
 
-    def _diff(self, ctx: StepContext, user: User, state: PermissionState) -> Diff | None:
+    def judge(self, ctx: StepContext, user: User, state: PermissionState) -> Diff | None:
         host = home_server(user, ctx.inventory, ctx.vars)
         if state.user is None and not ctx.check:
             raise PermanentFault(f"user {user.alias} is not enabled on {host}: run enable_lcs_users first")

@@ -15,15 +15,15 @@ chunk on the home server. docs/permissions.md.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 from runner.errors import PermanentFault
 from runner.lcs.mapping import mapping_for
 from runner.lcs.permissions import plan
 from runner.lcs.server import home_server
 from runner.model import User
-from runner.steps._permissions import PermissionStep, PermissionState, acl_file, missing_acl, read_chunk
-from runner.steps.base import Diff, ProbeOutcome, StepContext, StepResult
+from runner.steps._permissions import PermissionStep, PermissionState, acl_file, missing_acl
+from runner.steps.base import Diff, StepContext, StepResult
 
 
 class VerifyPermissions(PermissionStep):
@@ -32,21 +32,9 @@ class VerifyPermissions(PermissionStep):
     name = "verify_permissions"
     read_only = True
 
-    def probe_many(self, items: Sequence[tuple[StepContext, User]]) -> list[ProbeOutcome]:
-        """The chunk's LCS entries in one read on their home server, each compared with that
-        user's recorded ACL."""
-        out: list[ProbeOutcome] = []
-        for (ctx, user), state in zip(items, read_chunk(items, directory=False)):
-            try:
-                if isinstance(state, Exception):
-                    raise state
-                out.append(self._verdict(ctx, user, state))
-            except Exception as exc:  # noqa: BLE001 - this user's outcome
-                out.append(exc)
-        return out
-
-    @staticmethod
-    def _verdict(ctx: StepContext, user: User, state: PermissionState) -> Diff:
+    def judge(self, ctx: StepContext, user: User, state: PermissionState) -> Diff:
+        """The user's LCS entries compared with their recorded ACL (always handed to apply,
+        which reports: verification is the result)."""
         host = home_server(user, ctx.inventory, ctx.vars)
         if state.acl is None:
             if ctx.check:
