@@ -28,7 +28,7 @@ from typing import Any, Callable, TextIO
 from runner.engine import COUNTERS, RunSummary
 from runner.plan import natural_key
 from runner.events import (PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event,
-                           TaskOutcome)
+                           TaskOutcome, failure_kind, one_line)
 from runner.warnings_tally import WarningTally, kinds_line
 
 #: Up to this many targets, the recap lists every one of them (beyond: those with problems, unless -v).
@@ -84,6 +84,8 @@ class _StepBlock:
                                                              "skipped": 0, "unreachable": 0})
     warnings: Counter[str] = field(default_factory=Counter)
     blocked: dict[str, list[str]] = field(default_factory=dict)
+    # failures under ignore_errors, by kind (failure_kind): (target, message) each
+    ignored: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     headed: bool = False   # its header was printed (a line of it came before it closed)
 
 
@@ -213,18 +215,28 @@ class HumanOutput:
         if dropped > 0:
             self._advance(dropped)
         show_counts = self.verbosity == 0 and any(b.counts.values())
-        if show_counts and not b.headed and not b.blocked and not (b.warnings and self.verbosity == 0):
+        if show_counts and not b.headed and not b.blocked and not b.ignored \
+                and not (b.warnings and self.verbosity == 0):
             # nothing but its counts: one line, `STEP [name] changed=8 ****` (a screen or two a night)
             self._headed = key
             self._say("")
             self._say(header("STEP", _block_name(b), "  ".join(f"{k}={v}" for k, v in b.counts.items() if v)))
             show_counts = False
-        elif b.blocked or show_counts or (b.warnings and self.verbosity == 0):
+        elif b.blocked or b.ignored or show_counts or (b.warnings and self.verbosity == 0):
             self._header(key)  # printed by _say: with -q, the failures come without it
         for reason, targets in b.blocked.items():
             names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"
                                                            if len(targets) > GROUPED_NAMES else "")
             self._write(f"failed: [{names}] {reason}" + (f" ({len(targets)} targets)" if len(targets) > 1 else ""))
+        for kind, failures in b.ignored.items():
+            if len(failures) == 1:
+                self._write(f"failed (ignored): [{failures[0][0]}] {failures[0][1]}")
+                continue
+            targets = [t for t, _ in failures]
+            names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"
+                                                           if len(targets) > GROUPED_NAMES else "")
+            self._write(f"failed (ignored): [{names}] {kind} ({len(targets)} targets; -v shows each)")
+            self._write(f"  e.g. [{failures[0][0]}] {failures[0][1]}")
         if show_counts:
             self._say("  " + "  ".join(f"{k}={v}" for k, v in b.counts.items() if v))
         if b.warnings and self.verbosity == 0:
@@ -310,10 +322,14 @@ class HumanOutput:
         blocked = _blocked_reason(o) if loud and self.verbosity == 0 else None
         if blocked is not None and block is not None:
             block.blocked.setdefault(blocked, []).append(o.target)
+        elif loud and o.ignored and self.verbosity == 0 and block is not None:
+            # ignore_errors: the playbook expects these (a machine whose users have not all
+            # moved yet keeps Exchange IM), so alike ones are one line at the step's end
+            block.ignored.setdefault(failure_kind(o.message, o.target), []).append((o.target, one_line(o.message)))
         elif loud or self.verbosity >= 1:
             label = "failed (ignored)" if o.ignored else status
             text = f"{label}: [{o.target}]"
-            message = "(done in an earlier run)" if o.resumed else o.message
+            message = "(done in an earlier run)" if o.resumed else one_line(o.message)
             if message:
                 text += f" {message}"
             if o.attempts > 1:

@@ -164,3 +164,34 @@ def test_a_faulty_lab_night_fits_in_two_screens_and_names_every_failure(tmp_path
         if m:
             named.update((step, t.strip()) for t in m.group(1).split(","))
     assert {((s, w), t) for s, t, w in bad} <= named
+
+
+def test_failures_under_ignore_errors_alike_are_one_line_and_v_prints_each():
+    # a wave night: every machine with a user of a later wave keeps Exchange IM, refused by name
+    refused = [task(f"pc{i:04d}", "failed", kind="host", step="Sign-in", ignored=True,
+                    message=f"refusing to switch Exchange IM off on pc{i:04d}: 1 user(s) of pc{i:04d} still on "
+                            f"Exchange IM: u{i} (force: true overrides)") for i in range(1, 41)]
+    other = task("pc0099", "failed", kind="host", step="Sign-in", ignored=True, message="access denied")
+    for quiet in (False, True):
+        buf = io.StringIO()
+        run_events(HumanOutput(stream=buf, tty=False, quiet=quiet), [("Sign-in", refused + [other])],
+                   end=summary(ignored=41))
+        lines = [line for line in buf.getvalue().splitlines() if "(ignored)" in line or "e.g." in line]
+        assert lines == [
+            "failed (ignored): [" + ", ".join(f"pc{i:04d}" for i in range(1, 31)) + " +10 more] refusing to"
+            " switch Exchange IM off on <target> (40 targets; -v shows each)",
+            "  e.g. [pc0001] refusing to switch Exchange IM off on pc0001: 1 user(s) of pc0001 still on Exchange IM:"
+            " u1 (force: true overrides)",
+            "failed (ignored): [pc0099] access denied"], quiet
+    loud = io.StringIO()
+    run_events(HumanOutput(stream=loud, tty=False, verbosity=1), [("Sign-in", refused + [other])])
+    assert sum(1 for line in loud.getvalue().splitlines() if line.startswith("failed (ignored): [")) == 41
+
+
+def test_a_failure_whose_message_has_several_lines_stays_one_line():
+    buf = io.StringIO()
+    run_events(HumanOutput(stream=buf, tty=False),
+               [("Inventory", [task("pc1", "failed", kind="host", attempts=4,
+                                    message="hive in use (reg load): ERROR: a.\nERROR: b.\r\nERROR: c")])])
+    assert "failed: [pc1] hive in use (reg load): ERROR: a. / ERROR: b. / ERROR: c (attempts: 4)" \
+        in buf.getvalue().splitlines()
