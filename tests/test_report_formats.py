@@ -167,6 +167,12 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted(night):
     row["display_name"] = "=HYPERLINK(\"http://x\")"
     out = list(csv.reader(io.StringIO(render_csv({"users": [row]}))))
     assert out[1][COLUMNS.index("display_name")] == "'=HYPERLINK(\"http://x\")"
+    for name, cell in (("+SUM(A1)", "'+SUM(A1)"), ("-2+3", "'-2+3"), ("@SUM(A1)", "'@SUM(A1)"),
+                       ("\tx", "'\tx"), ("  =1+2", "'  =1+2"),   # spaces a spreadsheet may trim
+                       ('Smith, John "JJ"\nÜ', 'Smith, John "JJ"\nÜ')):
+        row["display_name"] = name
+        out = list(csv.reader(io.StringIO(render_csv({"users": [row]}))))
+        assert len(out) == 2 and out[1][COLUMNS.index("display_name")] == cell
 
 
 def test_text_keeps_the_warnings_and_adds_the_user_table(night):
