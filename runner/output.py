@@ -225,6 +225,7 @@ class HumanOutput:
         elif b.blocked or b.ignored or show_counts or (b.warnings and self.verbosity == 0):
             self._header(key)  # printed by _say: with -q, the failures come without it
         for reason, targets in b.blocked.items():
+            targets = sorted(targets, key=natural_key)
             names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"
                                                            if len(targets) > GROUPED_NAMES else "")
             self._write(f"failed: [{names}] {reason}" + (f" ({len(targets)} targets)" if len(targets) > 1 else ""))
@@ -232,6 +233,7 @@ class HumanOutput:
             if len(failures) == 1:
                 self._write(f"failed (ignored): [{failures[0][0]}] {failures[0][1]}")
                 continue
+            failures = sorted(failures, key=lambda f: natural_key(f[0]))
             targets = [t for t, _ in failures]
             names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"
                                                            if len(targets) > GROUPED_NAMES else "")

@@ -174,7 +174,7 @@ def test_failures_under_ignore_errors_alike_are_one_line_and_v_prints_each():
     other = task("pc0099", "failed", kind="host", step="Sign-in", ignored=True, message="access denied")
     for quiet in (False, True):
         buf = io.StringIO()
-        run_events(HumanOutput(stream=buf, tty=False, quiet=quiet), [("Sign-in", refused + [other])],
+        run_events(HumanOutput(stream=buf, tty=False, quiet=quiet), [("Sign-in", refused[::-1] + [other])],
                    end=summary(ignored=41))
         lines = [line for line in buf.getvalue().splitlines() if "(ignored)" in line or "e.g." in line]
         assert lines == [
