@@ -8,6 +8,8 @@ import os
 import re
 import sqlite3
 
+import pytest
+
 from runner.engine import RunSummary
 from runner.events import PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event, TaskOutcome
 from runner.output import HumanOutput
@@ -195,3 +197,32 @@ def test_a_failure_whose_message_has_several_lines_stays_one_line():
                                     message="hive in use (reg load): ERROR: a.\nERROR: b.\r\nERROR: c")])])
     assert "failed: [pc1] hive in use (reg load): ERROR: a. / ERROR: b. / ERROR: c (attempts: 4)" \
         in buf.getvalue().splitlines()
+
+
+@pytest.mark.slow
+def test_the_built_in_labs_first_run_fits_under_120_lines_and_its_wave_night_too(tmp_path):
+    # what the README's first command does: the shipped files, the default inventory, a fresh directory
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "RUNNER_RETRY_DELAY_SCALE": "0"}
+
+    def apply(where: str, *args: str) -> list[str]:
+        cwd = tmp_path / where
+        for name in ("playbooks", "inventories", "schemas"):
+            shutil.copytree(repo / name, cwd / name)
+        proc = subprocess.run([sys.executable, "-m", "runner", "apply", "playbooks/gradual.yml", *args],
+                              cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+        return proc.stdout.splitlines()
+
+    lines = apply("first")
+    assert len(lines) < 120, "\n".join(lines)
+    assert not any(line.startswith(("failed", "unreachable")) for line in lines)
+    night = apply("night", "--limit", "wave:wave1")   # its machines are shared with later waves' users
+    refused = [line for line in night if line.startswith("failed (ignored): [")]
+    assert len(refused) == 1 and "refusing to switch Exchange IM off on <target>" in refused[0], night
+    assert len(night) < 120, "\n".join(night)
