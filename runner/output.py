@@ -118,6 +118,8 @@ class HumanOutput:
         self._cur: tuple[Any, ...] | None = None
         self._headed: tuple[Any, ...] | None = None   # the block whose header was printed last
         self._check = False
+        # blocks a resumed run found all done: said together, in one line, before the next line
+        self._earlier: list[tuple[str, Any, int]] = []
         self.warnings = WarningTally(WARNINGS_PER_TASK)
         self._kinds: dict[str, str] = {}
         self._counts: dict[tuple[str, str], dict[str, int]] = {}
@@ -131,10 +133,27 @@ class HumanOutput:
     # -- plumbing ---------------------------------------------------------------
 
     def _write(self, line: str) -> None:
+        if self._earlier:
+            self._flush_earlier()
         if self._progress is not None:
             self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
             self.stream.write(line + "\n")
+
+    def _flush_earlier(self) -> None:
+        """Consecutive steps a resumed run found done earlier, as one line:
+        ``STEP [Export contact lists ... Disable Exchange IM (wave wave2), 9 steps] done earlier=1043``."""
+        blocks, self._earlier = self._earlier, []
+        if len(blocks) == 1:
+            name = blocks[0][0] + (f" (wave {blocks[0][1]})" if blocks[0][1] is not None else "")
+        else:
+            waves = {w for _, w, _ in blocks}
+            wave = next(iter(waves)) if len(waves) == 1 else None
+            name = (f"{blocks[0][0]} ... {blocks[-1][0]}" + (f" (wave {wave})" if wave is not None else "")
+                    + f", {len(blocks)} steps")
+        self._headed = None
+        self._say("")
+        self._say(header("STEP", name, f"done earlier={sum(n for _, _, n in blocks)}"))
 
     def _say(self, line: str) -> None:
         """A line of the normal output (not shown with -q)."""
@@ -194,6 +213,8 @@ class HumanOutput:
 
     def _header(self, key: tuple[Any, ...]) -> None:
         """Print ``key``'s STEP header unless it is the last one printed."""
+        if self._earlier:
+            self._flush_earlier()   # before: its line must not come under a header it has not
         if self._headed == key:
             return
         self._headed = key
@@ -215,7 +236,11 @@ class HumanOutput:
         if dropped > 0:
             self._advance(dropped)
         show_counts = self.verbosity == 0 and any(b.counts.values())
-        if show_counts and not b.headed and not b.blocked and not b.ignored \
+        if show_counts and not b.headed and not b.blocked and not b.ignored and not b.warnings \
+                and set(k for k, v in b.counts.items() if v) == {"done earlier"}:
+            self._earlier.append((b.event["step"], b.event.get("wave"), b.counts["done earlier"]))
+            show_counts = False
+        elif show_counts and not b.headed and not b.blocked and not b.ignored \
                 and not (b.warnings and self.verbosity == 0):
             # nothing but its counts: one line, `STEP [name] changed=8 ****` (a screen or two a night)
             self._headed = key

@@ -226,3 +226,21 @@ def test_the_built_in_labs_first_run_fits_under_120_lines_and_its_wave_night_too
     refused = [line for line in night if line.startswith("failed (ignored): [")]
     assert len(refused) == 1 and "refusing to switch Exchange IM off on <target>" in refused[0], night
     assert len(night) < 120, "\n".join(night)
+
+
+def test_steps_a_resumed_run_finds_done_earlier_are_one_line_until_something_else_is_said():
+    def earlier(step, n):
+        return [task(f"u{i}", "skipped", step=step, resumed=True) for i in range(n)]
+
+    buf = io.StringIO()
+    run_events(HumanOutput(stream=buf, tty=False),
+               [("Export", earlier("Export", 3)), ("Enable", earlier("Enable", 3)), ("Import", earlier("Import", 3)),
+                ("Verify", earlier("Verify", 2) + [task("u9", "failed", step="Verify", message="missing")]),
+                ("Disable", earlier("Disable", 1))], end=summary())
+    steps = [line for line in buf.getvalue().splitlines() if line.startswith(("STEP", "failed", "  failed"))]
+    assert steps == [
+        "STEP [Export ... Import (wave wave1), 3 steps] done earlier=9 " + "*" * 16,
+        "STEP [Verify (wave wave1)] " + "*" * 51,
+        "failed: [u9] missing",
+        "  failed=1  done earlier=2",
+        "STEP [Disable (wave wave1)] done earlier=1 " + "*" * 35]
