@@ -377,9 +377,9 @@ def _problem_lines(problems: list[dict[str, Any]]) -> list[str]:
         shown = ", ".join(names[:GROUPED_NAMES]) + (f" +{len(names) - GROUPED_NAMES} more"
                                                      if len(names) > GROUPED_NAMES else "")
         held = {k: sum(len(c[k]) for c in alike) for k in ("users", "hosts")}
-        also = ", ".join(f"{n} more {k if n > 1 else k[:-1]} held up" for k, n in held.items() if n)
+        also = ", ".join(f"{n} {k if n > 1 else k[:-1]}" for k, n in held.items() if n)
         lines.append(f"    {status or 'failed'}: {len(names)} {kind}s at '{step}': {what}"
-                     + (f" ({also})" if also else ""))
+                     + (f" (holding up {also})" if also else ""))
         lines += textwrap.wrap(shown, 78, initial_indent="      ", subsequent_indent="      ",
                                break_on_hyphens=False, break_long_words=False)
         lines.append(f"      e.g. {_problem_line(alike[0])}")

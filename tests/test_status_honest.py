@@ -130,3 +130,7 @@ def test_causes_alike_are_one_line_naming_every_target():
     assert named == ", ".join(f"pc{i:04d}" for i in range(1, 31)) + " +10 more"
     assert sum(1 for line in lines if "refusing to switch" in line) == 2   # the group and one example
     assert lines[-1] == "    failed: pc0050: hive in use (reg load): ERROR: a. / ERROR: b. at 'Inventory clients' (2 users)"
+    down = [dict(cause(h, "host unreachable", step="Inventory clients", users=u), status="unreachable")
+            for h, u in (("pc0061", ["ann", "bob"]), ("pc0062", ["cid"]))]
+    assert _problem_lines(down)[:2] == [
+        "    unreachable: 2 hosts at 'Inventory clients': host unreachable (holding up 3 users)", "      pc0061, pc0062"]
