@@ -29,7 +29,7 @@ from typing import Any, Callable, TextIO
 from runner.engine import COUNTERS, RunSummary
 from runner.plan import natural_key
 from runner.events import (PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event,
-                           TaskOutcome)
+                           TaskOutcome, failure_kind, one_line)
 from runner.warnings_tally import WarningTally, kinds_line
 
 #: Up to this many targets, the recap lists every one of them (beyond: those with problems, unless -v).
@@ -107,6 +107,8 @@ class _StepBlock:
     # not due yet (NotYet), by reason: the (target, kind, message) of each, and what they wait for
     not_yet: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
     waiting: dict[str, set[str]] = field(default_factory=dict)
+    # failures under ignore_errors, by kind (failure_kind): (target, message) each
+    ignored: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     headed: bool = False   # its header was printed (a line of it came before it closed)
 
 
@@ -139,6 +141,8 @@ class HumanOutput:
         self._cur: tuple[Any, ...] | None = None
         self._headed: tuple[Any, ...] | None = None   # the block whose header was printed last
         self._check = False
+        # blocks a resumed run found all done: said together, in one line, before the next line
+        self._earlier: list[tuple[str, Any, int]] = []
         self.warnings = WarningTally(WARNINGS_PER_TASK)
         self._kinds: dict[str, str] = {}
         self._counts: dict[tuple[str, str], dict[str, int]] = {}
@@ -152,10 +156,27 @@ class HumanOutput:
     # -- plumbing ---------------------------------------------------------------
 
     def _write(self, line: str) -> None:
+        if self._earlier:
+            self._flush_earlier()
         if self._progress is not None:
             self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
             self.stream.write(line + "\n")
+
+    def _flush_earlier(self) -> None:
+        """Consecutive steps a resumed run found done earlier, as one line:
+        ``STEP [Export contact lists ... Disable Exchange IM (wave wave2), 9 steps] done earlier=1043``."""
+        blocks, self._earlier = self._earlier, []
+        if len(blocks) == 1:
+            name = blocks[0][0] + (f" (wave {blocks[0][1]})" if blocks[0][1] is not None else "")
+        else:
+            waves = {w for _, w, _ in blocks}
+            wave = next(iter(waves)) if len(waves) == 1 else None
+            name = (f"{blocks[0][0]} ... {blocks[-1][0]}" + (f" (wave {wave})" if wave is not None else "")
+                    + f", {len(blocks)} steps")
+        self._headed = None
+        self._say("")
+        self._say(header("STEP", name, f"done earlier={sum(n for _, _, n in blocks)}"))
 
     def _say(self, line: str) -> None:
         """A line of the normal output (not shown with -q)."""
@@ -215,6 +236,8 @@ class HumanOutput:
 
     def _header(self, key: tuple[Any, ...]) -> None:
         """Print ``key``'s STEP header unless it is the last one printed."""
+        if self._earlier:
+            self._flush_earlier()   # before: its line must not come under a header it has not
         if self._headed == key:
             return
         self._headed = key
@@ -236,19 +259,34 @@ class HumanOutput:
         if dropped > 0:
             self._advance(dropped)
         show_counts = self.verbosity == 0 and any(b.counts.values())
-        if show_counts and not b.headed and not b.blocked and not b.not_yet \
+        if show_counts and not b.headed and not b.blocked and not b.ignored and not b.warnings \
+                and set(k for k, v in b.counts.items() if v) == {"done earlier"}:
+            self._earlier.append((b.event["step"], b.event.get("wave"), b.counts["done earlier"]))
+            show_counts = False
+        elif show_counts and not b.headed and not b.blocked and not b.ignored and not b.not_yet \
                 and not (b.warnings and self.verbosity == 0):
             # nothing but its counts: one line, `STEP [name] changed=8 ****` (a screen or two a night)
             self._headed = key
             self._say("")
             self._say(header("STEP", _block_name(b), "  ".join(f"{k}={v}" for k, v in b.counts.items() if v)))
             show_counts = False
-        elif b.blocked or b.not_yet or show_counts or (b.warnings and self.verbosity == 0):
+        elif b.blocked or b.ignored or b.not_yet or show_counts or (b.warnings and self.verbosity == 0):
             self._header(key)  # printed by _say: with -q, the failures come without it
         for reason, targets in b.blocked.items():
+            targets = sorted(targets, key=natural_key)
             names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"
                                                            if len(targets) > GROUPED_NAMES else "")
             self._write(f"failed: [{names}] {reason}" + (f" ({len(targets)} targets)" if len(targets) > 1 else ""))
+        for kind, failures in b.ignored.items():
+            if len(failures) == 1:
+                self._write(f"failed (ignored): [{failures[0][0]}] {failures[0][1]}")
+                continue
+            failures = sorted(failures, key=lambda f: natural_key(f[0]))
+            targets = [t for t, _ in failures]
+            names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"
+                                                           if len(targets) > GROUPED_NAMES else "")
+            self._write(f"failed (ignored): [{names}] {kind} ({len(targets)} targets; -v shows each)")
+            self._write(f"  e.g. [{failures[0][0]}] {failures[0][1]}")
         for reason, found in b.not_yet.items():
             for line in _not_yet_lines(reason, found, b.waiting.get(reason, set()), self.verbosity == 0):
                 self._say(line)
@@ -343,10 +381,14 @@ class HumanOutput:
         blocked = _blocked_reason(o) if loud and self.verbosity == 0 else None
         if blocked is not None and block is not None:
             block.blocked.setdefault(blocked, []).append(o.target)
+        elif loud and o.ignored and self.verbosity == 0 and block is not None:
+            # ignore_errors: the playbook expects these (a machine whose users have not all
+            # moved yet keeps Exchange IM), so alike ones are one line at the step's end
+            block.ignored.setdefault(failure_kind(o.message, o.target), []).append((o.target, one_line(o.message)))
         elif loud or self.verbosity >= 1:
             label = "failed (ignored)" if o.ignored else "not yet" if status == "not_yet" else status
             text = f"{label}: [{o.target}]"
-            message = "(done in an earlier run)" if o.resumed else o.message
+            message = "(done in an earlier run)" if o.resumed else one_line(o.message)
             if message:
                 text += f" {message}"
             if o.attempts > 1:

@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from runner.events import failure_kind, one_line
 from runner.lcs.contacts import DEFAULT_MAX_CONTACTS
 from runner.state import DB_NAME, DONE_STATUSES, StateStore, lock_holder, refuse_lost_store
 from runner.plan import natural_key
@@ -374,15 +375,41 @@ def render_facts(f: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: Targets named in one grouped line of failures alike before "+N more".
+GROUPED_NAMES = 30
+
+
 def _problem_line(c: dict[str, Any]) -> str:
     held = [f"{len(c[k])} {k if len(c[k]) > 1 else k[:-1]}" for k in ("users", "hosts") if c[k]]
     where = f" at '{c['step']}'" if c.get("step") else ""
-    return (f"{c['target']}: {c.get('reason') or c.get('status') or 'failed'}{where}"
+    return (f"{c['target']}: {one_line(c.get('reason') or c.get('status') or 'failed')}{where}"
             + (f" ({', '.join(held)})" if held else ""))
 
 
-#: Targets named in a "not yet" line of the status before "+N more".
-NOT_YET_NAMES = 30
+def _problem_lines(problems: list[dict[str, Any]]) -> list[str]:
+    """One line per cause; causes alike (same status, step and kind of failure: a hundred
+    machines that keep Exchange IM until their last user moves) as one line naming them all,
+    with the first one's message as an example."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for c in problems:
+        kind = failure_kind(str(c.get("reason") or ""), c["target"])
+        groups.setdefault((c.get("status"), c.get("step"), c["kind"], kind), []).append(c)
+    lines = []
+    for (status, step, kind, what), alike in groups.items():
+        if len(alike) == 1:
+            lines.append(f"    {status or 'failed'}: {_problem_line(alike[0])}")
+            continue
+        names = [c["target"] for c in alike]
+        shown = ", ".join(names[:GROUPED_NAMES]) + (f" +{len(names) - GROUPED_NAMES} more"
+                                                     if len(names) > GROUPED_NAMES else "")
+        held = {k: sum(len(c[k]) for c in alike) for k in ("users", "hosts")}
+        also = ", ".join(f"{n} {k if n > 1 else k[:-1]}" for k, n in held.items() if n)
+        lines.append(f"    {status or 'failed'}: {len(names)} {kind}s at '{step}': {what}"
+                     + (f" (holding up {also})" if also else ""))
+        lines += textwrap.wrap(shown, 78, initial_indent="      ", subsequent_indent="      ",
+                               break_on_hyphens=False, break_long_words=False)
+        lines.append(f"      e.g. {_problem_line(alike[0])}")
+    return lines
 
 
 def render_status(info: dict[str, Any]) -> str:
@@ -422,15 +449,15 @@ def render_status(info: dict[str, Any]) -> str:
             waiting = f" (waiting for {', '.join(g['waiting'])})" if g["waiting"] else ""
             lines.append(f"  not yet (by design; a later night does them): {n} {g['kind']}(s) at "
                          f"'{g['step']}': {g['reason']}{waiting}")
-            names = ", ".join(g["targets"][:NOT_YET_NAMES]) + (
-                f" +{n - NOT_YET_NAMES} more" if n > NOT_YET_NAMES else "")
+            names = ", ".join(g["targets"][:GROUPED_NAMES]) + (
+                f" +{n - GROUPED_NAMES} more" if n > GROUPED_NAMES else "")
             lines += textwrap.wrap(names, 78, initial_indent="      ", subsequent_indent="      ",
                                    break_on_hyphens=False, break_long_words=False)
             lines.append(f"      e.g. {g['example']}")
         problems = r.get("problems") or []
         if problems:
             lines.append(f"  failed or unreachable: {len(problems)} cause(s)")
-            lines += [f"    {c['status'] or 'failed'}: {_problem_line(c)}" for c in problems]
+            lines += _problem_lines(problems)
         if r.get("next_command"):
             lines.append(f"  next: {r['next_command']}   (without --limit: everything left)")
         elif r.get("resume_command"):
