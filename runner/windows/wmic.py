@@ -40,6 +40,8 @@ from runner.windows.cmdline import Command, UnsafeValueError
 NO_INSTANCES = "No Instance(s) Available."
 #: HRESULTs that mean "try again later": server busy, RPC server unavailable.
 TRANSIENT_CODES = {0x80041045, 0x800706BA, 0x800706BF}
+#: WBEM_E_SERVER_TOO_BUSY: the server answered and did nothing; the same command may be sent again.
+SERVER_TOO_BUSY = 0x80041045
 _CMD_META = set('&|<>^()"%')
 _FORBIDDEN = re.compile(r"[\r\n\x00\x1a]")
 
@@ -242,6 +244,12 @@ def outcome(stdout: str, stderr: str = "", ok: bool = True) -> WmicOutcome:
     d = _DESC_RE.search(text)
     desc = d.group(1).strip() if d else (text.strip().splitlines() or ["wmic failed"])[-1]
     return WmicOutcome(False, int(m.group(1), 16) if m else None, desc)
+
+
+def busy(stdout: str, stderr: str = "") -> bool:
+    """wmic printed the server's busy error (``0x80041045``): the command did nothing."""
+    text = f"{stdout}\n{stderr}"
+    return "ERROR:" in text and outcome(stdout, stderr, ok=False).code == SERVER_TOO_BUSY
 
 
 def raise_for(out: WmicOutcome, what: str, host: str | None = None) -> None:
