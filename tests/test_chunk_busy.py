@@ -105,6 +105,14 @@ def test_the_labs_busy_draws_of_a_retried_command_are_independent(lab):
     assert longest <= 5
 
 
+def test_only_wmics_own_busy_error_block_is_taken_for_busy():
+    assert wmic.busy("ERROR:\r\nCode = 0x80041045\r\nDescription = Server is busy\r\nFacility = WMI\r\n")
+    assert wmic.busy("Updating property(s)\r\nERROR:\r\nCode = 0x80041045\r\n")
+    # a value holding that text (names are cleaned of line ends before they reach LCS) is data
+    assert not wmic.busy("Name=ERROR: Code = 0x80041045\r\nSIPURI=sip:x@contoso.com\r\n")
+    assert not wmic.busy("ERROR:\r\nCode = 0x80041002\r\nDescription = Not found\r\n")
+
+
 def test_a_chunks_read_rides_out_a_busy_pool(lab):
     """60 users: the pool's limit and two OR groups of users, groups and contacts, each a
     command that may be answered busy. Every read of the chunk gives every user's state."""

@@ -20,6 +20,12 @@ listed files of its owners, other than its own, are deleted in one more line
 afterwards, so only after a kill. No other chunk holding one of these users
 is in flight then (a user is in one task at a time); other users' files are
 left alone (their chunk may be running).
+
+A busy pool answers busy per request, so :meth:`ChunkScript.run` sends again,
+after a short pause, only the commands wmic said were busy (and, in a chunk
+that only reads, the lines whose connection was lost), keeping every other
+command's outcome: one busy answer to a chunk-wide read no longer costs every
+user of the chunk an attempt (docs/server-batching.md).
 """
 from __future__ import annotations
 
@@ -192,7 +198,7 @@ class ChunkScript:
         read-only chunk) its line was lost with the connection."""
         if sec is None:
             return self.read_only and self._lost is not None
-        return wmic.busy(sec.stdout)
+        return not sec.ok and wmic.busy(sec.stdout)
 
     def _send(self, indices: list[int], *, first: bool = False) -> None:
         """Run the commands ``indices`` (all of them, ``first``) as one line, a few lines (reads)

@@ -246,10 +246,14 @@ def outcome(stdout: str, stderr: str = "", ok: bool = True) -> WmicOutcome:
     return WmicOutcome(False, int(m.group(1), 16) if m else None, desc)
 
 
-def busy(stdout: str, stderr: str = "") -> bool:
-    """wmic printed the server's busy error (``0x80041045``): the command did nothing."""
-    text = f"{stdout}\n{stderr}"
-    return "ERROR:" in text and outcome(stdout, stderr, ok=False).code == SERVER_TOO_BUSY
+_BUSY_RE = re.compile(r"^ERROR:[ \t]*\r?\n[ \t]*Code[ \t]*=[ \t]*0x80041045[ \t]*\r?$", re.MULTILINE | re.IGNORECASE)
+
+
+def busy(output: str) -> bool:
+    """wmic printed the server's busy error block (``ERROR:`` on a line of its own, then
+    ``Code = 0x80041045``): the command did nothing. A value that merely contains such text
+    (a hostile display name in a ``/format:list`` line) is not taken for it."""
+    return _BUSY_RE.search(output) is not None
 
 
 def raise_for(out: WmicOutcome, what: str, host: str | None = None) -> None:
