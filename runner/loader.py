@@ -869,6 +869,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
 
     users: dict[str, User] = {}
     addresses: dict[str, str] = {}
+    identities: dict[tuple[str, str], str] = {}
     for alias, udef in users_data.items():
         alias = str(alias)
         upath: Path_ = ("users", alias)
@@ -887,6 +888,19 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
                                       "users must be unique", upath + ("im_address",)))
         else:
             addresses[addr] = alias
+        # an AD GUID is the user's LCS key (UserInstanceID) and their key in the state store, a
+        # SID their hive: two users with one of them would be enabled, imported and disabled
+        # as each other (found a night late, when the second one's wave moved)
+        for field_, norm in (("ad_guid", lambda v: str(_braced_guid(v)).lower()), ("sid", lambda v: str(v).upper())):
+            value = udef.get(field_)
+            if value is None:
+                continue
+            key = (field_, norm(value))
+            if key in identities:
+                b.errors.append(doc.error(f"user '{alias}' has the same {field_} as user '{identities[key]}'; "
+                                          f"each person has their own {field_}", upath + (field_,)))
+            else:
+                identities[key] = alias
         wave = udef.get("wave")
         users[alias] = User(alias=alias, im_address=udef["im_address"], clients=clients,
                             display_name=udef.get("display_name"), sid=udef.get("sid"),
@@ -898,6 +912,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     for vpath, vars_ in scopes:
         b.errors.extend(_sip_mapping_errors(doc, vpath, vars_))
         b.errors.extend(_local_package_errors(doc, vpath, vars_, b.base))
+        b.errors.extend(_signin_var_errors(doc, vpath, vars_))
     if b.errors:
         raise InputErrors(_sorted(b.errors))
     return Inventory(path=doc.file, hosts=hosts, groups=groups, users=users, vars=all_vars)
@@ -917,6 +932,15 @@ def _sip_mapping_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[Inp
         return []
     base = tuple(vars_path) + ("sip_mapping",)
     return [doc.error(message, base + tuple(sub)) for sub, message in rule_problems(rule)]
+
+
+def _signin_var_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[InputError]:
+    """``lcs_pool_fqdn`` and ``lcs_transport`` of one scope (runner.steps._signin.var_problems)
+    at their lines: a wrong one would fail every client's sign-in step after its upgrade."""
+    if not isinstance(vars_, dict):
+        return []
+    from runner.steps._signin import var_problems
+    return [doc.error(message, tuple(vars_path) + (name,)) for name, message in var_problems(vars_)]
 
 
 def _braced_guid(value: Any) -> Any:
