@@ -394,8 +394,9 @@ def import_and_read(conn: Connection, host: str, vars: Mapping[str, Any], owners
     section (runner.lcs.exchange.unfinished_import reads it) and every entry found."""
     script = ChunkScript(conn, host, vars, owners, limit=line_limit(vars, WINDOWS_2000_LINE), script=False)
     path = temp_path(conn, vars, f"runner-{owner_tag(owners[0])}-{secrets.token_hex(4)}.ldf")
-    conn.put(ldif.render(changes), path)
-    imported = script.add(ldif.import_command(path), stderr_too=True)
+    end = secrets.token_hex(8)
+    conn.put(ldif.render(changes, end=end), path)
+    imported = script.add(ldif.checked_import(path, end), stderr_too=True)
     script.add(Command("del", "/q", Quoted(path)))
     handles = [script.add_query(q) for q in queries]
     script.run()
