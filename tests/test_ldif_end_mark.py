@@ -73,3 +73,30 @@ def test_a_cut_short_file_is_never_imported_and_the_import_is_retried(exim):
     sec, _found = import_and_read(conn, name, inv.hosts[name].vars, [u.alias for u in users], changes, [])
     assert sec is not None and sec.ok, sec
     assert _left(d, users) == {u.alias: False for u in users}
+
+
+def test_a_chunk_script_cut_short_is_never_run(tmp_path):
+    """A chunk's script whose end did not arrive runs none of its commands (no section comes
+    back: the chunk's users are retried), rather than the commands before the cut, the last
+    of them perhaps cut in the middle; the same script whole runs every command."""
+    from runner.lcs.chunks import ChunkScript
+    from runner.windows.cmdline import Command
+    inv = load_inventory(generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=2, seed=6))
+    lcs = next(h for h in inv.hosts if h.startswith("lcs"))
+
+    def script_of(conn):
+        s = ChunkScript(conn, lcs, inv.hosts[lcs].vars, ["chunk"], limit=2047)
+        for i in range(40):   # well over one line: a script put and run
+            s.add(Command("echo", f"command {i} " + "x" * 60))
+        return s
+
+    _faults(tmp_path, lcs, 1.0)
+    s = script_of(LabConnection(inv.hosts[lcs], inv, None))
+    with pytest.raises(TransientFault, match="cut short"):
+        s.run()
+    assert all(s.section(i) is None for i in range(40)), "no command of a cut script ran"
+    _faults(tmp_path, lcs, 0.0)
+    s = script_of(LabConnection(inv.hosts[lcs], inv, None))
+    s.run()
+    assert all(s.section(i) is not None and s.section(i).ok and f"command {i} " in s.section(i).stdout
+               for i in range(40))

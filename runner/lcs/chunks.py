@@ -94,6 +94,10 @@ def ldap_any(attr: str, values: Sequence[str]) -> str:
     return parts if len(values) == 1 else f"(|{parts})"
 
 
+#: The last line of a chunk's script (after ``rem``), checked by findstr before cmd runs it.
+SCRIPT_END_MARK = "runner-end "
+
+
 class ChunkScript:
     """The commands of one chunk, run in one round trip (a line) or two (a script put, then run)."""
 
@@ -191,7 +195,8 @@ class ChunkScript:
         if not any(self.sections) and self.commands:
             raise self._lost or TransientFault(
                 f"no output from the {len(self.commands)} command(s) of a chunk on {self.host} "
-                f"({self._printed.strip()[-200:] or 'nothing printed'})", host=self.host)
+                f"({self._printed.strip()[-200:] or 'nothing printed'}; a script cut short in transfer "
+                "is not run)", host=self.host)
 
     def _resend(self, sec: Section | None) -> bool:
         """Whether a command with this outcome is sent again: the server said busy, or (in a
@@ -221,9 +226,13 @@ class ChunkScript:
                                 "".join(r.stderr for r in results))
         else:
             script = self._scratch("cmd")
-            body = ["@echo off", *(c.render() for c in wrapped)]
+            # the script's last line is a mark the line checks before running it: a script cut
+            # short in transfer never runs (its commands come back with no section: retried)
+            end = f"rem {SCRIPT_END_MARK}{secrets.token_hex(8)}"
+            body = ["@echo off", *(c.render() for c in wrapped), end]
             self.conn.put(("\r\n".join(b.replace("%", "%%") for b in body) + "\r\n").encode("utf-8"), script)
-            res = self.conn.run(chain([Command("cmd", "/c", Quoted(script)),
+            gate = Command("findstr", "/b", "/l", f'/c:"{end}"', Quoted(script), ">nul")
+            res = self.conn.run(chain([Command(gate, "&&", "cmd", "/c", Quoted(script)),
                                        Command("del", "/q", Quoted(script))]).render(limit=self.limit))
         sections = split_sections(res.stdout, len(commands), nonce)
         self._printed = res.stderr or res.stdout
