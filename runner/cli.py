@@ -179,10 +179,8 @@ def status(state_dir: str, as_json: bool) -> int:
     from runner.status import collect_status, render_status
 
     info = collect_status(Path(state_dir))
-    if not info["store"]:  # a typo in --state must not look like a store with nothing to do
-        raise RunnerError(f"no state store in {state_dir} (no {state_dir}/state.db): nothing was ever applied "
-                          f"with --state {state_dir}; give the directory `runner apply --state` used "
-                          f"(default {DEFAULT_STATE})")
+    if not info["store"]:
+        _refuse_no_store(state_dir)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
     else:
@@ -205,7 +203,11 @@ def report(state_dir: str, run_id: str | None, fmt: str, output: str | None, as_
     """One row per user (where they stand, contacts, Messenger, failures, what to redo by hand) and
     every warning of a run per target: unmappable and over-limit contacts, names cut, reboots..."""
     from runner.report import collect_report, render
+    from runner.state import DB_NAME, refuse_lost_store
 
+    refuse_lost_store(Path(state_dir))
+    if not (Path(state_dir) / DB_NAME).exists():
+        _refuse_no_store(state_dir)
     info = collect_report(Path(state_dir), run_id)
     text = render(info, "json" if as_json else fmt)
     if output:
@@ -253,6 +255,14 @@ def reexport(users: str, state_dir: str) -> int:
             click.echo(f"{r.alias}: the export runs again on the next `runner apply` "
                        f"({r.reopened} earlier export task(s) reopened)")
     return EXIT_OK
+
+
+def _refuse_no_store(state_dir: str) -> None:
+    """A --state without a store is an error (exit 1), for status and report alike: a typo in
+    --state must not look like a store with nothing to do."""
+    raise RunnerError(f"no state store in {state_dir} (no {state_dir}/state.db): nothing was ever applied "
+                      f"with --state {state_dir}; give the directory `runner apply --state` used "
+                      f"(default {DEFAULT_STATE})")
 
 
 def _damaged_rows(damaged: list[str] | None) -> int:

@@ -134,3 +134,15 @@ def test_causes_alike_are_one_line_naming_every_target():
             for h, u in (("pc0061", ["ann", "bob"]), ("pc0062", ["cid"]))]
     assert _problem_lines(down)[:2] == [
         "    unreachable: 2 hosts at 'Inventory clients': host unreachable (holding up 3 users)", "      pc0061, pc0062"]
+
+
+def test_report_of_a_directory_without_a_store_is_an_error_and_writes_nothing(tmp_path, capsys):
+    from tests.cli_support import cli
+    out_file = tmp_path / "empty.html"
+    for args in (["report", "--state", str(tmp_path / "nostate")],
+                 ["report", "--state", str(tmp_path / "nostate"), "--json"],
+                 ["report", "--state", str(tmp_path / "nostate2"), "--format", "html", "-o", str(out_file)]):
+        code, text = cli(capsys, *args)
+        assert code == EXIT_ERROR and "no state store in" in text, text
+        assert "no runs recorded" not in text and "report written" not in text
+    assert not out_file.exists() and not (tmp_path / "nostate").exists()
