@@ -25,6 +25,7 @@ from runner.lab.store import lab_identity
 from runner.loader import LabNotGenerated, load_inventory, load_playbook
 from runner.model import Inventory
 from runner.output import HumanOutput, JsonOutput
+from runner.outstream import LosableStream
 from runner.plan import build_plan
 from runner.state import StateStore
 
@@ -57,12 +58,21 @@ class ApplyRequest:
 
 
 class _Interrupts:
-    """SIGINT handling for the duration of a run (main thread only)."""
+    """SIGINT and SIGHUP handling for the duration of a run (main thread only). A hang-up (the
+    terminal or the ssh session to the control node went away) is not a reason to stop: the
+    streams on that terminal are dropped, as a closed stdout is (runner.outstream)."""
 
-    def __init__(self, engine: Engine, err: TextIO) -> None:
+    def __init__(self, engine: Engine, err: TextIO, streams: tuple[LosableStream, ...] = ()) -> None:
         self.engine = engine
         self.err = err
+        self.streams = streams
         self.previous: Any = None
+        self.previous_hup: Any = None
+
+    def _hang_up(self, signum: int, frame: Any) -> None:
+        for stream in self.streams:
+            if stream.isatty():
+                stream.lose("hung up (SIGHUP: its terminal or ssh session went away)")
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.engine.interrupted:
@@ -78,6 +88,8 @@ class _Interrupts:
     def __enter__(self) -> "_Interrupts":
         try:
             self.previous = signal.signal(signal.SIGINT, self._handle)
+            if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # not nohup's
+                self.previous_hup = signal.signal(signal.SIGHUP, self._hang_up)
         except ValueError:  # not the main thread (embedded use): no handler
             self.previous = None
         return self
@@ -85,6 +97,8 @@ class _Interrupts:
     def __exit__(self, *exc: object) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+        if self.previous_hup is not None:
+            signal.signal(signal.SIGHUP, self.previous_hup)
 
 
 def inventory_estate(inventory: Inventory) -> Estate:
@@ -187,6 +201,13 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
             bind_estate(store, inventory, record=True)
             info = store.start_run(req.playbook, req.inventory, command=req.resume_command, fresh=req.fresh)
             run_id, resumed = info.id, info.resumed
+        err = LosableStream(err, "standard error")
+        if req.check:  # nothing is recorded: with nobody reading, there is nothing left to do
+            then = "the check stops (it changes nothing and records nothing)"
+        else:
+            then = (f"the run goes on and records everything: `runner status --state {req.state_dir}` and "
+                    f"`runner report --state {req.state_dir}` show how it ends")
+        out = LosableStream(out, "standard output", notice=err, then=then)
         output: Any
         if req.json:
             output = JsonOutput(out, resume_command=req.resume_command)
@@ -200,7 +221,9 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
         if not req.check:
             subscribers.insert(0, RetryFile(Path(req.state_dir), req.playbook))
         engine = Engine(inventory, store, run_id, options, subscribers, resumed=resumed)
-        with _Interrupts(engine, err):
+        if req.check:
+            out.on_lost = engine.interrupt
+        with _Interrupts(engine, err, (out, err)):
             summary = engine.run(plan)
             if not req.check:
                 store.finish_run(run_id, summary.status)
