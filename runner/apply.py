@@ -170,14 +170,33 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
     """Run (or check) a playbook against an inventory; return the exit code."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    doing = ["loading the playbook"]  # what a Ctrl-C before the engine starts interrupted
+    try:
+        return _apply(req, out, err, doing)
+    except KeyboardInterrupt:
+        if not doing:  # the engine had started: its own handler has said what it had to
+            raise
+        err.write(f"\ninterrupted while {doing[0]}: nothing was started (no task ran, nothing changed)\n"
+                  f"to run again: {req.resume_command}\n")
+        err.flush()
+        return EXIT_INTERRUPTED
+
+
+def _apply(req: ApplyRequest, out: TextIO, err: TextIO, doing: list[str]) -> int:
+    """``apply``'s work; ``doing`` names the stage of loading under way, and is emptied when
+    the engine starts."""
     retry_delay_scale()  # a bad RUNNER_RETRY_DELAY_SCALE is a bad option before anything starts
     playbook = with_extra_vars(load_playbook(req.playbook), req.extra_vars)
+    doing[0] = "loading the inventory"
     try:
         inventory = load_inventory(req.inventory)
     except LabNotGenerated:  # the built-in lab is made on first use, by apply (loading never writes)
         from runner.lab.generator import ensure_plugin_lab
+        doing[0] = "generating the built-in lab"
         ensure_plugin_lab(req.inventory)
+        doing[0] = "loading the inventory"
         inventory = load_inventory(req.inventory)
+    doing[0] = "planning"
     plan = build_plan(playbook, inventory, limit=req.limit, tags=req.tags or None,
                       skip_tags=req.skip_tags or None, start_at_step=req.start_at_step)
     if req.list_hosts or req.list_tasks or req.list_tags:  # from the plan alone: nothing connects
@@ -188,8 +207,10 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
                 out.write("\n".join(lister(plan)) + "\n")
         out.flush()
         return 0
+    doing[0] = "checking the labs"
     check_labs(inventory, {t.target_name for t in plan.tasks() if t.kind == "host"}
                | {c for t in plan.tasks() if t.kind == "user" for c in getattr(t.target, "clients", ())})
+    doing[0] = "opening the state store"
     store = StateStore(Path(req.state_dir))
     try:
         if req.check:
@@ -224,6 +245,7 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
         if req.check:
             out.on_lost = engine.interrupt
         with _Interrupts(engine, err, (out, err)):
+            doing.clear()
             summary = engine.run(plan)
             if not req.check:
                 store.finish_run(run_id, summary.status)

@@ -109,10 +109,14 @@ def apply(playbook: str, inventory: str | None, check: bool, diff: bool, limit: 
     --limit takes host, group and user names and wave:NAME, comma separated, or @FILE with
     one a line (after a run with failures, STATE/PLAYBOOK.retry lists them).
     """
-    from runner.apply import ApplyRequest, apply as run_apply
-    from runner.extravars import expand_limit, parse_extra_vars
-
     argv = _ARGV or sys.argv[1:]
+    try:  # the run's modules take a few tenths of a second to import: a Ctrl-C then started nothing
+        from runner.apply import ApplyRequest, apply as run_apply
+        from runner.extravars import expand_limit, parse_extra_vars
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted while starting: nothing was started (no task ran, nothing changed)\n"
+                   f"to run again: {resume_command(list(argv))}", err=True)
+        return EXIT_INTERRUPTED
     req = ApplyRequest(playbook=playbook, inventory=_default_inventory(inventory), check=check, diff=diff,
                        limit=expand_limit(limit), extra_vars=parse_extra_vars(extra_vars),
                        list_hosts=list_hosts, list_tasks=list_tasks, list_tags=list_tags, tags=_split_tags(tags), skip_tags=_split_tags(skip_tags, "--skip-tags"),
