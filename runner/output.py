@@ -321,12 +321,14 @@ class HumanOutput:
             self.stream.flush()
 
     def _wave_end(self, d: dict[str, Any]) -> None:
-        name = d.get("wave") or "all"
+        wave = d.get("wave")  # None: a play without waves, whose only "wave" is the play itself
         gate = d.get("gate")
         if d.get("stopped"):
-            self._write(f"WAVE [{name}] stopped the play: {d['reason']}")
+            self._write(f"WAVE [{wave}] stopped the play: {d['reason']}" if wave is not None
+                        else f"the play stopped: {d['reason']}")
         elif gate:
-            self._say(f"WAVE [{name}] gate: {gate}: the play goes on")
+            self._say(f"WAVE [{wave}] gate: {gate}: the play goes on" if wave is not None
+                      else f"the play's gate: {gate}: it goes on")
 
     def _task(self, o: TaskOutcome) -> None:
         block = self._blocks.get(self._cur) if self._cur is not None else None
