@@ -87,6 +87,9 @@ class _StepBlock:
     # failures under ignore_errors, by kind (failure_kind): (target, message) each
     ignored: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     headed: bool = False   # its header was printed (a line of it came before it closed)
+    # lines said while an earlier step was still printing: (text, shown with -q too), said in turn
+    held: list[tuple[str, bool]] = field(default_factory=list)
+    complete: bool = False  # every task of it is in; its closing lines wait for its turn
 
 
 def _counters(c: dict[str, int]) -> str:
@@ -111,12 +114,13 @@ class HumanOutput:
         self._progress: Any = None
         self._progress_task: Any = None
         # A wave's tasks flow by their dependencies, so outcomes of its steps interleave:
-        # each (play, step, wave) is one block, its header printed when it starts and again
-        # only when a line of it follows another step's, its counts once, when it is done.
+        # each (play, step, wave) is one block, and blocks speak in the order they began.
+        # The first open block prints as its lines come (its header before its first line);
+        # a later block's lines are held until the blocks before it are done, then printed
+        # together under its one header, followed by its counts.
         self._blocks: dict[tuple[Any, ...], _StepBlock] = {}
         self._step: dict[str, Any] | None = None      # the step the next outcomes belong to
         self._cur: tuple[Any, ...] | None = None
-        self._headed: tuple[Any, ...] | None = None   # the block whose header was printed last
         self._check = False
         # blocks a resumed run found all done: said together, in one line, before the next line
         self._earlier: list[tuple[str, Any, int]] = []
@@ -151,7 +155,6 @@ class HumanOutput:
             wave = next(iter(waves)) if len(waves) == 1 else None
             name = (f"{blocks[0][0]} ... {blocks[-1][0]}" + (f" (wave {wave})" if wave is not None else "")
                     + f", {len(blocks)} steps")
-        self._headed = None
         self._say("")
         self._say(header("STEP", name, f"done earlier={sum(n for _, _, n in blocks)}"))
 
@@ -212,29 +215,57 @@ class HumanOutput:
                 f"{self._where()}")
 
     def _header(self, key: tuple[Any, ...]) -> None:
-        """Print ``key``'s STEP header unless it is the last one printed."""
+        """Print ``key``'s STEP header, once."""
         if self._earlier:
             self._flush_earlier()   # before: its line must not come under a header it has not
-        if self._headed == key:
-            return
-        self._headed = key
         block = self._blocks[key]
+        if block.headed:
+            return
         block.headed = True
         self._say("")
         self._say(header("STEP", _block_name(block)))
 
+    def _line(self, key: tuple[Any, ...] | None, line: str, loud: bool) -> None:
+        """A line of ``key``'s block (``loud``: shown with -q too): printed now under its header
+        when the block has the floor, else held for its turn."""
+        block = self._blocks.get(key) if key is not None else None
+        if block is None:
+            self._write(line) if loud else self._say(line)
+        elif key != next(iter(self._blocks)):
+            block.held.append((line, loud))
+        else:
+            self._header(key)
+            self._write(line) if loud else self._say(line)
+
     def _loud(self, line: str) -> None:
         """Write a failure (or -v) line under its own step's header."""
-        if self._cur is not None and self._cur in self._blocks:
-            self._header(self._cur)
-        self._write(line)
+        self._line(self._cur, line, True)
 
     def _close(self, key: tuple[Any, ...]) -> None:
-        """A block is done: its grouped failures, then its counts and warnings, once."""
+        """A block has all its tasks: its closing lines now if it has the floor, else in its turn."""
         b = self._blocks[key]
+        b.complete = True
         dropped = b.announced - b.seen  # targets out of the play: never run
         if dropped > 0:
             self._advance(dropped)
+            b.seen = b.announced
+        if self._cur == key:
+            self._cur = None
+            self._step = None
+        while self._blocks:  # the first block done gives the floor to the next, which says what it held
+            first = next(iter(self._blocks))
+            fb = self._blocks[first]
+            for line, loud in fb.held:
+                self._header(first)
+                self._write(line) if loud else self._say(line)
+            fb.held.clear()
+            if not fb.complete:
+                break
+            self._conclude(first)
+
+    def _conclude(self, key: tuple[Any, ...]) -> None:
+        """A block done and with the floor: its grouped failures, then its counts and warnings, once."""
+        b = self._blocks[key]
         show_counts = self.verbosity == 0 and any(b.counts.values())
         if show_counts and not b.headed and not b.blocked and not b.ignored and not b.warnings \
                 and set(k for k, v in b.counts.items() if v) == {"done earlier"}:
@@ -243,7 +274,8 @@ class HumanOutput:
         elif show_counts and not b.headed and not b.blocked and not b.ignored \
                 and not (b.warnings and self.verbosity == 0):
             # nothing but its counts: one line, `STEP [name] changed=8 ****` (a screen or two a night)
-            self._headed = key
+            if self._earlier:
+                self._flush_earlier()
             self._say("")
             self._say(header("STEP", _block_name(b), "  ".join(f"{k}={v}" for k, v in b.counts.items() if v)))
             show_counts = False
@@ -269,14 +301,12 @@ class HumanOutput:
         if b.warnings and self.verbosity == 0:
             self._say(f"  warnings: {kinds_line(dict(b.warnings))}")
         del self._blocks[key]
-        if self._cur == key:
-            self._cur = None
-            self._step = None
 
     def _end_step(self) -> None:
         """Close every open block (a wave, play or run ended)."""
         for key in list(self._blocks):
-            self._close(key)
+            if key in self._blocks:
+                self._close(key)
         self._cur = self._step = None
         self.stream.flush()
 
@@ -366,14 +396,12 @@ class HumanOutput:
             self._loud(text)
             if o.traceback and self.verbosity >= 3:
                 for line in o.traceback.rstrip().splitlines():
-                    self._write("    " + line)
+                    self._loud("    " + line)
         if self.diff and o.diff is not None and status == "changed":
-            if not self.quiet and self._cur in self._blocks:
-                self._header(self._cur)
             if self.verbosity == 0:
-                self._say(f"changed: [{o.target}] {o.diff.summary}")
+                self._line(self._cur, f"changed: [{o.target}] {o.diff.summary}", False)
             for line in o.diff.lines:
-                self._say("    " + line)
+                self._line(self._cur, "    " + line, False)
         if o.warnings:
             for wkind, n, text in self.warnings.add(o.step, o.target, o.warnings):
                 if block is not None:
