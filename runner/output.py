@@ -87,6 +87,9 @@ class _StepBlock:
     # failures under ignore_errors, by kind (failure_kind): (target, message) each
     ignored: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     headed: bool = False   # its header was printed (a line of it came before it closed)
+    # real failures by (status, whole message with <target>): the first is printed as it comes,
+    # the later ones alike are one line at the step's end
+    alike: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     # lines said while an earlier step was still printing: (text, shown with -q too), said in turn
     held: list[tuple[str, bool]] = field(default_factory=list)
     complete: bool = False  # every task of it is in; its closing lines wait for its turn
@@ -279,7 +282,8 @@ class HumanOutput:
             self._say("")
             self._say(header("STEP", _block_name(b), "  ".join(f"{k}={v}" for k, v in b.counts.items() if v)))
             show_counts = False
-        elif b.blocked or b.ignored or show_counts or (b.warnings and self.verbosity == 0):
+        elif b.blocked or b.ignored or show_counts or (b.warnings and self.verbosity == 0) \
+                or any(len(t) > 1 for t in b.alike.values()):
             self._header(key)  # printed by _say: with -q, the failures come without it
         for reason, targets in b.blocked.items():
             targets = sorted(targets, key=natural_key)
@@ -296,6 +300,11 @@ class HumanOutput:
                                                            if len(targets) > GROUPED_NAMES else "")
             self._write(f"failed (ignored): [{names}] {kind} ({len(targets)} targets; -v shows each)")
             self._write(f"  e.g. [{failures[0][0]}] {failures[0][1]}")
+        for (status, message), targets in b.alike.items():
+            if len(targets) > 1:  # every target named: each is a failure of its own
+                rest = sorted(targets[1:], key=natural_key)
+                self._write(f"{status}: [{', '.join(rest)}] {message} ({len(rest)} more "
+                            f"target{'s' if len(rest) > 1 else ''} alike [{targets[0]}] above; -v shows each)")
         if show_counts:
             self._say("  " + "  ".join(f"{k}={v}" for k, v in b.counts.items() if v))
         if b.warnings and self.verbosity == 0:
@@ -385,6 +394,8 @@ class HumanOutput:
             # ignore_errors: the playbook expects these (a machine whose users have not all
             # moved yet keeps Exchange IM), so alike ones are one line at the step's end
             block.ignored.setdefault(failure_kind(o.message, o.target), []).append((o.target, one_line(o.message)))
+        elif loud and self.verbosity == 0 and block is not None and self._alike(block, o):
+            pass  # alike an earlier failure of this step: named in one line when the step is done
         elif loud or self.verbosity >= 1:
             label = "failed (ignored)" if o.ignored else status
             text = f"{label}: [{o.target}]"
@@ -410,6 +421,13 @@ class HumanOutput:
                     self._loud(f"warning: [{o.target}] {text}")
         if block is not None and block.seen >= block.announced > 0:
             self._close(self._cur)
+
+    @staticmethod
+    def _alike(block: _StepBlock, o: TaskOutcome) -> bool:
+        """Count a real failure by its cause; whether one alike was already printed at this step."""
+        same = block.alike.setdefault((o.status, failure_kind(o.message, o.target, whole=True)), [])
+        same.append(o.target)
+        return len(same) > 1
 
     def _recap(self, summary: RunSummary) -> None:
         self._say("")

@@ -14,7 +14,7 @@ from runner.steps.base import Diff
 
 def _outcome(step: str, target: str, status: str, **kw) -> TaskOutcome:
     return TaskOutcome(key=f"1/{step}/user:{target}", play_index=1, step=step, module="m", kind="user",
-                       target=target, status=status, wave="wave1", attempts=1, **kw)
+                       target=target, status=status, wave="wave1", attempts=kw.pop("attempts", 1), **kw)
 
 
 def _run(sink, items, tasks) -> None:
@@ -70,12 +70,16 @@ def test_interleaved_steps_each_print_one_header_with_their_own_lines_under_it()
             step = name.split(" (")[0]
             for line in lines:  # an outcome line names a target of its own step only
                 if line.startswith(("failed:", "changed:")):
-                    assert (step, line.split("[")[1].split("]")[0]) in {
-                        (s, o.target) for s, o in items if o.status in ("failed", "changed")}, (name, line)
+                    for target in line.split("[")[1].split("]")[0].split(", "):
+                        assert (step, target) in {
+                            (s, o.target) for s, o in items if o.status in ("failed", "changed")}, (name, line)
         text = buf.getvalue()
         assert text.count("failed: [u1] msiexec 1603") == 1 and text.count("] LCS server busy") >= 1
         imports = dict(blocks)["Import (wave wave1)"]
         assert any("u5" in line for line in imports), imports  # every failure, under its header
+        named = {t for line in imports if line.startswith("failed:")
+                 for t in line.split("[")[1].split("]")[0].split(", ")}
+        assert named == {f"u{i}" for i in range(6)}, imports
 
 
 def test_a_header_is_printed_only_with_something_under_it():
@@ -96,3 +100,26 @@ def test_the_front_steps_failures_are_printed_as_they_come():
     out(Event(STEP_START, {"play": 1, "step": "Export", "module": "m", "wave": "wave1", "tasks": 2}))
     out(Event(TASK_END, {"outcome": _outcome("Export", "u1", "failed", message="hive in use")}))
     assert "failed: [u1] hive in use" in buf.getvalue()  # live: not held until the step ends
+
+
+def _busy_night(verbosity: int) -> str:
+    buf = io.StringIO()
+    items = [("Import", _outcome("Import", f"u{i}", "failed", attempts=4,
+                                 message="read MaxContactsPerUser: wmic error 0x80041045 Server is busy"))
+             for i in range(1, 39)]
+    items.insert(5, ("Import", _outcome("Import", "x1", "failed", message="read MaxContactsPerUser: access denied")))
+    items.append(("Import", _outcome("Import", "u99", "changed")))
+    _run(HumanOutput(stream=buf, tty=False, verbosity=verbosity), items, {"Import": len(items)})
+    return buf.getvalue()
+
+
+def test_failures_alike_are_one_line_naming_every_target_and_v_prints_each():
+    text = _busy_night(0)
+    busy = [ln for ln in text.splitlines() if ln.startswith("failed:") and "Server is busy" in ln]
+    assert len(busy) == 2, text  # the first as it came, then the 37 others alike in one line
+    assert busy[0].startswith("failed: [u1] read MaxContactsPerUser: wmic error")
+    named = busy[1].split("[", 1)[1].split("]", 1)[0].split(", ")
+    assert named == [f"u{i}" for i in range(2, 39)] and "37 more targets" in busy[1], busy[1]
+    assert "failed: [x1] read MaxContactsPerUser: access denied" in text  # another cause: its own line
+    verbose = _busy_night(1)
+    assert sum(1 for ln in verbose.splitlines() if ln.startswith("failed:") and "Server is busy" in ln) == 38
