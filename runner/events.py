@@ -20,7 +20,8 @@ TASK_END = "task_end"
 WAVE_END = "wave_end"
 RUN_END = "run_end"
 
-#: Statuses that count as "done" for a checkpoint: not run again on resume.
+#: Statuses that count as "done" for a checkpoint: not run again on resume. Not ``not_yet``
+#: (a target not due yet, by design: runner.steps.base.NotYet), which a later run does.
 DONE_STATUSES = frozenset({"ok", "changed", "skipped"})
 
 

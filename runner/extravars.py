@@ -31,6 +31,9 @@ def parse_extra_vars(values: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for value in values:
         out.update(_one(value))
+    from runner.steps._signin import var_problems
+    for name, message in var_problems(out):
+        raise OptionsError(f"-e {name}: {message}")
     return out
 
 

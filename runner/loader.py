@@ -166,7 +166,7 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
         dups = _duplicate_keys(root, file)
         if dups:
             raise InputErrors(dups)
-        shape = _shape_errors(root, file)
+        shape = _shape_errors(root, file, text)
         if shape:
             raise InputErrors(shape)
         data = loader.construct_document(root) if root is not None else None
@@ -189,6 +189,9 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
             name = re.match(r"\*([^\s,\[\]{}]*)", text.splitlines()[mark.line][mark.column:])
             what = f"the alias {name.group(0)!r} refers to no anchor (&{name.group(1)}) defined before it" \
                 if name else what
+        elif mark and "unknown escape character" in what:
+            what += (": in double quotes a backslash starts an escape; write a Windows path in single "
+                     "quotes ('\\\\server\\share\\file.msi') or double every backslash")
         elif mark and _long_key(text, mark.line):
             what = (f"a key longer than {YAML_KEY_LIMIT} characters, which YAML cannot read unquoted "
                     "(names are at most 128 characters)")
@@ -225,9 +228,32 @@ def _long_key(text: str, line: int) -> bool:
 
 _NON_FINITE = re.compile(r"[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+#: In a double-quoted YAML string, a backslash and one of these letters is one control
+#: character (``\n`` a newline, ``\t`` a tab...), preceded by an even run of backslashes.
+_CONTROL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*(\\[ntrabfve0])")
+_CONTROL_NAMES = {"n": "newline", "t": "tab", "r": "carriage return", "a": "bell", "b": "backspace",
+                  "f": "form feed", "v": "vertical tab", "e": "escape", "0": "NUL"}
 
 
-def _shape_errors(root: Node | None, file: str) -> list[InputError]:
+def _path_escape_error(node: ScalarNode, file: str, text: str | None) -> InputError | None:
+    """A double-quoted Windows path whose ``\\n`` or ``\\t`` YAML has read as a newline or tab
+    (``"\\\\deploy\\new\\temp.msi"``): it would print like the path and be another one.
+    Told by an escaped backslash (``\\\\``) beside the control escape: a text that only means
+    a newline has none."""
+    if node.style != '"' or text is None or not any(c in node.value for c in "\n\t\r\a\b\f\v\x1b\0"):
+        return None
+    raw = text[node.start_mark.index:node.end_mark.index]
+    found = _CONTROL_ESCAPE.search(raw)
+    if found is None or "\\\\" not in raw:
+        return None
+    esc = found.group(1)
+    m = node.start_mark
+    return InputError(f"in double quotes, {esc} is a {_CONTROL_NAMES[esc[1]]}, not a backslash and "
+                      f"'{esc[1]}': write a Windows path in single quotes ('\\\\server\\share\\file.msi') "
+                      "or double every backslash", file, m.line + 1, m.column + 1)
+
+
+def _shape_errors(root: Node | None, file: str, text: str | None = None) -> list[InputError]:
     """Limits of the reader, checked on the node tree before anything is built from it.
 
     Nesting deeper than MAX_YAML_DEPTH (a playbook is a few levels deep), more
@@ -268,6 +294,9 @@ def _shape_errors(root: Node | None, file: str) -> list[InputError]:
             if node.tag == _FLOAT_TAG and _NON_FINITE.fullmatch(node.value):
                 m = node.start_mark
                 errors.append(InputError(f"{node.value} is not a finite number", file, m.line + 1, m.column + 1))
+            path_error = _path_escape_error(node, file, text)
+            if path_error is not None:
+                errors.append(path_error)
             continue
         sizes[id(node)] = 1  # provisional: an alias cycle counts once
         stack.append((node, depth, True))
@@ -869,6 +898,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
 
     users: dict[str, User] = {}
     addresses: dict[str, str] = {}
+    identities: dict[tuple[str, str], str] = {}
     for alias, udef in users_data.items():
         alias = str(alias)
         upath: Path_ = ("users", alias)
@@ -887,6 +917,19 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
                                       "users must be unique", upath + ("im_address",)))
         else:
             addresses[addr] = alias
+        # an AD GUID is the user's LCS key (UserInstanceID) and their key in the state store, a
+        # SID their hive: two users with one of them would be enabled, imported and disabled
+        # as each other (found a night late, when the second one's wave moved)
+        for field_, norm in (("ad_guid", lambda v: str(_braced_guid(v)).lower()), ("sid", lambda v: str(v).upper())):
+            value = udef.get(field_)
+            if value is None:
+                continue
+            key = (field_, norm(value))
+            if key in identities:
+                b.errors.append(doc.error(f"user '{alias}' has the same {field_} as user '{identities[key]}'; "
+                                          f"each person has their own {field_}", upath + (field_,)))
+            else:
+                identities[key] = alias
         wave = udef.get("wave")
         users[alias] = User(alias=alias, im_address=udef["im_address"], clients=clients,
                             display_name=udef.get("display_name"), sid=udef.get("sid"),
@@ -898,6 +941,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     for vpath, vars_ in scopes:
         b.errors.extend(_sip_mapping_errors(doc, vpath, vars_))
         b.errors.extend(_local_package_errors(doc, vpath, vars_, b.base))
+        b.errors.extend(_signin_var_errors(doc, vpath, vars_))
     if b.errors:
         raise InputErrors(_sorted(b.errors))
     return Inventory(path=doc.file, hosts=hosts, groups=groups, users=users, vars=all_vars)
@@ -917,6 +961,15 @@ def _sip_mapping_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[Inp
         return []
     base = tuple(vars_path) + ("sip_mapping",)
     return [doc.error(message, base + tuple(sub)) for sub, message in rule_problems(rule)]
+
+
+def _signin_var_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[InputError]:
+    """``lcs_pool_fqdn`` and ``lcs_transport`` of one scope (runner.steps._signin.var_problems)
+    at their lines: a wrong one would fail every client's sign-in step after its upgrade."""
+    if not isinstance(vars_, dict):
+        return []
+    from runner.steps._signin import var_problems
+    return [doc.error(message, tuple(vars_path) + (name,)) for name, message in var_problems(vars_)]
 
 
 def _braced_guid(value: Any) -> Any:

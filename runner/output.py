@@ -3,7 +3,8 @@
 Both are engine subscribers. ``HumanOutput`` prints a header per play and
 step with a one-line summary of each step's counts and warnings, the failed
 and unreachable tasks (those an earlier failure blocked grouped in one line
-per cause), every task at ``-v``, diffs with ``--diff``, and the final RECAP:
+per cause), the targets not due yet by design (``not_yet``: one line per
+reason with a few examples), every task at ``-v``, diffs with ``--diff``, and the final RECAP:
 hosts and users apart, the targets with problems, the warnings per step and
 kind with a few examples, and the command to resume. ``-q`` keeps only the
 failures, the recap totals and the resume command.
@@ -39,6 +40,9 @@ WARNINGS_PER_TASK = 3
 PROGRESS_INTERVAL = 30.0
 #: Targets named in one grouped "not run" line before "+N more".
 GROUPED_NAMES = 30
+#: Examples under a step's "not yet" line, and targets the recap names (-v: every one).
+NOT_YET_EXAMPLES = 3
+RECAP_NOT_YET_NAMES = 10
 WIDTH = 78
 _PROBLEMS = ("failed", "unreachable", "ignored")
 
@@ -74,6 +78,22 @@ def _blocked_reason(o: TaskOutcome) -> str | None:
     return None
 
 
+def _not_yet_lines(reason: str, found: list[tuple[str, str, str]], waiting: set[str], examples: bool) -> list[str]:
+    """A step's targets not due yet for one reason (``found``: target, kind, message):
+    ``not yet: 78 hosts keep Exchange IM ... (waiting for wave2, wave3)`` and, when
+    ``examples``, the first few (``  e.g. [pc0001] ...``) and how many more."""
+    kinds = {k for _, k, _ in found}
+    what = f"{kinds.pop()}s" if len(kinds) == 1 else "targets"
+    lines = [f"not yet: {len(found)} {what if len(found) != 1 else what[:-1]} {reason}"
+             + (f" (waiting for {', '.join(sorted(waiting, key=natural_key))})" if waiting else "")]
+    if examples:
+        for target, _, message in sorted(found, key=lambda f: natural_key(f[0]))[:NOT_YET_EXAMPLES]:
+            lines.append(f"  e.g. [{target}] {message}")
+        if len(found) > NOT_YET_EXAMPLES:
+            lines.append(f"  ... and {len(found) - NOT_YET_EXAMPLES} more (-v shows each; `runner status` lists them)")
+    return lines
+
+
 @dataclass
 class _StepBlock:
     """One step of one wave in the live output: its counts, warnings and grouped failures."""
@@ -81,9 +101,12 @@ class _StepBlock:
     announced: int
     seen: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "changed": 0, "failed": 0,
-                                                             "skipped": 0, "unreachable": 0})
+                                                             "skipped": 0, "unreachable": 0, "not_yet": 0})
     warnings: Counter[str] = field(default_factory=Counter)
     blocked: dict[str, list[str]] = field(default_factory=dict)
+    # not due yet (NotYet), by reason: the (target, kind, message) of each, and what they wait for
+    not_yet: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    waiting: dict[str, set[str]] = field(default_factory=dict)
     # failures under ignore_errors, by kind (failure_kind): (target, message) each
     ignored: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     headed: bool = False   # its header was printed (a line of it came before it closed)
@@ -274,7 +297,7 @@ class HumanOutput:
                 and set(k for k, v in b.counts.items() if v) == {"done earlier"}:
             self._earlier.append((b.event["step"], b.event.get("wave"), b.counts["done earlier"]))
             show_counts = False
-        elif show_counts and not b.headed and not b.blocked and not b.ignored \
+        elif show_counts and not b.headed and not b.blocked and not b.ignored and not b.not_yet \
                 and not (b.warnings and self.verbosity == 0):
             # nothing but its counts: one line, `STEP [name] changed=8 ****` (a screen or two a night)
             if self._earlier:
@@ -282,7 +305,7 @@ class HumanOutput:
             self._say("")
             self._say(header("STEP", _block_name(b), "  ".join(f"{k}={v}" for k, v in b.counts.items() if v)))
             show_counts = False
-        elif b.blocked or b.ignored or show_counts or (b.warnings and self.verbosity == 0) \
+        elif b.blocked or b.ignored or b.not_yet or show_counts or (b.warnings and self.verbosity == 0) \
                 or any(len(t) > 1 for t in b.alike.values()):
             self._header(key)  # printed by _say: with -q, the failures come without it
         for reason, targets in b.blocked.items():
@@ -305,6 +328,9 @@ class HumanOutput:
                 rest = sorted(targets[1:], key=natural_key)
                 self._write(f"{status}: [{', '.join(rest)}] {message} ({len(rest)} more "
                             f"target{'s' if len(rest) > 1 else ''} alike [{targets[0]}] above; -v shows each)")
+        for reason, found in b.not_yet.items():
+            for line in _not_yet_lines(reason, found, b.waiting.get(reason, set()), self.verbosity == 0):
+                self._say(line)
         if show_counts:
             self._say("  " + "  ".join(f"{k}={v}" for k, v in b.counts.items() if v))
         if b.warnings and self.verbosity == 0:
@@ -386,6 +412,12 @@ class HumanOutput:
             block.counts[bucket] = block.counts.get(bucket, 0) + 1
         self._advance()
         status = o.status
+        if status == "not_yet" and block is not None:
+            why = o.data.get("not_yet") if isinstance(o.data, dict) else None
+            why = why if isinstance(why, dict) else {}
+            reason = str(why.get("reason") or "not due yet")
+            block.waiting.setdefault(reason, set()).update(str(w) for w in why.get("waiting") or ())
+            block.not_yet.setdefault(reason, []).append((o.target, o.kind, o.message))  # -v: each below too
         loud = status in ("failed", "unreachable")
         blocked = _blocked_reason(o) if loud and self.verbosity == 0 else None
         if blocked is not None and block is not None:
@@ -397,7 +429,7 @@ class HumanOutput:
         elif loud and self.verbosity == 0 and block is not None and self._alike(block, o):
             pass  # alike an earlier failure of this step: named in one line when the step is done
         elif loud or self.verbosity >= 1:
-            label = "failed (ignored)" if o.ignored else status
+            label = "failed (ignored)" if o.ignored else "not yet" if status == "not_yet" else status
             text = f"{label}: [{o.target}]"
             message = "(done in an earlier run)" if o.resumed else one_line(o.message)
             if message:
@@ -460,6 +492,14 @@ class HumanOutput:
                                               subsequent_indent="    ", break_on_hyphens=False,
                                               break_long_words=False):
                         self._write(line)
+            later = [n for n in names if counts[(kind, n)].get("not_yet")]
+            if later:
+                shown = ", ".join(later[:RECAP_NOT_YET_NAMES]) + (
+                    f" +{len(later) - RECAP_NOT_YET_NAMES} more" if len(later) > RECAP_NOT_YET_NAMES else "")
+                for line in textwrap.wrap(f"{shown} (by design; a later run does them)", WIDTH - 4,
+                                          initial_indent=f"  not yet ({len(later)}): ", subsequent_indent="    ",
+                                          break_on_hyphens=False, break_long_words=False):
+                    self._write(line)
             if len(bad) < len(names):
                 self._write(f"  ({len(names) - len(bad)} without problems; -v lists each)")
         self._write(f"{'TOTAL':<{width}} : " + _counters(summary.totals))

@@ -13,6 +13,9 @@ Honest about what it cannot see in the store alone:
   every task not done yet is counted per play and wave (``remaining``);
 - a run recorded as ``running`` whose process is gone (killed: no live holder
   of the state directory's lock) is shown as ``interrupted``;
+- the targets not due yet by design (status ``not_yet``: a machine that keeps Exchange IM
+  until the last of its users has moved), per step and reason, as what is left, not as a
+  failure (``not_yet``);
 - every failed or unreachable target of the newest runs, grouped by the
   target that caused it with how many others it holds up
   (``exim01: connection closed (572 users)``);
@@ -81,6 +84,7 @@ def collect_status(state_dir: Path) -> dict[str, Any]:
                 entry["left"] = sum(s["left"] for s in steps)
                 entry["remaining"] = remaining_of_playbook(r.playbook, r.inventory, rows)
                 entry["problems"] = group_problems(rows)
+                entry["not_yet"] = group_not_yet(rows)
                 more = (entry["remaining"] or {}).get("tasks") or 0
                 if status != "ok" or entry["left"] or more:
                     entry["resume_command"] = r.command
@@ -186,6 +190,28 @@ def next_command(command: str | None, remaining: dict[str, Any] | None) -> str |
     if limited and waves:
         out += ["--limit", f"wave:{waves[0]}"]
     return shlex.join(out)
+
+
+def group_not_yet(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tasks whose outcome is ``not_yet`` (a step found the target not due yet, by design),
+    per step and reason: the targets (natural order), what they wait for, one example."""
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for t in rows:
+        if t["status"] != "not_yet":
+            continue
+        data = ((t.get("result") or {}).get("data") or {}) if isinstance(t.get("result"), dict) else {}
+        why = data.get("not_yet") if isinstance(data.get("not_yet"), dict) else {}
+        reason = str(why.get("reason") or "not due yet")
+        g = groups.setdefault((t["play_index"], t["step"], t["kind"], reason), {
+            "play": t["play_index"], "step": t["step"], "kind": t["kind"] or "host", "reason": reason,
+            "targets": [], "waiting": set(), "example": f"{t['target']}: {t['message']}"})
+        g["targets"].append(t["target"])
+        g["waiting"].update(str(w) for w in why.get("waiting") or ())
+    out = list(groups.values())
+    for g in out:
+        g["targets"].sort(key=natural_key)
+        g["waiting"] = sorted(g["waiting"], key=natural_key)
+    return out
 
 
 def group_problems(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -442,6 +468,16 @@ def render_status(info: dict[str, Any]) -> str:
                 lines.append(f"    [{p['play']}] {p['name']}: {waves}")
         elif rem is not None:
             lines.append("  remaining of the playbook: nothing")
+        for g in r.get("not_yet") or []:
+            n = len(g["targets"])
+            waiting = f" (waiting for {', '.join(g['waiting'])})" if g["waiting"] else ""
+            lines.append(f"  not yet (by design; a later night does them): {n} {g['kind']}(s) at "
+                         f"'{g['step']}': {g['reason']}{waiting}")
+            names = ", ".join(g["targets"][:GROUPED_NAMES]) + (
+                f" +{n - GROUPED_NAMES} more" if n > GROUPED_NAMES else "")
+            lines += textwrap.wrap(names, 78, initial_indent="      ", subsequent_indent="      ",
+                                   break_on_hyphens=False, break_long_words=False)
+            lines.append(f"      e.g. {g['example']}")
         problems = r.get("problems") or []
         if problems:
             lines.append(f"  failed or unreachable: {len(problems)} cause(s)")
