@@ -21,6 +21,7 @@ from runner.errors import EXIT_INTERRUPTED, PermanentFault, RunnerError
 from runner.estate import Estate, estate_of, subjects
 from runner.events import RUN_END, Event
 from runner.extravars import with_extra_vars
+from runner.oslimits import raise_open_files
 from runner.lab.store import lab_identity
 from runner.loader import LabNotGenerated, load_inventory, load_playbook
 from runner.model import Inventory
@@ -186,6 +187,7 @@ def _apply(req: ApplyRequest, out: TextIO, err: TextIO, doing: list[str]) -> int
     """``apply``'s work; ``doing`` names the stage of loading under way, and is emptied when
     the engine starts."""
     retry_delay_scale()  # a bad RUNNER_RETRY_DELAY_SCALE is a bad option before anything starts
+    raise_open_files()   # a socket per SSH host, SQLite files per lab thread (runner.oslimits)
     playbook = with_extra_vars(load_playbook(req.playbook), req.extra_vars)
     doing[0] = "loading the inventory"
     try:

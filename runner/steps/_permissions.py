@@ -275,7 +275,8 @@ def read_chunk(items: Sequence[tuple[StepContext, User]], *, directory: bool) ->
                              limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
         iids = [iid for *_, iid in live]
         read = LcsRead(script, iids, contacts=False)
-        parts = [(g, script.add(wmic.get(ACE_CLASS, ACE_PROPS, wql_any("UserInstanceID", g)), stderr_too=True))
+        parts = [(g, script.add(wmic.get(ACE_CLASS, ACE_PROPS, wql_any("UserInstanceID", g)), stderr_too=True,
+                                   read=True))
                  for g in groups(list(dict.fromkeys(iids)))]
         script.run()
         states = read.states()
