@@ -44,6 +44,11 @@ class PermissionState:
     created: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
 
 
+def entries(n: int, what: str = "") -> str:
+    """``1 allow/block entry``, ``3 unmappable allow/block entries``."""
+    return f"{n} {what}allow/block {'entry' if n == 1 else 'entries'}"
+
+
 class PermissionStep(StepModule):
     """What both permission steps are: per user, in chunks of their LCS home server."""
 
