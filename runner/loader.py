@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jsonschema
 import yaml
+from yaml.composer import Composer
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.errors import InputError, InputErrors, RunnerError
@@ -46,10 +47,58 @@ Path_ = tuple  # a path into the document: keys and list indexes
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class MarkedLoader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """SafeLoader (libyaml's when available: large inventories) that keeps the
+class _TooLarge(Exception):
+    """Raised while composing: the document passes a reader limit at ``mark``."""
+
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+_LOADER_BASES = (_BaseLoader,) if issubclass(_BaseLoader, Composer) else (Composer, _BaseLoader)
+
+
+class MarkedLoader(*_LOADER_BASES):  # type: ignore[misc]
+    """SafeLoader (libyaml's parser when available: large inventories) that keeps the
     composed node tree (every node has start_mark line/column) so that any
-    document path can be located afterwards."""
+    document path can be located afterwards.
+
+    The tree is composed in Python (PyYAML's Composer over libyaml's events, as
+    fast as libyaml's own composer here) so that the reader's limits hold while
+    it is built: a file under the size limit can still hold millions of values
+    (``[1,1,1,...]``: 16 million in 32 MiB, tens of GB as nodes), and deep
+    nesting would end in a RecursionError. Both stop at the node that passes
+    MAX_YAML_NODES or MAX_YAML_DEPTH, at its line.
+    """
+
+    def __init__(self, stream: str) -> None:
+        _BaseLoader.__init__(self, stream)
+        self.anchors: dict[str, Node] = {}  # Composer's, which libyaml's loader does not set up
+        self._nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise _TooLarge(f"holds more than {MAX_YAML_NODES:,} values", self.peek_event().start_mark)
+        return Composer.compose_node(self, parent, index)
+
+    def _deeper(self) -> None:
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise _TooLarge(f"nested too deeply (more than {MAX_YAML_DEPTH} levels)", self.peek_event().start_mark)
+
+    def compose_sequence_node(self, anchor: str | None) -> Node:
+        self._deeper()
+        node = Composer.compose_sequence_node(self, anchor)
+        self._depth -= 1  # no finally: a raise ends the whole read
+        return node
+
+    def compose_mapping_node(self, anchor: str | None) -> Node:
+        self._deeper()
+        node = Composer.compose_mapping_node(self, anchor)
+        self._depth -= 1
+        return node
 
 
 class Document:
@@ -170,6 +219,8 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
         if shape:
             raise InputErrors(shape)
         data = loader.construct_document(root) if root is not None else None
+    except _TooLarge as exc:
+        raise InputError(exc.message, file, exc.mark.line + 1, exc.mark.column + 1) from None
     except RecursionError:
         raise InputError(f"nested too deeply (more than {MAX_YAML_DEPTH} levels)", file) from None
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, other controls)

@@ -93,10 +93,10 @@ pb_text("laughs-in-step-args", "- name: p\n  hosts: all\n  steps:\n    - name: s
 case("laughs-in-inventory-vars", 4, "{inv}:", "expands to more than 2,000,000 values",
      inv="all:\n  vars:\n" + _laughs(9) + "users: {}\n")
 pb_text("nesting-990-lists", "- name: p\n  hosts: all\n  vars:\n    x: " + "[" * 990 + "]" * 990 + "\n  steps: []\n",
-        "{pb}:", "nested too deeply")
+        "{pb}:4:", "nested too deeply")
 pb_text("nesting-65-maps", "- name: p\n  hosts: all\n  vars:\n    x: " + "{a: " * 65 + "1" + "}" * 65
-        + "\n  steps: []\n", "{pb}:", "nested too deeply (more than 64 levels)")
-case("nesting-in-inventory", 4, "{inv}:", "nested too deeply",
+        + "\n  steps: []\n", "{pb}:4:", "nested too deeply (more than 64 levels)")
+case("nesting-in-inventory", 4, "{inv}:3:", "nested too deeply",
      inv="all:\n  vars:\n    x: " + "[" * 100 + "]" * 100 + "\nusers: {}\n")
 case("playbook-is-a-fifo", 4, "{pb}: not a regular file", setup=lambda st: os.mkfifo(st.parent / "pb.yml"))
 case("inventory-is-a-fifo", 4, "{inv}: not a regular file", setup=lambda st: os.mkfifo(st.parent / "inv.yml"))
