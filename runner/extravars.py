@@ -3,7 +3,8 @@
 Extra variables are Ansible's: ``-e key=value`` (several pairs in one ``-e`` separated by
 spaces, values are strings), ``-e '{"key": 1}'`` (JSON), and ``-e @vars.yml`` (a YAML
 mapping, read with the same reader and limits as playbooks and inventories, so its
-errors carry file:line, and its ``sip_mapping`` checked like the inventory's). They win
+errors carry file:line). Wherever they come from, ``sip_mapping`` and the DN variables
+are checked like the inventory's (runner.loader.vars_errors). They win
 over every other variable (runner.context) and are part of each step's fingerprint when
 given, so a resumed run re-runs the steps under new values.
 
@@ -64,15 +65,31 @@ def _one(value: str) -> dict[str, Any]:
 
 
 def _checked_names(data: Mapping[Any, Any], where: str) -> dict[str, Any]:
+    """``data`` from ``-e key=value`` or ``-e JSON``: its names, and the variables checked
+    wherever they are set (runner.loader.vars_errors), as a bad option (exit 5)."""
+    from runner.lcs.mapping import rule_problems
+    from runner.loader import DN_VARS
+    from runner.windows.ldif import dn_problem
+
     bad = [k for k in data if not isinstance(k, str) or not _NAME.match(k)]
     if bad:
         raise OptionsError(f"{where}: {', '.join(map(repr, bad))} is not a variable name "
                            "(letters, digits and _, not starting with a digit)")
+    problems = []
+    if "sip_mapping" in data and "{{" not in json.dumps(data["sip_mapping"], default=str):
+        problems += [message for _, message in rule_problems(data["sip_mapping"])]
+    for name in DN_VARS:
+        value = data.get(name)
+        problem = None if value is None or (isinstance(value, str) and "{{" in value) else dn_problem(value)
+        if problem:
+            problems.append(f"{name} {problem}: it must be an LDAP distinguished name")
+    if problems:
+        raise OptionsError(f"{where}: " + "; ".join(problems))
     return dict(data)
 
 
 def _from_file(path: str) -> dict[str, Any]:
-    from runner.loader import _sip_mapping_errors, read_yaml
+    from runner.loader import read_yaml, vars_errors
 
     if not path:
         raise OptionsError("-e @: give the file after @ (-e @vars.yml)")
@@ -85,7 +102,7 @@ def _from_file(path: str) -> dict[str, Any]:
                          doc.file, 1, 1)
     errors = [doc.error(f"{k!r} is not a variable name (letters, digits and _, not starting with a digit)",
                         (k,)) for k in data if not isinstance(k, str) or not _NAME.match(k)]
-    errors += _sip_mapping_errors(doc, (), data)
+    errors += vars_errors(doc, (), data)
     if errors:
         raise InputErrors(errors)
     return dict(data)

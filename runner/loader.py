@@ -29,6 +29,7 @@ from runner.fastschema import compile_check
 from runner.lcs.mapping import rule_problems
 from runner.model import CONTROL_NODE_PATH_VARS, Group, Host, Inventory, Play, Playbook, Serial, Step, User
 from runner.templating import check_syntax, is_template
+from runner.windows.ldif import dn_problem
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 STEP_KEYWORDS = ("name", "when", "tags", "retries", "delay", "throttle", "ignore_errors")
@@ -602,6 +603,7 @@ def load_playbook(path: str | os.PathLike[str]) -> Playbook:
         if not isinstance(pdata, dict):
             continue
         play_vars = dict(pdata.get("vars") or {}) if isinstance(pdata.get("vars"), dict) else {}
+        errors += vars_errors(doc, (pi, "vars"), pdata.get("vars"))
         steps: list[Step] = []
         kinds: set[str] = set()
         for si, sdata in enumerate(pdata.get("steps") or [] if isinstance(pdata.get("steps"), list) else []):
@@ -649,6 +651,7 @@ def load_playbook(path: str | os.PathLike[str]) -> Playbook:
                     doc, args, _validator(cls.args_schema), lambda p, c=args_ctx: c, base=spath + (module,),
                     skip=lambda p, err: is_template(err.instance))
                 errors += _template_errors(doc, args, spath + (module,), label)
+                errors += _dn_errors(doc, spath + (module,), args, DN_ARGS)
             else:  # a list or a string would be dropped silently: the step would run with defaults
                 errors.append(doc.error(f"the arguments of {label} ({module}) must be a mapping such as "
                                         f"{{option: value}} (or {{}} for none), not "
@@ -947,11 +950,43 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     scopes += [(hpath + ("vars",), (hdef or {}).get("vars")) for hdef, hpath in b.host_defs.values()]
     scopes += [(("users", str(a), "vars"), (u or {}).get("vars")) for a, u in users_data.items()]
     for vpath, vars_ in scopes:
-        b.errors.extend(_sip_mapping_errors(doc, vpath, vars_))
-        b.errors.extend(_local_package_errors(doc, vpath, vars_, b.base))
+        b.errors.extend(vars_errors(doc, vpath, vars_, b.base))
     if b.errors:
         raise InputErrors(_sorted(b.errors))
     return Inventory(path=doc.file, hosts=hosts, groups=groups, users=users, vars=all_vars)
+
+
+#: Variables that hold an LDAP distinguished name (they go into wmic and ldifde lines).
+DN_VARS = ("lcs_home_server_dn", "exchange_config_dn")
+#: Step arguments that hold one.
+DN_ARGS = ("home_server_dn",)
+
+
+def vars_errors(doc: Document, vars_path: Path_, vars_: Any, base: Path | None = None) -> list[InputError]:
+    """The checked variables of one scope, wherever variables are set (an inventory's
+    groups, hosts and users, a play's ``vars``, ``-e @file``): ``sip_mapping``, the DN
+    variables and, with ``base`` (the inventory's folder), ``messenger_package_local``."""
+    errors = _sip_mapping_errors(doc, vars_path, vars_) + _dn_errors(doc, vars_path, vars_, DN_VARS)
+    if base is not None:
+        errors += _local_package_errors(doc, vars_path, vars_, base)
+    return errors
+
+
+def _dn_errors(doc: Document, path: Path_, values: Any, names: Iterable[str]) -> list[InputError]:
+    """``names`` of the mapping ``values`` that are set and are not DNs (templates are left to the run)."""
+    if not isinstance(values, dict):
+        return []
+    errors = []
+    for name in names:
+        value = values.get(name)
+        if name not in values or value is None or (isinstance(value, str) and "{{" in value):
+            continue
+        problem = dn_problem(value)
+        if problem:
+            errors.append(doc.error(f"{name} {problem}: it must be an LDAP distinguished name such as "
+                                    "CN=LC Services,CN=Microsoft,DC=contoso,DC=com",
+                                    tuple(path) + (name,)))
+    return errors
 
 
 def _sip_mapping_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[InputError]:

@@ -264,22 +264,22 @@ inv_line("sip-domains-list", 5, "      domains: [im.contoso.com]", "sip_mapping"
 inv_line("sip-table-bad-uri", 5, "      table: {alice@im.contoso.com: 'sip:al ice@contoso.com'}", "sip_mapping")
 inv_line("sip-unknown-key", 5, "      domain: {im.contoso.com: contoso.com}", "sip_mapping", "domain")
 # the package pushed to key-logon clients: a file on the control node, checked when read
-inv_line("package-local-missing", 3, '    messenger_package_local: pkgs/WindowsMessenger51.msi\n    lcs_home_server_dn: x',
+inv_line("package-local-missing", 3, '    messenger_package_local: pkgs/WindowsMessenger51.msi\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com',
          "messenger_package_local 'pkgs/WindowsMessenger51.msi' does not exist")
-inv_line("package-local-folder", 3, '    messenger_package_local: .\n    lcs_home_server_dn: x',
+inv_line("package-local-folder", 3, '    messenger_package_local: .\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com',
          "messenger_package_local '.' is a folder")
-inv_line("package-local-empty", 3, '    messenger_package_local: ""\n    lcs_home_server_dn: x', "messenger_package_local")
-inv_line("package-local-list", 3, '    messenger_package_local: [a.msi]\n    lcs_home_server_dn: x',
+inv_line("package-local-empty", 3, '    messenger_package_local: ""\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com', "messenger_package_local")
+inv_line("package-local-list", 3, '    messenger_package_local: [a.msi]\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com',
          "messenger_package_local")
-inv_line("sha256-tool-unknown", 3, '    client_sha256_tool: md5sum\n    lcs_home_server_dn: x', "client_sha256_tool",
+inv_line("sha256-tool-unknown", 3, '    client_sha256_tool: md5sum\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com', "client_sha256_tool",
          "auto, sha256sum, certutil, sftp")
 # how the client's SFTP server spells paths: checked when the inventory is read, not at the first transfer
-inv_line("sftp-paths-typo", 3, '    ssh_sftp_paths: cygwn\n    lcs_home_server_dn: x', "'ssh_sftp_paths' must be one of "
+inv_line("sftp-paths-typo", 3, '    ssh_sftp_paths: cygwn\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com', "'ssh_sftp_paths' must be one of "
          "win32-openssh, cygwin (got 'cygwn')", "did you mean 'cygwin'")
 inv_line("sftp-paths-host", 11, "        pc2: {vars: {ssh_sftp_paths: Cygwin}}", "'ssh_sftp_paths'", "host 'pc2'",
          "did you mean 'cygwin'")
-inv_line("sftp-paths-list", 3, '    ssh_sftp_paths: [cygwin]\n    lcs_home_server_dn: x', "'ssh_sftp_paths' must be one of")
-inv_line("lab-logon-unknown", 3, '    lab_logon: kerberos\n    lcs_home_server_dn: x', "lab_logon", "password, key")
+inv_line("sftp-paths-list", 3, '    ssh_sftp_paths: [cygwin]\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com', "'ssh_sftp_paths' must be one of")
+inv_line("lab-logon-unknown", 3, '    lab_logon: kerberos\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com', "lab_logon", "password, key")
 
 # -- every inventory field, bad types and values ---------------------------------------------
 
@@ -365,6 +365,35 @@ inv_line("sip-uri-too-long", 22, "    sip_uri: sip:" + "a" * 450 + "@contoso.com
 inv_line("ad-guid-short", 20, '    ad_guid: "{0123-4567}"', "'ad_guid'")
 inv_line("sid-not-s15", 19, "    sid: S-1-", "'sid'")
 inv_line("group-with-dot", 13, "    exchange.im: {hosts: {exim01: {}}}", "is not a valid group name")
+
+# -- DNs (wmic and ldifde lines), and variables checked wherever they are set -----------------
+
+for pname, dn in (("injection", '" & reg add HKLM\\SOFTWARE\\X /f & "'), ("quote-in-value", 'CN=x" & calc & ",DC=a'),
+                  ("not-a-dn", "lcs01"), ("empty", ""), ("ellipsis", "CN=LC Services,CN=lcs01,..."),
+                  ("semicolon", "CN=a;DC=b"), ("double-comma", "CN=a,,DC=b"), ("trailing-backslash", "CN=a\\"),
+                  ("newline", "CN=a\nDC=b"), ("list", ["CN=a"])):
+    inv_line(f"dn-{pname}", 3, f"    lcs_home_server_dn: {json.dumps(dn)}", "lcs_home_server_dn",
+             "must be an LDAP distinguished name")
+inv_line("dn-exchange-config-in-host-vars", 11, '        pc2: {vars: {exchange_config_dn: "CN=Config;x"}}',
+         "exchange_config_dn", "must be an LDAP distinguished name")
+inv_line("dn-in-user-vars", 27, '    wave: w1\n    vars: {lcs_home_server_dn: nope}', "lcs_home_server_dn", at=28)
+inv_line("dn-escaped-comma-ok", 3, '    lcs_home_server_dn: "CN=Smith\\\\, John+OU=x,CN=Users,DC=contoso,DC=com"',
+         "valid", code=0)
+inv_line("dn-templated-left-to-the-run", 3, '    lcs_home_server_dn: "{{ pool_dn }}"', "valid", code=0)
+pb_line("dn-step-argument", 21, '      import_contacts: {}\n    - name: Enable\n      enable_lcs_users: {home_server_dn: "x=;"}',
+        "home_server_dn", "must be an LDAP distinguished name", at=23, span=3)
+pb_line("play-vars-sip-mapping-typo", 12, '  vars: {x: 1, sip_mapping: {template: "sip:{locl}@{domain}"}}',
+        "sip_mapping.template", "unknown field {{locl}}")
+pb_line("play-vars-sip-mapping-string", 12, '  vars: {sip_mapping: "sip:{local}@{domain}"}', "sip_mapping must be a mapping")
+pb_line("play-vars-dn", 12, '  vars: {lcs_home_server_dn: "pool one"}', "lcs_home_server_dn")
+for pname, value, says in (("json-sip-mapping", '{{"sip_mapping": {{"template": "sip:{{locl}}@{{domain}}"}}}}',
+                            "unknown field {{locl}}"),
+                           ("json-sip-mapping-string", '{{"sip_mapping": "x"}}', "sip_mapping must be a mapping"),
+                           ("inline-dn", "lcs_home_server_dn=oops", "lcs_home_server_dn has 'oops'"),
+                           ("json-dn", '{{"exchange_config_dn": "a,b"}}', "exchange_config_dn")):
+    case(f"extra-vars-{pname}", 5, "-e ", says, args=APPLY + ("-e", value))
+case("extra-vars-file-dn", 4, "{st}/ev.yml:1:", "lcs_home_server_dn", args=APPLY + ("-e", "@{st}/ev.yml"),
+     setup=lambda st: (st.mkdir(), (st / "ev.yml").write_text("lcs_home_server_dn: CN=a;b\n")))
 
 # -- options and the environment -------------------------------------------------------------
 
