@@ -208,7 +208,8 @@ pb_line("step-unknown-module", 15, "      export_contact: {}", "unknown step mod
         "did you mean 'export_contacts'")
 pb_line("step-keyword-typo", 18, "      retires: 3", "unknown key 'retires'", "did you mean 'retries'")
 for bad, says in (("-1", "at least 0"), ("1.5", "must be an integer"), ('"3"', "must be an integer"),
-                  ("[3]", "must be an integer"), ("true", "must be an integer")):
+                  ("[3]", "must be an integer"), ("true", "must be an integer"), ("101", "at most 100"),
+                  ("99999999999999999999", "at most 100")):
     pb_line(f"retries-{bad}", 18, f"      retries: {bad}", "'retries'", says)
 for bad, says in (("-1", "at least 0"), ("100000", "delay"), (".inf", "not a finite number"),
                   ("-.inf", "not a finite number"), (".NaN", "not a finite number"), ('"5s"', "must be a number")):
