@@ -448,13 +448,27 @@ def _tables(st: Path) -> list[str]:
 
 case("lock-is-a-directory", 1, "lock", "directory", args=APPLY[:-1],
      setup=lambda st: (st / "lock").mkdir(parents=True))
+
+
+def _store_with_lock_dir(st: Path) -> None:
+    from runner.state import StateStore
+    with StateStore(st):
+        pass
+    if (st / "lock").exists():
+        (st / "lock").unlink()
+    (st / "lock").mkdir()
+
+
+case("lock-is-a-directory-status", 1, "{st}/lock cannot be used: Is a directory", args=("status", "--state", "{st}"),
+     setup=_store_with_lock_dir)
 case("state-db-is-a-directory", 1, "state.db", "directory", args=APPLY,
      setup=lambda st: (st / "state.db").mkdir(parents=True))
 case("state-db-is-text", 1, "state.db", args=APPLY,
      setup=lambda st: (_touch(st / "state.db").write_text("not a database\n" * 100)))
-case("apply-on-foreign-sqlite", 1, "state.db", args=APPLY, setup=_foreign_sqlite)
-case("status-on-foreign-sqlite", 1, "state.db", args=("status", "--state", "{st}"), setup=_foreign_sqlite)
-case("report-on-foreign-sqlite", 1, "state.db", args=("report", "--state", "{st}"), setup=_foreign_sqlite)
+FOREIGN_SAYS = "state.db is not a checkpoint store: it holds another program's tables (photos)"
+case("apply-on-foreign-sqlite", 1, FOREIGN_SAYS, args=APPLY, setup=_foreign_sqlite)
+case("status-on-foreign-sqlite", 1, FOREIGN_SAYS, args=("status", "--state", "{st}"), setup=_foreign_sqlite)
+case("report-on-foreign-sqlite", 1, FOREIGN_SAYS, args=("report", "--state", "{st}"), setup=_foreign_sqlite)
 
 
 MOUNTS: list[Path] = []  # read-only bind mounts made by a case, undone after it
