@@ -26,7 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.errors import InputError, InputErrors, RunnerError
 from runner.fastschema import compile_check
-from runner.lcs.mapping import rule_problems
+from runner.lcs.mapping import rule_problems, validate_sip_uri
 from runner.model import CONTROL_NODE_PATH_VARS, Group, Host, Inventory, Play, Playbook, Serial, Step, User
 from runner.templating import check_syntax, is_template
 from runner.windows.ldif import dn_problem
@@ -941,6 +941,11 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
                                       "users must be unique", upath + ("im_address",)))
         else:
             addresses[addr] = alias
+        sip_uri = udef.get("sip_uri")
+        problem = validate_sip_uri(sip_uri) if isinstance(sip_uri, str) else None
+        if problem:  # the check the run makes (runner.lcs.mapping), so the two never disagree
+            b.errors.append(doc.error(f"'sip_uri' must be a SIP URI like sip:alice@contoso.com in user '{alias}': "
+                                      f"{problem}", upath + ("sip_uri",)))
         wave = udef.get("wave")
         users[alias] = User(alias=alias, im_address=udef["im_address"], clients=clients,
                             display_name=udef.get("display_name"), sid=udef.get("sid"),

@@ -353,14 +353,21 @@ FIELDS = {  # field -> (inventory line, line text with {v}, value around the pay
     "alias": (24, "  {v}:", "bob{}", "is not a valid user alias"),
     "group": (13, "    {v}: {{hosts: {{exim01: {{}}}}}}", "ex{}", "is not a valid group name"),
 }
+SIP_USER_CHARACTERS = {("sip_uri", "cmd-paren"), ("sip_uri", "ldap-filter")}
 for fname, (line, text, around, says) in FIELDS.items():
     for pname, payload in PAYLOADS.items():
         if pname == "empty" and fname not in ("ad_guid", "im_address"):
             continue
         value = json.dumps(around.replace("{}", payload), ensure_ascii=False)
-        inv_line(f"{fname}-{pname}", line, text.format(v=value), says)
+        if (fname, pname) in SIP_USER_CHARACTERS:  # RFC 3261 user characters: data, escaped where they go
+            inv_line(f"{fname}-{pname}-is-data", line, text.format(v=value), "valid", code=0)
+        else:
+            inv_line(f"{fname}-{pname}", line, text.format(v=value), says)
 inv_line("im-address-metachars-are-data", 16, "    im_address: \"o'brien&co|x^y@im.contoso.com\"", "valid", code=0)
 inv_line("im-address-domain-injection", 16, '    im_address: "a@im.contoso.com & calc"', "'im_address'")
+inv_line("sip-uri-caret", 22, '    sip_uri: "sip:a^b@contoso.com"', "'sip_uri' must be a SIP URI", "invalid user part")
+inv_line("sip-uri-brace", 22, '    sip_uri: "sip:{a}@contoso.com"', "'sip_uri' must be a SIP URI", "invalid user part")
+inv_line("sip-uri-multicast", 22, '    sip_uri: "sip:a@[224.0.0.1]"', "'sip_uri' must be a SIP URI", "multicast")
 inv_line("sip-uri-no-scheme", 22, "    sip_uri: alice@contoso.com", "'sip_uri' must be a SIP URI")
 inv_line("sip-uri-too-long", 22, "    sip_uri: sip:" + "a" * 450 + "@contoso.com", "'sip_uri'")
 inv_line("ad-guid-short", 20, '    ad_guid: "{0123-4567}"', "'ad_guid'")
