@@ -972,8 +972,30 @@ def vars_errors(doc: Document, vars_path: Path_, vars_: Any, base: Path | None =
     groups, hosts and users, a play's ``vars``, ``-e @file``): ``sip_mapping``, the DN
     variables and, with ``base`` (the inventory's folder), ``messenger_package_local``."""
     errors = _sip_mapping_errors(doc, vars_path, vars_) + _dn_errors(doc, vars_path, vars_, DN_VARS)
+    errors += _signin_errors(doc, vars_path, vars_)
     if base is not None:
         errors += _local_package_errors(doc, vars_path, vars_, base)
+    return errors
+
+
+def _signin_errors(doc: Document, path: Path_, vars_: Any) -> list[InputError]:
+    """``lcs_pool_fqdn`` and ``lcs_transport``, by the checks configure_messenger makes
+    (runner.steps._signin): a bad one would fail every client of the night, one by one."""
+    from runner.errors import PermanentFault
+    from runner.steps._signin import SERVER_VAR, TRANSPORT_VAR, check_server, wanted_transport
+
+    if not isinstance(vars_, dict):
+        return []
+    errors = []
+    for name, check in ((SERVER_VAR, lambda v: check_server(v, f"variable {SERVER_VAR}")),
+                        (TRANSPORT_VAR, lambda v: wanted_transport({}, {TRANSPORT_VAR: v}))):
+        value = vars_.get(name)
+        if value is None or (isinstance(value, str) and "{{" in value):
+            continue
+        try:
+            check(value)
+        except PermanentFault as exc:
+            errors.append(doc.error(exc.message, tuple(path) + (name,)))
     return errors
 
 
