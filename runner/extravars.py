@@ -67,22 +67,13 @@ def _one(value: str) -> dict[str, Any]:
 def _checked_names(data: Mapping[Any, Any], where: str) -> dict[str, Any]:
     """``data`` from ``-e key=value`` or ``-e JSON``: its names, and the variables checked
     wherever they are set (runner.loader.vars_errors), as a bad option (exit 5)."""
-    from runner.lcs.mapping import rule_problems
-    from runner.loader import DN_VARS
-    from runner.windows.ldif import dn_problem
+    from runner.loader import Document, vars_errors
 
     bad = [k for k in data if not isinstance(k, str) or not _NAME.match(k)]
     if bad:
         raise OptionsError(f"{where}: {', '.join(map(repr, bad))} is not a variable name "
                            "(letters, digits and _, not starting with a digit)")
-    problems = []
-    if "sip_mapping" in data and "{{" not in json.dumps(data["sip_mapping"], default=str):
-        problems += [message for _, message in rule_problems(data["sip_mapping"])]
-    for name in DN_VARS:
-        value = data.get(name)
-        problem = None if value is None or (isinstance(value, str) and "{{" in value) else dn_problem(value)
-        if problem:
-            problems.append(f"{name} {problem}: it must be an LDAP distinguished name")
+    problems = [e.message for e in vars_errors(Document(where, dict(data), None), (), dict(data))]
     if problems:
         raise OptionsError(f"{where}: " + "; ".join(problems))
     return dict(data)
