@@ -206,3 +206,14 @@ def test_validate_on_the_lab_plugin_writes_nothing_and_apply_makes_the_lab(tmp_p
     assert (tmp_path / "estate" / "inventory.yml").is_file()
     code, text = cli(capsys, "validate", str(GRADUAL), "-i", str(inv))
     assert code == 0 and "not been generated" not in text, text
+
+
+def test_the_readme_states_the_readers_limits_as_the_code_has_them():
+    from runner import loader, templating
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    docs = (REPO / "docs" / "input-checks.md").read_text(encoding="utf-8")
+    for text in (readme, docs):
+        assert f"{loader.MAX_YAML_BYTES >> 20} MiB" in text
+        assert f"{loader.MAX_YAML_DEPTH} levels" in text
+        assert f"{loader.MAX_YAML_NODES:,}" in text
+        assert f"{templating.MAX_TEMPLATE_RESULT:,}" in text
