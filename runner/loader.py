@@ -201,7 +201,11 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
         if st.st_size > MAX_YAML_BYTES:
             raise InputError(f"is {st.st_size / 2**20:.0f} MiB: larger than the {MAX_YAML_BYTES >> 20} MiB a "
                              "playbook or inventory may be", file)
-        text = _decode(Path(path).read_bytes())
+        raw = Path(path).read_bytes()
+        if _utf16_without_bom(raw):
+            raise InputError("looks like UTF-16 without a byte-order mark (every other byte is NUL); save it as "
+                             "UTF-8, or as UTF-16 with its byte-order mark", file, 1, 1)
+        text = _decode(raw)
     except FileNotFoundError:
         raise InputError("file not found", file) from None
     except IsADirectoryError:
@@ -242,7 +246,7 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
             what = f"the alias {name.group(0)!r} refers to no anchor (&{name.group(1)}) defined before it" \
                 if name else what
         elif mark and _long_key(text, mark.line):
-            what = (f"a key longer than {YAML_KEY_LIMIT} characters, which YAML cannot read unquoted "
+            what = (f"a key longer than {YAML_KEY_LIMIT} characters, which YAML cannot read, quoted or not "
                     "(names are at most 128 characters)")
         raise InputError(f"YAML syntax error: {what}", file,
                          mark.line + 1 if mark else None, mark.column + 1 if mark else None) from None
@@ -254,6 +258,15 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
 
 
 YAML_KEY_LIMIT = 1024  # PyYAML's (and YAML 1.1's) limit on an implicit key
+
+
+def _utf16_without_bom(data: bytes) -> bool:
+    """True when ``data`` starts like ASCII text in UTF-16 (LE or BE) with no byte-order mark."""
+    head = data[:4]
+    if len(head) < 4 or head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return False
+    return all(head[i] == 0 and head[i ^ 1] != 0 for i in (1, 3)) \
+        or all(head[i] == 0 and head[i ^ 1] != 0 for i in (0, 2))
 
 
 def _decode(data: bytes) -> str:

@@ -122,6 +122,9 @@ case("nul-in-inventory", 4, "{inv}:3:", "U+0000", inv=b"all:\n  hosts:\n    pc\x
 pb_text("utf-16-bom-playbook-read", "\n".join(PB_LINES).encode("utf-16"), "valid", code=0)
 pb_text("utf-32-bom-playbook-read", "\n".join(PB_LINES).encode("utf-32"), "valid", code=0)
 pb_text("utf-8-bom-playbook-read", b"\xef\xbb\xbf" + "\n".join(PB_LINES).encode(), "valid", code=0)
+pb_text("utf-16-le-without-bom", "\n".join(PB_LINES).encode("utf-16-le"), "{pb}:1:1:", "UTF-16 without a byte-order mark")
+pb_text("utf-16-be-without-bom", "\n".join(PB_LINES).encode("utf-16-be"), "{pb}:1:1:", "UTF-16 without a byte-order mark")
+pb_text("nul-first", b"\x00- name: p\n", "{pb}:1:1:", "U+0000")
 pb_text("utf-16-error-has-its-line", "- name: p\n  hosts: all\n  steps: []\n".encode("utf-16"),
         "{pb}:3:10:", "'steps' must not be empty")
 pb_line("tab-indentation", 5, "\tinventory_clients: {}", "tab character")
@@ -153,6 +156,7 @@ for word in ("yes", "no", "123"):
     inv_line(f"group-name-{word}", 13, f"    {word}: {{hosts: {{exim01: {{}}}}}}", f"the key '{word}' is read")
 pb_line("vars-key-on", 12, "  vars: {on: 1}", "the key 'on' is read by YAML as a boolean")
 inv_line("long-host-name", 11, "        " + "h" * 5000 + ": {}", "a key longer than 1024 characters")
+inv_line("long-quoted-host-name", 11, '        "' + "h" * 5000 + '": {}', "a key longer than 1024 characters", "quoted or not")
 inv_line("host-name-300", 11, "        " + "h" * 300 + ": {}", "'" + "h" * 300 + "' is not a valid host name")
 inv_line("quoted-number-host-ok", 11, "        pc2: {}\n        '12': {}", "valid", code=0)
 
