@@ -57,7 +57,8 @@ class TaskContext:
 
     def __init__(self, *, task: Task, variables: Mapping[str, Any], inventory: Inventory, check: bool,
                  run_id: str, artifacts: Artifacts, pool: ConnectionPool, store: StateStore,
-                 facts_overlay: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 facts_overlay: Mapping[str, Mapping[str, Any]] | None = None,
+                 predicted: Mapping[tuple[str, str], list[TaskRecord]] | None = None) -> None:
         self.task = task
         self.vars = variables
         self.inventory = inventory
@@ -67,6 +68,7 @@ class TaskContext:
         self._pool = pool
         self._store = store
         self._facts_overlay = facts_overlay if facts_overlay is not None else {}
+        self._predicted = predicted if predicted is not None else {}
         self._args: Mapping[str, Any] | None = None
 
     @property
@@ -83,6 +85,12 @@ class TaskContext:
     def previous(self, module: str, target: str) -> list[TaskRecord]:
         """Finished outcomes of ``module`` for ``target`` in this or earlier runs, newest first."""
         return self._store.previous(module, target)
+
+    def predicted(self, module: str, target: str) -> list[TaskRecord]:
+        """In ``--check``: the ok/changed outcomes of ``module`` for ``target`` that this check
+        predicted earlier (newest first), which ``previous`` cannot see since a check records
+        nothing; empty otherwise."""
+        return list(self._predicted.get((module, target), ())) if self.check else []
 
     def facts(self, host: str) -> Mapping[str, Any] | None:
         """Facts gathered for ``host`` in this run (even before commit) or an earlier one."""

@@ -30,6 +30,15 @@ stops if more than ``max_fail_percentage`` of the wave's targets failed
 (or all of them, when no percentage is set); unreachable targets drop out
 of the play but do not count against that gate.
 
+Not yet (runner.steps.base.NotYet): a step that finds a target not due yet because of
+other targets' state (a machine shared with users still on Exchange IM) raises NotYet from
+its probe or apply; the task's status is ``not_yet``, counted apart. It is not a failure
+(the target stays in the play, the wave gate and the exit code ignore it, and it blocks
+nothing downstream) and not done (not a checkpoint: a later run does it). In check mode
+the probe says the same; ``ctx.predicted`` shows a later step what this check predicted
+for an earlier one (the users it would take off Exchange IM), as ``previous`` would after
+the real run.
+
 Dependencies across targets (docs/data-safety.md): a task also depends on
 the earlier steps' tasks, in the same play, of the targets related to its
 own: a user's clients (the play hosts in ``user.clients``) and a host's users
@@ -66,12 +75,13 @@ from runner.events import (PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END,
                            Subscriber, TaskOutcome)
 from runner.model import Host
 from runner.plan import Plan, PlannedPlay, Task, Wave
-from runner.state import StateStore
-from runner.steps.base import Diff, StepModule, StepResult
+from runner.state import StateStore, TaskRecord
+from runner.steps.base import Diff, NotYet, StepModule, StepResult
 from runner.steps.registry import get_step
 from runner.templating import evaluate_when
 
-COUNTERS = ("ok", "changed", "failed", "skipped", "unreachable", "retried", "ignored")
+#: Per-target counters of the recap, in its order; ``not_yet``: not due yet, by design (NotYet).
+COUNTERS = ("ok", "changed", "failed", "skipped", "unreachable", "retried", "ignored", "not_yet")
 DELAY_SCALE_ENV = "RUNNER_RETRY_DELAY_SCALE"
 MAX_DELAY_SCALE = 100.0
 #: Seconds a partial chunk waits for more ready tasks of its step while their upstream is still busy
@@ -263,6 +273,8 @@ class Engine:
         self._state_dir = str(store.directory.resolve())
         self._stop = threading.Event()
         self._facts: dict[str, Mapping[str, Any]] = {}
+        # --check: the outcomes this check predicts, newest first, for ctx.predicted
+        self._predicted: dict[tuple[str, str], list[TaskRecord]] = {}
         self._gathered: dict[str, float] = {}
         self._counts: dict[str, dict[str, int]] = {}
         self._failed_any = False
@@ -367,7 +379,7 @@ class Engine:
         return TaskContext(task=task, variables=variables, inventory=self.inventory,
                            check=self.options.check, run_id=self.run_id,
                            artifacts=self.artifacts.for_task(task.key), pool=self.pool,
-                           store=self.store, facts_overlay=self._facts)
+                           store=self.store, facts_overlay=self._facts, predicted=self._predicted)
 
     def _retry_policy(self, step: Any) -> tuple[int, float, float]:
         """(retries, first delay, longest delay) of ``step``, delays scaled."""
@@ -383,7 +395,7 @@ class Engine:
             return self._outcome(task, "failed", started=started, ended=time.time(), attempts=attempts,
                                  message=f"step returned {type(result).__name__}, not StepResult")
         status = result.status
-        if status not in ("ok", "changed", "skipped", "failed", "unreachable"):
+        if status not in ("ok", "changed", "skipped", "failed", "unreachable", "not_yet"):
             return self._outcome(task, "failed", started=started, attempts=attempts,
                                  message=f"step returned an unknown status {status!r}")
         return self._outcome(task, status, started=started, ended=time.time(), attempts=attempts,
@@ -426,6 +438,12 @@ class Engine:
                              traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
                              ignored=task.step.ignore_errors)
 
+    def _not_yet_outcome(self, task: Task, why: NotYet, *, started: float, attempts: int,
+                         diff: Diff | None) -> TaskOutcome:
+        """A target not due yet (the step raised NotYet): neither done nor failed."""
+        return self._outcome(task, "not_yet", started=started, ended=time.time(), attempts=attempts,
+                             message=why.message, data=why.outcome_data(), diff=diff)
+
     def _run_task(self, pplay: PlannedPlay, task: Task) -> TaskOutcome:
         """Run one task in a worker thread; never raises."""
         started = time.time()
@@ -462,6 +480,8 @@ class Engine:
                         raise
             assert result is not None
             return self._result_outcome(task, result, started=started, attempts=attempts, diff=diff)
+        except NotYet as why:  # not a fault: never retried
+            return self._not_yet_outcome(task, why, started=started, attempts=attempts, diff=diff)
         except StepFault as fault:
             return self._fault_outcome(task, fault, started=started, attempts=attempts, answered=answered,
                                        diff=diff)
@@ -510,7 +530,10 @@ class Engine:
 
             def failed(task: Task, ctx: TaskContext, exc: BaseException) -> None:
                 key = task.key
-                if isinstance(exc, StepFault):
+                if isinstance(exc, NotYet):
+                    done.append((task, self._not_yet_outcome(task, exc, started=started, attempts=attempts[key],
+                                                             diff=diffs.get(key))))
+                elif isinstance(exc, StepFault):
                     if not exc.unreachable:
                         answered[key] = True
                     if exc.transient and attempts[key] <= retries and not self._stop.is_set():
@@ -622,6 +645,12 @@ class Engine:
                 self._facts[task.target_name] = facts
                 if not self.options.check:
                     self.store.set_facts(task.target_name, facts, self.run_id)
+        if self.options.check and outcome.status in ("ok", "changed"):
+            key = (outcome.module, outcome.target)
+            self._predicted[key] = [TaskRecord(step=outcome.step, module=outcome.module, target=outcome.target,
+                                               status=outcome.status, data=dict(outcome.data), run_id=self.run_id,
+                                               key=outcome.key, ended=outcome.ended),
+                                    *self._predicted.get(key, ())]
         c = self._counts.setdefault(outcome.target, dict.fromkeys(COUNTERS, 0))
         c["ignored" if outcome.ignored else outcome.status] += 1
         if outcome.retried:

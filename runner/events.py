@@ -6,6 +6,7 @@ The engine never prints and never writes the store itself: it emits
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,8 +20,26 @@ TASK_END = "task_end"
 WAVE_END = "wave_end"
 RUN_END = "run_end"
 
-#: Statuses that count as "done" for a checkpoint: not run again on resume.
+#: Statuses that count as "done" for a checkpoint: not run again on resume. Not ``not_yet``
+#: (a target not due yet, by design: runner.steps.base.NotYet), which a later run does.
 DONE_STATUSES = frozenset({"ok", "changed", "skipped"})
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: the lines of a command's output (``ERROR: ...`` three times)
+    joined with `` / ``, so a failure stays one line of the live output and of ``runner status``."""
+    return " / ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def failure_kind(message: str, target: str) -> str:
+    """What ``target``'s failure is, in the same words for every target it happens to: the
+    message up to its first ``": "``, the target's own name put as ``<target>``
+    (``refusing to switch Exchange IM off on <target>``, ``msiexec 1603``). Lines of the live
+    output and of ``runner status`` group the targets that failed alike at one step."""
+    text = one_line(message)
+    if target:
+        text = re.sub(rf"(?<![\w.@-]){re.escape(target)}(?![\w@-]|\.\w)", "<target>", text)
+    return text.split(": ", 1)[0]
 
 
 @dataclass

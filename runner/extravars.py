@@ -3,8 +3,9 @@
 Extra variables are Ansible's: ``-e key=value`` (several pairs in one ``-e`` separated by
 spaces, values are strings), ``-e '{"key": 1}'`` (JSON), and ``-e @vars.yml`` (a YAML
 mapping, read with the same reader and limits as playbooks and inventories, so its
-errors carry file:line). Wherever they come from, ``sip_mapping`` and the DN variables
-are checked like the inventory's (runner.loader.vars_errors). They win
+errors carry file:line). Wherever they come from, the variables the loader checks
+(``sip_mapping``, the DNs, ``lcs_pool_fqdn``, ``lcs_transport``) are checked like the
+inventory's (runner.loader.vars_errors): a bad ``-e`` value is exit 5, a bad ``@file`` exit 4. They win
 over every other variable (runner.context) and are part of each step's fingerprint when
 given, so a resumed run re-runs the steps under new values.
 
@@ -32,6 +33,11 @@ def parse_extra_vars(values: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for value in values:
         out.update(_one(value))
+    from runner.loader import Document, vars_errors
+    for name, value in out.items():  # checked as wherever variables are set (runner.loader.vars_errors)
+        problems = [e.message for e in vars_errors(Document("-e", {name: value}, None), (), {name: value})]
+        if problems:
+            raise OptionsError(f"-e {name}: " + "; ".join(problems))
     return out
 
 
@@ -65,17 +71,10 @@ def _one(value: str) -> dict[str, Any]:
 
 
 def _checked_names(data: Mapping[Any, Any], where: str) -> dict[str, Any]:
-    """``data`` from ``-e key=value`` or ``-e JSON``: its names, and the variables checked
-    wherever they are set (runner.loader.vars_errors), as a bad option (exit 5)."""
-    from runner.loader import Document, vars_errors
-
     bad = [k for k in data if not isinstance(k, str) or not _NAME.match(k)]
     if bad:
         raise OptionsError(f"{where}: {', '.join(map(repr, bad))} is not a variable name "
                            "(letters, digits and _, not starting with a digit)")
-    problems = [e.message for e in vars_errors(Document(where, dict(data), None), (), dict(data))]
-    if problems:
-        raise OptionsError(f"{where}: " + "; ".join(problems))
     return dict(data)
 
 

@@ -936,6 +936,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
 
     users: dict[str, User] = {}
     addresses: dict[str, str] = {}
+    identities: dict[tuple[str, str], str] = {}
     for alias, udef in users_data.items():
         alias = str(alias)
         upath: Path_ = ("users", alias)
@@ -959,6 +960,19 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         if problem:  # the check the run makes (runner.lcs.mapping), so the two never disagree
             b.errors.append(doc.error(f"'sip_uri' must be a SIP URI like sip:alice@contoso.com in user '{alias}': "
                                       f"{problem}", upath + ("sip_uri",)))
+        # an AD GUID is the user's LCS key (UserInstanceID) and their key in the state store, a
+        # SID their hive: two users with one of them would be enabled, imported and disabled
+        # as each other (found a night late, when the second one's wave moved)
+        for field_, norm in (("ad_guid", lambda v: str(_braced_guid(v)).lower()), ("sid", lambda v: str(v).upper())):
+            value = udef.get(field_)
+            if value is None:
+                continue
+            key = (field_, norm(value))
+            if key in identities:
+                b.errors.append(doc.error(f"user '{alias}' has the same {field_} as user '{identities[key]}'; "
+                                          f"each person has their own {field_}", upath + (field_,)))
+            else:
+                identities[key] = alias
         wave = udef.get("wave")
         users[alias] = User(alias=alias, im_address=udef["im_address"], clients=clients,
                             display_name=udef.get("display_name"), sid=udef.get("sid"),
@@ -985,30 +999,9 @@ def vars_errors(doc: Document, vars_path: Path_, vars_: Any, base: Path | None =
     groups, hosts and users, a play's ``vars``, ``-e @file``): ``sip_mapping``, the DN
     variables and, with ``base`` (the inventory's folder), ``messenger_package_local``."""
     errors = _sip_mapping_errors(doc, vars_path, vars_) + _dn_errors(doc, vars_path, vars_, DN_VARS)
-    errors += _signin_errors(doc, vars_path, vars_)
+    errors += _signin_var_errors(doc, vars_path, vars_)
     if base is not None:
         errors += _local_package_errors(doc, vars_path, vars_, base)
-    return errors
-
-
-def _signin_errors(doc: Document, path: Path_, vars_: Any) -> list[InputError]:
-    """``lcs_pool_fqdn`` and ``lcs_transport``, by the checks configure_messenger makes
-    (runner.steps._signin): a bad one would fail every client of the night, one by one."""
-    from runner.errors import PermanentFault
-    from runner.steps._signin import SERVER_VAR, TRANSPORT_VAR, check_server, wanted_transport
-
-    if not isinstance(vars_, dict):
-        return []
-    errors = []
-    for name, check in ((SERVER_VAR, lambda v: check_server(v, f"variable {SERVER_VAR}")),
-                        (TRANSPORT_VAR, lambda v: wanted_transport({}, {TRANSPORT_VAR: v}))):
-        value = vars_.get(name)
-        if value is None or (isinstance(value, str) and "{{" in value):
-            continue
-        try:
-            check(value)
-        except PermanentFault as exc:
-            errors.append(doc.error(exc.message, tuple(path) + (name,)))
     return errors
 
 
@@ -1043,6 +1036,15 @@ def _sip_mapping_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[Inp
         return []
     base = tuple(vars_path) + ("sip_mapping",)
     return [doc.error(message, base + tuple(sub)) for sub, message in rule_problems(rule)]
+
+
+def _signin_var_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[InputError]:
+    """``lcs_pool_fqdn`` and ``lcs_transport`` of one scope (runner.steps._signin.var_problems)
+    at their lines: a wrong one would fail every client's sign-in step after its upgrade."""
+    if not isinstance(vars_, dict):
+        return []
+    from runner.steps._signin import var_problems
+    return [doc.error(message, tuple(vars_path) + (name,)) for name, message in var_problems(vars_)]
 
 
 def _braced_guid(value: Any) -> Any:

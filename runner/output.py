@@ -3,7 +3,8 @@
 Both are engine subscribers. ``HumanOutput`` prints a header per play and
 step with a one-line summary of each step's counts and warnings, the failed
 and unreachable tasks (those an earlier failure blocked grouped in one line
-per cause), every task at ``-v``, diffs with ``--diff``, and the final RECAP:
+per cause), the targets not due yet by design (``not_yet``: one line per
+reason with a few examples), every task at ``-v``, diffs with ``--diff``, and the final RECAP:
 hosts and users apart, the targets with problems, the warnings per step and
 kind with a few examples, and the command to resume. ``-q`` keeps only the
 failures, the recap totals and the resume command.
@@ -28,7 +29,7 @@ from typing import Any, Callable, TextIO
 from runner.engine import COUNTERS, RunSummary
 from runner.plan import natural_key
 from runner.events import (PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event,
-                           TaskOutcome)
+                           TaskOutcome, failure_kind, one_line)
 from runner.warnings_tally import WarningTally, kinds_line
 
 #: Up to this many targets, the recap lists every one of them (beyond: those with problems, unless -v).
@@ -39,6 +40,9 @@ WARNINGS_PER_TASK = 3
 PROGRESS_INTERVAL = 30.0
 #: Targets named in one grouped "not run" line before "+N more".
 GROUPED_NAMES = 30
+#: Examples under a step's "not yet" line, and targets the recap names (-v: every one).
+NOT_YET_EXAMPLES = 3
+RECAP_NOT_YET_NAMES = 10
 WIDTH = 78
 _PROBLEMS = ("failed", "unreachable", "ignored")
 
@@ -74,6 +78,22 @@ def _blocked_reason(o: TaskOutcome) -> str | None:
     return None
 
 
+def _not_yet_lines(reason: str, found: list[tuple[str, str, str]], waiting: set[str], examples: bool) -> list[str]:
+    """A step's targets not due yet for one reason (``found``: target, kind, message):
+    ``not yet: 78 hosts keep Exchange IM ... (waiting for wave2, wave3)`` and, when
+    ``examples``, the first few (``  e.g. [pc0001] ...``) and how many more."""
+    kinds = {k for _, k, _ in found}
+    what = f"{kinds.pop()}s" if len(kinds) == 1 else "targets"
+    lines = [f"not yet: {len(found)} {what if len(found) != 1 else what[:-1]} {reason}"
+             + (f" (waiting for {', '.join(sorted(waiting, key=natural_key))})" if waiting else "")]
+    if examples:
+        for target, _, message in sorted(found, key=lambda f: natural_key(f[0]))[:NOT_YET_EXAMPLES]:
+            lines.append(f"  e.g. [{target}] {message}")
+        if len(found) > NOT_YET_EXAMPLES:
+            lines.append(f"  ... and {len(found) - NOT_YET_EXAMPLES} more (-v shows each; `runner status` lists them)")
+    return lines
+
+
 @dataclass
 class _StepBlock:
     """One step of one wave in the live output: its counts, warnings and grouped failures."""
@@ -81,9 +101,14 @@ class _StepBlock:
     announced: int
     seen: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "changed": 0, "failed": 0,
-                                                             "skipped": 0, "unreachable": 0})
+                                                             "skipped": 0, "unreachable": 0, "not_yet": 0})
     warnings: Counter[str] = field(default_factory=Counter)
     blocked: dict[str, list[str]] = field(default_factory=dict)
+    # not due yet (NotYet), by reason: the (target, kind, message) of each, and what they wait for
+    not_yet: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    waiting: dict[str, set[str]] = field(default_factory=dict)
+    # failures under ignore_errors, by kind (failure_kind): (target, message) each
+    ignored: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     headed: bool = False   # its header was printed (a line of it came before it closed)
 
 
@@ -116,6 +141,8 @@ class HumanOutput:
         self._cur: tuple[Any, ...] | None = None
         self._headed: tuple[Any, ...] | None = None   # the block whose header was printed last
         self._check = False
+        # blocks a resumed run found all done: said together, in one line, before the next line
+        self._earlier: list[tuple[str, Any, int]] = []
         self.warnings = WarningTally(WARNINGS_PER_TASK)
         self._kinds: dict[str, str] = {}
         self._counts: dict[tuple[str, str], dict[str, int]] = {}
@@ -129,10 +156,27 @@ class HumanOutput:
     # -- plumbing ---------------------------------------------------------------
 
     def _write(self, line: str) -> None:
+        if self._earlier:
+            self._flush_earlier()
         if self._progress is not None:
             self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
             self.stream.write(line + "\n")
+
+    def _flush_earlier(self) -> None:
+        """Consecutive steps a resumed run found done earlier, as one line:
+        ``STEP [Export contact lists ... Disable Exchange IM (wave wave2), 9 steps] done earlier=1043``."""
+        blocks, self._earlier = self._earlier, []
+        if len(blocks) == 1:
+            name = blocks[0][0] + (f" (wave {blocks[0][1]})" if blocks[0][1] is not None else "")
+        else:
+            waves = {w for _, w, _ in blocks}
+            wave = next(iter(waves)) if len(waves) == 1 else None
+            name = (f"{blocks[0][0]} ... {blocks[-1][0]}" + (f" (wave {wave})" if wave is not None else "")
+                    + f", {len(blocks)} steps")
+        self._headed = None
+        self._say("")
+        self._say(header("STEP", name, f"done earlier={sum(n for _, _, n in blocks)}"))
 
     def _say(self, line: str) -> None:
         """A line of the normal output (not shown with -q)."""
@@ -192,6 +236,8 @@ class HumanOutput:
 
     def _header(self, key: tuple[Any, ...]) -> None:
         """Print ``key``'s STEP header unless it is the last one printed."""
+        if self._earlier:
+            self._flush_earlier()   # before: its line must not come under a header it has not
         if self._headed == key:
             return
         self._headed = key
@@ -213,18 +259,37 @@ class HumanOutput:
         if dropped > 0:
             self._advance(dropped)
         show_counts = self.verbosity == 0 and any(b.counts.values())
-        if show_counts and not b.headed and not b.blocked and not (b.warnings and self.verbosity == 0):
+        if show_counts and not b.headed and not b.blocked and not b.ignored and not b.warnings \
+                and set(k for k, v in b.counts.items() if v) == {"done earlier"}:
+            self._earlier.append((b.event["step"], b.event.get("wave"), b.counts["done earlier"]))
+            show_counts = False
+        elif show_counts and not b.headed and not b.blocked and not b.ignored and not b.not_yet \
+                and not (b.warnings and self.verbosity == 0):
             # nothing but its counts: one line, `STEP [name] changed=8 ****` (a screen or two a night)
             self._headed = key
             self._say("")
             self._say(header("STEP", _block_name(b), "  ".join(f"{k}={v}" for k, v in b.counts.items() if v)))
             show_counts = False
-        elif b.blocked or show_counts or (b.warnings and self.verbosity == 0):
+        elif b.blocked or b.ignored or b.not_yet or show_counts or (b.warnings and self.verbosity == 0):
             self._header(key)  # printed by _say: with -q, the failures come without it
         for reason, targets in b.blocked.items():
+            targets = sorted(targets, key=natural_key)
             names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"
                                                            if len(targets) > GROUPED_NAMES else "")
             self._write(f"failed: [{names}] {reason}" + (f" ({len(targets)} targets)" if len(targets) > 1 else ""))
+        for kind, failures in b.ignored.items():
+            if len(failures) == 1:
+                self._write(f"failed (ignored): [{failures[0][0]}] {failures[0][1]}")
+                continue
+            failures = sorted(failures, key=lambda f: natural_key(f[0]))
+            targets = [t for t, _ in failures]
+            names = ", ".join(targets[:GROUPED_NAMES]) + (f" +{len(targets) - GROUPED_NAMES} more"
+                                                           if len(targets) > GROUPED_NAMES else "")
+            self._write(f"failed (ignored): [{names}] {kind} ({len(targets)} targets; -v shows each)")
+            self._write(f"  e.g. [{failures[0][0]}] {failures[0][1]}")
+        for reason, found in b.not_yet.items():
+            for line in _not_yet_lines(reason, found, b.waiting.get(reason, set()), self.verbosity == 0):
+                self._say(line)
         if show_counts:
             self._say("  " + "  ".join(f"{k}={v}" for k, v in b.counts.items() if v))
         if b.warnings and self.verbosity == 0:
@@ -306,14 +371,24 @@ class HumanOutput:
             block.counts[bucket] = block.counts.get(bucket, 0) + 1
         self._advance()
         status = o.status
+        if status == "not_yet" and block is not None:
+            why = o.data.get("not_yet") if isinstance(o.data, dict) else None
+            why = why if isinstance(why, dict) else {}
+            reason = str(why.get("reason") or "not due yet")
+            block.waiting.setdefault(reason, set()).update(str(w) for w in why.get("waiting") or ())
+            block.not_yet.setdefault(reason, []).append((o.target, o.kind, o.message))  # -v: each below too
         loud = status in ("failed", "unreachable")
         blocked = _blocked_reason(o) if loud and self.verbosity == 0 else None
         if blocked is not None and block is not None:
             block.blocked.setdefault(blocked, []).append(o.target)
+        elif loud and o.ignored and self.verbosity == 0 and block is not None:
+            # ignore_errors: the playbook expects these (a machine whose users have not all
+            # moved yet keeps Exchange IM), so alike ones are one line at the step's end
+            block.ignored.setdefault(failure_kind(o.message, o.target), []).append((o.target, one_line(o.message)))
         elif loud or self.verbosity >= 1:
-            label = "failed (ignored)" if o.ignored else status
+            label = "failed (ignored)" if o.ignored else "not yet" if status == "not_yet" else status
             text = f"{label}: [{o.target}]"
-            message = "(done in an earlier run)" if o.resumed else o.message
+            message = "(done in an earlier run)" if o.resumed else one_line(o.message)
             if message:
                 text += f" {message}"
             if o.attempts > 1:
@@ -369,6 +444,14 @@ class HumanOutput:
                                               subsequent_indent="    ", break_on_hyphens=False,
                                               break_long_words=False):
                         self._write(line)
+            later = [n for n in names if counts[(kind, n)].get("not_yet")]
+            if later:
+                shown = ", ".join(later[:RECAP_NOT_YET_NAMES]) + (
+                    f" +{len(later) - RECAP_NOT_YET_NAMES} more" if len(later) > RECAP_NOT_YET_NAMES else "")
+                for line in textwrap.wrap(f"{shown} (by design; a later run does them)", WIDTH - 4,
+                                          initial_indent=f"  not yet ({len(later)}): ", subsequent_indent="    ",
+                                          break_on_hyphens=False, break_long_words=False):
+                    self._write(line)
             if len(bad) < len(names):
                 self._write(f"  ({len(names) - len(bad)} without problems; -v lists each)")
         self._write(f"{'TOTAL':<{width}} : " + _counters(summary.totals))

@@ -25,6 +25,8 @@ from runner.state import DB_NAME, StateStore, refuse_lost_store
 REPORT_FORMAT = 1
 FORMATS = ("text", "html", "csv", "json")
 MAX_CAUSES = 10
+#: Machines named in a "not yet" line of the summary before "+N more".
+MAX_NOT_YET = 10
 
 
 def _empty(state_dir: Path, **extra: Any) -> dict[str, Any]:
@@ -177,6 +179,10 @@ def render_summary(info: dict[str, Any]) -> list[str]:
              f"  reboot pending: {len(s['reboot_pending'])} machine(s)"
              + (f": {', '.join(s['reboot_pending'])}" if s["reboot_pending"] else ""),
              f"  help desk: {s['help_desk']} user(s) to help by hand"]
+    for n in s.get("not_yet") or []:
+        hosts = n["hosts"]
+        lines.append(f"  not yet (by design): {len(hosts)} machine(s) {n['reason']} ('{n['step']}'): "
+                     + ", ".join(hosts[:MAX_NOT_YET]) + (f" +{len(hosts) - MAX_NOT_YET} more" if len(hosts) > MAX_NOT_YET else ""))
     causes = s.get("causes") or []
     if causes:
         lines.append(f"  failed because of {len(causes)} cause(s):")

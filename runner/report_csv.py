@@ -4,7 +4,7 @@ The header is fixed (``COLUMNS``, documented in docs/report.md): columns are
 only ever added at the end. Lists inside a cell are joined with ``; `` and
 per-machine figures written ``host=value``. A text cell that a spreadsheet
 would take for a formula (it starts with ``=``, ``+``, ``-``, ``@``, a tab or
-a carriage return: a display name from a host is data) is prefixed with
+a carriage return, after any spaces: a display name from a host is data) is prefixed with
 ``'``, as OWASP advises against CSV injection.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(_FORMULA):
-        return "'" + value
+    if isinstance(value, str) and (value.startswith(_FORMULA) or value.lstrip().startswith(_FORMULA)):
+        return "'" + value  # leading spaces too: a spreadsheet told to trim them would see the formula
     return value
 
 

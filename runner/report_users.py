@@ -13,7 +13,9 @@ user and for their client machines, newest outcome of each step winning
   LCS, unmappable with the reason, over the server's limit, names cut
   (import_contacts, else verify_contacts);
 - per machine the Messenger version before and after (inventory_clients,
-  upgrade_messenger) and whether a reboot is pending;
+  upgrade_messenger), whether a reboot is pending, and what is not due on it yet by
+  design (``not_yet``: a step whose newest outcome is not_yet, e.g. Exchange IM kept until
+  the machine's last user has moved);
 - the newest failure with its reason, its root cause when it was a
   ``not run`` (blocked by another target) and what to do next;
 - ``redo_by_hand``: what the help desk must do with the user by hand
@@ -28,6 +30,7 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from runner.model import Inventory
+from runner.plan import natural_key
 
 #: Milestones in the order a user passes them, and the step module that passes each.
 STAGES = ("not started", "exported", "enabled", "imported", "verified", "disabled")
@@ -174,6 +177,12 @@ def _machine(history: _History, alias: str, host: str, export: dict[str, Any] | 
                   and isinstance(_data(r).get("signin"), dict)]
     signin = _data(configured[-1])["signin"] if configured else (
         last_facts.get("signin") if isinstance(last_facts, dict) else None)
+    newest: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["status"] != "pending":
+            newest[r["step"]] = r
+    not_yet = [{"step": r["step"], "reason": str((_data(r).get("not_yet") or {}).get("reason") or "not due yet"),
+                "message": r.get("message") or ""} for r in newest.values() if r["status"] == "not_yet"]
     problem = None
     for r in reversed(rows):
         if r["status"] == "pending":
@@ -185,7 +194,7 @@ def _machine(history: _History, alias: str, host: str, export: dict[str, Any] | 
             "exported": counts.get(host) if isinstance(counts, dict) else None,
             "messenger_before": before, "messenger_after": after, "reboot_pending": reboot,
             "signin": {k: v for k, v in signin.items() if k != "values"} if isinstance(signin, dict) else None,
-            "problem": problem}
+            "problem": problem, "not_yet": not_yet}
 
 
 def entry_key(typ: str, mask: str) -> str:
@@ -429,10 +438,22 @@ def summarise(users: list[dict[str, Any]]) -> dict[str, Any]:
                         "unmappable": sum(len(u["permissions"]["unmappable"]) for u in users),
                         "verified": sum(1 for u in users if u["permissions"]["verified"])},
         "reboot_pending": hosts_reboot,
+        "not_yet": _not_yet_machines(users),
         "help_desk": sum(1 for u in users if u["redo_by_hand"]),
         "failures_by_step": failed_steps,
         "causes": [{"cause": c, "users": n} for c, n in sorted(causes.items(), key=lambda x: (-x[1], x[0]))],
     }
+
+
+def _not_yet_machines(users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The machines with something not due yet, per step and reason (hosts in natural order)."""
+    groups: dict[tuple[str, str], set[str]] = {}
+    for u in users:
+        for m in u["machines"]:
+            for n in m.get("not_yet") or ():
+                groups.setdefault((n["step"], n["reason"]), set()).add(m["host"])
+    return [{"step": step, "reason": reason, "hosts": sorted(hosts, key=natural_key)}
+            for (step, reason), hosts in groups.items()]
 
 
 def failure_cause(failure: Mapping[str, Any], user: Mapping[str, Any] | None = None) -> str:

@@ -13,6 +13,9 @@ Honest about what it cannot see in the store alone:
   every task not done yet is counted per play and wave (``remaining``);
 - a run recorded as ``running`` whose process is gone (killed: no live holder
   of the state directory's lock) is shown as ``interrupted``;
+- the targets not due yet by design (status ``not_yet``: a machine that keeps Exchange IM
+  until the last of its users has moved), per step and reason, as what is left, not as a
+  failure (``not_yet``);
 - every failed or unreachable target of the newest runs, grouped by the
   target that caused it with how many others it holds up
   (``exim01: connection closed (572 users)``);
@@ -20,11 +23,13 @@ Honest about what it cannot see in the store alone:
 """
 from __future__ import annotations
 
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from runner.events import failure_kind, one_line
 from runner.lcs.contacts import DEFAULT_MAX_CONTACTS
 from runner.state import DB_NAME, DONE_STATUSES, StateStore, lock_holder, refuse_lost_store
 from runner.plan import natural_key
@@ -78,6 +83,7 @@ def collect_status(state_dir: Path) -> dict[str, Any]:
                 entry["left"] = sum(s["left"] for s in steps)
                 entry["remaining"] = remaining_of_playbook(r.playbook, r.inventory, rows)
                 entry["problems"] = group_problems(rows)
+                entry["not_yet"] = group_not_yet(rows)
                 more = (entry["remaining"] or {}).get("tasks") or 0
                 if status != "ok" or entry["left"] or more:
                     entry["resume_command"] = r.command
@@ -170,6 +176,28 @@ def next_command(command: str | None, remaining: dict[str, Any] | None) -> str |
     if limited and waves:
         out += ["--limit", f"wave:{waves[0]}"]
     return shlex.join(out)
+
+
+def group_not_yet(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tasks whose outcome is ``not_yet`` (a step found the target not due yet, by design),
+    per step and reason: the targets (natural order), what they wait for, one example."""
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for t in rows:
+        if t["status"] != "not_yet":
+            continue
+        data = ((t.get("result") or {}).get("data") or {}) if isinstance(t.get("result"), dict) else {}
+        why = data.get("not_yet") if isinstance(data.get("not_yet"), dict) else {}
+        reason = str(why.get("reason") or "not due yet")
+        g = groups.setdefault((t["play_index"], t["step"], t["kind"], reason), {
+            "play": t["play_index"], "step": t["step"], "kind": t["kind"] or "host", "reason": reason,
+            "targets": [], "waiting": set(), "example": f"{t['target']}: {t['message']}"})
+        g["targets"].append(t["target"])
+        g["waiting"].update(str(w) for w in why.get("waiting") or ())
+    out = list(groups.values())
+    for g in out:
+        g["targets"].sort(key=natural_key)
+        g["waiting"] = sorted(g["waiting"], key=natural_key)
+    return out
 
 
 def group_problems(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -347,11 +375,41 @@ def render_facts(f: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: Targets named in one grouped line of failures alike before "+N more".
+GROUPED_NAMES = 30
+
+
 def _problem_line(c: dict[str, Any]) -> str:
     held = [f"{len(c[k])} {k if len(c[k]) > 1 else k[:-1]}" for k in ("users", "hosts") if c[k]]
     where = f" at '{c['step']}'" if c.get("step") else ""
-    return (f"{c['target']}: {c.get('reason') or c.get('status') or 'failed'}{where}"
+    return (f"{c['target']}: {one_line(c.get('reason') or c.get('status') or 'failed')}{where}"
             + (f" ({', '.join(held)})" if held else ""))
+
+
+def _problem_lines(problems: list[dict[str, Any]]) -> list[str]:
+    """One line per cause; causes alike (same status, step and kind of failure: a hundred
+    machines that keep Exchange IM until their last user moves) as one line naming them all,
+    with the first one's message as an example."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for c in problems:
+        kind = failure_kind(str(c.get("reason") or ""), c["target"])
+        groups.setdefault((c.get("status"), c.get("step"), c["kind"], kind), []).append(c)
+    lines = []
+    for (status, step, kind, what), alike in groups.items():
+        if len(alike) == 1:
+            lines.append(f"    {status or 'failed'}: {_problem_line(alike[0])}")
+            continue
+        names = [c["target"] for c in alike]
+        shown = ", ".join(names[:GROUPED_NAMES]) + (f" +{len(names) - GROUPED_NAMES} more"
+                                                     if len(names) > GROUPED_NAMES else "")
+        held = {k: sum(len(c[k]) for c in alike) for k in ("users", "hosts")}
+        also = ", ".join(f"{n} {k if n > 1 else k[:-1]}" for k, n in held.items() if n)
+        lines.append(f"    {status or 'failed'}: {len(names)} {kind}s at '{step}': {what}"
+                     + (f" (holding up {also})" if also else ""))
+        lines += textwrap.wrap(shown, 78, initial_indent="      ", subsequent_indent="      ",
+                               break_on_hyphens=False, break_long_words=False)
+        lines.append(f"      e.g. {_problem_line(alike[0])}")
+    return lines
 
 
 def render_status(info: dict[str, Any]) -> str:
@@ -386,10 +444,20 @@ def render_status(info: dict[str, Any]) -> str:
                 lines.append(f"    [{p['play']}] {p['name']}: {waves}")
         elif rem is not None:
             lines.append("  remaining of the playbook: nothing")
+        for g in r.get("not_yet") or []:
+            n = len(g["targets"])
+            waiting = f" (waiting for {', '.join(g['waiting'])})" if g["waiting"] else ""
+            lines.append(f"  not yet (by design; a later night does them): {n} {g['kind']}(s) at "
+                         f"'{g['step']}': {g['reason']}{waiting}")
+            names = ", ".join(g["targets"][:GROUPED_NAMES]) + (
+                f" +{n - GROUPED_NAMES} more" if n > GROUPED_NAMES else "")
+            lines += textwrap.wrap(names, 78, initial_indent="      ", subsequent_indent="      ",
+                                   break_on_hyphens=False, break_long_words=False)
+            lines.append(f"      e.g. {g['example']}")
         problems = r.get("problems") or []
         if problems:
             lines.append(f"  failed or unreachable: {len(problems)} cause(s)")
-            lines += [f"    {c['status'] or 'failed'}: {_problem_line(c)}" for c in problems]
+            lines += _problem_lines(problems)
         if r.get("next_command"):
             lines.append(f"  next: {r['next_command']}   (without --limit: everything left)")
         elif r.get("resume_command"):

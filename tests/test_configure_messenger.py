@@ -15,7 +15,8 @@ from runner.lab.generator import generate
 from runner.loader import load_inventory
 from runner.steps import _clients as cl
 from runner.steps import _signin as S
-from runner.steps.configure_messenger import ConfigureMessenger
+from runner.steps.base import NotYet
+from runner.steps.configure_messenger import KEEPS_EXCHANGE, ConfigureMessenger
 from runner.steps.inventory_clients import InventoryClients
 from runner.windows import reg
 from runner.windows.cmdline import UnsafeValueError
@@ -156,7 +157,7 @@ def test_a_half_done_apply_is_finished_by_the_next_probe(lab, tmp_path):
     assert step.probe(ctx, lab[1].hosts[host]) is None
 
 
-def test_exchange_im_off_is_refused_while_a_user_of_the_machine_is_on_it(lab, tmp_path):
+def test_exchange_im_off_is_not_yet_while_a_user_of_the_machine_is_on_it(lab, tmp_path):
     _, inv, _ = lab
     host = _host(lab, "exchange_only")
     users = [u.alias for u in cl.client_users(inv, host)]
@@ -166,14 +167,15 @@ def test_exchange_im_off_is_refused_while_a_user_of_the_machine_is_on_it(lab, tm
     one_left = dict(moved)
     one_left.pop(("disable_exchange_im", users[-1]))
     ctx, conn = _ctx(lab, host, tmp_path, args={"exchange_im": "off"}, done=one_left)
-    with pytest.raises(PermanentFault) as err:
+    with pytest.raises(NotYet) as why:
         step.probe(ctx, inv.hosts[host])
-    assert "refusing to switch Exchange IM off" in str(err.value) and users[-1] in str(err.value)
-    assert "reg add" not in " ".join(conn.lines), "a refusal writes nothing"
-    # check mode says it would refuse
+    assert users[-1] in why.value.message and "force" not in why.value.message
+    assert why.value.reason == KEEPS_EXCHANGE and why.value.outcome_data()["still_on_exchange"] == [users[-1]]
+    assert "reg add" not in " ".join(conn.lines), "not yet: nothing written"
+    # check mode predicts the same
     checking, _ = _ctx(lab, host, tmp_path, args={"exchange_im": "off"}, done=one_left, check=True)
-    diff = step.probe(checking, inv.hosts[host])
-    assert any("would refuse now" in line for line in diff.lines)
+    with pytest.raises(NotYet):
+        step.probe(checking, inv.hosts[host])
     # forced: done, loudly
     forced, _ = _ctx(lab, host, tmp_path, args={"exchange_im": "off", "force": True}, done=one_left)
     diff = step.probe(forced, inv.hosts[host])

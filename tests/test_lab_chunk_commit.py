@@ -203,3 +203,60 @@ def test_a_chunks_read_deletes_the_files_its_users_killed_chunks_left_and_no_one
     again.add(Command("echo", "hello"))
     again.run()
     assert again.removed == [] and len(conn.lines) == 3   # nothing left: the read alone
+
+
+def test_threads_writing_the_pool_at_once_queue_and_all_finish(template, tmp_path):
+    """Engine threads of one process share lcs.db and ad.db: batch files (grouped commits),
+    user-setting changes (lcs.db and ad.db in one transaction) and ldifde imports (ad.db)
+    run at once on their own threads and connections; each waits its turn
+    (runner.lab.store.process_write_lock), none deadlocks, and every write is there."""
+    import threading
+
+    from runner.lab.store import process_write_lock
+    lab_dir = tmp_path / "lab"
+    shutil.copytree(template, lab_dir)
+    lcs, guid = _lab_user(lab_dir)
+    man = json.loads((lab_dir / "manifest.json").read_text())
+    others = [u for u in man["users"].values() if u["ad_guid"].upper() != guid]
+    assert process_write_lock(lab_dir / "hosts" / lcs / "lcs.db") is process_write_lock(
+        str(lab_dir / "hosts" / lcs / ".." / lcs / "lcs.db"))
+    errors: list[BaseException] = []
+
+    def batch() -> None:
+        lab = Lab(lab_dir)
+        for n in range(3):
+            lab.host(lcs).fs.write(TEMP + rf"\chunk{n}.cmd", _script(guid).encode())
+            res = Shell(lab, lab.host(lcs)).run(rf'cmd /c "{TEMP}\chunk{n}.cmd"')
+            assert "Instance creation successful." in res.stdout or "Already exists" in res.stderr, res.stdout
+
+    def enable(u: dict) -> None:
+        store = LcsStore(lab_dir / "hosts" / lcs / "lcs.db", lab_dir / "ad.db")
+        try:
+            g = u["ad_guid"].upper()
+            store.create("MSFT_SIPESUserSetting", {"InstanceID": g, "UserDN": f"CN={g},DC=contoso,DC=com",
+                                                    "PrimaryURI": u["sip_uri"],
+                                                    "HomeServerDN": man["lcs_server_dn"], "Enabled": True})
+        finally:
+            store.close()
+
+    def guarded(fn, *a) -> None:
+        try:
+            fn(*a)
+        except BaseException as exc:   # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(batch,)) for _ in range(3)]
+    threads += [threading.Thread(target=guarded, args=(enable, u)) for u in others]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a writer never got its turn"
+    assert not errors, errors
+    assert sorted(_contacts(lab_dir, lcs, guid)) == sorted(CONTACTS)
+    store = LcsStore(lab_dir / "hosts" / lcs / "lcs.db", lab_dir / "ad.db")
+    try:
+        for u in others:
+            assert store.user(u["ad_guid"].upper()) is not None, u["alias"]
+    finally:
+        store.close()

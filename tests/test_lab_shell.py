@@ -145,3 +145,21 @@ def test_del_with_a_wildcard_deletes_only_the_matching_files(lab):
     assert fs.listdir("C:\\Temp") == ["keep.txt", "runner-bbbb2222-01.ldf"]
     r = run(lab, 'del /q "C:\\Temp\\runner-aaaa1111-*.ldf"')
     assert "Could Not Find C:\\Temp\\runner-aaaa1111-*.ldf" in r.stderr
+
+
+@pytest.mark.parametrize("line,stdout,written", [
+    # a lone 1 or 2 starting a token before > is a handle number, else it is text
+    (r"echo ab 2>C:\Temp\h.txt", "ab \r\n", None),
+    (r"echo ab2>C:\Temp\h.txt", "", "ab2\r\n"),
+    (r"echo 2>C:\Temp\h.txt", "ECHO is on.\r\n", None),
+    (r"echo a	1>C:\Temp\h.txt", "", "a\t\r\n"),
+    (r'echo "x 2>y" 2>C:\Temp\h.txt', '"x 2>y" \r\n', None),
+    (r"echo 12>C:\Temp\h.txt", "", "12\r\n"),
+    (r"echo a ^& b ^> c ^| d & echo e", "a & b > c | d \r\ne\r\n", None),
+])
+def test_handle_numbers_carets_and_quotes_in_long_runs_of_text(lab, line, stdout, written):
+    """cmd.exe's reading of a command's text, which the lab takes in runs of plain characters."""
+    r = run(lab, line)
+    assert r.stdout == stdout, (line, r.stdout, r.stderr)
+    if written is not None:
+        assert run(lab, r"type C:\Temp\h.txt").stdout == written

@@ -8,6 +8,8 @@ import os
 import re
 import sqlite3
 
+import pytest
+
 from runner.engine import RunSummary
 from runner.events import PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event, TaskOutcome
 from runner.output import HumanOutput
@@ -164,3 +166,82 @@ def test_a_faulty_lab_night_fits_in_two_screens_and_names_every_failure(tmp_path
         if m:
             named.update((step, t.strip()) for t in m.group(1).split(","))
     assert {((s, w), t) for s, t, w in bad} <= named
+
+
+def test_failures_under_ignore_errors_alike_are_one_line_and_v_prints_each():
+    # a wave night: every machine with a user of a later wave keeps Exchange IM, refused by name
+    refused = [task(f"pc{i:04d}", "failed", kind="host", step="Sign-in", ignored=True,
+                    message=f"refusing to switch Exchange IM off on pc{i:04d}: 1 user(s) of pc{i:04d} still on "
+                            f"Exchange IM: u{i} (force: true overrides)") for i in range(1, 41)]
+    other = task("pc0099", "failed", kind="host", step="Sign-in", ignored=True, message="access denied")
+    for quiet in (False, True):
+        buf = io.StringIO()
+        run_events(HumanOutput(stream=buf, tty=False, quiet=quiet), [("Sign-in", refused[::-1] + [other])],
+                   end=summary(ignored=41))
+        lines = [line for line in buf.getvalue().splitlines() if "(ignored)" in line or "e.g." in line]
+        assert lines == [
+            "failed (ignored): [" + ", ".join(f"pc{i:04d}" for i in range(1, 31)) + " +10 more] refusing to"
+            " switch Exchange IM off on <target> (40 targets; -v shows each)",
+            "  e.g. [pc0001] refusing to switch Exchange IM off on pc0001: 1 user(s) of pc0001 still on Exchange IM:"
+            " u1 (force: true overrides)",
+            "failed (ignored): [pc0099] access denied"], quiet
+    loud = io.StringIO()
+    run_events(HumanOutput(stream=loud, tty=False, verbosity=1), [("Sign-in", refused + [other])])
+    assert sum(1 for line in loud.getvalue().splitlines() if line.startswith("failed (ignored): [")) == 41
+
+
+def test_a_failure_whose_message_has_several_lines_stays_one_line():
+    buf = io.StringIO()
+    run_events(HumanOutput(stream=buf, tty=False),
+               [("Inventory", [task("pc1", "failed", kind="host", attempts=4,
+                                    message="hive in use (reg load): ERROR: a.\nERROR: b.\r\nERROR: c")])])
+    assert "failed: [pc1] hive in use (reg load): ERROR: a. / ERROR: b. / ERROR: c (attempts: 4)" \
+        in buf.getvalue().splitlines()
+
+
+@pytest.mark.slow
+def test_the_built_in_labs_first_run_fits_under_120_lines_and_its_wave_night_too(tmp_path):
+    # what the README's first command does: the shipped files, the default inventory, a fresh directory
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "RUNNER_RETRY_DELAY_SCALE": "0"}
+
+    def apply(where: str, *args: str) -> list[str]:
+        cwd = tmp_path / where
+        for name in ("playbooks", "inventories", "schemas"):
+            shutil.copytree(repo / name, cwd / name)
+        proc = subprocess.run([sys.executable, "-m", "runner", "apply", "playbooks/gradual.yml", *args],
+                              cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+        return proc.stdout.splitlines()
+
+    lines = apply("first")
+    assert len(lines) < 120, "\n".join(lines)
+    assert not any(line.startswith(("failed", "unreachable")) for line in lines)
+    night = apply("night", "--limit", "wave:wave1")   # its machines are shared with later waves' users
+    kept = [line for line in night if line.startswith("not yet: ")]   # not yet, by design: no failure
+    assert len(kept) == 1 and "hosts keep Exchange IM until the last of their users has moved" in kept[0], night
+    assert not any(line.startswith(("failed", "unreachable")) for line in night), night
+    assert len(night) < 120, "\n".join(night)
+
+
+def test_steps_a_resumed_run_finds_done_earlier_are_one_line_until_something_else_is_said():
+    def earlier(step, n):
+        return [task(f"u{i}", "skipped", step=step, resumed=True) for i in range(n)]
+
+    buf = io.StringIO()
+    run_events(HumanOutput(stream=buf, tty=False),
+               [("Export", earlier("Export", 3)), ("Enable", earlier("Enable", 3)), ("Import", earlier("Import", 3)),
+                ("Verify", earlier("Verify", 2) + [task("u9", "failed", step="Verify", message="missing")]),
+                ("Disable", earlier("Disable", 1))], end=summary())
+    steps = [line for line in buf.getvalue().splitlines() if line.startswith(("STEP", "failed", "  failed"))]
+    assert steps == [
+        "STEP [Export ... Import (wave wave1), 3 steps] done earlier=9 " + "*" * 16,
+        "STEP [Verify (wave wave1)] " + "*" * 51,
+        "failed: [u9] missing",
+        "  failed=1  done earlier=2",
+        "STEP [Disable (wave wave1)] done earlier=1 " + "*" * 35]

@@ -541,3 +541,26 @@ def test_the_folded_line_fits_windows_2000(estate, tmp_path):
     assert step.apply(ctx, host, diff).status == "changed"
     folded = [ln for ln in lines if "findstr" in ln]
     assert len(folded) == 1 and len(folded[0]) <= 2047, folded
+
+
+def test_with_this_runs_facts_an_upgraded_push_host_costs_the_put_and_one_line(estate, tmp_path):
+    """inventory_clients' facts of this run stand for the probe when the package is pushed too:
+    a host to upgrade costs two round trips in all (the put and the folded line), and the
+    install line still deletes a package a killed session left; once the host has an upgrade
+    outcome, the probe reads live again (and cleans up)."""
+    from runner.steps.inventory_clients import gather
+    inv, local = estate
+    host, conn, ctx = _session(inv, tmp_path, lab_logon="key", messenger_package_local=str(local))
+    temp = conn.lab_host.environment()["SystemRoot"] + "\\Temp"
+    conn.put(b"half a package", temp + "\\runner-wm51-0123456789ab.msi")   # a killed session's push
+    ctx._facts[host.name] = gather(ctx, host)[0]
+    trips = _counting(conn)
+    step = UpgradeMessenger()
+    diff = step.probe(ctx, host)
+    assert diff is not None and trips == []            # no round trip: the facts stand for the read
+    result = step.apply(ctx, host, diff)
+    assert result.status == "changed" and trips == ["put", "run"]
+    assert _temp_files(conn) == []                     # the leftover went with the install line
+    ctx.previous = lambda module, target: ["an earlier outcome"]  # type: ignore[method-assign]
+    conn.put(b"half a package", temp + "\\runner-wm51-0123456789ab.msi")
+    assert step.probe(ctx, host) is None and trips[-1] == "run" and _temp_files(conn) == []

@@ -167,6 +167,12 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted(night):
     row["display_name"] = "=HYPERLINK(\"http://x\")"
     out = list(csv.reader(io.StringIO(render_csv({"users": [row]}))))
     assert out[1][COLUMNS.index("display_name")] == "'=HYPERLINK(\"http://x\")"
+    for name, cell in (("+SUM(A1)", "'+SUM(A1)"), ("-2+3", "'-2+3"), ("@SUM(A1)", "'@SUM(A1)"),
+                       ("\tx", "'\tx"), ("  =1+2", "'  =1+2"),   # spaces a spreadsheet may trim
+                       ('Smith, John "JJ"\nÜ', 'Smith, John "JJ"\nÜ')):
+        row["display_name"] = name
+        out = list(csv.reader(io.StringIO(render_csv({"users": [row]}))))
+        assert len(out) == 2 and out[1][COLUMNS.index("display_name")] == cell
 
 
 def test_text_keeps_the_warnings_and_adds_the_user_table(night):
@@ -252,3 +258,21 @@ def test_an_unknown_run_is_an_error_in_every_format(night):
     for fmt in ("csv", "json", "html"):
         res = sc.runner("report", "--state", str(sc.state), "--run", "no-such-run", "--format", fmt)
         assert res.code == 1 and "ERROR: no run no-such-run" in res.out, fmt
+
+
+def test_a_machine_whose_upgrade_wants_a_reboot_is_pending_for_each_of_its_users(tmp_path):
+    from scenario_support import make_scenario
+
+    sc = make_scenario(tmp_path, "gradual.yml", seed=3, clients=6, contacts=4)
+    host = next(h for u in sc.manifest["users"].values() for h in u["clients"])
+    cfg = json.loads((sc.lab_dir / "lab.json").read_text())
+    cfg["hosts"][host]["msiexec_reboot"] = True          # msiexec /norestart then exits 3010
+    (sc.lab_dir / "lab.json").write_text(json.dumps(cfg))
+    assert sc.apply().code == 0
+    info = json.loads(sc.runner("report", "--state", str(sc.state), "--format", "json").out)
+    assert info["summary"]["reboot_pending"] == [host]
+    users = {a for a, u in sc.manifest["users"].items() if host in u["clients"]}
+    assert {u["user"] for u in info["users"] if u["reboot_pending"] == [host]} == users
+    rows = list(csv.DictReader(io.StringIO(sc.runner("report", "--state", str(sc.state), "--format", "csv").out)))
+    assert {r["user"] for r in rows if r["reboot_pending"] == host} == users
+    assert f"reboot pending: 1 machine(s): {host}" in sc.runner("report", "--state", str(sc.state)).out

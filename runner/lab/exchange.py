@@ -100,6 +100,7 @@ class Directory:
         self.path = Path(path)
         new = not self.path.exists()
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._lock: Any = None   # this process's ad.db write lock while a transaction is open
         self.db.execute("PRAGMA busy_timeout=30000")
         if new:
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -116,14 +117,33 @@ class Directory:
         self.close()
 
     def begin(self) -> None:
-        """Start a write transaction (callers commit with :meth:`commit`)."""
-        self.db.execute("BEGIN IMMEDIATE")
+        """Start a write transaction (callers end it with :meth:`commit` or :meth:`rollback`),
+        queued behind this process's other ad.db writers (runner.lab.store.process_write_lock)."""
+        from runner.lab.store import process_write_lock
+        self._lock = process_write_lock(self.path)
+        self._lock.acquire()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
 
     def commit(self) -> None:
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        finally:
+            self._release()
 
     def rollback(self) -> None:
-        self.db.execute("ROLLBACK")
+        try:
+            self.db.execute("ROLLBACK")
+        finally:
+            self._release()
 
     def savepoint(self) -> None:
         """Mark a point inside the transaction that :meth:`rollback_to_savepoint` returns to."""

@@ -306,6 +306,10 @@ class LcsStore:
         self.directory = Path(directory) if directory is not None and Path(directory).exists() else None
         self._udb: sqlite3.Connection | None = None
         self._group_since = 0.0
+        from runner.lab.store import process_write_lock
+        self._lock = process_write_lock(self.path)   # lcs.db's writers in this process
+        self._ad_lock = process_write_lock(self.directory) if self.directory is not None else None
+        self._grouping = False   # a batch file's group transaction holds self._lock
         if self.directory is not None and recover:
             self.recover()
 
@@ -367,17 +371,19 @@ class LcsStore:
             return
         self._end_group()  # the user connection's BEGIN IMMEDIATE would wait for our own group
         db = self._user_db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            seq = db.execute("INSERT INTO ad_sync (instance_id, user_dn) VALUES (?, ?)",
-                             (iid, user_dn)).lastrowid
-            yield db
-            self._sync_ad(db, iid, user_dn)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        db.execute("DELETE FROM ad_sync WHERE seq=?", (seq,))
+        assert self._ad_lock is not None
+        with self._lock, self._ad_lock:   # always in this order (ad.db alone: runner.lab.exchange)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = db.execute("INSERT INTO ad_sync (instance_id, user_dn) VALUES (?, ?)",
+                                 (iid, user_dn)).lastrowid
+                yield db
+                self._sync_ad(db, iid, user_dn)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            db.execute("DELETE FROM ad_sync WHERE seq=?", (seq,))
 
     def _sync_ad(self, db: sqlite3.Connection, iid: str, user_dn: str | None) -> None:
         """Rewrite the user's AD attributes from the ``users`` row (removed when there is none)."""
@@ -397,16 +403,18 @@ class LcsStore:
         pending = db.execute("SELECT seq, instance_id, user_dn FROM ad_sync ORDER BY seq").fetchall()
         if not pending:
             return 0
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for _seq, iid, dn in pending:
-                self._sync_ad(db, iid, dn)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        # only now (AD committed) may the intents go
-        db.executemany("DELETE FROM ad_sync WHERE seq=?", [(p[0],) for p in pending])
+        assert self._ad_lock is not None
+        with self._lock, self._ad_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for _seq, iid, dn in pending:
+                    self._sync_ad(db, iid, dn)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            # only now (AD committed) may the intents go
+            db.executemany("DELETE FROM ad_sync WHERE seq=?", [(p[0],) for p in pending])
         return len(pending)
 
     def __enter__(self) -> "LcsStore":
@@ -425,17 +433,26 @@ class LcsStore:
         as if it had come before them, and the next run's probe finds them not done."""
         from runner.lab.store import at_batch_end, in_batch
         if not in_batch():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                else:
+                    self._db.execute("COMMIT")
             return
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN IMMEDIATE")
+        if not self._grouping:
+            self._lock.acquire()
+            self._grouping = True
+            try:
+                if not self._db.in_transaction:
+                    self._db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self._grouping = False
+                self._lock.release()
+                raise
             self._group_since = time.monotonic()
             at_batch_end(self._end_group)
         self._db.execute("SAVEPOINT command")
@@ -450,9 +467,16 @@ class LcsStore:
             self._end_group()
 
     def _end_group(self) -> None:
-        """Commit the batch file's grouped changes (see :meth:`_tx`)."""
-        if self._db.in_transaction:
-            self._db.execute("COMMIT")
+        """Commit the batch file's grouped changes (see :meth:`_tx`) and let the process's other
+        writers in."""
+        if not self._grouping:
+            return
+        try:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+        finally:
+            self._grouping = False
+            self._lock.release()
 
     def meta(self, name: str) -> str | None:
         """A value of the meta table (``server_dn``, ``backend``, ``schema_version``)."""

@@ -154,6 +154,7 @@ class LabServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
+        self._forkserver: subprocess.Popen | None = None
 
     # paths
     @property
@@ -175,6 +176,23 @@ class LabServer:
     @property
     def log(self) -> Path:
         return self.ssh_dir / "sshd.log"
+
+    @property
+    def shell_socket(self) -> Path:
+        """The fork server's UNIX socket (runner.lab.forkserver): in ``ssh/`` unless that path
+        is too long for a socket address (108 bytes), then in the temporary folder."""
+        path = self.ssh_dir / "shell.sock"
+        if len(os.fsencode(path)) < 100:
+            return path
+        import hashlib
+        import tempfile
+        tag = hashlib.sha256(os.fsencode(self.lab_dir)).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"runner-lab-{tag}.sock"
+
+    def uses_forkserver(self) -> bool:
+        """Whether sessions are forked by runner.lab.forkserver (not with a ``session_command``
+        of the caller's, nor with ``RUNNER_LAB_FORKSERVER=0``, which benchmarks use to compare)."""
+        return self.session_command is None and os.environ.get("RUNNER_LAB_FORKSERVER", "1") != "0"
 
     def prepare(self) -> None:
         """Generate keys, sshd_config, known_hosts and the SSH inventory (idempotent)."""
@@ -204,6 +222,11 @@ class LabServer:
         # -S: no site-packages scan or .pth hooks per command (~10-30 ms); the lab shell needs
         # the standard library and this package only, which PYTHONPATH (SetEnv below) names
         session = self.session_command or f"{py} -S -m runner.lab.serve session --dir {shlex.quote(str(self.lab_dir))}"
+        if self.uses_forkserver():
+            # a forwarder of built-ins only hands the session to the warm fork server (which the
+            # forwarder falls back from to the command above when the server is not running)
+            from runner.lab.forkserver import forward_command
+            session = forward_command(self.lab_dir, self.shell_socket)
         pkg_root = str(Path(__file__).resolve().parents[2])
         user = _current_user()
         lines = [
@@ -274,6 +297,8 @@ class LabServer:
         """Prepare, listen on every host address and start accepting (in a thread)."""
         self.prepare()
         _raise_fd_limit(len(self.addresses) * 2 + 256)
+        if self.uses_forkserver():
+            self._start_forkserver()
         try:
             for addr in self.addresses.values():
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -287,6 +312,45 @@ class LabServer:
             raise ServeError(f"cannot listen on {addr}:{self.port}: {exc.strerror}") from None
         self._thread = threading.Thread(target=self._accept_loop, name="lab-serve-acceptor", daemon=True)
         self._thread.start()
+
+    def _start_forkserver(self) -> None:
+        """Start runner.lab.forkserver on ``shell_socket`` and wait (up to 10 s) until it listens;
+        without it the sessions still run, each as a process of its own."""
+        import time
+        sock = self.shell_socket
+        try:
+            sock.unlink()
+        except FileNotFoundError:
+            pass
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p))
+        self._forkserver = subprocess.Popen(
+            [sys.executable, "-m", "runner.lab.forkserver", "--dir", str(self.lab_dir), "--socket", str(sock)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.ssh_dir / "forkserver.log", "ab"),
+            close_fds=True, start_new_session=True, env=env)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self._forkserver.poll() is None:
+            if sock.exists():
+                return
+            time.sleep(0.02)
+
+    def _stop_forkserver(self) -> None:
+        proc, self._forkserver = self._forkserver, None
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, None)):
+            try:
+                os.killpg(proc.pid, sig)   # the server and any session child still running
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if proc.stderr is not None:
+            proc.stderr.close()
 
     def _accept_loop(self) -> None:
         sel = selectors.DefaultSelector()
@@ -368,6 +432,7 @@ class LabServer:
                 except ProcessLookupError:
                     pass
                 proc.wait()
+        self._stop_forkserver()
 
     def _close_listeners(self) -> None:
         for s in self._listeners:
@@ -527,8 +592,10 @@ def session_host(lab_dir: Path) -> str:
     raise ServeError(f"no lab host has address {local}")
 
 
-def session_main(lab_dir: Path) -> int:
-    """ForceCommand entry point: SFTP relay for the sftp subsystem, else the lab shell."""
+def session_main(lab_dir: Path, client_pid: int | None = None) -> int:
+    """ForceCommand entry point: SFTP relay for the sftp subsystem, else the lab shell.
+    ``client_pid``: the forwarder whose session this is, when a fork server runs it
+    (runner.lab.forkserver); the sshd processes to drop are above it, not above us."""
     original = os.environ.get("SSH_ORIGINAL_COMMAND", "")
     if re.search(r"-m runner\.lab\.serve sftp\s*$", original):
         host = session_host(lab_dir)
@@ -542,7 +609,7 @@ def session_main(lab_dir: Path) -> int:
     if rc == 255:
         # the lab shell's connection faults ("down", "timeout", "drop") and its own
         # failures: make them what a client would see from a real host, a lost connection
-        drop_connection()
+        drop_connection(_parent_pid(client_pid) if client_pid else None)
     if not 0 <= rc <= 254:
         # A POSIX exit status has 8 bits, Windows' 32 (9009, msiexec 1618, 3010): carry the
         # real code in a stderr trailer that the ssh connection strips when the inventory
@@ -593,10 +660,19 @@ def session_logon() -> str:
         return "key"
 
 
-def drop_connection() -> None:
-    """Kill the sshd processes serving this session: the client sees the connection drop."""
+def _parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def drop_connection(start: int | None = None) -> None:
+    """Kill the sshd processes serving this session (from ``start``, by default our parent,
+    upwards): the client sees the connection drop."""
     sys.stdout.flush()
-    pid = os.getppid()
+    pid = start if start else os.getppid()
     while pid > 1:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:

@@ -36,6 +36,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Union
@@ -185,6 +186,12 @@ class CmdSyntaxError(Exception):
     """cmd.exe would print an ``... was unexpected at this time.`` message."""
 
 
+#: Runs _simple_tail takes whole: outside quotes, no character with a meaning there (quotes,
+#: the caret, &, |, parentheses, redirections); inside quotes, anything up to the closing one.
+_PLAIN_RUN = re.compile(r'[^"^&|()<>]+')
+_QUOTED_RUN = re.compile(r'[^"]+')
+
+
 class _Parser:
     def __init__(self, line: str) -> None:
         self.s = line
@@ -282,6 +289,16 @@ class _Parser:
                      text: list[str] | None = None) -> None:
         quoted = False
         while self.i < len(self.s):
+            if allow_text:
+                # a run of characters cmd.exe gives no meaning to here, taken whole (a chunk's
+                # lines are thousands of them; one at a time was the lab's top cost)
+                m = (_QUOTED_RUN if quoted else _PLAIN_RUN).match(self.s, self.i)
+                if m is not None:
+                    assert text is not None
+                    text.append(m.group())
+                    self.i = m.end()
+                    if self.i >= len(self.s):
+                        break
             c = self.s[self.i]
             if quoted:
                 if c == '"':
@@ -312,8 +329,14 @@ class _Parser:
             if c in "<>":
                 fd = 0 if c == "<" else 1
                 # a single 1 or 2 right before > that starts a token is a handle number
-                if c == ">" and text and text[-1] in "12" and (len(text) == 1 or text[-2] in " \t"):
-                    fd = int(text.pop())
+                # (text holds runs of characters: look at its last two characters)
+                tail = "".join(text[-2:]) if text else ""
+                if c == ">" and tail and tail[-1] in "12" and (
+                        (len(text) == 1 and len(text[0]) == 1) or tail[-2:-1] in (" ", "\t")):
+                    last = text.pop()
+                    if len(last) > 1:
+                        text.append(last[:-1])
+                    fd = int(last[-1])
                 if c == "<":
                     self.i += 1
                     redirects.append(Redirect(0, "<", self._read_target()))

@@ -105,6 +105,29 @@ def wanted_server(args: Mapping[str, Any], vars_: Mapping[str, Any], inventory: 
     return check_server(pools[0], "the first host of group lcs_servers")
 
 
+def var_problems(vars_: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(variable, what is wrong) for ``lcs_pool_fqdn`` and ``lcs_transport`` in ``vars_``, the
+    values configure_messenger writes into every client's policy: checked where they are
+    given (the inventory, ``-e``), not first on the clients after their upgrade. A Jinja
+    template (``{{ ... }}``) is checked when it is rendered."""
+    out: list[tuple[str, str]] = []
+    if SERVER_VAR in vars_ and not _templated(vars_[SERVER_VAR]):
+        try:
+            check_server(vars_[SERVER_VAR], f"variable {SERVER_VAR}")
+        except PermanentFault as exc:
+            out.append((SERVER_VAR, str(exc)))
+    if TRANSPORT_VAR in vars_ and not _templated(vars_[TRANSPORT_VAR]):
+        value = vars_[TRANSPORT_VAR]
+        if not isinstance(value, str) or value.lower() not in TRANSPORTS:
+            out.append((TRANSPORT_VAR, f"variable {TRANSPORT_VAR} is {value!r}: tcp or tls (Windows Messenger "
+                                       "5.1 signs in to LCS 2005 over TCP or TLS; there is no UDP)"))
+    return out
+
+
+def _templated(value: Any) -> bool:
+    return isinstance(value, str) and "{{" in value
+
+
 def wanted_transport(args: Mapping[str, Any], vars_: Mapping[str, Any]) -> str:
     """``tcp`` or ``tls``: argument ``transport``, else var ``lcs_transport``, else ``tls``."""
     value = args.get("transport") or vars_.get(TRANSPORT_VAR) or DEFAULT_TRANSPORT

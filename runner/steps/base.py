@@ -13,6 +13,12 @@ each user of the play), the JSON Schema of its arguments, and implements:
   the target rather than this attempt's change (import_contacts) reports them here
   too, so a retry or a resumed run never loses them.
 
+Not yet (by design): a probe (or apply) that finds a target is not due yet because of
+other targets' state (a machine whose other users are still on Exchange IM keeps it until
+the last of them has moved) raises ``NotYet``. The task's status is ``not_yet``: not a
+failure (no max_fail_percentage, the target stays in the play, no retry file), not done
+either (a later run does it), in check mode the same; the output counts and groups it.
+
 A step never prints, never writes the state store and never knows which
 connection kind carries its commands: it asks ``ctx.connection(host)`` for a
 Connection and returns structured data. Faults are raised as
@@ -35,7 +41,28 @@ from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence, Union
 from runner.connections.base import Connection
 from runner.model import Host, Inventory, User
 
-Status = Literal["ok", "changed", "skipped", "failed", "unreachable"]
+Status = Literal["ok", "changed", "skipped", "failed", "unreachable", "not_yet"]
+
+
+class NotYet(Exception):
+    """A target is not due yet, by design, because of other targets' state (module docstring).
+
+    ``message`` names this target's case (``pc0013: 2 user(s) still on Exchange IM: ...``);
+    ``reason`` is the same words for every target it happens to, the line the output groups
+    them under (``keep Exchange IM until their last user has moved``); ``waiting`` names what
+    it waits for (waves, users), gathered over the group; ``data`` goes into the outcome."""
+
+    def __init__(self, message: str, *, reason: str, waiting: Sequence[str] = (),
+                 data: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.waiting = [str(w) for w in waiting]
+        self.data = dict(data or {})
+
+    def outcome_data(self) -> dict[str, Any]:
+        """What the task's outcome carries: ``not_yet`` (reason, waiting) and ``data``."""
+        return {**self.data, "not_yet": {"reason": self.reason, "waiting": self.waiting}}
 
 
 @dataclass
@@ -116,6 +143,11 @@ class StepContext(Protocol):
 
     def facts(self, host: str) -> Mapping[str, Any] | None:
         """Facts gathered by inventory_clients for ``host``, if any."""
+        ...
+
+    def predicted(self, module: str, target: str) -> list[TaskRecord]:
+        """In check mode, the ok/changed outcomes of ``module`` for ``target`` this check
+        predicted (newest first: what ``previous`` would hold after the real run); else empty."""
         ...
 
 

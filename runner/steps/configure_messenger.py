@@ -20,10 +20,13 @@ what differs only, followed by the same read, so the outcome says what the clien
 Both lines stay within the host's line limit (fact ``cmd_line_limit``: 2,047 characters on
 Windows 2000). A run killed in between leaves values a re-probe finds and finishes.
 
-Safety: ``exchange_im: off`` is refused on a machine while any inventory user of it is
-still on Exchange IM (their newest ``disable_exchange_im`` outcome is not ok/changed: a
-machine shared by users of several waves keeps Exchange IM until the last of them has
-moved); ``force: true`` overrides, loudly.
+Not yet: ``exchange_im: off`` waits on a machine while any inventory user of it is still on
+Exchange IM (their newest ``disable_exchange_im`` outcome is not ok/changed: a machine shared
+by users of several waves keeps Exchange IM until the last of them has moved). That is the
+normal case on every night but the last, not a failure: the probe raises ``NotYet`` naming
+those users and their waves (status ``not_yet``, done by a later night), in ``--check`` too,
+where the users this check predicts taken off Exchange IM count as moved (``ctx.predicted``).
+``force: true`` switches it off anyway, loudly.
 """
 from __future__ import annotations
 
@@ -34,12 +37,14 @@ from runner.model import Host
 from runner.steps import _clients as cl
 from runner.steps import _signin as S
 from runner.steps._lcs import backup_name, refusal_warnings, rolled_back_at
-from runner.steps.base import Diff, StepContext, StepModule, StepResult
+from runner.steps.base import Diff, NotYet, StepContext, StepModule, StepResult
 from runner.windows import reg
 from runner.windows.cmdline import Command
 
 #: The step that takes a user off Exchange IM; its newest ok/changed outcome means "moved".
 DISABLE_STEP = "disable_exchange_im"
+#: The not-yet line of a machine that keeps Exchange IM (the same words for every machine).
+KEEPS_EXCHANGE = "keep Exchange IM until the last of their users has moved"
 
 
 def _read(ctx: StepContext, host: str, before: Sequence[Command] = ()) -> tuple[S.Held, str]:
@@ -75,10 +80,11 @@ def _fresh_values(ctx: StepContext, host: str) -> S.Held | None:
 def still_on_exchange(ctx: StepContext, host: str) -> list[str]:
     """Inventory users of ``host`` not yet taken off Exchange IM (newest disable_exchange_im
     outcome missing or not ok/changed, or older than their latest rollback: docs/rollback.md),
-    in inventory order."""
+    in inventory order. In ``--check`` a user this check predicts taken off counts as moved."""
     out = []
     for user in cl.client_users(ctx.inventory, host):
-        newest = ctx.previous(DISABLE_STEP, user.alias)
+        newest = [*ctx.predicted(DISABLE_STEP, user.alias), *ctx.previous(DISABLE_STEP, user.alias)] \
+            if ctx.check and hasattr(ctx, "predicted") else ctx.previous(DISABLE_STEP, user.alias)
         if not newest or newest[0].status not in ("ok", "changed") \
                 or float(getattr(newest[0], "ended", 0) or 0) < rolled_back_at(ctx, user):
             out.append(user.alias)
@@ -168,8 +174,13 @@ class ConfigureMessenger(StepModule):
         warnings: list[str] = []
         if mode == "off" and any(s.key != S.POLICY_KEY for s in todo):
             left = still_on_exchange(ctx, target.name)
-            why = (f"{len(left)} user(s) of {target.name} still on Exchange IM: {', '.join(left[:20])}"
-                   + (f" and {len(left) - 20} more" if len(left) > 20 else "")) if left else None
+            waves = {u.alias: u.wave for u in cl.client_users(ctx.inventory, target.name) if u.alias in left}
+            named = ", ".join(f"{a} ({waves[a]})" if waves.get(a) else a for a in left[:20]) \
+                + (f" and {len(left) - 20} more" if len(left) > 20 else "")
+            why = f"{len(left)} user(s) of {target.name} still on Exchange IM: {named}" if left else None
+            if why and not ctx.args.get("force"):
+                raise NotYet(f"{len(left)} user(s) still on Exchange IM: {named}", reason=KEEPS_EXCHANGE,
+                             waiting=sorted({waves.get(a) or a for a in left}), data={"still_on_exchange": left})
             warnings = refusal_warnings(ctx, why, action=f"switch Exchange IM off on {target.name}",
                                         forced="switching Exchange IM off")
         return Diff(summary=f"set {len(todo)} Messenger sign-in value(s) on {target.name}",

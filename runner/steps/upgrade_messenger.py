@@ -30,9 +30,11 @@ TransientFault: the engine pushes again. With ``client_sha256_tool: sftp`` the
 file is read back over SFTP and hashed on the control node instead: that proves
 the bytes on the client's disk as its SSH server reads them, not what a program
 of the client reads, and costs a second transfer. A run killed between the push
-and the delete leaves the file: the next probe of that host (it reads live
-whenever a package is pushed) and the delete after the next install remove every
-``runner-wm51-*.msi`` in that folder.
+and the delete leaves the file: the next live probe of that host and the delete
+after the next install remove every ``runner-wm51-*.msi`` in that folder. (A
+probe from this run's facts makes no round trip and so deletes nothing; it
+stands only while the host has no upgrade outcome, and then the host is
+upgraded: its install line deletes them.)
 """
 from __future__ import annotations
 
@@ -59,11 +61,12 @@ SYSTEM_TEMP = r"%SystemRoot%\Temp"
 def installed(ctx: StepContext, host: str) -> tuple[str | None, str | None, bool]:
     """(newest registered Messenger product's version, msmsgs.exe's file version, whether the
     file could be looked at) on ``host``; None where there is none. One round trip, or none
-    when ``_fresh_facts`` stand for it (never when a package is pushed: that line also
-    deletes a pushed package a killed run left)."""
+    when ``_fresh_facts`` stand for it. A live read of a host the package is pushed to also
+    deletes pushed packages a killed run left; facts stand only for a host without an
+    upgrade outcome, whose leftovers (if any) its install line deletes."""
     exe = str(ctx.args.get("messenger_exe") or cl.DEFAULT_MESSENGER_EXE)
     pushing = pushes(ctx)
-    facts = None if pushing else _fresh_facts(ctx, host, exe)
+    facts = _fresh_facts(ctx, host, exe)
     if facts is not None:
         m = facts["messenger"]
         return (m.get("version") if m.get("source") == "uninstall" else None), m.get("file_version"), \

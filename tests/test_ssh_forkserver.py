@@ -1,0 +1,112 @@
+"""The served lab's sessions forked by its warm fork server (runner.lab.forkserver), with the
+session process of old as the fallback: the same answers either way, over real sshd."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from runner.connections.ssh import SSHConnection
+from runner.errors import ConnectionFault
+from runner.lab.generator import generate
+
+from ssh_helpers import serve, ssh_host
+
+pytestmark = pytest.mark.ssh
+
+COMMAND = r'reg query "HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion" /v CurrentVersion & echo 100%% ^& "a&b" & exit /b 3'
+
+
+@pytest.fixture
+def lab(tmp_path):
+    if not os.access("/usr/sbin/sshd", os.X_OK):
+        pytest.skip("OpenSSH sshd not installed (apt-get install openssh-server)")
+    lab = tmp_path / "lab"
+    generate(lab, clients=2, users_per_client=1, contacts=2, seed=5)
+    return lab
+
+
+def _answers(server, command=COMMAND):
+    """(rc, stdout, stderr) of ``command`` on each client, and a file put then read back."""
+    out = {}
+    for name, addr in sorted(server.addresses.items()):
+        if not addr.startswith("127.10."):
+            continue
+        conn = SSHConnection(ssh_host(server, name), None, None)
+        try:
+            res = conn.run(command)
+            conn.put("zoë & co\r\n".encode("utf-8"), r"C:\fs-check.txt")
+            out[name] = (res.rc, res.stdout, res.stderr, conn.get(r"C:\fs-check.txt"))
+        finally:
+            conn.close()
+    return out
+
+
+def _session_children(server) -> list[int]:
+    """Pids of the fork server's children (its forked sessions) right now."""
+    pid = server._forkserver.pid
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError):
+                pass
+    return found
+
+
+def test_the_fork_server_answers_as_the_session_process_did_and_is_its_fallback(lab, monkeypatch):
+    monkeypatch.setenv("RUNNER_LAB_FORKSERVER", "0")
+    plain = serve(lab, fake_shell=False)
+    try:
+        assert "_forward.py" not in plain.config.read_text() and plain._forkserver is None
+        before = _answers(plain)
+    finally:
+        plain.stop()
+    monkeypatch.delenv("RUNNER_LAB_FORKSERVER")
+    server = serve(lab, fake_shell=False)
+    try:
+        assert "_forward.py" in server.config.read_text() and server.shell_socket.exists()
+        assert _answers(server) == before and before
+        # an SFTP session is a long-lived session: while it is open, it is the server's child
+        name = next(n for n, a in server.addresses.items() if a.startswith("127.10."))
+        conn = SSHConnection(ssh_host(server, name), None, None)
+        try:
+            conn.put(b"x", r"C:\open.txt")
+            assert _session_children(server), "the SFTP session runs in a child of the fork server"
+        finally:
+            conn.close()
+        # the server gone: every session runs in a process of its own, with the same answers
+        os.killpg(server._forkserver.pid, signal.SIGKILL)
+        server._forkserver.wait()
+        assert _answers(server) == before
+    finally:
+        server.stop()
+    assert not server.shell_socket.exists() or server._forkserver is None
+
+
+def test_a_drop_fault_through_the_fork_server_drops_the_ssh_connection(lab):
+    server = serve(lab, fake_shell=False)
+    try:
+        client = next(h for h, a in server.addresses.items() if a.startswith("127.10."))
+        meta_path = server.lab_dir / "lab.json"
+        meta = json.loads(meta_path.read_text())
+        meta["faults"]["hosts"][client] = {"drop": 1.0}
+        meta_path.write_text(json.dumps(meta))
+        conn = SSHConnection(ssh_host(server, client), None, None)
+        try:
+            with pytest.raises(ConnectionFault):
+                conn.run("echo hi")
+        finally:
+            conn.close()
+        deadline = time.monotonic() + 5
+        while _session_children(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _session_children(server), "the dropped session's child has ended"
+    finally:
+        server.stop()
