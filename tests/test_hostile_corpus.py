@@ -402,8 +402,8 @@ for pname, value in (("injection", '" & reg add HKLM\\SOFTWARE\\X /f & "'), ("sp
     inv_line(f"pool-fqdn-{pname}", 3, f"    lcs_pool_fqdn: {json.dumps(value)}", "lcs_pool_fqdn",
              "is not a DNS name or IPv4 address")
 inv_line("pool-fqdn-with-port-ok", 3, "    lcs_pool_fqdn: lcs01.contoso.com:5061", "valid", code=0)
-inv_line("transport-udp", 11, "        pc2: {vars: {lcs_transport: udp}}", "transport 'udp'", "must be tcp or tls")
-pb_line("play-vars-transport", 12, "  vars: {lcs_transport: ssl}", "must be tcp or tls")
+inv_line("transport-udp", 11, "        pc2: {vars: {lcs_transport: udp}}", "lcs_transport is 'udp': tcp or tls")
+pb_line("play-vars-transport", 12, "  vars: {lcs_transport: ssl}", "lcs_transport is 'ssl': tcp or tls")
 pb_line("play-vars-dn", 12, '  vars: {lcs_home_server_dn: "pool one"}', "lcs_home_server_dn")
 for pname, value, says in (("json-sip-mapping", '{{"sip_mapping": {{"template": "sip:{{locl}}@{{domain}}"}}}}',
                             "unknown field {{locl}}"),
