@@ -256,6 +256,10 @@ pb_line("args-template-syntax", 23, '        coexistence_group: "{{ name "', "te
 pb_line("args-block-syntax", 23, '        coexistence_group: "{% for x %}"', "template syntax error")
 pb_line("args-template-unknown-test", 23, '        coexistence_group: "{{ x is nosuchtest }}"',
         "template syntax error", "nosuchtest")
+for i, src in enumerate(("'x' * 10**9", "'%0999999999d' % 1", "'x'.ljust(10**9)", "'{:>999999999}'.format(1)",
+                         "'x' | center(999999999)", "('x' * 1000000) | replace('x', 'xx')")):
+    case(f"when-huge-{i}", 2, "unsafe operation in ", "the result would be longer than 1,048,576 items", args=APPLY,
+         pb=_replace(PB_LINES, 27, f'      when: "{{{{ {src} }}}}"'))
 inv_line("sip-template-typo", 6, '      template: "sip:{locl}@{domain}"', "unknown field {{locl}}", "did you mean {{local}}")
 inv_line("sip-template-attribute", 6, '      template: "{local.nosuch}"', "sip_mapping")
 inv_line("sip-template-no-local", 6, '      template: "sip:x@{domain}"', "sip_mapping")
