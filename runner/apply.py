@@ -21,10 +21,12 @@ from runner.errors import EXIT_INTERRUPTED, PermanentFault, RunnerError
 from runner.estate import Estate, estate_of, subjects
 from runner.events import RUN_END, Event
 from runner.extravars import with_extra_vars
+from runner.oslimits import raise_open_files
 from runner.lab.store import lab_identity
 from runner.loader import LabNotGenerated, load_inventory, load_playbook
 from runner.model import Inventory
 from runner.output import HumanOutput, JsonOutput
+from runner.outstream import LosableStream
 from runner.plan import build_plan
 from runner.state import StateStore
 
@@ -57,12 +59,21 @@ class ApplyRequest:
 
 
 class _Interrupts:
-    """SIGINT handling for the duration of a run (main thread only)."""
+    """SIGINT and SIGHUP handling for the duration of a run (main thread only). A hang-up (the
+    terminal or the ssh session to the control node went away) is not a reason to stop: the
+    streams on that terminal are dropped, as a closed stdout is (runner.outstream)."""
 
-    def __init__(self, engine: Engine, err: TextIO) -> None:
+    def __init__(self, engine: Engine, err: TextIO, streams: tuple[LosableStream, ...] = ()) -> None:
         self.engine = engine
         self.err = err
+        self.streams = streams
         self.previous: Any = None
+        self.previous_hup: Any = None
+
+    def _hang_up(self, signum: int, frame: Any) -> None:
+        for stream in self.streams:
+            if stream.isatty():
+                stream.lose("hung up (SIGHUP: its terminal or ssh session went away)")
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.engine.interrupted:
@@ -78,6 +89,8 @@ class _Interrupts:
     def __enter__(self) -> "_Interrupts":
         try:
             self.previous = signal.signal(signal.SIGINT, self._handle)
+            if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # not nohup's
+                self.previous_hup = signal.signal(signal.SIGHUP, self._hang_up)
         except ValueError:  # not the main thread (embedded use): no handler
             self.previous = None
         return self
@@ -85,6 +98,8 @@ class _Interrupts:
     def __exit__(self, *exc: object) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+        if self.previous_hup is not None:
+            signal.signal(signal.SIGHUP, self.previous_hup)
 
 
 def inventory_estate(inventory: Inventory) -> Estate:
@@ -156,14 +171,34 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
     """Run (or check) a playbook against an inventory; return the exit code."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    doing = ["loading the playbook"]  # what a Ctrl-C before the engine starts interrupted
+    try:
+        return _apply(req, out, err, doing)
+    except KeyboardInterrupt:
+        if not doing:  # the engine had started: its own handler has said what it had to
+            raise
+        err.write(f"\ninterrupted while {doing[0]}: nothing was started (no task ran, nothing changed)\n"
+                  f"to run again: {req.resume_command}\n")
+        err.flush()
+        return EXIT_INTERRUPTED
+
+
+def _apply(req: ApplyRequest, out: TextIO, err: TextIO, doing: list[str]) -> int:
+    """``apply``'s work; ``doing`` names the stage of loading under way, and is emptied when
+    the engine starts."""
     retry_delay_scale()  # a bad RUNNER_RETRY_DELAY_SCALE is a bad option before anything starts
+    raise_open_files()   # a socket per SSH host, SQLite files per lab thread (runner.oslimits)
     playbook = with_extra_vars(load_playbook(req.playbook), req.extra_vars)
+    doing[0] = "loading the inventory"
     try:
         inventory = load_inventory(req.inventory)
     except LabNotGenerated:  # the built-in lab is made on first use, by apply (loading never writes)
         from runner.lab.generator import ensure_plugin_lab
+        doing[0] = "generating the built-in lab"
         ensure_plugin_lab(req.inventory)
+        doing[0] = "loading the inventory"
         inventory = load_inventory(req.inventory)
+    doing[0] = "planning"
     plan = build_plan(playbook, inventory, limit=req.limit, tags=req.tags or None,
                       skip_tags=req.skip_tags or None, start_at_step=req.start_at_step)
     if req.list_hosts or req.list_tasks or req.list_tags:  # from the plan alone: nothing connects
@@ -174,8 +209,10 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
                 out.write("\n".join(lister(plan)) + "\n")
         out.flush()
         return 0
+    doing[0] = "checking the labs"
     check_labs(inventory, {t.target_name for t in plan.tasks() if t.kind == "host"}
                | {c for t in plan.tasks() if t.kind == "user" for c in getattr(t.target, "clients", ())})
+    doing[0] = "opening the state store"
     store = StateStore(Path(req.state_dir))
     try:
         if req.check:
@@ -187,6 +224,13 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
             bind_estate(store, inventory, record=True)
             info = store.start_run(req.playbook, req.inventory, command=req.resume_command, fresh=req.fresh)
             run_id, resumed = info.id, info.resumed
+        err = LosableStream(err, "standard error")
+        if req.check:  # nothing is recorded: with nobody reading, there is nothing left to do
+            then = "the check stops (it changes nothing and records nothing)"
+        else:
+            then = (f"the run goes on and records everything: `runner status --state {req.state_dir}` and "
+                    f"`runner report --state {req.state_dir}` show how it ends")
+        out = LosableStream(out, "standard output", notice=err, then=then)
         output: Any
         if req.json:
             output = JsonOutput(out, resume_command=req.resume_command)
@@ -200,7 +244,10 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
         if not req.check:
             subscribers.insert(0, RetryFile(Path(req.state_dir), req.playbook))
         engine = Engine(inventory, store, run_id, options, subscribers, resumed=resumed)
-        with _Interrupts(engine, err):
+        if req.check:
+            out.on_lost = engine.interrupt
+        with _Interrupts(engine, err, (out, err)):
+            doing.clear()
             summary = engine.run(plan)
             if not req.check:
                 store.finish_run(run_id, summary.status)

@@ -109,10 +109,14 @@ def apply(playbook: str, inventory: str | None, check: bool, diff: bool, limit: 
     --limit takes host, group and user names and wave:NAME, comma separated, or @FILE with
     one a line (after a run with failures, STATE/PLAYBOOK.retry lists them).
     """
-    from runner.apply import ApplyRequest, apply as run_apply
-    from runner.extravars import expand_limit, parse_extra_vars
-
     argv = _ARGV or sys.argv[1:]
+    try:  # the run's modules take a few tenths of a second to import: a Ctrl-C then started nothing
+        from runner.apply import ApplyRequest, apply as run_apply
+        from runner.extravars import expand_limit, parse_extra_vars
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted while starting: nothing was started (no task ran, nothing changed)\n"
+                   f"to run again: {resume_command(list(argv))}", err=True)
+        return EXIT_INTERRUPTED
     req = ApplyRequest(playbook=playbook, inventory=_default_inventory(inventory), check=check, diff=diff,
                        limit=expand_limit(limit), extra_vars=parse_extra_vars(extra_vars),
                        list_hosts=list_hosts, list_tasks=list_tasks, list_tags=list_tags, tags=_split_tags(tags), skip_tags=_split_tags(skip_tags, "--skip-tags"),
@@ -179,10 +183,8 @@ def status(state_dir: str, as_json: bool) -> int:
     from runner.status import collect_status, render_status
 
     info = collect_status(Path(state_dir))
-    if not info["store"]:  # a typo in --state must not look like a store with nothing to do
-        raise RunnerError(f"no state store in {state_dir} (no {state_dir}/state.db): nothing was ever applied "
-                          f"with --state {state_dir}; give the directory `runner apply --state` used "
-                          f"(default {DEFAULT_STATE})")
+    if not info["store"]:
+        _refuse_no_store(state_dir)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
     else:
@@ -205,7 +207,11 @@ def report(state_dir: str, run_id: str | None, fmt: str, output: str | None, as_
     """One row per user (where they stand, contacts, Messenger, failures, what to redo by hand) and
     every warning of a run per target: unmappable and over-limit contacts, names cut, reboots..."""
     from runner.report import collect_report, render
+    from runner.state import DB_NAME, refuse_lost_store
 
+    refuse_lost_store(Path(state_dir))
+    if not (Path(state_dir) / DB_NAME).exists():
+        _refuse_no_store(state_dir)
     info = collect_report(Path(state_dir), run_id)
     text = render(info, "json" if as_json else fmt)
     if output:
@@ -253,6 +259,14 @@ def reexport(users: str, state_dir: str) -> int:
             click.echo(f"{r.alias}: the export runs again on the next `runner apply` "
                        f"({r.reopened} earlier export task(s) reopened)")
     return EXIT_OK
+
+
+def _refuse_no_store(state_dir: str) -> None:
+    """A --state without a store is an error (exit 1), for status and report alike: a typo in
+    --state must not look like a store with nothing to do."""
+    raise RunnerError(f"no state store in {state_dir} (no {state_dir}/state.db): nothing was ever applied "
+                      f"with --state {state_dir}; give the directory `runner apply --state` used "
+                      f"(default {DEFAULT_STATE})")
 
 
 def _damaged_rows(damaged: list[str] | None) -> int:

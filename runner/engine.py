@@ -70,7 +70,7 @@ from runner.artifacts import ArtifactStore
 from runner.connections.registry import ConnectionOptions, ConnectionPool
 from runner.context import TaskContext, task_variables
 from runner.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, HostGivenUp,
-                           OptionsError, StepFault)
+                           OptionsError, RunnerError, StepFault)
 from runner.events import (PLAY_START, RUN_END, RUN_START, STEP_START, TASK_END, WAVE_END, Event,
                            Subscriber, TaskOutcome)
 from runner.model import Host
@@ -432,7 +432,11 @@ class Engine:
 
     def _bug_outcome(self, task: Task, exc: BaseException, *, started: float, attempts: int,
                      diff: Diff | None) -> TaskOutcome:
-        """A bug in a step fails its task, not the run."""
+        """A bug in a step fails its task, not the run. A RunnerError a step lets through (an
+        artifact edited by hand, a damaged store) is no bug: its message is what the user reads."""
+        if isinstance(exc, RunnerError):
+            return self._outcome(task, "failed", started=started, ended=time.time(), attempts=attempts,
+                                 message=str(exc), diff=diff, ignored=task.step.ignore_errors)
         return self._outcome(task, "failed", started=started, ended=time.time(), attempts=attempts,
                              message=f"{type(exc).__name__}: {exc}", diff=diff,
                              traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),

@@ -31,15 +31,15 @@ def one_line(message: str) -> str:
     return " / ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
-def failure_kind(message: str, target: str) -> str:
+def failure_kind(message: str, target: str, *, whole: bool = False) -> str:
     """What ``target``'s failure is, in the same words for every target it happens to: the
-    message up to its first ``": "``, the target's own name put as ``<target>``
-    (``refusing to switch Exchange IM off on <target>``, ``msiexec 1603``). Lines of the live
-    output and of ``runner status`` group the targets that failed alike at one step."""
+    message up to its first ``": "`` (all of it with ``whole``), the target's own name put as
+    ``<target>`` (``refusing to switch Exchange IM off on <target>``, ``msiexec 1603``). Lines
+    of the live output and of ``runner status`` group the targets that failed alike at one step."""
     text = one_line(message)
     if target:
         text = re.sub(rf"(?<![\w.@-]){re.escape(target)}(?![\w@-]|\.\w)", "<target>", text)
-    return text.split(": ", 1)[0]
+    return text if whole else text.split(": ", 1)[0]
 
 
 @dataclass

@@ -63,7 +63,8 @@ def _one(value: str) -> dict[str, Any]:
     for word in words:
         key, sep, val = word.partition("=")
         if not sep:
-            raise OptionsError(f"-e {word!r}: expected key=value (or a JSON object, or @FILE)")
+            raise OptionsError(f"-e {value!r}: {word!r} is not key=value (words are separated by spaces: "
+                               f"a variable name has none; or give a JSON object, or @FILE)")
         if len(val) >= 2 and val[0] == val[-1] and val[0] in "'\"":
             val = val[1:-1]
         out[key] = val

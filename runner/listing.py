@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import textwrap
 
-from runner.plan import Plan, PlannedPlay, Wave, natural_key
+from runner.plan import Plan, PlannedPlay, Wave, _step_kind, natural_key
 
 WIDTH = 78
 
@@ -24,8 +24,11 @@ def _names(label: str, names: list[str]) -> list[str]:
 
 
 def _play_line(pp: PlannedPlay) -> str:
+    """``play #2 (hosts: clients; users: all): NAME``; users only for a play with user steps (a
+    play of host steps moves nobody, and its ``users`` is the default it never uses)."""
     play = pp.play
-    return f"play #{pp.index + 1} (hosts: {play.hosts}; users: {play.users}): {play.name}"
+    users = f"; users: {play.users}" if any(_step_kind(step) == "user" for step in play.steps) else ""
+    return f"play #{pp.index + 1} (hosts: {play.hosts}{users}): {play.name}"
 
 
 def _wave_label(wave: Wave) -> str:

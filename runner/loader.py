@@ -220,7 +220,7 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
         dups = _duplicate_keys(root, file)
         if dups:
             raise InputErrors(dups)
-        shape = _shape_errors(root, file)
+        shape = _shape_errors(root, file, text)
         if shape:
             raise InputErrors(shape)
         data = loader.construct_document(root) if root is not None else None
@@ -245,6 +245,9 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
             name = re.match(r"\*([^\s,\[\]{}]*)", text.splitlines()[mark.line][mark.column:])
             what = f"the alias {name.group(0)!r} refers to no anchor (&{name.group(1)}) defined before it" \
                 if name else what
+        elif mark and "unknown escape character" in what:
+            what += (": in double quotes a backslash starts an escape; write a Windows path in single "
+                     "quotes ('\\\\server\\share\\file.msi') or double every backslash")
         elif mark and _long_key(text, mark.line):
             what = (f"a key longer than {YAML_KEY_LIMIT} characters, which YAML cannot read, quoted or not "
                     "(names are at most 128 characters)")
@@ -290,9 +293,32 @@ def _long_key(text: str, line: int) -> bool:
 
 _NON_FINITE = re.compile(r"[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+#: In a double-quoted YAML string, a backslash and one of these letters is one control
+#: character (``\n`` a newline, ``\t`` a tab...), preceded by an even run of backslashes.
+_CONTROL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*(\\[ntrabfve0])")
+_CONTROL_NAMES = {"n": "newline", "t": "tab", "r": "carriage return", "a": "bell", "b": "backspace",
+                  "f": "form feed", "v": "vertical tab", "e": "escape", "0": "NUL"}
 
 
-def _shape_errors(root: Node | None, file: str) -> list[InputError]:
+def _path_escape_error(node: ScalarNode, file: str, text: str | None) -> InputError | None:
+    """A double-quoted Windows path whose ``\\n`` or ``\\t`` YAML has read as a newline or tab
+    (``"\\\\deploy\\new\\temp.msi"``): it would print like the path and be another one.
+    Told by an escaped backslash (``\\\\``) beside the control escape: a text that only means
+    a newline has none."""
+    if node.style != '"' or text is None or not any(c in node.value for c in "\n\t\r\a\b\f\v\x1b\0"):
+        return None
+    raw = text[node.start_mark.index:node.end_mark.index]
+    found = _CONTROL_ESCAPE.search(raw)
+    if found is None or "\\\\" not in raw:
+        return None
+    esc = found.group(1)
+    m = node.start_mark
+    return InputError(f"in double quotes, {esc} is a {_CONTROL_NAMES[esc[1]]}, not a backslash and "
+                      f"'{esc[1]}': write a Windows path in single quotes ('\\\\server\\share\\file.msi') "
+                      "or double every backslash", file, m.line + 1, m.column + 1)
+
+
+def _shape_errors(root: Node | None, file: str, text: str | None = None) -> list[InputError]:
     """Limits of the reader, checked on the node tree before anything is built from it.
 
     Nesting deeper than MAX_YAML_DEPTH (a playbook is a few levels deep), more
@@ -333,6 +359,9 @@ def _shape_errors(root: Node | None, file: str) -> list[InputError]:
             if node.tag == _FLOAT_TAG and _NON_FINITE.fullmatch(node.value):
                 m = node.start_mark
                 errors.append(InputError(f"{node.value} is not a finite number", file, m.line + 1, m.column + 1))
+            path_error = _path_escape_error(node, file, text)
+            if path_error is not None:
+                errors.append(path_error)
             continue
         sizes[id(node)] = 1  # provisional: an alias cycle counts once
         stack.append((node, depth, True))

@@ -110,6 +110,12 @@ class _StepBlock:
     # failures under ignore_errors, by kind (failure_kind): (target, message) each
     ignored: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     headed: bool = False   # its header was printed (a line of it came before it closed)
+    # real failures by (status, whole message with <target>): the first is printed as it comes,
+    # the later ones alike are one line at the step's end
+    alike: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    # lines said while an earlier step was still printing: (text, shown with -q too), said in turn
+    held: list[tuple[str, bool]] = field(default_factory=list)
+    complete: bool = False  # every task of it is in; its closing lines wait for its turn
 
 
 def _counters(c: dict[str, int]) -> str:
@@ -134,12 +140,13 @@ class HumanOutput:
         self._progress: Any = None
         self._progress_task: Any = None
         # A wave's tasks flow by their dependencies, so outcomes of its steps interleave:
-        # each (play, step, wave) is one block, its header printed when it starts and again
-        # only when a line of it follows another step's, its counts once, when it is done.
+        # each (play, step, wave) is one block, and blocks speak in the order they began.
+        # The first open block prints as its lines come (its header before its first line);
+        # a later block's lines are held until the blocks before it are done, then printed
+        # together under its one header, followed by its counts.
         self._blocks: dict[tuple[Any, ...], _StepBlock] = {}
         self._step: dict[str, Any] | None = None      # the step the next outcomes belong to
         self._cur: tuple[Any, ...] | None = None
-        self._headed: tuple[Any, ...] | None = None   # the block whose header was printed last
         self._check = False
         # blocks a resumed run found all done: said together, in one line, before the next line
         self._earlier: list[tuple[str, Any, int]] = []
@@ -174,7 +181,6 @@ class HumanOutput:
             wave = next(iter(waves)) if len(waves) == 1 else None
             name = (f"{blocks[0][0]} ... {blocks[-1][0]}" + (f" (wave {wave})" if wave is not None else "")
                     + f", {len(blocks)} steps")
-        self._headed = None
         self._say("")
         self._say(header("STEP", name, f"done earlier={sum(n for _, _, n in blocks)}"))
 
@@ -235,29 +241,57 @@ class HumanOutput:
                 f"{self._where()}")
 
     def _header(self, key: tuple[Any, ...]) -> None:
-        """Print ``key``'s STEP header unless it is the last one printed."""
+        """Print ``key``'s STEP header, once."""
         if self._earlier:
             self._flush_earlier()   # before: its line must not come under a header it has not
-        if self._headed == key:
-            return
-        self._headed = key
         block = self._blocks[key]
+        if block.headed:
+            return
         block.headed = True
         self._say("")
         self._say(header("STEP", _block_name(block)))
 
+    def _line(self, key: tuple[Any, ...] | None, line: str, loud: bool) -> None:
+        """A line of ``key``'s block (``loud``: shown with -q too): printed now under its header
+        when the block has the floor, else held for its turn."""
+        block = self._blocks.get(key) if key is not None else None
+        if block is None:
+            self._write(line) if loud else self._say(line)
+        elif key != next(iter(self._blocks)):
+            block.held.append((line, loud))
+        else:
+            self._header(key)
+            self._write(line) if loud else self._say(line)
+
     def _loud(self, line: str) -> None:
         """Write a failure (or -v) line under its own step's header."""
-        if self._cur is not None and self._cur in self._blocks:
-            self._header(self._cur)
-        self._write(line)
+        self._line(self._cur, line, True)
 
     def _close(self, key: tuple[Any, ...]) -> None:
-        """A block is done: its grouped failures, then its counts and warnings, once."""
+        """A block has all its tasks: its closing lines now if it has the floor, else in its turn."""
         b = self._blocks[key]
+        b.complete = True
         dropped = b.announced - b.seen  # targets out of the play: never run
         if dropped > 0:
             self._advance(dropped)
+            b.seen = b.announced
+        if self._cur == key:
+            self._cur = None
+            self._step = None
+        while self._blocks:  # the first block done gives the floor to the next, which says what it held
+            first = next(iter(self._blocks))
+            fb = self._blocks[first]
+            for line, loud in fb.held:
+                self._header(first)
+                self._write(line) if loud else self._say(line)
+            fb.held.clear()
+            if not fb.complete:
+                break
+            self._conclude(first)
+
+    def _conclude(self, key: tuple[Any, ...]) -> None:
+        """A block done and with the floor: its grouped failures, then its counts and warnings, once."""
+        b = self._blocks[key]
         show_counts = self.verbosity == 0 and any(b.counts.values())
         if show_counts and not b.headed and not b.blocked and not b.ignored and not b.warnings \
                 and set(k for k, v in b.counts.items() if v) == {"done earlier"}:
@@ -266,11 +300,13 @@ class HumanOutput:
         elif show_counts and not b.headed and not b.blocked and not b.ignored and not b.not_yet \
                 and not (b.warnings and self.verbosity == 0):
             # nothing but its counts: one line, `STEP [name] changed=8 ****` (a screen or two a night)
-            self._headed = key
+            if self._earlier:
+                self._flush_earlier()
             self._say("")
             self._say(header("STEP", _block_name(b), "  ".join(f"{k}={v}" for k, v in b.counts.items() if v)))
             show_counts = False
-        elif b.blocked or b.ignored or b.not_yet or show_counts or (b.warnings and self.verbosity == 0):
+        elif b.blocked or b.ignored or b.not_yet or show_counts or (b.warnings and self.verbosity == 0) \
+                or any(len(t) > 1 for t in b.alike.values()):
             self._header(key)  # printed by _say: with -q, the failures come without it
         for reason, targets in b.blocked.items():
             targets = sorted(targets, key=natural_key)
@@ -287,6 +323,11 @@ class HumanOutput:
                                                            if len(targets) > GROUPED_NAMES else "")
             self._write(f"failed (ignored): [{names}] {kind} ({len(targets)} targets; -v shows each)")
             self._write(f"  e.g. [{failures[0][0]}] {failures[0][1]}")
+        for (status, message), targets in b.alike.items():
+            if len(targets) > 1:  # every target named: each is a failure of its own
+                rest = sorted(targets[1:], key=natural_key)
+                self._write(f"{status}: [{', '.join(rest)}] {message} ({len(rest)} more "
+                            f"target{'s' if len(rest) > 1 else ''} alike [{targets[0]}] above; -v shows each)")
         for reason, found in b.not_yet.items():
             for line in _not_yet_lines(reason, found, b.waiting.get(reason, set()), self.verbosity == 0):
                 self._say(line)
@@ -295,14 +336,12 @@ class HumanOutput:
         if b.warnings and self.verbosity == 0:
             self._say(f"  warnings: {kinds_line(dict(b.warnings))}")
         del self._blocks[key]
-        if self._cur == key:
-            self._cur = None
-            self._step = None
 
     def _end_step(self) -> None:
         """Close every open block (a wave, play or run ended)."""
         for key in list(self._blocks):
-            self._close(key)
+            if key in self._blocks:
+                self._close(key)
         self._cur = self._step = None
         self.stream.flush()
 
@@ -347,12 +386,14 @@ class HumanOutput:
             self.stream.flush()
 
     def _wave_end(self, d: dict[str, Any]) -> None:
-        name = d.get("wave") or "all"
+        wave = d.get("wave")  # None: a play without waves, whose only "wave" is the play itself
         gate = d.get("gate")
         if d.get("stopped"):
-            self._write(f"WAVE [{name}] stopped the play: {d['reason']}")
+            self._write(f"WAVE [{wave}] stopped the play: {d['reason']}" if wave is not None
+                        else f"the play stopped: {d['reason']}")
         elif gate:
-            self._say(f"WAVE [{name}] gate: {gate}: the play goes on")
+            self._say(f"WAVE [{wave}] gate: {gate}: the play goes on" if wave is not None
+                      else f"the play's gate: {gate}: it goes on")
 
     def _task(self, o: TaskOutcome) -> None:
         block = self._blocks.get(self._cur) if self._cur is not None else None
@@ -385,6 +426,8 @@ class HumanOutput:
             # ignore_errors: the playbook expects these (a machine whose users have not all
             # moved yet keeps Exchange IM), so alike ones are one line at the step's end
             block.ignored.setdefault(failure_kind(o.message, o.target), []).append((o.target, one_line(o.message)))
+        elif loud and self.verbosity == 0 and block is not None and self._alike(block, o):
+            pass  # alike an earlier failure of this step: named in one line when the step is done
         elif loud or self.verbosity >= 1:
             label = "failed (ignored)" if o.ignored else "not yet" if status == "not_yet" else status
             text = f"{label}: [{o.target}]"
@@ -396,14 +439,12 @@ class HumanOutput:
             self._loud(text)
             if o.traceback and self.verbosity >= 3:
                 for line in o.traceback.rstrip().splitlines():
-                    self._write("    " + line)
+                    self._loud("    " + line)
         if self.diff and o.diff is not None and status == "changed":
-            if not self.quiet and self._cur in self._blocks:
-                self._header(self._cur)
             if self.verbosity == 0:
-                self._say(f"changed: [{o.target}] {o.diff.summary}")
+                self._line(self._cur, f"changed: [{o.target}] {o.diff.summary}", False)
             for line in o.diff.lines:
-                self._say("    " + line)
+                self._line(self._cur, "    " + line, False)
         if o.warnings:
             for wkind, n, text in self.warnings.add(o.step, o.target, o.warnings):
                 if block is not None:
@@ -412,6 +453,13 @@ class HumanOutput:
                     self._loud(f"warning: [{o.target}] {text}")
         if block is not None and block.seen >= block.announced > 0:
             self._close(self._cur)
+
+    @staticmethod
+    def _alike(block: _StepBlock, o: TaskOutcome) -> bool:
+        """Count a real failure by its cause; whether one alike was already printed at this step."""
+        same = block.alike.setdefault((o.status, failure_kind(o.message, o.target, whole=True)), [])
+        same.append(o.target)
+        return len(same) > 1
 
     def _recap(self, summary: RunSummary) -> None:
         self._say("")

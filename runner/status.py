@@ -23,6 +23,7 @@ Honest about what it cannot see in the store alone:
 """
 from __future__ import annotations
 
+import re
 import textwrap
 import time
 from collections import Counter
@@ -127,14 +128,18 @@ def remaining_of_playbook(playbook: str, inventory: str, rows: list[dict[str, An
     total = 0
     for pp in plan.plays:
         waves: dict[str, int] = {}
+        early: list[str] = []  # waves whose tasks left only save later waves' users' lists early
         for wave in pp.waves:
-            left = sum(1 for t in wave.tasks if t.key not in done)
+            left = [t for t in wave.tasks if t.key not in done]
             if left:
-                waves[wave.name or "all"] = left
+                waves[wave.name or "all"] = len(left)
+                if all("/for-wave:" in t.key for t in left):  # e.g. a later user `state reexport`ed
+                    early.append(wave.name or "all")
         n = sum(waves.values())
         total += n
         if n:
-            plays.append({"play": pp.index, "name": pp.play.name, "tasks": n, "waves": waves})
+            plays.append({"play": pp.index, "name": pp.play.name, "tasks": n, "waves": waves,
+                          **({"early_only": early} if early else {})})
     return {"tasks": total, "plays": plays}
 
 
@@ -171,8 +176,17 @@ def next_command(command: str | None, remaining: dict[str, Any] | None) -> str |
         if a.startswith("--limit="):
             limited = True
             continue
+        # how that night was watched (-q, -v) and where it started are not the next night's
+        if a in ("-q", "--quiet", "--verbose") or re.fullmatch(r"-v+", a) or a.startswith("--start-at-step="):
+            continue
+        if a == "--start-at-step":
+            skip = True
+            continue
         out.append(a)
-    waves = [w for p in (remaining or {}).get("plays") or [] for w in p["waves"] if w != "all"]
+    plays = (remaining or {}).get("plays") or []
+    # a wave left only for its early saves of later users' lists is not the next night: their own wave is
+    waves = [w for p in plays for w in p["waves"] if w != "all" and w not in p.get("early_only", ())] \
+        or [w for p in plays for w in p["waves"] if w != "all"]
     if limited and waves:
         out += ["--limit", f"wave:{waves[0]}"]
     return shlex.join(out)
@@ -306,7 +320,7 @@ def summarise_facts(hosts: dict[str, dict[str, Any]]) -> dict[str, Any]:
         else:
             version = m.get("version") or "unknown version"
             product = m.get("product") or "Messenger"
-            by_messenger[product if product.endswith(" " + version) else f"{product} {version}"] += 1
+            by_messenger[_product_label(product, version)] += 1
             if version_tuple(m.get("version")) < TARGET_MESSENGER:
                 below += 1
         for alias, u in sorted((f.get("users") or {}).items()):
@@ -324,6 +338,16 @@ def summarise_facts(hosts: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "below_5_1": below, "messenger_missing": missing, "unfit": unfit, "signin": signin,
             "contact_lists": {"users": len(largest), "limit": DEFAULT_MAX_CONTACTS,
                               "over_limit": sum(1 for e in top if e["over_limit"]), "largest": top[:LARGEST]}}
+
+
+def _product_label(product: str, version: str) -> str:
+    """One label per product: ``Windows Messenger 5.1`` for its 5.1 and 5.1.0715 alike (a build
+    refines the version the name carries; an upgrade records the version it asked for),
+    ``Windows Messenger 4.7.2009`` for a name without one."""
+    named = product.rsplit(" ", 1)[-1]
+    if version == named or (named[:1].isdigit() and version.startswith(named + ".")):
+        return product
+    return f"{product} {version}"
 
 
 def _count_signin(tally: dict[str, Any], host: str, signin: Any) -> None:

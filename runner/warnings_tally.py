@@ -28,8 +28,8 @@ _KINDS: tuple[tuple[str, re.Pattern[str], int | None, bool], ...] = (
     ("no contact list read", re.compile(r"^no contact list of (\S+) was read"), 1, False),
     ("display name differs", re.compile(r"^(\S+): display name .* differs from"), 1, False),
     ("unmappable permission", re.compile(r"^unmappable permission (.+?): "), 1, False),
-    ("unmappable permission",
-     re.compile(r"^\d+ unmappable allow/block entr\(y/ies\) not on LCS: (.*)$"), 1, True),
+    ("unmappable permission",  # also the bracketed plural that stores written before hold
+     re.compile(r"^\d+ unmappable allow/block entr(?:y|ies|\(y/ies\)) not on LCS: (.*)$"), 1, True),
     ("permission kept as on LCS", re.compile(r"^permission (.+?) already on LCS as "), 1, False),
     ("RVP right not carried", re.compile(r"^(.+?): RVP right\(s\) .* have no LCS equivalent"), 1, False),
     ("no permissions read", re.compile(r"^(\S+) has no Exchange IM directory entry and no earlier read"), 1, False),

@@ -204,7 +204,9 @@ def test_an_import_retried_after_a_partial_create_reports_every_truncation(tmp_p
     assert run.code == 0, run.out[-3000:]
     want = _import_warnings(run.tasks)
     sc = make_scenario(tmp_path / "faulty", "immediate.yml", 8)
-    assert sc.runner("lab", "faults", "lcs_busy=0.1", "--dir", str(sc.lab_dir)).code == 0
+    # busy half the time: a command is still busy after the chunk's resends now and then
+    # (docs/server-batching.md), so some user's import fails an attempt after a partial create
+    assert sc.runner("lab", "faults", "lcs_busy=0.5", "--dir", str(sc.lab_dir)).code == 0
     attempts = 0
     for _ in range(6):  # a busy pool: retries; when they run out, the same command again
         got = sc.apply("--forks", "8")

@@ -439,10 +439,14 @@ for pname, package in (("local-path", r"C:\pkgs\m.msi"), ("share-only", r"\\depl
                        ("dot-dot", r"\\deploy\packages\..\..\..\x.msi"), ("dot-dot-server", r"\\..\..\x.msi"),
                        ("long-name", "\\\\deploy\\packages\\" + "a" * 300 + ".msi"),
                        ("trailing-dot", r"\\deploy\packages\x.msi."), ("wildcard", r"\\deploy\packages\*.msi"),
-                       ("forward-slash", r"\\deploy\pack/ages\x.msi"), ("newline", "\\\\deploy\\pk\\a\nb.msi"),
+                       ("forward-slash", r"\\deploy\pack/ages\x.msi"),
                        ("http", "http://deploy/x.msi"), ("empty", "")):
     inv_line(f"lab-package-{pname}", 11, f"        pc2: {{vars: {{messenger_package: {json.dumps(package)}}}}}",
              "host 'pc2': messenger_package", "the lab serves the package from a share", args=LAB_INIT)
+# a newline in a double-quoted path beside escaped backslashes: refused by the reader already
+inv_line("lab-package-newline", 11, "        pc2: {vars: {messenger_package: "
+         + json.dumps("\\\\deploy\\pk\\a\nb.msi") + "}}", "in double quotes, \\n is a newline",
+         "single quotes", args=LAB_INIT)
 inv_line("lab-package-group-var-list", 3, "    messenger_package: [a, b]", "messenger_package [",
          "is not a string", args=LAB_INIT)
 inv_line("lab-package-templated-is-left-out", 11, '        pc2: {vars: {messenger_package: "{{ pkg }}"}}',

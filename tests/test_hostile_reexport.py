@@ -51,6 +51,7 @@ def test_an_edited_export_is_refused_with_the_command_that_recovers_and_the_reru
         code, text = cli(capsys, *apply, *extra)
         assert code == 2, text
         assert f"{merged} was changed after it was written" in text and command in text, text
+        assert "RunnerError" not in text, "the user's message, not the name of a Python class"
 
     code, text = cli(capsys, *command.split()[1:])
     assert code == 0, text

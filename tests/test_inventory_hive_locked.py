@@ -36,6 +36,10 @@ def test_a_locked_hive_is_retried_and_never_recorded_as_a_fact(tmp_path):
     locked = [t for t in tasks if "in use (reg load)" in (t.get("message") or "")]
     assert code == 2 and locked, tasks
     assert all(t["status"] == "failed" and t["attempts"] > 1 for t in locked)
+    # the cause is reg load's own answer, one line, not the whole line's other errors
+    inventory = [t for t in locked if t["module"] == "inventory_clients"]
+    assert inventory and all("being used by another process" in t["message"] and "\n" not in t["message"]
+                             and "unable to find" not in t["message"] for t in inventory), inventory
     assert not any("hive locked" in w for t in tasks for w in t.get("warnings") or [])
 
     assert _runner(tmp_path, "lab", "faults", "hive_locked=0", "--dir", str(tmp_path / "lab")).returncode == 0

@@ -15,6 +15,7 @@ import pytest
 from runner.artifacts import check_output_path, write_output
 from runner.cli import run
 from runner.errors import OptionsError
+from runner.state import StateStore
 from test_inventory_cut import _computers, _users
 
 
@@ -48,9 +49,10 @@ def _commands(tmp_path: Path, out: Path) -> list[list[str]]:
     computers.write_bytes(_computers())
     inv = tmp_path / "inv.yml"
     inv.write_text("all:\n  children:\n    clients:\n      hosts: {}\nusers:\n  a: {im_address: a@im.contoso.com}\n")
+    StateStore(tmp_path / "empty-state").close()  # a store with no run: report has something to write
     return [["inventory", "from-ldif", str(users), "--computers", str(computers), "-o", str(out)],
             ["inventory", "discover", "-i", str(inv), "-o", str(out)],
-            ["report", "--state", str(tmp_path / "no-state"), "-o", str(out)]]
+            ["report", "--state", str(tmp_path / "empty-state"), "-o", str(out)]]
 
 
 @pytest.mark.parametrize("which", [0, 1, 2], ids=["from-ldif", "discover", "report"])

@@ -134,3 +134,28 @@ def test_causes_alike_are_one_line_naming_every_target():
             for h, u in (("pc0061", ["ann", "bob"]), ("pc0062", ["cid"]))]
     assert _problem_lines(down)[:2] == [
         "    unreachable: 2 hosts at 'Inventory clients': host unreachable (holding up 3 users)", "      pc0061, pc0062"]
+
+
+def test_report_of_a_directory_without_a_store_is_an_error_and_writes_nothing(tmp_path, capsys):
+    from tests.cli_support import cli
+    out_file = tmp_path / "empty.html"
+    for args in (["report", "--state", str(tmp_path / "nostate")],
+                 ["report", "--state", str(tmp_path / "nostate"), "--json"],
+                 ["report", "--state", str(tmp_path / "nostate2"), "--format", "html", "-o", str(out_file)]):
+        code, text = cli(capsys, *args)
+        assert code == EXIT_ERROR and "no state store in" in text, text
+        assert "no runs recorded" not in text and "report written" not in text
+    assert not out_file.exists() and not (tmp_path / "nostate").exists()
+
+
+def test_after_a_later_waves_user_is_reexported_next_names_that_users_wave(tmp_path):
+    from runner.loader import load_inventory
+    sc = make_scenario(tmp_path, "gradual.yml", seed=3, clients=10)
+    assert sc.apply("--limit", "wave:wave1").code == 0
+    inv = load_inventory(str(sc.inventory))
+    wave1_hosts = {c for u in inv.users.values() if u.wave == "wave1" for c in u.clients}
+    # a wave2 user on a wave1 machine: their list was saved early, in wave1's export
+    bob = next(a for a, u in inv.users.items() if u.wave == "wave2" and set(u.clients) & wave1_hosts)
+    assert sc.runner("state", "reexport", bob, "--state", str(sc.state)).code == 0
+    run = status_json(sc)["runs"][0]
+    assert run["next_command"].endswith("--limit wave:wave2"), run["next_command"]

@@ -18,12 +18,13 @@ import click
 
 from runner.errors import EXIT_ERROR, EXIT_OK, InputError, OptionsError, RunnerError
 from runner.lab import exchange
+from runner.lab.faults import KINDS
 from runner.lab.generator import init_lab, init_lab_from_inventory
 from runner.lab.verify import load_manifest, verify
 
 DEFAULT_DIR = ".lab/default"
 REHEARSAL_DIR = ".lab/rehearsal"
-FAULT_KINDS = ("drop", "timeout", "slow", "down", "msiexec_1618", "lcs_busy", "hive_locked", "put_truncated")
+FAULT_KINDS = KINDS
 
 
 def _fail(e: RunnerError) -> None:
@@ -213,7 +214,8 @@ def describe(lab_dir: Path, name: str | None) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify_cmd(directory: str, waves: tuple[str, ...], no_contacts: bool, no_permissions: bool, no_exchange: bool,
                signin: bool, rolled_back: bool, as_json: bool) -> None:
-    """Compare LCS and Exchange IM with the manifest; exit 0 if all is as expected, else 1."""
+    """Compare LCS and Exchange IM with the manifest; exit 0 if all is as expected, 1 if not,
+    4 if DIR holds no lab."""
     try:
         rep = verify(Path(directory), waves=waves, contacts=not no_contacts, exchange_side=not no_exchange,
                      permissions=not (no_contacts or no_permissions), signin=signin, rolled_back=rolled_back)
@@ -281,7 +283,9 @@ def faults_cmd(directory: str, host: str | None, seed: int | None, rates: tuple[
         tmp = path.with_name(".lab.json.tmp")
         tmp.write_text(json.dumps(cfg, indent=1, ensure_ascii=False), encoding="utf-8")
         tmp.replace(path)
-    click.echo(json.dumps(faults, indent=1))
+    # every kind it accepts, those never set at 0 (the file keeps only what was set)
+    shown = {**faults, "global": {**dict.fromkeys(FAULT_KINDS, 0.0), **faults.get("global", {})}}
+    click.echo(json.dumps(shown, indent=1))
 
 
 @lab.command("export-ldif")

@@ -463,12 +463,11 @@ def _current_user() -> str:
 
 
 def _raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        if new < needed:
-            raise ServeError(f"serving {needed // 2} hosts needs {needed} open files; the limit is {hard}")
+    from runner.oslimits import raise_open_files
+    got = raise_open_files(needed)
+    if got < needed:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        raise ServeError(f"serving {needed // 2} hosts needs {needed} open files; the limit is {hard}")
 
 
 # --------------------------------------------------------------------------

@@ -180,17 +180,40 @@ def _load_data(type_: str, stored: Any) -> RegData:
 
 _local = threading.local()
 
-#: Connections each thread keeps open (least recently used closed beyond it): a
-#: thread that touches 10,000 hosts must not hold 10,000 databases (and their WAL
-#: and shm files) open; 25 threads x 64 stays far below the usual 1,024 fd limit.
+#: Connections each thread keeps open at most (least recently used closed beyond it): a
+#: thread that touches 10,000 hosts must not hold 10,000 databases (and their WAL and
+#: shm files) open. Fewer when the open-file limit does not leave room for that many in
+#: every thread (``thread_connection_cap``).
 MAX_THREAD_CONNECTIONS = 64
+#: Descriptors one cached connection holds (the database, its WAL and its shm).
+FDS_PER_CONNECTION = 3
+#: Descriptors left for everything else (sockets, artifacts, the state store, hives loading).
+FD_RESERVE = 256
+_live_caches: set[int] = set()
+
+
+def thread_connection_cap() -> int:
+    """How many connections each thread may keep: MAX_THREAD_CONNECTIONS, or the share of the
+    open-file limit each thread holding connections gets (at least 4), whichever is less."""
+    from runner.oslimits import open_files_limit
+    threads = max(1, len(_live_caches))
+    share = (open_files_limit() - FD_RESERVE) // (FDS_PER_CONNECTION * threads)
+    return max(4, min(MAX_THREAD_CONNECTIONS, share))
 
 
 def _thread_cache() -> "OrderedDict[str, sqlite3.Connection]":
     cache = getattr(_local, "conns", None)
     if cache is None:
         cache = _local.conns = OrderedDict()
-        at_thread_end(lambda: _close_all(cache))
+        key = id(cache)
+        with _ended_lock:
+            _live_caches.add(key)
+
+        def close() -> None:
+            _close_all(cache)
+            with _ended_lock:
+                _live_caches.discard(key)
+        at_thread_end(close)
     return cache
 
 
@@ -233,7 +256,7 @@ def close_ended_threads() -> int:
 def _evict(cache: "OrderedDict[str, sqlite3.Connection]") -> None:
     """Close least recently used connections until the cache is within the cap.
     A connection inside a transaction is kept (its ``write_tx`` is still open)."""
-    excess = len(cache) - MAX_THREAD_CONNECTIONS
+    excess = len(cache) - thread_connection_cap()
     if excess <= 0:
         return
     for key in list(cache):

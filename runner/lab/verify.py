@@ -447,9 +447,9 @@ def _check_permissions(db: sqlite3.Connection, r: UserReport, guid: str, perms: 
                                  if k in have and (have[k][0].lower(), have[k][1].lower()) != (v[0].lower(), v[1].lower()))
     r.permissions_extra = sorted(show(k) for k in have if k not in expected)
     if r.permissions_missing:
-        r.problems.append(f"{len(r.permissions_missing)} permission entr(y/ies) missing on LCS")
+        r.problems.append(f"{len(r.permissions_missing)} permission {'entry' if len(r.permissions_missing) == 1 else 'entries'} missing on LCS")
     if r.permissions_wrong:
-        r.problems.append(f"{len(r.permissions_wrong)} permission entr(y/ies) with other values on LCS")
+        r.problems.append(f"{len(r.permissions_wrong)} permission {'entry' if len(r.permissions_wrong) == 1 else 'entries'} with other values on LCS")
 
 
 def _decommissioned(lab_dir: Path, man: dict[str, Any], ad: exchange.Directory) -> bool:

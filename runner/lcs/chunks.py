@@ -20,14 +20,21 @@ listed files of its owners, other than its own, are deleted in one more line
 afterwards, so only after a kill. No other chunk holding one of these users
 is in flight then (a user is in one task at a time); other users' files are
 left alone (their chunk may be running).
+
+A busy pool answers busy per request, so :meth:`ChunkScript.run` sends again,
+after a short pause, only the commands wmic said were busy (and, in a chunk
+that only reads, the lines whose connection was lost), keeping every other
+command's outcome: one busy answer to a chunk-wide read no longer costs every
+user of the chunk an attempt (docs/server-batching.md).
 """
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any, Mapping, Sequence
 
 from runner.connections.base import CommandResult, Connection
-from runner.errors import PermanentFault, StepFault, TransientFault
+from runner.errors import ChannelFault, PermanentFault, StepFault, TransientFault
 from runner.lcs.exchange import Query, owner_tag, temp_path
 from runner.windows import ldif, wmic
 from runner.windows.cmdline import (MAX_COMMAND_LINE, Command, Quoted, Section, batch, chain, sectioned,
@@ -39,6 +46,15 @@ WINDOWS_2000_LINE = 2047
 LCS_LINE = MAX_COMMAND_LINE
 #: Values per OR condition of one command (a WQL where, an LDAP filter): keeps each command short.
 OR_GROUP = 40
+#: Seconds before a chunk's busy commands are sent again (ChunkScript.run), one pause per
+#: resend, scaled like every retry delay (RUNNER_RETRY_DELAY_SCALE). A pool busy for longer
+#: than these is left to the step's ``retries`` and ``delay``.
+RESEND_PAUSES = (0.25, 0.5, 1.0)
+
+
+def _pause(seconds: float) -> None:
+    from runner.engine import retry_delay_scale  # the engine's scale; imported late (the engine imports steps)
+    time.sleep(seconds * retry_delay_scale())
 
 
 def line_limit(vars: Mapping[str, Any], default: int = WINDOWS_2000_LINE) -> int:
@@ -78,6 +94,10 @@ def ldap_any(attr: str, values: Sequence[str]) -> str:
     return parts if len(values) == 1 else f"(|{parts})"
 
 
+#: The last line of a chunk's script (after ``rem``), checked by findstr before cmd runs it.
+SCRIPT_END_MARK = "runner-end "
+
+
 class ChunkScript:
     """The commands of one chunk, run in one round trip (a line) or two (a script put, then run)."""
 
@@ -98,6 +118,9 @@ class ChunkScript:
         self.sections: list[Section | None] = []
         self.stderr = ""
         self.removed: list[str] = []  # stale scratch files of the owners deleted after the run
+        self._reads: list[bool] = []  # per command: it only reads (see :meth:`add`)
+        self._lost: ChannelFault | None = None  # the last pass lost a line of a read-only chunk
+        self._printed = ""  # what the last pass printed (for a chunk that printed no section)
 
     def _scratch(self, ext: str) -> str:
         name = f"runner-{owner_tag(self.owners[0])}-{secrets.token_hex(4)}.{ext}"
@@ -122,53 +145,119 @@ class ChunkScript:
             return
         self.removed = names
 
-    def add(self, cmd: Command, *, stderr_too: bool = False) -> int:
+    def add(self, cmd: Command, *, stderr_too: bool = False, read: bool = False) -> int:
         """Add ``cmd``; its index for :meth:`section`. ``stderr_too``: its stderr goes into its
-        section (wmic prints its errors there, so each one stays with its user)."""
+        section (wmic prints its errors there, so each one stays with its user). ``read``: it
+        changes nothing (a query), so it may be sent again (see :meth:`run`)."""
         self.commands.append(Command(cmd, "2>&1") if stderr_too else cmd)
+        self._reads.append(read)
         return len(self.commands) - 1
+
+    @property
+    def read_only(self) -> bool:
+        """Every command is a read: the chunk changes nothing on the host."""
+        return all(self._reads)
 
     def add_query(self, q: Query) -> int:
         """Add an ldifde search (export to a scratch file, type it, delete it); a handle for :meth:`entries`."""
         path = self._scratch("ldf")
-        first = self.add(ldif.export_command(path, q.ldap_filter, q.attrs, q.base_dn))
-        self.add(Command("type", Quoted(path)))
-        self.add(Command("del", "/q", Quoted(path)))
+        first = self.add(ldif.export_command(path, q.ldap_filter, q.attrs, q.base_dn), read=True)
+        self.add(Command("type", Quoted(path)), read=True)
+        self.add(Command("del", "/q", Quoted(path)), read=True)
         self._queries.append((q, first))
         return len(self._queries) - 1
 
     def run(self) -> None:
-        """Run the chunk; afterwards :meth:`section` and :meth:`entries` tell each command's outcome."""
+        """Run the chunk; afterwards :meth:`section` and :meth:`entries` tell each command's outcome.
+
+        A command the server answered busy (wmic ``0x80041045``: it did nothing) is sent
+        again, alone with the others that were, after a short pause (``RESEND_PAUSES``), as
+        an administrator would re-run it: what succeeded stays done and is not sent again,
+        so one busy answer costs that command a moment, not every user of the chunk an
+        attempt. When a change is sent again, the reads after it in the chunk are too (a
+        read-back must see it). A read-only chunk also sends again the lines whose
+        connection dropped or timed out (a read can be repeated). What is still busy after
+        the last pause is the outcome the step sees (its user is retried by the engine)."""
+        everything = list(range(len(self.commands)))
+        self._send(everything, first=True)
+        for pause in RESEND_PAUSES:
+            again = [i for i in everything if self._resend(self.sections[i])]
+            if not again:
+                break
+            changed = [i for i in again if not self._reads[i]]
+            if changed:  # a read-back after a resent change must see it
+                again = sorted(set(again) | {i for i in everything if self._reads[i] and i > changed[0]})
+            _pause(pause)
+            try:
+                self._send(again)
+            except StepFault:  # they keep their first answer: busy, or not run
+                break
+        if not any(self.sections) and self.commands:
+            raise self._lost or TransientFault(
+                f"no output from the {len(self.commands)} command(s) of a chunk on {self.host} "
+                f"({self._printed.strip()[-200:] or 'nothing printed'}; a script cut short in transfer "
+                "is not run)", host=self.host)
+
+    def _resend(self, sec: Section | None) -> bool:
+        """Whether a command with this outcome is sent again: the server said busy, or (in a
+        read-only chunk) its line was lost with the connection."""
+        if sec is None:
+            return self.read_only and self._lost is not None
+        return not sec.ok and wmic.busy(sec.stdout)
+
+    def _send(self, indices: list[int], *, first: bool = False) -> None:
+        """Run the commands ``indices`` (all of them, ``first``) as one line, a few lines (reads)
+        or a script put and run; their sections replace what an earlier pass left."""
         nonce = secrets.token_hex(4)
-        commands = list(self.commands)
-        if self.clean:  # listed first: before this chunk's own scratch files exist
+        commands = [self.commands[i] for i in indices]
+        clean = self.clean and first
+        if clean:  # listed first: before this chunk's own scratch files exist
             commands.append(Command("dir", "/b", "/a-d", Quoted(temp_path(self.conn, self.vars, "runner-*"))))
         wrapped, _ = sectioned(commands, nonce)
-        if self.clean:
+        if clean:
             wrapped.insert(0, wrapped.pop())
         line = chain(wrapped) if wrapped else None
+        self._lost = None
         if line is not None and len(line) <= self.limit:
-            res = self.conn.run(line.render(limit=self.limit))
+            res = self._line(line)
         elif not self.script:
-            results = [self.conn.run(one.render(limit=self.limit)) for one in batch(wrapped, limit=self.limit)]
+            results = [self._line(one) for one in batch(wrapped, limit=self.limit)]
             res = CommandResult(results[-1].rc, "".join(r.stdout for r in results),
-                                   "".join(r.stderr for r in results))
+                                "".join(r.stderr for r in results))
         else:
             script = self._scratch("cmd")
-            body = ["@echo off", *(c.render() for c in wrapped)]
+            # the script's last line is a mark the line checks before running it: a script cut
+            # short in transfer never runs (its commands come back with no section: retried)
+            end = f"rem {SCRIPT_END_MARK}{secrets.token_hex(8)}"
+            body = ["@echo off", *(c.render() for c in wrapped), end]
             self.conn.put(("\r\n".join(b.replace("%", "%%") for b in body) + "\r\n").encode("utf-8"), script)
-            res = self.conn.run(chain([Command("cmd", "/c", Quoted(script)),
+            gate = Command("findstr", "/b", "/l", f'/c:"{end}"', Quoted(script), ">nul")
+            res = self.conn.run(chain([Command(gate, "&&", "cmd", "/c", Quoted(script)),
                                        Command("del", "/q", Quoted(script))]).render(limit=self.limit))
         sections = split_sections(res.stdout, len(commands), nonce)
-        self.sections = sections[:len(self.commands)]
-        self.stderr = res.stderr
-        if not any(self.sections) and self.commands:
-            raise TransientFault(f"no output from the {len(self.commands)} command(s) of a chunk on {self.host} "
-                                 f"({(res.stderr or res.stdout).strip()[-200:] or 'nothing printed'})",
-                                 host=self.host)
-        stale = self._stale(sections[-1]) if self.clean else []
+        self._printed = res.stderr or res.stdout
+        if first:
+            self.sections = sections[:len(self.commands)]
+            self.stderr = res.stderr
+        else:
+            for i, sec in zip(indices, sections):
+                if sec is not None or self.sections[i] is None:
+                    self.sections[i] = sec
+            self.stderr += res.stderr
+        stale = self._stale(sections[-1]) if clean else []
         if stale:
             self._remove(stale)
+
+    def _line(self, line: Command) -> CommandResult:
+        """Run one line; in a read-only chunk a dropped or timed-out line gives no output (its
+        commands are sent again, see :meth:`run`) instead of failing the whole read."""
+        try:
+            return self.conn.run(line.render(limit=self.limit))
+        except ChannelFault as exc:
+            if not self.read_only:
+                raise
+            self._lost = exc
+            return CommandResult(-1, "", "")
 
     def section(self, index: int) -> Section | None:
         return self.sections[index] if index < len(self.sections) else None
@@ -177,6 +266,9 @@ class ChunkScript:
         """The entries a query found; PermanentFault when its ldifde failed."""
         q, first = self._queries[handle]
         export, typed = self.section(first), self.section(first + 1)
+        if export is None and self._lost is not None:
+            raise TransientFault(f"ldifde search {q.ldap_filter[:120]} on {self.host}: {self._lost.message}",
+                                 host=self.host)
         if export is None or not export.ok:
             detail = (self.stderr or (export.stdout if export else "")).strip().splitlines()
             raise PermanentFault(f"ldifde search {q.ldap_filter[:120]} on {self.host} failed: "
@@ -253,15 +345,15 @@ class LcsRead:
         for g in groups(self.iids):
             if not only_groups:
                 self._parts.append(("user", g, script.add(wmic.get(USER_CLASS, ("InstanceID",) + tuple(
-                    p for p in USER_PROPS if p != "InstanceID"), wql_any("InstanceID", g)), stderr_too=True)))
+                    p for p in USER_PROPS if p != "InstanceID"), wql_any("InstanceID", g)), stderr_too=True, read=True)))
             if contacts or only_groups:
                 self._parts.append(("group", g, script.add(wmic.get(
                     GROUP_CLASS, ("UserInstanceID", "GroupID", "Name"), wql_any("UserInstanceID", g)),
-                    stderr_too=True)))
+                    stderr_too=True, read=True)))
                 self._parts.append(("contact", g, script.add(wmic.get(
                     CONTACT_CLASS, ("UserInstanceID", "GroupID", "Name", "SIPURI"), wql_any("UserInstanceID", g)),
-                    stderr_too=True)))
-        self._pool = script.add(wmic.get(POOL_CLASS, ("MaxContactsPerUser",)), stderr_too=True) if contacts else None
+                    stderr_too=True, read=True)))
+        self._pool = script.add(wmic.get(POOL_CLASS, ("MaxContactsPerUser",)), stderr_too=True, read=True) if contacts else None
 
     def states(self) -> dict[str, Any]:
         """Per InstanceID (upper case): its runner.lcs.server.UserState, or the fault of its read."""
@@ -311,8 +403,9 @@ def import_and_read(conn: Connection, host: str, vars: Mapping[str, Any], owners
     section (runner.lcs.exchange.unfinished_import reads it) and every entry found."""
     script = ChunkScript(conn, host, vars, owners, limit=line_limit(vars, WINDOWS_2000_LINE), script=False)
     path = temp_path(conn, vars, f"runner-{owner_tag(owners[0])}-{secrets.token_hex(4)}.ldf")
-    conn.put(ldif.render(changes), path)
-    imported = script.add(ldif.import_command(path), stderr_too=True)
+    end = secrets.token_hex(8)
+    conn.put(ldif.render(changes, end=end), path)
+    imported = script.add(ldif.checked_import(path, end), stderr_too=True)
     script.add(Command("del", "/q", Quoted(path)))
     handles = [script.add_query(q) for q in queries]
     script.run()

@@ -159,8 +159,9 @@ class Directory:
         path = self._scratch()
         gated, plain = list(before), []
         if changes:
-            self.conn.put(ldif.render(changes), path)
-            gated.append(ldif.import_command(path))
+            end = secrets.token_hex(8)
+            self.conn.put(ldif.render(changes, end=end), path)
+            gated.append(ldif.checked_import(path, end))
             plain.append(Command("del", "/q", Quoted(path)))
         if not gated:
             return Applied([], self.read(read_back)[1])
@@ -168,6 +169,9 @@ class Directory:
         done = Applied(secs[:len(before)], found)
         imported = secs[len(before)] if changes else None
         if changes and all(s is not None and s.ok for s in done.before) and (imported is None or not imported.ok):
+            if imported is not None and ldif.cut_short(imported.stdout):
+                raise TransientFault(f"the LDIF file put on {self.host} arrived without its last line (cut short "
+                                     "in transfer); nothing was imported: put again and retried", host=self.host)
             detail = (stderr or (imported.stdout if imported else "")).strip().splitlines()
             raise PermanentFault(f"ldifde import on {self.host} failed: "
                                  f"{detail[-1] if detail else 'no output'}", host=self.host)
@@ -316,7 +320,11 @@ def unfinished_import(sec: Section | None, start: int, dn: str, host: str, left:
     """The fault of an entry that did not read back as an ``ldifde -i`` of a chunk's file
     meant (``sec``: the import's section; ``start``: the entry's line in the file): ldifde
     stopped at it (PermanentFault with its error), before it (TransientFault: the change
-    never ran, retried), or succeeded and the entry still ``left`` (PermanentFault)."""
+    never ran, retried), never ran because the file arrived cut short (TransientFault: put
+    again), or succeeded and the entry still ``left`` (PermanentFault)."""
+    if sec is not None and not sec.ok and ldif.cut_short(sec.stdout):
+        return TransientFault(f"the LDIF file put on {host} arrived without its last line (cut short in "
+                              f"transfer); nothing was imported, {dn} not changed: put again and retried", host=host)
     stopped_at = import_stopped_at(sec)
     if stopped_at is not None and stopped_at == start:
         detail = (sec.stdout if sec else "").strip().splitlines()

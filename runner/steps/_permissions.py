@@ -44,6 +44,11 @@ class PermissionState:
     created: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
 
 
+def entries(n: int, what: str = "") -> str:
+    """``1 allow/block entry``, ``3 unmappable allow/block entries``."""
+    return f"{n} {what}allow/block {'entry' if n == 1 else 'entries'}"
+
+
 class PermissionStep(StepModule):
     """What both permission steps are: per user, in chunks of their LCS home server."""
 
@@ -270,7 +275,8 @@ def read_chunk(items: Sequence[tuple[StepContext, User]], *, directory: bool) ->
                              limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
         iids = [iid for *_, iid in live]
         read = LcsRead(script, iids, contacts=False)
-        parts = [(g, script.add(wmic.get(ACE_CLASS, ACE_PROPS, wql_any("UserInstanceID", g)), stderr_too=True))
+        parts = [(g, script.add(wmic.get(ACE_CLASS, ACE_PROPS, wql_any("UserInstanceID", g)), stderr_too=True,
+                                   read=True))
                  for g in groups(list(dict.fromkeys(iids)))]
         script.run()
         states = read.states()

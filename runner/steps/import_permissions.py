@@ -27,7 +27,7 @@ from runner.lcs.mapping import mapping_for
 from runner.lcs.permissions import ACE_CLASS, PermissionPlan, plan
 from runner.lcs.server import home_server, instance_id
 from runner.model import User
-from runner.steps._permissions import (PermissionStep, PermissionState, acl_file, confirm_created,
+from runner.steps._permissions import (PermissionStep, entries, PermissionState, acl_file, confirm_created,
                                        record_acl, record_created)
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepResult
 from runner.windows import wmic
@@ -84,7 +84,7 @@ class ImportPermissions(PermissionStep):
             return StepResult("ok")
         state, p, host = probed
         artifact = record_acl(ctx, target, state, host)
-        return StepResult("ok", f"nothing to add ({len(p.present) + len(p.kept)} entr(y/ies) already on {host})",
+        return StepResult("ok", f"nothing to add ({entries(len(p.present) + len(p.kept))} already on {host})",
                           self._data(state, p, artifact, [], [], None, acl_file(ctx, target) if artifact else None),
                           self._warnings(target, state, p))
 
@@ -166,7 +166,7 @@ class ImportPermissions(PermissionStep):
                               acl_file(ctx, user) if artifacts[n] else None)
             warnings = self._warnings(user, state, p)
             if failed:
-                out.append(StepResult("failed", f"{len(failed)} allow/block entr(y/ies) could not be set on "
+                out.append(StepResult("failed", f"{entries(len(failed))} could not be set on "
                                       f"{host}: " + "; ".join(failed[:10]), data, warnings))
                 continue
             done = f"added {len(created)} allow/block entr{'y' if len(created) == 1 else 'ies'}"

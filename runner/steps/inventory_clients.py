@@ -216,16 +216,20 @@ def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
         groups.append(list(extra))
     groups.append([reg.query("HKU")])
     with cl.hive_locks(host, [u.alias for u, _ in unloaded]):
-        sections, stderr = cl.run_groups(conn, groups, limit=limit)
+        sections, _stderr = cl.run_groups(conn, groups, limit=limit)
         for user, _p in unloaded:
             if cl.still_loaded(sections[-1], cl.hive_name(user.alias)):
                 cl.unload_verified(conn, host, cl.hive_name(user.alias))
     locked: list[str] = []
+    why = ""  # reg load's own answer for the first hive in use (the line's other errors are not its)
     for i, (user, _p) in enumerate(unloaded):
         load, query = sections[3 * i], sections[3 * i + 1]
         if load is None or not load.ok:
             if load is None or cl.is_locked_text(load.stdout):
                 locked.append(user.alias)
+                if not why:
+                    lines = load.stdout.strip().splitlines() if load is not None else []
+                    why = " / ".join(ln.strip() for ln in lines if ln.strip()) or "reg load did not answer"
                 continue
             user_facts[user.alias]["problem"] = "hive could not be loaded"
             warnings.append(f"{user.alias}: hive could not be loaded on {host}")
@@ -236,6 +240,6 @@ def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
     if locked:
         # a hive in use is a moment's state, not a fact about the client: retried like
         # export_contacts does, never recorded as a lasting "unfit client" warning
-        raise TransientFault(f"the hive of {', '.join(locked)} on {host} is in use (reg load): {stderr.strip()[:200]}",
+        raise TransientFault(f"the hive of {', '.join(locked)} on {host} is in use (reg load): {why[:200]}",
                              host=host)
     return sections[3 * len(unloaded):3 * len(unloaded) + len(extra)] if extra else []

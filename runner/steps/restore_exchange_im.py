@@ -118,8 +118,8 @@ class RestoreExchangeIm(ChunkedOnly, StepModule):
         try:
             script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u, _ in live],
                                  limit=line_limit(ctx0.vars, WINDOWS_2000_LINE), clean=True, script=False)
-            query = script.add(sc.query(service), stderr_too=True)
-            config = script.add(sc.qc(service), stderr_too=True)
+            query = script.add(sc.query(service), stderr_too=True, read=True)
+            config = script.add(sc.qc(service), stderr_too=True, read=True)
             vs = script.add_query(Query(str(ctx0.vars.get("exchange_im_virtual_server_filter") or DEFAULT_VS_FILTER),
                                         ("cn",), ctx0.vars.get("exchange_config_dn")))
             handles = [script.add_query(guid_query([instance_id(u) for *_, u, _ in g], ("objectGUID", *IM_ATTRIBUTES)))

@@ -22,7 +22,7 @@ from runner.lcs.mapping import mapping_for
 from runner.lcs.permissions import plan
 from runner.lcs.server import home_server
 from runner.model import User
-from runner.steps._permissions import PermissionStep, PermissionState, acl_file, missing_acl
+from runner.steps._permissions import PermissionStep, entries, PermissionState, acl_file, missing_acl
 from runner.steps.base import Diff, StepContext, StepResult
 
 
@@ -51,7 +51,7 @@ class VerifyPermissions(PermissionStep):
                f"{was.communication})" for e, was in p.to_update],
             "kept": [w for w in p.warnings() if w.startswith("permission ")],
             "unmappable": [{"value": u.value, "reason": u.reason} for u in p.unmappable]}
-        return Diff(f"verify {p.expected} allow/block entr(y/ies) on {host}", [], data)
+        return Diff(f"verify {entries(p.expected)} on {host}", [], data)
 
     def apply(self, ctx: StepContext, target: User, diff: Diff) -> StepResult:
         d = diff.data
@@ -60,15 +60,15 @@ class VerifyPermissions(PermissionStep):
         # one line per kind: import_permissions reported each entry with its reason
         warnings = []
         if d["unmappable"]:
-            warnings.append(f"{len(d['unmappable'])} unmappable allow/block entr(y/ies) not on LCS: "
+            warnings.append(f"{entries(len(d['unmappable']), 'unmappable ')} not on LCS: "
                             + ", ".join(u["value"] for u in d["unmappable"]))
         warnings += d["kept"]  # the same lines as import_permissions': counted once
         if not d["verified"] and ctx.check:
-            return StepResult("skipped", f"check mode: not verified yet ({len(d['missing'])} entr(y/ies) not "
+            return StepResult("skipped", f"check mode: not verified yet ({entries(len(d['missing']))} not "
                               "imported yet)", d, warnings)
         if not d["verified"]:
             missing = d["missing"]
-            msg = (f"{len(missing)} allow/block entr(y/ies) missing or outdated on LCS: " + "; ".join(missing[:20])
+            msg = (f"{entries(len(missing))} missing or outdated on LCS: " + "; ".join(missing[:20])
                    + (" ..." if len(missing) > 20 else "")) if missing else f"{target.alias} is not enabled on LCS"
             return StepResult("failed", msg, d, warnings)
-        return StepResult("ok", f"{d['present']}/{d['expected']} allow/block entr(y/ies) present", d, warnings)
+        return StepResult("ok", f"{d['present']}/{entries(d['expected'])} present", d, warnings)

@@ -69,8 +69,15 @@ class Change:
     mods: Sequence[tuple[str, str, Sequence[str]]] = field(default_factory=tuple)
 
 
-def render(changes: Iterable[Change]) -> bytes:
-    """The LDIF file for ``changes`` (UTF-8, CRLF line ends as ldifde writes them)."""
+#: The last line of every LDIF file the runner puts on a server: a comment (ldifde skips it),
+#: checked before the import (``checked_import``), so that a file the transfer cut short is
+#: never imported in part (a cut inside an entry would drop some of its changes silently).
+END_MARK = "# runner-end "
+
+
+def render(changes: Iterable[Change], *, end: str | None = None) -> bytes:
+    """The LDIF file for ``changes`` (UTF-8, CRLF line ends as ldifde writes them); ``end``:
+    the nonce of its last line, ``END_MARK`` + ``end`` (see ``checked_import``)."""
     lines: list[str] = []
     for ch in changes:
         if ch.changetype not in ("modify", "delete", "add"):
@@ -85,7 +92,29 @@ def render(changes: Iterable[Change]) -> bytes:
                 lines += _fold(attr_line(attr, v))
             lines.append("-")
         lines.append("")
+    if end is not None:
+        lines.append(END_MARK + _end_nonce(end))
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def _end_nonce(end: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{8,32}", end):
+        raise ValueError(f"not an end-mark nonce: {end!r}")
+    return end
+
+
+def checked_import(path: str, end: str) -> Command:
+    """``findstr /b /l /c:"# runner-end NONCE" FILE >nul && ldifde -i -f FILE``: ldifde imports
+    the file only when its last line arrived. Its section then fails without ldifde's output
+    (``cut_short`` tells it apart from an import that failed)."""
+    return Command(Command("findstr", "/b", "/l", f'/c:"{END_MARK}{_end_nonce(end)}"', Quoted(path), ">nul"),
+                   "&&", import_command(path))
+
+
+def cut_short(section_stdout: str) -> bool:
+    """Whether a failed ``checked_import`` section failed at its findstr gate (the file arrived
+    without its end mark): ldifde, which always prints ``Connecting to`` first, never ran."""
+    return "Connecting to" not in section_stdout
 
 
 def render_entries(entries: Iterable[tuple[str, Sequence[tuple[str, str | bytes]]]]) -> bytes:

@@ -40,6 +40,8 @@ from runner.windows.cmdline import Command, UnsafeValueError
 NO_INSTANCES = "No Instance(s) Available."
 #: HRESULTs that mean "try again later": server busy, RPC server unavailable.
 TRANSIENT_CODES = {0x80041045, 0x800706BA, 0x800706BF}
+#: WBEM_E_SERVER_TOO_BUSY: the server answered and did nothing; the same command may be sent again.
+SERVER_TOO_BUSY = 0x80041045
 _CMD_META = set('&|<>^()"%')
 _FORBIDDEN = re.compile(r"[\r\n\x00\x1a]")
 
@@ -242,6 +244,16 @@ def outcome(stdout: str, stderr: str = "", ok: bool = True) -> WmicOutcome:
     d = _DESC_RE.search(text)
     desc = d.group(1).strip() if d else (text.strip().splitlines() or ["wmic failed"])[-1]
     return WmicOutcome(False, int(m.group(1), 16) if m else None, desc)
+
+
+_BUSY_RE = re.compile(r"^ERROR:[ \t]*\r?\n[ \t]*Code[ \t]*=[ \t]*0x80041045[ \t]*\r?$", re.MULTILINE | re.IGNORECASE)
+
+
+def busy(output: str) -> bool:
+    """wmic printed the server's busy error block (``ERROR:`` on a line of its own, then
+    ``Code = 0x80041045``): the command did nothing. A value that merely contains such text
+    (a hostile display name in a ``/format:list`` line) is not taken for it."""
+    return _BUSY_RE.search(output) is not None
 
 
 def raise_for(out: WmicOutcome, what: str, host: str | None = None) -> None:
