@@ -587,7 +587,8 @@ class Engine:
                                                                 attempts=attempts[task.key], diff=d)))
             live = again
             if live:
-                self._sleep(min(longest, delay * (2 ** rounds)) + random.uniform(0, delay))
+                # 2 ** rounds is capped: past 2**1023 it no longer converts to a float
+                self._sleep(min(longest, delay * (2 ** min(rounds, 64))) + random.uniform(0, delay))
                 rounds += 1
                 if self._stop.is_set():  # no new attempt after a Ctrl-C: each says so
                     for task, ctx in live:

@@ -3,7 +3,9 @@
 Extra variables are Ansible's: ``-e key=value`` (several pairs in one ``-e`` separated by
 spaces, values are strings), ``-e '{"key": 1}'`` (JSON), and ``-e @vars.yml`` (a YAML
 mapping, read with the same reader and limits as playbooks and inventories, so its
-errors carry file:line, and its ``sip_mapping`` checked like the inventory's). They win
+errors carry file:line). Wherever they come from, the variables the loader checks
+(``sip_mapping``, the DNs, ``lcs_pool_fqdn``, ``lcs_transport``) are checked like the
+inventory's (runner.loader.vars_errors): a bad ``-e`` value is exit 5, a bad ``@file`` exit 4. They win
 over every other variable (runner.context) and are part of each step's fingerprint when
 given, so a resumed run re-runs the steps under new values.
 
@@ -31,9 +33,11 @@ def parse_extra_vars(values: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for value in values:
         out.update(_one(value))
-    from runner.steps._signin import var_problems
-    for name, message in var_problems(out):
-        raise OptionsError(f"-e {name}: {message}")
+    from runner.loader import Document, vars_errors
+    for name, value in out.items():  # checked as wherever variables are set (runner.loader.vars_errors)
+        problems = [e.message for e in vars_errors(Document("-e", {name: value}, None), (), {name: value})]
+        if problems:
+            raise OptionsError(f"-e {name}: " + "; ".join(problems))
     return out
 
 
@@ -76,7 +80,7 @@ def _checked_names(data: Mapping[Any, Any], where: str) -> dict[str, Any]:
 
 
 def _from_file(path: str) -> dict[str, Any]:
-    from runner.loader import _sip_mapping_errors, read_yaml
+    from runner.loader import read_yaml, vars_errors
 
     if not path:
         raise OptionsError("-e @: give the file after @ (-e @vars.yml)")
@@ -89,7 +93,7 @@ def _from_file(path: str) -> dict[str, Any]:
                          doc.file, 1, 1)
     errors = [doc.error(f"{k!r} is not a variable name (letters, digits and _, not starting with a digit)",
                         (k,)) for k in data if not isinstance(k, str) or not _NAME.match(k)]
-    errors += _sip_mapping_errors(doc, (), data)
+    errors += vars_errors(doc, (), data)
     if errors:
         raise InputErrors(errors)
     return dict(data)

@@ -21,13 +21,15 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jsonschema
 import yaml
+from yaml.composer import Composer
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.errors import InputError, InputErrors, RunnerError
 from runner.fastschema import compile_check
-from runner.lcs.mapping import rule_problems
+from runner.lcs.mapping import rule_problems, validate_sip_uri
 from runner.model import CONTROL_NODE_PATH_VARS, Group, Host, Inventory, Play, Playbook, Serial, Step, User
 from runner.templating import check_syntax, is_template
+from runner.windows.ldif import dn_problem
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 STEP_KEYWORDS = ("name", "when", "tags", "retries", "delay", "throttle", "ignore_errors")
@@ -46,10 +48,58 @@ Path_ = tuple  # a path into the document: keys and list indexes
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class MarkedLoader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """SafeLoader (libyaml's when available: large inventories) that keeps the
+class _TooLarge(Exception):
+    """Raised while composing: the document passes a reader limit at ``mark``."""
+
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+_LOADER_BASES = (_BaseLoader,) if issubclass(_BaseLoader, Composer) else (Composer, _BaseLoader)
+
+
+class MarkedLoader(*_LOADER_BASES):  # type: ignore[misc]
+    """SafeLoader (libyaml's parser when available: large inventories) that keeps the
     composed node tree (every node has start_mark line/column) so that any
-    document path can be located afterwards."""
+    document path can be located afterwards.
+
+    The tree is composed in Python (PyYAML's Composer over libyaml's events, as
+    fast as libyaml's own composer here) so that the reader's limits hold while
+    it is built: a file under the size limit can still hold millions of values
+    (``[1,1,1,...]``: 16 million in 32 MiB, tens of GB as nodes), and deep
+    nesting would end in a RecursionError. Both stop at the node that passes
+    MAX_YAML_NODES or MAX_YAML_DEPTH, at its line.
+    """
+
+    def __init__(self, stream: str) -> None:
+        _BaseLoader.__init__(self, stream)
+        self.anchors: dict[str, Node] = {}  # Composer's, which libyaml's loader does not set up
+        self._nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise _TooLarge(f"holds more than {MAX_YAML_NODES:,} values", self.peek_event().start_mark)
+        return Composer.compose_node(self, parent, index)
+
+    def _deeper(self) -> None:
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise _TooLarge(f"nested too deeply (more than {MAX_YAML_DEPTH} levels)", self.peek_event().start_mark)
+
+    def compose_sequence_node(self, anchor: str | None) -> Node:
+        self._deeper()
+        node = Composer.compose_sequence_node(self, anchor)
+        self._depth -= 1  # no finally: a raise ends the whole read
+        return node
+
+    def compose_mapping_node(self, anchor: str | None) -> Node:
+        self._deeper()
+        node = Composer.compose_mapping_node(self, anchor)
+        self._depth -= 1
+        return node
 
 
 class Document:
@@ -151,7 +201,11 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
         if st.st_size > MAX_YAML_BYTES:
             raise InputError(f"is {st.st_size / 2**20:.0f} MiB: larger than the {MAX_YAML_BYTES >> 20} MiB a "
                              "playbook or inventory may be", file)
-        text = _decode(Path(path).read_bytes())
+        raw = Path(path).read_bytes()
+        if _utf16_without_bom(raw):
+            raise InputError("looks like UTF-16 without a byte-order mark (every other byte is NUL); save it as "
+                             "UTF-8, or as UTF-16 with its byte-order mark", file, 1, 1)
+        text = _decode(raw)
     except FileNotFoundError:
         raise InputError("file not found", file) from None
     except IsADirectoryError:
@@ -170,6 +224,8 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
         if shape:
             raise InputErrors(shape)
         data = loader.construct_document(root) if root is not None else None
+    except _TooLarge as exc:
+        raise InputError(exc.message, file, exc.mark.line + 1, exc.mark.column + 1) from None
     except RecursionError:
         raise InputError(f"nested too deeply (more than {MAX_YAML_DEPTH} levels)", file) from None
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, other controls)
@@ -193,7 +249,7 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
             what += (": in double quotes a backslash starts an escape; write a Windows path in single "
                      "quotes ('\\\\server\\share\\file.msi') or double every backslash")
         elif mark and _long_key(text, mark.line):
-            what = (f"a key longer than {YAML_KEY_LIMIT} characters, which YAML cannot read unquoted "
+            what = (f"a key longer than {YAML_KEY_LIMIT} characters, which YAML cannot read, quoted or not "
                     "(names are at most 128 characters)")
         raise InputError(f"YAML syntax error: {what}", file,
                          mark.line + 1 if mark else None, mark.column + 1 if mark else None) from None
@@ -205,6 +261,15 @@ def read_yaml(path: str | os.PathLike[str]) -> Document:
 
 
 YAML_KEY_LIMIT = 1024  # PyYAML's (and YAML 1.1's) limit on an implicit key
+
+
+def _utf16_without_bom(data: bytes) -> bool:
+    """True when ``data`` starts like ASCII text in UTF-16 (LE or BE) with no byte-order mark."""
+    head = data[:4]
+    if len(head) < 4 or head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return False
+    return all(head[i] == 0 and head[i ^ 1] != 0 for i in (1, 3)) \
+        or all(head[i] == 0 and head[i ^ 1] != 0 for i in (0, 2))
 
 
 def _decode(data: bytes) -> str:
@@ -580,6 +645,7 @@ def load_playbook(path: str | os.PathLike[str]) -> Playbook:
         if not isinstance(pdata, dict):
             continue
         play_vars = dict(pdata.get("vars") or {}) if isinstance(pdata.get("vars"), dict) else {}
+        errors += vars_errors(doc, (pi, "vars"), pdata.get("vars"))
         steps: list[Step] = []
         kinds: set[str] = set()
         for si, sdata in enumerate(pdata.get("steps") or [] if isinstance(pdata.get("steps"), list) else []):
@@ -627,6 +693,7 @@ def load_playbook(path: str | os.PathLike[str]) -> Playbook:
                     doc, args, _validator(cls.args_schema), lambda p, c=args_ctx: c, base=spath + (module,),
                     skip=lambda p, err: is_template(err.instance))
                 errors += _template_errors(doc, args, spath + (module,), label)
+                errors += _dn_errors(doc, spath + (module,), args, DN_ARGS)
             else:  # a list or a string would be dropped silently: the step would run with defaults
                 errors.append(doc.error(f"the arguments of {label} ({module}) must be a mapping such as "
                                         f"{{option: value}} (or {{}} for none), not "
@@ -917,6 +984,11 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
                                       "users must be unique", upath + ("im_address",)))
         else:
             addresses[addr] = alias
+        sip_uri = udef.get("sip_uri")
+        problem = validate_sip_uri(sip_uri) if isinstance(sip_uri, str) else None
+        if problem:  # the check the run makes (runner.lcs.mapping), so the two never disagree
+            b.errors.append(doc.error(f"'sip_uri' must be a SIP URI like sip:alice@contoso.com in user '{alias}': "
+                                      f"{problem}", upath + ("sip_uri",)))
         # an AD GUID is the user's LCS key (UserInstanceID) and their key in the state store, a
         # SID their hive: two users with one of them would be enabled, imported and disabled
         # as each other (found a night late, when the second one's wave moved)
@@ -939,12 +1011,44 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     scopes += [(hpath + ("vars",), (hdef or {}).get("vars")) for hdef, hpath in b.host_defs.values()]
     scopes += [(("users", str(a), "vars"), (u or {}).get("vars")) for a, u in users_data.items()]
     for vpath, vars_ in scopes:
-        b.errors.extend(_sip_mapping_errors(doc, vpath, vars_))
-        b.errors.extend(_local_package_errors(doc, vpath, vars_, b.base))
-        b.errors.extend(_signin_var_errors(doc, vpath, vars_))
+        b.errors.extend(vars_errors(doc, vpath, vars_, b.base))
     if b.errors:
         raise InputErrors(_sorted(b.errors))
     return Inventory(path=doc.file, hosts=hosts, groups=groups, users=users, vars=all_vars)
+
+
+#: Variables that hold an LDAP distinguished name (they go into wmic and ldifde lines).
+DN_VARS = ("lcs_home_server_dn", "exchange_config_dn")
+#: Step arguments that hold one.
+DN_ARGS = ("home_server_dn",)
+
+
+def vars_errors(doc: Document, vars_path: Path_, vars_: Any, base: Path | None = None) -> list[InputError]:
+    """The checked variables of one scope, wherever variables are set (an inventory's
+    groups, hosts and users, a play's ``vars``, ``-e @file``): ``sip_mapping``, the DN
+    variables and, with ``base`` (the inventory's folder), ``messenger_package_local``."""
+    errors = _sip_mapping_errors(doc, vars_path, vars_) + _dn_errors(doc, vars_path, vars_, DN_VARS)
+    errors += _signin_var_errors(doc, vars_path, vars_)
+    if base is not None:
+        errors += _local_package_errors(doc, vars_path, vars_, base)
+    return errors
+
+
+def _dn_errors(doc: Document, path: Path_, values: Any, names: Iterable[str]) -> list[InputError]:
+    """``names`` of the mapping ``values`` that are set and are not DNs (templates are left to the run)."""
+    if not isinstance(values, dict):
+        return []
+    errors = []
+    for name in names:
+        value = values.get(name)
+        if name not in values or value is None or (isinstance(value, str) and "{{" in value):
+            continue
+        problem = dn_problem(value)
+        if problem:
+            errors.append(doc.error(f"{name} {problem}: it must be an LDAP distinguished name such as "
+                                    "CN=LC Services,CN=Microsoft,DC=contoso,DC=com",
+                                    tuple(path) + (name,)))
+    return errors
 
 
 def _sip_mapping_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[InputError]:

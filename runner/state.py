@@ -238,6 +238,12 @@ def _create_store(path: Path) -> None:
         os.close(dir_fd)
 
 
+def _bad_lock(path: Path, why: str) -> RunnerError:
+    """The state directory's lock is something the runner cannot use (exit 1)."""
+    return RunnerError(f"the lock {path} cannot be used: {why}; it must be a plain file the runner can write "
+                       "(remove what is there if no run is using this directory)")
+
+
 def lock_holder(directory: Path) -> dict[str, Any] | None:
     """Who holds the state directory's lock now ({pid, host, started}), or None when no live
     process does: a run recorded as running without a holder was killed (`runner status`).
@@ -245,13 +251,17 @@ def lock_holder(directory: Path) -> dict[str, Any] | None:
     path = Path(directory) / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise _bad_lock(path, exc.strerror or str(exc)) from None
     try:
         try:
             holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "null")
         except ValueError:
             holder = None
+        except OSError as exc:  # a directory where the lock belongs
+            raise _bad_lock(path, exc.strerror or str(exc)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:  # held: a run is in progress
@@ -338,9 +348,11 @@ class StateStore:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not tables & {*REQUIRED_TABLES, "meta"}:
                 size = self.path.stat().st_size
-                raise StoreDamagedError(
-                    f"{self.path} is not a checkpoint store: it is empty ({size} bytes, no runner table)"
-                    + self._beside_artifacts() + f"; {_recovery(self.directory)}")
+                what = (f"it holds another program's tables ({', '.join(sorted(tables)[:5])}"
+                        + (", ..." if len(tables) > 5 else "") + "), none of the runner's"
+                        if tables else f"it is empty ({size} bytes, no runner table)")
+                raise StoreDamagedError(f"{self.path} is not a checkpoint store: {what}"
+                                        + self._beside_artifacts() + f"; {_recovery(self.directory)}")
             missing = [t for t in REQUIRED_TABLES if t not in tables]
             if missing:
                 raise StoreDamagedError(
@@ -499,8 +511,7 @@ class StateStore:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:  # a directory or an unwritable file where the lock belongs
-            raise RunnerError(f"cannot take the lock {path}: {exc.strerror or exc}; it must be a plain file "
-                              "the runner can write (remove what is there if no run is using this directory)") from None
+            raise _bad_lock(path, exc.strerror or str(exc)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -109,6 +109,41 @@ def test_the_reader_bounds_size_depth_and_aliases(tmp_path, capsys, make, says):
     assert time.monotonic() - started < 30  # a hang guard only; speed is for bench/
 
 
+def test_a_file_with_too_many_values_is_refused_while_it_is_read(tmp_path, capsys, monkeypatch):
+    """Under the size limit a flat list still holds millions of values (``[1,1,...]``: 16
+    million in 32 MiB): the count stops the reader at the value that passes it, before
+    the whole tree is in memory (it was composed first, then counted: gigabytes)."""
+    from runner import loader
+    monkeypatch.setattr(loader, "MAX_YAML_NODES", 10_000)
+    pb = tmp_path / "pb.yml"
+    pb.write_text("- name: p\n  hosts: all\n  vars:\n    x: [" + "1," * 50_000 + "1]\n  steps: []\n")
+    code, text = cli(capsys, "validate", str(pb))
+    assert code == 4 and "holds more than 10,000 values" in text, text
+    line, col = map(int, re.search(re.escape(str(pb)) + r":(\d+):(\d+):", text).groups())
+    assert line == 4 and 19_000 < col < 21_000, text  # at the 10,001st value, not the list's start
+
+
+@pytest.mark.slow
+def test_a_32_mib_flat_list_is_refused_in_bounded_memory(tmp_path):
+    """The real limits, in a child limited to 1.5 GB of address space: exit 4, not a MemoryError
+    (before: over 5.8 GB and 120 s, still composing)."""
+    import resource
+    import subprocess
+    import sys
+    pb = tmp_path / "pb.yml"
+    with pb.open("w") as f:
+        f.write("- name: p\n  hosts: all\n  vars:\n    x: [")
+        f.write("1," * (15 << 20))
+        f.write("1]\n  steps: []\n")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+    done = subprocess.run([sys.executable, "-m", "runner", "validate", str(pb)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=limit, timeout=300)
+    assert done.returncode == 4 and f"{pb}:4:" in done.stderr + done.stdout, done.stderr[-2000:]
+    assert "holds more than 2,000,000 values" in done.stderr + done.stdout
+
+
 def test_a_device_as_the_playbook_is_refused(capsys):
     code, text = cli(capsys, "validate", "/dev/zero")
     assert code == 4 and "/dev/zero: not a regular file" in text
@@ -171,3 +206,14 @@ def test_validate_on_the_lab_plugin_writes_nothing_and_apply_makes_the_lab(tmp_p
     assert (tmp_path / "estate" / "inventory.yml").is_file()
     code, text = cli(capsys, "validate", str(GRADUAL), "-i", str(inv))
     assert code == 0 and "not been generated" not in text, text
+
+
+def test_the_readme_states_the_readers_limits_as_the_code_has_them():
+    from runner import loader, templating
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    docs = (REPO / "docs" / "input-checks.md").read_text(encoding="utf-8")
+    for text in (readme, docs):
+        assert f"{loader.MAX_YAML_BYTES >> 20} MiB" in text
+        assert f"{loader.MAX_YAML_DEPTH} levels" in text
+        assert f"{loader.MAX_YAML_NODES:,}" in text
+        assert f"{templating.MAX_TEMPLATE_RESULT:,}" in text

@@ -53,6 +53,9 @@ class ChunkedWrite(StepModule):
         out = []
         for ctx, user, _ in items:
             flag = Path(ctx.vars["workdir"]) / f"flaked-{user.alias}"
+            if user.alias in ctx.args.get("busy", []):  # busy for good
+                out.append(TransientFault(f"{user.alias}: server busy"))
+                continue
             if user.alias in ctx.args.get("flaky", []) and not flag.exists():
                 flag.write_text("1")
                 out.append(TransientFault(f"{user.alias}: server busy"))
@@ -115,6 +118,17 @@ def test_a_chunked_step_runs_many_users_per_call_and_each_keeps_its_own_outcome(
     again, outcomes, _ = run(tmp_path, inv, plan, retries=2)  # resume: only the failed user runs
     assert [o.target for o in outcomes if not o.resumed] == ["u03"]
     assert [n for kind, n in ChunkedWrite.calls if kind == "probe"] == [1]
+
+
+def test_a_chunked_step_past_a_thousand_retries_backs_off_without_overflowing(tmp_path, monkeypatch):
+    """The backoff's 2 ** round no longer converts to a float past round 1023: an OverflowError
+    (exit 250) ended such a run. The playbook caps retries at 100; the engine is safe anyway."""
+    from runner.engine import Engine
+    monkeypatch.setattr(Engine, "_sleep", lambda self, seconds: None)
+    inv = make_inventory(tmp_path, ["pc00"], users={"u00": ["pc00"]})
+    plan = make_plan(inv, [make_step("write", "t_user_chunked_write", args={"busy": ["u00"]})])
+    summary, outcomes, _ = run(tmp_path, inv, plan, retries=1100)
+    assert [(o.status, o.attempts) for o in outcomes] == [("failed", 1101)]
 
 
 def test_a_slow_client_delays_only_the_users_that_depend_on_it(tmp_path):

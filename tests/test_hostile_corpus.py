@@ -93,10 +93,10 @@ pb_text("laughs-in-step-args", "- name: p\n  hosts: all\n  steps:\n    - name: s
 case("laughs-in-inventory-vars", 4, "{inv}:", "expands to more than 2,000,000 values",
      inv="all:\n  vars:\n" + _laughs(9) + "users: {}\n")
 pb_text("nesting-990-lists", "- name: p\n  hosts: all\n  vars:\n    x: " + "[" * 990 + "]" * 990 + "\n  steps: []\n",
-        "{pb}:", "nested too deeply")
+        "{pb}:4:", "nested too deeply")
 pb_text("nesting-65-maps", "- name: p\n  hosts: all\n  vars:\n    x: " + "{a: " * 65 + "1" + "}" * 65
-        + "\n  steps: []\n", "{pb}:", "nested too deeply (more than 64 levels)")
-case("nesting-in-inventory", 4, "{inv}:", "nested too deeply",
+        + "\n  steps: []\n", "{pb}:4:", "nested too deeply (more than 64 levels)")
+case("nesting-in-inventory", 4, "{inv}:3:", "nested too deeply",
      inv="all:\n  vars:\n    x: " + "[" * 100 + "]" * 100 + "\nusers: {}\n")
 case("playbook-is-a-fifo", 4, "{pb}: not a regular file", setup=lambda st: os.mkfifo(st.parent / "pb.yml"))
 case("inventory-is-a-fifo", 4, "{inv}: not a regular file", setup=lambda st: os.mkfifo(st.parent / "inv.yml"))
@@ -122,6 +122,9 @@ case("nul-in-inventory", 4, "{inv}:3:", "U+0000", inv=b"all:\n  hosts:\n    pc\x
 pb_text("utf-16-bom-playbook-read", "\n".join(PB_LINES).encode("utf-16"), "valid", code=0)
 pb_text("utf-32-bom-playbook-read", "\n".join(PB_LINES).encode("utf-32"), "valid", code=0)
 pb_text("utf-8-bom-playbook-read", b"\xef\xbb\xbf" + "\n".join(PB_LINES).encode(), "valid", code=0)
+pb_text("utf-16-le-without-bom", "\n".join(PB_LINES).encode("utf-16-le"), "{pb}:1:1:", "UTF-16 without a byte-order mark")
+pb_text("utf-16-be-without-bom", "\n".join(PB_LINES).encode("utf-16-be"), "{pb}:1:1:", "UTF-16 without a byte-order mark")
+pb_text("nul-first", b"\x00- name: p\n", "{pb}:1:1:", "U+0000")
 pb_text("utf-16-error-has-its-line", "- name: p\n  hosts: all\n  steps: []\n".encode("utf-16"),
         "{pb}:3:10:", "'steps' must not be empty")
 pb_line("tab-indentation", 5, "\tinventory_clients: {}", "tab character")
@@ -153,6 +156,7 @@ for word in ("yes", "no", "123"):
     inv_line(f"group-name-{word}", 13, f"    {word}: {{hosts: {{exim01: {{}}}}}}", f"the key '{word}' is read")
 pb_line("vars-key-on", 12, "  vars: {on: 1}", "the key 'on' is read by YAML as a boolean")
 inv_line("long-host-name", 11, "        " + "h" * 5000 + ": {}", "a key longer than 1024 characters")
+inv_line("long-quoted-host-name", 11, '        "' + "h" * 5000 + '": {}', "a key longer than 1024 characters", "quoted or not")
 inv_line("host-name-300", 11, "        " + "h" * 300 + ": {}", "'" + "h" * 300 + "' is not a valid host name")
 inv_line("quoted-number-host-ok", 11, "        pc2: {}\n        '12': {}", "valid", code=0)
 
@@ -208,7 +212,8 @@ pb_line("step-unknown-module", 15, "      export_contact: {}", "unknown step mod
         "did you mean 'export_contacts'")
 pb_line("step-keyword-typo", 18, "      retires: 3", "unknown key 'retires'", "did you mean 'retries'")
 for bad, says in (("-1", "at least 0"), ("1.5", "must be an integer"), ('"3"', "must be an integer"),
-                  ("[3]", "must be an integer"), ("true", "must be an integer")):
+                  ("[3]", "must be an integer"), ("true", "must be an integer"), ("101", "at most 100"),
+                  ("99999999999999999999", "at most 100")):
     pb_line(f"retries-{bad}", 18, f"      retries: {bad}", "'retries'", says)
 for bad, says in (("-1", "at least 0"), ("100000", "delay"), (".inf", "not a finite number"),
                   ("-.inf", "not a finite number"), (".NaN", "not a finite number"), ('"5s"', "must be a number")):
@@ -251,6 +256,10 @@ pb_line("args-template-syntax", 23, '        coexistence_group: "{{ name "', "te
 pb_line("args-block-syntax", 23, '        coexistence_group: "{% for x %}"', "template syntax error")
 pb_line("args-template-unknown-test", 23, '        coexistence_group: "{{ x is nosuchtest }}"',
         "template syntax error", "nosuchtest")
+for i, src in enumerate(("'x' * 10**9", "'%0999999999d' % 1", "'x'.ljust(10**9)", "'{:>999999999}'.format(1)",
+                         "'x' | center(999999999)", "('x' * 1000000) | replace('x', 'xx')")):
+    case(f"when-huge-{i}", 2, "unsafe operation in ", "the result would be longer than 1,048,576 items", args=APPLY,
+         pb=_replace(PB_LINES, 27, f'      when: "{{{{ {src} }}}}"'))
 inv_line("sip-template-typo", 6, '      template: "sip:{locl}@{domain}"', "unknown field {{locl}}", "did you mean {{local}}")
 inv_line("sip-template-attribute", 6, '      template: "{local.nosuch}"', "sip_mapping")
 inv_line("sip-template-no-local", 6, '      template: "sip:x@{domain}"', "sip_mapping")
@@ -264,22 +273,22 @@ inv_line("sip-domains-list", 5, "      domains: [im.contoso.com]", "sip_mapping"
 inv_line("sip-table-bad-uri", 5, "      table: {alice@im.contoso.com: 'sip:al ice@contoso.com'}", "sip_mapping")
 inv_line("sip-unknown-key", 5, "      domain: {im.contoso.com: contoso.com}", "sip_mapping", "domain")
 # the package pushed to key-logon clients: a file on the control node, checked when read
-inv_line("package-local-missing", 3, '    messenger_package_local: pkgs/WindowsMessenger51.msi\n    lcs_home_server_dn: x',
+inv_line("package-local-missing", 3, '    messenger_package_local: pkgs/WindowsMessenger51.msi\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com',
          "messenger_package_local 'pkgs/WindowsMessenger51.msi' does not exist")
-inv_line("package-local-folder", 3, '    messenger_package_local: .\n    lcs_home_server_dn: x',
+inv_line("package-local-folder", 3, '    messenger_package_local: .\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com',
          "messenger_package_local '.' is a folder")
-inv_line("package-local-empty", 3, '    messenger_package_local: ""\n    lcs_home_server_dn: x', "messenger_package_local")
-inv_line("package-local-list", 3, '    messenger_package_local: [a.msi]\n    lcs_home_server_dn: x',
+inv_line("package-local-empty", 3, '    messenger_package_local: ""\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com', "messenger_package_local")
+inv_line("package-local-list", 3, '    messenger_package_local: [a.msi]\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com',
          "messenger_package_local")
-inv_line("sha256-tool-unknown", 3, '    client_sha256_tool: md5sum\n    lcs_home_server_dn: x', "client_sha256_tool",
+inv_line("sha256-tool-unknown", 3, '    client_sha256_tool: md5sum\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com', "client_sha256_tool",
          "auto, sha256sum, certutil, sftp")
 # how the client's SFTP server spells paths: checked when the inventory is read, not at the first transfer
-inv_line("sftp-paths-typo", 3, '    ssh_sftp_paths: cygwn\n    lcs_home_server_dn: x', "'ssh_sftp_paths' must be one of "
+inv_line("sftp-paths-typo", 3, '    ssh_sftp_paths: cygwn\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com', "'ssh_sftp_paths' must be one of "
          "win32-openssh, cygwin (got 'cygwn')", "did you mean 'cygwin'")
 inv_line("sftp-paths-host", 11, "        pc2: {vars: {ssh_sftp_paths: Cygwin}}", "'ssh_sftp_paths'", "host 'pc2'",
          "did you mean 'cygwin'")
-inv_line("sftp-paths-list", 3, '    ssh_sftp_paths: [cygwin]\n    lcs_home_server_dn: x', "'ssh_sftp_paths' must be one of")
-inv_line("lab-logon-unknown", 3, '    lab_logon: kerberos\n    lcs_home_server_dn: x', "lab_logon", "password, key")
+inv_line("sftp-paths-list", 3, '    ssh_sftp_paths: [cygwin]\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com', "'ssh_sftp_paths' must be one of")
+inv_line("lab-logon-unknown", 3, '    lab_logon: kerberos\n    lcs_home_server_dn: CN=x,DC=contoso,DC=com', "lab_logon", "password, key")
 
 # -- every inventory field, bad types and values ---------------------------------------------
 
@@ -352,19 +361,62 @@ FIELDS = {  # field -> (inventory line, line text with {v}, value around the pay
     "alias": (24, "  {v}:", "bob{}", "is not a valid user alias"),
     "group": (13, "    {v}: {{hosts: {{exim01: {{}}}}}}", "ex{}", "is not a valid group name"),
 }
+SIP_USER_CHARACTERS = {("sip_uri", "cmd-paren"), ("sip_uri", "ldap-filter")}
 for fname, (line, text, around, says) in FIELDS.items():
     for pname, payload in PAYLOADS.items():
         if pname == "empty" and fname not in ("ad_guid", "im_address"):
             continue
         value = json.dumps(around.replace("{}", payload), ensure_ascii=False)
-        inv_line(f"{fname}-{pname}", line, text.format(v=value), says)
+        if (fname, pname) in SIP_USER_CHARACTERS:  # RFC 3261 user characters: data, escaped where they go
+            inv_line(f"{fname}-{pname}-is-data", line, text.format(v=value), "valid", code=0)
+        else:
+            inv_line(f"{fname}-{pname}", line, text.format(v=value), says)
 inv_line("im-address-metachars-are-data", 16, "    im_address: \"o'brien&co|x^y@im.contoso.com\"", "valid", code=0)
 inv_line("im-address-domain-injection", 16, '    im_address: "a@im.contoso.com & calc"', "'im_address'")
+inv_line("sip-uri-caret", 22, '    sip_uri: "sip:a^b@contoso.com"', "'sip_uri' must be a SIP URI", "invalid user part")
+inv_line("sip-uri-brace", 22, '    sip_uri: "sip:{a}@contoso.com"', "'sip_uri' must be a SIP URI", "invalid user part")
+inv_line("sip-uri-multicast", 22, '    sip_uri: "sip:a@[224.0.0.1]"', "'sip_uri' must be a SIP URI", "multicast")
 inv_line("sip-uri-no-scheme", 22, "    sip_uri: alice@contoso.com", "'sip_uri' must be a SIP URI")
 inv_line("sip-uri-too-long", 22, "    sip_uri: sip:" + "a" * 450 + "@contoso.com", "'sip_uri'")
 inv_line("ad-guid-short", 20, '    ad_guid: "{0123-4567}"', "'ad_guid'")
 inv_line("sid-not-s15", 19, "    sid: S-1-", "'sid'")
 inv_line("group-with-dot", 13, "    exchange.im: {hosts: {exim01: {}}}", "is not a valid group name")
+
+# -- DNs (wmic and ldifde lines), and variables checked wherever they are set -----------------
+
+for pname, dn in (("injection", '" & reg add HKLM\\SOFTWARE\\X /f & "'), ("quote-in-value", 'CN=x" & calc & ",DC=a'),
+                  ("not-a-dn", "lcs01"), ("empty", ""), ("ellipsis", "CN=LC Services,CN=lcs01,..."),
+                  ("semicolon", "CN=a;DC=b"), ("double-comma", "CN=a,,DC=b"), ("trailing-backslash", "CN=a\\"),
+                  ("newline", "CN=a\nDC=b"), ("list", ["CN=a"])):
+    inv_line(f"dn-{pname}", 3, f"    lcs_home_server_dn: {json.dumps(dn)}", "lcs_home_server_dn",
+             "must be an LDAP distinguished name")
+inv_line("dn-exchange-config-in-host-vars", 11, '        pc2: {vars: {exchange_config_dn: "CN=Config;x"}}',
+         "exchange_config_dn", "must be an LDAP distinguished name")
+inv_line("dn-in-user-vars", 27, '    wave: w1\n    vars: {lcs_home_server_dn: nope}', "lcs_home_server_dn", at=28)
+inv_line("dn-escaped-comma-ok", 3, '    lcs_home_server_dn: "CN=Smith\\\\, John+OU=x,CN=Users,DC=contoso,DC=com"',
+         "valid", code=0)
+inv_line("dn-templated-left-to-the-run", 3, '    lcs_home_server_dn: "{{ pool_dn }}"', "valid", code=0)
+pb_line("dn-step-argument", 21, '      import_contacts: {}\n    - name: Enable\n      enable_lcs_users: {home_server_dn: "x=;"}',
+        "home_server_dn", "must be an LDAP distinguished name", at=23, span=3)
+pb_line("play-vars-sip-mapping-typo", 12, '  vars: {x: 1, sip_mapping: {template: "sip:{locl}@{domain}"}}',
+        "sip_mapping.template", "unknown field {{locl}}")
+pb_line("play-vars-sip-mapping-string", 12, '  vars: {sip_mapping: "sip:{local}@{domain}"}', "sip_mapping must be a mapping")
+for pname, value in (("injection", '" & reg add HKLM\\SOFTWARE\\X /f & "'), ("space", "lcs 01"), ("url", "https://lcs01"),
+                     ("port-text", "lcs01:sip"), ("number", 5061)):
+    inv_line(f"pool-fqdn-{pname}", 3, f"    lcs_pool_fqdn: {json.dumps(value)}", "lcs_pool_fqdn",
+             "is not a DNS name or IPv4 address")
+inv_line("pool-fqdn-with-port-ok", 3, "    lcs_pool_fqdn: lcs01.contoso.com:5061", "valid", code=0)
+inv_line("transport-udp", 11, "        pc2: {vars: {lcs_transport: udp}}", "lcs_transport is 'udp': tcp or tls")
+pb_line("play-vars-transport", 12, "  vars: {lcs_transport: ssl}", "lcs_transport is 'ssl': tcp or tls")
+pb_line("play-vars-dn", 12, '  vars: {lcs_home_server_dn: "pool one"}', "lcs_home_server_dn")
+for pname, value, says in (("json-sip-mapping", '{{"sip_mapping": {{"template": "sip:{{locl}}@{{domain}}"}}}}',
+                            "unknown field {{locl}}"),
+                           ("json-sip-mapping-string", '{{"sip_mapping": "x"}}', "sip_mapping must be a mapping"),
+                           ("inline-dn", "lcs_home_server_dn=oops", "lcs_home_server_dn has 'oops'"),
+                           ("json-dn", '{{"exchange_config_dn": "a,b"}}', "exchange_config_dn")):
+    case(f"extra-vars-{pname}", 5, "-e ", says, args=APPLY + ("-e", value))
+case("extra-vars-file-dn", 4, "{st}/ev.yml:1:", "lcs_home_server_dn", args=APPLY + ("-e", "@{st}/ev.yml"),
+     setup=lambda st: (st.mkdir(), (st / "ev.yml").write_text("lcs_home_server_dn: CN=a;b\n")))
 
 # -- options and the environment -------------------------------------------------------------
 
@@ -422,13 +474,27 @@ def _tables(st: Path) -> list[str]:
 
 case("lock-is-a-directory", 1, "lock", "directory", args=APPLY[:-1],
      setup=lambda st: (st / "lock").mkdir(parents=True))
+
+
+def _store_with_lock_dir(st: Path) -> None:
+    from runner.state import StateStore
+    with StateStore(st):
+        pass
+    if (st / "lock").exists():
+        (st / "lock").unlink()
+    (st / "lock").mkdir()
+
+
+case("lock-is-a-directory-status", 1, "{st}/lock cannot be used: Is a directory", args=("status", "--state", "{st}"),
+     setup=_store_with_lock_dir)
 case("state-db-is-a-directory", 1, "state.db", "directory", args=APPLY,
      setup=lambda st: (st / "state.db").mkdir(parents=True))
 case("state-db-is-text", 1, "state.db", args=APPLY,
      setup=lambda st: (_touch(st / "state.db").write_text("not a database\n" * 100)))
-case("apply-on-foreign-sqlite", 1, "state.db", args=APPLY, setup=_foreign_sqlite)
-case("status-on-foreign-sqlite", 1, "state.db", args=("status", "--state", "{st}"), setup=_foreign_sqlite)
-case("report-on-foreign-sqlite", 1, "state.db", args=("report", "--state", "{st}"), setup=_foreign_sqlite)
+FOREIGN_SAYS = "state.db is not a checkpoint store: it holds another program's tables (photos)"
+case("apply-on-foreign-sqlite", 1, FOREIGN_SAYS, args=APPLY, setup=_foreign_sqlite)
+case("status-on-foreign-sqlite", 1, FOREIGN_SAYS, args=("status", "--state", "{st}"), setup=_foreign_sqlite)
+case("report-on-foreign-sqlite", 1, FOREIGN_SAYS, args=("report", "--state", "{st}"), setup=_foreign_sqlite)
 
 
 MOUNTS: list[Path] = []  # read-only bind mounts made by a case, undone after it

@@ -4,8 +4,8 @@ Hypothesis mutates playbooks/*.yml and inventories/*.yml, as data (drop, retype
 or rename a key, a scalar swapped for a list or a mapping, hostile strings) and
 as text (truncated, a line deleted, duplicated or re-indented), and runs
 ``runner validate`` on the result in-process. Whatever it makes, the runner
-exits 0 (still valid), 4 or 5, never 250 and never with a traceback, and an
-exit 4 names the file and a line (of the file, or of the playbook
+exits 0 (still valid), 4 or 5, never 250 and never with a traceback, within 30 s and
+128 MiB allocated at the peak, and an exit 4 names the file and a line (of the file, or of the playbook
 planned against the mutated inventory).
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ HOSTILE = ['" & reg add HKLM\\SOFTWARE\\X /f & "', "x' OR 1=1 --", "%PATH%", "a^
            " lead", "\u202eevil", "\uff41", "{{ 7 * 7 }}", "{{ x", "{% for %}", "sip:{locl}@{domain}", "*", "!all",
            "", " ", "-", "0%", "200%", "1e999", "\t", "yes", "null", "a" * 2000, "../../etc/passwd", "C:\\x"]
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: What one validation of a mutated shipped file may allocate at its peak (they take a few MiB).
+MAX_PEAK = 128 << 20
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 SCALARS = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=30), st.integers(-2**70, 2**70),
                     st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none())
@@ -142,8 +145,14 @@ def _check(tmp_path: Path, name: str, text: str, kind: str, capsys) -> None:
     else:
         args = ["validate", str(REPO / "playbooks" / "gradual.yml"), "-i", str(target)]
     started = time.monotonic()
-    code, out = cli(capsys, *args)
+    tracemalloc.start()
+    try:
+        code, out = cli(capsys, *args)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert time.monotonic() - started < 30, "a hang guard only"
+    assert peak < MAX_PEAK, f"{peak / 2**20:.0f} MiB at the peak"
     assert code in (0, 4, 5), out
     if code == 4:
         # at a line of the mutated file, or of the playbook planned against it, naming the file

@@ -255,6 +255,26 @@ def test_a_broken_inventory_exits_4_naming_file_and_line(tmp_path, capsys, hand_
     assert not (tmp_path / "lab").exists()
 
 
+@pytest.mark.parametrize("package", [r"C:\pkgs\m.msi", r"\\deploy\packages\..\x.msi"])
+def test_a_package_path_the_lab_cannot_serve_writes_nothing_and_keeps_the_old_lab(tmp_path, capsys, package):
+    """Checked before the lab's lock file is made or --force removes the old lab (issue 9:
+    a command that refuses its input leaves the disk as it was)."""
+    inv = tmp_path / "inv.yml"
+    text = HAND_WRITTEN.replace("    messenger_package: '\\\\files01\\software\\messenger\\WM51.msi'",
+                                "    messenger_package: " + json.dumps(package))
+    assert text != HAND_WRITTEN
+    inv.write_text(text, encoding="utf-8")
+    line = text.splitlines().index("    messenger_package: " + json.dumps(package)) + 1
+    old = tmp_path / "old"
+    assert cli(capsys, "lab", "init", "--dir", str(old), "--clients", "1")[0] == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (("--dir", str(tmp_path / "lab")), ("--dir", str(old), "--force")):
+        code, out = cli(capsys, "lab", "init", "--from-inventory", str(inv), *args)
+        assert code == 4 and f"inv.yml:{line}:" in out and "messenger_package" in out, out
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (old / "inventory.yml").is_file()
+
+
 def test_random_lab_sizes_do_not_mix_with_an_inventory(tmp_path, capsys):
     code, out = cli(capsys, "lab", "init", "--from-inventory", str(EXAMPLE), "--clients", "5",
                     "--dir", str(tmp_path / "lab"))

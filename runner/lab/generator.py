@@ -1039,12 +1039,16 @@ def generate_from_inventory(directory: Path | str, inventory_path: Path | str, *
     (colleagues are the inventory's users). A bad inventory raises the
     loader's InputError/InputErrors (exit 4).
     """
+    return _write_lab(Path(directory), _inventory_plan(inventory_path, contacts, seed))
+
+
+def _inventory_plan(inventory_path: Path | str, contacts: int, seed: int) -> _Estate:
+    """The lab the inventory at ``inventory_path`` makes; every problem of it raised, nothing written."""
     if contacts < 0:
         raise InputError(f"lab: contacts must not be negative (got {contacts})")
     from runner.loader import load_inventory
 
-    inv = load_inventory(inventory_path)
-    return _write_lab(Path(directory), _plan_from_inventory(inv, contacts, seed))
+    return _plan_from_inventory(load_inventory(inventory_path), contacts, seed)
 
 
 def ensure_plugin_lab(inventory_path: str | Path) -> None:
@@ -1129,12 +1133,11 @@ def init_lab(directory: Path | str, *, clients: int, users_per_client: int, cont
 def init_lab_from_inventory(directory: Path | str, inventory_path: Path | str, *, contacts: int, seed: int,
                             force: bool = False) -> Path:
     """``runner lab init --from-inventory``: create the lab unless one exists (``force``
-    replaces it); the inventory is read before anything is removed, so a broken one
-    leaves the old lab alone."""
-    from runner.loader import load_inventory
-
-    load_inventory(inventory_path)
+    replaces it). The lab is planned from the inventory before anything is written or
+    removed (not even ``DIR.lock``), so an inventory the lab cannot copy (a package path
+    it cannot serve, no server) leaves the disk, and an old lab, as they were."""
+    plan = _inventory_plan(inventory_path, contacts, seed)
     d = Path(directory).absolute()
     if force and d.exists():
         _remove(d)
-    return _create_once(d, lambda tmp: generate_from_inventory(tmp, inventory_path, contacts=contacts, seed=seed))
+    return _create_once(d, lambda tmp: _write_lab(tmp, plan))

@@ -195,6 +195,54 @@ def parse(data: bytes | str) -> list[Entry]:
     return entries
 
 
+# RFC 4514 distinguished names, with the spaces around ',' '=' and '+' that AD tools accept.
+_DN_TYPE = r"(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)"
+_DN_CHAR = r'(?:[^\\"+,;<>\x00-\x1f\x7f]|\\[\\"+,;<>= #=]|\\[0-9A-Fa-f]{2})'
+_DN_AVA = rf"{_DN_TYPE}\s*=\s*{_DN_CHAR}+"
+_DN_RDN = re.compile(rf"\s*{_DN_AVA}(?:\s*\+\s*{_DN_AVA})*\s*\Z")
+MAX_DN = 2048
+
+
+def dn_problem(dn: object) -> str | None:
+    """Why ``dn`` is not a distinguished name (RFC 4514: ``CN=LC Services,CN=Microsoft,DC=contoso,DC=com``,
+    ``,+"\\<>;`` escaped with ``\\`` inside a value), or None. The one check for DNs an inventory,
+    a playbook or extra vars supply: they go into wmic and LDIF lines on the servers."""
+    if not isinstance(dn, str):
+        return "is not a string"
+    if not dn.strip():
+        return "is empty"
+    if len(dn) > MAX_DN:
+        return f"is longer than {MAX_DN} characters"
+    bad = re.search(r"[\x00-\x1f\x7f]", dn)
+    if bad:
+        return f"holds the control character U+{ord(bad.group()):04X}"
+    for rdn in _split_dn(dn):
+        if not _DN_RDN.match(rdn):
+            shown = rdn.strip() or "(nothing)"
+            return (f"has {shown[:60]!r} where a NAME=value part is expected (characters ,+\"\\<>; "
+                    "inside a value are escaped with \\)")
+    return None
+
+
+def _split_dn(dn: str) -> list[str]:
+    """``dn`` cut at its unescaped commas."""
+    parts, current, i = [], [], 0
+    while i < len(dn):
+        c = dn[i]
+        if c == "\\" and i + 1 < len(dn):
+            current.append(dn[i:i + 2])
+            i += 2
+            continue
+        if c == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
 def escape_filter_value(value: str) -> str:
     """RFC 4515 escaping of a value inside an LDAP search filter."""
     out = []
