@@ -16,10 +16,12 @@ strings for thousands of tasks.
 from __future__ import annotations
 
 import re
+import threading
 from functools import lru_cache
 from typing import Any, Callable, Mapping
 
 import jinja2
+from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from runner.errors import PermanentFault
@@ -28,6 +30,9 @@ from runner.errors import PermanentFault
 #: power: a template's result is a step argument or a condition, never megabytes
 #: (``{{ 'x' * 10**9 }}`` in a ``when`` took 1 GB).
 MAX_TEMPLATE_RESULT = 1 << 20
+#: The most passes a template's ``{% for %}`` loops may make in one render, all loops
+#: together: two nested loops over 100,000 items print nothing and would run for hours.
+MAX_TEMPLATE_STEPS = 1_000_000
 MAX_TEMPLATE_POWER = 1 << 10
 
 
@@ -106,6 +111,19 @@ class _BoundedEnvironment(SandboxedEnvironment):
     """
 
     intercepted_binops = frozenset(("*", "**", "+", "%"))
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """The template's tree with every ``{% for %}`` loop's iterable passed through
+        :meth:`runner_loop_budget` (an attribute of the environment: no variable shadows it)."""
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Call(nodes.EnvironmentAttribute("runner_loop_budget"), [loop.iter], [], None, None)
+        return tree
+
+    @staticmethod
+    def runner_loop_budget(iterable: Any) -> Any:
+        """``iterable``, each pass counted against the render's MAX_TEMPLATE_STEPS."""
+        return _Counted(iterable)
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -261,11 +279,34 @@ def render_string(source: str, variables: Mapping[str, Any]) -> Any:
         raise _explain(exc, source) from None
 
 
+_steps = threading.local()
+
+
+class _Counted:
+    """An iterable whose passes are counted against this thread's render budget (its
+    length is the underlying one's, for ``loop.length``)."""
+
+    def __init__(self, iterable: Any) -> None:
+        self._it = iterable
+
+    def __len__(self) -> int:
+        return len(self._it)
+
+    def __iter__(self) -> Any:
+        for item in self._it:
+            left = getattr(_steps, "left", MAX_TEMPLATE_STEPS) - 1
+            if left < 0:
+                raise SecurityError(f"the template's loops make more than {MAX_TEMPLATE_STEPS:,} passes")
+            _steps.left = left
+            yield item
+
+
 def _bounded_render(template: jinja2.Template, variables: Mapping[str, Any]) -> str:
     """``template.render``, stopped once the output passes MAX_TEMPLATE_RESULT (a loop in a
     loop printing ``x``): the pieces are counted as they are made, never all held."""
     out: list[str] = []
     size = 0
+    _steps.left = MAX_TEMPLATE_STEPS
     for piece in template.generate(variables):
         size += len(piece)
         if size > MAX_TEMPLATE_RESULT:

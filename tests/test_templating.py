@@ -95,3 +95,29 @@ def test_ordinary_arithmetic_and_repetition_still_work():
     assert render("{{ 'ab' * 3 }}", {}) == "ababab"
     assert render("{{ 2 ** 10 }}", {}) == 1024
     assert render("{{ [1] * 3 + [2] }}", {}) == [1, 1, 1, 2]
+
+
+@pytest.mark.parametrize("source,variables", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", {}),
+    ("{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}", {"s": "x" * 100000}),
+    ("{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(10) %}{% endfor %}{% endfor %}"
+     "{% endfor %}", {}),
+])
+def test_loops_that_print_nothing_are_bounded_too(source, variables):
+    """Two nested loops of 100,000 printing nothing ran for hours (CPU, not memory): every
+    render's loops together make at most MAX_TEMPLATE_STEPS passes."""
+    with pytest.raises(TemplateError, match="more than 1,000,000 passes"):
+        render(source, variables)
+
+
+def test_ordinary_loops_keep_their_length_else_and_namespaces():
+    assert render("{% for i in range(3) %}{{ loop.index }}/{{ loop.length }} {% endfor %}", {}) == "1/3 2/3 3/3 "
+    assert render("{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}", {"d": {"a": 1, "b": 2}}) == "a=1;b=2;"
+    assert render("{% for x in [] %}x{% else %}none{% endfor %}", {}) == "none"
+    assert render("{% set ns = namespace(n=0) %}{% for i in range(1000) %}{% set ns.n = ns.n + i %}{% endfor %}"
+                  "{{ ns.n }}", {}) == "499500"
+    # the budget is per render: many renders of an ordinary loop never add up
+    for _ in range(50):
+        assert render("{% for i in range(100000) %}{% endfor %}ok", {}) == "ok"
+    # a variable of the budget's name changes nothing
+    assert render("{% for i in range(2) %}{{ i }}{% endfor %}", {"runner_loop_budget": None}) == "01"
