@@ -299,6 +299,9 @@ class StateStore:
                 refuse_lost_store(self.directory)
                 if not create:
                     raise RunnerError(f"no state store in {self.directory} (no run has been started there)")
+                lock = self.directory / LOCK_NAME
+                if lock.exists() and not lock.is_file():   # refused before anything is written
+                    raise _bad_lock(lock, "not a plain file (a directory?)")
                 self.directory.mkdir(parents=True, exist_ok=True)
                 _create_store(self.path)
         except OSError as exc:

@@ -179,7 +179,9 @@ def test_a_lock_that_is_a_directory_is_an_error_naming_it(tmp_path, capsys):
     inv = generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=2, seed=5)
     (tmp_path / "st" / "lock").mkdir(parents=True)
     code, text = cli(capsys, "apply", GRADUAL, "-i", str(inv), "--state", str(tmp_path / "st"))
-    assert code == 1 and f"the lock {tmp_path / 'st' / 'lock'} cannot be used: Is a directory" in text, text
+    assert code == 1 and f"the lock {tmp_path / 'st' / 'lock'} cannot be used: " in text, text
+    assert "a directory" in text.lower(), text
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["lock"], "a refused run writes nothing"
 
 
 def test_a_state_db_that_is_a_directory_says_so(tmp_path, capsys):
