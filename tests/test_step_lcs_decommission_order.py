@@ -61,3 +61,15 @@ def test_a_service_stopped_since_the_probe_is_transient_and_nothing_after_the_st
     assert lab_host.services.get(SERVICE).start_type == "DISABLED"
     assert directory.search(DEFAULT_VS_FILTER, ["cn"]) == []
     assert step.probe(ctx, host) is None
+
+
+def test_a_service_name_the_server_does_not_have_is_refused_before_anything_is_removed(exim) -> None:
+    """exchange_im_service set to a name the server has no service of (a typo): the virtual
+    server must not be removed while the real service runs on, and the run must not end 0."""
+    from runner.errors import PermanentFault
+    lab_host, directory, ctx, host = exim
+    ctx.args = {"force": True, "service": "MSExchangeIMM"}
+    with pytest.raises(PermanentFault, match=r"no service MSExchangeIMM on .*exchange_im_service"):
+        DecommissionExchangeIm().probe(ctx, host)
+    assert directory.search(DEFAULT_VS_FILTER, ["cn"]), "the virtual server is still there"
+    assert lab_host.services.get(SERVICE).state == "RUNNING"

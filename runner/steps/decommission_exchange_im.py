@@ -48,6 +48,13 @@ class DecommissionExchangeIm(StepModule):
             [vs_query, IM_USERS], [sc.query(service), sc.qc(service)])
         state = sc.parse_one(secs[0].stdout) if secs[0] is not None and secs[0].ok else None
         config = sc.parse_one(secs[1].stdout) if secs[1] is not None and secs[1].ok else None
+        if servers and secs[0] is not None and sc.does_not_exist(secs[0].stdout):
+            # the IM virtual server is still there but no service of this name: a wrong name, and
+            # removing the virtual server while the real service runs on is not a decommission
+            raise PermanentFault(f"no service {service} on {target.name} (sc query: FAILED 1060) while its IM "
+                                 "virtual server is still there: set exchange_im_service (or the step's "
+                                 "service) to the Exchange IM service's name; `sc query state= all` on the "
+                                 "server lists them", host=target.name)
         actions: list[str] = []
         if state is not None and state.state not in ("STOPPED", None):
             actions.append("stop")

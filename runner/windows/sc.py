@@ -113,3 +113,8 @@ def parse_one(stdout: str) -> ServiceInfo | None:
     """The single service of ``sc query NAME`` / ``sc qc NAME`` output, or None."""
     found = parse(stdout)
     return found[0] if found else None
+
+
+def does_not_exist(stdout: str) -> bool:
+    """Whether sc's answer is ``FAILED 1060`` (no service of that name is installed)."""
+    return f"FAILED {SERVICE_DOES_NOT_EXIST}" in stdout
