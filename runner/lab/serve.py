@@ -672,15 +672,14 @@ def drop_connection(start: int | None = None) -> None:
     upwards): the client sees the connection drop."""
     sys.stdout.flush()
     pid = start if start else os.getppid()
-    while pid > 1:
+    while pid and pid > 1:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 prog = fh.read().split(b"\0")[0].rsplit(b"/", 1)[-1]
-            with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
         except OSError:
             return
-        if not prog.startswith(b"sshd"):
+        parent = _parent_pid(pid)
+        if parent is None or not prog.startswith(b"sshd"):
             return
         os.kill(pid, signal.SIGKILL)
         pid = parent
