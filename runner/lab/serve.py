@@ -13,7 +13,7 @@ How it works (the SSH protocol is entirely OpenSSH's; we only route sockets):
   public-key authentication only, and ``ForceCommand`` running this module's
   ``session`` entry point. The session reads the host from the local address
   in ``SSH_CONNECTION`` and either runs ``SSH_ORIGINAL_COMMAND`` in the lab's
-  Windows shell (``runner.lab.shell.main``, in-process; its exit code 255, a
+  Windows shell (``runner.lab.shell.run_session``, in-process; its exit code 255, a
   lab connection fault, becomes a dropped SSH connection) or,
   for the sftp subsystem, relays SFTP to ``/usr/lib/openssh/sftp-server``
   while rewriting every path: ``/C:/x/y`` (how OpenSSH for Windows names
@@ -604,7 +604,7 @@ def session_main(lab_dir: Path, client_pid: int | None = None) -> int:
     from runner.lab import logon, shell
 
     with logon.session(session_logon()):
-        rc = shell.main(["--dir", str(lab_dir)])
+        rc = shell.run_session(lab_dir)
     if rc == 255:
         # the lab shell's connection faults ("down", "timeout", "drop") and its own
         # failures: make them what a client would see from a real host, a lost connection

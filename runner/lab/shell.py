@@ -39,6 +39,7 @@ import pkgutil
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Union
 
 from runner.connections.base import CommandResult
@@ -707,16 +708,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host")
     ap.add_argument("-c", "--command", help="command line (default: $SSH_ORIGINAL_COMMAND)")
     ns = ap.parse_args(argv)
+    return run_session(ns.dir, ns.host, ns.command)
+
+
+def run_session(lab_dir: str | Path, host_name: str | None = None, command: str | None = None) -> int:
+    """Run one command line as a served session does (what :func:`main` does once its
+    arguments are read; the served lab's sessions call it directly)."""
     try:
-        lab = Lab(ns.dir)
-        host = lab.host(ns.host) if ns.host else pick_host(lab, os.environ.get("SSH_CONNECTION"))
+        lab = Lab(lab_dir)
+        host = lab.host(host_name) if host_name else pick_host(lab, os.environ.get("SSH_CONNECTION"))
     except Exception as e:  # noqa: BLE001 - report, never a traceback
         sys.stderr.write(f"lab shell: {e}\n")
         return 255
     if host is None:
         sys.stderr.write("lab shell: no lab host has this connection's address\n")
         return 255
-    command = ns.command if ns.command is not None else os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    if command is None:
+        command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
     faults = Faults(lab)
     if faults.before_command(host) is not None:
         return 255
