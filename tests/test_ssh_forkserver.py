@@ -110,3 +110,19 @@ def test_a_drop_fault_through_the_fork_server_drops_the_ssh_connection(lab):
         assert not _session_children(server), "the dropped session's child has ended"
     finally:
         server.stop()
+
+
+def test_a_forked_session_imports_nothing_it_could_have_inherited(lab):
+    """The server imports what a session runs before it forks: a session that imported the
+    lab shell's programs itself spent 45 of an echo's 55 ms of CPU doing it."""
+    import subprocess
+    import sys
+    probe = (
+        "import sys, runner.lab.forkserver as fs, runner.lab.shell as sh\n"
+        "before = set(sys.modules)\n"
+        f"sh.run_session({str(lab)!r}, 'pc0001', 'echo hi & wmic os get Caption & ldifde -? & reg query HKLM')\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.startswith('runner')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout
+    assert out.strip().splitlines()[-1] == "[]"

@@ -40,6 +40,7 @@ from pathlib import Path
 
 #: What a session child needs, imported once here (the point of the server).
 from runner.lab import faults as _faults, logon as _logon, shell as _shell, store as _store  # noqa: F401
+from runner import oslimits as _oslimits  # noqa: F401 - the store's connection cap reads it
 from runner.lab import serve as _serve
 
 # The lab shell imports its programs (runner.lab.commands, wmic's and ldifde's parsers...) on
