@@ -6,6 +6,7 @@ them. Nothing here does I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
 TargetKind = Literal["host", "user"]
@@ -79,6 +80,31 @@ class Inventory:
     groups: Mapping[str, Group]
     users: Mapping[str, User]
     vars: Mapping[str, Any] = field(default_factory=dict)
+
+    def users_of_client(self, host: str) -> list["User"]:
+        """Users whose ``clients`` include ``host``, in inventory order.
+
+        From an index built on first use (the inventory does not change during a run):
+        steps ask this for every machine, and scanning every user each time made a
+        10,000-client run quadratic."""
+        index = self.__dict__.get("_users_of_client")
+        if index is None:
+            index = {}
+            for u in self.users.values():
+                for c in dict.fromkeys(u.clients):
+                    index.setdefault(c, []).append(u)
+            object.__setattr__(self, "_users_of_client", index)
+        return list(index.get(host, ()))
+
+    def sip_uris_by_address(self) -> Mapping[str, str]:
+        """Lower-case ``im_address`` -> explicit ``sip_uri`` of the users that set one (read-only,
+        built once: every user's mapping rule consults it)."""
+        found = self.__dict__.get("_sip_uris_by_address")
+        if found is None:
+            found = MappingProxyType({u.im_address.lower(): u.sip_uri for u in self.users.values()
+                                      if u.sip_uri and u.im_address})
+            object.__setattr__(self, "_sip_uris_by_address", found)
+        return found
 
     def group_hosts(self, group: str) -> list[str]:
         """All host names in ``group`` and its descendants, in inventory order."""

@@ -27,6 +27,7 @@ import ipaddress
 import re
 import string
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from runner.model import Inventory, User
@@ -217,7 +218,7 @@ class SipMapping:
         domains = {str(k).lower(): str(v) for k, v in (rule.get("domains") or {}).items()}
         domains.update({str(k).lower(): str(v) for k, v in (override.get("domains") or {}).items()})
         template = str(override.get("template") or rule.get("template") or DEFAULT_TEMPLATE)
-        return cls(table=table, domains=domains, template=template, users=dict(users or {}))
+        return cls(table=table, domains=domains, template=template, users=users if isinstance(users, MappingProxyType) else MappingProxyType(dict(users or {})))
 
     def map(self, address: str) -> MapResult:
         """Map one Exchange IM address; see the module docstring for the order."""
@@ -258,11 +259,7 @@ def mapping_for(vars: Mapping[str, Any], inventory: Inventory | None = None,
     if (rule is None or (override is not None and rule == override)) and inventory is not None:
         # task variables already hold the user's override in place of the rule
         rule = inventory.vars.get("sip_mapping")
-    users: dict[str, str] = {}
-    if inventory is not None:
-        for u in inventory.users.values():
-            if u.sip_uri and u.im_address:
-                users[u.im_address.lower()] = u.sip_uri
+    users = inventory.sip_uris_by_address() if inventory is not None else {}
     return SipMapping.from_vars(rule if isinstance(rule, Mapping) else None,
                                 override if isinstance(override, Mapping) else None, users)
 

@@ -148,7 +148,7 @@ def take(conn: Connection, path: str) -> bytes:
 
 def client_users(inventory: Inventory, host: str) -> list[User]:
     """Inventory users whose ``clients`` include ``host``, in inventory order."""
-    return [u for u in inventory.users.values() if host in u.clients]
+    return inventory.users_of_client(host)
 
 
 _HIVE_LOCKS: dict[tuple[str, str], threading.Lock] = {}
