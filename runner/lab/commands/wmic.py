@@ -47,6 +47,7 @@ runner.lab.wql.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -113,36 +114,30 @@ class UsageError(Exception):
         super().__init__(message)
 
 
+_ARG_SEG = re.compile(r'''[^"'()\s]+|\s+|[()]|"(?:\\["\\]|[^"])*"?|'[^']*'?''')
+
+
 def split_args(raw: str) -> list[str]:
-    """Split wmic's argument text into tokens, keeping quotes and (...) groups intact."""
+    """Split wmic's argument text into tokens, keeping quotes and (...) groups intact (a run of
+    plain text, a quoted string or a space at a time: char by char, this was the lab's top
+    function on a chunk's script)."""
     toks: list[str] = []
     cur: list[str] = []
-    i, depth, quote = 0, 0, ""
-    while i < len(raw):
-        c = raw[i]
-        if quote:
-            cur.append(c)
-            if c == "\\" and quote == '"' and i + 1 < len(raw) and raw[i + 1] in '"\\':
-                cur.append(raw[i + 1])
-                i += 1
-            elif c == quote:
-                quote = ""
-        elif c in "\"'":
-            quote = c
-            cur.append(c)
-        elif c == "(":
+    depth = 0
+    for m in _ARG_SEG.finditer(raw):
+        seg = m.group()
+        c = seg[0]
+        if c == "(":
             depth += 1
-            cur.append(c)
         elif c == ")":
             depth = max(0, depth - 1)
-            cur.append(c)
-        elif c.isspace() and depth == 0:
-            if cur:
-                toks.append("".join(cur))
-                cur = []
-        else:
-            cur.append(c)
-        i += 1
+        elif c.isspace():
+            if depth == 0:
+                if cur:
+                    toks.append("".join(cur))
+                    cur = []
+                continue
+        cur.append(seg)
     if cur:
         toks.append("".join(cur))
     return toks
@@ -154,34 +149,29 @@ def _strip_outer(tok: str) -> str:
     return tok
 
 
+_TOP_SEG = re.compile(r'''[^"'(){}]+|[(){}]|"(?:\\.|[^"\\])*(?:"|\\?$)|'[^']*'?''', re.S)
+
+
 def _split_top(text: str, sep: str = ",") -> list[str]:
     """Split on ``sep`` outside quotes and braces."""
-    parts, cur, quote, depth = [], [], "", 0
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if quote:
-            cur.append(c)
-            if c == "\\" and quote == '"' and i + 1 < len(text):
-                cur.append(text[i + 1])
-                i += 1
-            elif c == quote:
-                quote = ""
-        elif c in "\"'":
-            quote = c
-            cur.append(c)
-        elif c in "({":
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
+    for m in _TOP_SEG.finditer(text):
+        seg = m.group()
+        c = seg[0]
+        if c in "({":
             depth += 1
-            cur.append(c)
         elif c in ")}":
             depth -= 1
-            cur.append(c)
-        elif c == sep and depth == 0:
+        elif c not in "\"'" and depth == 0 and sep in seg:
+            pieces = seg.split(sep)
+            cur.append(pieces[0])
             parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
+            parts.extend(pieces[1:-1])
+            cur = [pieces[-1]]
+            continue
+        cur.append(seg)
     parts.append("".join(cur))
     return [p.strip() for p in parts if p.strip()]
 
