@@ -15,6 +15,9 @@ default forks unless --forks is given. Printed per run, then the median of the r
   net share   thread-seconds inside SSH calls (connect, run, put, get, take) /
               thread-seconds inside tasks: how much of the work is waiting on the network
 
+With --max-live N, at most N hosts keep a transport at once (the pool sheds the least
+recently used idle ones, which reconnect when next used): "transports shed" counts them.
+
 With --by-step, each run also prints per step (its name in the playbook): round trips
 and round trips per host of the inventory, most first: where the trips still go.
 
@@ -105,6 +108,19 @@ class NetMeter:
         self.net = self.task = 0.0
 
 
+def _count_reconnects() -> dict[str, int]:
+    """Counts the transports the pool made idle connections give back (SSHConnection.shed)."""
+    counts = {"shed": 0}
+    real = sshconn.SSHConnection.shed
+
+    def shed(conn: Any) -> bool:
+        done = real(conn)
+        counts["shed"] += bool(done)
+        return done
+    sshconn.SSHConnection.shed = shed  # type: ignore[method-assign]
+    return counts
+
+
 def _runner(*args: str, **kw: Any) -> subprocess.Popen:
     """``python -m runner ARGS`` with this process's interpreter and PYTHONPATH (the code under test)."""
     return subprocess.Popen([sys.executable, "-m", "runner", *args], env=dict(os.environ), **kw)
@@ -168,12 +184,19 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=None, help="default: a random free-looking port")
     ap.add_argument("--dir", default=None, help="work directory (default: a new temporary one)")
     ap.add_argument("--by-step", action="store_true", help="print each run's round trips per step")
+    ap.add_argument("--max-live", type=int, default=None,
+                    help="hosts keeping an SSH transport at once (runner.connections.registry."
+                         "MAX_LIVE_CONNECTIONS; default: the runner's own cap)")
     ns = ap.parse_args()
     if not os.access("/usr/sbin/sshd", os.X_OK):
         print("OpenSSH sshd not installed (apt-get install openssh-server)", file=sys.stderr)
         return 2
+    if ns.max_live is not None:
+        from runner.connections import registry
+        registry.MAX_LIVE_CONNECTIONS = ns.max_live
     meter = NetMeter()
     meter.install()
+    reconnects = _count_reconnects()
     base = Path(ns.dir) if ns.dir else Path(tempfile.mkdtemp(prefix="bench-ssh-apply-"))
     results = []
     failed = False
@@ -185,7 +208,8 @@ def main() -> int:
             failed |= r["rc"] != 0
             print(f"run {i + 1}: rc={r['rc']} forks={r['forks']} wall {r['wall']:.1f} s  "
                   f"{r['hosts_per_s']:.2f} hosts/s  {r['trips_per_host']:.1f} trips/host  "
-                  f"net share {r['net_share']:.0%}", flush=True)
+                  f"net share {r['net_share']:.0%}  transports shed {reconnects['shed']}", flush=True)
+            reconnects["shed"] = 0
             if r["tail"]:
                 print(r["tail"])
             if ns.by_step:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -68,8 +69,28 @@ def open_connection(host: Host, inventory: Inventory, options: ConnectionOptions
     return factory_for(host.connection)(host, inventory, options)
 
 
+#: Hosts whose connections may hold a transport (a socket and, for SSH, a thread) at once;
+#: beyond it, the least recently asked for that is idle gives its transport back
+#: (``shed``) and reconnects when next used. Fewer when the open-file limit leaves less.
+MAX_LIVE_CONNECTIONS = 512
+#: Descriptors kept for everything else when the cap comes from the open-file limit.
+LIVE_FD_RESERVE = 256
+
+
+def live_connection_cap() -> int:
+    """MAX_LIVE_CONNECTIONS, or what the open-file limit leaves (at least 16), whichever is less."""
+    from runner.oslimits import open_files_limit
+    return min(MAX_LIVE_CONNECTIONS, max(16, open_files_limit() - LIVE_FD_RESERVE))
+
+
 class ConnectionPool:
     """One connection per host for a whole run: opened lazily, reused, closed at the end.
+
+    At most ``max_live`` of them hold a transport at once (a 10,000-machine estate would
+    otherwise keep 10,000 sockets and paramiko threads for the whole night): past it, the
+    least recently asked for connection that is idle closes its transport (``shed``) and
+    opens a new one on its next use. Connections without ``shed`` (the lab's, in-process)
+    are never counted.
 
     A fault of one command never closes the shared connection (other tasks
     use it); the connection re-opens a dead transport itself. Opening is
@@ -83,8 +104,12 @@ class ConnectionPool:
 
     def __init__(self, inventory: Inventory, options: ConnectionOptions | None = None, *,
                  failure_memo: float = 1.0,
-                 opener: Callable[[Host, Inventory, ConnectionOptions], Connection] = open_connection) -> None:
+                 opener: Callable[[Host, Inventory, ConnectionOptions], Connection] = open_connection,
+                 max_live: int | None = None) -> None:
         self.inventory = inventory
+        self.max_live = max_live if max_live is not None else live_connection_cap()
+        self._live: OrderedDict[str, Connection] = OrderedDict()   # may hold a transport; oldest first
+        self.shed_count = 0
         self.options = options or ConnectionOptions()
         self.failure_memo = failure_memo
         self._opener = opener
@@ -107,6 +132,7 @@ class ConnectionPool:
             raise HostGivenUp(f"{name} is unreachable ({self._unreachable[name]})", host=name)
         conn = self._open.get(name)
         if conn is not None:
+            self._used(name, conn)
             return conn
         host = self.inventory.hosts.get(name)
         if host is None:  # a configuration mistake, not a network one: retrying cannot help
@@ -130,7 +156,36 @@ class ConnectionPool:
             self._failed.pop(name, None)
             self._open[name] = conn
             self.opened += 1
-            return conn
+        self._used(name, conn)
+        return conn
+
+    def _used(self, name: str, conn: Connection) -> None:
+        """``name`` is about to be used: most recent now; shed the oldest idle beyond the cap."""
+        if getattr(conn, "shed", None) is None:
+            return
+        with self._lock:
+            self._live[name] = conn
+            self._live.move_to_end(name)
+            excess = len(self._live) - self.max_live
+            if excess <= 0:
+                return
+            # oldest first, never the one asked for; a busy one becomes the most recent
+            candidates = [(n, c) for n, c in self._live.items() if n != name][:excess + 8]
+        shed: list[str] = []
+        for other, c in candidates:
+            if len(shed) >= excess:
+                break
+            try:
+                done = c.shed()
+            except Exception:  # shedding a broken connection must not fail the task asking
+                done = False
+            if done:
+                shed.append(other)
+        with self._lock:
+            for other in shed:
+                if self._live.get(other) is not None:
+                    del self._live[other]
+            self.shed_count += len(shed)
 
     def invalidate(self, name: str) -> None:
         """Close and forget the connection to ``name`` so that the next use opens a new one.
@@ -141,6 +196,8 @@ class ConnectionPool:
         """
         with self._host_lock(name):
             conn = self._open.pop(name, None)
+        with self._lock:
+            self._live.pop(name, None)
         if conn is not None:
             _close_quietly(conn)
 
@@ -169,6 +226,7 @@ class ConnectionPool:
             self._closed = True
             conns = list(self._open.values())
             self._open.clear()
+            self._live.clear()
         for conn in conns:
             _close_quietly(conn)
 

@@ -728,6 +728,32 @@ class SSHConnection:
             raise ChannelFault(f"{self.host}: connection lost {what} ({_brief(exc)})", host=self.host) from None
         raise PermanentFault(f"{self.host}: SFTP error {what}: {_brief(exc)}", host=self.host) from None
 
+    def shed(self) -> bool:
+        """Close the transport if nothing of ours uses it now (no command, no transfer): the
+        pool gives back the socket and thread of a host it has not asked for in a while. The
+        connection stays usable: its next command opens a new transport (a reconnect, not a
+        fault). False, changing nothing, when a command or transfer is under way."""
+        if not self._sftp_lock.acquire(blocking=False):   # a transfer is under way
+            return False
+        try:
+            if not self._lock.acquire(blocking=False):    # a connect or a teardown is under way
+                return False
+            try:
+                if self._closed or self._transport is None:
+                    return False
+                # a command holds its session slot from before it takes the transport until its
+                # channel is closed: a slot held other than by the idle SFTP client is one in use
+                if self.sessions.in_use - (1 if self._sftp is not None else 0) > 0:
+                    return False
+                self._drop_transport()
+                if self._jump is not None:   # its transport carried only ours
+                    self._jump.shed()
+                return True
+            finally:
+                self._lock.release()
+        finally:
+            self._sftp_lock.release()
+
     def close(self) -> None:
         """Close the SFTP session, the transport and any jump host; safe twice."""
         with self._lock:
