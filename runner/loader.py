@@ -296,6 +296,7 @@ _FLOAT_TAG = "tag:yaml.org,2002:float"
 #: In a double-quoted YAML string, a backslash and one of these letters is one control
 #: character (``\n`` a newline, ``\t`` a tab...), preceded by an even run of backslashes.
 _CONTROL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*(\\[ntrabfve0])")
+_CONTROL_CHAR = re.compile("[\n\t\r\a\b\f\v\x1b\0]")   # what those escapes become
 _CONTROL_NAMES = {"n": "newline", "t": "tab", "r": "carriage return", "a": "bell", "b": "backspace",
                   "f": "form feed", "v": "vertical tab", "e": "escape", "0": "NUL"}
 
@@ -305,7 +306,7 @@ def _path_escape_error(node: ScalarNode, file: str, text: str | None) -> InputEr
     (``"\\\\deploy\\new\\temp.msi"``): it would print like the path and be another one.
     Told by an escaped backslash (``\\\\``) beside the control escape: a text that only means
     a newline has none."""
-    if node.style != '"' or text is None or not any(c in node.value for c in "\n\t\r\a\b\f\v\x1b\0"):
+    if node.style != '"' or text is None or _CONTROL_CHAR.search(node.value) is None:
         return None
     raw = text[node.start_mark.index:node.end_mark.index]
     found = _CONTROL_ESCAPE.search(raw)
