@@ -185,6 +185,11 @@ def _body(info: dict[str, Any]) -> str:
         out.append('<h2>Why users failed</h2><ul id="causes">'
                    + "".join(f'<li data-users="{c["users"]}"><b>{c["users"]}</b> user(s): {_e(c["cause"])}</li>'
                              for c in s["causes"]) + "</ul>")
+    if s.get("not_yet"):
+        out.append('<h2>Not yet, by design</h2><ul id="not-yet">'
+                   + "".join(f'<li data-hosts="{len(n["hosts"])}"><b>{len(n["hosts"])}</b> machine(s) '
+                             f'{_e(n["reason"])} (\'{_e(n["step"])}\'): {_e(", ".join(n["hosts"]))}</li>'
+                             for n in s["not_yet"]) + "</ul>")
     out.append("<h2>Progress per wave</h2>" + chart_svg(info["waves"]))
     out.append('<h2>Users</h2><input id="filter" type="search" placeholder="Filter: user, wave, state, reason..." '
                'aria-label="filter the users"> <span class="meta"><span id="shown">'

@@ -94,6 +94,16 @@ def test_a_wave1_night_leaves_shared_machines_not_yet_and_the_last_night_switche
     report = json.loads(sc.runner("report", "--state", str(sc.state), "--format", "json").out)
     assert report["summary"]["failed"] == 0
     assert [n["hosts"] for n in report["summary"]["not_yet"]] == [group["targets"]]
+    # ... and the CSV and HTML reports say it too: a column per user, a section for the night
+    import csv
+    import io
+    rows = list(csv.DictReader(io.StringIO(sc.runner("report", "--state", str(sc.state), "--format", "csv").out)))
+    marked = {part.split(":")[0] for r in rows for part in r["not_yet"].split("; ") if part}
+    assert marked == set(kept)
+    assert all(f"('{SWITCH_OFF}')" in r["not_yet"] for r in rows if r["not_yet"])
+    page = sc.runner("report", "--state", str(sc.state), "--format", "html").out
+    section = page.split('<ul id="not-yet">', 1)[1].split("</ul>", 1)[0]
+    assert f"<b>{len(kept)}</b> machine(s)" in section and all(h in section for h in kept)
     # the following nights: each machine is switched off on the night of its last user
     for i, wave in enumerate(waves[1:], start=1):
         night = sc.apply("--limit", f"wave:{wave}")
