@@ -113,9 +113,9 @@ def _count_reconnects() -> dict[str, int]:
     counts = {"shed": 0}
     real = sshconn.SSHConnection.shed
 
-    def shed(conn: Any) -> bool:
+    def shed(conn: Any) -> bool | None:
         done = real(conn)
-        counts["shed"] += bool(done)
+        counts["shed"] += done is True
         return done
     sshconn.SSHConnection.shed = shed  # type: ignore[method-assign]
     return counts

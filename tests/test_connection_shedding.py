@@ -29,9 +29,11 @@ class FakeConn:
     def use(self) -> None:
         self.live = True
 
-    def shed(self) -> bool:
-        if self.busy or not self.live:
+    def shed(self) -> bool | None:
+        if self.busy:
             return False
+        if not self.live:
+            return None
         self.live = False
         self.sheds += 1
         return True
@@ -153,9 +155,9 @@ def test_gradual_over_sshd_with_two_live_transports_migrates_everyone(tmp_path, 
     sheds: list[str] = []
     real_shed = SSHConnection.shed
 
-    def counting(self: SSHConnection) -> bool:
+    def counting(self: SSHConnection) -> bool | None:
         done = real_shed(self)
-        if done:
+        if done is True:
             sheds.append(self.host)
         return done
     monkeypatch.setattr(SSHConnection, "shed", counting)
@@ -174,3 +176,47 @@ def test_gradual_over_sshd_with_two_live_transports_migrates_everyone(tmp_path, 
         assert "changed=0" in total and "failed=0" in total
     finally:
         server.stop()
+
+
+def test_hosts_that_hold_no_transport_leave_the_count_and_unreachable_ones_are_dropped():
+    """A host that never connected (or was given up) is not counted against the cap: counted, it
+    made every later get() walk and shed the dead ones, and kept healthy hosts below the cap."""
+    conns: dict[str, FakeConn] = {}
+
+    def opener(h, i, o):
+        c = conns.setdefault(h.name, FakeConn(h.name))
+        c.live = not h.name.startswith("h1")      # h1..: connects never succeed, nothing held
+        return c
+    pool = ConnectionPool(_inventory(12), opener=opener, max_live=4)
+    for i in range(12):
+        pool.get(f"h{i}")
+    pool.mark_unreachable("h0", "refused")
+    assert "h0" not in pool._live
+    assert len(pool._live) <= 4 and pool.shed_count == sum(c.sheds for c in conns.values())
+    for i in (2, 3, 4, 5, 2, 3):                    # the live hosts again: the dead ones age out
+        pool.get(f"h{i}").use()
+    assert set(pool._live) == {"h2", "h3", "h4", "h5"}   # held nothing: no longer counted
+    before = pool.shed_count
+    pool.get("h2")                                  # already live, under the cap: nothing to do
+    assert pool.shed_count == before
+
+
+def test_a_host_asked_for_again_while_it_is_being_shed_keeps_its_place():
+    """The race the pool must survive: a task's get() of a host between that host's shed and the
+    pool's bookkeeping (it has reconnected) leaves it counted, so a later shed can take it."""
+    conns: dict[str, FakeConn] = {}
+    pool: ConnectionPool
+
+    class Racing(FakeConn):
+        def shed(self) -> bool | None:
+            done = super().shed()
+            if self.host == "h0" and done:
+                pool.get("h0").use()                # asked for again, mid-shed: reconnects
+            return done
+    pool = ConnectionPool(_inventory(4), opener=lambda h, i, o: conns.setdefault(h.name, Racing(h.name)),
+                          max_live=2)
+    pool.get("h0").use()
+    pool.get("h1").use()
+    pool.get("h2").use()                            # sheds h0, which is asked for meanwhile
+    assert conns["h0"].live and "h0" in pool._live
+    assert {n for n, c in conns.items() if c.live} == set(pool._live) == {"h0", "h2"}

@@ -109,6 +109,7 @@ class ConnectionPool:
         self.inventory = inventory
         self.max_live = max_live if max_live is not None else live_connection_cap()
         self._live: OrderedDict[str, Connection] = OrderedDict()   # may hold a transport; oldest first
+        self._uses: dict[str, int] = {}   # get() calls per host: an entry used since a shed began stays
         self.shed_count = 0
         self.options = options or ConnectionOptions()
         self.failure_memo = failure_memo
@@ -164,28 +165,35 @@ class ConnectionPool:
         if getattr(conn, "shed", None) is None:
             return
         with self._lock:
+            self._uses[name] = self._uses.get(name, 0) + 1
             self._live[name] = conn
             self._live.move_to_end(name)
             excess = len(self._live) - self.max_live
             if excess <= 0:
                 return
-            # oldest first, never the one asked for; a busy one becomes the most recent
-            candidates = [(n, c) for n, c in self._live.items() if n != name][:excess + 8]
-        shed: list[str] = []
-        for other, c in candidates:
-            if len(shed) >= excess:
+            # oldest first, never the one asked for, each with its use count: one asked for
+            # again while we shed it (and so reconnected) keeps its place
+            candidates = [(n, c, self._uses.get(n, 0)) for n, c in self._live.items() if n != name][:excess + 8]
+        outcomes: list[tuple[str, int, bool | None]] = []
+        freed = 0
+        for other, c, uses in candidates:
+            if freed >= excess:
                 break
             try:
                 done = c.shed()
             except Exception:  # shedding a broken connection must not fail the task asking
                 done = False
-            if done:
-                shed.append(other)
+            outcomes.append((other, uses, done))
+            freed += done is not False
         with self._lock:
-            for other in shed:
-                if self._live.get(other) is not None:
+            for other, uses, done in outcomes:
+                if self._uses.get(other, 0) != uses or other not in self._live:
+                    continue
+                if done is False:              # busy: tried again after the others
+                    self._live.move_to_end(other)
+                else:                          # closed now, or held nothing (never connected)
                     del self._live[other]
-            self.shed_count += len(shed)
+                    self.shed_count += done is True
 
     def invalidate(self, name: str) -> None:
         """Close and forget the connection to ``name`` so that the next use opens a new one.
@@ -208,6 +216,8 @@ class ConnectionPool:
         running on it (one that got in before the fault) finishes.
         """
         self._unreachable[name] = reason
+        with self._lock:
+            self._live.pop(name, None)   # it is never asked for again: not counted against the cap
 
     def answered_since(self, name: str, since: float) -> bool:
         """Whether the open connection to ``name`` completed a command at or after ``since`` (time.time()).

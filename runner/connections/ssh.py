@@ -728,19 +728,26 @@ class SSHConnection:
             raise ChannelFault(f"{self.host}: connection lost {what} ({_brief(exc)})", host=self.host) from None
         raise PermanentFault(f"{self.host}: SFTP error {what}: {_brief(exc)}", host=self.host) from None
 
-    def shed(self) -> bool:
+    def shed(self) -> bool | None:
         """Close the transport if nothing of ours uses it now (no command, no transfer): the
         pool gives back the socket and thread of a host it has not asked for in a while. The
         connection stays usable: its next command opens a new transport (a reconnect, not a
-        fault). False, changing nothing, when a command or transfer is under way."""
+        fault). True when a transport was closed, None when there was none to close (never
+        connected, or dropped), False, changing nothing, when a command or transfer is under way."""
         if not self._sftp_lock.acquire(blocking=False):   # a transfer is under way
             return False
         try:
             if not self._lock.acquire(blocking=False):    # a connect or a teardown is under way
                 return False
             try:
-                if self._closed or self._transport is None:
-                    return False
+                if self._closed:
+                    return None
+                if self._transport is None:
+                    if self.sessions.in_use - (1 if self._sftp is not None else 0) > 0:
+                        return False   # a command is connecting
+                    if self._jump is not None:   # a bastion kept for a host that never connected
+                        self._jump.shed()
+                    return None
                 # a command holds its session slot from before it takes the transport until its
                 # channel is closed: a slot held other than by the idle SFTP client is one in use
                 if self.sessions.in_use - (1 if self._sftp is not None else 0) > 0:

@@ -509,16 +509,16 @@ class Hive:
         lc = self._lc(parts)
         if lc:
             lo, hi = lc + "\\", lc + "]"
-            keys = self.conn.execute("SELECT path, path_lc, parent_lc FROM reg_key WHERE path_lc>=? AND path_lc<?",
-                                     (lo, hi)).fetchall()
+            keys = self.conn.execute("SELECT path, path_lc, parent_lc, rowid FROM reg_key "
+                                     "WHERE path_lc>=? AND path_lc<?", (lo, hi)).fetchall()
             vals = self.conn.execute("SELECT key_lc, name, type, data FROM reg_value WHERE key_lc=? OR "
                                      "(key_lc>=? AND key_lc<?) ORDER BY seq", (lc, lo, hi)).fetchall()
         else:
-            keys = self.conn.execute("SELECT path, path_lc, parent_lc FROM reg_key WHERE path_lc<>''").fetchall()
+            keys = self.conn.execute("SELECT path, path_lc, parent_lc, rowid FROM reg_key WHERE path_lc<>''").fetchall()
             vals = self.conn.execute("SELECT key_lc, name, type, data FROM reg_value ORDER BY seq").fetchall()
-        children: dict[str, list[tuple[str, str]]] = {}
-        for path, path_lc, parent_lc in keys:
-            children.setdefault(parent_lc or "", []).append((path.rsplit("\\", 1)[-1], path_lc))
+        children: dict[str, list[tuple[str, int, str]]] = {}
+        for path, path_lc, parent_lc, rowid in keys:
+            children.setdefault(parent_lc or "", []).append((path.rsplit("\\", 1)[-1], rowid, path_lc))
         by_key: dict[str, list[RegValue]] = {}
         for key_lc, n, t, d in vals:
             by_key.setdefault(key_lc, []).append(RegValue(n, t, _load_data(t, d)))
@@ -527,8 +527,9 @@ class Hive:
         while stack:
             path, path_lc = stack.pop()
             out.append((path, by_key.get(path_lc, [])))
-            subs = sorted(children.get(path_lc, ()), key=lambda c: c[0].upper(), reverse=True)
-            stack.extend(((path + "\\" + name) if path else name, sub_lc) for name, sub_lc in subs)
+            # as subkeys() sorts them: by upper-case name, names equal so in the order stored
+            subs = sorted(children.get(path_lc, ()), key=lambda c: (c[0].upper(), c[1]))
+            stack.extend(((path + "\\" + name) if path else name, sub_lc) for name, _, sub_lc in reversed(subs))
         return out
 
     def subkeys(self, parts: list[str]) -> list[str]:
