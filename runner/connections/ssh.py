@@ -742,20 +742,17 @@ class SSHConnection:
             try:
                 if self._closed:
                     return None
-                if self._transport is None:
-                    if self.sessions.in_use - (1 if self._sftp is not None else 0) > 0:
-                        return False   # a command is connecting
-                    if self._jump is not None:   # a bastion kept for a host that never connected
-                        self._jump.shed()
-                    return None
-                # a command holds its session slot from before it takes the transport until its
-                # channel is closed: a slot held other than by the idle SFTP client is one in use
+                # a command holds its session slot from before it takes (or opens) the transport
+                # until its channel is closed: a slot held other than by the idle SFTP client is
+                # one in use
                 if self.sessions.in_use - (1 if self._sftp is not None else 0) > 0:
                     return False
-                self._drop_transport()
-                if self._jump is not None:   # its transport carried only ours
+                had = self._transport is not None
+                if had:
+                    self._drop_transport()
+                if self._jump is not None:   # the bastion's transport carried only ours
                     self._jump.shed()
-                return True
+                return True if had else None
             finally:
                 self._lock.release()
         finally:

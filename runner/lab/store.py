@@ -682,9 +682,15 @@ class Registry:
         self._hive_files: dict[str, Path] = {}
 
     def _hive(self, path: str) -> tuple[Hive, list[str]]:
+        hive, rel, _ = self._locate(path)
+        return hive, rel
+
+    def _locate(self, path: str) -> tuple[Hive, list[str], str]:
+        """(hive, key path inside it, the hive root's long name: ``HKEY_LOCAL_MACHINE`` or
+        ``HKEY_USERS\\<mount name as loaded>``), reading the mount table once."""
         root, parts = split_key(path)
         if root == "HKLM":
-            return Hive(self.host.db()), parts
+            return Hive(self.host.db()), parts, LONG_ROOT[root]
         if root == "HKU":
             if not parts:
                 raise InvalidPath("HKU itself is not a hive")
@@ -697,7 +703,7 @@ class Registry:
                 if not real.exists():
                     raise KeyNotFound(path)
                 self._hive_files[m.file] = real
-            return Hive(_connect(real, SCHEMA_HIVE)), parts[1:]
+            return Hive(_connect(real, SCHEMA_HIVE)), parts[1:], LONG_ROOT[root] + "\\" + m.name
         raise KeyNotFound(f"{path}: only HKLM and HKU exist in the lab")
 
     def key_exists(self, path: str) -> bool:
@@ -715,12 +721,11 @@ class Registry:
         root, parts = split_key(path)
         if root == "HKU" and not parts:
             return "HKEY_USERS"
-        hive, rel = self._hive(path)
+        hive, rel, prefix = self._locate(path)
         stored = hive.find_key(rel)
         if stored is None:
             raise KeyNotFound(path)
-        prefix = [LONG_ROOT[root]] + ([self.mount(parts[0]).name] if root == "HKU" else [])  # type: ignore[union-attr]
-        return "\\".join(prefix + ([stored] if stored else []))
+        return (prefix + "\\" + stored) if stored else prefix
 
     def create_key(self, path: str) -> bool:
         hive, rel = self._hive(path)
@@ -767,11 +772,10 @@ class Registry:
         """Depth-first (key path, values) for a key and all its subkeys, long key names."""
         root, parts = split_key(path)
         if not (root == "HKU" and not parts):
-            hive, rel = self._hive(path)
+            hive, rel, prefix = self._locate(path)
             tree = hive.walk(rel)
             if tree is None:
                 raise KeyNotFound(path)
-            prefix = "\\".join([LONG_ROOT[root]] + ([self.mount(parts[0]).name] if root == "HKU" else []))  # type: ignore[union-attr]
             for stored, vals in tree:
                 yield (prefix + "\\" + stored) if stored else prefix, vals
             return
