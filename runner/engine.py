@@ -172,10 +172,6 @@ def _steps_of(wave: Wave) -> list[list[Task]]:
     return groups
 
 
-def _target_id(task: Task) -> str:
-    return f"{task.kind}:{task.target_name}"
-
-
 class _Dependencies:
     """Which targets of a play depend on which, and the first failure of each (see the
     module docstring): a user on their clients, a host on its users, in step order."""
@@ -204,7 +200,7 @@ class _Dependencies:
 
     def failed(self, task: Task, outcome: TaskOutcome) -> None:
         """Remember ``task``'s target failed (or was unreachable) at its step, first failure only."""
-        tid = _target_id(task)
+        tid = task.target_id
         if tid not in self._failures:
             upstream = outcome.data.get("blocked_by") if isinstance(outcome.data, Mapping) else None
             root = upstream.get("root_status") if isinstance(upstream, Mapping) else None
@@ -215,7 +211,7 @@ class _Dependencies:
     def blocker(self, task: Task) -> dict[str, Any] | None:
         """Why ``task`` must not run: a related target that failed an earlier step, else None."""
         here = self._position.get(task.step.name, 0)
-        for tid, label in self._related.get(_target_id(task), ()):
+        for tid, label in self._related.get(task.target_id, ()):
             found = self._failures.get(tid)
             if found is None or found[0] >= here:
                 continue
@@ -236,10 +232,10 @@ def _gate_units(play: Any, wave: Wave, bad: set[str],
     over users counts its users (one whose client failed counts as failed), not users and
     machines together, nor later waves' users whose lists it saved early (``for-wave`` tasks);
     a play without serial counts every target. Returns (units, failed units, label)."""
-    wave_targets = {_target_id(t) for t in wave.tasks}
+    wave_targets = {t.target_id for t in wave.tasks}
     over = getattr(getattr(play, "serial", None), "over", None)
     kind = {"users": "user", "hosts": "host"}.get(over or "")
-    units = {_target_id(t) for t in wave.tasks if t.kind == kind and "/for-wave:" not in t.key}
+    units = {t.target_id for t in wave.tasks if t.kind == kind and "/for-wave:" not in t.key}
     if not units:
         return wave_targets, set(bad), "targets"
     failed = {u for u in units if u in bad or any(r in bad for r in deps.related(u))}
@@ -302,10 +298,10 @@ class Engine:
         """Execute ``plan`` and return its summary (the caller closes the store)."""
         tasks = plan.tasks()
         completed = self.store.completed(self.run_id) if self.resumed else {}
-        if not self.options.check:
+        if not self.options.check:  # a task this run finished is in the store already
             self.store.register_tasks(self.run_id, (
                 (t.key, t.play_index, t.step.name, t.step.module, t.kind, t.target_name, t.wave,
-                 t.step.fingerprint) for t in tasks))
+                 t.step.fingerprint) for t in tasks if t.key not in completed))
         self.emit(RUN_START, run_id=self.run_id, resumed=self.resumed, check=self.options.check,
                   tasks=len(tasks), plays=len(plan.plays))
         stopped: str | None = None
@@ -334,7 +330,7 @@ class Engine:
         for wave in pplay.waves:
             if self._stop.is_set():
                 return None
-            wave_targets = {_target_id(t) for t in wave.tasks}
+            wave_targets = {t.target_id for t in wave.tasks}
             bad = self._run_wave(pplay, wave, completed, dropped, executor, deps)
             self.store.flush()
             if self._stop.is_set():
@@ -744,12 +740,12 @@ class _WaveRun:
         for i, group in enumerate(self.groups):
             for t in group:
                 self.pos[t.key] = i
-                by_target.setdefault(_target_id(t), []).append(t)
+                by_target.setdefault(t.target_id, []).append(t)
         self.waiting: dict[str, int] = {}
         self.downstream: dict[str, list[Task]] = {}
         for i, group in enumerate(self.groups):
             for t in group:
-                tid = _target_id(t)
+                tid = t.target_id
                 ups = [u for rid in (tid, *deps.related(tid)) for u in by_target.get(rid, ())
                        if self.pos[u.key] < i]
                 self.waiting[t.key] = len(ups)
@@ -792,13 +788,13 @@ class _WaveRun:
         self.e._finish(task, outcome)
         self.dirty = True
         if outcome.status in ("failed", "unreachable") and not outcome.ignored:
-            self.dropped.add(_target_id(task))
+            self.dropped.add(task.target_id)
             self.deps.failed(task, outcome)
             # DESIGN.md: an unreachable host does not stop the others (it is
             # retried on resume), so only failures count against the wave gate;
             # nor do the tasks it blocked.
             if outcome.status == "failed" and not self.deps.blocked_by_unreachable(outcome):
-                self.bad.add(_target_id(task))
+                self.bad.add(task.target_id)
         self._release(task)
 
     def _resolve(self, task: Task) -> None:
@@ -806,7 +802,7 @@ class _WaveRun:
         i = self.pos[task.key]
         self.unready[i] -= 1
         e = self.e
-        if _target_id(task) in self.dropped:
+        if task.target_id in self.dropped:
             self._release(task)
             return
         fp = self.completed.get(task.key)

@@ -24,6 +24,10 @@ RUN_END = "run_end"
 #: (a target not due yet, by design: runner.steps.base.NotYet), which a later run does.
 DONE_STATUSES = frozenset({"ok", "changed", "skipped"})
 
+#: The modules of a rollback (playbooks/rollback.yml, docs/rollback.md): the only steps whose
+#: results carry ``rollback: true``, which reopens what the user had done before.
+ROLLBACK_MODULES = ("restore_exchange_im", "disable_lcs_users")
+
 
 def one_line(message: str) -> str:
     """``message`` on one line: the lines of a command's output (``ERROR: ...`` three times)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from runner.events import ROLLBACK_MODULES
 from runner.model import Inventory
 from runner.plan import natural_key
 
@@ -41,8 +42,6 @@ STAGE_WORDS = {"not started": "not started", "exported": "contacts exported", "e
                "disabled": "disabled on Exchange IM"}
 #: What a user's stage says when a rollback (docs/rollback.md) put them back and nothing moved them since.
 ROLLED_BACK = "rolled back to Exchange IM"
-#: The modules of a rollback (as runner.steps._lcs.ROLLBACK_MODULES): a refusal of theirs changes nothing.
-ROLLBACK_MODULES = ("restore_exchange_im", "disable_lcs_users")
 REFUSED = "refusing to roll back"
 PROBLEMS = ("failed", "unreachable")
 PASSED = ("ok", "changed")

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from runner.errors import DamagedRecord, RunnerError, StateEstateError, StateLockedError, StoreDamagedError
 from runner.estate import Estate, describe_estates, playbook_name
-from runner.events import DONE_STATUSES, TASK_END, Event, TaskOutcome
+from runner.events import DONE_STATUSES, ROLLBACK_MODULES, TASK_END, Event, TaskOutcome
 
 DB_NAME = "state.db"
 LOCK_NAME = "lock"
@@ -732,8 +732,12 @@ class StateStore:
         host in a run that is not one (they moved again, so a next rollback runs again).
         Users are matched by their record key (AD GUID)."""
         marks = ",".join("?" * len(DONE_STATUSES))
-        records = self._read("SELECT run_id, subject, ended, result FROM tasks WHERE status IN ('ok','changed')"
-                             " AND subject IS NOT NULL AND result LIKE ?", (_ROLLBACK_LIKE,))
+        # only a rollback's modules write the flag: by the (module, subject) index, not a scan
+        # of every result of every night the store holds
+        mods = ",".join("?" * len(ROLLBACK_MODULES))
+        records = self._read(f"SELECT run_id, subject, ended, result FROM tasks WHERE module IN ({mods})"
+                             " AND status IN ('ok','changed') AND subject IS NOT NULL AND result LIKE ?",
+                             (*ROLLBACK_MODULES, _ROLLBACK_LIKE))
         found = [(r["run_id"], r["subject"], float(r["ended"] or 0)) for r in records if _is_rollback(r["result"])]
         if not found:
             return set()

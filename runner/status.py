@@ -148,7 +148,7 @@ def rollback_playbook(playbook: str) -> bool:
     docs/rollback.md). False when it cannot be loaded any more."""
     from runner.errors import RunnerError
     from runner.loader import load_playbook
-    from runner.steps._lcs import ROLLBACK_MODULES
+    from runner.events import ROLLBACK_MODULES
 
     try:
         plays = load_playbook(playbook).plays

@@ -8,6 +8,7 @@ import json
 from typing import Any, Iterable, Mapping
 
 from runner.errors import PermanentFault
+from runner.events import ROLLBACK_MODULES
 from runner.lcs.contacts import ExportedContact, parse_export
 from runner.lcs.server import LcsServer, home_server, instance_id
 from runner.model import User
@@ -100,10 +101,6 @@ def lcs_for(ctx: StepContext, user: User) -> tuple[LcsServer, str]:
     """The user's LCS home server session and the user's InstanceID."""
     host = home_server(user, ctx.inventory, ctx.vars)
     return LcsServer(ctx.connection(host), host), instance_id(user)
-
-
-#: The modules of a rollback (playbooks/rollback.yml); their results carry ``rollback: true``.
-ROLLBACK_MODULES = ("restore_exchange_im", "disable_lcs_users")
 
 
 def backup_name(alias: str) -> str:
