@@ -330,7 +330,10 @@ def _path_escape_error(node: ScalarNode, file: str, text: str | None) -> InputEr
 
 
 def _scalar_errors(node: ScalarNode, file: str, text: str | None) -> list[InputError]:
-    """A scalar's own errors: ``.inf``/``.nan``, a Windows path a double-quoted escape broke."""
+    """A scalar's own errors: ``.inf``/``.nan``, a Windows path a double-quoted escape broke.
+    Only a float or a double-quoted scalar can have either."""
+    if node.style != '"' and node.tag != _FLOAT_TAG:
+        return []
     out = []
     if node.tag == _FLOAT_TAG and _NON_FINITE.fullmatch(node.value):
         m = node.start_mark
@@ -366,8 +369,7 @@ def _shape_errors(root: Node | None, file: str, text: str | None = None, *,
                 return [InputError(f"nested too deeply (more than {MAX_YAML_DEPTH} levels)", file,
                                    m.line + 1, m.column + 1)]
             if isinstance(node, ScalarNode):
-                if node.style == '"' or node.tag == _FLOAT_TAG:
-                    errors.extend(_scalar_errors(node, file, text))
+                errors.extend(_scalar_errors(node, file, text))
             elif isinstance(node, MappingNode):
                 errors.extend(_key_errors(node, file))
                 todo.extend((n, depth + 1) for kv in node.value for n in kv)

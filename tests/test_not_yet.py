@@ -6,6 +6,8 @@ step line and the recap, predicted the same by --check; a genuine failure of the
 is a failure again (the playbooks no longer ignore its errors)."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 
@@ -95,8 +97,6 @@ def test_a_wave1_night_leaves_shared_machines_not_yet_and_the_last_night_switche
     assert report["summary"]["failed"] == 0
     assert [n["hosts"] for n in report["summary"]["not_yet"]] == [group["targets"]]
     # ... and the CSV and HTML reports say it too: a column per user, a section for the night
-    import csv
-    import io
     rows = list(csv.DictReader(io.StringIO(sc.runner("report", "--state", str(sc.state), "--format", "csv").out)))
     marked = {part.split(":")[0] for r in rows for part in r["not_yet"].split("; ") if part}
     assert marked == set(kept)
