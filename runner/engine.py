@@ -734,6 +734,13 @@ class _WaveRun:
         self.bad: set[str] = set()
         self.wave = wave
         self.groups = _steps_of(wave)
+        self.modules = [get_step(g[0].step.module) for g in self.groups]
+        self.shown: int | None = None                     # the step whose header the output shows
+        self.dirty = False                                # outcomes emitted since the last flush
+        # a resumed wave an earlier session finished whole: nothing to schedule, so no graph
+        self.settled = bool(completed) and self._all_done()
+        if self.settled:
+            return
         self.by_key = {t.key: t for t in wave.tasks}
         self.pos: dict[str, int] = {}
         by_target: dict[str, list[Task]] = {}
@@ -752,7 +759,6 @@ class _WaveRun:
                 for u in ups:
                     self.downstream.setdefault(u.key, []).append(t)
         self.unready = [len(g) for g in self.groups]      # tasks of each step not resolved yet
-        self.modules = [get_step(g[0].step.module) for g in self.groups]
         self.chunked = [bool(m is not None and getattr(m, "chunk", 0) > 0) for m in self.modules]
         self.queued: list[deque[Task]] = [deque() for _ in self.groups]
         self.chunks: list[dict[str, list[tuple[Task, TaskContext]]]] = [{} for _ in self.groups]
@@ -761,9 +767,32 @@ class _WaveRun:
         self.inflight: dict[Future[Any], int] = {}
         self.ready: deque[Task] = deque()
         self.spans: deque[float] = deque(maxlen=64)       # durations of the wave's recent single tasks
-        self.dirty = False                                # outcomes emitted since the last flush
         self.flushed_at = 0.0
-        self.shown: int | None = None                     # the step whose header the output shows
+
+    def _all_done(self) -> bool:
+        """Whether every task of the wave would be skipped as done in an earlier session: its
+        checkpoint has the step's fingerprint, its step does not recheck finished work, and
+        its target was not dropped earlier in this run (whose tasks are released unreported)."""
+        for module, group in zip(self.modules, self.groups):
+            step = group[0].step
+            if module is not None and module.rechecks_when_done(step.args):
+                return False
+            fp = step.fingerprint
+            for t in group:
+                if self.completed.get(t.key) != fp or t.target_id in self.dropped:
+                    return False
+        return True
+
+    def _settle_all(self) -> set[str]:
+        """Report every task of a settled wave skipped, step by step in plan order: what
+        ``_resolve`` would report for each, without the dependency graph (all are done)."""
+        e = self.e
+        for i, group in enumerate(self.groups):
+            self._emit_step(i)
+            for t in group:
+                e._finish(t, e._outcome(t, "skipped", message="done in an earlier run", resumed=True))
+        self.dirty = bool(self.groups)
+        return self.bad
 
     # -- resolution (main thread) -------------------------------------------------
 
@@ -895,6 +924,8 @@ class _WaveRun:
         return any(self.queued) or any(self.chunks)
 
     def run(self) -> set[str]:
+        if self.settled:
+            return self._settle_all()
         for group in self.groups:
             for t in group:
                 if self.waiting[t.key] == 0:

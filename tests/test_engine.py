@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from engine_support import EchoConnection, make_inventory, make_plan, make_step
+from runner import engine as engine_mod
 from runner.engine import Engine, EngineOptions
-from runner.events import TASK_END, Event
+from runner.events import STEP_START, TASK_END, Event
 from runner.state import StateStore
 
 FAST = dict(default_delay=0.001, max_delay=0.01)
@@ -47,6 +48,52 @@ def test_second_apply_changes_nothing(tmp_path):
     fresh, outcomes, _ = run(tmp_path, inv, plan, fresh=True)
     assert fresh.totals["changed"] == 0 and fresh.totals["ok"] == 3
     assert len(journal(tmp_path)) == 3
+
+
+def test_a_wave_done_whole_is_reported_step_by_step_and_one_left_still_runs(tmp_path, monkeypatch):
+    # a resumed wave that an earlier session finished takes the engine's settled path (no
+    # dependency graph): every task skipped as done, each step's in plan order, its header once
+    inv = make_inventory(tmp_path, ["pc01", "pc02", "pc03"], users={"ann": ["pc01"], "bob": ["pc02", "pc03"]})
+    steps = [make_step("write", "t_write_file", args={"content": "v1"}),
+             make_step("user write", "t_user_write_file", args={"content": "u1"}),
+             make_step("write again", "t_write_file", args={"content": "v1", "dir": "again"})]
+    plan = make_plan(inv, steps, waves=[["pc01"], ["pc02", "pc03"]])
+    looked: list[str] = []
+    related = engine_mod._Dependencies.related
+    monkeypatch.setattr(engine_mod._Dependencies, "related", lambda self, tid: looked.append(tid) or related(self, tid))
+    run(tmp_path, inv, plan)
+    assert looked  # the first run schedules by the dependency graph
+    looked.clear()
+    events: list[Event] = []
+    with StateStore(tmp_path / "state") as store:
+        store.acquire_lock()
+        info = store.start_run(tmp_path / "pb.yml", tmp_path / "inv.yml", command="runner apply pb.yml")
+        Engine(inv, store, info.id, EngineOptions(forks=4, **FAST), [events.append],
+               resumed=info.resumed).run(plan)
+    ends = [e.data["outcome"] for e in events if e.kind == TASK_END]
+    assert [(o.step, o.target) for o in ends] == [
+        ("write", "pc01"), ("user write", "ann"), ("write again", "pc01"),
+        ("write", "pc02"), ("write", "pc03"), ("user write", "bob"), ("write again", "pc02"),
+        ("write again", "pc03")]
+    assert all(o.resumed and o.status == "skipped" and o.message == "done in an earlier run" for o in ends)
+    starts = [(e.data["wave"], e.data["step"]) for e in events if e.kind == STEP_START]
+    assert starts == [(w, s.name) for w in ("w1", "w2") for s in steps]
+    assert not looked  # ... the resumed one needs none: everything is done
+    # one task of the second wave left failed: that wave is scheduled as usual, and it runs
+    work = tmp_path / "second"
+    work.mkdir()
+    inv = make_inventory(work, ["pc01", "pc02", "pc03"])
+    for done in ("pc01", "pc02"):
+        (work / f"attempts-{done}").write_text("1")  # t_flaky: these have had their failure
+    plan = make_plan(inv, [make_step("write", "t_write_file", args={"content": "v1"}),
+                           make_step("flaky", "t_flaky", args={"fail_times": 1, "fault": "permanent"})],
+                     waves=[["pc01"], ["pc02", "pc03"]])
+    first, outcomes, _ = run(work, inv, plan)
+    assert [(o.target, o.status) for o in outcomes if o.step == "flaky"] == [
+        ("pc01", "ok"), ("pc02", "ok"), ("pc03", "failed")]
+    again, outcomes, _ = run(work, inv, plan)
+    assert [(o.target, o.status) for o in outcomes if not o.resumed] == [("pc03", "ok")]
+    assert len(outcomes) == 6 and again.exit_code == 0
 
 
 def test_edited_step_runs_again_on_resume(tmp_path):
