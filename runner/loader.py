@@ -51,6 +51,10 @@ Path_ = tuple  # a path into the document: keys and list indexes
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class _NotPlain(Exception):
+    """MarkedLoader.construct_plain met what only PyYAML's constructor builds."""
+
+
 class _TooLarge(Exception):
     """Raised while composing: the document passes a reader limit at ``mark``."""
 
@@ -91,6 +95,36 @@ class MarkedLoader(*_LOADER_BASES):  # type: ignore[misc]
         self.shared = bool(self.anchors)
         self.anchors = {}
         return node
+
+    def construct_plain(self, root: Node) -> Any:
+        """The data of a tree without anchors, as ``construct_document`` builds it, in a third
+        of its time (tests/test_composer.py): each scalar by PyYAML's own constructor for its
+        tag, plain lists and dicts. ``_NOT_PLAIN`` when the tree holds what only PyYAML's
+        constructor handles (a merge or ``=`` key, a set, omap or pairs, an unknown tag, a
+        key that is a list or mapping): the caller then builds it with that, errors and all."""
+        constructors = self.yaml_constructors
+
+        def build(node: Node) -> Any:
+            kind = type(node)
+            if kind is ScalarNode:
+                if node.tag not in _PLAIN_SCALARS:
+                    raise _NotPlain
+                return constructors[node.tag](self, node)
+            if kind is SequenceNode and node.tag == _SEQ:
+                return [build(item) for item in node.value]
+            if kind is MappingNode and node.tag == _MAP:
+                out: dict[Any, Any] = {}
+                for key_node, value_node in node.value:
+                    if type(key_node) is not ScalarNode:  # (a list is no key; PyYAML says so)
+                        raise _NotPlain
+                    out[build(key_node)] = build(value_node)  # a merge or "=" key: not plain
+                return out
+            raise _NotPlain
+
+        try:
+            return build(root)
+        except _NotPlain:
+            return _NOT_PLAIN
 
     def _compose_tree(self) -> Node:
         """The next node with everything under it: PyYAML's ``Composer.compose_node`` as a
@@ -154,6 +188,13 @@ class MarkedLoader(*_LOADER_BASES):  # type: ignore[misc]
             else:
                 parent.value.append((top[1], node))
                 top[1] = None
+
+
+_NOT_PLAIN = object()  # MarkedLoader.construct_plain: PyYAML's constructor must build this one
+_SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+#: the scalar tags construct_plain builds, by SafeConstructor's own function for each
+_PLAIN_SCALARS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null",
+                                                              "timestamp", "binary"))
 
 
 class Document:
@@ -297,7 +338,11 @@ def _read_yaml(path: str | os.PathLike[str]) -> Document:
         shape = _shape_errors(root, file, text, shared=loader.shared)
         if shape:
             raise InputErrors(shape)
-        data = loader.construct_document(root) if root is not None else None
+        data = None
+        if root is not None:
+            data = _NOT_PLAIN if loader.shared else loader.construct_plain(root)
+            if data is _NOT_PLAIN:
+                data = loader.construct_document(root)
     except _TooLarge as exc:
         raise InputError(exc.message, file, exc.mark.line + 1, exc.mark.column + 1) from None
     except RecursionError:

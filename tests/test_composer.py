@@ -127,3 +127,58 @@ def test_node_limit_counts_aliases(monkeypatch) -> None:
         ldr.get_single_node()
     assert "more than 10 values" in exc.value.message
     assert (exc.value.mark.line, exc.value.mark.column) == (1, 16)  # the fourth alias, the 11th value
+
+
+def _typed(value: object) -> object:
+    """A value with every type spelled out (1, 1.0 and True are equal in Python; nan is not)."""
+    if isinstance(value, dict):
+        return ("dict", [(_typed(k), _typed(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return ("list", [_typed(v) for v in value])
+    return (type(value).__name__, repr(value))
+
+
+def _constructed(text: str) -> tuple[object, object] | None:
+    """(construct_plain's data, construct_document's) of a document without anchors."""
+    ldr = loader.MarkedLoader(text)
+    try:
+        root = ldr.get_single_node()
+    except yaml.YAMLError:
+        return None
+    finally:
+        ldr.dispose()
+    if root is None or ldr.shared:
+        return None
+    plain = ldr.construct_plain(root)
+    try:
+        full: object = ldr.construct_document(root)
+    except yaml.YAMLError as e:
+        full = ("error", str(e))
+    return (plain if plain is loader._NOT_PLAIN else _typed(plain)), (full if isinstance(full, tuple) and full[:1] == ("error",) else _typed(full))
+
+
+def test_plain_construction_builds_what_pyyaml_builds() -> None:
+    rnd = random.Random(5)
+    built = handed_over = 0
+    extra = ["<<: {a: 1}\nb: 2", "=: x", "!!set {a, b}", "!!omap [a: 1]", "[a, !!binary aGk=]",
+             "{? [1, 2] : x}", "!!map x", "!!str [a]", "a: !!float 1", "t: 2001-12-14 21:59:43.10 -5"]
+    for i in range(4000):
+        text = extra[i] if i < len(extra) else (_doc(rnd, []) if i % 3 else _block(rnd))
+        got = _constructed(text)
+        if got is None:
+            continue
+        plain, full = got
+        if plain is loader._NOT_PLAIN:
+            handed_over += 1  # PyYAML's constructor builds it (or refuses it) instead
+            continue
+        assert plain == full, text
+        built += 1
+    assert built > 2000 and handed_over >= 8
+
+
+def test_read_yaml_gives_merged_and_plain_data_alike(tmp_path) -> None:
+    f = tmp_path / "m.yml"
+    f.write_text("base: &b {x: 1}\nuse: {<<: *b, y: 2}\nlist: [1, '2', 3.0, yes, ~]\n", encoding="utf-8")
+    assert loader.read_yaml(f).data == {"base": {"x": 1}, "use": {"x": 1, "y": 2}, "list": [1, "2", 3.0, True, None]}
+    f.write_text("a: {<<: {x: 1}, y: 2}\n", encoding="utf-8")  # a merge without an anchor
+    assert loader.read_yaml(f).data == {"a": {"x": 1, "y": 2}}
