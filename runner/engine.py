@@ -651,7 +651,9 @@ class Engine:
                                                status=outcome.status, data=dict(outcome.data), run_id=self.run_id,
                                                key=outcome.key, ended=outcome.ended),
                                     *self._predicted.get(key, ())]
-        c = self._counts.setdefault(outcome.target, dict.fromkeys(COUNTERS, 0))
+        c = self._counts.get(outcome.target)
+        if c is None:  # (not setdefault: it would build the counters for every outcome)
+            c = self._counts[outcome.target] = dict.fromkeys(COUNTERS, 0)
         c["ignored" if outcome.ignored else outcome.status] += 1
         if outcome.retried:
             c["retried"] += 1

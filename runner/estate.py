@@ -122,11 +122,12 @@ def estate_of(inventory: Inventory, lab_identity: Any = None) -> Estate:
     host (the apply layer passes one that reads the lab directory); without it,
     only ``lab_estate`` marks a simulated estate.
     """
-    dns: set[str] = set()
+    written: set[str] = set()  # as written: most hosts take the same one from their groups
     for source in [inventory.vars, *(h.vars for h in inventory.hosts.values())]:
         value = (source or {}).get(DN_VAR)
         if isinstance(value, str) and value.strip():
-            dns.add(normalise_dn(value))
+            written.add(value)
+    dns = {normalise_dn(value) for value in written}
     domains = sorted({d for d in (domain_of(dn) for dn in dns) if d})
     labs: set[str] = set()
     if lab_identity is not None:

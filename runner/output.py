@@ -400,7 +400,9 @@ class HumanOutput:
         if block is not None:
             block.seen += 1
         self._kinds.setdefault(o.target, o.kind)
-        c = self._counts.setdefault((o.kind, o.target), dict.fromkeys(COUNTERS, 0))
+        c = self._counts.get((o.kind, o.target))
+        if c is None:  # (not setdefault: it would build the counters for every outcome)
+            c = self._counts[(o.kind, o.target)] = dict.fromkeys(COUNTERS, 0)
         c["ignored" if o.ignored else o.status] += 1
         if o.retried:
             c["retried"] += 1

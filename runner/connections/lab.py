@@ -77,6 +77,7 @@ def check_labs(inventory: Any, hosts: Any) -> None:
     """
     from runner.errors import InputError
     seen: set[Path] = set()
+    resolved: dict[Path, Path] = {}  # hosts name the same folder: one realpath, not one a host
     for name in sorted(hosts):
         host = inventory.hosts.get(name)
         if host is None or getattr(host, "connection", None) != "lab":
@@ -85,9 +86,12 @@ def check_labs(inventory: Any, hosts: Any) -> None:
             path = lab_dir_for(host, inventory)
         except PermanentFault as e:
             raise InputError(f"host {name}: {e.message}", getattr(inventory, "path", None)) from None
-        if path.resolve() in seen:
+        real = resolved.get(path)
+        if real is None:
+            real = resolved[path] = path.resolve()
+        if real in seen:
             continue
-        seen.add(path.resolve())
+        seen.add(real)
         try:
             Faults(open_lab(path))
         except InputError as e:

@@ -23,6 +23,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import string
@@ -174,7 +175,9 @@ def validate_sip_uri(uri: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def _host_problem(host: str) -> str | None:
+    # (cached: an estate's thousands of users share a few SIP domains)
     literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         ip = ipaddress.ip_address(literal)
