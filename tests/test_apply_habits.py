@@ -138,3 +138,19 @@ def test_version():
         assert run(["--version"]) == 0
     from runner import __version__
     assert buf.getvalue().strip() == f"runner {__version__}"
+
+
+def test_apply_hands_what_it_froze_back_to_the_collector(tmp_path, monkeypatch):
+    # apply keeps its inputs and plan out of the cyclic collector's sight while it runs
+    # (gc.freeze); a caller that goes on (these tests, a wrapper script) gets it back
+    import gc
+    frozen: list[int] = []
+    real_freeze = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: (real_freeze(), frozen.append(gc.get_freeze_count())))
+    sc = make_scenario(tmp_path, "gradual.yml", seed=3, clients=3)
+    assert sc.apply().code == EXIT_OK
+    assert frozen and frozen[0] > 0           # the run did freeze its inputs
+    assert gc.get_freeze_count() == 0         # ... and apply undid it on the way out
+    runs = len(frozen)
+    assert sc.runner("apply", GRADUAL, "-i", str(sc.inventory), "--list-hosts").code == EXIT_OK
+    assert len(frozen) == runs and gc.get_freeze_count() == 0  # a listing returns before freezing
