@@ -286,11 +286,12 @@ def _duplicate_keys(node: Node | None, file: str, seen: set[int] | None = None) 
 
 
 @contextmanager
-def _collection_paused() -> Iterator[None]:
+def collection_paused() -> Iterator[None]:
     """No cyclic garbage collection while a file's tree, data and model are built: tens of
     thousands of nodes, marks and values that all live on had every collection walk them
     again (a sixth of a 1,000-client inventory's read). What a read leaves behind is
-    collected once it is over; an inner pause leaves the outer one's to end it."""
+    collected once it is over (or frozen by the caller: runner.apply); an inner pause
+    leaves the outer one's to end it."""
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -303,7 +304,7 @@ def _collection_paused() -> Iterator[None]:
 def read_yaml(path: str | os.PathLike[str]) -> Document:
     """Read and parse one YAML file; missing/unreadable files, syntax errors and
     duplicate keys become InputError(s) with their location."""
-    with _collection_paused():
+    with collection_paused():
         return _read_yaml(path)
 
 
@@ -1064,7 +1065,7 @@ class _InventoryBuilder:
 
 def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     """Parse and validate an inventory (or run the lab plugin); raise InputError/InputErrors (exit 4)."""
-    with _collection_paused():
+    with collection_paused():
         return _load_inventory(path)
 
 
