@@ -628,8 +628,10 @@ class Engine:
 
     # -- bookkeeping (main thread) ---------------------------------------------------
 
-    def _finish(self, task: Task, outcome: TaskOutcome) -> TaskOutcome:
-        """Account for an outcome, mark unreachable hosts, keep facts, emit the event."""
+    def _finish(self, task: Task, outcome: TaskOutcome, *, burst: bool = False) -> TaskOutcome:
+        """Account for an outcome, mark unreachable hosts, keep facts, emit the event
+        (``burst``: one of a settled wave's outcomes, told in one go and closed by its
+        WAVE_END, so a subscriber may defer what it shows for each: runner.output)."""
         if not outcome.resumed:
             self._tasks_run += 1
         if outcome.status == "unreachable":
@@ -657,7 +659,10 @@ class Engine:
         c["ignored" if outcome.ignored else outcome.status] += 1
         if outcome.retried:
             c["retried"] += 1
-        self.emit(TASK_END, outcome=outcome)
+        if burst:
+            self.emit(TASK_END, outcome=outcome, burst=True)
+        else:
+            self.emit(TASK_END, outcome=outcome)
         return outcome
 
     def _new_facts(self, task: Task, outcome: TaskOutcome) -> dict[str, Any] | None:
@@ -786,13 +791,15 @@ class _WaveRun:
         return True
 
     def _settle_all(self) -> set[str]:
-        """Report every task of a settled wave skipped, step by step in plan order: what
-        ``_resolve`` would report for each, without the dependency graph (all are done)."""
+        """Report every task of a settled wave skipped as ``_resolve`` would, without the
+        dependency graph (all are done): step by step in plan order, which is an order the
+        dependencies allow (the scheduled path reports in the order they release tasks, so
+        a resumed wave's steps can come interleaved there)."""
         e = self.e
         for i, group in enumerate(self.groups):
             self._emit_step(i)
             for t in group:
-                e._finish(t, e._outcome(t, "skipped", message="done in an earlier run", resumed=True))
+                e._finish(t, e._outcome(t, "skipped", message="done in an earlier run", resumed=True), burst=True)
         self.dirty = bool(self.groups)
         return self.bad
 

@@ -219,11 +219,12 @@ class HumanOutput:
         return self._ran / elapsed if elapsed > 0 else 0.0
 
     def _advance(self, n: int = 1, *, lazy: bool = False) -> None:
-        """Count ``n`` more tasks of the plan as done (run, skipped or dropped). ``lazy`` (a
-        task skipped as done earlier: they come in bursts, thousands at once on a resume):
-        the bar is updated at most every PROGRESS_REDRAW seconds, as it is painted only ten
-        times a second and updating it for each cost a 1,000-client resume 0.3 s; the next
-        event that is not a task's outcome (a burst always ends with one) brings it up to date."""
+        """Count ``n`` more tasks of the plan as done (run, skipped or dropped). ``lazy`` (an
+        outcome of a burst: a wave the engine settles whole, thousands of tasks at once on a
+        resume): the bar is updated at most every PROGRESS_REDRAW seconds, as it is painted
+        only ten times a second and updating it for each cost a 1,000-client resume 0.3 s;
+        the burst's WAVE_END, or any other event that is not a task's outcome, brings it up
+        to date."""
         self._done = min(self._total, self._done + n)
         c = self._run_counts
         if self._progress is not None:
@@ -363,7 +364,7 @@ class HumanOutput:
     def __call__(self, event: Event) -> None:
         kind, d = event.kind, event.data
         if kind == TASK_END:
-            self._task(d["outcome"])
+            self._task(d["outcome"], lazy=bool(d.get("burst")))
         elif kind == STEP_START:
             key = (d.get("play"), d["step"], d.get("wave"))
             self._step, self._cur = d, key
@@ -410,7 +411,7 @@ class HumanOutput:
             self._say(f"WAVE [{wave}] gate: {gate}: the play goes on" if wave is not None
                       else f"the play's gate: {gate}: it goes on")
 
-    def _task(self, o: TaskOutcome) -> None:
+    def _task(self, o: TaskOutcome, *, lazy: bool = False) -> None:
         block = self._blocks.get(self._cur) if self._cur is not None else None
         if block is not None:
             block.seen += 1
@@ -427,7 +428,7 @@ class HumanOutput:
         if block is not None:
             bucket = "done earlier" if o.resumed else "failed" if o.ignored else o.status
             block.counts[bucket] = block.counts.get(bucket, 0) + 1
-        self._advance(lazy=o.resumed)
+        self._advance(lazy=lazy)
         status = o.status
         if status == "not_yet" and block is not None:
             why = o.data.get("not_yet") if isinstance(o.data, dict) else None
