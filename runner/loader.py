@@ -102,29 +102,29 @@ class MarkedLoader(*_LOADER_BASES):  # type: ignore[misc]
         tag, plain lists and dicts. ``_NOT_PLAIN`` when the tree holds what only PyYAML's
         constructor handles (a merge or ``=`` key, a set, omap or pairs, an unknown tag, a
         key that is a list or mapping): the caller then builds it with that, errors and all."""
-        constructors = self.yaml_constructors
-
-        def build(node: Node) -> Any:
-            kind = type(node)
-            if kind is ScalarNode:
-                if node.tag not in _PLAIN_SCALARS:
-                    raise _NotPlain
-                return constructors[node.tag](self, node)
-            if kind is SequenceNode and node.tag == _SEQ:
-                return [build(item) for item in node.value]
-            if kind is MappingNode and node.tag == _MAP:
-                out: dict[Any, Any] = {}
-                for key_node, value_node in node.value:
-                    if type(key_node) is not ScalarNode:  # (a list is no key; PyYAML says so)
-                        raise _NotPlain
-                    out[build(key_node)] = build(value_node)  # a merge or "=" key: not plain
-                return out
-            raise _NotPlain
-
         try:
-            return build(root)
+            return self._plain(root)
         except _NotPlain:
             return _NOT_PLAIN
+
+    def _plain(self, node: Node) -> Any:
+        # a method, not a closure calling itself: that would be a reference cycle holding the
+        # loader (and its tree) until a collection
+        kind = type(node)
+        if kind is ScalarNode:
+            if node.tag not in _PLAIN_SCALARS:
+                raise _NotPlain
+            return self.yaml_constructors[node.tag](self, node)
+        if kind is SequenceNode and node.tag == _SEQ:
+            return [self._plain(item) for item in node.value]
+        if kind is MappingNode and node.tag == _MAP:
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if type(key_node) is not ScalarNode:  # (a list is no key; PyYAML says so)
+                    raise _NotPlain
+                out[self._plain(key_node)] = self._plain(value_node)  # a merge or "=" key: not plain
+            return out
+        raise _NotPlain
 
     def _compose_tree(self) -> Node:
         """The next node with everything under it: PyYAML's ``Composer.compose_node`` as a
@@ -341,9 +341,14 @@ def _read_yaml(path: str | os.PathLike[str]) -> Document:
             raise InputErrors(shape)
         data = None
         if root is not None:
-            data = _NOT_PLAIN if loader.shared else loader.construct_plain(root)
-            if data is _NOT_PLAIN:
-                data = loader.construct_document(root)
+            try:
+                data = _NOT_PLAIN if loader.shared else loader.construct_plain(root)
+                if data is _NOT_PLAIN:
+                    data = loader.construct_document(root)
+            except yaml.YAMLError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a value its tag cannot read: 2020-99-99, !!int y
+                raise _unreadable_value(loader, root, file, exc) from None
     except _TooLarge as exc:
         raise InputError(exc.message, file, exc.mark.line + 1, exc.mark.column + 1) from None
     except RecursionError:
@@ -381,6 +386,40 @@ def _read_yaml(path: str | os.PathLike[str]) -> Document:
 
 
 YAML_KEY_LIMIT = 1024  # PyYAML's (and YAML 1.1's) limit on an implicit key
+
+_TAG_WORDS = {"int": "an integer", "float": "a number", "bool": "a boolean (true or false)",
+              "timestamp": "a date", "binary": "base64 binary data"}
+
+
+def _unreadable_value(loader: MarkedLoader, root: Node, file: str, exc: Exception) -> InputError:
+    """The scalar whose tag's constructor refused its text (an unquoted ``2020-99-99`` is a
+    date in YAML 1.1, ``!!int y`` asks for an integer), located; PyYAML raises a bare
+    ValueError or KeyError for it, with no line."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, ScalarNode):
+            if node.tag not in _PLAIN_SCALARS:
+                continue
+            try:
+                loader.yaml_constructors[node.tag](loader, node)
+            except Exception as why:  # noqa: BLE001 - this is the one
+                short = node.tag.rsplit(":", 1)[-1]
+                # plain (style None or "", by parser) and what the resolver makes of its text
+                implicit = not node.style and loader.resolve(ScalarNode, node.value, (True, False)) == node.tag
+                hint = ("; quote it to keep it as text" if implicit
+                        else f" (it is tagged !!{short}); remove the tag or correct the value")
+                reason = f" ({str(why).strip()})" if isinstance(why, ValueError) and str(why).strip() else ""
+                return InputError(f"{node.value!r} cannot be read as {_TAG_WORDS.get(short, short)}{reason}{hint}",
+                                  file, node.start_mark.line + 1, node.start_mark.column + 1)
+            continue
+        children = node.value if isinstance(node, SequenceNode) else [n for kv in node.value for n in kv]
+        stack.extend(reversed(children))
+    return InputError(f"a value cannot be read ({type(exc).__name__}: {exc})", file)
 
 
 def _utf16_without_bom(data: bytes) -> bool:
@@ -1013,21 +1052,23 @@ class _InventoryBuilder:
                     + _suggest(child, self.group_defs) + "; define it with a mapping (even {})", path, at_key=True))
         # cycles (only possible through references)
         state: dict[str, int] = {}
-
-        def dfs(g: str, trail: list[str]) -> None:
-            state[g] = 1
-            for c in self.children.get(g, []):
-                if state.get(c) == 1:
-                    cycle = trail[trail.index(c):] + [c] if c in trail else [g, c]
-                    self.errors.append(self.doc.error("group cycle: " + " -> ".join(cycle),
-                                                      self.group_defs[g][1], at_key=True))
-                elif c in self.group_defs and state.get(c) is None:
-                    dfs(c, trail + [c])
-            state[g] = 2
-
         for g in list(self.group_defs):
             if state.get(g) is None:
-                dfs(g, [g])
+                self._cycles(g, [g], state)
+
+    def _cycles(self, g: str, trail: list[str], state: dict[str, int]) -> None:
+        """Depth-first from group ``g``: a group cycle is an error at the group that closes it.
+        (A method, not a closure calling itself: that was a reference cycle holding the
+        builder, its document and the whole node tree until a collection.)"""
+        state[g] = 1
+        for c in self.children.get(g, []):
+            if state.get(c) == 1:
+                cycle = trail[trail.index(c):] + [c] if c in trail else [g, c]
+                self.errors.append(self.doc.error("group cycle: " + " -> ".join(cycle),
+                                                  self.group_defs[g][1], at_key=True))
+            elif c in self.group_defs and state.get(c) is None:
+                self._cycles(c, trail + [c], state)
+        state[g] = 2
 
     def depths(self) -> dict[str, int]:
         depth = {"all": 0}
