@@ -173,8 +173,9 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     doing = ["loading the playbook"]  # what a Ctrl-C before the engine starts interrupted
+    froze: list[bool] = []  # _apply froze the run's inputs (gc.freeze): undone on the way out
     try:
-        return _apply(req, out, err, doing)
+        return _apply(req, out, err, doing, froze)
     except KeyboardInterrupt:
         if not doing:  # the engine had started: its own handler has said what it had to
             raise
@@ -183,12 +184,13 @@ def apply(req: ApplyRequest, *, stdout: TextIO | None = None, stderr: TextIO | N
         err.flush()
         return EXIT_INTERRUPTED
     finally:
-        gc.unfreeze()  # what _apply froze goes back to the collector
+        if froze:
+            gc.unfreeze()  # what _apply froze goes back to the collector
 
 
-def _apply(req: ApplyRequest, out: TextIO, err: TextIO, doing: list[str]) -> int:
+def _apply(req: ApplyRequest, out: TextIO, err: TextIO, doing: list[str], froze: list[bool]) -> int:
     """``apply``'s work; ``doing`` names the stage of loading under way, and is emptied when
-    the engine starts."""
+    the engine starts; ``froze`` gets an entry once the inputs are frozen."""
     retry_delay_scale()  # a bad RUNNER_RETRY_DELAY_SCALE is a bad option before anything starts
     raise_open_files()   # a socket per SSH host, SQLite files per lab thread (runner.oslimits)
     playbook = with_extra_vars(load_playbook(req.playbook), req.extra_vars)
@@ -218,9 +220,13 @@ def _apply(req: ApplyRequest, out: TextIO, err: TextIO, doing: list[str]) -> int
             return 0
         # they live as long as the run: frozen, the collections of the run do not walk a
         # 10,000-client inventory and plan again and again, and the objects built while
-        # collection was paused are never walked at all (undone when apply returns, for a
-        # caller that goes on: the tests run many)
-        gc.freeze()
+        # collection was paused are never walked at all. The reader leaves no node tree in a
+        # reference cycle (tests/test_composer.py), so nothing dead is frozen with them.
+        # Undone when apply returns, for a caller that goes on (the tests run many); a
+        # caller's own freeze is left alone, as freezes do not nest.
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            froze.append(True)
     doing[0] = "checking the labs"
     check_labs(inventory, {t.target_name for t in plan.tasks() if t.kind == "host"}
                | {c for t in plan.tasks() if t.kind == "user" for c in getattr(t.target, "clients", ())})

@@ -154,3 +154,10 @@ def test_apply_hands_what_it_froze_back_to_the_collector(tmp_path, monkeypatch):
     runs = len(frozen)
     assert sc.runner("apply", GRADUAL, "-i", str(sc.inventory), "--list-hosts").code == EXIT_OK
     assert len(frozen) == runs and gc.get_freeze_count() == 0  # a listing returns before freezing
+    real_freeze()  # a caller that froze its own objects: apply leaves that as it is
+    try:
+        held = gc.get_freeze_count()
+        assert sc.apply().code == EXIT_OK
+        assert len(frozen) == runs and gc.get_freeze_count() == held
+    finally:
+        gc.unfreeze()
