@@ -348,7 +348,7 @@ def _read_yaml(path: str | os.PathLike[str]) -> Document:
             except yaml.YAMLError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a value its tag cannot read: 2020-99-99, !!int y
-                raise _unreadable_value(loader, root, file, exc) from None
+                raise _unreadable_value(loader, root, file, text, exc) from None
     except _TooLarge as exc:
         raise InputError(exc.message, file, exc.mark.line + 1, exc.mark.column + 1) from None
     except RecursionError:
@@ -391,7 +391,7 @@ _TAG_WORDS = {"int": "an integer", "float": "a number", "bool": "a boolean (true
               "timestamp": "a date", "binary": "base64 binary data"}
 
 
-def _unreadable_value(loader: MarkedLoader, root: Node, file: str, exc: Exception) -> InputError:
+def _unreadable_value(loader: MarkedLoader, root: Node, file: str, text: str, exc: Exception) -> InputError:
     """The scalar whose tag's constructor refused its text (an unquoted ``2020-99-99`` is a
     date in YAML 1.1, ``!!int y`` asks for an integer), located; PyYAML raises a bare
     ValueError or KeyError for it, with no line."""
@@ -408,18 +408,32 @@ def _unreadable_value(loader: MarkedLoader, root: Node, file: str, exc: Exceptio
             try:
                 loader.yaml_constructors[node.tag](loader, node)
             except Exception as why:  # noqa: BLE001 - this is the one
-                short = node.tag.rsplit(":", 1)[-1]
-                # plain (style None or "", by parser) and what the resolver makes of its text
-                implicit = not node.style and loader.resolve(ScalarNode, node.value, (True, False)) == node.tag
-                hint = ("; quote it to keep it as text" if implicit
-                        else f" (it is tagged !!{short}); remove the tag or correct the value")
-                reason = f" ({str(why).strip()})" if isinstance(why, ValueError) and str(why).strip() else ""
-                return InputError(f"{node.value!r} cannot be read as {_TAG_WORDS.get(short, short)}{reason}{hint}",
-                                  file, node.start_mark.line + 1, node.start_mark.column + 1)
+                return _unreadable(node, file, text, why)
             continue
         children = node.value if isinstance(node, SequenceNode) else [n for kv in node.value for n in kv]
         stack.extend(reversed(children))
-    return InputError(f"a value cannot be read ({type(exc).__name__}: {exc})", file)
+    return InputError(f"a value cannot be read ({type(exc).__name__}: {_clip(str(exc))})", file)
+
+
+def _unreadable(node: ScalarNode, file: str, text: str, why: Exception) -> InputError:
+    """``node``'s value cannot be read as its tag's type: say so at its place, with the way
+    out (quote a value YAML typed by itself; drop or correct an explicit tag)."""
+    short = node.tag.rsplit(":", 1)[-1]
+    line, col = node.start_mark.line, node.start_mark.column
+    lines = text.splitlines()
+    # the node starts at its properties: an anchor (&name), then a tag (!!int, !<...>)
+    props = re.sub(r"^&\S*\s+", "", lines[line][col:] if line < len(lines) else "")
+    reason = f": {_clip(str(why).strip())}" if isinstance(why, ValueError) and str(why).strip() else ""
+    how = (f"; it is tagged !!{short}: remove the tag or correct the value" if props.startswith("!")
+           else "; quote it to keep it as text")
+    return InputError(f"{_clip(node.value)!r} cannot be read as {_TAG_WORDS.get(short, short)}{reason}{how}",
+                      file, line + 1, col + 1)
+
+
+def _clip(value: str, limit: int = 80) -> str:
+    """``value``, cut to ``limit`` characters with an ellipsis (a message names a value, it
+    does not repeat a 100,000-digit one)."""
+    return value if len(value) <= limit else value[:limit - 1] + "\u2026"
 
 
 def _utf16_without_bom(data: bytes) -> bool:

@@ -191,14 +191,18 @@ def test_host_names_yaml_cannot_read_as_names_are_reported_as_such(tmp_path, cap
 
 @pytest.mark.parametrize("text, where, says", [
     ("all:\n  vars: {night: 2020-99-99}\n  hosts: {pc1: }\nusers: {}\n", ":2:17:",
-     "'2020-99-99' cannot be read as a date (month must be in 1..12); quote it to keep it as text"),
+     "'2020-99-99' cannot be read as a date: month must be in 1..12; quote it to keep it as text"),
     ("all:\n  hosts:\n    pc1: {port: !!int y}\nusers: {}\n", ":3:17:",
-     "'y' cannot be read as an integer (invalid literal for int() with base 10: 'y') (it is tagged !!int)"),
-    ("all:\n  vars: {a: !!bool maybe}\n", ":2:13:", "'maybe' cannot be read as a boolean (true or false) (it"),
+     "'y' cannot be read as an integer: invalid literal for int() with base 10: 'y'; it is tagged !!int: remove"),
+    ("all:\n  vars: {a: !!bool maybe}\n", ":2:13:", "'maybe' cannot be read as a boolean (true or false); it is"),
+    # a tag on an unquoted value YAML would type alike: the tag is the thing to correct
+    ("all:\n  vars:\n    x: !!timestamp 2020-99-99\n", ":3:8:", "it is tagged !!timestamp: remove the tag"),
+    # a long value is named, not repeated
+    ("all:\n  vars: {x: " + "9" * 5000 + "}\n", ":2:13:", "'" + "9" * 79 + "\u2026' cannot be read as an integer"),
     ("all:\n  vars: {a: !!float x, b: 1}\n", ":2:13:", "'x' cannot be read as a number"),
     # a document with anchors goes through PyYAML's own constructor: located all the same
     ("all:\n  vars: &v {when: 2021-02-30}\n  children: {g: {vars: *v}}\nusers: {}\n", ":2:19:",
-     "'2021-02-30' cannot be read as a date (day is out of range for month)"),
+     "'2021-02-30' cannot be read as a date: day is out of range for month; quote it"),
 ])
 def test_a_value_its_type_cannot_read_is_named_at_its_place(tmp_path, capsys, text, where, says):
     # PyYAML raises a bare ValueError or KeyError for these: it was a crash report
@@ -207,6 +211,7 @@ def test_a_value_its_type_cannot_read_is_named_at_its_place(tmp_path, capsys, te
     code, out = cli(capsys, "validate", str(GRADUAL), "-i", str(inv))
     assert code == 4 and f"{inv}{where}" in out and says in out, out
     assert "unexpected error" not in out and "Traceback" not in out
+    assert max(len(line) for line in out.splitlines()) < 400 + len(str(inv))
 
 
 def test_validate_on_the_lab_plugin_writes_nothing_and_apply_makes_the_lab(tmp_path, capsys, monkeypatch):
