@@ -612,6 +612,17 @@ def load_schema(name: str) -> dict[str, Any]:
         return json.load(fh)
 
 
+@lru_cache(maxsize=None)
+def _inventory_schema(kind: str) -> dict[str, Any]:
+    """The inventory schema for one kind of inventory (``static``, ``lab_plugin``): one
+    object for every read, so its compiled yes-check (``_fast_check``, cached per schema
+    object) is compiled once, not again (and kept again) for each inventory read."""
+    schema = dict(load_schema("inventory"))
+    schema.pop("oneOf", None)
+    schema["$ref"] = f"#/$defs/{kind}"
+    return schema
+
+
 _TYPE_WORDS = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
                "number": "a number", "boolean": "true or false", "null": "empty"}
 
@@ -1134,10 +1145,7 @@ def _load_inventory(path: str | os.PathLike[str]) -> Inventory:
     if not isinstance(data, dict):
         raise InputErrors([doc.error(f"the inventory must be a mapping with 'all:' and 'users:', "
                                      f"not {_TYPE_WORDS.get(_json_type(data), 'that')}")])
-    schema = dict(load_schema("inventory"))
-    schema.pop("oneOf", None)
-    schema["$ref"] = "#/$defs/static"
-    errors = schema_errors(doc, data, _validator(schema), _inventory_context)
+    errors = schema_errors(doc, data, _validator(_inventory_schema("static")), _inventory_context)
     if not isinstance(data, dict) or not isinstance(data.get("all", {}), (dict, type(None))):
         raise InputErrors(errors or [doc.error("the inventory must be a mapping with 'all' and 'users'")])
     if errors:
@@ -1315,10 +1323,7 @@ def lab_plugin_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _lab_settings(doc: Document) -> dict[str, Any]:
-    schema = dict(load_schema("inventory"))
-    schema.pop("oneOf", None)
-    schema["$ref"] = "#/$defs/lab_plugin"
-    errors = schema_errors(doc, doc.data, _validator(schema), _inventory_context)
+    errors = schema_errors(doc, doc.data, _validator(_inventory_schema("lab_plugin")), _inventory_context)
     if errors:
         raise InputErrors(_sorted(errors))
     return {**LAB_DEFAULTS, **(doc.data.get("lab") or {})}

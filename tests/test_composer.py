@@ -190,11 +190,15 @@ def test_reading_an_inventory_leaves_its_tree_to_reference_counting(tmp_path) ->
     import gc
     from runner.lab.generator import generate
     inv = generate(tmp_path / "lab", clients=30, users_per_client=2, contacts=2, seed=4)
+    playbook = loader.SCHEMA_DIR.parent / "playbooks" / "gradual.yml"
+    loader.load_inventory(inv)
+    loader.load_playbook(playbook)
+    checks = len(loader._fast_checks)
     gc.collect()
     gc.disable()
     try:
         loader.load_inventory(inv)
-        loader.load_playbook(loader.SCHEMA_DIR.parent / "playbooks" / "gradual.yml")
+        loader.load_playbook(playbook)
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
         kinds = {type(o).__name__ for o in gc.garbage}
@@ -204,3 +208,4 @@ def test_reading_an_inventory_leaves_its_tree_to_reference_counting(tmp_path) ->
         gc.enable()
     assert not kinds & {"ScalarNode", "MappingNode", "SequenceNode", "Mark", "Document", "MarkedLoader",
                         "_InventoryBuilder"}, kinds
+    assert len(loader._fast_checks) == checks  # each schema's check is compiled once
