@@ -73,7 +73,7 @@ class MarkedLoader(*_LOADER_BASES):  # type: ignore[misc]
 
     The tree is composed here, in one loop over libyaml's events rather than PyYAML's
     recursive Composer (the same nodes, tags, marks and errors: tests/test_composer.py;
-    half the time on a 1,000-client inventory), so that the reader's limits hold while
+    a fifth less time on a 1,000-client inventory), so that the reader's limits hold while
     it is built: a file under the size limit can still hold millions of values
     (``[1,1,1,...]``: 16 million in 32 MiB, tens of GB as nodes), and deep
     nesting would end in a RecursionError. Both stop at the node that passes
