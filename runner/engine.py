@@ -659,10 +659,7 @@ class Engine:
         c["ignored" if outcome.ignored else outcome.status] += 1
         if outcome.retried:
             c["retried"] += 1
-        if burst:
-            self.emit(TASK_END, outcome=outcome, burst=True)
-        else:
-            self.emit(TASK_END, outcome=outcome)
+        self.emit(TASK_END, outcome=outcome, burst=burst)
         return outcome
 
     def _new_facts(self, task: Task, outcome: TaskOutcome) -> dict[str, Any] | None:
@@ -743,7 +740,6 @@ class _WaveRun:
         self.groups = _steps_of(wave)
         self.modules = [get_step(g[0].step.module) for g in self.groups]
         self.shown: int | None = None                     # the step whose header the output shows
-        self.dirty = False                                # outcomes emitted since the last flush
         # a resumed wave an earlier session finished whole: nothing to schedule, so no graph
         self.settled = bool(completed) and self._all_done()
         if self.settled:
@@ -774,6 +770,7 @@ class _WaveRun:
         self.inflight: dict[Future[Any], int] = {}
         self.ready: deque[Task] = deque()
         self.spans: deque[float] = deque(maxlen=64)       # durations of the wave's recent single tasks
+        self.dirty = False                                # outcomes emitted since the last flush
         self.flushed_at = 0.0
 
     def _all_done(self) -> bool:
@@ -800,7 +797,6 @@ class _WaveRun:
             self._emit_step(i)
             for t in group:
                 e._finish(t, e._outcome(t, "skipped", message="done in an earlier run", resumed=True), burst=True)
-        self.dirty = bool(self.groups)
         return self.bad
 
     # -- resolution (main thread) -------------------------------------------------
