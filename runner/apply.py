@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from runner.connections.lab import check_labs, lab_dir_for
+from runner.connections.lab import check_labs, real_lab_dir
 from runner.connections.registry import ConnectionOptions
 from runner.engine import Engine, EngineOptions, retry_delay_scale
 from runner.errors import EXIT_INTERRUPTED, PermanentFault, RunnerError
@@ -106,16 +106,13 @@ class _Interrupts:
 def inventory_estate(inventory: Inventory) -> Estate:
     """The estate ``inventory`` describes, a lab's identity read from its directory."""
     cache: dict[Path, str] = {}
-    resolved: dict[Path, Path] = {}  # every host of a lab names the same folder: one realpath, not one a host
+    resolved: dict[Path, Path] = {}
 
     def lab_of(host: Any) -> str | None:
         try:
-            given = lab_dir_for(host, inventory)
+            path = real_lab_dir(host, inventory, resolved)
         except PermanentFault:
             return None
-        path = resolved.get(given)
-        if path is None:
-            path = resolved[given] = given.resolve()
         if path not in cache:
             cache[path] = lab_identity(path) or f"dir:{path}"
         return cache[path]

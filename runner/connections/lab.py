@@ -67,6 +67,17 @@ def _folder_of(path: str, cwd: str) -> Path:
     return (Path(cwd) / path).resolve().parent
 
 
+def real_lab_dir(host: Any, inventory: Any, resolved: dict[Path, Path]) -> Path:
+    """``lab_dir_for`` with links resolved, through ``resolved`` (given -> real path): the
+    hosts of a lab all name one folder, so one realpath (an lstat per path component) for
+    all of them rather than one a host."""
+    given = lab_dir_for(host, inventory)
+    real = resolved.get(given)
+    if real is None:
+        real = resolved[given] = given.resolve()
+    return real
+
+
 def check_labs(inventory: Any, hosts: Any) -> None:
     """Open the lab of every lab-connected host in ``hosts`` before a run starts.
 
@@ -77,23 +88,20 @@ def check_labs(inventory: Any, hosts: Any) -> None:
     """
     from runner.errors import InputError
     seen: set[Path] = set()
-    resolved: dict[Path, Path] = {}  # hosts name the same folder: one realpath, not one a host
+    resolved: dict[Path, Path] = {}
     for name in sorted(hosts):
         host = inventory.hosts.get(name)
         if host is None or getattr(host, "connection", None) != "lab":
             continue
         try:
-            path = lab_dir_for(host, inventory)
+            real = real_lab_dir(host, inventory, resolved)
         except PermanentFault as e:
             raise InputError(f"host {name}: {e.message}", getattr(inventory, "path", None)) from None
-        real = resolved.get(path)
-        if real is None:
-            real = resolved[path] = path.resolve()
         if real in seen:
             continue
         seen.add(real)
         try:
-            Faults(open_lab(path))
+            Faults(open_lab(real))
         except InputError as e:
             raise InputError(f"{e.message} (lab_dir of host {name})", e.file, e.line, e.col) from None
 
