@@ -159,7 +159,7 @@ class Meter:
         engine_mod.Engine._run_task = run_task  # type: ignore[method-assign]
         engine_mod.Engine._run_chunk = run_chunk  # type: ignore[method-assign]
         engine_mod.Engine.emit = emit  # type: ignore[method-assign]
-        for n in [n for n in ("run", "put", "get", "take") if hasattr(labconn.LabConnection, n)]:
+        for n in [n for n in ("run", "run_input", "put", "get", "take") if hasattr(labconn.LabConnection, n)]:
             setattr(labconn.LabConnection, n, counted(n))
 
     def reset(self) -> None:

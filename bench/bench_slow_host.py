@@ -33,7 +33,7 @@ from runner.lab import faults as lab_faults
 from runner.lab.generator import generate
 
 PLAYBOOK = str(Path(__file__).resolve().parent.parent / "playbooks" / "gradual.yml")
-TRIPS = ("run", "put", "get", "take")
+TRIPS = ("run", "run_input", "put", "get", "take")
 
 
 class Timer:

@@ -47,7 +47,7 @@ from runner.connections import ssh as sshconn
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOK = str(ROOT / "playbooks" / "gradual.yml")
-CALLS = ("run", "put", "get", "take")
+CALLS = ("run", "run_input", "put", "get", "take")
 
 
 class NetMeter:

@@ -30,3 +30,26 @@ def make_lab(tmp_path: Path, faults: dict | None = None, **host_extra) -> Lab:
     lab.host("exim01").services.add("RTCSrv", "Exchange Instant Messaging", binary_path=r"C:\x\rtc.exe")
     lab.host("pc0001").fs.write(r"\\deploy\packages\WindowsMessenger51.msi", messenger51_msi())
     return lab
+
+
+def set_put_truncated(lab_dir: Path, host: str, rate: float) -> None:
+    """Set the lab fault ``put_truncated`` of ``host`` (a put or a line's input cut to half)
+    in ``lab_dir/lab.json``, and drop the cached labs so new connections see it."""
+    import json
+    from runner.connections import lab as labconn
+    path = Path(lab_dir) / "lab.json"
+    cfg = json.loads(path.read_text())
+    cfg.setdefault("faults", {}).setdefault("hosts", {})[host] = {"put_truncated": rate}
+    path.write_text(json.dumps(cfg))
+    labconn._labs.clear()
+
+
+def im_clear_changes(directory, users) -> list:
+    """The LDIF changes clearing each user's Exchange IM attributes, read through ``directory``."""
+    from runner.lcs.exchange import IM_ATTRIBUTES, im_user_query
+    from runner.windows import ldif
+    changes = []
+    for u in users:
+        entry = directory.search(im_user_query(u.im_address).ldap_filter, list(IM_ATTRIBUTES))[0]
+        changes.append(ldif.Change(entry.dn, "modify", [("delete", a, []) for a in IM_ATTRIBUTES if entry.get(a)]))
+    return changes

@@ -3,18 +3,18 @@ a file cut short in transfer (the lab's ``put_truncated``) is never imported in 
 import is a transient fault (put again) instead of a permanent "succeeded but still has"."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from runner.connections import lab as labconn
 from runner.connections.lab import LabConnection
 from runner.errors import TransientFault
 from runner.lab.generator import generate
 from runner.lcs.chunks import import_and_read
-from runner.lcs.exchange import IM_ATTRIBUTES, Directory, im_user_query, unfinished_import
+from runner.lcs.exchange import Directory, im_user_query, unfinished_import
 from runner.loader import load_inventory
 from runner.windows import ldif
+
+from lab_fixtures import im_clear_changes, set_put_truncated
 
 
 @pytest.fixture
@@ -25,19 +25,7 @@ def exim(tmp_path):
 
 
 def _faults(tmp_path, host, rate):
-    path = tmp_path / "lab" / "lab.json"
-    cfg = json.loads(path.read_text())
-    cfg.setdefault("faults", {}).setdefault("hosts", {})[host] = {"put_truncated": rate}
-    path.write_text(json.dumps(cfg))
-    labconn._labs.clear()
-
-
-def _clear(directory, users):
-    changes = []
-    for u in users:
-        entry = directory.search(im_user_query(u.im_address).ldap_filter, list(IM_ATTRIBUTES))[0]
-        changes.append(ldif.Change(entry.dn, "modify", [("delete", a, []) for a in IM_ATTRIBUTES if entry.get(a)]))
-    return changes
+    set_put_truncated(tmp_path / "lab", host, rate)
 
 
 def _left(directory, users):
@@ -57,7 +45,7 @@ def test_a_cut_short_file_is_never_imported_and_the_import_is_retried(exim):
     users = list(inv.users.values())[:3]
     conn = LabConnection(inv.hosts[name], inv, None)
     d = Directory(conn, name, inv.hosts[name].vars, owner=users[0].alias)
-    changes = _clear(d, users)
+    changes = im_clear_changes(d, users)
     _faults(tmp_path, name, 1.0)
     conn = LabConnection(inv.hosts[name], inv, None)
     d = Directory(conn, name, inv.hosts[name].vars, owner=users[0].alias)

@@ -192,9 +192,9 @@ def test_windows_2000_clients_migrate_with_every_line_under_2047(tmp_path, monke
     refused: list[str] = []
     real_run = Shell.run
 
-    def recorded(self, line, *, in_batch=False):
+    def recorded(self, line, *, in_batch=False, stdin=""):
         lines.append((self.host.name, line))
-        res = real_run(self, line, in_batch=in_batch)
+        res = real_run(self, line, in_batch=in_batch, stdin=stdin)
         if "too long" in res.stderr:
             refused.append(f"{self.host.name}: {line[:60]}")
         return res

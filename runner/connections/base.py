@@ -56,6 +56,11 @@ class Connection(Protocol):
     # Optional: ``take(remote_path) -> bytes`` reads a file and deletes it in one round
     # trip (the lab and SSH connections have it); runner.steps._clients.take falls back
     # to get + del for a connection without it.
+    #
+    # Optional: ``run_input(command, data, *, timeout=None) -> CommandResult`` runs one
+    # command line with ``data`` on its standard input, then ends it (EOF): a script or an
+    # LDIF file delivered by the line that uses it (runner.lcs.chunks.deliver), one round
+    # trip instead of a put and a run. A connection without it gets the put and the run.
 
 
 # A factory builds a Connection for a host of the inventory. Each connection

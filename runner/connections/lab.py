@@ -32,7 +32,7 @@ from runner.connections.base import CommandResult
 from runner.errors import ChannelFault, ConnectionFault, PermanentFault
 from runner.lab import logon
 from runner.lab.faults import Faults
-from runner.lab.shell import Shell
+from runner.lab.shell import SessionInput, Shell
 from runner.lab.store import InvalidPath, Lab, LabHost, close_ended_threads
 
 _labs: dict[Path, Lab] = {}
@@ -145,6 +145,18 @@ class LabConnection:
         self._before()
         with logon.session(self.logon):
             result = Shell(self.lab, self.lab_host, self.faults).run(command)
+        self._after()
+        return result
+
+    def run_input(self, command: str, data: bytes, *, timeout: float | None = None) -> CommandResult:
+        """Run one command line with ``data`` on its standard input (one round trip). The
+        lab's ``put_truncated`` fault cuts the input short, as it cuts a put."""
+        self._before()
+        if self.faults.fires(self.lab_host, "put_truncated"):
+            data = data[:len(data) // 2]
+        with logon.session(self.logon):
+            result = Shell(self.lab, self.lab_host, self.faults).run(
+                command, stdin=SessionInput(data.decode("utf-8", errors="replace")))
         self._after()
         return result
 

@@ -575,13 +575,29 @@ class SSHConnection:
     # --- the Connection protocol --------------------------------------
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
         """Run one cmd.exe command line; ChannelFault when its channel dies or times out."""
+        return self._exec(command, None, timeout)
+
+    def run_input(self, command: str, data: bytes, *, timeout: float | None = None) -> CommandResult:
+        """Run one cmd.exe command line with ``data`` on its standard input, then end the
+        input (EOF): a file and the line that uses it in one round trip, on one channel."""
+        return self._exec(command, data, timeout)
+
+    def _exec(self, command: str, data: bytes | None, timeout: float | None) -> CommandResult:
         limit = float(timeout if timeout is not None else self.command_timeout)
         chan = self._open_session(lambda t: t.open_session(timeout=self.connect_timeout),
                                   "a session channel")
         try:
             try:
                 chan.exec_command(command)
+                if data is not None:
+                    chan.settimeout(limit)
+                    chan.sendall(data)
+                    chan.shutdown_write()
                 status, out, err = self._collect(chan, limit)
+            except socket.timeout:  # sendall of the input: the host stopped reading it
+                self._broken()
+                raise ChannelFault(f"{self.host}: command timed out after {limit:g}s (its input not taken)",
+                                   host=self.host, data={"timeout": limit}) from None
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 self._broken()
                 raise ChannelFault(f"{self.host}: connection lost while running a command ({_brief(exc)})",

@@ -40,7 +40,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 from runner.connections.base import CommandResult
 from runner.lab import commands as _commands_pkg
@@ -59,6 +59,27 @@ SYNTAX_ERROR = "The syntax of the command is incorrect.\r\n"
 
 # -- context given to programs ------------------------------------------------
 
+class SessionInput:
+    """A session's standard input (what the client sent on the channel), read by the first
+    program of the line that reads stdin, as on a real host: that program gets all of it, and
+    later readers get nothing. Read lazily, so a line whose programs never read stdin never
+    waits on a client that keeps its end of the channel open."""
+
+    def __init__(self, source: "str | Callable[[], str]") -> None:
+        self._source = source
+        self._taken = False
+
+    def read(self) -> str:
+        if self._taken:
+            return ""
+        self._taken = True
+        return self._source if isinstance(self._source, str) else self._source()
+
+
+#: What a program's stdin is: text (a pipe from the program before it, a ``<`` file) or the session's.
+Stdin = Union[str, SessionInput]
+
+
 @dataclass
 class ShellContext:
     """What an emulated program sees: the host, its environment, stdin, and the journal hook."""
@@ -68,10 +89,16 @@ class ShellContext:
     env: dict[str, str]
     cwd: str
     faults: Faults
-    stdin: str = ""
+    stdin_source: Stdin = ""
     command: str = ""
     program: str = ""
     _mutated: bool = False
+
+    @property
+    def stdin(self) -> str:
+        """The program's standard input (the session's, if it is the first to read it)."""
+        s = self.stdin_source
+        return s if isinstance(s, str) else s.read()
 
     def mutated(self) -> None:
         """Mark the running command as mutating: the shell journals it with its exit code."""
@@ -499,7 +526,9 @@ class Shell:
         self.max_line = host.windows.line_limit
         self.missing = host.windows.missing_programs
 
-    def run(self, line: str, *, in_batch: bool = False) -> CommandResult:
+    def run(self, line: str, *, in_batch: bool = False, stdin: Stdin = "") -> CommandResult:
+        """Run one command line (``in_batch``: a line of a batch file); ``stdin``: what the
+        line's programs read from standard input (a session's: :class:`SessionInput`)."""
         if len(line) > self.max_line:
             return CommandResult(1, "", TOO_LONG)
         line = line.split("\n", 1)[0].rstrip("\r")  # phase 0: a line ends at LF
@@ -513,10 +542,10 @@ class Shell:
             seq = parse(expanded)
         except CmdSyntaxError as e:
             return CommandResult(255, "", f"{e.args[0]} was unexpected at this time.\r\n")
-        out = self._seq(seq, "")
+        out = self._seq(seq, stdin)
         return CommandResult(self.errorlevel, out.stdout, out.stderr)
 
-    def _seq(self, seq: Seq, stdin: str) -> _Out:
+    def _seq(self, seq: Seq, stdin: Stdin) -> _Out:
         so, se = [], []
         last = _Out(0, "", "")
         for chain in seq.chains:
@@ -525,7 +554,7 @@ class Shell:
             se.append(last.stderr)
         return _Out(last.rc, "".join(so), "".join(se))
 
-    def _chain(self, chain: Chain, stdin: str) -> _Out:
+    def _chain(self, chain: Chain, stdin: Stdin) -> _Out:
         r = self._pipeline(chain.first, stdin)
         so, se = [r.stdout], [r.stderr]
         ok = r.rc == 0
@@ -537,7 +566,7 @@ class Shell:
                 ok = r.rc == 0
         return _Out(r.rc, "".join(so), "".join(se))
 
-    def _pipeline(self, pl: Pipeline, stdin: str) -> _Out:
+    def _pipeline(self, pl: Pipeline, stdin: Stdin) -> _Out:
         data = stdin
         se: list[str] = []
         r = _Out(0, "", "")
@@ -547,7 +576,7 @@ class Shell:
             data = r.stdout
         return _Out(r.rc, data, "".join(se))
 
-    def _node(self, node: Node, stdin: str) -> _Out:
+    def _node(self, node: Node, stdin: Stdin) -> _Out:
         for red in node.redirects:
             if red.mode == "<":
                 try:
@@ -595,12 +624,12 @@ class Shell:
                 self.host.fs.write(where, text.encode("utf-8"), append=True, make_dirs=False)
         return _Out(r.rc, std["1"], std["2"], r.sets_errorlevel)
 
-    def _simple(self, node: Simple, stdin: str) -> _Out:
+    def _simple(self, node: Simple, stdin: Stdin) -> _Out:
         token, rest = program_token(node.text)
         name = program_name(token)
         from runner.lab.commands import builtins
         builtin = builtins.BUILTINS.get(name) if token == token.strip('"') and "\\" not in token else None
-        ctx = ShellContext(self.lab, self.host, self.env, self.cwd, self.faults, stdin=stdin,
+        ctx = ShellContext(self.lab, self.host, self.env, self.cwd, self.faults, stdin_source=stdin,
                            command=node.text, program=name)
         if builtin is not None:
             rc, so, se, sets = builtin(self, ctx, rest)
@@ -728,7 +757,7 @@ def run_session(lab_dir: str | Path, host_name: str | None = None, command: str 
     faults = Faults(lab)
     if faults.before_command(host) is not None:
         return 255
-    res = Shell(lab, host, faults).run(command)
+    res = Shell(lab, host, faults).run(command, stdin=SessionInput(_read_stdin))
     if faults.after_command(host) is not None:
         return 255
     sys.stdout.buffer.write(res.stdout.encode("utf-8"))
@@ -736,6 +765,11 @@ def run_session(lab_dir: str | Path, host_name: str | None = None, command: str 
     sys.stderr.buffer.write(res.stderr.encode("utf-8"))
     sys.stderr.buffer.flush()
     return res.rc
+
+
+def _read_stdin() -> str:
+    """The served session's stdin to its end (the client's EOF), as UTF-8 text."""
+    return sys.stdin.buffer.read().decode("utf-8", errors="replace")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,18 @@ The chunked LCS and Exchange IM steps (docs/server-batching.md) collect the
 commands of a whole chunk of users in a :class:`ChunkScript`: each command is
 sectioned (runner.windows.cmdline), so every user's outcome is read from its
 own marked section. When everything fits on one command line (the host's
-limit, :func:`line_limit`) the chunk is one round trip. Otherwise a read
-(a probe: nothing may change on the host, not even a file) is packed into
-as few lines as fit; a change goes into a batch file put on the host
-(``@echo off``, one command a line, ``%`` doubled as a batch file wants) and
-run once with ``cmd /c``: two round trips (put, run) whatever its size.
+limit, :func:`line_limit`) the chunk is one round trip. Otherwise the
+commands go into a batch file (``@echo off``, one command a line, ``%``
+doubled as a batch file wants) run once with ``cmd /c`` and deleted. On a
+connection that can feed a line's standard input (``run_input``: SSH and
+the lab), the script is that input, written to its file by the line that
+runs it (runner.lcs.exchange.feed_command): one round trip whatever the
+chunk's size. Without it, a change's script is put first (two round trips)
+and a read is packed into as few lines as fit, so that a probe never puts a
+file. A read's fed script is one of its scratch files, like its ldifde
+exports: nothing the migration is about changes on the host. A file the
+commands use (an LDIF file to import, ``deliver``) goes with the first line
+in the same way, or is put first.
 
 Scratch files (the script, ldifde exports) are named after the chunk's first
 owner (a user's alias, runner.lcs.exchange.owner_tag). A read (``clean``)
@@ -35,7 +42,7 @@ from typing import Any, Mapping, Sequence
 
 from runner.connections.base import CommandResult, Connection
 from runner.errors import ChannelFault, PermanentFault, StepFault, TransientFault
-from runner.lcs.exchange import Query, owner_tag, temp_path
+from runner.lcs.exchange import Query, feed_command, feeds, owner_tag, run_delivering, temp_path
 from runner.windows import ldif, wmic
 from runner.windows.cmdline import (MAX_COMMAND_LINE, Command, Quoted, Section, batch, chain, sectioned,
                                     split_sections)
@@ -99,12 +106,16 @@ SCRIPT_END_MARK = "runner-end "
 
 
 class ChunkScript:
-    """The commands of one chunk, run in one round trip (a line) or two (a script put, then run)."""
+    """The commands of one chunk, run in one round trip (a line, or a script fed with the line
+    that runs it), or a few (a script put, then run; a read in lines)."""
 
     def __init__(self, conn: Connection, host: str, vars: Mapping[str, Any], owners: Sequence[str], *,
-                 limit: int, clean: bool = False, script: bool = True) -> None:
+                 limit: int, clean: bool = False, script: bool = True,
+                 deliver: tuple[bytes, str] | None = None) -> None:
         """``clean``: delete the owners' stale scratch files first (reads); ``script``: what does not
-        fit on one line goes into a script file (changes) rather than several lines (reads)."""
+        fit on one line goes into a script file (changes) rather than several lines (reads, on a
+        connection that cannot feed a line's input); ``deliver``: (data, path), a file the
+        commands use (an LDIF file to import), sent with the first line."""
         self.conn = conn
         self.host = host
         self.vars = vars
@@ -121,6 +132,7 @@ class ChunkScript:
         self._reads: list[bool] = []  # per command: it only reads (see :meth:`add`)
         self._lost: ChannelFault | None = None  # the last pass lost a line of a read-only chunk
         self._printed = ""  # what the last pass printed (for a chunk that printed no section)
+        self.deliver = deliver
 
     def _scratch(self, ext: str) -> str:
         name = f"runner-{owner_tag(self.owners[0])}-{secrets.token_hex(4)}.{ext}"
@@ -207,7 +219,8 @@ class ChunkScript:
 
     def _send(self, indices: list[int], *, first: bool = False) -> None:
         """Run the commands ``indices`` (all of them, ``first``) as one line, a few lines (reads)
-        or a script put and run; their sections replace what an earlier pass left."""
+        or a script (fed with its line, or put and run); their sections replace what an
+        earlier pass left."""
         nonce = secrets.token_hex(4)
         commands = [self.commands[i] for i in indices]
         clean = self.clean and first
@@ -216,24 +229,36 @@ class ChunkScript:
         wrapped, _ = sectioned(commands, nonce)
         if clean:
             wrapped.insert(0, wrapped.pop())
-        line = chain(wrapped) if wrapped else None
         self._lost = None
-        if line is not None and len(line) <= self.limit:
-            res = self._line(line)
-        elif not self.script:
-            results = [self._line(one) for one in batch(wrapped, limit=self.limit)]
+        data = self.deliver if first else None  # the file the commands use, sent once
+        if data is not None and not feeds(self.conn):
+            self.conn.put(*data)
+            data = None
+        prefix = [feed_command(data[1])] if data is not None else []
+        whole = chain([*prefix, *wrapped]) if wrapped else None  # flat: a nested Command renders alone
+        if whole is not None and len(whole) <= self.limit:
+            res = self._line(whole, data[0] if data is not None else None)
+        elif not self.script and (data is not None or not feeds(self.conn)):
+            # a read in several lines; the file, if any, fed to the first (the line's one input)
+            lines = batch(wrapped, limit=self.limit - (len(prefix[0]) + 3 if prefix else 0))
+            results = [self._line(Command(*prefix, "&", *lines[0].bits) if prefix else lines[0],
+                                  data[0] if data is not None else None)]
+            results += [self._line(one) for one in lines[1:]]
             res = CommandResult(results[-1].rc, "".join(r.stdout for r in results),
                                 "".join(r.stderr for r in results))
         else:
+            if data is not None:  # the file put, the script fed (a line has one input)
+                self.conn.put(*data)
             script = self._scratch("cmd")
             # the script's last line is a mark the line checks before running it: a script cut
             # short in transfer never runs (its commands come back with no section: retried)
             end = f"rem {SCRIPT_END_MARK}{secrets.token_hex(8)}"
             body = ["@echo off", *(c.render() for c in wrapped), end]
-            self.conn.put(("\r\n".join(b.replace("%", "%%") for b in body) + "\r\n").encode("utf-8"), script)
+            text = ("\r\n".join(b.replace("%", "%%") for b in body) + "\r\n").encode("utf-8")
             gate = Command("findstr", "/b", "/l", f'/c:"{end}"', Quoted(script), ">nul")
-            res = self.conn.run(chain([Command(gate, "&&", "cmd", "/c", Quoted(script)),
-                                       Command("del", "/q", Quoted(script))]).render(limit=self.limit))
+            run = chain([Command(gate, "&&", "cmd", "/c", Quoted(script)), Command("del", "/q", Quoted(script))])
+            # fed with its line where the connection can (one round trip), else put, then run
+            res = run_delivering(self.conn, run, data=text, path=script, limit=self.limit, run=self._line)
         sections = split_sections(res.stdout, len(commands), nonce)
         self._printed = res.stderr or res.stdout
         if first:
@@ -248,11 +273,15 @@ class ChunkScript:
         if stale:
             self._remove(stale)
 
-    def _line(self, line: Command) -> CommandResult:
-        """Run one line; in a read-only chunk a dropped or timed-out line gives no output (its
-        commands are sent again, see :meth:`run`) instead of failing the whole read."""
+    def _line(self, line: Command | str, data: bytes | None = None) -> CommandResult:
+        """Run one line (``data``: its standard input); in a read-only chunk a dropped or
+        timed-out line gives no output (its commands are sent again, see :meth:`run`)
+        instead of failing the whole read."""
+        text = line if isinstance(line, str) else line.render(limit=self.limit)
         try:
-            return self.conn.run(line.render(limit=self.limit))
+            if data is not None:
+                return self.conn.run_input(text, data)  # type: ignore[attr-defined]
+            return self.conn.run(text)
         except ChannelFault as exc:
             if not self.read_only:
                 raise
@@ -398,13 +427,14 @@ class LcsRead:
 
 def import_and_read(conn: Connection, host: str, vars: Mapping[str, Any], owners: Sequence[str],
                     changes: Sequence[ldif.Change], queries: Sequence[Query]) -> tuple[Section | None, list[ldif.Entry]]:
-    """Put one LDIF file holding ``changes`` on the host, then one line (or a few within its
-    line limit, default Windows 2000's): import it, delete it, run ``queries``. The import's
-    section (runner.lcs.exchange.unfinished_import reads it) and every entry found."""
-    script = ChunkScript(conn, host, vars, owners, limit=line_limit(vars, WINDOWS_2000_LINE), script=False)
+    """One LDIF file holding ``changes``, then one line (or a few within its line limit,
+    default Windows 2000's): import it, delete it, run ``queries``. The file goes with the
+    first line where the connection can feed it (one round trip), else it is put first. The
+    import's section (runner.lcs.exchange.unfinished_import reads it) and every entry found."""
     path = temp_path(conn, vars, f"runner-{owner_tag(owners[0])}-{secrets.token_hex(4)}.ldf")
     end = secrets.token_hex(8)
-    conn.put(ldif.render(changes, end=end), path)
+    script = ChunkScript(conn, host, vars, owners, limit=line_limit(vars, WINDOWS_2000_LINE), script=False,
+                         deliver=(ldif.render(changes, end=end), path))
     imported = script.add(ldif.checked_import(path, end), stderr_too=True)
     script.add(Command("del", "/q", Quoted(path)))
     handles = [script.add_query(q) for q in queries]

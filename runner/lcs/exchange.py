@@ -23,12 +23,13 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from runner.connections.base import Connection
+from runner.connections.base import CommandResult, Connection
 from runner.errors import PermanentFault, TransientFault
 from runner.hostenv import temp_dir
 from runner.model import Inventory
 from runner.windows import ldif
-from runner.windows.cmdline import Command, Quoted, Section, chain, gated_sections, sectioned, split_sections
+from runner.windows.cmdline import (Command, CommandLineTooLong, Quoted, Section, chain, gated_sections, sectioned,
+                                    split_sections)
 
 IM_ATTRIBUTES = ("msExchIMAddress", "msExchIMPhysicalURL", "msExchIMMetaPhysicalURL",
                  "msExchIMVirtualServer", "msExchIMACL")
@@ -50,6 +51,37 @@ def temp_path(conn: Connection, vars: Mapping[str, Any], name: str) -> str:
     """A scratch file path on the host ``conn`` reaches: in var ``remote_temp``, else in its
     ``%SystemRoot%\\Temp`` (runner.hostenv.temp_dir)."""
     return temp_dir(conn, vars) + "\\" + name
+
+
+def feeds(conn: Connection) -> bool:
+    """Whether ``conn`` can hand a command line its standard input (``run_input``)."""
+    return callable(getattr(conn, "run_input", None))
+
+
+def feed_command(path: str) -> Command:
+    """``findstr /r /c:"^" > PATH``: the line's standard input, every line as sent, copied to
+    the file PATH (findstr is on every Windows from 2000 on; ``^`` matches every line, the
+    empty ones too). A file so delivered must end with a line the line checks for (its end
+    mark), as a put file must: input cut short in transfer is never used."""
+    return Command("findstr", "/r", '/c:"^"', ">", Quoted(path))
+
+
+def run_delivering(conn: Connection, line: Command, *, data: bytes, path: str, limit: int,
+                   run: Any = None) -> CommandResult:
+    """Deliver ``data`` to the file ``path`` and run ``line``, which uses it: one round trip
+    when the connection can feed a line's standard input and the line with
+    :func:`feed_command` in front still fits ``limit``; else a put and then the line.
+    ``run(command_text, data_or_None)``: how the line is sent (default: the connection's)."""
+    send = run or (lambda text, fed: conn.run_input(text, fed) if fed is not None else conn.run(text))
+    if feeds(conn):
+        try:
+            text = chain([feed_command(path), line]).render(limit=limit)
+        except CommandLineTooLong:
+            text = None
+        if text is not None:
+            return send(text, data)
+    conn.put(data, path)
+    return send(line.render(limit=limit), None)
 
 
 def owner_tag(owner: str) -> str:
@@ -98,13 +130,14 @@ class Directory:
         return temp_path(self.conn, self.vars, f"runner-{owner_tag(self.owner)}-*.ldf") if self.owner else None
 
     def _line(self, gated: Sequence[Command], plain: Sequence[Command],
-              queries: Sequence[Query], *, clean: bool = False
+              queries: Sequence[Query], *, clean: bool = False, deliver: tuple[bytes, str] | None = None
               ) -> tuple[list[Section | None], list[list[ldif.Entry]], str]:
         """One command line: ``gated`` (each only after the previous succeeded), then
         ``plain``, then each query (export, type, delete the file); the sections of
         gated + plain, the entries of each query, and the line's stderr. ``clean``
         (no gated part: nothing of this owner's is on the host yet) first deletes the
-        owner's stale scratch files."""
+        owner's stale scratch files. ``deliver``: (data, path), a file the line uses, sent
+        with it (:func:`run_delivering`: in the same round trip when the connection can)."""
         nonce = secrets.token_hex(4)
         parts: list[Command] = []
         if gated:
@@ -119,7 +152,12 @@ class Directory:
                       Command("type", Quoted(path)), Command("del", "/q", Quoted(path))]
         n = len(gated) + len(plain)
         parts += sectioned([*plain, *qcmds], nonce, start=len(gated))[0]
-        res = self.conn.run(chain(parts).render())
+        if deliver is not None:
+            from runner.lcs.chunks import line_limit  # chunks imports this module
+            res = run_delivering(self.conn, chain(parts), data=deliver[0], path=deliver[1],
+                                 limit=line_limit(self.vars))
+        else:
+            res = self.conn.run(chain(parts).render())
         secs = split_sections(res.stdout, n + len(qcmds), nonce)
         found = [self._entries(q, secs[n + 3 * i], secs[n + 3 * i + 1], res.stderr)
                  for i, q in enumerate(queries)]
@@ -158,14 +196,15 @@ class Directory:
         """
         path = self._scratch()
         gated, plain = list(before), []
+        deliver = None
         if changes:
             end = secrets.token_hex(8)
-            self.conn.put(ldif.render(changes, end=end), path)
+            deliver = (ldif.render(changes, end=end), path)
             gated.append(ldif.checked_import(path, end))
             plain.append(Command("del", "/q", Quoted(path)))
         if not gated:
             return Applied([], self.read(read_back)[1])
-        secs, found, stderr = self._line(gated, plain, read_back)
+        secs, found, stderr = self._line(gated, plain, read_back, deliver=deliver)
         done = Applied(secs[:len(before)], found)
         imported = secs[len(before)] if changes else None
         if changes and all(s is not None and s.ok for s in done.before) and (imported is None or not imported.ok):

@@ -281,7 +281,7 @@ def if_(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
     else:
         return 255, "", "The syntax of the command is incorrect.\r\n", True
     if cond != neg and cmd.strip():
-        r = shell._simple(Simple(cmd.strip()), ctx.stdin)
+        r = shell._simple(Simple(cmd.strip()), ctx.stdin_source)
         return r.rc, r.stdout, r.stderr, r.sets_errorlevel
     return 0, "", "", False
 
@@ -302,7 +302,7 @@ def call(shell: Any, ctx: Any, rest: str) -> tuple[int, str, str, bool]:
         return 0, "", "", False
     if text.startswith(":"):
         return 1, "", "Invalid attempt to call batch label outside of batch script.\r\n", True
-    r = shell._simple(Simple(expand(text, with_dynamic(ctx.env, shell.errorlevel))), ctx.stdin)
+    r = shell._simple(Simple(expand(text, with_dynamic(ctx.env, shell.errorlevel))), ctx.stdin_source)
     return r.rc, r.stdout, r.stderr, r.sets_errorlevel
 
 

@@ -64,6 +64,15 @@ def regex(pattern: str) -> str:
     return "".join(out)
 
 
+_LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of ``text`` with their ends, as findstr reads them: a line ends at LF only
+    (Python's ``splitlines`` would also cut at U+2028, a form feed or a lone CR)."""
+    return _LINE.findall(text)
+
+
 @program("findstr")
 def findstr(ctx: Any, argv: list[str], raw: str) -> CommandResult:
     """findstr over stdin or the named files."""
@@ -108,7 +117,7 @@ def findstr(ctx: Any, argv: list[str], raw: str) -> CommandResult:
         sources.append((None, ctx.stdin))
     out: list[str] = []
     for name, text in sources:
-        for n, line in enumerate(text.splitlines(keepends=True), 1):
+        for n, line in enumerate(_lines(text), 1):
             body = line.rstrip("\r\n")
             hit = any(p.search(body) for p in pats)
             if hit == ("v" in flags):

@@ -1,0 +1,210 @@
+"""A file delivered by the line that uses it: the line's standard input, copied to the file by
+``findstr /r /c:"^" > FILE``, then used (a chunk's script run, an LDIF file imported), in one
+round trip instead of a put and a run.
+
+- The lab's findstr copies its input byte for byte, whatever the lines hold (quotes, ``&``,
+  ``%``, ``^``, Unicode, U+2028, empty lines), and a session's input goes to the first
+  program that reads it, as on a real host.
+- A chunk's script, and a read that needs more than one line, is one round trip on a
+  connection that feeds (``run_input``), with the same outcome as the put and run that a
+  connection without it still gets.
+- An input cut short in transfer (the lab's ``put_truncated``) runs nothing.
+"""
+from __future__ import annotations
+
+import pytest
+
+from runner import hostenv
+from runner.connections.base import CommandResult
+from runner.connections.lab import LabConnection
+from runner.errors import TransientFault
+from runner.lab.generator import generate
+from runner.lab.store import Lab
+from runner.lcs.chunks import ChunkScript, import_and_read, ldap_any
+from runner.lcs.exchange import IM_ATTRIBUTES, Directory, Query, feed_command, feeds, im_user_query, run_delivering
+from runner.loader import load_inventory
+from runner.windows.cmdline import Command, Quoted, chain
+
+from lab_fixtures import im_clear_changes, set_put_truncated
+
+AWKWARD = ['say "hi" & exit', "100% ^done^ | more", "", "Zoë Ångström 中文 – ok", "a\u2028b\x0cc", "", "end"]
+
+
+@pytest.fixture
+def estate(tmp_path):
+    inv = load_inventory(generate(tmp_path / "lab", clients=2, users_per_client=2, contacts=2, seed=6))
+    return tmp_path, inv
+
+
+def _conn(inv, prefix):
+    name = next(h for h in inv.hosts if h.startswith(prefix))
+    return name, LabConnection(inv.hosts[name], inv, None)
+
+
+class Counted:
+    """A connection counting its round trips by kind; ``feeding=False`` hides ``run_input``
+    (a connection that can only put and run)."""
+
+    def __init__(self, conn, feeding: bool = True) -> None:
+        self._conn = conn
+        self.host = conn.host
+        self.trips: list[str] = []
+        if feeding:
+            self.run_input = self._run_input
+        hostenv.system_root(self)  # learned once per connection: not one of the trips counted
+        self.trips.clear()
+
+    def run(self, command: str, *, timeout=None) -> CommandResult:
+        self.trips.append("run")
+        return self._conn.run(command, timeout=timeout)
+
+    def _run_input(self, command: str, data: bytes, *, timeout=None) -> CommandResult:
+        self.trips.append("run_input")
+        return self._conn.run_input(command, data, timeout=timeout)
+
+    def put(self, data: bytes, path: str) -> None:
+        self.trips.append("put")
+        self._conn.put(data, path)
+
+    def get(self, path: str) -> bytes:
+        self.trips.append("get")
+        return self._conn.get(path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _faults(tmp_path, host, rate):
+    set_put_truncated(tmp_path / "lab", host, rate)
+
+
+def test_the_lab_findstr_copies_a_fed_file_byte_for_byte(estate):
+    _, inv = estate
+    name, conn = _conn(inv, "lcs")
+    data = ("\r\n".join(AWKWARD) + "\r\n").encode("utf-8")
+    path = r"C:\WINDOWS\Temp\runner-fed.txt"
+    res = conn.run_input(chain([feed_command(path), Command("type", Quoted(path))]).render(), data)
+    assert res.rc == 0, res
+    assert Lab(inv.hosts[name].vars["lab_dir"]).host(name).fs.read(path) == data
+    assert res.stdout.encode("utf-8") == data
+
+
+def test_a_sessions_input_goes_to_the_first_program_that_reads_it(estate):
+    _, inv = estate
+    name, conn = _conn(inv, "lcs")
+    a, b = r"C:\WINDOWS\Temp\a.txt", r"C:\WINDOWS\Temp\b.txt"
+    res = conn.run_input(chain([Command("echo", "first"), feed_command(a), feed_command(b)]).render(), b"one\r\ntwo\r\n")
+    fs = Lab(inv.hosts[name].vars["lab_dir"]).host(name).fs
+    assert res.stdout == "first \r\n"  # cmd.exe echoes the space before &
+    assert fs.read(a) == b"one\r\ntwo\r\n" and fs.read(b) == b"", "the second reader found the input taken"
+
+
+def _script(conn, host, vars, n=40, *, read=False, **kw):
+    s = ChunkScript(conn, host, vars, ["chunk"], limit=2047, script=not read, **kw)
+    for i in range(n):   # well over one 2,047-character line
+        s.add(Command("echo", f"command {i} %PATH:~0,0%" + "x" * 60), read=read)
+    return s
+
+
+@pytest.mark.parametrize("read", [False, True], ids=["change", "read"])
+def test_a_chunk_too_long_for_a_line_is_one_fed_round_trip(estate, read):
+    """A change's script, and a read in several lines, is one ``run_input`` on a connection that
+    feeds; without it, a put and a run (a change) or one line per 2,047 characters (a read).
+    Every command's outcome is the same either way, ``%`` in a command kept as the line has it."""
+    _, inv = estate
+    name, lab = _conn(inv, "lcs")
+    seen = {}
+    for feeding in (True, False):
+        conn = Counted(lab, feeding)
+        s = _script(conn, name, inv.hosts[name].vars, read=read)
+        s.run()
+        seen[feeding] = [s.section(i).stdout for i in range(40)]
+        assert all(s.section(i).ok for i in range(40))
+        if feeding:
+            assert conn.trips == ["run_input"]
+        else:
+            assert (set(conn.trips) == {"run"} and len(conn.trips) >= 3) if read else conn.trips == ["put", "run"]
+    assert seen[True] == seen[False]
+    assert all(f"command {i} " in seen[True][i] for i in range(40))
+    left = Lab(inv.hosts[name].vars["lab_dir"]).host(name).fs
+    assert not [p for p in left.listdir(r"C:\WINDOWS\Temp") if p.lower().startswith("runner-")], "scripts deleted"
+
+
+def test_a_fed_script_cut_short_runs_nothing_and_is_retried(estate):
+    tmp_path, inv = estate
+    name = next(h for h in inv.hosts if h.startswith("lcs"))
+    _faults(tmp_path, name, 1.0)
+    conn = Counted(LabConnection(inv.hosts[name], inv, None))
+    s = _script(conn, name, inv.hosts[name].vars)
+    with pytest.raises(TransientFault, match="cut short"):
+        s.run()
+    assert conn.trips == ["run_input"] and all(s.section(i) is None for i in range(40))
+
+
+
+
+@pytest.mark.parametrize("feeding", [True, False], ids=["fed", "put"])
+def test_an_ldif_import_is_fed_with_its_line(estate, feeding):
+    tmp_path, inv = estate
+    name, lab = _conn(inv, "exim")
+    users = list(inv.users.values())
+    vars = inv.hosts[name].vars
+    changes = im_clear_changes(Directory(lab, name, vars, owner=users[0].alias), users)
+    conn = Counted(lab, feeding)
+    query = Query(ldap_any("msExchIMAddress", [u.im_address for u in users]), IM_ATTRIBUTES)
+    sec, found = import_and_read(conn, name, vars, [u.alias for u in users], changes, [query])
+    assert sec is not None and sec.ok, sec
+    assert conn.trips == (["run_input"] if feeding else ["put", "run"])
+    assert found == [], "the read-back finds no user still holding an msExchIMAddress"
+    assert all(not Directory(lab, name, vars).search(im_user_query(u.im_address).ldap_filter, ["cn"]) for u in users)
+
+
+def test_a_line_too_long_with_its_feed_falls_back_to_a_put(estate):
+    """``run_delivering`` feeds only when the line with the findstr in front still fits."""
+    _, inv = estate
+    name, lab = _conn(inv, "lcs")
+    conn = Counted(lab)
+    path = r"C:\WINDOWS\Temp\runner-long.txt"
+    line = Command("type", Quoted(path), "&", "echo", "x" * (2047 - 20 - len(path)))
+    res = run_delivering(conn, line, data=b"hello\r\n", path=path, limit=2047)
+    assert conn.trips == ["put", "run"] and res.stdout.startswith("hello\r\n")
+    assert feeds(conn) and not feeds(Counted(lab, feeding=False))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import os
+    from ssh_helpers import serve
+    if not os.access("/usr/sbin/sshd", os.X_OK):
+        pytest.skip("OpenSSH sshd not installed (apt-get install openssh-server)")
+    lab = tmp_path_factory.mktemp("fedlab") / "lab"
+    generate(lab, clients=2, users_per_client=1, contacts=2, seed=5)
+    server = serve(lab, fake_shell=False)
+    yield server
+    server.stop()
+
+
+@pytest.mark.ssh
+def test_over_real_ssh_a_fed_file_arrives_whole_past_the_channel_window(served):
+    """Over the served lab's sshd: 3 MiB of input (more than paramiko's 2 MiB channel window, so
+    the send waits for the host to read) lands byte for byte, and a chunk's script is one
+    ``run_input``; a plain ``run`` still never waits on its input."""
+    from runner.connections.ssh import SSHConnection
+    from ssh_helpers import ssh_host
+    name = next(h for h in served.addresses if h.startswith("lcs"))
+    conn = SSHConnection(ssh_host(served, name), None, None)
+    try:
+        line = ("\r\n".join(AWKWARD) + "\r\n").encode("utf-8")
+        data = line * (3 * 1024 * 1024 // len(line) + 1)
+        path = r"C:\WINDOWS\Temp\runner-big.txt"
+        res = conn.run_input(chain([feed_command(path), Command("echo", "done")]).render(), data)
+        assert res.rc == 0 and res.stdout.strip() == "done", res
+        assert conn.get(path) == data
+        assert conn.run("echo plain").stdout.strip() == "plain"
+        counted = Counted(conn)
+        s = _script(counted, name, {})
+        s.run()
+        assert counted.trips == ["run_input"]
+        assert all(s.section(i).ok and f"command {i} " in s.section(i).stdout for i in range(40))
+    finally:
+        conn.close()
