@@ -21,7 +21,8 @@ from runner.errors import TransientFault
 from runner.lab.generator import generate
 from runner.lab.store import Lab
 from runner.lcs.chunks import ChunkScript, import_and_read, ldap_any
-from runner.lcs.exchange import IM_ATTRIBUTES, Directory, Query, feed_command, feeds, im_user_query, run_delivering
+from runner.lcs.exchange import IM_ATTRIBUTES, Directory, Query, im_user_query
+from runner.windows.scripts import feed_command, feeds, run_delivering
 from runner.loader import load_inventory
 from runner.windows.cmdline import Command, Quoted, chain
 

@@ -59,7 +59,7 @@ class Connection(Protocol):
     #
     # Optional: ``run_input(command, data, *, timeout=None) -> CommandResult`` runs one
     # command line with ``data`` on its standard input, then ends it (EOF): a script or an
-    # LDIF file delivered by the line that uses it (runner.lcs.chunks.deliver), one round
+    # LDIF file delivered by the line that uses it (runner.windows.scripts), one round
     # trip instead of a put and a run. A connection without it gets the put and the run.
 
 

@@ -9,7 +9,7 @@ commands go into a batch file (``@echo off``, one command a line, ``%``
 doubled as a batch file wants) run once with ``cmd /c`` and deleted. On a
 connection that can feed a line's standard input (``run_input``: SSH and
 the lab), the script is that input, written to its file by the line that
-runs it (runner.lcs.exchange.feed_command): one round trip whatever the
+runs it (runner.windows.scripts): one round trip whatever the
 chunk's size. Without it, a change's script is put first (two round trips)
 and a read is packed into as few lines as fit, so that a probe never puts a
 file. A read's fed script is one of its scratch files, like its ldifde
@@ -42,10 +42,11 @@ from typing import Any, Mapping, Sequence
 
 from runner.connections.base import CommandResult, Connection
 from runner.errors import ChannelFault, PermanentFault, StepFault, TransientFault
-from runner.lcs.exchange import Query, feed_command, feeds, owner_tag, run_delivering, temp_path
+from runner.lcs.exchange import Query, owner_tag, temp_path
 from runner.windows import ldif, wmic
 from runner.windows.cmdline import (MAX_COMMAND_LINE, Command, Quoted, Section, batch, chain, sectioned,
                                     split_sections)
+from runner.windows.scripts import batch_file, feed_command, feeds, run_delivering, script_line
 
 #: cmd.exe on Windows 2000 takes at most 2,047 characters (KB 830473); XP / 2003 take 8,191.
 WINDOWS_2000_LINE = 2047
@@ -99,10 +100,6 @@ def ldap_any(attr: str, values: Sequence[str]) -> str:
     """An LDAP filter matching ``attr`` equal to any of ``values`` (each escaped by ldif)."""
     parts = "".join(f"({attr}={ldif.escape_filter_value(v)})" for v in values)
     return parts if len(values) == 1 else f"(|{parts})"
-
-
-#: The last line of a chunk's script (after ``rem``), checked by findstr before cmd runs it.
-SCRIPT_END_MARK = "runner-end "
 
 
 class ChunkScript:
@@ -251,14 +248,12 @@ class ChunkScript:
                 self.conn.put(*data)
             script = self._scratch("cmd")
             # the script's last line is a mark the line checks before running it: a script cut
-            # short in transfer never runs (its commands come back with no section: retried)
-            end = f"rem {SCRIPT_END_MARK}{secrets.token_hex(8)}"
-            body = ["@echo off", *(c.render() for c in wrapped), end]
-            text = ("\r\n".join(b.replace("%", "%%") for b in body) + "\r\n").encode("utf-8")
-            gate = Command("findstr", "/b", "/l", f'/c:"{end}"', Quoted(script), ">nul")
-            run = chain([Command(gate, "&&", "cmd", "/c", Quoted(script)), Command("del", "/q", Quoted(script))])
+            # short in transfer never runs (its commands come back with no section: retried).
+            # Every % of a chunk's commands is data (Quoted refuses %): doubled, as a batch file wants
+            text, end = batch_file([c.render() for c in wrapped], double_percent=True)
             # fed with its line where the connection can (one round trip), else put, then run
-            res = run_delivering(self.conn, run, data=text, path=script, limit=self.limit, run=self._line)
+            res = run_delivering(self.conn, script_line(script, end), data=text, path=script, limit=self.limit,
+                                 run=self._line)
         sections = split_sections(res.stdout, len(commands), nonce)
         self._printed = res.stderr or res.stdout
         if first:

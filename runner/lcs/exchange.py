@@ -23,13 +23,13 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from runner.connections.base import CommandResult, Connection
+from runner.connections.base import Connection
 from runner.errors import PermanentFault, TransientFault
 from runner.hostenv import temp_dir
 from runner.model import Inventory
 from runner.windows import ldif
-from runner.windows.cmdline import (Command, CommandLineTooLong, Quoted, Section, chain, gated_sections, sectioned,
-                                    split_sections)
+from runner.windows.cmdline import Command, Quoted, Section, chain, gated_sections, sectioned, split_sections
+from runner.windows.scripts import run_delivering
 
 IM_ATTRIBUTES = ("msExchIMAddress", "msExchIMPhysicalURL", "msExchIMMetaPhysicalURL",
                  "msExchIMVirtualServer", "msExchIMACL")
@@ -51,37 +51,6 @@ def temp_path(conn: Connection, vars: Mapping[str, Any], name: str) -> str:
     """A scratch file path on the host ``conn`` reaches: in var ``remote_temp``, else in its
     ``%SystemRoot%\\Temp`` (runner.hostenv.temp_dir)."""
     return temp_dir(conn, vars) + "\\" + name
-
-
-def feeds(conn: Connection) -> bool:
-    """Whether ``conn`` can hand a command line its standard input (``run_input``)."""
-    return callable(getattr(conn, "run_input", None))
-
-
-def feed_command(path: str) -> Command:
-    """``findstr /r /c:"^" > PATH``: the line's standard input, every line as sent, copied to
-    the file PATH (findstr is on every Windows from 2000 on; ``^`` matches every line, the
-    empty ones too). A file so delivered must end with a line the line checks for (its end
-    mark), as a put file must: input cut short in transfer is never used."""
-    return Command("findstr", "/r", '/c:"^"', ">", Quoted(path))
-
-
-def run_delivering(conn: Connection, line: Command, *, data: bytes, path: str, limit: int,
-                   run: Any = None) -> CommandResult:
-    """Deliver ``data`` to the file ``path`` and run ``line``, which uses it: one round trip
-    when the connection can feed a line's standard input and the line with
-    :func:`feed_command` in front still fits ``limit``; else a put and then the line.
-    ``run(command_text, data_or_None)``: how the line is sent (default: the connection's)."""
-    send = run or (lambda text, fed: conn.run_input(text, fed) if fed is not None else conn.run(text))
-    if feeds(conn):
-        try:
-            text = chain([feed_command(path), line]).render(limit=limit)
-        except CommandLineTooLong:
-            text = None
-        if text is not None:
-            return send(text, data)
-    conn.put(data, path)
-    return send(line.render(limit=limit), None)
 
 
 def owner_tag(owner: str) -> str:
@@ -137,7 +106,8 @@ class Directory:
         gated + plain, the entries of each query, and the line's stderr. ``clean``
         (no gated part: nothing of this owner's is on the host yet) first deletes the
         owner's stale scratch files. ``deliver``: (data, path), a file the line uses, sent
-        with it (:func:`run_delivering`: in the same round trip when the connection can)."""
+        with it (runner.windows.scripts.run_delivering: in the same round trip when the
+        connection can)."""
         nonce = secrets.token_hex(4)
         parts: list[Command] = []
         if gated:

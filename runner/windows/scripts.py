@@ -1,0 +1,107 @@
+"""Batch scripts and files delivered with the command line that uses them.
+
+A host's cmd.exe takes lines of at most 8,191 characters (2,047 on Windows 2000),
+so work that does not fit one line goes into a batch file run once with
+``cmd /c``. The file travels with the line that runs it where the connection
+can feed a line's standard input (``run_input``, runner.connections.base): the
+line begins with ``findstr /r /c:"^" > FILE``, which copies every line of its
+input to the file (findstr is on every Windows from 2000 on; ``^`` matches
+every line, the empty ones too). One round trip, one SSH channel, where a
+put and a run were two. A connection without ``run_input`` gets the put.
+
+Every delivered file ends with a mark unique to this delivery that the line
+checks before using the file (a script's ``rem runner-end <hex>``, an LDIF
+file's ``# runner-end <hex>``): an input or a put cut short in transfer is
+never run, nor imported in part.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any, Callable, Sequence
+
+from runner.connections.base import CommandResult, Connection
+from runner.windows.cmdline import Bit, Command, CommandLineTooLong, Quoted, chain
+
+#: The last line of a delivered script (after ``rem``), checked by findstr before cmd runs it.
+SCRIPT_END_MARK = "runner-end "
+
+#: The variables a client line may reference as ``%NAME%`` and still run the same from a batch
+#: file: always defined in a logon session, so a batch file expands them as the line does.
+BATCH_SAFE_VARIABLES = frozenset({"systemdrive", "systemroot", "programfiles", "windir"})
+_PERCENT = re.compile(r"%([^%]*)%|%")
+
+
+def feeds(conn: Connection) -> bool:
+    """Whether ``conn`` can hand a command line its standard input (``run_input``)."""
+    return callable(getattr(conn, "run_input", None))
+
+
+def feed_command(path: Bit) -> Command:
+    """``findstr /r /c:"^" > PATH``: the line's standard input, every line as sent, copied to
+    the file PATH (a Windows path, or a bit that renders one). A file so delivered must end
+    with a line the line checks for (its end mark), as a put file must."""
+    return Command("findstr", "/r", '/c:"^"', ">", Quoted(path) if isinstance(path, str) else path)
+
+
+def run_delivering(conn: Connection, line: Command, *, data: bytes, path: str, limit: int,
+                   run: Callable[[str, bytes | None], CommandResult] | None = None) -> CommandResult:
+    """Deliver ``data`` to the file ``path`` and run ``line``, which uses it: one round trip
+    when the connection can feed a line's standard input and the line with
+    :func:`feed_command` in front still fits ``limit``; else a put and then the line.
+    ``run(command_text, data_or_None)``: how the line is sent (default: the connection's)."""
+    send = run or (lambda text, fed: conn.run_input(text, fed) if fed is not None  # type: ignore[attr-defined]
+                   else conn.run(text))
+    if feeds(conn):
+        try:
+            text = chain([feed_command(path), line]).render(limit=limit)
+        except CommandLineTooLong:
+            text = None
+        if text is not None:
+            return send(text, data)
+    conn.put(data, path)
+    return send(line.render(limit=limit), None)
+
+
+def batch_file(lines: Sequence[str], *, double_percent: bool) -> tuple[bytes, str]:
+    """A batch file running ``lines`` (``@echo off`` first, CRLF line ends, UTF-8) and the
+    end mark that is its last line. ``double_percent``: every ``%`` becomes ``%%``, a literal
+    percent in a batch file (lines whose ``%`` are all data); else the lines go as they are
+    (see :func:`batch_safe`)."""
+    end = f"rem {SCRIPT_END_MARK}{secrets.token_hex(8)}"
+    body = ["@echo off", *(ln.replace("%", "%%") if double_percent else ln for ln in lines), end]
+    return ("\r\n".join(body) + "\r\n").encode("utf-8"), end
+
+
+def script_line(path: Bit, end: str) -> Command:
+    """The line that runs a delivered script: only when its last line is ``end`` (findstr),
+    ``cmd /c`` it, then delete it whatever happened."""
+    p = Quoted(path) if isinstance(path, str) else path
+    gate = Command("findstr", "/b", "/l", f'/c:"{end}"', p, ">nul")
+    return chain([Command(gate, "&&", "cmd", "/c", p), Command("del", "/q", p)])
+
+
+def batch_safe(line: str) -> bool:
+    """Whether ``line`` runs the same from a batch file, as it is: each ``%`` in it is part of
+    a ``%NAME%`` of :data:`BATCH_SAFE_VARIABLES` (a batch file drops a lone ``%`` and expands
+    an undefined ``%NAME%`` to nothing, where a command line keeps both as typed)."""
+    return all(m.group(1) is not None and m.group(1).lower() in BATCH_SAFE_VARIABLES
+               for m in _PERCENT.finditer(line))
+
+
+def system_temp_file(name: str) -> str:
+    """``"%SystemRoot%\\Temp\\NAME"`` as a raw, quoted command-line bit, for a line that must
+    name a scratch file before it knows where Windows is (cmd.exe expands it)."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ValueError(f"not a scratch file name: {name!r}")
+    return f'"%SystemRoot%\\Temp\\{name}"'
+
+
+def run_script(conn: Any, lines: Sequence[str], *, path: Bit, limit: int,
+               double_percent: bool, run: Callable[[str, bytes | None], CommandResult] | None = None
+               ) -> CommandResult:
+    """Run ``lines`` as one batch file fed with the line that runs it (the connection must
+    feed: :func:`feeds`)."""
+    data, end = batch_file(lines, double_percent=double_percent)
+    text = chain([feed_command(path), script_line(path, end)]).render(limit=limit)
+    return run(text, data) if run is not None else conn.run_input(text, data)
