@@ -174,11 +174,19 @@ class FakeClient:
             return result
         text = toks[pos[0]] if pos[0] < len(toks) else ""
         pos[0] += 1
+        piped: list[str] = []  # cmd ... | findstr ...: a pipeline binds tighter than && || &
+        while pos[0] + 1 < len(toks) and toks[pos[0]] == "|":
+            piped.append(toks[pos[0] + 1])
+            pos[0] += 2
         if not run:
             return 0, "", ""
-        text, redirects = _redirections(text)
-        self.executed.append(text.strip())
-        rc, o, e = self._exec(text)
+        *first, last = [text, *piped]
+        last, redirects = _redirections(last)
+        o, e = "", ""
+        for stage in [*first, last]:  # each stage reads what the one before printed
+            self.executed.append(stage.strip())
+            rc, o, err = self._exec(stage, stdin=o)
+            e += err
         for r in redirects:
             if r == ">nul":
                 o = ""
@@ -200,12 +208,20 @@ class FakeClient:
         pass
 
     # -- programs ----------------------------------------------------------------
-    def _exec(self, text: str) -> tuple[int, str, str]:
+    def _exec(self, text: str, stdin: str = "") -> tuple[int, str, str]:
         stripped = text.lstrip()
         args = argv(stripped)
         if not args:
             return 0, "", ""
         prog = args[0].lower()
+        if prog == "findstr":  # findstr [/i] [/e] [/b] [/l] /c:"string" over stdin (a pipe)
+            flags = {a.lower() for a in args[1:] if a.startswith("/") and not a.lower().startswith("/c:")}
+            want = next(a[3:] for a in args[1:] if a.lower().startswith("/c:"))
+            fold = (lambda x: x.lower()) if "/i" in flags else (lambda x: x)
+            hits = [ln for ln in stdin.replace("\r\n", "\n").split("\n")
+                    if (fold(ln).endswith(fold(want)) if "/e" in flags else
+                        fold(ln).startswith(fold(want)) if "/b" in flags else fold(want) in fold(ln))]
+            return (0 if hits else 1), "".join(h + "\r\n" for h in hits), ""
         if prog == "echo":
             return 0, stripped[5:] + "\r\n", ""
         if prog == "ver":

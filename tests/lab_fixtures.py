@@ -53,3 +53,11 @@ def im_clear_changes(directory, users) -> list:
         entry = directory.search(im_user_query(u.im_address).ldap_filter, list(IM_ATTRIBUTES))[0]
         changes.append(ldif.Change(entry.dn, "modify", [("delete", a, []) for a in IM_ATTRIBUTES if entry.get(a)]))
     return changes
+
+
+def script_lines(data: bytes) -> list[str]:
+    """The lines a batch file fed with its line runs (runner.windows.scripts.batch_file), without
+    its ``@echo off`` and end mark: what would have gone one by one, for tests that look at lines."""
+    from runner.windows.scripts import SCRIPT_END_MARK
+    return [ln for ln in data.decode("utf-8").split("\r\n")
+            if ln and ln != "@echo off" and not ln.startswith("rem " + SCRIPT_END_MARK)]

@@ -12,6 +12,7 @@ from runner.steps.export_contacts import read_machine
 from runner.steps.inventory_clients import gather
 from runner.windows.cmdline import Command, CommandLineTooLong, batch_groups, branch_sections, split_sections
 
+from lab_fixtures import script_lines
 from stepctx import StepCtx
 
 
@@ -50,8 +51,11 @@ def estate(tmp_path_factory):
 
 def _facts_ctx(inv, host, sent):
     conn = LabConnection(inv.hosts[host], inv, None)
-    original = conn.run
+    original, fed = conn.run, conn.run_input
     conn.run = lambda cmd, **kw: (sent.append(cmd), original(cmd, **kw))[1]  # type: ignore[method-assign]
+    # a fed script's lines, as if each had been sent on its own (and the line that feeds it)
+    conn.run_input = lambda cmd, data, **kw: (sent.extend(script_lines(data)),  # type: ignore[method-assign]
+                                              fed(cmd, data, **kw))[1]
     return StepCtx(inv, {host: conn}, __import__("pathlib").Path("/nonexistent"), vars=dict(inv.vars))
 
 

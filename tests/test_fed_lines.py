@@ -209,3 +209,73 @@ def test_over_real_ssh_a_fed_file_arrives_whole_past_the_channel_window(served):
         assert all(s.section(i).ok and f"command {i} " in s.section(i).stdout for i in range(40))
     finally:
         conn.close()
+
+
+# -- the client lines (runner.steps._clients.run_built) -------------------------------------
+
+def _client_reads(n: int = 30) -> list:
+    """Reads well over one 2,047-character line, ``%SystemDrive%`` among them."""
+    return [Command("echo", "%SystemDrive%")] + [Command("echo", f"read {i} " + "y" * 80) for i in range(n)]
+
+
+def _temp_listing(inv, name):
+    fs = Lab(inv.hosts[name].vars["lab_dir"]).host(name).fs
+    return sorted(f for f in fs.listdir(r"C:\WINDOWS\Temp") if f.lower().startswith("runner-"))
+
+
+def test_a_clients_lines_are_one_fed_script_named_after_its_owner(estate):
+    from runner.steps import _clients as cl
+    _, inv = estate
+    name, lab = _conn(inv, "pc")
+    for owner, trips in ((None, None), ("user:alice", ["run_input"])):
+        conn = Counted(lab)
+        sections, _ = cl.run_sections(conn, _client_reads(), limit=2047, owner=owner)
+        assert trips is None and len(conn.trips) >= 2 or conn.trips == trips, conn.trips
+        assert sections[0].stdout.strip() == "C:", "%SystemDrive% expands in the script as on the line"
+        assert all(s.ok and f"read {i} " in s.stdout for i, s in enumerate(sections[1:]))
+    assert _temp_listing(inv, name) == [], "the script deleted itself"
+
+
+def test_a_cut_off_script_is_deleted_by_its_owners_next_line_and_no_one_elses(estate):
+    from runner.steps import _clients as cl
+    from runner.windows.scripts import owner_tag
+    _, inv = estate
+    name, lab = _conn(inv, "pc")
+    fs = Lab(inv.hosts[name].vars["lab_dir"]).host(name).fs
+    mine, theirs = (rf"C:\WINDOWS\Temp\runner-{owner_tag(o)}-0badf00d.cmd" for o in ("user:alice", "user:bob"))
+    for path in (mine, theirs):
+        fs.write(path, b"@echo off\r\necho left by a killed run\r\n")
+    cl.run_sections(Counted(lab), [Command("ver")], limit=2047, owner="user:alice")   # one short line
+    assert _temp_listing(inv, name) == [theirs.rsplit("\\", 1)[1]], "bob's task may still be running it"
+    fs.write(mine, b"@echo off\r\n")
+    cl.run_sections(Counted(lab), _client_reads(), limit=2047, owner="user:alice")    # a fed script
+    assert _temp_listing(inv, name) == [theirs.rsplit("\\", 1)[1]]
+
+
+def test_a_clients_script_cut_short_is_a_transient_fault(estate):
+    from runner.steps import _clients as cl
+    tmp_path, inv = estate
+    name = next(h for h in inv.hosts if h.startswith("pc"))
+    _faults(tmp_path, name, 1.0)
+    conn = Counted(LabConnection(inv.hosts[name], inv, None))
+    with pytest.raises(TransientFault, match="cut short"):
+        cl.run_sections(conn, _client_reads(), limit=2047, owner="host:" + name)
+    assert conn.trips == ["run_input"]
+
+
+def test_lines_a_batch_file_would_read_otherwise_go_one_by_one(estate):
+    """A ``%`` a batch file reads differently from a command line (a lone one, an undefined
+    variable, ``%^ERRORLEVEL%``) keeps the lines apart; check mode never writes a script."""
+    from runner.steps import _clients as cl
+    from runner.windows.scripts import batch_safe
+    assert batch_safe('echo "%SystemRoot%\\Temp" %ProgramFiles%') and not batch_safe("call echo %^ERRORLEVEL%")
+    assert not batch_safe("echo 100%") and not batch_safe("echo %NOSUCHVAR%")
+    _, inv = estate
+    name, lab = _conn(inv, "pc")
+    conn = Counted(lab)
+    cl.run_sections(conn, [*_client_reads(), Command("call", "echo", "%^ERRORLEVEL%")], limit=2047, owner="host:x")
+    assert set(conn.trips) == {"run"} and len(conn.trips) >= 2
+
+    class Check:
+        check = True
+    assert cl.script_owner(Check(), "host:x") is None and cl.script_owner(object(), "host:x") == "host:x"

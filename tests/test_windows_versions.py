@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_fixtures import ALICE, CONTACTS, make_lab
+from lab_fixtures import ALICE, CONTACTS, make_lab, script_lines
 from runner.apply import ApplyRequest, apply
 from runner.errors import InputError
 from runner.lab import generator
@@ -234,8 +234,10 @@ def test_upgrade_on_windows_2000_reads_no_wmic_and_logs_under_winnt(tmp_path):
                 if lab.host(n).windows.version == "5.0" and not lab.host(n).products.get(MESSENGER51_CODE))
     conn = LabConnection(inv.hosts[name], inv, None)
     sent: list[str] = []
-    original = conn.run
+    original, fed = conn.run, conn.run_input
     conn.run = lambda cmd, **kw: (sent.append(cmd), original(cmd, **kw))[1]  # type: ignore[method-assign]
+    conn.run_input = lambda cmd, data, **kw: (sent.extend(script_lines(data)),  # type: ignore[method-assign]
+                                              fed(cmd, data, **kw))[1]
     ctx = StepCtx(inv, {name: conn}, tmp_path)
     facts = gather(ctx, inv.hosts[name])[0]
     assert (facts["os_version"], facts["cmd_line_limit"], facts["env"]["SystemRoot"]) == ("5.0", 2047, r"C:\WINNT")

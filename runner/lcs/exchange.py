@@ -17,7 +17,6 @@ are variables with the defaults below (DOMAIN.md).
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from runner.hostenv import temp_dir
 from runner.model import Inventory
 from runner.windows import ldif
 from runner.windows.cmdline import Command, Quoted, Section, chain, gated_sections, sectioned, split_sections
-from runner.windows.scripts import run_delivering
+from runner.windows.scripts import owner_tag, run_delivering
 
 IM_ATTRIBUTES = ("msExchIMAddress", "msExchIMPhysicalURL", "msExchIMMetaPhysicalURL",
                  "msExchIMVirtualServer", "msExchIMACL")
@@ -51,12 +50,6 @@ def temp_path(conn: Connection, vars: Mapping[str, Any], name: str) -> str:
     """A scratch file path on the host ``conn`` reaches: in var ``remote_temp``, else in its
     ``%SystemRoot%\\Temp`` (runner.hostenv.temp_dir)."""
     return temp_dir(conn, vars) + "\\" + name
-
-
-def owner_tag(owner: str) -> str:
-    """The 8 hex digits naming an owner's scratch files (fixed length: one owner's
-    wildcard never matches another's files, whatever characters the names hold)."""
-    return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:8]
 
 
 @dataclass(frozen=True)

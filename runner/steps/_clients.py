@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from runner.connections.base import CommandResult, Connection
-from runner.errors import PermanentFault
+from runner.errors import PermanentFault, TransientFault
 from runner.model import Inventory, User
 from runner.windows import reg
 from runner.windows.cmdline import (MAX_COMMAND_LINE, Command, Quoted, Section, batch_groups, branch_sections,
                                     sectioned, split_sections)
 from runner.windows.regfile import RegKey
+from runner.windows.scripts import batch_safe, feeds, owner_tag, run_script, stale_scripts
 
 PROFILE_LIST = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList"
 WINDOWS_NT = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
@@ -30,14 +31,21 @@ DEFAULT_MESSENGER_EXE = r"C:\Program Files\Messenger\msmsgs.exe"
 DEFAULT_LINE_LIMIT = 2047
 
 
-def run_sections(conn: Connection, commands: Sequence[Command], *,
-                 limit: int = MAX_COMMAND_LINE) -> tuple[list[Section | None], str]:
+def script_owner(ctx: Any, target: str) -> str | None:
+    """The owner a client's fed batch script is named after (``run_built``): the task's
+    target, ``host:NAME`` or ``user:ALIAS``; None in check mode, which writes no file on a
+    client, not even a scratch script (its lines go one by one)."""
+    return None if getattr(ctx, "check", False) else target
+
+
+def run_sections(conn: Connection, commands: Sequence[Command], *, limit: int = MAX_COMMAND_LINE,
+                 owner: str | None = None) -> tuple[list[Section | None], str]:
     """Run ``commands`` chained with ``&`` (one round trip per ``limit`` characters).
 
     Returns each command's stdout and success (None: it never ran), and the
     combined stderr (reg.exe writes its errors there).
     """
-    return run_groups(conn, [[c] for c in commands], limit=limit)
+    return run_groups(conn, [[c] for c in commands], limit=limit, owner=owner)
 
 
 #: Builds one group of a line from the line's nonce and its first section number:
@@ -50,17 +58,26 @@ def plain(commands: Sequence[Command]) -> GroupBuilder:
     return lambda nonce, start: (sectioned(commands, nonce, start=start)[0], len(commands))
 
 
-def run_groups(conn: Connection, groups: Sequence[Sequence[Command]], *,
-               limit: int = MAX_COMMAND_LINE) -> tuple[list[Section | None], str]:
+def run_groups(conn: Connection, groups: Sequence[Sequence[Command]], *, limit: int = MAX_COMMAND_LINE,
+               owner: str | None = None) -> tuple[list[Section | None], str]:
     """Like ``run_sections`` for the commands of ``groups`` in order, flattened; the
     commands of one group always go in the same line (a hive's load with its unload)."""
-    return run_built(conn, [plain(g) for g in groups], limit=limit)
+    return run_built(conn, [plain(g) for g in groups], limit=limit, owner=owner)
 
 
 def run_built(conn: Connection, builders: Sequence[GroupBuilder], *,
-              limit: int = MAX_COMMAND_LINE) -> tuple[list[Section | None], str]:
+              limit: int = MAX_COMMAND_LINE, owner: str | None = None) -> tuple[list[Section | None], str]:
     """Run the groups ``builders`` make, packed into as few lines as fit ``limit`` (a group
-    is never split); returns every section in order (None: it never ran) and the stderr."""
+    is never split); returns every section in order (None: it never ran) and the stderr.
+
+    With an ``owner`` (the task's target, ``host:NAME`` or ``user:ALIAS``: one task at a time),
+    more than one line on a connection that feeds a line's input (runner.windows.scripts)
+    is one round trip: the lines, as they are, are the lines of a batch file in the host's
+    ``%SystemRoot%\\Temp`` named after the owner, run and deleted by the line that delivers
+    it (which first deletes the owner's script a cut-off task left). They run there as
+    they would one by one (each its own cmd.exe line, in order; a group's hive load and
+    unload in one), as long as each ``%`` in them is a variable a batch file expands alike
+    (``batch_safe``); else they go one by one."""
     nonce = secrets.token_hex(4)
     groups: list[list[Command]] = []
     total = 0
@@ -70,12 +87,26 @@ def run_built(conn: Connection, builders: Sequence[GroupBuilder], *,
         total += n
     out: list[Section | None] = [None] * total
     errors: list[str] = []
-    for line in batch_groups(groups, limit=limit):
-        result = conn.run(line.render(limit=limit))
+    lines = [line.render(limit=limit) for line in batch_groups(groups, limit=limit)]
+    if owner is not None and len(lines) > 1 and feeds(conn) and all(batch_safe(ln) for ln in lines):
+        # the lines as one batch file, fed with the line that runs it: one round trip
+        results = [run_script(conn, lines, tag=owner_tag(owner), limit=limit)]
+    else:
+        if owner is not None and feeds(conn) and lines:
+            # where it fits, one line deletes the owner's script a cut-off task left
+            first = f"{stale_scripts(owner_tag(owner)).render()} & {lines[0]}"
+            lines[0] = first if len(first) <= limit else lines[0]
+        results = [conn.run(line) for line in lines]
+    for result in results:
         errors.append(result.stderr)
         for i, sec in enumerate(split_sections(result.stdout, total, nonce)):
             if sec is not None:
                 out[i] = sec
+    if len(lines) > 1 and len(results) == 1 and total and not any(out):
+        # the script never ran (its input cut short in transfer: the end mark missing)
+        raise TransientFault(f"no output from the {len(lines)} line(s) sent as one script to {conn.host} "
+                             f"({(results[0].stderr or results[0].stdout).strip()[-200:] or 'nothing printed'}; "
+                             "a script cut short in transfer is not run)", host=conn.host)
     return out, "".join(errors)
 
 
@@ -91,16 +122,20 @@ def line_count(builders: Sequence[GroupBuilder], *, limit: int = MAX_COMMAND_LIN
 
 
 def hive_group(sid: str, in_place: Sequence[Command], alias: str, ntuser: str,
-               loaded: Sequence[Command]) -> GroupBuilder:
+               loaded: Sequence[Command], *, load_if: Command | None = None) -> GroupBuilder:
     """Work on a user's hive whoever is logged on, as one group: when ``HKU\\<sid>`` is
     mounted (the user is logged on) ``in_place`` runs; else ``reg load`` of ``ntuser``
     (its error text kept in its section), ``loaded`` and ``reg unload``, always together.
+    ``load_if``: a test the load waits for (its failure is the load's: nothing is loaded).
 
     Sections: the mounted test, ``in_place``'s, the load, ``loaded``'s, the unload.
     """
     name = hive_name(alias)
     test = Command(*reg.query(f"HKU\\{sid}").bits, ">nul", "2>&1")
-    otherwise = [Command(*reg.load(name, ntuser).bits, "2>&1"), *loaded, reg.unload(name)]
+    load = Command(*reg.load(name, ntuser).bits, "2>&1")
+    if load_if is not None:
+        load = Command(load_if, "&&", load)
+    otherwise = [load, *loaded, reg.unload(name)]
 
     def build(nonce: str, start: int) -> tuple[list[Command], int]:
         cmd, _ = branch_sections(test, in_place, otherwise, nonce, start=start)
@@ -210,6 +245,28 @@ def fact_profiles(ctx: Any, host: str) -> dict[str, Profile]:
         if isinstance(sid, str) and isinstance(p, dict) and isinstance(p.get("path"), str):
             out[sid] = Profile(sid, p["path"], bool(p.get("loaded")))
     return out
+
+
+#: Where Windows 2000 and XP put a domain user's first profile: ``%SystemDrive%\\Documents and
+#: Settings\\<user name>`` (a second account of that name gets ``<name>.<DOMAIN>``; a machine
+#: upgraded from NT 4 keeps ``%SystemRoot%\\Profiles``), with the system drive taken as C:.
+DEFAULT_PROFILES = r"C:\Documents and Settings"
+_SAFE_ALIAS = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def default_profile(user: User) -> tuple[Profile, Command] | None:
+    """A first guess at the profile of ``user`` before anything says where it is: the default
+    folder named after the alias, with the SID the inventory gives; and the test a line runs
+    before loading its hive: ProfileList's entry for that SID ends with that folder
+    (``reg query ... /v ProfileImagePath | findstr /i /e /l``), so no one else's hive is ever
+    loaded on a guess. None without a SID, or for an alias that is more than letters, digits,
+    ``.``, ``_`` and ``-`` (no guess: the profile is read from ProfileList first, as before)."""
+    if not user.sid or not _SAFE_ALIAS.fullmatch(user.alias) or not _SAFE_ALIAS.fullmatch(user.sid):
+        return None
+    tail = DEFAULT_PROFILES[2:] + "\\" + user.alias   # "\Documents and Settings\alias"
+    check = Command(reg.query(f"{PROFILE_LIST}\\{user.sid}", value="ProfileImagePath"), "|",
+                    "findstr", "/i", "/e", "/l", f'/c:"{tail}"', ">nul")
+    return Profile(user.sid, DEFAULT_PROFILES + "\\" + user.alias, False), check
 
 
 def profile_for(user: User, found: Mapping[str, Profile]) -> Profile | None:

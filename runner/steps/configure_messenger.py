@@ -51,7 +51,8 @@ def _read(ctx: StepContext, host: str, before: Sequence[Command] = ()) -> tuple[
     """Run ``before`` then the policy read, in one line within the host's limit; the values
     held after it and what reg.exe wrote to stderr."""
     commands = [*before, *S.read_commands()]
-    sections, stderr = cl.run_sections(ctx.connection(host), commands, limit=cl.line_limit(ctx, host))
+    sections, stderr = cl.run_sections(ctx.connection(host), commands, limit=cl.line_limit(ctx, host),
+                                       owner=cl.script_owner(ctx, f"host:{host}"))
     reads = sections[len(before):]
     if any(s is None for s in reads):
         raise TransientFault(f"the registry read on {host} did not come back whole", host=host)

@@ -78,8 +78,8 @@ def _located(sections: Sequence[Section | None]) -> dict[str, cl.Profile]:
     return cl.profiles(reg.parse_query(text[1]), reg.parse_query(text[2]), {"SystemDrive": text[0].strip() or "C:"})
 
 
-def _locate_live(conn: Connection, host: str, user: User, limit: int) -> cl.Profile:
-    sections, _ = cl.run_sections(conn, _locate_commands(), limit=limit)
+def _locate_live(conn: Connection, host: str, user: User, limit: int, owner: str | None) -> cl.Profile:
+    sections, _ = cl.run_sections(conn, _locate_commands(), limit=limit, owner=owner)
     if sections[3] is not None and sections[3].ok:
         hostenv.remember(conn, sections[3].stdout)
     p = cl.profile_for(user, _located(sections))
@@ -138,13 +138,15 @@ def _check_unloaded(conn: Connection, host: str, users: Sequence[User], hku: Sec
 
 # -- reading every user of a machine in one line -----------------------------------
 
-def read_machine(ctx: StepContext, host: str, users: Sequence[User]) -> dict[str, Any]:
+def read_machine(ctx: StepContext, host: str, users: Sequence[User], *, owner: str | None = None) -> dict[str, Any]:
     """The normalised contact document of each of ``users`` on ``host`` (read-only):
     alias -> (profile, document), or the fault of that user alone.
 
     One line when the facts give the profiles (checked against ProfileList in the
     same line), else two (locate, then read). Each user's reads are one group, so
-    a line break never separates a hive's load from its unload.
+    a line break never separates a hive's load from its unload. ``owner``: the task's target
+    (``user:ALIAS``), whose scratch script this is (runner.steps._clients.run_built; None:
+    no script).
     """
     conn = ctx.connection(host)
     key = _contacts_key(ctx)
@@ -154,7 +156,7 @@ def read_machine(ctx: StepContext, host: str, users: Sequence[User]) -> dict[str
     first = [(u, p) for u, p in plan if p is not None]
     builders = [cl.plain(_locate_commands())] + [_read_group(u, p, key) for u, p in first]
     with cl.hive_locks(host, [u.alias for u, _ in first]):
-        sections, _ = cl.run_built(conn, builders + [cl.plain([reg.query("HKU")])], limit=limit)
+        sections, _ = cl.run_built(conn, builders + [cl.plain([reg.query("HKU")])], limit=limit, owner=owner)
         _check_unloaded(conn, host, [u for u, _ in first], sections[-1])
     live = _located(sections[:_LOCATE])
     if sections[3] is not None and sections[3].ok:
@@ -177,7 +179,7 @@ def read_machine(ctx: StepContext, host: str, users: Sequence[User]) -> dict[str
     if again:
         with cl.hive_locks(host, [u.alias for u, _ in again]):
             sections, _ = cl.run_built(conn, [_read_group(u, p, key) for u, p in again]
-                                       + [cl.plain([reg.query("HKU")])], limit=limit)
+                                       + [cl.plain([reg.query("HKU")])], limit=limit, owner=owner)
             _check_unloaded(conn, host, [u for u, _ in again], sections[-1])
         for i, (u, p) in enumerate(again):
             results[u.alias] = _outcome(u, host, p, sections[5 * i:5 * i + 5], sections[-1], key)
@@ -230,7 +232,7 @@ def probe_host(ctx: StepContext, user: User, host: str) -> tuple[cl.Profile, dic
     """
     skey = _share_key(ctx, host)
     if skey is None:
-        got = read_machine(ctx, host, [user])[user.alias]
+        got = read_machine(ctx, host, [user], owner=cl.script_owner(ctx, f"user:{user.alias}"))[user.alias]
     else:
         with _SHARED_LOCK:
             now = time.monotonic()
@@ -243,7 +245,7 @@ def probe_host(ctx: StepContext, user: User, host: str) -> tuple[cl.Profile, dic
                 users = cl.client_users(ctx.inventory, host)
                 if user not in users:
                     users.append(user)
-                readings = read_machine(ctx, host, users)
+                readings = read_machine(ctx, host, users, owner=cl.script_owner(ctx, f"user:{user.alias}"))
                 got = readings.pop(user.alias)
                 shared.readings, shared.taken = readings, time.monotonic()
     if isinstance(got, BaseException):
@@ -253,7 +255,7 @@ def probe_host(ctx: StepContext, user: User, host: str) -> tuple[cl.Profile, dic
 
 def read_current(ctx: StepContext, user: User, host: str) -> dict[str, Any]:
     """The user's normalised contact document on ``host`` via ``reg query /s`` (read-only)."""
-    got = read_machine(ctx, host, [user])[user.alias]
+    got = read_machine(ctx, host, [user], owner=cl.script_owner(ctx, f"user:{user.alias}"))[user.alias]
     if isinstance(got, BaseException):
         raise got
     return got[1]
@@ -290,7 +292,8 @@ def export_one(ctx: StepContext, user: User, host: str,
     conn = ctx.connection(host)
     key = _contacts_key(ctx)
     limit = cl.line_limit(ctx, host)
-    p = profile if profile is not None else _locate_live(conn, host, user, limit)
+    script = cl.script_owner(ctx, f"user:{user.alias}")
+    p = profile if profile is not None else _locate_live(conn, host, user, limit, script)
     owner = _owner(user.alias)
     temp = hostenv.temp_dir(conn, ctx.vars, ctx.facts(host) if hasattr(ctx, "facts") else None)
     remote = f"{temp}\\runner-{owner}-{ctx.run_id[:8] or 'run'}.reg"
@@ -299,7 +302,8 @@ def export_one(ctx: StepContext, user: User, host: str,
     group = cl.hive_group(p.sid, [reg.export(in_place, remote), reg.query(in_place)], user.alias, _ntuser(p),
                           [reg.export(loaded, remote), reg.query(loaded)])
     with cl.hive_locks(host, [user.alias]):
-        sections, _ = cl.run_built(conn, [cl.plain([cleanup]), group, cl.plain([reg.query("HKU")])], limit=limit)
+        sections, _ = cl.run_built(conn, [cl.plain([cleanup]), group, cl.plain([reg.query("HKU")])], limit=limit,
+                                   owner=script)
     _del, mounted, exp_in, q_in, load, exp_l, q_l, _unload, hku = sections
     exported = any(s is not None and s.ok for s in (exp_in, exp_l))
     try:

@@ -4,9 +4,17 @@ One round trip reads ``ver``, the environment (``%SystemDrive%``,
 ``%ProgramFiles%``, ``%SystemRoot%``), the Windows version (``CurrentVersion``:
 ``os_version`` and the ``cmd_line_limit`` it implies, 2,047 characters on
 Windows 2000 and 8,191 from XP on), the Uninstall and ProfileList
-keys, ``reg query HKU`` and the contact key of every logged-on inventory
-user of the host; a second one (only when some user is not logged on and
-``load_hives`` is true) loads, reads and always unloads their NTUSER.DAT.
+keys, ``reg query HKU`` and the contact key of every inventory user of the
+host: in place when they are logged on, else from their NTUSER.DAT, loaded,
+read and always unloaded in the same round trip. Where the profile is comes
+from an earlier gather's facts; on a first gather, from the default folder
+(``C:\\Documents and Settings\\<alias>``, for a user the inventory gives a
+SID), loaded only when ProfileList says that SID's profile is there. A
+profile elsewhere (or a user without a SID) costs a second round trip, which
+loads the hive from the folder ProfileList names (``load_hives``). Lines
+that do not fit the host's limit (2,047 characters until the facts say the
+host runs XP or later) go as one batch file fed with the line that runs it
+(runner.steps._clients.run_built).
 
 Policy: an inventory user without a profile on the host is a warning (in
 the result and ``facts.users[alias].problem``); Windows Messenger missing
@@ -86,6 +94,13 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     # against the live ProfileList; the others as before (in place, a second line to load)
     earlier = cl.fact_profiles(ctx, host.name) if ctx.args.get("load_hives", True) else {}
     guesses = {u.alias: g for u in users if (g := cl.profile_for(u, earlier)) is not None}
+    # a first gather: the default folder of each user the inventory gives a SID, its hive
+    # loaded only when ProfileList says that SID's profile is there (checked in the line)
+    checks: dict[str, Command] = {}
+    if ctx.args.get("load_hives", True) and not earlier:
+        for u in users:
+            if u.alias not in guesses and (first := cl.default_profile(u)) is not None:
+                guesses[u.alias], checks[u.alias] = first
     builders, offsets, pos = [cl.plain(base)], [], len(base)
     for u in users:
         g = guesses.get(u.alias)
@@ -93,7 +108,8 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
             name = cl.hive_name(u.alias)
             builders.append(cl.hive_group(g.sid, [reg.query(f"HKU\\{g.sid}\\{contacts_key}", recursive=True)],
                                           u.alias, g.path.rstrip("\\") + "\\NTUSER.DAT",
-                                          [reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True)]))
+                                          [reg.query(f"HKU\\{name}\\{contacts_key}", recursive=True)],
+                                          load_if=checks.get(u.alias)))
             offsets.append(pos)
             pos += 5
         else:
@@ -110,7 +126,7 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
                                                                                          limit=limit)
     builders += [policy, *tail] if in_first else tail
     with cl.hive_locks(host.name, list(guesses)):
-        sections, _ = cl.run_built(conn, builders, limit=limit)
+        sections, _ = cl.run_built(conn, builders, limit=limit, owner=cl.script_owner(ctx, f"host:{host.name}"))
         for alias in guesses:
             if cl.still_loaded(sections[-1], cl.hive_name(alias)):
                 cl.unload_verified(conn, host.name, cl.hive_name(alias))
@@ -165,10 +181,12 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
     policy_secs = sections[pos:pos + 2] if in_first else None
     if unloaded and ctx.args.get("load_hives", True):
         later = _read_unloaded(conn, host.name, unloaded, contacts_key, user_facts, warnings, limit,
-                               extra=() if in_first else S.read_commands())
+                               extra=() if in_first else S.read_commands(),
+                               owner=cl.script_owner(ctx, f"host:{host.name}"))
         policy_secs = policy_secs or later
     if policy_secs is None:
-        policy_secs, _ = cl.run_sections(conn, S.read_commands(), limit=limit)
+        policy_secs, _ = cl.run_sections(conn, S.read_commands(), limit=limit,
+                                         owner=cl.script_owner(ctx, f"host:{host.name}"))
     os_version = reg.value_of(reg.find_key(reg.parse_query(text[7]), cl.WINDOWS_NT), "CurrentVersion")
     os_version = os_version if isinstance(os_version, str) else None
     signin = _signin(ctx, host.name, policy_secs, warnings)
@@ -203,7 +221,7 @@ def _signin(ctx: StepContext, host: str, sections: list, warnings: list[str]) ->
 
 def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
                    user_facts: dict[str, Any], warnings: list[str], limit: int,
-                   extra: Sequence[Command] = ()) -> list:
+                   extra: Sequence[Command] = (), owner: str | None = None) -> list:
     """Load, read and unload (always, same line) the hives of users not logged on; ``extra``
     commands run in the same lines, and their sections are returned."""
     groups: list[list[Command]] = []
@@ -216,7 +234,7 @@ def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
         groups.append(list(extra))
     groups.append([reg.query("HKU")])
     with cl.hive_locks(host, [u.alias for u, _ in unloaded]):
-        sections, _stderr = cl.run_groups(conn, groups, limit=limit)
+        sections, _stderr = cl.run_groups(conn, groups, limit=limit, owner=owner)
         for user, _p in unloaded:
             if cl.still_loaded(sections[-1], cl.hive_name(user.alias)):
                 cl.unload_verified(conn, host, cl.hive_name(user.alias))

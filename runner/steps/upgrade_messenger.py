@@ -77,7 +77,8 @@ def installed(ctx: StepContext, host: str) -> tuple[str | None, str | None, bool
         reads.append(cl.file_version_query(exe))
     if pushing and not ctx.check:   # --check changes nothing, not even a leftover
         reads.append(_leftovers_removal(_push_folder(ctx)))
-    sections, _ = cl.run_sections(ctx.connection(host), reads, limit=cl.line_limit(ctx, host))
+    sections, _ = cl.run_sections(ctx.connection(host), reads, limit=cl.line_limit(ctx, host),
+                                  owner=cl.script_owner(ctx, f"host:{host}"))
     text = [s.stdout if s is not None and s.ok else "" for s in sections]
     found = cl.messenger_from_uninstall(reg.parse_query(text[0]))
     file_known = wmic and sections[1] is not None and sections[1].ok
@@ -261,7 +262,8 @@ class UpgradeMessenger(StepModule):
             tail, _ = sectioned([removal], nonce, start=start + n)
             return [Command(*parts, "&", *tail)], n + 1
 
-        sections, stderr = cl.run_built(ctx.connection(target.name), [build], limit=limit)
+        sections, stderr = cl.run_built(ctx.connection(target.name), [build], limit=limit,
+                                        owner=cl.script_owner(ctx, f"host:{target.name}"))
         state["cleaned"] = sections[-1] is not None
         if gated:
             check, installed_sec, answer = sections[0], sections[1], sections[2]

@@ -16,6 +16,7 @@ never run, nor imported in part.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from typing import Any, Callable, Sequence
@@ -30,6 +31,12 @@ SCRIPT_END_MARK = "runner-end "
 #: file: always defined in a logon session, so a batch file expands them as the line does.
 BATCH_SAFE_VARIABLES = frozenset({"systemdrive", "systemroot", "programfiles", "windir"})
 _PERCENT = re.compile(r"%([^%]*)%|%")
+
+
+def owner_tag(owner: str) -> str:
+    """The 8 hex digits naming an owner's scratch files (fixed length: one owner's
+    wildcard never matches another's files, whatever characters the names hold)."""
+    return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:8]
 
 
 def feeds(conn: Connection) -> bool:
@@ -89,19 +96,32 @@ def batch_safe(line: str) -> bool:
                for m in _PERCENT.finditer(line))
 
 
-def system_temp_file(name: str) -> str:
-    """``"%SystemRoot%\\Temp\\NAME"`` as a raw, quoted command-line bit, for a line that must
-    name a scratch file before it knows where Windows is (cmd.exe expands it)."""
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+def system_temp_file(name: str) -> Command:
+    """``"%SystemRoot%\\Temp\\NAME"`` as it goes on the line (quoted, not escaped: cmd.exe
+    expands the variable), for a line that names a scratch file before it knows where
+    Windows is; a path bit for :func:`feed_command` and :func:`script_line`. ``NAME`` may be
+    a wildcard (``*``) for ``del``."""
+    if not re.fullmatch(r"[A-Za-z0-9._*-]+", name):
         raise ValueError(f"not a scratch file name: {name!r}")
-    return f'"%SystemRoot%\\Temp\\{name}"'
+    return Command(f'"%SystemRoot%\\Temp\\{name}"')
 
 
-def run_script(conn: Any, lines: Sequence[str], *, path: Bit, limit: int,
-               double_percent: bool, run: Callable[[str, bytes | None], CommandResult] | None = None
+def run_script(conn: Any, lines: Sequence[str], *, tag: str, limit: int, double_percent: bool = False
                ) -> CommandResult:
-    """Run ``lines`` as one batch file fed with the line that runs it (the connection must
-    feed: :func:`feeds`)."""
+    """Run ``lines`` as one batch file in the host's ``%SystemRoot%\\Temp``, fed with the line
+    that runs it (the connection must feed: :func:`feeds`). The file is named after ``tag``
+    (``runner-<tag>-<hex>.cmd``: 8 hex digits naming the task's target, whose tasks run one at
+    a time), and the line first deletes the ``runner-<tag>-*.cmd`` an earlier task of the same
+    target left when it was cut off mid-script: never another target's, which may be running."""
     data, end = batch_file(lines, double_percent=double_percent)
-    text = chain([feed_command(path), script_line(path, end)]).render(limit=limit)
-    return run(text, data) if run is not None else conn.run_input(text, data)
+    path = system_temp_file(f"runner-{tag}-{secrets.token_hex(4)}.cmd")
+    text = chain([stale_scripts(tag), feed_command(path), script_line(path, end)]).render(limit=limit)
+    return conn.run_input(text, data)
+
+
+def stale_scripts(tag: str) -> Command:
+    """``del /q "%SystemRoot%\\Temp\\runner-<tag>-*.cmd" 2>nul``: the scripts of ``run_script``
+    that a task of the same target left when it was cut off mid-script."""
+    if not re.fullmatch(r"[0-9a-f]{8}", tag):
+        raise ValueError(f"not a scratch file tag: {tag!r}")
+    return Command("del", "/q", system_temp_file(f"runner-{tag}-*.cmd"), "2>nul")
