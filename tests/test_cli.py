@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -205,8 +206,11 @@ def test_unexpected_error_exits_250_with_traceback_file(tmp_path, capsys, monkey
     def boom(*a, **k):
         raise RuntimeError("kaboom")
     monkeypatch.setattr(runner.apply, "apply", boom)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the report lands here, not in /tmp
     code, out, err = cli(tmp_path, capsys, "apply", "pb.yml", "-i", "inv.yml")
     assert code == 250 and "kaboom" in err and "traceback written to" in err and "Traceback" not in err
+    [report] = tmp_path.glob("runner-crash-*.log")
+    assert "RuntimeError: kaboom" in report.read_text()
 
 
 def test_lock_refuses_a_second_concurrent_run(tmp_path, capsys):
