@@ -227,7 +227,7 @@ def test_a_clients_lines_are_one_fed_script_named_after_its_owner(estate):
     from runner.steps import _clients as cl
     _, inv = estate
     name, lab = _conn(inv, "pc")
-    for owner, trips in ((None, None), ("user:alice", ["run_input"])):
+    for owner, trips in ((None, None), (cl.ScriptOwner("user:alice"), ["run_input"])):
         conn = Counted(lab)
         sections, _ = cl.run_sections(conn, _client_reads(), limit=2047, owner=owner)
         assert trips is None and len(conn.trips) >= 2 or conn.trips == trips, conn.trips
@@ -245,10 +245,10 @@ def test_a_cut_off_script_is_deleted_by_its_owners_next_line_and_no_one_elses(es
     mine, theirs = (rf"C:\WINDOWS\Temp\runner-{owner_tag(o)}-0badf00d.cmd" for o in ("user:alice", "user:bob"))
     for path in (mine, theirs):
         fs.write(path, b"@echo off\r\necho left by a killed run\r\n")
-    cl.run_sections(Counted(lab), [Command("ver")], limit=2047, owner="user:alice")   # one short line
+    cl.run_sections(Counted(lab), [Command("ver")], limit=2047, owner=cl.ScriptOwner("user:alice"))  # one line
     assert _temp_listing(inv, name) == [theirs.rsplit("\\", 1)[1]], "bob's task may still be running it"
     fs.write(mine, b"@echo off\r\n")
-    cl.run_sections(Counted(lab), _client_reads(), limit=2047, owner="user:alice")    # a fed script
+    cl.run_sections(Counted(lab), _client_reads(), limit=2047, owner=cl.ScriptOwner("user:alice"))  # a script
     assert _temp_listing(inv, name) == [theirs.rsplit("\\", 1)[1]]
 
 
@@ -259,7 +259,7 @@ def test_a_clients_script_cut_short_is_a_transient_fault(estate):
     _faults(tmp_path, name, 1.0)
     conn = Counted(LabConnection(inv.hosts[name], inv, None))
     with pytest.raises(TransientFault, match="cut short"):
-        cl.run_sections(conn, _client_reads(), limit=2047, owner="host:" + name)
+        cl.run_sections(conn, _client_reads(), limit=2047, owner=cl.ScriptOwner("host:" + name))
     assert conn.trips == ["run_input"]
 
 
@@ -273,9 +273,30 @@ def test_lines_a_batch_file_would_read_otherwise_go_one_by_one(estate):
     _, inv = estate
     name, lab = _conn(inv, "pc")
     conn = Counted(lab)
-    cl.run_sections(conn, [*_client_reads(), Command("call", "echo", "%^ERRORLEVEL%")], limit=2047, owner="host:x")
+    cl.run_sections(conn, [*_client_reads(), Command("call", "echo", "%^ERRORLEVEL%")], limit=2047,
+                    owner=cl.ScriptOwner("host:x"))
     assert set(conn.trips) == {"run"} and len(conn.trips) >= 2
 
-    class Check:
-        check = True
-    assert cl.script_owner(Check(), "host:x") is None and cl.script_owner(object(), "host:x") == "host:x"
+    class Ctx:
+        def __init__(self, check=False, **vars):
+            self.check, self.vars = check, vars
+    assert cl.script_owner(Ctx(check=True), "host:x") is None
+    assert cl.script_owner(Ctx(), "host:x") == cl.ScriptOwner("host:x")
+    assert cl.script_owner(Ctx(remote_temp=r"D:\Scratch "), "host:x") == cl.ScriptOwner("host:x", r"D:\Scratch")
+    assert cl.script_owner(Ctx(remote_temp='D:\\100%"'), "host:x") is None, "a folder a line cannot carry"
+
+
+def test_a_clients_script_goes_to_remote_temp_when_the_inventory_names_one(estate):
+    from runner.steps import _clients as cl
+    _, inv = estate
+    name, lab = _conn(inv, "pc")
+    fs = Lab(inv.hosts[name].vars["lab_dir"]).host(name).fs
+    fs.mkdir(r"C:\Scratch")
+    conn = Counted(lab)
+    sent: list[str] = []
+    fed = lab.run_input
+    lab.run_input = lambda command, data, **kw: (sent.append(command), fed(command, data, **kw))[1]
+    sections, _ = cl.run_sections(conn, _client_reads(), limit=2047, owner=cl.ScriptOwner("user:alice", r"C:\Scratch"))
+    assert conn.trips == ["run_input"] and all(s.ok for s in sections)
+    assert "C:\\Scratch\\runner-" in sent[0] and "SystemRoot" not in sent[0], sent
+    assert fs.listdir(r"C:\Scratch") == [] and _temp_listing(inv, name) == []

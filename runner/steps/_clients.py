@@ -16,7 +16,7 @@ from runner.errors import PermanentFault, TransientFault
 from runner.model import Inventory, User
 from runner.windows import reg
 from runner.windows.cmdline import (MAX_COMMAND_LINE, Command, Quoted, Section, batch_groups, branch_sections,
-                                    sectioned, split_sections)
+                                    quotable, sectioned, split_sections)
 from runner.windows.regfile import RegKey
 from runner.windows.scripts import batch_safe, feeds, owner_tag, run_script, stale_scripts
 
@@ -31,15 +31,31 @@ DEFAULT_MESSENGER_EXE = r"C:\Program Files\Messenger\msmsgs.exe"
 DEFAULT_LINE_LIMIT = 2047
 
 
-def script_owner(ctx: Any, target: str) -> str | None:
-    """The owner a client's fed batch script is named after (``run_built``): the task's
-    target, ``host:NAME`` or ``user:ALIAS``; None in check mode, which writes no file on a
-    client, not even a scratch script (its lines go one by one)."""
-    return None if getattr(ctx, "check", False) else target
+@dataclass(frozen=True)
+class ScriptOwner:
+    """Whose fed batch script a client line sends (``run_built``): the task's target
+    (``host:NAME`` or ``user:ALIAS``), and the scratch folder (host var ``remote_temp``; None:
+    ``%SystemRoot%\\Temp``)."""
+
+    target: str
+    folder: str | None = None
+
+
+def script_owner(ctx: Any, target: str) -> ScriptOwner | None:
+    """The :class:`ScriptOwner` of a task of ``target``; None in check mode, which writes no
+    file on a client, not even a scratch script (its lines go one by one), and for a
+    ``remote_temp`` a line cannot carry."""
+    if getattr(ctx, "check", False):
+        return None
+    folder = (getattr(ctx, "vars", None) or {}).get("remote_temp")
+    folder = folder.strip() if isinstance(folder, str) and folder.strip() else None
+    if folder is not None and not quotable(folder):
+        return None
+    return ScriptOwner(target, folder)
 
 
 def run_sections(conn: Connection, commands: Sequence[Command], *, limit: int = MAX_COMMAND_LINE,
-                 owner: str | None = None) -> tuple[list[Section | None], str]:
+                 owner: ScriptOwner | None = None) -> tuple[list[Section | None], str]:
     """Run ``commands`` chained with ``&`` (one round trip per ``limit`` characters).
 
     Returns each command's stdout and success (None: it never ran), and the
@@ -59,14 +75,14 @@ def plain(commands: Sequence[Command]) -> GroupBuilder:
 
 
 def run_groups(conn: Connection, groups: Sequence[Sequence[Command]], *, limit: int = MAX_COMMAND_LINE,
-               owner: str | None = None) -> tuple[list[Section | None], str]:
+               owner: ScriptOwner | None = None) -> tuple[list[Section | None], str]:
     """Like ``run_sections`` for the commands of ``groups`` in order, flattened; the
     commands of one group always go in the same line (a hive's load with its unload)."""
     return run_built(conn, [plain(g) for g in groups], limit=limit, owner=owner)
 
 
 def run_built(conn: Connection, builders: Sequence[GroupBuilder], *,
-              limit: int = MAX_COMMAND_LINE, owner: str | None = None) -> tuple[list[Section | None], str]:
+              limit: int = MAX_COMMAND_LINE, owner: ScriptOwner | None = None) -> tuple[list[Section | None], str]:
     """Run the groups ``builders`` make, packed into as few lines as fit ``limit`` (a group
     is never split); returns every section in order (None: it never ran) and the stderr.
 
@@ -90,11 +106,11 @@ def run_built(conn: Connection, builders: Sequence[GroupBuilder], *,
     lines = [line.render(limit=limit) for line in batch_groups(groups, limit=limit)]
     if owner is not None and len(lines) > 1 and feeds(conn) and all(batch_safe(ln) for ln in lines):
         # the lines as one batch file, fed with the line that runs it: one round trip
-        results = [run_script(conn, lines, tag=owner_tag(owner), limit=limit)]
+        results = [run_script(conn, lines, tag=owner_tag(owner.target), limit=limit, folder=owner.folder)]
     else:
         if owner is not None and feeds(conn) and lines:
             # where it fits, one line deletes the owner's script a cut-off task left
-            first = f"{stale_scripts(owner_tag(owner)).render()} & {lines[0]}"
+            first = f"{stale_scripts(owner_tag(owner.target), owner.folder).render()} & {lines[0]}"
             lines[0] = first if len(first) <= limit else lines[0]
         results = [conn.run(line) for line in lines]
     for result in results:

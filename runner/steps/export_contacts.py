@@ -78,7 +78,7 @@ def _located(sections: Sequence[Section | None]) -> dict[str, cl.Profile]:
     return cl.profiles(reg.parse_query(text[1]), reg.parse_query(text[2]), {"SystemDrive": text[0].strip() or "C:"})
 
 
-def _locate_live(conn: Connection, host: str, user: User, limit: int, owner: str | None) -> cl.Profile:
+def _locate_live(conn: Connection, host: str, user: User, limit: int, owner: cl.ScriptOwner | None) -> cl.Profile:
     sections, _ = cl.run_sections(conn, _locate_commands(), limit=limit, owner=owner)
     if sections[3] is not None and sections[3].ok:
         hostenv.remember(conn, sections[3].stdout)
@@ -138,7 +138,8 @@ def _check_unloaded(conn: Connection, host: str, users: Sequence[User], hku: Sec
 
 # -- reading every user of a machine in one line -----------------------------------
 
-def read_machine(ctx: StepContext, host: str, users: Sequence[User], *, owner: str | None = None) -> dict[str, Any]:
+def read_machine(ctx: StepContext, host: str, users: Sequence[User], *,
+                 owner: cl.ScriptOwner | None = None) -> dict[str, Any]:
     """The normalised contact document of each of ``users`` on ``host`` (read-only):
     alias -> (profile, document), or the fault of that user alone.
 

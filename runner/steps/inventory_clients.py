@@ -221,7 +221,7 @@ def _signin(ctx: StepContext, host: str, sections: list, warnings: list[str]) ->
 
 def _read_unloaded(conn: Any, host: str, unloaded: list, contacts_key: str,
                    user_facts: dict[str, Any], warnings: list[str], limit: int,
-                   extra: Sequence[Command] = (), owner: str | None = None) -> list:
+                   extra: Sequence[Command] = (), owner: cl.ScriptOwner | None = None) -> list:
     """Load, read and unload (always, same line) the hives of users not logged on; ``extra``
     commands run in the same lines, and their sections are returned."""
     groups: list[list[Command]] = []

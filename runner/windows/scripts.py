@@ -106,22 +106,29 @@ def system_temp_file(name: str) -> Command:
     return Command(f'"%SystemRoot%\\Temp\\{name}"')
 
 
-def run_script(conn: Any, lines: Sequence[str], *, tag: str, limit: int, double_percent: bool = False
-               ) -> CommandResult:
-    """Run ``lines`` as one batch file in the host's ``%SystemRoot%\\Temp``, fed with the line
-    that runs it (the connection must feed: :func:`feeds`). The file is named after ``tag``
-    (``runner-<tag>-<hex>.cmd``: 8 hex digits naming the task's target, whose tasks run one at
-    a time), and the line first deletes the ``runner-<tag>-*.cmd`` an earlier task of the same
-    target left when it was cut off mid-script: never another target's, which may be running."""
+def scratch_file(name: str, folder: str | None = None) -> Bit:
+    """A scratch file's path bit: in ``folder`` (quoted) when the inventory names one (host var
+    ``remote_temp``), else :func:`system_temp_file`."""
+    return Quoted(f"{folder.rstrip(chr(92))}\\{name}") if folder else system_temp_file(name)
+
+
+def run_script(conn: Any, lines: Sequence[str], *, tag: str, limit: int, folder: str | None = None,
+               double_percent: bool = False) -> CommandResult:
+    """Run ``lines`` as one batch file in ``folder`` (default the host's ``%SystemRoot%\\Temp``),
+    fed with the line that runs it (the connection must feed: :func:`feeds`). The file is
+    named after ``tag`` (``runner-<tag>-<hex>.cmd``: 8 hex digits naming the task's target,
+    whose tasks run one at a time), and the line first deletes the ``runner-<tag>-*.cmd`` an
+    earlier task of the same target left when it was cut off mid-script: never another
+    target's, which may be running."""
     data, end = batch_file(lines, double_percent=double_percent)
-    path = system_temp_file(f"runner-{tag}-{secrets.token_hex(4)}.cmd")
-    text = chain([stale_scripts(tag), feed_command(path), script_line(path, end)]).render(limit=limit)
+    path = scratch_file(f"runner-{tag}-{secrets.token_hex(4)}.cmd", folder)
+    text = chain([stale_scripts(tag, folder), feed_command(path), script_line(path, end)]).render(limit=limit)
     return conn.run_input(text, data)
 
 
-def stale_scripts(tag: str) -> Command:
-    """``del /q "%SystemRoot%\\Temp\\runner-<tag>-*.cmd" 2>nul``: the scripts of ``run_script``
-    that a task of the same target left when it was cut off mid-script."""
+def stale_scripts(tag: str, folder: str | None = None) -> Command:
+    """``del /q "<folder>\\runner-<tag>-*.cmd" 2>nul``: the scripts of ``run_script`` that a task
+    of the same target left when it was cut off mid-script."""
     if not re.fullmatch(r"[0-9a-f]{8}", tag):
         raise ValueError(f"not a scratch file tag: {tag!r}")
-    return Command("del", "/q", system_temp_file(f"runner-{tag}-*.cmd"), "2>nul")
+    return Command("del", "/q", scratch_file(f"runner-{tag}-*.cmd", folder), "2>nul")
