@@ -79,7 +79,10 @@ def test_a_first_gather_is_one_round_trip_a_client_with_the_two_line_facts(tmp_p
         assert "runner_" not in "".join(h.registry.subkeys("HKU")), "every hive loaded was unloaded"
 
 
-def test_a_profile_elsewhere_is_read_from_profilelist_and_the_default_folder_never_loaded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("elsewhere", [r"%SystemDrive%\Documents and Settings\{a}.CONTOSO",
+                                       r"D:\Documents and Settings\{a}"], ids=["other-folder", "other-drive"])
+def test_a_profile_elsewhere_is_read_from_profilelist_and_the_default_folder_never_loaded(tmp_path, monkeypatch,
+                                                                                        elsewhere):
     """The user's profile moved to ``<alias>.CONTOSO`` (a second account of that name); the
     old folder still holds an NTUSER.DAT. The line's check finds ProfileList pointing elsewhere,
     loads nothing from the old folder, and the second line reads the right hive."""
@@ -90,10 +93,10 @@ def test_a_profile_elsewhere_is_read_from_profilelist_and_the_default_folder_nev
                       and man["users"][u.alias]["machines"][h]["contacts"])
     lab_host = Lab(tmp_path / "lab").host(host)
     old = rf"C:\Documents and Settings\{user.alias}"
-    new = old + ".CONTOSO"
+    value = elsewhere.format(a=user.alias)
+    new = value.replace("%SystemDrive%", "C:")
     lab_host.fs.write(new + r"\NTUSER.DAT", lab_host.fs.read(old + r"\NTUSER.DAT"))
-    lab_host.registry.set_value(rf"{cl.PROFILE_LIST}\{user.sid}", "ProfileImagePath", "REG_EXPAND_SZ",
-                                rf"%SystemDrive%\Documents and Settings\{user.alias}.CONTOSO")
+    lab_host.registry.set_value(rf"{cl.PROFILE_LIST}\{user.sid}", "ProfileImagePath", "REG_EXPAND_SZ", value)
     loads: list[str] = []
     real_load = Registry.load_hive
 

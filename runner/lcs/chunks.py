@@ -113,6 +113,8 @@ class ChunkScript:
         fit on one line goes into a script file (changes) rather than several lines (reads, on a
         connection that cannot feed a line's input); ``deliver``: (data, path), a file the
         commands use (an LDIF file to import), sent with the first line."""
+        if clean and deliver is not None:  # the stale files' listing would run after the file landed
+            raise ValueError("a chunk that cleans stale scratch files delivers no file")
         self.conn = conn
         self.host = host
         self.vars = vars

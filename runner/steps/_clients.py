@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from runner.connections.base import CommandResult, Connection
-from runner.errors import PermanentFault, TransientFault
+from runner.errors import PermanentFault
 from runner.model import Inventory, User
 from runner.windows import reg
 from runner.windows.cmdline import (MAX_COMMAND_LINE, Command, Quoted, Section, batch_groups, branch_sections,
@@ -119,10 +119,15 @@ def run_built(conn: Connection, builders: Sequence[GroupBuilder], *,
             if sec is not None:
                 out[i] = sec
     if len(lines) > 1 and len(results) == 1 and total and not any(out):
-        # the script never ran (its input cut short in transfer: the end mark missing)
-        raise TransientFault(f"no output from the {len(lines)} line(s) sent as one script to {conn.host} "
-                             f"({(results[0].stderr or results[0].stdout).strip()[-200:] or 'nothing printed'}; "
-                             "a script cut short in transfer is not run)", host=conn.host)
+        # the script never ran (its input cut short, or its file could not be written: a
+        # missing remote_temp): nothing of it ran, so the lines go one by one instead
+        errors = []
+        for line in lines:
+            result = conn.run(line)
+            errors.append(result.stderr)
+            for i, sec in enumerate(split_sections(result.stdout, total, nonce)):
+                if sec is not None:
+                    out[i] = sec
     return out, "".join(errors)
 
 
@@ -148,7 +153,11 @@ def hive_group(sid: str, in_place: Sequence[Command], alias: str, ntuser: str,
     """
     name = hive_name(alias)
     test = Command(*reg.query(f"HKU\\{sid}").bits, ">nul", "2>&1")
-    load = Command(*reg.load(name, ntuser).bits, "2>&1")
+    drive = "%SystemDrive%\\"
+    if ntuser.startswith(drive) and quotable(ntuser[len(drive):]):  # cmd.exe expands the drive
+        load = Command("reg", "load", Quoted(f"HKU\\{name}"), f'"{ntuser}"', "2>&1")
+    else:
+        load = Command(*reg.load(name, ntuser).bits, "2>&1")
     if load_if is not None:
         load = Command(load_if, "&&", load)
     otherwise = [load, *loaded, reg.unload(name)]
@@ -263,10 +272,10 @@ def fact_profiles(ctx: Any, host: str) -> dict[str, Profile]:
     return out
 
 
-#: Where Windows 2000 and XP put a domain user's first profile: ``%SystemDrive%\\Documents and
-#: Settings\\<user name>`` (a second account of that name gets ``<name>.<DOMAIN>``; a machine
-#: upgraded from NT 4 keeps ``%SystemRoot%\\Profiles``), with the system drive taken as C:.
-DEFAULT_PROFILES = r"C:\Documents and Settings"
+#: Where Windows 2000 and XP put a domain user's first profile, as ProfileList records it:
+#: ``%SystemDrive%\\Documents and Settings\\<user name>`` (a second account of that name gets
+#: ``<name>.<DOMAIN>``; a machine upgraded from NT 4 keeps ``%SystemRoot%\\Profiles``).
+DEFAULT_PROFILES = r"%SystemDrive%\Documents and Settings"
 _SAFE_ALIAS = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -274,14 +283,16 @@ def default_profile(user: User) -> tuple[Profile, Command] | None:
     """A first guess at the profile of ``user`` before anything says where it is: the default
     folder named after the alias, with the SID the inventory gives; and the test a line runs
     before loading its hive: ProfileList's entry for that SID ends with that folder
-    (``reg query ... /v ProfileImagePath | findstr /i /e /l``), so no one else's hive is ever
-    loaded on a guess. None without a SID, or for an alias that is more than letters, digits,
+    (``reg query ... /v ProfileImagePath | findstr /i /r``, the whole value
+    ``%SystemDrive%\\Documents and Settings\\<alias>``: another drive, another folder fail it),
+    so no one else's hive is ever loaded on a guess. The path is expanded by cmd.exe. None without a SID, or for an alias that is more than letters, digits,
     ``.``, ``_`` and ``-`` (no guess: the profile is read from ProfileList first, as before)."""
     if not user.sid or not _SAFE_ALIAS.fullmatch(user.alias) or not _SAFE_ALIAS.fullmatch(user.sid):
         return None
-    tail = DEFAULT_PROFILES[2:] + "\\" + user.alias   # "\Documents and Settings\alias"
+    # the regex: "SystemDrive", any one character (the %, which a line cannot carry), the rest
+    rest = re.sub(r"([.\\\[\]^$*])", r"\\\1", "\\Documents and Settings\\" + user.alias)
     check = Command(reg.query(f"{PROFILE_LIST}\\{user.sid}", value="ProfileImagePath"), "|",
-                    "findstr", "/i", "/e", "/l", f'/c:"{tail}"', ">nul")
+                    "findstr", "/i", "/r", f'/c:"REG_EXPAND_SZ[ \t]*.SystemDrive.{rest}$"', ">nul")
     return Profile(user.sid, DEFAULT_PROFILES + "\\" + user.alias, False), check
 
 

@@ -8,7 +8,7 @@ keys, ``reg query HKU`` and the contact key of every inventory user of the
 host: in place when they are logged on, else from their NTUSER.DAT, loaded,
 read and always unloaded in the same round trip. Where the profile is comes
 from an earlier gather's facts; on a first gather, from the default folder
-(``C:\\Documents and Settings\\<alias>``, for a user the inventory gives a
+(``%SystemDrive%\\Documents and Settings\\<alias>``, for a user the inventory gives a
 SID), loaded only when ProfileList says that SID's profile is there. A
 profile elsewhere (or a user without a SID) costs a second round trip, which
 loads the hive from the folder ProfileList names (``load_hives``). Lines
@@ -160,7 +160,8 @@ def gather(ctx: StepContext, host: Host) -> tuple[dict[str, Any], list[str]]:
         g = guesses.get(user.alias)
         if g is not None:
             mounted, in_place, load, from_hive, _unload = sections[offsets[i]:offsets[i] + 5]
-            same = g.sid.lower() == p.sid.lower() and g.path.rstrip("\\").lower() == p.path.rstrip("\\").lower()
+            guessed = cl.expand(g.path, env).rstrip("\\").lower()  # a first gather's %SystemDrive%
+            same = g.sid.lower() == p.sid.lower() and guessed == p.path.rstrip("\\").lower()
             read = (in_place if mounted is not None and mounted.ok else
                     from_hive if load is not None and load.ok else None)
             if same and read is not None:

@@ -66,8 +66,9 @@ def run_delivering(conn: Connection, line: Command, *, data: bytes, path: str, l
             text = None
         if text is not None:
             return send(text, data)
+    text = line.render(limit=limit)  # before the put: a line too long leaves no file behind
     conn.put(data, path)
-    return send(line.render(limit=limit), None)
+    return send(text, None)
 
 
 def batch_file(lines: Sequence[str], *, double_percent: bool) -> tuple[bytes, str]:
@@ -88,10 +89,19 @@ def script_line(path: Bit, end: str) -> Command:
     return chain([Command(gate, "&&", "cmd", "/c", p), Command("del", "/q", p)])
 
 
+#: Bytes a line of fed input stays under: findstr reading a pipe is reported to skip (with an
+#: error, not a failure) a line of 8 KiB or more, which the end mark would not notice.
+FED_LINE_BYTES = 8000
+
+
 def batch_safe(line: str) -> bool:
     """Whether ``line`` runs the same from a batch file, as it is: each ``%`` in it is part of
     a ``%NAME%`` of :data:`BATCH_SAFE_VARIABLES` (a batch file drops a lone ``%`` and expands
-    an undefined ``%NAME%`` to nothing, where a command line keeps both as typed)."""
+    an undefined ``%NAME%`` to nothing, where a command line keeps both as typed); it is ASCII
+    (cmd.exe reads a batch file in the OEM code page, a command line arrives as sent); and it
+    is short enough for findstr to copy (:data:`FED_LINE_BYTES`)."""
+    if not line.isascii() or len(line) >= FED_LINE_BYTES:
+        return False
     return all(m.group(1) is not None and m.group(1).lower() in BATCH_SAFE_VARIABLES
                for m in _PERCENT.finditer(line))
 
