@@ -113,21 +113,15 @@ def run_built(conn: Connection, builders: Sequence[GroupBuilder], *,
             first = f"{stale_scripts(owner_tag(owner.target), owner.folder).render()} & {lines[0]}"
             lines[0] = first if len(first) <= limit else lines[0]
         results = [conn.run(line) for line in lines]
+    if len(lines) > 1 and len(results) == 1 and total and not any(split_sections(results[0].stdout, total, nonce)):
+        # the script never ran (its input cut short, or its file could not be written: a
+        # missing remote_temp): nothing of it ran, so the lines go one by one instead
+        results = [conn.run(line) for line in lines]
     for result in results:
         errors.append(result.stderr)
         for i, sec in enumerate(split_sections(result.stdout, total, nonce)):
             if sec is not None:
                 out[i] = sec
-    if len(lines) > 1 and len(results) == 1 and total and not any(out):
-        # the script never ran (its input cut short, or its file could not be written: a
-        # missing remote_temp): nothing of it ran, so the lines go one by one instead
-        errors = []
-        for line in lines:
-            result = conn.run(line)
-            errors.append(result.stderr)
-            for i, sec in enumerate(split_sections(result.stdout, total, nonce)):
-                if sec is not None:
-                    out[i] = sec
     return out, "".join(errors)
 
 
