@@ -43,9 +43,27 @@ def _migrate(d, u, uris, m):
     for i, g in enumerate(sorted(groups), start=1):
         db.execute("INSERT INTO contact_groups VALUES (?,?,?,NULL)", (u["ad_guid"].upper(), i, g))
     for uri in uris:
-        db.execute("INSERT INTO contacts VALUES (?,?,NULL,NULL,1,'')", (u["ad_guid"].upper(), uri))
+        db.execute("INSERT INTO contacts VALUES (?,?,?,NULL,1,'')", (u["ad_guid"].upper(), uri, _names(m, u)[uri]))
     db.commit()
     return db
+
+
+def _names(m, u):
+    """Each mappable contact's display name in the user's registry, by its SIP URI."""
+    users = {x["im_address"].lower(): x["sip_uri"] for x in m["users"].values()}
+    return {map_address(c["address"], m["sip_mapping"], users): c["display_name"]
+            for mm in u["machines"].values() for c in mm["contacts"]}
+
+
+def test_verify_reports_a_contact_named_otherwise_than_in_the_registry(lab_dir):
+    alias, u, uris, m = _user_with_contacts(lab_dir)
+    db = _migrate(lab_dir, u, uris, m)
+    wrong = "Zo\u251c\u00bd"  # 'Zoë' written in UTF-8, read in cp437
+    db.execute("UPDATE contacts SET name=? WHERE sip_uri=?", (wrong, uris[0]))
+    db.commit()
+    r = next(x for x in verify(lab_dir, exchange_side=False, permissions=False).users if x.alias == alias)
+    assert r.names_wrong == [f"{uris[0]}: {wrong!r}"] and not r.ok
+    assert (r.missing, r.extra, r.duplicated) == ([], [], [])
 
 
 def test_a_complete_migration_of_one_user_verifies_clean(lab_dir):

@@ -156,7 +156,7 @@ class LabConnection:
             data = data[:len(data) // 2]
         with logon.session(self.logon):
             result = Shell(self.lab, self.lab_host, self.faults).run(
-                command, stdin=SessionInput(data.decode("utf-8", errors="replace")))
+                command, stdin=SessionInput(data.decode("utf-8", errors="surrogateescape")))
         self._after()
         return result
 

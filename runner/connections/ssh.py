@@ -66,8 +66,8 @@ from runner.errors import (
     StepFault,
 )
 from runner.model import CONTROL_NODE_PATH_VARS, Host, Inventory
+from runner.windows.scripts import DEFAULT_CODEPAGE, codepage_name  # the OEM code page of US-English consoles
 
-DEFAULT_CODEPAGE = "cp437"   # the OEM code page of US-English Windows consoles
 DEFAULT_KEEPALIVE = 15.0
 _KNOWN_HOSTS_LOCK = threading.Lock()
 # The served lab's way to carry a 32-bit Windows exit code past POSIX's 8 bits
@@ -193,7 +193,12 @@ class SSHConnection:
         self.connect_timeout = float(v.get("ssh_connect_timeout", _opt(options, "connect_timeout", 10)))
         self.command_timeout = float(v.get("ssh_command_timeout", _opt(options, "command_timeout", 300)))
         self.keepalive = float(v.get("ssh_keepalive_interval", DEFAULT_KEEPALIVE))
-        self.codepage = str(v.get("ssh_codepage", DEFAULT_CODEPAGE))
+        codepage = codepage_name(v.get("ssh_codepage", DEFAULT_CODEPAGE))
+        if codepage is None:
+            raise PermanentFault(f"ssh_codepage is {v.get('ssh_codepage')!r}: not a code page "
+                                 "(cp437 US English, cp850 Western Europe, cp852 Central Europe, ...)",
+                                 host=host.name)
+        self.codepage = codepage
         self._sftp_paths = str(v.get("ssh_sftp_paths", SFTP_PATH_STYLES[0]))
         if self._sftp_paths not in SFTP_PATH_STYLES:
             raise PermanentFault(f"ssh_sftp_paths is {self._sftp_paths!r}: one of {', '.join(SFTP_PATH_STYLES)}",

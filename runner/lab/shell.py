@@ -580,7 +580,7 @@ class Shell:
         for red in node.redirects:
             if red.mode == "<":
                 try:
-                    stdin = self.host.fs.read(self._path(red.target)).decode("utf-8", errors="replace")
+                    stdin = self.host.fs.read(self._path(red.target)).decode("utf-8", errors="surrogateescape")
                 except (OSError, InvalidPath):
                     self.errorlevel = 1
                     return _Out(1, "", "The system cannot find the file specified.\r\n")
@@ -621,7 +621,9 @@ class Shell:
             if kind == "std":
                 std[where] += text
             elif kind == "file" and text:
-                self.host.fs.write(where, text.encode("utf-8"), append=True, make_dirs=False)
+                # bytes that came in as they were (a fed input: surrogate-escaped) go out as they were
+                self.host.fs.write(where, text.encode("utf-8", errors="surrogateescape"), append=True,
+                                   make_dirs=False)
         return _Out(r.rc, std["1"], std["2"], r.sets_errorlevel)
 
     def _simple(self, node: Simple, stdin: Stdin) -> _Out:
@@ -652,9 +654,11 @@ class Shell:
 
     def _batch_file(self, token: str) -> _Out:
         """Run a batch file line by line, as cmd.exe does (``@`` and ``echo off`` silence the
-        echo of a line; ``rem`` and ``::`` lines are comments; ``%%`` is a literal ``%``)."""
+        echo of a line; ``rem`` and ``::`` lines are comments; ``%%`` is a literal ``%``). Its
+        bytes are read in the host's OEM code page, as cmd.exe reads them: a script written
+        in UTF-8 gives its commands other characters than it holds."""
         try:
-            data = self.host.fs.read(self._path(token)).decode("utf-8", errors="replace")
+            data = self.host.fs.read(self._path(token)).decode(self.host.codepage, errors="replace")
         except (OSError, InvalidPath):
             return _Out(9009, "", NOT_RECOGNIZED.format(name=token))
         echo = True
@@ -760,16 +764,18 @@ def run_session(lab_dir: str | Path, host_name: str | None = None, command: str 
     res = Shell(lab, host, faults).run(command, stdin=SessionInput(_read_stdin))
     if faults.after_command(host) is not None:
         return 255
-    sys.stdout.buffer.write(res.stdout.encode("utf-8"))
+    sys.stdout.buffer.write(res.stdout.encode("utf-8", errors="surrogateescape"))
     sys.stdout.buffer.flush()
-    sys.stderr.buffer.write(res.stderr.encode("utf-8"))
+    sys.stderr.buffer.write(res.stderr.encode("utf-8", errors="surrogateescape"))
     sys.stderr.buffer.flush()
     return res.rc
 
 
 def _read_stdin() -> str:
-    """The served session's stdin to its end (the client's EOF), as UTF-8 text."""
-    return sys.stdin.buffer.read().decode("utf-8", errors="replace")
+    """The served session's stdin to its end (the client's EOF), as UTF-8 text; other bytes
+    are kept (surrogate-escaped), so that a program copying its input to a file (findstr)
+    writes the bytes that were sent."""
+    return sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
 
 
 if __name__ == "__main__":

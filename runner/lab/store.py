@@ -34,6 +34,8 @@ file writes are atomic renames.
 """
 from __future__ import annotations
 
+import codecs
+
 import fcntl
 import hashlib
 import json
@@ -959,6 +961,18 @@ DEFAULT_ENV = {
 }
 
 
+#: The OEM code page of a US-English Windows console, a lab host's unless its config says.
+DEFAULT_CODEPAGE = "cp437"
+
+
+def _known_codec(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
 class LabHost:
     """One simulated Windows machine of a lab."""
 
@@ -985,6 +999,13 @@ class LabHost:
     def windows(self) -> WindowsVersion:
         """The Windows version this host runs (its ``os``; runner.lab.winver)."""
         return for_host(self.config, self.lab.format)
+
+    @property
+    def codepage(self) -> str:
+        """The console's OEM code page (its ``codepage``, default ``cp437``, US English), in
+        which cmd.exe reads a batch file."""
+        cp = self.config.get("codepage", DEFAULT_CODEPAGE)
+        return cp if isinstance(cp, str) and _known_codec(cp) else DEFAULT_CODEPAGE
 
     def db(self) -> sqlite3.Connection:
         """This thread's connection to host.db (created with its schema on first use)."""

@@ -10,6 +10,8 @@ For each user of ``manifest.json`` (optionally only some waves):
   contacts on LCS are ``limit`` of the expected ones (``over_limit`` counts
   the rest, which the run must have reported);
 - ``groups_missing``: group names (at most 128 characters) not on LCS;
+- ``names_wrong``: contacts on LCS whose name is not their display name in one of the
+  user's registries (its first 256 characters), character for character;
 - ``ad_missing`` (with the Exchange side): for an enabled user, what AD lacks of the enable
   (``msRTCSIP-PrimaryUserAddress``, ``msRTCSIP-UserEnabled``,
   ``msRTCSIP-PrimaryHomeServer`` saying what LCS says, the ``sip:``
@@ -61,6 +63,7 @@ _ADDR = re.compile(r"^([^@\s]+)@([^@\s]+)$")
 _USER_PART = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+$")
 _LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 MAX_GROUP_NAME = 128
+MAX_CONTACT_NAME = 256  # LCS keeps the first 256 characters of a contact's Name
 
 
 def map_address(address: str, rule: dict[str, Any], users: dict[str, str]) -> str | None:
@@ -107,6 +110,7 @@ class UserReport:
     duplicated: list[str] = field(default_factory=list)
     over_limit: int = 0
     groups_missing: list[str] = field(default_factory=list)
+    names_wrong: list[str] = field(default_factory=list)
     ad_missing: list[str] = field(default_factory=list)
     permissions_expected: int = 0
     permissions_unmappable: int = 0
@@ -372,14 +376,23 @@ def client_problems(lab_dir: Path, minimum: str = "5.1") -> list[str]:
 def _check_contacts(db: sqlite3.Connection, r: UserReport, guid: str, u: dict[str, Any], rule: dict[str, Any],
                     user_uris: dict[str, str], limit: int) -> None:
     expected: dict[str, str] = {}
+    names: dict[str, set[str]] = {}  # the display names a contact has in the user's registries
     groups: set[str] = set()
     for machine in u["machines"].values():
         for c in machine["contacts"]:
             uri = map_address(c["address"], rule, user_uris)
             if uri is not None:
                 expected.setdefault(_norm(uri), uri)
+                names.setdefault(_norm(uri), set()).add((c.get("display_name") or "")[:MAX_CONTACT_NAME])
         groups.update(g for g in machine.get("groups", {}) if len(g) <= MAX_GROUP_NAME)
-    rows = [x[0] for x in db.execute("SELECT sip_uri FROM contacts WHERE user_instance_id=?", (guid,))]
+    stored = db.execute("SELECT sip_uri, name FROM contacts WHERE user_instance_id=?", (guid,)).fetchall()
+    rows = [x[0] for x in stored]
+    # a contact's name on LCS is its display name in the registry, character for character
+    # (a script read in another code page than it was written in changes it)
+    r.names_wrong = sorted(f"{uri}: {name!r}" for uri, name in stored
+                           if _norm(uri) in names and (name or "") not in names[_norm(uri)])
+    if r.names_wrong:
+        r.problems.append(f"{len(r.names_wrong)} contact name(s) not as in the registry")
     seen: dict[str, int] = {}
     for uri in rows:
         seen[_norm(uri)] = seen.get(_norm(uri), 0) + 1

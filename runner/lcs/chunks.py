@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from runner.connections.base import CommandResult, Connection
 from runner.errors import ChannelFault, PermanentFault, StepFault, TransientFault
@@ -46,7 +46,8 @@ from runner.lcs.exchange import Query, owner_tag, temp_path
 from runner.windows import ldif, wmic
 from runner.windows.cmdline import (MAX_COMMAND_LINE, Command, Quoted, Section, batch, chain, sectioned,
                                     split_sections)
-from runner.windows.scripts import batch_file, feed_command, feeds, run_delivering, script_line
+from runner.windows.scripts import (batch_file, console_codepage, encodable, feed_command, feeds, run_delivering,
+                                    script_line)
 
 #: cmd.exe on Windows 2000 takes at most 2,047 characters (KB 830473); XP / 2003 take 8,191.
 WINDOWS_2000_LINE = 2047
@@ -129,6 +130,7 @@ class ChunkScript:
         self.stderr = ""
         self.removed: list[str] = []  # stale scratch files of the owners deleted after the run
         self._reads: list[bool] = []  # per command: it only reads (see :meth:`add`)
+        self._commutes: list[bool] = []  # per command: a change that may run before or after its like
         self._lost: ChannelFault | None = None  # the last pass lost a line of a read-only chunk
         self._printed = ""  # what the last pass printed (for a chunk that printed no section)
         self.deliver = deliver
@@ -156,12 +158,17 @@ class ChunkScript:
             return
         self.removed = names
 
-    def add(self, cmd: Command, *, stderr_too: bool = False, read: bool = False) -> int:
+    def add(self, cmd: Command, *, stderr_too: bool = False, read: bool = False, commutes: bool = False) -> int:
         """Add ``cmd``; its index for :meth:`section`. ``stderr_too``: its stderr goes into its
         section (wmic prints its errors there, so each one stays with its user). ``read``: it
-        changes nothing (a query), so it may be sent again (see :meth:`run`)."""
+        changes nothing (a query), so it may be sent again (see :meth:`run`). ``commutes``: a
+        change that depends on none of the commuting changes added next to it, nor they on
+        it (one contact's create beside another's), so they may run in another order."""
+        if commutes and read:
+            raise ValueError("a read keeps its place after the changes before it")
         self.commands.append(Command(cmd, "2>&1") if stderr_too else cmd)
         self._reads.append(read)
+        self._commutes.append(commutes)
         return len(self.commands) - 1
 
     @property
@@ -248,14 +255,7 @@ class ChunkScript:
         else:
             if data is not None:  # the file put, the script fed (a line has one input)
                 self.conn.put(*data)
-            script = self._scratch("cmd")
-            # the script's last line is a mark the line checks before running it: a script cut
-            # short in transfer never runs (its commands come back with no section: retried).
-            # Every % of a chunk's commands is data (Quoted refuses %): doubled, as a batch file wants
-            text, end = batch_file([c.render() for c in wrapped], double_percent=True)
-            # fed with its line where the connection can (one round trip), else put, then run
-            res = run_delivering(self.conn, script_line(script, end), data=text, path=script, limit=self.limit,
-                                 run=self._line)
+            res = self._scripted(wrapped, [False] * int(clean) + [self._commutes[i] for i in indices])
         sections = split_sections(res.stdout, len(commands), nonce)
         self._printed = res.stderr or res.stdout
         if first:
@@ -269,6 +269,51 @@ class ChunkScript:
         stale = self._stale(sections[-1]) if clean else []
         if stale:
             self._remove(stale)
+
+    def _scripted(self, wrapped: list[Command], commutes: list[bool]) -> CommandResult:
+        """Run the (sectioned) commands as a script: one fed with its line, or put and run.
+
+        cmd.exe reads a batch file in the console's code page, where a command line arrives
+        as sent: a command holding a character outside it (a group named in Chinese on a
+        US-English server) goes on the line after the script instead, with as many of the
+        commands after it as the line takes; a script of what follows comes next. Changes
+        added as ``commutes`` (creates of one kind that do not depend on each other) are
+        reordered, those a script can carry first, so that a chunk of thousands costs one
+        or two round trips more, not one per such command."""
+        codepage = console_codepage(self.vars)
+        order = _carried_first(wrapped, commutes, lambda c: encodable(c.render(), codepage))
+        carried = [encodable(c.render(), codepage) for c in order]
+        results: list[CommandResult] = []
+        i = 0
+        while i < len(order):
+            j = i
+            while j < len(order) and carried[j]:
+                j += 1
+            script, end = (self._scratch("cmd"), None) if j > i else (None, None)
+            head: list[Command] = []
+            if script is not None:
+                # the script's last line is a mark the line checks before running it: a script cut
+                # short in transfer never runs (its commands come back with no section: retried).
+                # Every % of a chunk's commands is data (Quoted refuses %): doubled, as a batch file wants
+                text, end = batch_file([c.render() for c in order[i:j]], double_percent=True, codepage=codepage)
+                head = [script_line(script, end)]
+            room = self.limit - (len(feed_command(script)) + 3 if script is not None else 0)
+            k = j
+            while k < len(order) and len(chain([*head, *order[j:k + 1]])) <= room:
+                k += 1
+            if script is None and k == j:
+                chain([order[j]]).render(limit=self.limit)  # one command longer than a line: says so
+            line = chain([*head, *order[j:k]])
+            if script is None:
+                results.append(self._line(line))
+            else:  # fed with its line where the connection can (one round trip), else put, then run
+                results.append(run_delivering(self.conn, line, data=text, path=script, limit=self.limit,
+                                              run=self._line))
+            i = k
+        if not results:
+            return CommandResult(0, "", "")
+        return CommandResult(results[-1].rc, "".join(r.stdout for r in results),
+                             "".join(r.stderr for r in results))
 
     def _line(self, line: Command | str, data: bytes | None = None) -> CommandResult:
         """Run one line (``data``: its standard input); in a read-only chunk a dropped or
@@ -302,6 +347,23 @@ class ChunkScript:
         if typed is None or not typed.ok:
             return []
         return ldif.parse(typed.stdout)
+
+
+def _carried_first(commands: list[Command], commutes: list[bool],
+                   carried: Callable[[Command], bool]) -> list[Command]:
+    """``commands`` with each run of adjacent commuting ones reordered: those ``carried`` (a
+    script can hold them) first, both parts in their order; the others keep their places."""
+    out: list[Command] = []
+    run: list[Command] = []
+    for cmd, free in zip([*commands, None], [*commutes, False]):
+        if free:
+            run.append(cmd)
+            continue
+        out += [c for c in run if carried(c)] + [c for c in run if not carried(c)]
+        run = []
+        if cmd is not None:
+            out.append(cmd)
+    return out
 
 
 def im_entries(conn: Connection, host: str, vars: Mapping[str, Any], owners: Sequence[str],

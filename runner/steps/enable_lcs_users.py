@@ -162,7 +162,7 @@ class EnableLcsUsers(StepModule):
                 else:
                     cmd = wmic.create(USER_CLASS, {"InstanceID": d["iid"], "UserDN": d["user_dn"],
                                                    "HomeServerDN": d["home_dn"], "PrimaryURI": d["uri"], "Enabled": True})
-                index.append(script.add(cmd, stderr_too=True))
+                index.append(script.add(cmd, stderr_too=True, commutes=True))  # one per user
             back = [d.data["uri"] for _, _, d in items if d.data["action"] == "set" and d.data.get("user_dn")]
             handles = [script.add_query(Query(ldap_any("msRTCSIP-PrimaryUserAddress", g),
                                               (*RTC_ATTRIBUTES, "proxyAddresses"))) for g in groups(back)]

@@ -195,7 +195,8 @@ class ImportContacts(StepModule):
             if need:
                 script = ChunkScript(conn, host, ctx0.vars, owners, limit=limit)
                 made = {n: [script.add(wmic.create(GROUP_CLASS, {"UserInstanceID": plans[n][2],
-                                                                 "Name": wmic.clean_text(g)}), stderr_too=True)
+                                                                 "Name": wmic.clean_text(g)}), stderr_too=True,
+                                       commutes=True)
                             for g in plans[n][0].groups_to_create] for n in need}
                 read = LcsRead(script, [plans[n][2] for n in need], only_groups=True)
                 script.run()
@@ -228,7 +229,7 @@ class ImportContacts(StepModule):
                         values["GroupID"] = list(ids)
                     sent.append(sent_contact(c.uri, c.name, ids, group_of[n]))
                     sections.setdefault(n, []).append((c.uri, script.add(wmic.create(CONTACT_CLASS, values),
-                                                                         stderr_too=True)))
+                                                                         stderr_too=True, commutes=True)))
                 if sent:  # durable before the commands run (a kill in between leaves a superset)
                     record_imported(items[n][0], items[n][1], sent)
             if script.commands:

@@ -137,7 +137,7 @@ class ImportPermissions(PermissionStep):
                     updates.setdefault(n, []).append((e.describe(), script.add(
                         wmic.set_(ACE_CLASS, wmic.where(**keys), {"Presence": e.presence,
                                                                    "Communication": e.communication}),
-                        stderr_too=True)))
+                        stderr_too=True, commutes=True)))
                 for e in p.to_add:
                     values: dict[str, Any] = {"UserInstanceID": iid, "Type": e.type}
                     if e.mask:
@@ -145,7 +145,7 @@ class ImportPermissions(PermissionStep):
                     values["Presence"] = e.presence
                     values["Communication"] = e.communication
                     sections.setdefault(n, []).append((e.describe(), script.add(wmic.create(ACE_CLASS, values),
-                                                                               stderr_too=True)))
+                                                                               stderr_too=True, commutes=True)))
             if script.commands:
                 script.run()
         except Exception as exc:  # noqa: BLE001 - the chunk's commands did not run: each user's outcome

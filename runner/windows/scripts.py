@@ -16,6 +16,7 @@ never run, nor imported in part.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
 import secrets
@@ -71,14 +72,52 @@ def run_delivering(conn: Connection, line: Command, *, data: bytes, path: str, l
     return send(text, None)
 
 
-def batch_file(lines: Sequence[str], *, double_percent: bool) -> tuple[bytes, str]:
-    """A batch file running ``lines`` (``@echo off`` first, CRLF line ends, UTF-8) and the
-    end mark that is its last line. ``double_percent``: every ``%`` becomes ``%%``, a literal
-    percent in a batch file (lines whose ``%`` are all data); else the lines go as they are
-    (see :func:`batch_safe`)."""
+#: The OEM code page of a US-English Windows console (host variable ``ssh_codepage`` names another).
+DEFAULT_CODEPAGE = "cp437"
+
+
+def codepage_name(value: Any) -> str | None:
+    """The Python codec of a console code page as an inventory names it (``cp850``, ``850``),
+    or None when it names none (an inventory error for its caller to report)."""
+    name = str(value).strip()
+    if name.isdigit():
+        name = f"cp{name}"
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return None
+    return name
+
+
+def console_codepage(vars: Any) -> str:
+    """The host's console code page (host variable ``ssh_codepage``, default cp437), in which
+    its cmd.exe reads a batch file; an unknown name gives the default (the connection reports it)."""
+    value = vars.get("ssh_codepage") if hasattr(vars, "get") else None
+    return (codepage_name(value) if value is not None else None) or DEFAULT_CODEPAGE
+
+
+def encodable(line: str, codepage: str) -> bool:
+    """Whether ``line`` can go into a batch file read in ``codepage`` and reach its program
+    unchanged: every character is in the code page (ASCII always is)."""
+    if line.isascii():
+        return True
+    try:
+        line.encode(codepage)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def batch_file(lines: Sequence[str], *, double_percent: bool, codepage: str = DEFAULT_CODEPAGE) -> tuple[bytes, str]:
+    """A batch file running ``lines`` (``@echo off`` first, CRLF line ends) and the end mark
+    that is its last line, encoded in ``codepage``, the console's OEM code page: cmd.exe reads a
+    batch file in it, so a line's ``é`` reaches its program as ``é`` (every line must be
+    :func:`encodable`). ``double_percent``: every ``%`` becomes ``%%``, a literal percent in
+    a batch file (lines whose ``%`` are all data); else the lines go as they are (see
+    :func:`batch_safe`)."""
     end = f"rem {SCRIPT_END_MARK}{secrets.token_hex(8)}"
     body = ["@echo off", *(ln.replace("%", "%%") if double_percent else ln for ln in lines), end]
-    return ("\r\n".join(body) + "\r\n").encode("utf-8"), end
+    return ("\r\n".join(body) + "\r\n").encode(codepage), end
 
 
 def script_line(path: Bit, end: str) -> Command:
@@ -123,16 +162,18 @@ def scratch_file(name: str, folder: str | None = None) -> Bit:
 
 
 def run_script(conn: Any, lines: Sequence[str], *, tag: str, limit: int, folder: str | None = None,
-               double_percent: bool = False) -> CommandResult:
+               double_percent: bool = False, also: Sequence[str] = ()) -> CommandResult:
     """Run ``lines`` as one batch file in ``folder`` (default the host's ``%SystemRoot%\\Temp``),
     fed with the line that runs it (the connection must feed: :func:`feeds`). The file is
     named after ``tag`` (``runner-<tag>-<hex>.cmd``: 8 hex digits naming the task's target,
     whose tasks run one at a time), and the line first deletes the ``runner-<tag>-*.cmd`` an
     earlier task of the same target left when it was cut off mid-script: never another
-    target's, which may be running."""
+    target's, which may be running, unless its tag is in ``also`` (targets the caller knows
+    run nothing on the host now)."""
     data, end = batch_file(lines, double_percent=double_percent)
     path = scratch_file(f"runner-{tag}-{secrets.token_hex(4)}.cmd", folder)
-    text = chain([stale_scripts(tag, folder), feed_command(path), script_line(path, end)]).render(limit=limit)
+    stale = [stale_scripts(t, folder) for t in dict.fromkeys([tag, *also])]
+    text = chain([*stale, feed_command(path), script_line(path, end)]).render(limit=limit)
     return conn.run_input(text, data)
 
 
