@@ -306,3 +306,43 @@ def test_a_clients_script_goes_to_remote_temp_when_the_inventory_names_one(estat
     assert conn.trips == ["run_input"] and all(s.ok for s in sections)
     assert "C:\\Scratch\\runner-" in sent[0] and "SystemRoot" not in sent[0], sent
     assert fs.listdir(r"C:\Scratch") == [] and _temp_listing(inv, name) == []
+
+
+def test_an_owner_may_also_delete_the_scripts_of_targets_that_run_nothing_on_the_host(estate):
+    from runner.steps import _clients as cl
+    from runner.windows.scripts import owner_tag
+    _, inv = estate
+    name, lab = _conn(inv, "pc")
+    fs = Lab(inv.hosts[name].vars["lab_dir"]).host(name).fs
+    paths = {o: rf"C:\WINDOWS\Temp\runner-{owner_tag(o)}-0badf00d.cmd" for o in ("user:alice", "user:bob", "user:eve")}
+    for reads in ([Command("ver")], _client_reads()):  # one line, then a script
+        for path in paths.values():
+            fs.write(path, b"@echo off\r\n")
+        cl.run_sections(Counted(lab), reads, limit=2047, owner=cl.ScriptOwner("user:alice", others=("user:bob",)))
+        assert _temp_listing(inv, name) == [paths["user:eve"].rsplit("\\", 1)[1]], "only eve's is kept"
+
+
+@pytest.mark.slow
+def test_a_resumed_export_deletes_the_cut_off_scripts_of_every_user_of_a_machine(tmp_path):
+    """A kill mid-script leaves the script of the user whose task ran it. When the resumed
+    export finds nothing to do, only the first user of the machine runs a line (the others take
+    its reading): that line deletes every user's, not only its own (found by bench/stress_kill.py)."""
+    from scenario_support import make_scenario
+    from runner.windows.scripts import owner_tag
+    sc = make_scenario(tmp_path, "gradual.yml", 3, clients=4)
+    assert sc.apply().code == 0
+    man = sc.manifest
+    lab = Lab(sc.lab_dir)
+    planted = {}
+    for machine in (m for m in man["machines"] if sum(m in u["clients"] for u in man["users"].values()) > 1):
+        fs, root = lab.host(machine).fs, lab.host(machine).environment()["SystemRoot"]
+        for alias in (a for a, u in man["users"].items() if machine in u["clients"]):
+            path = rf"{root}\Temp\runner-{owner_tag('user:' + alias)}-0badf00d.cmd"
+            fs.write(path, b"@echo off\r\nrem left by a killed run\r\n")
+            planted.setdefault(machine, []).append(path)
+    assert planted, "a machine with two users"
+    run = sc.apply("--fresh")
+    assert run.code == 0, run.out[-2000:]
+    assert any(t["module"] == "export_contacts" and t["status"] == "ok" for t in run.tasks)
+    left = {m: [p for p in paths if lab.host(m).fs.exists(p)] for m, paths in planted.items()}
+    assert not any(left.values()), left

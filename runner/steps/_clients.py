@@ -35,10 +35,13 @@ DEFAULT_LINE_LIMIT = 2047
 class ScriptOwner:
     """Whose fed batch script a client line sends (``run_built``): the task's target
     (``host:NAME`` or ``user:ALIAS``), and the scratch folder (host var ``remote_temp``; None:
-    ``%SystemRoot%\\Temp``)."""
+    ``%SystemRoot%\\Temp``). ``others``: targets whose cut-off scripts the line deletes
+    too, given only when none of their tasks can be running a script on the host (a
+    reading shared by a machine's users, taken first in a step, runs no line of theirs)."""
 
     target: str
     folder: str | None = None
+    others: tuple[str, ...] = ()
 
 
 def script_owner(ctx: Any, target: str) -> ScriptOwner | None:
@@ -106,11 +109,14 @@ def run_built(conn: Connection, builders: Sequence[GroupBuilder], *,
     lines = [line.render(limit=limit) for line in batch_groups(groups, limit=limit)]
     if owner is not None and len(lines) > 1 and feeds(conn) and all(batch_safe(ln) for ln in lines):
         # the lines as one batch file, fed with the line that runs it: one round trip
-        results = [run_script(conn, lines, tag=owner_tag(owner.target), limit=limit, folder=owner.folder)]
+        results = [run_script(conn, lines, tag=owner_tag(owner.target), limit=limit, folder=owner.folder,
+                              also=[owner_tag(t) for t in owner.others])]
     else:
         if owner is not None and feeds(conn) and lines:
             # where it fits, one line deletes the owner's script a cut-off task left
-            first = f"{stale_scripts(owner_tag(owner.target), owner.folder).render()} & {lines[0]}"
+            stale = " & ".join(stale_scripts(owner_tag(t), owner.folder).render()
+                               for t in dict.fromkeys([owner.target, *owner.others]))
+            first = f"{stale} & {lines[0]}"
             lines[0] = first if len(first) <= limit else lines[0]
         results = [conn.run(line) for line in lines]
     if len(lines) > 1 and len(results) == 1 and total and not any(split_sections(results[0].stdout, total, nonce)):

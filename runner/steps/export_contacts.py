@@ -38,7 +38,7 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from runner import hostenv
@@ -215,6 +215,9 @@ class _Shared:
 
 _SHARED: dict[tuple[Any, ...], _Shared] = {}
 _SHARED_LOCK = threading.Lock()
+#: The share keys (step, host) whose machine a reading has been taken from: before the first,
+#: no task of the step has run anything on the machine (see ``probe_host``).
+_READ: set[tuple[Any, ...]] = set()
 
 
 def _share_key(ctx: StepContext, host: str) -> tuple[Any, ...] | None:
@@ -246,7 +249,17 @@ def probe_host(ctx: StepContext, user: User, host: str) -> tuple[cl.Profile, dic
                 users = cl.client_users(ctx.inventory, host)
                 if user not in users:
                     users.append(user)
-                readings = read_machine(ctx, host, users, owner=cl.script_owner(ctx, f"user:{user.alias}"))
+                owner = cl.script_owner(ctx, f"user:{user.alias}")
+                with _SHARED_LOCK:
+                    first = skey not in _READ
+                if owner is not None and first:
+                    # the step's first reading of this machine: no other user's task has run a
+                    # line on it yet, and the users who take this reading run none, so it also
+                    # deletes the scripts a run cut off left for them (else nothing would)
+                    owner = replace(owner, others=tuple(f"user:{u.alias}" for u in users if u is not user))
+                readings = read_machine(ctx, host, users, owner=owner)
+                with _SHARED_LOCK:
+                    _READ.add(skey)
                 got = readings.pop(user.alias)
                 shared.readings, shared.taken = readings, time.monotonic()
     if isinstance(got, BaseException):
