@@ -346,3 +346,26 @@ def test_a_resumed_export_deletes_the_cut_off_scripts_of_every_user_of_a_machine
     assert any(t["module"] == "export_contacts" and t["status"] == "ok" for t in run.tasks)
     left = {m: [p for p in paths if lab.host(m).fs.exists(p)] for m, paths in planted.items()}
     assert not any(left.values()), left
+
+
+@pytest.mark.ssh
+def test_over_real_ssh_a_line_that_ends_before_reading_its_input_reports_its_own_error(served):
+    """A line that never reads its input (its redirection's folder does not exist) ends at
+    once: the host's error comes back, not a lost connection or a timeout, and the connection
+    stays usable. (OpenSSH's sshd takes and drops input sent after the command ended; the
+    runner also stops sending once the exit status or the channel's close has come.)"""
+    import time
+    from runner.connections.ssh import SSHConnection
+    from ssh_helpers import ssh_host
+    name = next(h for h in served.addresses if h.startswith("lcs"))
+    conn = SSHConnection(ssh_host(served, name), None, None)
+    try:
+        data = b"x" * 80 + b"\r\n"
+        data *= 3 * 1024 * 1024 // len(data)  # past the channel window: the send would wait
+        began = time.monotonic()
+        res = conn.run_input(feed_command(r"C:\no such folder\runner-x.txt").render(), data, timeout=60)
+        assert res.rc == 1 and "cannot find the path" in res.stderr, res
+        assert time.monotonic() - began < 30, "ended with the command, not at the timeout"
+        assert conn.run("echo still here").stdout.strip() == "still here"
+    finally:
+        conn.close()

@@ -594,12 +594,14 @@ class SSHConnection:
         try:
             try:
                 chan.exec_command(command)
+                deadline = time.monotonic() + limit  # the send and the collect share the timeout
                 if data is not None:
-                    chan.settimeout(limit)
-                    chan.sendall(data)
-                    chan.shutdown_write()
-                status, out, err = self._collect(chan, limit)
-            except socket.timeout:  # sendall of the input: the host stopped reading it
+                    # a command that ended before it took its whole input (a redirection that
+                    # failed, a program not found) is collected as it ended: its own output and
+                    # exit code say why, where a send to a closed channel said "connection lost"
+                    self._send_input(chan, data, deadline)
+                status, out, err = self._collect(chan, max(0.0, deadline - time.monotonic()))
+            except socket.timeout:  # sending the input: the host stopped reading it
                 self._broken()
                 raise ChannelFault(f"{self.host}: command timed out after {limit:g}s (its input not taken)",
                                    host=self.host, data={"timeout": limit}) from None
@@ -617,6 +619,34 @@ class SSHConnection:
                 status, err = int(m.group(1)), err[:m.start()]
         return CommandResult(rc=status, stdout=decode_output(out, self.codepage),
                              stderr=decode_output(err, self.codepage))
+
+    @staticmethod
+    def _send_input(chan: paramiko.Channel, data: bytes, deadline: float) -> bool:
+        """Send ``data`` as the command's standard input, then EOF; False when the command
+        ended (its exit status came, or the host closed the channel) before taking it all.
+        socket.timeout when the deadline passes with the host no longer reading."""
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view):
+            if chan.exit_status_ready() or chan.closed:
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout()
+            chan.settimeout(min(remaining, 0.5))  # wake to see whether the command ended
+            try:
+                n = chan.send(view[sent:sent + 32768])
+            except socket.timeout:
+                continue
+            except OSError:
+                if chan.exit_status_ready() or chan.eof_received or chan.closed:
+                    return False
+                raise
+            if n <= 0:
+                return False
+            sent += n
+        chan.shutdown_write()
+        return True
 
     def _collect(self, chan: paramiko.Channel, limit: float) -> tuple[int, bytes, bytes]:
         deadline = time.monotonic() + limit
