@@ -163,3 +163,29 @@ def test_handle_numbers_carets_and_quotes_in_long_runs_of_text(lab, line, stdout
     assert r.stdout == stdout, (line, r.stdout, r.stderr)
     if written is not None:
         assert run(lab, r"type C:\Temp\h.txt").stdout == written
+
+
+# -- batch files: read again before each line, as cmd.exe reads them ----------------------
+
+def _script(lab, text: str, path: str = r"C:\Temp\t.cmd") -> str:
+    lab.host("pc0001").fs.write(path, text.replace("\n", "\r\n").encode("cp437"))
+    return path
+
+
+def test_a_batch_file_deleted_while_it_runs_stops_at_the_next_line(lab):
+    path = _script(lab, "@echo off\necho one\ndel /q C:\\Temp\\t.cmd\necho two\n")
+    r = run(lab, f"cmd /c {path}")
+    assert r.stdout.split() == ["one"], r
+    assert "The batch file cannot be found." in r.stderr
+
+
+def test_a_batch_file_stops_at_a_line_cmd_cannot_parse(lab):
+    path = _script(lab, "@echo off\necho one\n| echo piped\necho two\n")
+    r = run(lab, f"cmd /c {path}")
+    assert "two" not in r.stdout and "was unexpected at this time." in r.stderr, r
+
+
+def test_lines_added_to_a_running_batch_file_run_too(lab):
+    path = _script(lab, "@echo off\necho one\necho echo two>> C:\\Temp\\t.cmd\n")
+    r = run(lab, f"cmd /c {path}")
+    assert r.stdout.split() == ["one", "two"], r

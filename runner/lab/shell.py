@@ -523,6 +523,7 @@ class Shell:
         self.cwd = self.env.get("USERPROFILE", "C:\\")
         self.faults = faults or Faults(lab)
         self.errorlevel = 0
+        self.syntax_error = False  # the last line run could not be parsed
         self.max_line = host.windows.line_limit
         self.missing = host.windows.missing_programs
 
@@ -541,6 +542,7 @@ class Shell:
         try:
             seq = parse(expanded)
         except CmdSyntaxError as e:
+            self.syntax_error = True
             return CommandResult(255, "", f"{e.args[0]} was unexpected at this time.\r\n")
         out = self._seq(seq, stdin)
         return CommandResult(self.errorlevel, out.stdout, out.stderr)
@@ -656,21 +658,37 @@ class Shell:
         """Run a batch file line by line, as cmd.exe does (``@`` and ``echo off`` silence the
         echo of a line; ``rem`` and ``::`` lines are comments; ``%%`` is a literal ``%``). Its
         bytes are read in the host's OEM code page, as cmd.exe reads them: a script written
-        in UTF-8 gives its commands other characters than it holds."""
+        in UTF-8 gives its commands other characters than it holds. As cmd.exe, it reads the
+        file again before each line when the file changed, stops when the file is gone ("The
+        batch file cannot be found.") and at a line it cannot parse."""
         try:
-            data = self.host.fs.read(self._path(token)).decode(self.host.codepage, errors="replace")
+            real = self.host.fs.resolve(self._path(token))
+            raw = real.read_bytes()
         except (OSError, InvalidPath):
             return _Out(9009, "", NOT_RECOGNIZED.format(name=token))
-        echo = True
         so: list[str] = []
         se: list[str] = []
         with batch_scope():  # the stores may commit the script's commands together (lab/store.py)
-            self._batch_lines(data, echo, so, se)
+            self._batch_lines(real, raw, so, se)
         return _Out(self.errorlevel, "".join(so), "".join(se))
 
-    def _batch_lines(self, data: str, echo: bool, so: list[str], se: list[str]) -> None:
-        for raw in data.replace("\r\n", "\n").split("\n"):
-            line = raw.strip()
+    def _batch_lines(self, real: Path, raw: bytes, so: list[str], se: list[str]) -> None:
+        echo = True
+        offset = 0
+        seen = _stamp(real)
+        while True:
+            now = _stamp(real)
+            if now is None:
+                se.append("The batch file cannot be found.\r\n")
+                return
+            if now != seen:  # changed since it was read: cmd.exe reads on from the same offset
+                raw, seen = real.read_bytes(), now
+            if offset >= len(raw):
+                return
+            end = raw.find(b"\n", offset)
+            end = len(raw) if end < 0 else end + 1
+            line = raw[offset:end].decode(self.host.codepage, errors="replace").rstrip("\r\n").strip()
+            offset = end
             quiet = line.startswith("@")
             line = line.lstrip("@").strip()
             low = line.lower()
@@ -681,9 +699,21 @@ class Shell:
                 continue
             if echo and not quiet:
                 so.append(f"\r\n{self.cwd}>{line}\r\n")
+            self.syntax_error = False
             r = self.run(line, in_batch=True)
             so.append(r.stdout)
             se.append(r.stderr)
+            if self.syntax_error:  # cmd.exe leaves a batch file at a line it cannot parse
+                return
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(size, mtime) of a batch file, None when it is gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def expand_batch(line: str, env: dict[str, str]) -> str:
