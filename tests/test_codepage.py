@@ -112,9 +112,10 @@ def test_ssh_codepage_names_the_code_page_a_chunk_script_is_written_in(estate):
     tmp_path, inv = estate
     name, _ = _lcs(inv)
     _set_codepage(tmp_path, name, "cp852")
+    inv.hosts[name].vars["ssh_codepage"] = "852"   # the server's own host variable
     conn = Counted(LabConnection(inv.hosts[name], inv, None))
-    vars = {**inv.hosts[name].vars, "ssh_codepage": "852"}
-    s = ChunkScript(conn, name, vars, ["chunk"], limit=2047)
+    assert conn.codepage == "cp852"
+    s = ChunkScript(conn, name, {}, ["chunk"], limit=2047)  # a task's vars do not say it
     for i in range(30):
         s.add(Command("echo", f"Łukasz Żółć {i} " + "x" * 60))
     s.run()
@@ -125,8 +126,40 @@ def test_ssh_codepage_names_the_code_page_a_chunk_script_is_written_in(estate):
 def test_code_page_names():
     assert codepage_name("850") == "cp850" and codepage_name("cp437") == "cp437"
     assert codepage_name("klingon") is None
-    assert console_codepage({}) == "cp437" and console_codepage({"ssh_codepage": "1252"}) == "cp1252"
+
+    class Conn:
+        codepage = "1252"
+    assert console_codepage(object()) == "cp437" and console_codepage(Conn()) == "cp1252"
     assert encodable("Zoë", "cp437") and not encodable("李伟", "cp437") and not encodable("Ø", "cp437")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "not-declared"])
+def test_the_lcs_servers_ssh_codepage_in_the_inventory_is_the_one_its_scripts_are_written_in(tmp_path, declared):
+    """End to end: an LCS server whose console is cp852 (lab.json) gets its scripts in cp852
+    when its inventory entry says ``ssh_codepage: cp852``, and names come out right; left at the
+    default (cp437), names such as 'Łukasz' reach LCS changed, which verify reports."""
+    import yaml
+    from scenario_support import make_scenario
+    sc = make_scenario(tmp_path, "gradual.yml", 2)
+    _set_codepage(tmp_path, "lcs01", "cp852")
+    if declared:
+        data = yaml.safe_load(sc.inventory.read_text(encoding="utf-8"))
+        def find(node):
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if k == "lcs01" and isinstance(v, dict) and "im_address" not in v:
+                        v.setdefault("vars", {})["ssh_codepage"] = "cp852"
+                        return True
+                    if find(v):
+                        return True
+            return False
+        assert find(data)
+        sc.inventory.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    run = sc.apply()
+    assert run.code == 0, run.out[-3000:]
+    wrong = [u.alias for u in verify(sc.lab_dir).users if u.names_wrong]
+    assert (wrong == []) if declared else wrong, wrong
 
 
 def test_an_unknown_ssh_codepage_is_refused_naming_the_host(estate):
@@ -163,3 +196,11 @@ def test_a_gradual_run_keeps_every_contacts_name_and_verify_finds_one_changed(tm
     wrong = [u for u in verify(sc.lab_dir).users if u.names_wrong]
     assert len(wrong) == 1 and uri in wrong[0].names_wrong[0]
     assert any("name(s) not as in the registry" in p for p in wrong[0].problems)
+
+
+def test_fed_bytes_a_program_prints_come_back_as_an_ssh_client_reads_them(estate):
+    _, inv = estate
+    _, conn = _lcs(inv)
+    res = conn.run_input('findstr /r /c:"^"', "echo Zoë\r\n".encode("cp437"))
+    assert res.stdout == "echo Zoë\r\n"
+    json.dumps(res.stdout, ensure_ascii=False).encode("utf-8")  # no surrogate left to trip a writer

@@ -50,6 +50,8 @@ class Counted:
         self._conn = conn
         self.host = conn.host
         self.trips: list[str] = []
+        if hasattr(conn, "codepage"):
+            self.codepage = conn.codepage
         if feeding:
             self.run_input = self._run_input
         hostenv.system_root(self)  # learned once per connection: not one of the trips counted
@@ -369,3 +371,33 @@ def test_over_real_ssh_a_line_that_ends_before_reading_its_input_reports_its_own
         assert conn.run("echo still here").stdout.strip() == "still here"
     finally:
         conn.close()
+
+
+def test_a_users_own_line_claims_the_machine_so_a_later_first_reading_keeps_their_script(tmp_path):
+    """A user with nothing exported on a machine exports it without reading it first; once that
+    user's line has run there, another user's reading of the machine is not the step's first and
+    deletes only its own cut-off scripts: the first user's may be running."""
+    from types import SimpleNamespace
+    from stepctx import StepCtx
+    from runner.steps import export_contacts as ec
+    from runner.windows.scripts import owner_tag
+    inv = load_inventory(generate(tmp_path / "lab", clients=2, users_per_client=2, contacts=2, seed=6))
+    machine = next(h for h in inv.hosts if h.startswith("pc"))
+    first, second = [u for u in inv.users.values() if machine in u.clients][:2]
+    lab = Lab(inv.hosts[machine].vars["lab_dir"]).host(machine)
+    temp = lab.environment()["SystemRoot"] + r"\Temp"
+    paths = {u.alias: rf"{temp}\runner-{owner_tag('user:' + u.alias)}-0badf00d.cmd" for u in (first, second)}
+    task = SimpleNamespace(step=SimpleNamespace(name="Export"), play_index=1, wave=None)
+
+    def ctx(run_id):
+        c = StepCtx(inv, {machine: LabConnection(inv.hosts[machine], inv, None)}, tmp_path)
+        c.run_id, c.task = run_id, task
+        return c
+    for run_id, claimed in (("run-a", False), ("run-b", True)):
+        for p in paths.values():
+            lab.fs.write(p, b"@echo off\r\n")
+        if claimed:
+            ec._claim(ctx(run_id), machine)  # what export_one and read_current do before their lines
+        ec.probe_host(ctx(run_id), second, machine)
+        left = sorted(u for u, p in paths.items() if lab.fs.exists(p))
+        assert left == ([first.alias] if claimed else []), (claimed, left)

@@ -61,6 +61,10 @@ class Connection(Protocol):
     # command line with ``data`` on its standard input, then ends it (EOF): a script or an
     # LDIF file delivered by the line that uses it (runner.windows.scripts), one round
     # trip instead of a put and a run. A connection without it gets the put and the run.
+    #
+    # Optional: ``codepage: str``, the host's console code page (host variable
+    # ``ssh_codepage``), in which its cmd.exe reads a batch file and its old tools print:
+    # a script is written in it (runner.windows.scripts.console_codepage; default cp437).
 
 
 # A factory builds a Connection for a host of the inventory. Each connection

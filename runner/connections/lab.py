@@ -34,6 +34,7 @@ from runner.lab import logon
 from runner.lab.faults import Faults
 from runner.lab.shell import SessionInput, Shell
 from runner.lab.store import InvalidPath, Lab, LabHost, close_ended_threads
+from runner.windows.scripts import DEFAULT_CODEPAGE, codepage_name
 
 _labs: dict[Path, Lab] = {}
 _labs_lock = threading.Lock()
@@ -125,6 +126,10 @@ class LabConnection:
             self.logon = logon.check_logon((getattr(host, "vars", None) or {}).get("lab_logon"))
         except ValueError as e:
             raise PermanentFault(str(e), host=host.name) from None
+        codepage = (getattr(host, "vars", None) or {}).get("ssh_codepage", DEFAULT_CODEPAGE)
+        self.codepage = codepage_name(codepage) or ""
+        if not self.codepage:  # as the SSH connection: the inventory says what the host's console is
+            raise PermanentFault(f"ssh_codepage is {codepage!r}: not a code page", host=host.name)
         self.closed = False
 
     def _before(self) -> None:
@@ -158,7 +163,20 @@ class LabConnection:
             result = Shell(self.lab, self.lab_host, self.faults).run(
                 command, stdin=SessionInput(data.decode("utf-8", errors="surrogateescape")))
         self._after()
-        return result
+        return CommandResult(result.rc, self._as_read(result.stdout), self._as_read(result.stderr))
+
+    def _as_read(self, text: str) -> str:
+        """Output holding input bytes that were not UTF-8 (surrogate-escaped: a program printed
+        its input as it came) read as an SSH client reads them: in the console's code page."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", errors="surrogateescape")
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return raw.decode(self.codepage, errors="replace")
+        return text
 
     def put(self, data: bytes, remote_path: str) -> None:
         """Write ``data`` to a Windows path of the host (journaled as mutating)."""

@@ -600,7 +600,8 @@ class SSHConnection:
                     # failed, a program not found) is collected as it ended: its own output and
                     # exit code say why, where a send to a closed channel said "connection lost"
                     self._send_input(chan, data, deadline)
-                status, out, err = self._collect(chan, max(0.0, deadline - time.monotonic()))
+                # a moment at least to read what a command that ended just now printed
+                status, out, err = self._collect(chan, max(1.0, deadline - time.monotonic()))
             except socket.timeout:  # sending the input: the host stopped reading it
                 self._broken()
                 raise ChannelFault(f"{self.host}: command timed out after {limit:g}s (its input not taken)",

@@ -280,7 +280,7 @@ class ChunkScript:
         added as ``commutes`` (creates of one kind that do not depend on each other) are
         reordered, those a script can carry first, so that a chunk of thousands costs one
         or two round trips more, not one per such command."""
-        codepage = console_codepage(self.vars)
+        codepage = console_codepage(self.conn)  # the server's own, as its output is read
         order = _carried_first(wrapped, commutes, lambda c: encodable(c.render(), codepage))
         carried = [encodable(c.render(), codepage) for c in order]
         results: list[CommandResult] = []

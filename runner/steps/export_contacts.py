@@ -252,14 +252,14 @@ def probe_host(ctx: StepContext, user: User, host: str) -> tuple[cl.Profile, dic
                 owner = cl.script_owner(ctx, f"user:{user.alias}")
                 with _SHARED_LOCK:
                     first = skey not in _READ
+                    _READ.add(skey)
                 if owner is not None and first:
-                    # the step's first reading of this machine: no other user's task has run a
-                    # line on it yet, and the users who take this reading run none, so it also
-                    # deletes the scripts a run cut off left for them (else nothing would)
+                    # the step's first line on this machine (every other user line of the step
+                    # claims it first: _claim): no other user's task has run one, and the users
+                    # who take this reading run none, so it also deletes the scripts a run cut
+                    # off left for them (else nothing would)
                     owner = replace(owner, others=tuple(f"user:{u.alias}" for u in users if u is not user))
                 readings = read_machine(ctx, host, users, owner=owner)
-                with _SHARED_LOCK:
-                    _READ.add(skey)
                 got = readings.pop(user.alias)
                 shared.readings, shared.taken = readings, time.monotonic()
     if isinstance(got, BaseException):
@@ -267,8 +267,23 @@ def probe_host(ctx: StepContext, user: User, host: str) -> tuple[cl.Profile, dic
     return got
 
 
+def _claim(ctx: StepContext, host: str) -> None:
+    """Before a user's line of this step runs on ``host`` other than in a shared reading: the
+    step's first reading of the machine, which deletes its users' cut-off scripts, is either
+    over (it holds the machine's lock while it runs) or will not count as first, so it never
+    deletes a script of this user's that is running."""
+    skey = _share_key(ctx, host)
+    if skey is None:
+        return
+    with _SHARED_LOCK:
+        shared = _SHARED.setdefault(skey, _Shared(taken=time.monotonic()))
+    with shared.lock, _SHARED_LOCK:
+        _READ.add(skey)
+
+
 def read_current(ctx: StepContext, user: User, host: str) -> dict[str, Any]:
     """The user's normalised contact document on ``host`` via ``reg query /s`` (read-only)."""
+    _claim(ctx, host)
     got = read_machine(ctx, host, [user], owner=cl.script_owner(ctx, f"user:{user.alias}"))[user.alias]
     if isinstance(got, BaseException):
         raise got
@@ -303,6 +318,7 @@ def export_one(ctx: StepContext, user: User, host: str,
     (``reg export & reg query``, the query telling an absent key from a failed
     export); then the file is taken (read and deleted in one round trip).
     """
+    _claim(ctx, host)
     conn = ctx.connection(host)
     key = _contacts_key(ctx)
     limit = cl.line_limit(ctx, host)

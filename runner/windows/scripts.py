@@ -89,11 +89,12 @@ def codepage_name(value: Any) -> str | None:
     return name
 
 
-def console_codepage(vars: Any) -> str:
-    """The host's console code page (host variable ``ssh_codepage``, default cp437), in which
-    its cmd.exe reads a batch file; an unknown name gives the default (the connection reports it)."""
-    value = vars.get("ssh_codepage") if hasattr(vars, "get") else None
-    return (codepage_name(value) if value is not None else None) or DEFAULT_CODEPAGE
+def console_codepage(conn: Any) -> str:
+    """The console code page of the host ``conn`` reaches (its ``codepage``: the host's own
+    variable ``ssh_codepage``, not a task's), in which its cmd.exe reads a batch file; cp437
+    for a connection that does not say."""
+    value = getattr(conn, "codepage", None)
+    return (codepage_name(value) if value else None) or DEFAULT_CODEPAGE
 
 
 def encodable(line: str, codepage: str) -> bool:
