@@ -58,9 +58,11 @@ class TaskContext:
     def __init__(self, *, task: Task, variables: Mapping[str, Any], inventory: Inventory, check: bool,
                  run_id: str, artifacts: Artifacts, pool: ConnectionPool, store: StateStore,
                  facts_overlay: Mapping[str, Mapping[str, Any]] | None = None,
-                 predicted: Mapping[tuple[str, str], list[TaskRecord]] | None = None) -> None:
+                 predicted: Mapping[tuple[str, str], list[TaskRecord]] | None = None,
+                 extra_vars: Mapping[str, Any] | None = None) -> None:
         self.task = task
         self.vars = variables
+        self.extra_vars = dict(extra_vars or {})  # ``-e``: over every other variable (server_vars too)
         self.inventory = inventory
         self.check = check
         self.run_id = run_id

@@ -375,7 +375,8 @@ class Engine:
         return TaskContext(task=task, variables=variables, inventory=self.inventory,
                            check=self.options.check, run_id=self.run_id,
                            artifacts=self.artifacts.for_task(task.key), pool=self.pool,
-                           store=self.store, facts_overlay=self._facts, predicted=self._predicted)
+                           store=self.store, facts_overlay=self._facts, predicted=self._predicted,
+                           extra_vars=pplay.play.extra_vars)
 
     def _retry_policy(self, step: Any) -> tuple[int, float, float]:
         """(retries, first delay, longest delay) of ``step``, delays scaled."""

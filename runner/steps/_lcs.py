@@ -25,6 +25,25 @@ CHUNK_SIZE_ARG = {"type": "integer", "minimum": 1, "maximum": 500,
                                  f"own size ({DEFAULT_CHUNK} for the LCS contact and Exchange IM steps)"}
 
 
+#: Variables that describe one server, which its own inventory entry sets (docs/server-batching.md):
+#: a user task's variables hold the user's, not the server's the step works on.
+SERVER_SCOPED_VARS = ("command_line_limit", "remote_temp")
+
+
+def server_vars(ctx: StepContext, host: str) -> Mapping[str, Any]:
+    """The variables a user task's work on server ``host`` sees: the task's, with the
+    server-scoped ones (:data:`SERVER_SCOPED_VARS`) from ``host``'s own inventory entry, so
+    that ``exim01: {vars: {command_line_limit: 8191}}`` is the limit of exim01's lines;
+    extra variables (``-e``) still win."""
+    entry = ctx.inventory.hosts.get(host)
+    own = getattr(entry, "vars", None) or {}
+    extra = getattr(ctx, "extra_vars", None) or {}
+    scoped = {k: own[k] for k in SERVER_SCOPED_VARS if k in own and k not in extra}
+    if not scoped or all(ctx.vars.get(k) == v for k, v in scoped.items()):
+        return ctx.vars
+    return {**ctx.vars, **scoped}
+
+
 def _artifact_names(data: Any) -> Iterable[str]:
     """Artifact names of the normalised JSON export found in a task's data (any key)."""
     if isinstance(data, str):

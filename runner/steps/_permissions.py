@@ -23,7 +23,7 @@ from runner.lcs.exchange import exchange_server, im_user_query
 from runner.lcs.permissions import ACE_CLASS, ACE_PROPS, LcsAce, PlannedAce, parse_lcs
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import CHUNK_SIZE_ARG, rolled_back_at
+from runner.steps._lcs import CHUNK_SIZE_ARG, rolled_back_at, server_vars
 from runner.steps.base import Diff, ProbeOutcome, StepContext, StepModule
 from runner.windows import wmic
 from runner.windows.cmdline import quotable
@@ -260,7 +260,7 @@ def read_chunk(items: Sequence[tuple[StepContext, User]], *, directory: bool) ->
             ctx0 = live[0][1]
             host = exchange_server(ctx0.inventory, ctx0.vars)
             try:
-                found = im_entries(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u, _ in live],
+                found = im_entries(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, _, u, _ in live],
                                    [u.im_address for _, _, u, _ in live], ("msExchIMAddress", ACL_ATTRIBUTE))
             except Exception as exc:  # noqa: BLE001 - the chunk's read failed: each user's outcome
                 for i, *_ in live:
@@ -271,8 +271,8 @@ def read_chunk(items: Sequence[tuple[StepContext, User]], *, directory: bool) ->
     ctx0, user0 = live[0][1], live[0][2]
     host = home_server(user0, ctx0.inventory, ctx0.vars)
     try:
-        script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u, _ in live],
-                             limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
+        script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, _, u, _ in live],
+                             limit=line_limit(server_vars(ctx0, host), LCS_LINE), clean=True, script=False)
         iids = [iid for *_, iid in live]
         read = LcsRead(script, iids, contacts=False)
         parts = [(g, script.add(wmic.get(ACE_CLASS, ACE_PROPS, wql_any("UserInstanceID", g)), stderr_too=True,

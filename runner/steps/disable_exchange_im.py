@@ -37,7 +37,7 @@ from runner.lcs.exchange import (BACKUP_ATTRIBUTES, IM_ATTRIBUTES, Directory, Qu
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
 from runner.steps._lcs import (CHUNK_SIZE_ARG, DEFAULT_CHUNK, backup_name, latest_export, lcs_for, machines_read,
-                               recreated_by_users, refusal_warnings, verified)
+                               recreated_by_users, refusal_warnings, server_vars, verified)
 from runner.steps._permissions import permissions_pending
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
@@ -75,7 +75,7 @@ class DisableExchangeIm(StepModule):
         ctx0 = live[0][1]
         host = exchange_server(ctx0.inventory, ctx0.vars)
         try:
-            found = im_entries(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u in live],
+            found = im_entries(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, _, u in live],
                                [u.im_address for *_, u in live], BACKUP_ATTRIBUTES)
         except Exception as exc:  # noqa: BLE001 - the chunk's read failed: each user's outcome
             for i, *_ in live:
@@ -117,8 +117,8 @@ class DisableExchangeIm(StepModule):
                 continue
             ctx0 = members[0][0]
             try:
-                script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, u in members],
-                                     limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
+                script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, u in members],
+                                     limit=line_limit(server_vars(ctx0, host), LCS_LINE), clean=True, script=False)
                 read = LcsRead(script, [instance_id(u) for _, u in members], contacts=False)
                 script.run()
                 states = read.states()
@@ -188,7 +188,7 @@ class DisableExchangeIm(StepModule):
         starts = entry_starts(changes)
         try:
             sec, entries = import_and_read(
-                ctx0.connection(host), host, ctx0.vars, [u.alias for _, u, _ in items], changes,
+                ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, u, _ in items], changes,
                 [Query(ldap_any("msExchIMAddress", [u.im_address for _, u, _ in g]), IM_ATTRIBUTES) for g in groups(items)])
             back = {a.lower(): e for e in entries for a in e.get("msExchIMAddress")}
         except Exception as exc:  # noqa: BLE001
@@ -209,7 +209,7 @@ class DisableExchangeIm(StepModule):
     def probe(self, ctx: StepContext, target: User) -> Diff | None:
         host = exchange_server(ctx.inventory, ctx.vars)
         q = im_user_query(target.im_address)
-        found = Directory(ctx.connection(host), host, ctx.vars, owner=target.alias).search(
+        found = Directory(ctx.connection(host), host, server_vars(ctx, host), owner=target.alias).search(
             q.ldap_filter, BACKUP_ATTRIBUTES)
         entry = found[0] if found else None
         if entry is None:
@@ -244,7 +244,7 @@ class DisableExchangeIm(StepModule):
         d = diff.data
         saved = self._save_backup(ctx, target, diff)
         # put the LDIF, then one line: import, delete it, read the user back
-        done = Directory(ctx.connection(host), host, ctx.vars, owner=target.alias).apply(
+        done = Directory(ctx.connection(host), host, server_vars(ctx, host), owner=target.alias).apply(
             [ldif.Change(d["dn"], "modify", [("delete", a, []) for a in d["attrs"]])],
             read_back=[im_user_query(target.im_address)])
         left = [a for e in done.found[0] for a in IM_ATTRIBUTES if e.get(a)]

@@ -31,7 +31,7 @@ from runner.lcs.chunks import LCS_LINE, ChunkScript, LcsRead, groups, line_limit
 from runner.lcs.exchange import guid_query
 from runner.lcs.server import CONTACT_CLASS, USER_CLASS, UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import CHUNK_SIZE_ARG, ChunkedOnly, backup_name, imported_name, refusal_warnings
+from runner.steps._lcs import CHUNK_SIZE_ARG, ChunkedOnly, backup_name, imported_name, refusal_warnings, server_vars
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.steps.import_contacts import read_imported
 from runner.steps.restore_exchange_im import GUID_GROUP, entries_by_guid, guid_bytes
@@ -91,8 +91,8 @@ class DisableLcsUsers(ChunkedOnly, StepModule):
         host = home_server(live[0][2], ctx0.inventory, ctx0.vars)
         remove = any(bool(c.args.get("remove_imported_contacts")) for _, c, _ in live)
         try:
-            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for *_, u in live],
-                                 limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
+            script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for *_, u in live],
+                                 limit=line_limit(server_vars(ctx0, host), LCS_LINE), clean=True, script=False)
             read = LcsRead(script, [instance_id(u) for *_, u in live], contacts=remove)
             handles = [script.add_query(guid_query([instance_id(u) for *_, u in g], ("objectGUID", "msExchIMAddress")))
                        for g in groups(live, GUID_GROUP)]
@@ -154,8 +154,8 @@ class DisableLcsUsers(ChunkedOnly, StepModule):
         ctx0, user0, _ = items[0]
         host = home_server(user0, ctx0.inventory, ctx0.vars)
         try:
-            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, u, _ in items],
-                                 limit=line_limit(ctx0.vars, LCS_LINE))
+            script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, u, _ in items],
+                                 limit=line_limit(server_vars(ctx0, host), LCS_LINE))
             index: list[list[int]] = []
             for _, _, diff in items:
                 d = diff.data

@@ -27,7 +27,7 @@ from runner.lcs.exchange import (RTC_ATTRIBUTES, Directory, Query, exchange_serv
 from runner.lcs.mapping import Unmappable, user_sip_uri
 from runner.lcs.server import USER_CLASS, USER_PROPS, LcsServer, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import CHUNK_SIZE_ARG, DEFAULT_CHUNK, lcs_for
+from runner.steps._lcs import CHUNK_SIZE_ARG, DEFAULT_CHUNK, lcs_for, server_vars
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
 from runner.windows.cmdline import quotable
@@ -68,8 +68,8 @@ class EnableLcsUsers(StepModule):
         ctx0 = live[0][1]
         host = home_server(live[0][2], ctx0.inventory, ctx0.vars)
         try:
-            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u, _, _ in live],
-                                 limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
+            script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, _, u, _, _ in live],
+                                 limit=line_limit(server_vars(ctx0, host), LCS_LINE), clean=True, script=False)
             read = LcsRead(script, [iid for *_, iid in live], contacts=False)
             handles = [script.add_query(Query(ldap_any("msRTCSIP-PrimaryUserAddress", g),
                                               (*RTC_ATTRIBUTES, "proxyAddresses")))
@@ -152,8 +152,8 @@ class EnableLcsUsers(StepModule):
         ctx0, user0, _ = items[0]
         host = home_server(user0, ctx0.inventory, ctx0.vars)
         try:
-            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, u, _ in items],
-                                 limit=line_limit(ctx0.vars, LCS_LINE))
+            script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, u, _ in items],
+                                 limit=line_limit(server_vars(ctx0, host), LCS_LINE))
             index: list[int] = []
             for _, user, diff in items:
                 d = diff.data
@@ -228,7 +228,7 @@ class EnableLcsUsers(StepModule):
               ) -> tuple[dict[str, str] | None, list[ldif.Entry]]:
         """The user's MSFT_SIPESUserSetting and the AD entries holding ``uri``, in one line on
         the LCS server; a failed wmic read is read again through LcsServer for its fault."""
-        secs, (entries,) = Directory(server.conn, server.host, ctx.vars, owner=alias).read(
+        secs, (entries,) = Directory(server.conn, server.host, server_vars(ctx, server.host), owner=alias).read(
             [rtc_query(uri)], [wmic.get(USER_CLASS, USER_PROPS, wmic.where(InstanceID=iid))])
         if secs[0] is None or not secs[0].ok:
             return server.read(iid, contacts=False).user, entries
@@ -240,13 +240,13 @@ class EnableLcsUsers(StepModule):
                     home_dn: str) -> list[str]:
         """What the user's AD object lacks of the enable (ldifde on the LCS server)."""
         q = rtc_query(uri)
-        return rtc_missing(Directory(server.conn, server.host, ctx.vars, owner=alias).search(q.ldap_filter, q.attrs),
+        return rtc_missing(Directory(server.conn, server.host, server_vars(ctx, server.host), owner=alias).search(q.ldap_filter, q.attrs),
                            user_dn, uri, home_dn)
 
     @staticmethod
     def _lookup_dn(ctx: StepContext, user: User) -> str:
         host = exchange_server(ctx.inventory, ctx.vars)
-        entry = Directory(ctx.connection(host), host, ctx.vars, owner=user.alias).im_user(user.im_address)
+        entry = Directory(ctx.connection(host), host, server_vars(ctx, host), owner=user.alias).im_user(user.im_address)
         if entry is None:
             raise PermanentFault(f"user {user.alias}: no directory entry with msExchIMAddress={user.im_address}; "
                                  "set user vars.user_dn")

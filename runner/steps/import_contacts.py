@@ -30,7 +30,8 @@ from runner.lcs.contacts import LcsGroup, group_ids_for, parse_export, parse_exp
 from runner.lcs.mapping import mapping_for
 from runner.lcs.server import CONTACT_CLASS, GROUP_CLASS, UserState, home_server, instance_id
 from runner.model import User
-from runner.steps._lcs import CHUNK_SIZE_ARG, DEFAULT_CHUNK, imported_name, latest_export, lcs_for, require_export
+from runner.steps._lcs import (CHUNK_SIZE_ARG, DEFAULT_CHUNK, imported_name, latest_export, lcs_for, require_export,
+                               server_vars)
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import wmic
 from runner.steps.export_contacts import read_current
@@ -105,8 +106,8 @@ class ImportContacts(StepModule):
                     iids.append(instance_id(user))
                 except PermanentFault:
                     pass
-            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, u in items],
-                                 limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
+            script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, u in items],
+                                 limit=line_limit(server_vars(ctx0, host), LCS_LINE), clean=True, script=False)
             read = LcsRead(script, iids)
             script.run()
             states = read.states()
@@ -185,7 +186,7 @@ class ImportContacts(StepModule):
         ctx0, _, _ = items[0]
         host = plans[0][1].host
         conn = plans[0][1].conn
-        limit = line_limit(ctx0.vars, LCS_LINE)
+        limit = line_limit(server_vars(ctx0, host), LCS_LINE)
         owners = [u.alias for _, u, _ in items]
         group_of: dict[int, list[LcsGroup]] = {n: list(p[3]) for n, p in enumerate(plans)}
         group_failures: dict[int, list[str]] = {n: [] for n in range(len(items))}
@@ -193,7 +194,7 @@ class ImportContacts(StepModule):
         try:
             need = [n for n, p in enumerate(plans) if p[0].groups_to_create]
             if need:
-                script = ChunkScript(conn, host, ctx0.vars, owners, limit=limit)
+                script = ChunkScript(conn, host, server_vars(ctx0, host), owners, limit=limit)
                 made = {n: [script.add(wmic.create(GROUP_CLASS, {"UserInstanceID": plans[n][2],
                                                                  "Name": wmic.clean_text(g)}), stderr_too=True,
                                        commutes=True)
@@ -213,7 +214,7 @@ class ImportContacts(StepModule):
                         group_of[n] = state.groups
                     else:  # the new groups' ids are unknown: no contact may go in without them
                         busy.setdefault(n, "reading the new groups back")
-            script = ChunkScript(conn, host, ctx0.vars, owners, limit=limit)
+            script = ChunkScript(conn, host, server_vars(ctx0, host), owners, limit=limit)
             sections: dict[int, list[tuple[str, int]]] = {}
             for n, p in enumerate(plans):
                 if n in busy:

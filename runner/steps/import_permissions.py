@@ -29,6 +29,7 @@ from runner.lcs.server import home_server, instance_id
 from runner.model import User
 from runner.steps._permissions import (PermissionStep, entries, PermissionState, acl_file, confirm_created,
                                        record_acl, record_created)
+from runner.steps._lcs import server_vars
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepResult
 from runner.windows import wmic
 
@@ -122,8 +123,8 @@ class ImportPermissions(PermissionStep):
         try:
             for (ctx, user, _), (state, _, h) in zip(items, probed):
                 artifacts.append(record_acl(ctx, user, state, h))  # what AD said, before LCS changes
-            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, u, _ in items],
-                                 limit=line_limit(ctx0.vars, LCS_LINE))
+            script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, u, _ in items],
+                                 limit=line_limit(server_vars(ctx0, host), LCS_LINE))
             sections: dict[int, list[tuple[str, int]]] = {}
             updates: dict[int, list[tuple[str, int]]] = {}
             for n, ((ctx, user, _), (_, p, _)) in enumerate(zip(items, probed)):

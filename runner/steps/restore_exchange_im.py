@@ -38,7 +38,7 @@ from runner.lcs.exchange import (DEFAULT_SERVICE, DEFAULT_VS_FILTER, IM_ATTRIBUT
                                  exchange_server, guid_query, restore_im_change, unfinished_import)
 from runner.lcs.server import instance_id
 from runner.model import User
-from runner.steps._lcs import CHUNK_SIZE_ARG, ChunkedOnly, backup_name
+from runner.steps._lcs import CHUNK_SIZE_ARG, ChunkedOnly, backup_name, server_vars
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import ldif, sc
 
@@ -116,8 +116,8 @@ class RestoreExchangeIm(ChunkedOnly, StepModule):
         host = exchange_server(ctx0.inventory, ctx0.vars)
         service = self._service(ctx0)
         try:
-            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u, _ in live],
-                                 limit=line_limit(ctx0.vars, WINDOWS_2000_LINE), clean=True, script=False)
+            script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, _, u, _ in live],
+                                 limit=line_limit(server_vars(ctx0, host), WINDOWS_2000_LINE), clean=True, script=False)
             query = script.add(sc.query(service), stderr_too=True, read=True)
             config = script.add(sc.qc(service), stderr_too=True, read=True)
             vs = script.add_query(Query(str(ctx0.vars.get("exchange_im_virtual_server_filter") or DEFAULT_VS_FILTER),
@@ -202,7 +202,7 @@ class RestoreExchangeIm(ChunkedOnly, StepModule):
         starts = entry_starts(changes)
         try:
             sec, entries = import_and_read(
-                ctx0.connection(host), host, ctx0.vars, [u.alias for _, u, _ in items], changes,
+                ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, u, _ in items], changes,
                 [guid_query([instance_id(u) for _, u, _ in g], ("objectGUID", *IM_ATTRIBUTES))
                  for g in groups(items, GUID_GROUP)])
             back = entries_by_guid(entries)

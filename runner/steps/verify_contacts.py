@@ -20,7 +20,7 @@ from runner.lcs.mapping import mapping_for
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
 from runner.steps._lcs import (CHUNK_SIZE_ARG, DEFAULT_CHUNK, latest_export, lcs_for, machines_read,
-                               recreated_by_users, require_export)
+                               recreated_by_users, require_export, server_vars)
 from runner.steps.base import Diff, ProbeOutcome, StepContext, StepModule, StepResult
 
 
@@ -66,8 +66,8 @@ class VerifyContacts(StepModule):
         ctx0, user0 = live[0][1], live[0][2]
         host = home_server(user0, ctx0.inventory, ctx0.vars)
         try:
-            script = ChunkScript(ctx0.connection(host), host, ctx0.vars, [u.alias for _, _, u, *_ in live],
-                                 limit=line_limit(ctx0.vars, LCS_LINE), clean=True, script=False)
+            script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, _, u, *_ in live],
+                                 limit=line_limit(server_vars(ctx0, host), LCS_LINE), clean=True, script=False)
             read = LcsRead(script, [iid for *_, iid in live])
             script.run()
             states = read.states()
