@@ -109,10 +109,14 @@ class ArtifactStore:
         self.root = root or (store.directory / "artifacts")
         self.run_id = run_id
         self.task_key = task_key
+        # the folder resolved, once for this store and every for_task() copy of it
+        self._root_resolved: list[Path] = []
 
     def for_task(self, task_key: str) -> "ArtifactStore":
         """The same store, recording ``task_key`` as the writer of new versions."""
-        return ArtifactStore(self.store, run_id=self.run_id, task_key=task_key, root=self.root)
+        other = ArtifactStore(self.store, run_id=self.run_id, task_key=task_key, root=self.root)
+        other._root_resolved = self._root_resolved  # shared: resolved by whichever reads first
+        return other
 
     def write(self, name: str, data: bytes) -> ArtifactRef:
         """Store ``data`` as the current version of ``name``; durable when this returns."""
@@ -135,7 +139,9 @@ class ArtifactStore:
         """The file a stored artifact row points at, refused when it leaves the artifacts folder
         (an absolute path or ``..`` in a tampered or damaged state.db)."""
         path = self.root / recorded
-        root = self.root.resolve()
+        if not self._root_resolved:  # each read resolved the folder again
+            self._root_resolved.append(self.root.resolve())
+        root = self._root_resolved[0]
         resolved = path.resolve()
         if resolved != root and root not in resolved.parents:
             raise RunnerError(f"{self.store.path}: the artifact row {recorded!r} points outside {self.root}; "

@@ -174,6 +174,31 @@ def test_wql_where_clauses(cond, props, expected):
     assert parse_where(cond).matches(props) is expected
 
 
+@pytest.mark.parametrize("cond,props,expected", [
+    # an OR of one property's string equalities (a chunk's probe) is one set lookup: it must
+    # still say what each term would: case-insensitive, casefolded, and typed values compared
+    # as a single term compares them
+    ("A='x' OR a='Y'", {"A": "y"}, True),
+    ("A='x' OR A='y'", {"a": "z"}, False),
+    ("A='SS' OR A='b'", {"A": "\u00df"}, True),
+    ("A='TRUE' OR A='no'", {"A": True}, True),
+    ("A='FALSE' OR A='no'", {"A": True}, False),
+    ("A='1' OR A='2'", {"A": 1}, True),
+    ("A='1.5' OR A='x'", {"A": 1.5}, True),
+    ("A='x' OR A='y'", {"A": None}, False),
+    ("A='x' OR A='y'", {"A": ["x"]}, False),
+    ("A='x' OR B='y'", {"A": "q", "B": "Y"}, True),
+    ("A='x' OR A<>'y'", {"A": "q"}, True),
+])
+def test_wql_or_of_equalities(cond, props, expected):
+    assert parse_where(cond).matches(props) is expected
+
+
+def test_wql_or_of_equalities_still_needs_the_property():
+    with pytest.raises(WmiError):
+        parse_where("Missing='x' OR Missing='y'").matches({"A": "x"})
+
+
 def test_wql_hints_are_only_top_level_equalities():
     assert parse_where("A='x' AND B='y'").hints == {"A": "x", "B": "y"}
     assert parse_where("A='x' OR B='y'").hints == {}

@@ -40,6 +40,25 @@ _labs: dict[Path, Lab] = {}
 _labs_lock = threading.Lock()
 
 
+def _cpu_slots() -> int:
+    """The CPUs this process may run on (at least 2)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 2
+    return max(2, n)
+
+
+#: How many round trips the in-process lab emulates at once, whatever ``--forks`` is. Each is
+#: Python code (a cmd.exe parser, reg, wmic, SQLite) under one interpreter lock: with 25
+#: engine threads interleaving them a 200-client run took a quarter more CPU (41 s against 31 s
+#: at 2; the lock passing between threads, not the work) for no more done. Threads wait for a
+#: slot after the ``slow`` fault's delay, so a slow host still delays only its own commands;
+#: a command never waits for another in-process command that needs a slot (a lock one holds,
+#: the LCS store's or a host's, is taken inside its own slot and given up before it ends).
+LAB_SLOTS = threading.BoundedSemaphore(_cpu_slots())
+
+
 def open_lab(path: Path) -> Lab:
     """A process-wide shared Lab object per directory (lab.json is read once)."""
     key = Path(path).resolve()
@@ -148,7 +167,7 @@ class LabConnection:
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
         """Run one cmd.exe command line on the lab host."""
         self._before()
-        with logon.session(self.logon):
+        with LAB_SLOTS, logon.session(self.logon):
             result = Shell(self.lab, self.lab_host, self.faults).run(command)
         self._after()
         return result
@@ -159,7 +178,7 @@ class LabConnection:
         self._before()
         if self.faults.fires(self.lab_host, "put_truncated"):
             data = data[:len(data) // 2]
-        with logon.session(self.logon):
+        with LAB_SLOTS, logon.session(self.logon):
             result = Shell(self.lab, self.lab_host, self.faults).run(
                 command, stdin=SessionInput(data.decode("utf-8", errors="surrogateescape")))
         self._after()
@@ -184,7 +203,7 @@ class LabConnection:
         if self.faults.fires(self.lab_host, "put_truncated"):
             data = data[:len(data) // 2]
         try:
-            with logon.session(self.logon):
+            with LAB_SLOTS, logon.session(self.logon):
                 self.lab_host.fs.write(remote_path, data)
         except (OSError, InvalidPath) as e:
             raise PermanentFault(f"put {remote_path}: {e}", host=self.host) from None
@@ -201,14 +220,15 @@ class LabConnection:
 
     def _read(self, remote_path: str, *, remove: bool) -> bytes:
         self._before()
-        try:
-            with logon.session(self.logon):
-                data = self.lab_host.fs.read(remote_path)
-        except (OSError, InvalidPath) as e:
-            raise PermanentFault(f"get {remote_path}: {e}", host=self.host) from None
-        if remove:
-            self.lab_host.fs.delete(remote_path)
-            self.lab_host.record("take", f"take {remote_path} ({len(data)} bytes, then deleted)", 0)
+        with LAB_SLOTS:
+            try:
+                with logon.session(self.logon):
+                    data = self.lab_host.fs.read(remote_path)
+            except (OSError, InvalidPath) as e:
+                raise PermanentFault(f"get {remote_path}: {e}", host=self.host) from None
+            if remove:
+                self.lab_host.fs.delete(remote_path)
+                self.lab_host.record("take", f"take {remote_path} ({len(data)} bytes, then deleted)", 0)
         self._after()
         return data
 

@@ -158,6 +158,8 @@ class _Parser:
         self.toks = toks
         self.i = 0
         self.hints: dict[str, Any] = {}
+        # predicates that are ``prop = 'string'``: (property, value), for expr's fast OR
+        self.equals: dict[Predicate, tuple[str, str]] = {}
 
     def peek(self) -> str | None:
         return self.toks[self.i][0] if self.i < len(self.toks) else None
@@ -186,6 +188,19 @@ class _Parser:
                           for k in common}
         if len(terms) == 1:
             return terms[0]
+        eqs = [self.equals.get(t) for t in terms]
+        if all(eqs) and len({prop.lower() for prop, _ in eqs}) == 1:
+            # InstanceID='a' OR InstanceID='b' OR ... (a chunk's probe of 100 users, tried
+            # on every row): one set lookup for a string, what each term would say otherwise
+            prop, values = eqs[0][0], tuple(v for _, v in eqs)
+            folded = frozenset(v.casefold() for v in values)
+
+            def any_of(p: Mapping[str, Any]) -> bool:
+                a = _lookup(p, prop)
+                if isinstance(a, str):
+                    return a.casefold() in folded
+                return any(_compare(a, "=", v) for v in values)
+            return any_of
         return lambda p, ts=tuple(terms): any(t(p) for t in ts)
 
     def term(self, top: bool) -> Predicate:
@@ -235,7 +250,10 @@ class _Parser:
             raise WmiError(WBEM_E_INVALID_QUERY)
         if top and op == "=" and val is not None:
             self.hints[prop] = val
-        return lambda p: _compare(_lookup(p, prop), op, val)
+        pred: Predicate = lambda p: _compare(_lookup(p, prop), op, val)  # noqa: E731
+        if op == "=" and isinstance(val, str):
+            self.equals[pred] = (prop, val)
+        return pred
 
 
 def parse_where(text: str) -> Where:

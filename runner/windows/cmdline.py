@@ -152,6 +152,10 @@ def _preview(value: str) -> str:
     return repr(value if len(value) <= 40 else value[:37] + "...")
 
 
+#: What a literal bit may not hold: it would end the command line (or the file it is in).
+_LINE_END = re.compile("[\r\n\x1a\x00]")
+
+
 class Command:
     """A command line made of bits; ``render()`` for execution, ``display()`` for humans.
 
@@ -162,9 +166,10 @@ class Command:
 
     def __init__(self, *bits: Bit) -> None:
         for bit in bits:
-            if isinstance(bit, str) and any(c in bit for c in "\r\n\x1a\x00"):
-                raise UnsafeValueError(f"literal {_preview(bit)} contains a line end")
-            if not isinstance(bit, (str, Quoted, Secret, Command)):
+            if isinstance(bit, str):
+                if _LINE_END.search(bit):
+                    raise UnsafeValueError(f"literal {_preview(bit)} contains a line end")
+            elif not isinstance(bit, (Quoted, Secret, Command)):
                 raise TypeError(f"not a command bit: {bit!r}")
         self.bits: tuple[Bit, ...] = bits
 
