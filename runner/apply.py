@@ -64,10 +64,12 @@ class _Interrupts:
     terminal or the ssh session to the control node went away) is not a reason to stop: the
     streams on that terminal are dropped, as a closed stdout is (runner.outstream)."""
 
-    def __init__(self, engine: Engine, err: TextIO, streams: tuple[LosableStream, ...] = ()) -> None:
+    def __init__(self, engine: Engine, err: TextIO, streams: tuple[LosableStream, ...] = (),
+                 resume_command: str = "") -> None:
         self.engine = engine
         self.err = err
         self.streams = streams
+        self.resume_command = resume_command
         self.previous: Any = None
         self.previous_hup: Any = None
 
@@ -79,7 +81,9 @@ class _Interrupts:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.engine.interrupted:
             try:
-                self.err.write("\ninterrupted again: stopping now (finished tasks are recorded)\n")
+                self.err.write("\ninterrupted again: stopping now (finished tasks are recorded"
+                               + (f"; to resume: {self.resume_command}" if self.resume_command else "")
+                               + ")\n")
                 self.err.flush()
             finally:
                 os._exit(EXIT_INTERRUPTED)
@@ -261,7 +265,7 @@ def _apply(req: ApplyRequest, out: TextIO, err: TextIO, doing: list[str], froze:
         engine = Engine(inventory, store, run_id, options, subscribers, resumed=resumed)
         if req.check:
             out.on_lost = engine.interrupt
-        with _Interrupts(engine, err, (out, err)):
+        with _Interrupts(engine, err, (out, err), req.resume_command):
             doing.clear()
             summary = engine.run(plan)
             if not req.check:

@@ -12,6 +12,8 @@ Two families:
 """
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_FAILED = 2
@@ -26,6 +28,15 @@ class RunnerError(Exception):
     """A user-facing error: printed as a message, mapped to ``exit_code``."""
 
     exit_code = EXIT_ERROR
+
+
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters written as escapes (``\\n``, ``\\x1b``): a
+    message quoting a name with a line feed in it must stay on its own line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class InputError(RunnerError):
@@ -54,7 +65,7 @@ class InputError(RunnerError):
                 if self.col is not None:
                     where += f":{self.col}"
             where += ": "
-        return where + self.message
+        return where + one_line(self.message)
 
 
 class InputErrors(InputError):

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 from runner.errors import InputError, InputErrors, OptionsError
 from runner.model import Playbook
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def parse_extra_vars(values: Iterable[str]) -> dict[str, Any]:

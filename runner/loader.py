@@ -28,7 +28,7 @@ from yaml.events import AliasEvent, MappingEndEvent, MappingStartEvent, ScalarEv
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.errors import InputError, InputErrors, RunnerError
-from runner.fastschema import compile_check
+from runner.fastschema import compile_check, ecma_pattern, validator_class
 from runner.lcs.mapping import rule_problems, validate_sip_uri
 from runner.model import CONTROL_NODE_PATH_VARS, Group, Host, Inventory, Play, Playbook, Serial, Step, User
 from runner.templating import check_syntax, is_template
@@ -327,7 +327,15 @@ def _read_yaml(path: str | os.PathLike[str]) -> Document:
     except IsADirectoryError:
         raise InputError("is a directory, not a YAML file", file) from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file) from None
+        # where an editor shows it: the line, and the column in characters of the valid text before it
+        data = exc.object if isinstance(exc.object, bytes) else b""
+        if exc.encoding.replace("-", "").lower().startswith("utf8") and data:
+            start = data.rfind(b"\n", 0, exc.start) + 1
+            line = data.count(b"\n", 0, exc.start) + 1
+            col = len(data[start:exc.start].decode("utf-8", errors="replace")) + 1
+            raise InputError(f"not UTF-8 text ({exc.reason}, byte {exc.start}): save the file as UTF-8",
+                             file, line, col) from None
+        raise InputError(f"not {exc.encoding} text ({exc.reason} at byte {exc.start})", file) from None
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}", file) from None
     loader = MarkedLoader(text)
@@ -702,13 +710,16 @@ def schema_errors(doc: Document, instance: Any, validator: jsonschema.protocols.
             allowed = set(schema.get("properties", {}))
             patterns = schema.get("patternProperties", {})
             for key in err.instance:
-                if key in allowed or any(re.search(p, str(key)) for p in patterns):
+                if key in allowed or any(ecma_pattern(p).search(str(key)) for p in patterns):
                     continue
                 if isinstance(schema.get("additionalProperties"), dict):
                     continue
                 kctx = context(path + (key,))
                 out.append(doc.error(f"unknown key '{key}'" + (f" in {kctx}" if kctx else "")
                                      + _suggest(str(key), allowed), path + (key,), at_key=True))
+            continue
+        if v == "pattern" and "x-error-pattern" in schema:  # the format's message, not the type's
+            out.append(doc.error(f"{_label(path)} {schema['x-error-pattern']}{in_ctx}", path))
             continue
         if "x-error" in schema and v not in ("required",):
             out.append(doc.error(f"{_label(path)} {schema['x-error']}{in_ctx}", path))
@@ -760,8 +771,7 @@ def _fast_check(schema: Any) -> Callable[[Any], bool]:
 
 
 def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema)
+    return validator_class(schema)(schema)
 
 
 # -- playbooks ----------------------------------------------------------------
@@ -1209,6 +1219,12 @@ def _load_inventory(path: str | os.PathLike[str]) -> Inventory:
         if problem:  # the check the run makes (runner.lcs.mapping), so the two never disagree
             b.errors.append(doc.error(f"'sip_uri' must be a SIP URI like sip:alice@contoso.com in user '{alias}': "
                                       f"{problem}", upath + ("sip_uri",)))
+        elif isinstance(sip_uri, str) and "%" in sip_uri:
+            # valid SIP (a %-escape), but the user's enable finds them by it in an ldifde filter on
+            # a cmd.exe line, where % cannot be written: the user would fail every night
+            b.errors.append(doc.error(f"'sip_uri' of user '{alias}' has a %-escape ({sip_uri!r}): LCS is asked "
+                                      "for a user by their URI on a cmd.exe command line, where '%' cannot be "
+                                      "passed; give the user a URI without one", upath + ("sip_uri",)))
         # an AD GUID is the user's LCS key (UserInstanceID) and their key in the state store, a
         # SID their hive: two users with one of them would be enabled, imported and disabled
         # as each other (found a night late, when the second one's wave moved)
@@ -1271,6 +1287,11 @@ def _dn_errors(doc: Document, path: Path_, values: Any, names: Iterable[str]) ->
     return errors
 
 
+#: A sip_mapping template's per-address field written as a Jinja expression (``{{ local }}``).
+#: (``{{ domain }}`` or ``{{ im_domain }}`` may well be an inventory variable.)
+_JINJA_FIELD = re.compile(r"\{\{-?\s*(local|address)\s*-?\}\}")
+
+
 def _sip_mapping_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[InputError]:
     """The ``sip_mapping`` variable of one scope, checked (runner.lcs.mapping.rule_problems).
 
@@ -1281,9 +1302,17 @@ def _sip_mapping_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[Inp
     if not isinstance(vars_, dict) or "sip_mapping" not in vars_:
         return []
     rule = vars_["sip_mapping"]
+    base = tuple(vars_path) + ("sip_mapping",)
+    template = rule.get("template") if isinstance(rule, dict) else None
+    jinja_fields = [f for f in (_JINJA_FIELD.findall(template) if isinstance(template, str) else [])
+                    if f not in vars_]
+    if jinja_fields:  # "sip:{{local}}@{domain}": Ansible's braces around the rule's own field
+        name = jinja_fields[0]
+        return [doc.error(f"sip_mapping.template writes {{{{{name}}}}}: the rule's fields take single braces, "
+                          f"{{{name}}} (double braces are a Jinja expression, rendered from variables "
+                          f"before the rule applies, and '{name}' is not a variable)", base + ("template",))]
     if "{{" in json.dumps(rule, default=str):
         return []
-    base = tuple(vars_path) + ("sip_mapping",)
     return [doc.error(message, base + tuple(sub)) for sub, message in rule_problems(rule)]
 
 

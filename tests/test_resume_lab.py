@@ -153,3 +153,42 @@ def test_ctrl_c_once_exits_99_prints_the_resume_command_and_resuming_finishes(tm
     assert finished <= skipped
     assert _verify(lab).returncode == 0
     _no_duplicate_groups(lab)
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_stops_at_once_and_still_says_how_to_resume(tmp_path):
+    import threading
+    total = _full_run_seconds(tmp_path)
+    inv, lab = _lab(tmp_path)
+    # every command a little slow, so that tasks are still in flight when the second Ctrl-C comes
+    subprocess.run([sys.executable, "-m", "runner", "lab", "faults", "slow=1", "--dir", str(lab)], check=True,
+                   capture_output=True)
+    proc = subprocess.Popen(_cmd(tmp_path, inv)[:-1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    err_lines: list[str] = []
+
+    def read_err() -> None:  # the second Ctrl-C as soon as the first is acknowledged
+        for line in proc.stderr:
+            err_lines.append(line)
+            if line.startswith("interrupted: finishing"):
+                proc.send_signal(signal.SIGINT)
+    reader = threading.Thread(target=read_err)
+    reader.start()
+    time.sleep(0.4 * total)
+    proc.send_signal(signal.SIGINT)
+    proc.stdout.read()
+    proc.wait(timeout=120)
+    reader.join(10)
+    err = "".join(err_lines)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before Ctrl-C landed")
+    assert proc.returncode == 99, err
+    if "interrupted again" not in err:
+        pytest.skip("the tasks in flight finished before the second Ctrl-C landed")
+    assert "to resume: runner apply" in err and GRADUAL in err, err
+    subprocess.run([sys.executable, "-m", "runner", "lab", "faults", "slow=0", "--dir", str(lab)], check=True,
+                   capture_output=True)
+    resumed = subprocess.run(_cmd(tmp_path, inv), capture_output=True, text=True, env=_env(), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _verify(lab).returncode == 0
+    _no_duplicate_groups(lab)

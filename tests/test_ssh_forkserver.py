@@ -126,3 +126,57 @@ def test_a_forked_session_imports_nothing_it_could_have_inherited(lab):
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_serve_that_cannot_listen_leaves_no_fork_server(lab):
+    from runner.lab.serve import LabServer, ServeError
+    first = serve(lab, fake_shell=False)
+    other = lab.parent / "other-lab"  # the same addresses (same seed), on the port the first holds
+    generate(other, clients=2, users_per_client=1, contacts=2, seed=5)
+    try:
+        second = LabServer(other, port=first.port)
+        with pytest.raises(ServeError, match="cannot listen"):
+            second.start()
+        assert second._forkserver is None
+    finally:
+        first.stop()
+
+
+def test_the_fork_server_stops_when_its_serve_is_killed(tmp_path):
+    """``kill -9`` of ``runner lab serve`` cannot pass anything on: the fork server sees it is
+    orphaned and ends (it was left running, a process per killed serve)."""
+    import subprocess
+    import sys
+    lab = tmp_path / "lab"
+    generate(lab, clients=1, users_per_client=1, contacts=1, seed=5)
+    sock = tmp_path / "fs.sock"
+    pidfile = tmp_path / "fs.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, '-m', 'runner.lab.forkserver', '--dir', {str(lab)!r}, "
+        f"'--socket', {str(sock)!r}], start_new_session=True)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(600)\n")])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (sock.exists() and pidfile.exists() and pidfile.read_text()):
+            time.sleep(0.05)
+        pid = int(pidfile.read_text())
+        assert _alive(pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the fork server outlived its killed parent")

@@ -49,3 +49,22 @@ def test_an_lcs_user_without_its_ad_attributes_is_not_ok_and_apply_finishes_it(t
     assert result.status == "changed" and result.data["finished"]
     assert _rtc_values(tmp_path / "lab", user.ad_guid) == complete
     assert step.probe(ctx, user) is None
+
+
+def test_a_user_whose_ad_dn_cannot_go_on_a_line_fails_alone_in_its_chunk(tmp_path):
+    """A DN with a line end (possible in AD, escaped) fails that user's enable, not the chunk's."""
+    inv_path = generate(tmp_path / "lab", clients=6, users_per_client=1, contacts=1, seed=4)
+    inv = load_inventory(inv_path)
+    users = list(inv.users.values())[:3]
+    assert len(users) == 3
+    conns = {h: LabConnection(inv.hosts[h], inv, None) for h in ("lcs01", "exim01")}
+    ctx = StepCtx(inv, conns, tmp_path, vars=inv.vars)
+    step = EnableLcsUsers()
+    probed = step.probe_many([(ctx, u) for u in users])
+    assert all(d is not None and not isinstance(d, Exception) and d.data["action"] == "create" for d in probed)
+    probed[1].data["user_dn"] = "CN=Line one\nLine two,CN=Users,DC=contoso,DC=com"
+    out = step.apply_many([(ctx, u, d) for u, d in zip(users, probed)])
+    assert [getattr(o, "status", None) for o in out] == ["changed", None, "changed"]
+    assert users[1].alias in str(out[1]) and "line" in str(out[1])
+    assert step.probe(ctx, users[0]) is None and step.probe(ctx, users[2]) is None
+    assert step.probe(ctx, users[1]) is not None  # not enabled

@@ -27,9 +27,9 @@ USER_ATTRIBUTES = ("objectGUID", "objectSid", "sAMAccountName", "displayName", "
 USER_FILTER = "(msExchIMAddress=*)"
 COMPUTER_ATTRIBUTES = ("dNSHostName", "operatingSystem", "operatingSystemVersion", "operatingSystemServicePack")
 COMPUTER_FILTER = "(objectClass=computer)"
-_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
-_SID_TEXT = re.compile(r"^S-1-[0-9]{1,14}(-[0-9]{1,10}){1,15}$")
+_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}\Z")
+_SID_TEXT = re.compile(r"^S-1-[0-9]{1,14}(-[0-9]{1,10}){1,15}\Z")
 
 
 def guid_from_bytes(raw: bytes) -> str:

@@ -100,6 +100,9 @@ class ForkServer:
         self.sock_path = sock_path
         self.children: dict[int, socket.socket] = {}
         self.stopping = False
+        # the process that started us (``runner lab serve``): when it is gone (killed with
+        # SIGKILL, which it cannot pass on), nobody stops us, so we stop ourselves
+        self.parent = os.getppid()
 
     def serve_forever(self) -> int:
         try:
@@ -138,6 +141,8 @@ class ForkServer:
                         except BlockingIOError:
                             pass
                 self._reap()
+                if os.getppid() != self.parent:
+                    self.stopping = True
         finally:
             sel.close()
             listener.close()

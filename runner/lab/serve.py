@@ -309,6 +309,7 @@ class LabServer:
                 self._listeners.append(s)
         except OSError as exc:
             self._close_listeners()
+            self._stop_forkserver()  # it would outlive us otherwise
             raise ServeError(f"cannot listen on {addr}:{self.port}: {exc.strerror}") from None
         self._thread = threading.Thread(target=self._accept_loop, name="lab-serve-acceptor", daemon=True)
         self._thread.start()

@@ -59,9 +59,9 @@ from typing import Any, Iterable
 from runner.errors import InputError
 from runner.lab import exchange
 
-_ADDR = re.compile(r"^([^@\s]+)@([^@\s]+)$")
-_USER_PART = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+$")
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_ADDR = re.compile(r"^([^@\s]+)@([^@\s]+)\Z")
+_USER_PART = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+\Z")
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 MAX_GROUP_NAME = 128
 MAX_CONTACT_NAME = 256  # LCS keeps the first 256 characters of a contact's Name
 

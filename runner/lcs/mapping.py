@@ -40,9 +40,9 @@ MAX_SIP_URI = 454
 # RFC 3261 "user" characters (unreserved, user-unreserved, escaped), minus the
 # ones we refuse because they only ever come from damaged data: quotes,
 # whitespace, control characters, and cmd.exe metacharacters "|<>^.
-_USER_RE = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+$")
-_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_ADDRESS_RE = re.compile(r"^([^@\s]+)@([^@\s]+)$")
+_USER_RE = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+\Z")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+_ADDRESS_RE = re.compile(r"^([^@\s]+)@([^@\s]+)\Z")
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ CARRIED = {"PR": "presence", "ST": "send-to"}
 NOT_CARRIED = {"LI": "list", "RF": "receive-from", "SU": "subscriptions", "SO": "subscribe-others"}
 TYPES = ("All", "Domain", "User")
 _ALIAS_PATH = re.compile(r"^/instmsg/aliases/([^/]+)/?$", re.IGNORECASE)
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from runner.model import User
 from runner.steps._lcs import CHUNK_SIZE_ARG, DEFAULT_CHUNK, lcs_for, server_vars
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
-from runner.windows.cmdline import quotable
+from runner.windows.cmdline import Command, UnsafeValueError, quotable
 
 
 class EnableLcsUsers(StepModule):
@@ -151,26 +151,36 @@ class EnableLcsUsers(StepModule):
         out: list[ApplyOutcome] = [StepResult("failed")] * len(items)
         ctx0, user0, _ = items[0]
         host = home_server(user0, ctx0.inventory, ctx0.vars)
-        try:
-            script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, u, _ in items],
-                                 limit=line_limit(server_vars(ctx0, host), LCS_LINE))
-            index: list[int] = []
-            for _, user, diff in items:
-                d = diff.data
+        cmds: list[tuple[int, Command]] = []
+        for n, (_, user, diff) in enumerate(items):
+            d = diff.data
+            try:  # a value that cannot go on the line (a DN with a line end in AD) fails its user only
                 if d["action"] == "set":
                     cmd = wmic.set_(USER_CLASS, wmic.where(InstanceID=d["iid"]), {"Enabled": True, "PrimaryURI": d["uri"]})
                 else:
                     cmd = wmic.create(USER_CLASS, {"InstanceID": d["iid"], "UserDN": d["user_dn"],
                                                    "HomeServerDN": d["home_dn"], "PrimaryURI": d["uri"], "Enabled": True})
-                index.append(script.add(cmd, stderr_too=True, commutes=True))  # one per user
-            back = [d.data["uri"] for _, _, d in items if d.data["action"] == "set" and d.data.get("user_dn")]
+                cmds.append((n, cmd))
+            except UnsafeValueError as exc:
+                out[n] = PermanentFault(f"user {user.alias}: {exc}")
+        if not cmds:
+            return out
+        live = [items[n] for n, _ in cmds]
+        try:
+            script = ChunkScript(ctx0.connection(host), host, server_vars(ctx0, host), [u.alias for _, u, _ in live],
+                                 limit=line_limit(server_vars(ctx0, host), LCS_LINE))
+            index = [script.add(cmd, stderr_too=True, commutes=True) for _, cmd in cmds]  # one per user
+            back = [d.data["uri"] for _, _, d in live if d.data["action"] == "set" and d.data.get("user_dn")]
             handles = [script.add_query(Query(ldap_any("msRTCSIP-PrimaryUserAddress", g),
                                               (*RTC_ATTRIBUTES, "proxyAddresses"))) for g in groups(back)]
             script.run()
             entries = [e for h in handles for e in script.entries(h)] if handles else []
         except Exception as exc:  # noqa: BLE001
-            return [exc] * len(items)
-        for n, ((_, user, diff), i) in enumerate(zip(items, index)):
+            for n, _ in cmds:
+                out[n] = exc
+            return out
+        for (n, _), i in zip(cmds, index):
+            _, user, diff = items[n]
             d = diff.data
             verb = f"re-enable {d['uri']}" if d["action"] == "set" else f"enable {d['uri']} on {host}"
             fault = wmic_fault(script.section(i), verb, host)

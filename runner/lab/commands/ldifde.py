@@ -36,7 +36,7 @@ from runner.connections.base import CommandResult
 from runner.lab.exchange import BINARY_ATTRIBUTES, Directory, LdapError, ad_path
 
 CRLF = "\r\n"
-_SAFE = re.compile(r"^[\x01-\x09\x0b\x0c\x0e-\x1f\x21-\x39\x3b\x3d-\x7f][\x01-\x09\x0b\x0c\x0e-\x7f]*$")
+_SAFE = re.compile(r"^[\x01-\x09\x0b\x0c\x0e-\x1f\x21-\x39\x3b\x3d-\x7f][\x01-\x09\x0b\x0c\x0e-\x7f]*\Z")
 
 
 # -- LDIF ---------------------------------------------------------------------------
