@@ -265,7 +265,7 @@ def _apply(req: ApplyRequest, out: TextIO, err: TextIO, doing: list[str], froze:
         engine = Engine(inventory, store, run_id, options, subscribers, resumed=resumed)
         if req.check:
             out.on_lost = engine.interrupt
-        with _Interrupts(engine, err, (out, err), req.resume_command):
+        with _Interrupts(engine, err, (out, err), "" if req.check else req.resume_command):
             doing.clear()
             summary = engine.run(plan)
             if not req.check:

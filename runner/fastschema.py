@@ -66,11 +66,44 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterat
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
+def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any,
+                        schema: Any) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        rx = ecma_pattern(pattern)
+        for k, v in instance.items():
+            if rx.search(k):
+                yield from validator.descend(v, subschema, path=k, schema_path=pattern)
+
+
+def _additional_properties(validator: Any, additional: Any, instance: Any,
+                           schema: Any) -> Iterator[ValidationError]:
+    # the keys neither ``properties`` names nor a ``patternProperties`` pattern matches (as
+    # above: a key with a final line feed is an extra, not one the pattern took)
+    if not validator.is_type(instance, "object"):
+        return
+    known = schema.get("properties", {})
+    patterns = [ecma_pattern(p) for p in schema.get("patternProperties", {})]
+    extras = [k for k in instance if k not in known and not any(rx.search(k) for rx in patterns)]
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        yield ValidationError(f"additional properties are not allowed ({', '.join(map(repr, sorted(extras)))})")
+
+
 def validator_class(schema: Any) -> Any:
     """The jsonschema validator class for ``schema`` (Draft 2020-12 by default), with
-    ``pattern`` read as JSON Schema means it (:func:`ecma_pattern`)."""
-    base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return jsonschema.validators.extend(base, {"pattern": _pattern})
+    ``pattern`` and ``patternProperties`` read as JSON Schema means them (:func:`ecma_pattern`)."""
+    return _extended(jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator))
+
+
+@functools.lru_cache(maxsize=None)
+def _extended(base: Any) -> Any:
+    # made once per draft: extend() builds a class (a millisecond), and every step is validated
+    return jsonschema.validators.extend(base, {"pattern": _pattern, "patternProperties": _pattern_properties,
+                                                "additionalProperties": _additional_properties})
 
 
 def _never(_: Any) -> bool:

@@ -1310,7 +1310,8 @@ def _sip_mapping_errors(doc: Document, vars_path: Path_, vars_: Any) -> list[Inp
         name = jinja_fields[0]
         return [doc.error(f"sip_mapping.template writes {{{{{name}}}}}: the rule's fields take single braces, "
                           f"{{{name}}} (double braces are a Jinja expression, rendered from variables "
-                          f"before the rule applies, and '{name}' is not a variable)", base + ("template",))]
+                          f"before the rule applies; a variable '{name}' meant here must be set beside "
+                          "sip_mapping)", base + ("template",))]
     if "{{" in json.dumps(rule, default=str):
         return []
     return [doc.error(message, base + tuple(sub)) for sub, message in rule_problems(rule)]

@@ -76,8 +76,8 @@ def test_ecma_pattern_dollar_is_the_end(pattern, text, expected):
     assert (ecma_pattern(pattern).search(text) is not None) is expected
 
 
-@pytest.mark.parametrize("value,ok", [("-1", False), ("0", False), ('"ten"', False), ("10", True), ("2.5", True),
-                                      ('"10"', True)])
+@pytest.mark.parametrize("value,ok", [("-1", False), ("0", False), ('"ten"', False), ('"0"', False), ('"0.0"', False),
+                                      ('"00"', False), ("10", True), ("2.5", True), ('"10"', True), ('"0.5"', True)])
 def test_ssh_connect_timeout_is_seconds_above_zero(inventory_text, value, ok):
     path, text = inventory_text
     edited = path.parent / "timeout.yml"

@@ -136,6 +136,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _forkservers_of(lab_dir) -> list[int]:
+    """Pids of live fork servers started for ``lab_dir``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    argv = fh.read().split(b"\0")
+            except OSError:
+                continue
+            if b"runner.lab.forkserver" in argv and str(lab_dir).encode() in argv and _alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
 def test_a_serve_that_cannot_listen_leaves_no_fork_server(lab):
     from runner.lab.serve import LabServer, ServeError
     first = serve(lab, fake_shell=False)
@@ -146,6 +161,10 @@ def test_a_serve_that_cannot_listen_leaves_no_fork_server(lab):
         with pytest.raises(ServeError, match="cannot listen"):
             second.start()
         assert second._forkserver is None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _forkservers_of(other):
+            time.sleep(0.1)
+        assert not _forkservers_of(other), "the second serve's fork server is still running"
     finally:
         first.stop()
 
