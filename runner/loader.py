@@ -330,10 +330,12 @@ def _read_yaml(path: str | os.PathLike[str]) -> Document:
         # where an editor shows it: the line, and the column in characters of the valid text before it
         data = exc.object if isinstance(exc.object, bytes) else b""
         if exc.encoding.replace("-", "").lower().startswith("utf8") and data:
-            start = data.rfind(b"\n", 0, exc.start) + 1
-            line = data.count(b"\n", 0, exc.start) + 1
-            col = len(data[start:exc.start].decode("utf-8", errors="replace")) + 1
-            raise InputError(f"not UTF-8 text ({exc.reason}, byte {exc.start}): save the file as UTF-8",
+            # utf-8-sig reports offsets after its BOM; lines end at LF, CR LF or a lone CR, as YAML's
+            offset = exc.start + (3 if raw.startswith(codecs.BOM_UTF8) else 0)
+            before = data[:exc.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            line = before.count(b"\n") + 1
+            col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", errors="replace")) + 1
+            raise InputError(f"not UTF-8 text ({exc.reason}, byte {offset}): save the file as UTF-8",
                              file, line, col) from None
         raise InputError(f"not {exc.encoding} text ({exc.reason} at byte {exc.start})", file) from None
     except OSError as exc:

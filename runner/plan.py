@@ -318,11 +318,14 @@ def _cut(items: list, serial: Serial) -> list[tuple[str, list]]:
 def _check_tags(playbook: Playbook, tags: set[str] | None, option: str) -> None:
     if not tags:
         return
-    known = {t for p in playbook.plays for s in p.steps for t in s.tags} | {ALWAYS, "all"}
-    unknown = sorted(tags - known)
+    used = {t for p in playbook.plays for s in p.steps for t in s.tags}
+    unknown = sorted(tags - used - {ALWAYS, "all"})
     if unknown:
-        listed = ", ".join(sorted(known - {"all"})) or "(none)"
-        raise OptionsError(f"{option}: unknown tag(s) {', '.join(unknown)}; tags in this playbook: {listed}")
+        # what the playbook's steps carry (as --list-tags prints it), then the two words every
+        # playbook understands
+        listed = ", ".join(sorted(used - {ALWAYS, "all"})) or "(none)"
+        raise OptionsError(f"{option}: unknown tag(s) {', '.join(unknown)}; tags in this playbook: {listed} "
+                           f"(and '{ALWAYS}' and 'all')")
 
 
 def build_plan(playbook: Playbook, inventory: Inventory, *, limit: str | None = None,

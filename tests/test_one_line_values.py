@@ -97,3 +97,13 @@ def test_a_byte_that_is_not_utf8_is_reported_at_its_line_and_column(tmp_path):
     with pytest.raises(InputError) as e:
         load_inventory(bad)
     assert str(e.value).startswith(f"{bad}:3:7: not UTF-8 text"), str(e.value)
+
+
+@pytest.mark.parametrize("prefix,end", [(b"", b"\r"), (b"\xef\xbb\xbf", b"\r\n")])
+def test_the_bad_byte_is_found_with_cr_line_ends_and_after_a_bom(tmp_path, prefix, end):
+    bad = tmp_path / "latin1.yml"
+    bad.write_bytes(prefix + end.join([b"all:", b"  hosts:", "    pcé001: {}".encode("latin-1"), b""]))
+    with pytest.raises(InputError) as e:
+        load_inventory(bad)
+    byte = len(prefix) + len(b"all:" + end + b"  hosts:" + end + b"    pc")
+    assert str(e.value).startswith(f"{bad}:3:7: not UTF-8 text") and f"byte {byte})" in str(e.value), str(e.value)
