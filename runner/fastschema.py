@@ -50,10 +50,11 @@ def ecma_pattern(pattern: str) -> "re.Pattern[str]":
             in_class = c != "]"
         elif c == "[":
             in_class = True
-            if pattern.startswith("]", i + 1) or pattern.startswith("^]", i + 1):  # a leading ] is literal
-                out.append(pattern[i:i + (2 if pattern[i + 1] == "]" else 3)])
-                i += 2 if pattern[i + 1] == "]" else 3
-                continue
+            # the class's opening, with a leading ] (literal there) taken with it
+            lead = 3 if pattern.startswith("^]", i + 1) else 2 if pattern.startswith("]", i + 1) else 1
+            out.append(pattern[i:i + lead])
+            i += lead
+            continue
         elif c == "$":
             c = "\\Z"
         out.append(c)
@@ -77,15 +78,19 @@ def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any,
                 yield from validator.descend(v, subschema, path=k, schema_path=pattern)
 
 
-def _additional_properties(validator: Any, additional: Any, instance: Any,
-                           schema: Any) -> Iterator[ValidationError]:
-    # the keys neither ``properties`` names nor a ``patternProperties`` pattern matches (as
-    # above: a key with a final line feed is an extra, not one the pattern took)
-    if not validator.is_type(instance, "object"):
-        return
+def extra_keys(schema: dict[str, Any], instance: dict[Any, Any]) -> list[Any]:
+    """The keys of ``instance`` that neither ``properties`` names nor a ``patternProperties``
+    pattern matches (as JSON Schema reads it: a key with a final line feed is an extra)."""
     known = schema.get("properties", {})
     patterns = [ecma_pattern(p) for p in schema.get("patternProperties", {})]
-    extras = [k for k in instance if k not in known and not any(rx.search(k) for rx in patterns)]
+    return [k for k in instance if k not in known and not any(rx.search(str(k)) for rx in patterns)]
+
+
+def _additional_properties(validator: Any, additional: Any, instance: Any,
+                           schema: Any) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    extras = extra_keys(schema, instance)
     if validator.is_type(additional, "object"):
         for extra in extras:
             yield from validator.descend(instance[extra], additional, path=extra)
@@ -95,7 +100,8 @@ def _additional_properties(validator: Any, additional: Any, instance: Any,
 
 def validator_class(schema: Any) -> Any:
     """The jsonschema validator class for ``schema`` (Draft 2020-12 by default), with
-    ``pattern`` and ``patternProperties`` read as JSON Schema means them (:func:`ecma_pattern`)."""
+    ``pattern``, ``patternProperties`` and ``additionalProperties`` reading patterns as JSON
+    Schema means them (:func:`ecma_pattern`)."""
     return _extended(jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator))
 
 

@@ -28,7 +28,7 @@ from yaml.events import AliasEvent, MappingEndEvent, MappingStartEvent, ScalarEv
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.errors import InputError, InputErrors, RunnerError
-from runner.fastschema import compile_check, ecma_pattern, validator_class
+from runner.fastschema import compile_check, extra_keys, validator_class
 from runner.lcs.mapping import rule_problems, validate_sip_uri
 from runner.model import CONTROL_NODE_PATH_VARS, Group, Host, Inventory, Play, Playbook, Serial, Step, User
 from runner.templating import check_syntax, is_template
@@ -710,10 +710,7 @@ def schema_errors(doc: Document, instance: Any, validator: jsonschema.protocols.
             continue
         if v == "additionalProperties" and isinstance(err.instance, dict):
             allowed = set(schema.get("properties", {}))
-            patterns = schema.get("patternProperties", {})
-            for key in err.instance:
-                if key in allowed or any(ecma_pattern(p).search(str(key)) for p in patterns):
-                    continue
+            for key in extra_keys(schema, err.instance):
                 if isinstance(schema.get("additionalProperties"), dict):
                     continue
                 kctx = context(path + (key,))
