@@ -10,8 +10,9 @@ three runs are timed in-process, exactly as the CLI runs them (runner.apply):
   again    the same command again: every task is skipped from the checkpoints
   fresh    ``--fresh``: a new run that re-probes every target (all ok)
 
-Printed per run: wall time and CPU time (of all the process's threads: on a loaded
-machine it stays near what an idle one would take, where wall time does not), tasks
+Printed per run: wall time and CPU time (of all the process's threads, and apart that of
+the lab's worker processes, runner.lab.workers: on a loaded machine it stays near what an
+idle one would take, where wall time does not), tasks
 and tasks/s; per step (in plan order,
 summed over waves): wall time, tasks, and lab round trips (command lines,
 puts, gets and takes) per target (its tasks of every wave summed), per (task, host)
@@ -51,12 +52,19 @@ from _profiling import ThreadProfiles  # bench/ is on sys.path when run as a scr
 from runner import engine as engine_mod
 from runner.apply import ApplyRequest, apply
 from runner.connections import lab as labconn
+from runner.lab import workers as labworkers
 from runner.events import STEP_START, WAVE_END, RUN_END
 from runner.lab.generator import generate
 from runner.lab.store import Lab
 
 SORT = __import__("os").environ.get("BENCH_SORT", "tottime")
 PLAYBOOK = str(Path(__file__).resolve().parent.parent / "playbooks" / "gradual.yml")
+
+
+def _lab_workers_cpu() -> float:
+    """CPU seconds of the in-process lab's worker processes so far (runner.lab.workers)."""
+    pool = labworkers.pool()
+    return pool.cpu_seconds() if pool is not None else 0.0
 
 
 class Meter:
@@ -251,6 +259,7 @@ def bench(n: int, forks: int, profile: str | None, *, runs: list[str], again: in
                       f"{time.perf_counter() - t:.2f} s, not counted)")
             since = time.time()
             cpu = time.process_time()
+            lab_cpu = _lab_workers_cpu()
             t = time.perf_counter()
             if prof:
                 prof.enable()
@@ -260,9 +269,10 @@ def bench(n: int, forks: int, profile: str | None, *, runs: list[str], again: in
             meter.profiling = False
             dt = time.perf_counter() - t
             cpu = time.process_time() - cpu
+            lab_cpu = _lab_workers_cpu() - lab_cpu
             walls[label].append(dt)
             tasks = sum(meter.step_tasks.values())
-            print(f"  {label:<6} rc={rc} {dt:7.2f} s ({cpu:.2f} s CPU, all threads)  {tasks} tasks  {tasks / dt:8.1f} tasks/s  "
+            print(f"  {label:<6} rc={rc} {dt:7.2f} s ({cpu:.2f} s CPU, all threads, + {lab_cpu:.2f} s lab workers)  {tasks} tasks  {tasks / dt:8.1f} tasks/s  "
                   f"{hosts / dt:7.1f} hosts/s  {_mutations(root / 'lab', since)} mutating commands  "
                   f"peak RSS so far {_peak_rss_mib():.0f} MiB")
             if len(walls[label]) == 1:

@@ -7,7 +7,9 @@ fresh interpreter that ``os._exit(KILLED)``s just after its n-th such write:
 the same as SIGKILL at that moment, reproducibly. Looping n = 1, 2, ... until
 the script finishes visits every moment between two writes.
 
-Used by tests only; the code under test is not changed for it.
+The script's lab round trips run in its own threads (``RUNNER_LAB_WORKERS=0``), so
+that the lab's writes are among the ones counted. Used by tests only; the code under
+test is not changed for it.
 """
 from __future__ import annotations
 
@@ -78,6 +80,8 @@ def run_killed(script: str, after: int | None, *, cwd: Path | None = None,
     """Run ``script`` (Python source) in a subprocess killed after ``after`` durable writes
     (None: not killed). The repository and tests/ are on its path."""
     prelude = "import crash_inject\n" + (f"crash_inject.install({after})\n" if after else "")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    # The lab's round trips in the script's own threads (runner.lab.workers): its writes are
+    # then the process's writes, counted and killed after like the runner's.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), RUNNER_LAB_WORKERS="0")
     return subprocess.run([sys.executable, "-c", prelude + script], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

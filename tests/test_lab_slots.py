@@ -1,16 +1,26 @@
-"""The in-process lab emulates at most LAB_SLOTS round trips at once, whatever the threads;
-a slow host's delay is spent outside a slot (runner.connections.lab)."""
+"""Without lab workers (``RUNNER_LAB_WORKERS=0``, runner.lab.workers), the in-process lab
+emulates at most LAB_SLOTS round trips at once in the calling threads, whatever the threads;
+a slow host's delay is spent outside a slot (runner.connections.lab). With workers, the
+same holds of the workers: tests/test_lab_workers.py."""
 from __future__ import annotations
 
 import threading
 import time
 
+import pytest
+
 from runner.connections import lab as labconn
+from runner.lab.shell import Shell
 from runner.loader import load_inventory
 from runner.lab.generator import generate
 
 THREADS = 8
 SLOTS = 2  # the lab's slots in these tests (the machine's CPUs otherwise)
+
+
+@pytest.fixture(autouse=True)
+def _in_thread(monkeypatch):
+    monkeypatch.setenv("RUNNER_LAB_WORKERS", "0")
 
 
 def _inventory(tmp_path):
@@ -27,7 +37,7 @@ def test_no_more_round_trips_at_once_than_slots(tmp_path, monkeypatch):
     lock = threading.Lock()
     inside = [0]
     peak = [0]
-    real = labconn.Shell.run
+    real = Shell.run
 
     def counted(self, *args, **kwargs):
         with lock:
@@ -50,7 +60,7 @@ def test_no_more_round_trips_at_once_than_slots(tmp_path, monkeypatch):
             return counted(self, *args, **kwargs)
         finally:
             depth.n = 0
-    monkeypatch.setattr(labconn.Shell, "run", outermost)
+    monkeypatch.setattr(Shell, "run", outermost)
     monkeypatch.setattr(labconn, "LAB_SLOTS", threading.BoundedSemaphore(SLOTS))
     errors: list[BaseException] = []
 

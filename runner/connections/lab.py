@@ -1,4 +1,8 @@
-"""The ``lab`` connection: runs command lines in-process on a lab host (runner.lab).
+"""The ``lab`` connection: runs command lines on a lab host (runner.lab) without a network.
+
+Each round trip's lab work runs in one of the process's lab worker processes
+(runner.lab.workers: one per CPU, started on the first round trip), or in the
+calling thread when ``RUNNER_LAB_WORKERS=0``; either way the answer is the same.
 
 The lab directory is ``lab_dir`` from the host's vars or the inventory's
 ``all.vars`` (absolute, or relative to the inventory file). The lab host is
@@ -23,6 +27,7 @@ on Windows; runner.lab.logon).
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -30,10 +35,9 @@ from typing import Any
 
 from runner.connections.base import CommandResult
 from runner.errors import ChannelFault, ConnectionFault, PermanentFault
-from runner.lab import logon
+from runner.lab import logon, workers
 from runner.lab.faults import Faults
-from runner.lab.shell import SessionInput, Shell
-from runner.lab.store import InvalidPath, Lab, LabHost, close_ended_threads
+from runner.lab.store import Lab, LabHost, close_ended_threads
 from runner.windows.scripts import DEFAULT_CODEPAGE, codepage_name
 
 _labs: dict[Path, Lab] = {}
@@ -49,14 +53,20 @@ def _cpu_slots() -> int:
     return max(2, n)
 
 
-#: How many round trips the in-process lab emulates at once, whatever ``--forks`` is. Each is
-#: Python code (a cmd.exe parser, reg, wmic, SQLite) under one interpreter lock: with 25
-#: engine threads interleaving them a 200-client run took a quarter more CPU (41 s against 31 s
-#: at 2; the lock passing between threads, not the work) for no more done. Threads wait for a
-#: slot after the ``slow`` fault's delay, so a slow host still delays only its own commands;
-#: a command never waits for another in-process command that needs a slot (a lock one holds,
-#: the LCS store's or a host's, is taken inside its own slot and given up before it ends).
+#: How many round trips the lab emulates at once in the calling threads when there are no lab
+#: workers (``RUNNER_LAB_WORKERS=0``), whatever ``--forks`` is; with workers, their number
+#: bounds it the same way. Each is Python code (a cmd.exe parser, reg, wmic, SQLite) under
+#: one interpreter lock: with 25 engine threads interleaving them a 200-client run took a
+#: quarter more CPU (41 s against 31 s at 2; the lock passing between threads, not the work)
+#: for no more done. Threads wait for a slot (or a worker) after the ``slow`` fault's delay, so
+#: a slow host still delays only its own commands; a command never waits for another
+#: in-process command that needs a slot (a lock one holds, the LCS store's or a host's, is
+#: taken inside its own slot and given up before it ends).
 LAB_SLOTS = threading.BoundedSemaphore(_cpu_slots())
+
+
+_generations: dict[int, int] = {}
+_next_generation = itertools.count(1)
 
 
 def open_lab(path: Path) -> Lab:
@@ -66,7 +76,18 @@ def open_lab(path: Path) -> Lab:
         lab = _labs.get(key)
         if lab is None:
             lab = _labs[key] = Lab(key)
+            _generations[id(lab)] = next(_next_generation)
         return lab
+
+
+def _generation(lab: Lab) -> int:
+    """Which opening of its folder ``lab`` is: the lab workers reopen a lab when it changes
+    (a test, or ``runner lab faults`` between runs of one process, re-read lab.json)."""
+    with _labs_lock:
+        g = _generations.get(id(lab))
+        if g is None or _labs.get(lab.path) is not lab:
+            g = _generations[id(lab)] = next(_next_generation)
+        return g
 
 
 def lab_dir_for(host: Any, inventory: Any) -> Path:
@@ -164,13 +185,32 @@ class LabConnection:
         if self.faults.after_command(self.lab_host) == "drop":
             raise ChannelFault("connection dropped by the host", host=self.host)
 
+    def _round_trip(self, op: str, *args: Any) -> tuple:
+        """One round trip's lab work (runner.lab.workers.perform): in a lab worker process, or
+        in this thread under ``LAB_SLOTS`` when there are none (``RUNNER_LAB_WORKERS=0``)."""
+        pool = workers.pool()
+        if pool is None:
+            with LAB_SLOTS:
+                answer = workers.perform(self.lab, self.lab_host.name, self.logon, op, args)
+        else:
+            try:
+                answer = pool.call(str(self.lab.path), _generation(self.lab), self.lab_host.name,
+                                   self.logon, op, *args)
+            except workers.WorkerGone:
+                raise ChannelFault("connection dropped (the lab's worker process ended)",
+                                   host=self.host) from None
+        if answer[0] == "failed":
+            raise PermanentFault(answer[1], host=self.host)
+        if answer[0] == "crashed":
+            raise RuntimeError(f"the lab failed on {self.host}:\n{answer[1]}")
+        return answer
+
     def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
         """Run one cmd.exe command line on the lab host."""
         self._before()
-        with LAB_SLOTS, logon.session(self.logon):
-            result = Shell(self.lab, self.lab_host, self.faults).run(command)
+        _, rc, stdout, stderr = self._round_trip("run", command, None)
         self._after()
-        return result
+        return CommandResult(rc, stdout, stderr)
 
     def run_input(self, command: str, data: bytes, *, timeout: float | None = None) -> CommandResult:
         """Run one command line with ``data`` on its standard input (one round trip). The
@@ -178,11 +218,10 @@ class LabConnection:
         self._before()
         if self.faults.fires(self.lab_host, "put_truncated"):
             data = data[:len(data) // 2]
-        with LAB_SLOTS, logon.session(self.logon):
-            result = Shell(self.lab, self.lab_host, self.faults).run(
-                command, stdin=SessionInput(data.decode("utf-8", errors="surrogateescape")))
+        _, rc, stdout, stderr = self._round_trip(
+            "run", command, data.decode("utf-8", errors="surrogateescape"))
         self._after()
-        return CommandResult(result.rc, self._as_read(result.stdout), self._as_read(result.stderr))
+        return CommandResult(rc, self._as_read(stdout), self._as_read(stderr))
 
     def _as_read(self, text: str) -> str:
         """Output holding input bytes that were not UTF-8 (surrogate-escaped: a program printed
@@ -202,12 +241,7 @@ class LabConnection:
         self._before()
         if self.faults.fires(self.lab_host, "put_truncated"):
             data = data[:len(data) // 2]
-        try:
-            with LAB_SLOTS, logon.session(self.logon):
-                self.lab_host.fs.write(remote_path, data)
-        except (OSError, InvalidPath) as e:
-            raise PermanentFault(f"put {remote_path}: {e}", host=self.host) from None
-        self.lab_host.record("put", f"put {remote_path} ({len(data)} bytes)", 0)
+        self._round_trip("put", remote_path, data)
         self._after()
 
     def get(self, remote_path: str) -> bytes:
@@ -220,15 +254,7 @@ class LabConnection:
 
     def _read(self, remote_path: str, *, remove: bool) -> bytes:
         self._before()
-        with LAB_SLOTS:
-            try:
-                with logon.session(self.logon):
-                    data = self.lab_host.fs.read(remote_path)
-            except (OSError, InvalidPath) as e:
-                raise PermanentFault(f"get {remote_path}: {e}", host=self.host) from None
-            if remove:
-                self.lab_host.fs.delete(remote_path)
-                self.lab_host.record("take", f"take {remote_path} ({len(data)} bytes, then deleted)", 0)
+        data = self._round_trip("read", remote_path, remove)[1]
         self._after()
         return data
 

@@ -331,22 +331,66 @@ def _connect(path: Path, schema: str) -> sqlite3.Connection:
 _depth: dict[int, int] = {}
 _depth_lock = threading.Lock()
 
-_write_locks: dict[str, threading.Lock] = {}
+class WriteLock:
+    """The lock writers of one shared SQLite file take around a write transaction: this
+    process's threads queue on a thread lock, processes on an ``flock`` of ``FILE.writer``
+    beside it. SQLite's own lock, waited for with ``busy_timeout``, polls with sleeps of up
+    to 100 ms: with 25 engine threads writing one pool store, a 1,000-client run spent most
+    of its LCS time asleep between polls, and the lab's worker processes (runner.lab.workers)
+    and the served lab's sessions would do the same to each other. Both locks wake their
+    next waiter as soon as they are free; the kernel drops an ``flock`` whose process died."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path + ".writer"
+        self._thread = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():   # a forked child opens its own
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._pid = os.getpid()
+        return self._fd
+
+    def acquire(self) -> None:
+        self._thread.acquire()
+        try:
+            fcntl.flock(self._file(), fcntl.LOCK_EX)
+        except BaseException:
+            self._thread.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            if self._fd is not None and self._pid == os.getpid():
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread.release()
+
+    def locked(self) -> bool:
+        """Whether a thread of this process holds it."""
+        return self._thread.locked()
+
+    def __enter__(self) -> "WriteLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+_write_locks: dict[str, WriteLock] = {}
 _write_locks_guard = threading.Lock()
 
 
-def process_write_lock(path: Path | str) -> threading.Lock:
-    """The lock this process's threads take around a write transaction on the SQLite file
-    ``path`` (the lab's shared ``lcs.db`` and ``ad.db``). SQLite's own lock, waited for with
-    ``busy_timeout``, polls with sleeps of up to 100 ms: with 25 engine threads writing one
-    pool store, a 1,000-client run spent most of its LCS time asleep between polls. Threads
-    of one process now queue on this lock and wake as soon as it is free; other processes
-    (the served lab's sessions) still meet SQLite's lock, so behaviour is unchanged."""
+def process_write_lock(path: Path | str) -> WriteLock:
+    """The :class:`WriteLock` of the SQLite file ``path`` (the lab's shared ``lcs.db`` and
+    ``ad.db``), one per file in a process."""
     key = os.path.realpath(path)
     with _write_locks_guard:
         lock = _write_locks.get(key)
         if lock is None:
-            lock = _write_locks[key] = threading.Lock()
+            lock = _write_locks[key] = WriteLock(key)
         return lock
 
 
