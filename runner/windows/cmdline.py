@@ -162,7 +162,7 @@ class Command:
     ``str(cmd)`` is the display form, so logging a command never leaks a Secret.
     """
 
-    __slots__ = ("bits",)
+    __slots__ = ("bits", "_line")
 
     def __init__(self, *bits: Bit) -> None:
         for bit in bits:
@@ -172,6 +172,9 @@ class Command:
             elif not isinstance(bit, (Quoted, Secret, Command)):
                 raise TypeError(f"not a command bit: {bit!r}")
         self.bits: tuple[Bit, ...] = bits
+        #: the rendered line, made once: a command is immutable, and a chunk's lines are
+        #: measured and joined into longer lines again and again (``batch_groups``)
+        self._line: str | None = None
 
     def _join(self, attr: str) -> str:
         out = []
@@ -184,7 +187,9 @@ class Command:
 
     def render(self, *, limit: int = MAX_COMMAND_LINE) -> str:
         """The real command line; raises CommandLineTooLong beyond ``limit``."""
-        line = self._join("render")
+        line = self._line
+        if line is None:
+            line = self._line = self._join("render")
         if len(line) > limit:
             raise CommandLineTooLong(
                 f"command line of {len(line)} characters exceeds cmd.exe's limit of {limit}: "
@@ -196,7 +201,10 @@ class Command:
         return self._join("display")
 
     def __len__(self) -> int:
-        return len(self._join("render"))
+        line = self._line
+        if line is None:
+            line = self._line = self._join("render")
+        return len(line)
 
     def __str__(self) -> str:
         return self.display()
@@ -346,23 +354,32 @@ def branch_sections(test: Command, then: Sequence[Command], otherwise: Sequence[
                    "||", Command("(", *fail_bits, ")")), nonce
 
 
+#: What follows a section marker's tag: its number, and ``ok`` or ``fail`` at its end.
+_MARKER_TAIL = re.compile(r" (\d+)(?: (ok|fail))?[ \t]*(?:\r?\n|\Z)")
+
+
 def split_sections(stdout: str, count: int, nonce: str) -> list[Section | None]:
     """Split the stdout of sectioned commands; None for a command that never ran.
 
     Markers are found anywhere in a line, so output without a final newline
     does not hide the marker echoed after it.
     """
-    tag = re.escape(f"{_MARK}{nonce}")
+    tag = f"{_MARK}{nonce}"
     out: list[Section | None] = [None] * count
     current: int | None = None
     start = 0
-    for m in re.finditer(tag + r" (\d+)(?: (ok|fail))?[ \t]*(?:\r?\n|\Z)", stdout):
-        idx = int(m.group(1))
-        if idx >= count:
+    at = stdout.find(tag)
+    while at != -1:   # as re.finditer(tag + _MARKER_TAIL) would, without a pattern per nonce
+        m = _MARKER_TAIL.match(stdout, at + len(tag))
+        if m is None:
+            at = stdout.find(tag, at + 1)
             continue
-        if m.group(2) is None:
-            current, start = idx, m.end()
-        elif idx == current:
-            out[idx] = Section(m.group(2) == "ok", stdout[start:m.start()])
-            current = None
+        idx = int(m.group(1))
+        if idx < count:
+            if m.group(2) is None:
+                current, start = idx, m.end()
+            elif idx == current:
+                out[idx] = Section(m.group(2) == "ok", stdout[start:at])
+                current = None
+        at = stdout.find(tag, m.end())
     return out
