@@ -102,6 +102,9 @@ class Directory:
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._lock: Any = None   # this process's ad.db write lock while a transaction is open
         self.db.execute("PRAGMA busy_timeout=30000")
+        # As lcs.db: a commit survives the process's kill (WAL), and no fsync a commit (the
+        # default FULL synced ad.db's WAL at each of the enable's and the disable's commits)
+        self.db.execute("PRAGMA synchronous=NORMAL")
         if new:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(_SCHEMA)

@@ -295,14 +295,16 @@ def _connect(path: Path, schema: str) -> sqlite3.Connection:
                            check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            conn.execute("PRAGMA journal_mode=WAL")
         # No fsync: a host's store must survive its process being killed (SQLite keeps a WAL
         # database whole through that whatever this setting), not a power cut of the machine
         # running the lab. Each connection closed last checkpoints its WAL, and with fsyncs
         # that was most of a new connection's cost (2.3 ms against 0.6 ms for open, read,
-        # write, close), paid for every hive and host.db a 10,000-client run touches.
+        # write, close), paid for every hive and host.db a 10,000-client run touches. Set
+        # before the switch to WAL below: a file the generator or a ``reg`` wrote is in
+        # rollback mode, and its switch, once a file, took two fdatasyncs (1 ms each under load).
         conn.execute("PRAGMA synchronous=OFF")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
         # A hive or host.db is a few hundred KiB read a key at a time: bound each connection's
         # page cache (SQLite's default is 2 MiB) so that 25 threads' 64 connections each can
         # never hold 3 GiB. (Measured, it was not what a connection costs today: about 160 KiB

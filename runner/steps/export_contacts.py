@@ -54,6 +54,9 @@ from runner.windows.regfile import RegFileError, parse_reg
 
 #: A machine reading older than this is not handed to another user's probe.
 READING_MAX_AGE = 300.0
+#: How often the readings past that age are let go (a sweep reads them all).
+SWEEP_SECONDS = 5.0
+_swept = 0.0
 
 
 def _contacts_key(ctx: StepContext) -> str:
@@ -240,8 +243,11 @@ def probe_host(ctx: StepContext, user: User, host: str) -> tuple[cl.Profile, dic
     else:
         with _SHARED_LOCK:
             now = time.monotonic()
-            for k in [k for k, v in _SHARED.items() if now - v.taken > READING_MAX_AGE and not v.lock.locked()]:
-                del _SHARED[k]
+            global _swept
+            if now - _swept > SWEEP_SECONDS:   # not at every probe: that was O(machines) each
+                _swept = now
+                for k in [k for k, v in _SHARED.items() if now - v.taken > READING_MAX_AGE and not v.lock.locked()]:
+                    del _SHARED[k]
             shared = _SHARED.setdefault(skey, _Shared(taken=now))
         with shared.lock:
             got = shared.readings.pop(user.alias, None)
