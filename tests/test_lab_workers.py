@@ -125,6 +125,42 @@ def test_a_dead_worker_is_a_dropped_connection_and_a_new_one_takes_its_place(tmp
     pool.stop()
 
 
+def test_threads_waiting_for_a_worker_outlive_the_workers_dying(tmp_path, monkeypatch):
+    """Every worker dies while more threads wait for one than there are workers: the waiters
+    get new workers (their callers, whose connection dropped, never come back for them)."""
+    monkeypatch.setenv(workers.WORKERS_ENV, "2")
+    monkeypatch.setattr(workers, "_pool", None)
+    inv = _inventory(tmp_path)
+    hosts = sorted(inv.group_hosts("clients"))
+    conns = [labconn.LabConnection(inv.hosts[hosts[i % len(hosts)]], inv, None) for i in range(8)]
+    pool = workers.pool()
+    started = [pool._take(), pool._take()]   # both workers running, idle
+    with pool._cond:
+        pool._idle.extend(started)
+    doomed = [w.proc.pid for w in pool._live]
+    for pid in doomed:   # each takes the next request and never answers it
+        os.kill(pid, signal.SIGSTOP)
+    outcomes: dict[int, str] = {}
+
+    def one(i: int) -> None:
+        try:
+            outcomes[i] = "ok" if conns[i].run("ver").rc == 0 else "rc"
+        except ChannelFault:
+            outcomes[i] = "dropped"
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    time.sleep(0.3)   # two requests sent to the stopped workers, six threads waiting for one
+    for pid in doomed:
+        os.kill(pid, signal.SIGKILL)
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a thread waited for ever for a worker"
+    assert sorted(outcomes.values()) == ["dropped"] * 2 + ["ok"] * 6
+    pool.stop()
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

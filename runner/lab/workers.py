@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import queue
 import signal
 import struct
 import subprocess
@@ -251,43 +250,43 @@ class WorkerPool:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._idle: "queue.LifoQueue[_Worker]" = queue.LifoQueue()
-        self._count = 0
-        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._count = 0   # workers started and not retired
+        self._cond = threading.Condition()
         self._pid = os.getpid()
         self._live: set[_Worker] = set()
         self._retired_cpu = 0.0
 
     def _take(self) -> _Worker:
+        """An idle worker, or a new one while fewer than ``size`` run; else wait for either
+        (a worker retired makes room for a new one: waiters never outlive the workers)."""
+        with self._cond:
+            while not self._idle and self._count >= self.size:
+                self._cond.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._count += 1
         try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            start = self._count < self.size
-            if start:
-                self._count += 1
-        if start:
-            try:
-                worker = _Worker()
-            except BaseException:
-                with self._lock:
-                    self._count -= 1
-                raise
-            with self._lock:
-                self._live.add(worker)
-            return worker
-        return self._idle.get()
+            worker = _Worker()
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._live.add(worker)
+        return worker
 
     def _retire(self, worker: _Worker, *, kill: bool) -> None:
         cpu = worker.cpu_seconds()
         if kill:
             worker.proc.kill()
         worker.stop()
-        with self._lock:
+        with self._cond:
             self._count -= 1
             self._live.discard(worker)
             self._retired_cpu += cpu
+            self._cond.notify()
 
     def call(self, path: str, generation: int, host: str, logon_type: str, op: str, *args: Any) -> tuple:
         """Send one request to an idle worker and return its answer; WorkerGone if it died."""
@@ -299,15 +298,16 @@ class WorkerPool:
             # next message would not be the next request's answer): a new worker takes its place
             self._retire(worker, kill=True)
             raise
-        self._idle.put(worker)
+        with self._cond:
+            self._idle.append(worker)
+            self._cond.notify()
         return answer
 
     def cpu_seconds(self) -> float:
         """CPU seconds (user and system) the pool's workers used so far, those that ended
         included: what a benchmark adds to its own process's CPU time."""
-        total = self._retired_cpu
-        with self._lock:
-            live = list(self._live)
+        with self._cond:
+            total, live = self._retired_cpu, list(self._live)
         for w in live:
             total += w.cpu_seconds()
         return total
@@ -315,10 +315,10 @@ class WorkerPool:
     def stop(self) -> None:
         """Stop every idle worker (at the process's exit)."""
         while True:
-            try:
-                w = self._idle.get_nowait()
-            except queue.Empty:
-                break
+            with self._cond:
+                if not self._idle:
+                    break
+                w = self._idle.pop()
             self._retire(w, kill=False)
 
 
