@@ -10,6 +10,7 @@ import time
 import pytest
 
 from runner.connections import lab as labconn
+from runner.lab import workers
 from runner.lab.shell import Shell
 from runner.loader import load_inventory
 from runner.lab.generator import generate
@@ -28,7 +29,7 @@ def _inventory(tmp_path):
 
 
 def test_the_slots_are_the_cpus_at_least_two():
-    assert labconn._cpu_slots() >= 2
+    assert workers.cpus() >= 2
 
 
 def test_no_more_round_trips_at_once_than_slots(tmp_path, monkeypatch):

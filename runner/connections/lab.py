@@ -27,7 +27,6 @@ on Windows; runner.lab.logon).
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import threading
 from pathlib import Path
@@ -44,15 +43,6 @@ _labs: dict[Path, Lab] = {}
 _labs_lock = threading.Lock()
 
 
-def _cpu_slots() -> int:
-    """The CPUs this process may run on (at least 2)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 2
-    return max(2, n)
-
-
 #: How many round trips the lab emulates at once in the calling threads when there are no lab
 #: workers (``RUNNER_LAB_WORKERS=0``), whatever ``--forks`` is; with workers, their number
 #: bounds it the same way. Each is Python code (a cmd.exe parser, reg, wmic, SQLite) under
@@ -62,11 +52,7 @@ def _cpu_slots() -> int:
 #: a slow host still delays only its own commands; a command never waits for another
 #: in-process command that needs a slot (a lock one holds, the LCS store's or a host's, is
 #: taken inside its own slot and given up before it ends).
-LAB_SLOTS = threading.BoundedSemaphore(_cpu_slots())
-
-
-_generations: dict[int, int] = {}
-_next_generation = itertools.count(1)
+LAB_SLOTS = threading.BoundedSemaphore(workers.cpus())
 
 
 def open_lab(path: Path) -> Lab:
@@ -76,18 +62,7 @@ def open_lab(path: Path) -> Lab:
         lab = _labs.get(key)
         if lab is None:
             lab = _labs[key] = Lab(key)
-            _generations[id(lab)] = next(_next_generation)
         return lab
-
-
-def _generation(lab: Lab) -> int:
-    """Which opening of its folder ``lab`` is: the lab workers reopen a lab when it changes
-    (a test, or ``runner lab faults`` between runs of one process, re-read lab.json)."""
-    with _labs_lock:
-        g = _generations.get(id(lab))
-        if g is None or _labs.get(lab.path) is not lab:
-            g = _generations[id(lab)] = next(_next_generation)
-        return g
 
 
 def lab_dir_for(host: Any, inventory: Any) -> Path:
@@ -194,7 +169,7 @@ class LabConnection:
                 answer = workers.perform(self.lab, self.lab_host.name, self.logon, op, args)
         else:
             try:
-                answer = pool.call(str(self.lab.path), _generation(self.lab), self.lab_host.name,
+                answer = pool.call(str(self.lab.path), self.lab.generation, self.lab_host.name,
                                    self.logon, op, *args)
             except workers.WorkerGone:
                 raise ChannelFault("connection dropped (the lab's worker process ended)",

@@ -38,6 +38,7 @@ import codecs
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -368,10 +369,6 @@ class WriteLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._thread.release()
-
-    def locked(self) -> bool:
-        """Whether a thread of this process holds it."""
-        return self._thread.locked()
 
     def __enter__(self) -> "WriteLock":
         self.acquire()
@@ -1413,6 +1410,9 @@ def _checked_config(config: Any, file: str) -> dict[str, dict[str, Any]]:
     return hosts
 
 
+_openings = itertools.count(1)
+
+
 class Lab:
     """A lab directory (see the module docstring for its layout)."""
 
@@ -1439,6 +1439,9 @@ class Lab:
         self._by_lower = {n.lower(): n for n in hosts}
         self._hosts: dict[str, LabHost] = {}
         self._lock = threading.Lock()
+        #: which opening of a lab this is in this process: the lab's worker processes
+        #: (runner.lab.workers) reopen their own when it changes (lab.json read again)
+        self.generation = next(_openings)
 
     @classmethod
     def create(cls, path: Path | str, config: dict[str, Any]) -> "Lab":

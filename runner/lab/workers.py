@@ -22,6 +22,7 @@ runner (``ChannelFault``, retried), and a new one takes its place.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -105,14 +106,13 @@ def perform(lab: Any, host_name: str, logon_type: str, op: str, args: tuple) -> 
     An ``OSError`` or ``InvalidPath`` of a put or read is ("failed", message).
     """
     from runner.lab import logon
-    from runner.lab.faults import Faults
     from runner.lab.shell import SessionInput, Shell
     from runner.lab.store import InvalidPath
     host = lab.host(host_name)
     with logon.session(logon_type):
         if op == "run":
             command, stdin = args
-            result = Shell(lab, host, Faults(lab)).run(
+            result = Shell(lab, host).run(
                 command, stdin=SessionInput(stdin) if stdin is not None else "")
             return ("ok", result.rc, result.stdout, result.stderr)
         if op == "put":
@@ -230,6 +230,16 @@ class _Worker:
             self.proc.wait()
 
 
+@functools.lru_cache(maxsize=1)
+def cpus() -> int:
+    """The CPUs this process may run on (at least 2): read once, not at every round trip."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 2
+    return max(2, n)
+
+
 def worker_count() -> int:
     """How many worker processes: ``RUNNER_LAB_WORKERS``, or the CPUs (at least 2)."""
     raw = os.environ.get(WORKERS_ENV, "").strip()
@@ -238,11 +248,7 @@ def worker_count() -> int:
             return max(0, int(raw))
         except ValueError:
             pass
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 2
-    return max(2, n)
+    return cpus()
 
 
 class WorkerPool:
