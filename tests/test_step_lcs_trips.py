@@ -9,8 +9,9 @@ whole step (a chunk of n users may use up to n times the budget, and uses far
 fewer); a --fresh re-probe costs one round trip per chunk.
 
 Budgets (first run): enable_lcs_users 3 (LCS read, directory lookup of the
-user's DN, create); verify_contacts 1; disable_exchange_im 4 (directory read,
-LCS read, then the LDIF put and one line that imports, deletes and reads back);
+user's DN, create); verify_contacts 1; disable_exchange_im 3 (directory read,
+which also says whether LCS enabled the user, then the LDIF put and one line
+that imports, deletes and reads back);
 import_contacts typically 3 (probe, groups, contacts);
 decommission_exchange_im 3 (one probe line, the put, one line that stops,
 disables, imports and reads back). A --fresh re-probe costs 1 per step.
@@ -33,7 +34,7 @@ from runner.lab.generator import generate
 from runner.lab.store import Lab
 
 PLAYBOOK = str(Path(__file__).resolve().parent.parent / "playbooks" / "gradual.yml")
-FIRST = {"enable_lcs_users": 3, "verify_contacts": 1, "disable_exchange_im": 4, "decommission_exchange_im": 3}
+FIRST = {"enable_lcs_users": 3, "verify_contacts": 1, "disable_exchange_im": 3, "decommission_exchange_im": 3}
 
 
 class Trips:

@@ -216,13 +216,19 @@ def rtc_missing(entries: Sequence[ldif.Entry], user_dn: str, uri: str, home_dn: 
     if entry is None:
         return ["msRTCSIP-PrimaryUserAddress"]
     out = []
-    if [v.upper() for v in entry.get("msRTCSIP-UserEnabled")] != ["TRUE"]:
+    if not enabled_in_ad(entry):
         out.append("msRTCSIP-UserEnabled")
     if home_dn and [v.lower() for v in entry.get("msRTCSIP-PrimaryHomeServer")] != [home_dn.lower()]:
         out.append("msRTCSIP-PrimaryHomeServer")
     if uri.lower() not in [v.lower() for v in entry.get("proxyAddresses")]:
         out.append(f"proxyAddresses {uri}")
     return out
+
+
+def enabled_in_ad(entry: ldif.Entry) -> bool:
+    """The AD object says LCS has enabled the user: ``msRTCSIP-UserEnabled`` is TRUE, which is
+    where LCS 2005 keeps MSFT_SIPESUserSetting's ``Enabled``."""
+    return [v.upper() for v in entry.get("msRTCSIP-UserEnabled")] == ["TRUE"]
 
 
 def clear_im_change(entry: ldif.Entry) -> ldif.Change:

@@ -11,7 +11,8 @@ without clients: nothing proves their contacts are on LCS).
 LDIF modify (delete of each msExchIM* attribute still present) put on the
 Exchange IM server, applied with ``ldifde -i -f`` and read back in the same
 line. Round trips: the probe reads the directory (and, only when there is
-something to clear, the user's LCS setting: one line per host); apply puts
+something to clear and the entry's ``msRTCSIP-UserEnabled`` is not TRUE, the
+user's LCS setting: one line per home server); apply puts
 the file and runs one line. The probe's line also deletes this user's scratch
 ``.ldf`` files that a killed run left on the server (runner.lcs.exchange).
 
@@ -32,8 +33,8 @@ from runner.errors import PermanentFault
 from runner.lcs.chunks import (LCS_LINE, ChunkScript, LcsRead, groups, im_entries,
                                import_and_read, ldap_any, line_limit)
 from runner.lcs.exchange import (BACKUP_ATTRIBUTES, IM_ATTRIBUTES, Directory, Query, clear_im_change,
-                                 entry_starts, exchange_server, im_backup, im_user_query, keeps_backup,
-                                 unfinished_import)
+                                 enabled_in_ad, entry_starts, exchange_server, im_backup, im_user_query,
+                                 keeps_backup, unfinished_import)
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
 from runner.steps._lcs import (CHUNK_SIZE_ARG, DEFAULT_CHUNK, backup_name, latest_export, lcs_for, machines_read,
@@ -87,14 +88,20 @@ class DisableExchangeIm(StepModule):
             change = clear_im_change(entry) if entry is not None else None
             if change is not None and change.mods:
                 todo.append((i, ctx, user, entry, change))
-        states = self._lcs_states([(ctx, user) for _, ctx, user, *_ in todo])
+        # AD's msRTCSIP-UserEnabled, read in the same search, is LCS's own record of the enable:
+        # LCS is asked only about users whose entry does not say TRUE (not enabled, or a
+        # directory that has not yet replicated the enable), one read per home server
+        states = self._lcs_states([(ctx, user) for _, ctx, user, entry, _ in todo if not enabled_in_ad(entry)])
         for i, ctx, user, entry, change in todo:
             try:
-                state = states.get(user.alias)
-                if isinstance(state, Exception):
-                    raise state
+                state = None
+                if not enabled_in_ad(entry):
+                    state = states.get(user.alias)
+                    if isinstance(state, Exception):
+                        raise state
                 out[i] = self._diff(ctx, user, entry, change,
-                                    self._pending(ctx, user, state, acl=entry.get("msExchIMACL")), host)
+                                    self._pending(ctx, user, state, acl=entry.get("msExchIMACL"),
+                                                  enabled=enabled_in_ad(entry) or None), host)
             except Exception as exc:  # noqa: BLE001
                 out[i] = exc
         return out
@@ -217,19 +224,22 @@ class DisableExchangeIm(StepModule):
         change = clear_im_change(entry)
         if not change.mods:
             return None
-        return self._diff(ctx, target, entry, change, self._pending(ctx, target, acl=entry.get("msExchIMACL")), host)
+        return self._diff(ctx, target, entry, change, self._pending(ctx, target, acl=entry.get("msExchIMACL"),
+                                                                    enabled=enabled_in_ad(entry) or None), host)
 
     @staticmethod
     def _pending(ctx: StepContext, user: User, state: UserState | None = None, *,
-                 acl: list[str] | None = None) -> str | None:
+                 acl: list[str] | None = None, enabled: bool | None = None) -> str | None:
         """Why the user is not yet safe to disable, or None (``state``: their LCS setting, when read;
+        ``enabled``: True when AD already says LCS enabled them, so LCS is not read;
         ``acl``: their msExchIMACL values, which verify_permissions must have passed on)."""
-        if state is None:
-            server, iid = lcs_for(ctx, user)
-            state = server.read(iid, contacts=False)
-        host = home_server(user, ctx.inventory, ctx.vars)
-        if state.user is None or not wmic.parse_bool(state.user.get("Enabled")):
-            return f"{user.alias} is not enabled on LCS ({host})"
+        if enabled is None:
+            if state is None:
+                server, iid = lcs_for(ctx, user)
+                state = server.read(iid, contacts=False)
+            enabled = state.user is not None and wmic.parse_bool(state.user.get("Enabled"))
+        if not enabled:
+            return f"{user.alias} is not enabled on LCS ({home_server(user, ctx.inventory, ctx.vars)})"
         if recreated_by_users(ctx):
             return None
         if not verified(ctx, user):

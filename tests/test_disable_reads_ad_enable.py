@@ -1,0 +1,103 @@
+"""disable_exchange_im asks LCS whether a user is enabled only when AD does not already say so.
+
+LCS 2005 keeps MSFT_SIPESUserSetting's ``Enabled`` in the user's AD object
+(``msRTCSIP-UserEnabled``), which the probe's directory search on the Exchange IM
+server reads anyway. So a chunk whose entries say TRUE costs no LCS round trip; an
+entry that does not (a user never enabled, or a directory the enable has not yet
+reached) is read on LCS as before, and the refusal is unchanged.
+"""
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections import Counter
+from typing import Any
+
+from stepctx import StepCtx
+
+from runner.connections.lab import LabConnection
+from runner.lab.generator import generate
+from runner.loader import load_inventory
+from runner.steps.disable_exchange_im import DisableExchangeIm
+from runner.steps.enable_lcs_users import EnableLcsUsers
+
+
+class Counted:
+    """A connection that counts its round trips (lines, puts, reads) into ``trips[host]``."""
+
+    def __init__(self, inner: LabConnection, host: str, trips: Counter) -> None:
+        self._inner, self._host, self._trips = inner, host, trips
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name in ("run", "run_input", "put", "get", "take"):
+            def counted(*a: Any, **kw: Any) -> Any:
+                self._trips[self._host] += 1
+                return attr(*a, **kw)
+            return counted
+        return attr
+
+
+def _ad_enabled(lab_dir, guid: str, value: str | None) -> None:
+    """Set (or with None remove) msRTCSIP-UserEnabled of the user with objectGUID ``guid``."""
+    db = sqlite3.connect(lab_dir / "ad.db")
+    raw = uuid.UUID(guid.strip("{}")).bytes_le
+    dn = db.execute("SELECT dn FROM attrs WHERE name='objectGUID' AND value=?", (raw,)).fetchone()[0]
+    db.execute("DELETE FROM attrs WHERE dn=? AND name='msRTCSIP-UserEnabled'", (dn,))
+    if value is not None:
+        db.execute("INSERT INTO attrs (dn, name, value) VALUES (?,?,?)", (dn, "msRTCSIP-UserEnabled", value))
+    db.commit()
+    db.close()
+
+
+def test_the_probe_reads_lcs_only_for_users_whose_ad_entry_does_not_say_enabled(tmp_path):
+    inv_path = generate(tmp_path / "lab", clients=6, users_per_client=1, contacts=2, seed=8)
+    inv = load_inventory(inv_path)
+    users = list(inv.users.values())[:4]
+    assert len(users) == 4
+    trips: Counter = Counter()
+    conns = {h: Counted(LabConnection(inv.hosts[h], inv, None), h, trips) for h in ("lcs01", "exim01")}
+    ctx = StepCtx(inv, conns, tmp_path, vars=inv.vars, args={"contacts_recreated_by_users": True})
+    enable = EnableLcsUsers()
+    enabled = users[:3]
+    probed = enable.probe_many([(ctx, u) for u in enabled])
+    assert [o.status for o in enable.apply_many([(ctx, u, d) for u, d in zip(enabled, probed)])] == ["changed"] * 3
+    step = DisableExchangeIm()
+
+    trips.clear()
+    out = step.probe_many([(ctx, u) for u in enabled])
+    assert all(d is not None and not isinstance(d, Exception) and not d.data["warnings"] for d in out), out
+    assert trips["lcs01"] == 0, "AD says all three are enabled: LCS is not asked"
+    assert trips["exim01"] >= 1
+
+    # the fourth user was never enabled: LCS is asked, and the refusal is the same as before
+    trips.clear()
+    out = step.probe_many([(ctx, u) for u in users])
+    assert trips["lcs01"] >= 1
+    assert isinstance(out[3], Exception) and "is not enabled on LCS" in str(out[3])
+    assert all(not isinstance(d, Exception) for d in out[:3]), out
+
+    # AD that has not (yet) got the enable: LCS says enabled, so the disable goes ahead
+    _ad_enabled(tmp_path / "lab", users[0].ad_guid, None)
+    trips.clear()
+    out = step.probe_many([(ctx, users[0])])
+    assert trips["lcs01"] >= 1 and not isinstance(out[0], Exception) and out[0] is not None, out
+    # the single-user probe decides alike
+    trips.clear()
+    assert not isinstance(step.probe(ctx, users[1]), Exception) and trips["lcs01"] == 0
+    assert trips["exim01"] >= 1
+
+
+def test_an_ad_entry_that_says_false_is_checked_on_lcs_and_refused_when_lcs_agrees(tmp_path):
+    inv_path = generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=2, seed=9)
+    inv = load_inventory(inv_path)
+    user = next(iter(inv.users.values()))
+    conns = {h: LabConnection(inv.hosts[h], inv, None) for h in ("lcs01", "exim01")}
+    ctx = StepCtx(inv, conns, tmp_path, vars=inv.vars, args={"contacts_recreated_by_users": True})
+    _ad_enabled(tmp_path / "lab", user.ad_guid, "FALSE")
+    out = DisableExchangeIm().probe_many([(ctx, user)])
+    assert isinstance(out[0], Exception) and "is not enabled on LCS" in str(out[0])
+    # and TRUE written into AD by hand, with no user on LCS, is what LCS itself would say
+    _ad_enabled(tmp_path / "lab", user.ad_guid, "true")
+    out = DisableExchangeIm().probe_many([(ctx, user)])
+    assert out[0] is not None and not isinstance(out[0], Exception)
