@@ -183,6 +183,28 @@ def test_pool_remembers_a_failed_open_briefly_then_retries():
     assert len(calls) == 2
 
 
+def test_an_artifact_reached_through_a_link_out_of_the_artifacts_folder_is_refused(tmp_path):
+    """A folder or file inside artifacts/ that is a symbolic link to elsewhere is refused too
+    (the runner makes no links there: someone edited the state directory)."""
+    import hashlib
+    outside = tmp_path / "elsewhere"
+    (outside / "alice").mkdir(parents=True)
+    (outside / "alice" / "merged.json").write_bytes(b"{}")
+    sha = hashlib.sha256(b"{}").hexdigest()
+    with StateStore(tmp_path / "st") as store:
+        arts = ArtifactStore(store)
+        arts.write("contacts/bob/merged.json", b"{}")
+        assert arts.read("contacts/bob/merged.json") == b"{}"
+        (tmp_path / "st" / "artifacts" / "contacts" / "alice").symlink_to(outside / "alice")
+        store.add_artifact("contacts/alice/merged.json", "contacts/alice/merged.json", sha, 2)
+        with pytest.raises(RunnerError, match="points outside"):
+            arts.read("contacts/alice/merged.json")
+        (tmp_path / "st" / "artifacts" / "contacts" / "bob" / "link.json").symlink_to(outside / "alice" / "merged.json")
+        store.add_artifact("contacts/bob/merged.json", "contacts/bob/link.json", sha, 2)
+        with pytest.raises(RunnerError, match="points outside"):
+            arts.read("contacts/bob/merged.json")
+
+
 @pytest.mark.parametrize("recorded", ["/etc/passwd", "../../outside.json", "contacts/../../../x.json"])
 def test_an_artifact_row_pointing_outside_the_artifacts_folder_is_refused(tmp_path, recorded):
     import hashlib
