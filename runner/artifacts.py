@@ -155,25 +155,30 @@ class ArtifactStore:
         return Path(self._inside_path(recorded))
 
     def _inside_path(self, recorded: str) -> str:
-        """:meth:`_inside` as a string (a read builds no Path)."""
-        norm = recorded.replace("\\", "/")
+        """:meth:`_inside` as a string (a read builds no Path). The row is read as the path it is
+        on this system: ``/`` separates, a backslash is part of a name, as when it is opened."""
         path = os.path.join(self._root_text, recorded)
-        if not recorded or norm.startswith("/") or ".." in norm.split("/") or os.path.islink(path) \
-                or not self._dir_inside(norm.rpartition("/")[0]):
+        if not recorded or recorded.startswith("/") or ".." in recorded.split("/") or os.path.islink(path) \
+                or not self._dir_inside(recorded.rpartition("/")[0]):
             raise RunnerError(f"{self.store.path}: the artifact row {recorded!r} points outside {self.root}; "
                               "the state store was edited or damaged (see docs/state-directory.md)")
         return path
 
     def _dir_inside(self, rel_dir: str) -> bool:
         """Whether the subfolder ``rel_dir`` (no ``..``) resolves inside the artifacts folder,
-        symbolic links followed; remembered per folder (the runner makes no links there)."""
+        symbolic links followed. Remembered per folder once it exists, for the life of this
+        store (the state directory is locked by the run, and the runner makes no links there);
+        a folder that does not exist yet holds no file to read and is checked again next time."""
         known = self._inside_dirs.get(rel_dir)
         if known is not None:
             return known
         if not self._root_resolved:
             self._root_resolved.append(self.root.resolve())
         root = self._root_resolved[0]
-        resolved = (self.root / rel_dir).resolve()
+        try:
+            resolved = (self.root / rel_dir).resolve(strict=True)
+        except OSError:   # missing (or a link to nowhere): nothing there to read, nothing cached
+            return True
         inside = resolved == root or root in resolved.parents
         self._inside_dirs[rel_dir] = inside
         return inside

@@ -4,18 +4,25 @@ LCS 2005 keeps MSFT_SIPESUserSetting's ``Enabled`` in the user's AD object
 (``msRTCSIP-UserEnabled``), which the probe's directory search on the Exchange IM
 server reads anyway. So a chunk whose entries say TRUE costs no LCS round trip; an
 entry that does not (a user never enabled, or a directory the enable has not yet
-reached) is read on LCS as before, and the refusal is unchanged.
+reached, or a user rolled back since, whose DC may not have the rollback's disable) is
+read on LCS as before, and the refusal is unchanged.
 """
 from __future__ import annotations
 
 import sqlite3
 import uuid
+import time
 from collections import Counter
+from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from stepctx import StepCtx
 
 from runner.connections.lab import LabConnection
+from runner.events import ROLLBACK_MODULES
 from runner.lab.generator import generate
 from runner.loader import load_inventory
 from runner.steps.disable_exchange_im import DisableExchangeIm
@@ -84,8 +91,44 @@ def test_the_probe_reads_lcs_only_for_users_whose_ad_entry_does_not_say_enabled(
     assert trips["lcs01"] >= 1 and not isinstance(out[0], Exception) and out[0] is not None, out
     # the single-user probe decides alike
     trips.clear()
-    assert not isinstance(step.probe(ctx, users[1]), Exception) and trips["lcs01"] == 0
+    assert step.probe(ctx, users[1]) is not None and trips["lcs01"] == 0
     assert trips["exim01"] >= 1
+
+
+def test_after_a_rollback_ad_is_not_trusted_and_a_user_without_ad_guid_is_refused(tmp_path):
+    """A DC that has not replicated a rollback's LCS disable still says TRUE: a rolled-back user
+    is read on LCS again, and refused when LCS says not enabled. A user with no ad_guid is
+    refused whatever AD says (restore_exchange_im could not find them)."""
+    inv_path = generate(tmp_path / "lab", clients=6, users_per_client=1, contacts=2, seed=8)
+    inv = load_inventory(inv_path)
+    users = list(inv.users.values())[:2]
+    trips: Counter = Counter()
+    conns = {h: Counted(LabConnection(inv.hosts[h], inv, None), h, trips) for h in ("lcs01", "exim01")}
+
+    class RolledBack(StepCtx):
+        def previous(self, module: str, target: str) -> list:
+            if module in ROLLBACK_MODULES and target == users[0].alias:
+                return [SimpleNamespace(status="changed", data={"rollback": True}, ended=time.time())]
+            return []
+
+    ctx = RolledBack(inv, conns, tmp_path, vars=inv.vars, args={"contacts_recreated_by_users": True})
+    # what a lagging DC shows after disable_lcs_users: AD TRUE, LCS without the user
+    for u in users:
+        _ad_enabled(tmp_path / "lab", u.ad_guid, "TRUE")
+    step = DisableExchangeIm()
+    trips.clear()
+    out = step.probe_many([(ctx, u) for u in users])
+    assert trips["lcs01"] >= 1, "the rolled-back user is read on LCS"
+    assert isinstance(out[0], Exception) and "is not enabled on LCS" in str(out[0]), out
+    assert out[1] is not None and not isinstance(out[1], Exception), "never rolled back: AD stands"
+    with pytest.raises(Exception, match="is not enabled on LCS"):
+        step.probe(ctx, users[0])
+
+    no_guid = replace(users[1], ad_guid=None)
+    out = step.probe_many([(ctx, no_guid)])
+    assert isinstance(out[0], Exception) and "no ad_guid" in str(out[0]), out
+    with pytest.raises(Exception, match="no ad_guid"):
+        step.probe(ctx, no_guid)
 
 
 def test_an_ad_entry_that_says_false_is_checked_on_lcs_and_refused_when_lcs_agrees(tmp_path):
@@ -97,7 +140,8 @@ def test_an_ad_entry_that_says_false_is_checked_on_lcs_and_refused_when_lcs_agre
     _ad_enabled(tmp_path / "lab", user.ad_guid, "FALSE")
     out = DisableExchangeIm().probe_many([(ctx, user)])
     assert isinstance(out[0], Exception) and "is not enabled on LCS" in str(out[0])
-    # and TRUE written into AD by hand, with no user on LCS, is what LCS itself would say
+    # AD's TRUE stands for LCS's own read (on a real pool they are one record; the lab writes
+    # both in one transaction): here it is set by hand, with no user in the lab's LCS store
     _ad_enabled(tmp_path / "lab", user.ad_guid, "true")
     out = DisableExchangeIm().probe_many([(ctx, user)])
     assert out[0] is not None and not isinstance(out[0], Exception)

@@ -203,6 +203,17 @@ def test_an_artifact_reached_through_a_link_out_of_the_artifacts_folder_is_refus
         store.add_artifact("contacts/bob/merged.json", "contacts/bob/link.json", sha, 2)
         with pytest.raises(RunnerError, match="points outside"):
             arts.read("contacts/bob/merged.json")
+        # a backslash is part of a name here: the folder checked is the one opened
+        (tmp_path / "st" / "artifacts" / "contacts\\carol").symlink_to(outside / "alice")
+        store.add_artifact("contacts/carol/merged.json", "contacts\\carol/merged.json", sha, 2)
+        with pytest.raises(RunnerError, match="points outside"):
+            arts.read("contacts/carol/merged.json")
+        # a folder first read while missing, then made a link to elsewhere
+        store.add_artifact("contacts/dave/merged.json", "contacts/dave/merged.json", sha, 2)
+        assert arts.read("contacts/dave/merged.json") is None
+        (tmp_path / "st" / "artifacts" / "contacts" / "dave").symlink_to(outside / "alice")
+        with pytest.raises(RunnerError, match="points outside"):
+            arts.read("contacts/dave/merged.json")
 
 
 @pytest.mark.parametrize("recorded", ["/etc/passwd", "../../outside.json", "contacts/../../../x.json"])

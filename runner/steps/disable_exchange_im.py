@@ -11,8 +11,8 @@ without clients: nothing proves their contacts are on LCS).
 LDIF modify (delete of each msExchIM* attribute still present) put on the
 Exchange IM server, applied with ``ldifde -i -f`` and read back in the same
 line. Round trips: the probe reads the directory (and, only when there is
-something to clear and the entry's ``msRTCSIP-UserEnabled`` is not TRUE, the
-user's LCS setting: one line per home server); apply puts
+something to clear and the entry's ``msRTCSIP-UserEnabled`` is not TRUE or the
+user was rolled back, the user's LCS setting: one line per home server); apply puts
 the file and runs one line. The probe's line also deletes this user's scratch
 ``.ldf`` files that a killed run left on the server (runner.lcs.exchange).
 
@@ -38,7 +38,7 @@ from runner.lcs.exchange import (BACKUP_ATTRIBUTES, IM_ATTRIBUTES, Directory, Qu
 from runner.lcs.server import UserState, home_server, instance_id
 from runner.model import User
 from runner.steps._lcs import (CHUNK_SIZE_ARG, DEFAULT_CHUNK, backup_name, latest_export, lcs_for, machines_read,
-                               recreated_by_users, refusal_warnings, server_vars, verified)
+                               recreated_by_users, refusal_warnings, rolled_back_at, server_vars, verified)
 from runner.steps._permissions import permissions_pending
 from runner.steps.base import ApplyOutcome, Diff, ProbeOutcome, StepContext, StepModule, StepResult
 from runner.windows import ldif, wmic
@@ -88,20 +88,21 @@ class DisableExchangeIm(StepModule):
             change = clear_im_change(entry) if entry is not None else None
             if change is not None and change.mods:
                 todo.append((i, ctx, user, entry, change))
-        # AD's msRTCSIP-UserEnabled, read in the same search, is LCS's own record of the enable:
-        # LCS is asked only about users whose entry does not say TRUE (not enabled, or a
-        # directory that has not yet replicated the enable), one read per home server
-        states = self._lcs_states([(ctx, user) for _, ctx, user, entry, _ in todo if not enabled_in_ad(entry)])
+        # AD's msRTCSIP-UserEnabled, read in the same search, is LCS's own record of the enable
+        # (_ad_enabled says when it is trusted); LCS is asked about the others, one read per
+        # home server
+        trusted = {user.alias: self._ad_enabled(ctx, user, entry) for _, ctx, user, entry, _ in todo}
+        states = self._lcs_states([(ctx, user) for _, ctx, user, *_ in todo if not trusted[user.alias]])
         for i, ctx, user, entry, change in todo:
             try:
                 state = None
-                if not enabled_in_ad(entry):
+                if not trusted[user.alias]:
                     state = states.get(user.alias)
                     if isinstance(state, Exception):
                         raise state
                 out[i] = self._diff(ctx, user, entry, change,
                                     self._pending(ctx, user, state, acl=entry.get("msExchIMACL"),
-                                                  enabled=enabled_in_ad(entry) or None), host)
+                                                  enabled=trusted[user.alias] or None), host)
             except Exception as exc:  # noqa: BLE001
                 out[i] = exc
         return out
@@ -224,8 +225,15 @@ class DisableExchangeIm(StepModule):
         change = clear_im_change(entry)
         if not change.mods:
             return None
-        return self._diff(ctx, target, entry, change, self._pending(ctx, target, acl=entry.get("msExchIMACL"),
-                                                                    enabled=enabled_in_ad(entry) or None), host)
+        return self._diff(ctx, target, entry, change, self._pending(
+            ctx, target, acl=entry.get("msExchIMACL"), enabled=self._ad_enabled(ctx, target, entry) or None), host)
+
+    @staticmethod
+    def _ad_enabled(ctx: StepContext, user: User, entry: ldif.Entry) -> bool:
+        """Whether the entry's ``msRTCSIP-UserEnabled`` TRUE stands for reading LCS: not after
+        the user was rolled back, since a domain controller that has not yet replicated the
+        rollback's disable would still say TRUE (an entry that is not TRUE is read on LCS anyway)."""
+        return enabled_in_ad(entry) and not rolled_back_at(ctx, user)
 
     @staticmethod
     def _pending(ctx: StepContext, user: User, state: UserState | None = None, *,
@@ -233,13 +241,15 @@ class DisableExchangeIm(StepModule):
         """Why the user is not yet safe to disable, or None (``state``: their LCS setting, when read;
         ``enabled``: True when AD already says LCS enabled them, so LCS is not read;
         ``acl``: their msExchIMACL values, which verify_permissions must have passed on)."""
+        host = home_server(user, ctx.inventory, ctx.vars)
+        instance_id(user)  # a user without ad_guid is refused, LCS read or not (no rollback could find them)
         if enabled is None:
             if state is None:
                 server, iid = lcs_for(ctx, user)
                 state = server.read(iid, contacts=False)
             enabled = state.user is not None and wmic.parse_bool(state.user.get("Enabled"))
         if not enabled:
-            return f"{user.alias} is not enabled on LCS ({home_server(user, ctx.inventory, ctx.vars)})"
+            return f"{user.alias} is not enabled on LCS ({host})"
         if recreated_by_users(ctx):
             return None
         if not verified(ctx, user):
