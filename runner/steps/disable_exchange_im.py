@@ -91,7 +91,12 @@ class DisableExchangeIm(StepModule):
         # AD's msRTCSIP-UserEnabled, read in the same search, is LCS's own record of the enable
         # (_ad_enabled says when it is trusted); LCS is asked about the others, one read per
         # home server
-        trusted = {user.alias: self._ad_enabled(ctx, user, entry) for _, ctx, user, entry, _ in todo}
+        trusted: dict[str, bool] = {}
+        for _, ctx, user, entry, _ in todo:
+            try:
+                trusted[user.alias] = self._ad_enabled(ctx, user, entry)
+            except Exception:  # noqa: BLE001 - e.g. a damaged record: _pending reports it for this user
+                trusted[user.alias] = False
         states = self._lcs_states([(ctx, user) for _, ctx, user, *_ in todo if not trusted[user.alias]])
         for i, ctx, user, entry, change in todo:
             try:
