@@ -5,7 +5,8 @@ LCS 2005 keeps MSFT_SIPESUserSetting's ``Enabled`` in the user's AD object
 server reads anyway. So a chunk whose entries say TRUE costs no LCS round trip; an
 entry that does not (a user never enabled, or a directory the enable has not yet
 reached, or a user rolled back since, whose DC may not have the rollback's disable) is
-read on LCS as before, and the refusal is unchanged.
+read on LCS as before, and the refusal is unchanged. AD's TRUE stands only for an enable
+homed on the configured home server (var ``lcs_home_server_dn``).
 """
 from __future__ import annotations
 
@@ -45,16 +46,21 @@ class Counted:
         return attr
 
 
-def _ad_enabled(lab_dir, guid: str, value: str | None) -> None:
-    """Set (or with None remove) msRTCSIP-UserEnabled of the user with objectGUID ``guid``."""
+def _ad_set(lab_dir, guid: str, name: str, value: str | None) -> None:
+    """Set (or with None remove) attribute ``name`` of the user with objectGUID ``guid``."""
     db = sqlite3.connect(lab_dir / "ad.db")
     raw = uuid.UUID(guid.strip("{}")).bytes_le
     dn = db.execute("SELECT dn FROM attrs WHERE name='objectGUID' AND value=?", (raw,)).fetchone()[0]
-    db.execute("DELETE FROM attrs WHERE dn=? AND name='msRTCSIP-UserEnabled'", (dn,))
+    db.execute("DELETE FROM attrs WHERE dn=? AND name=?", (dn, name))
     if value is not None:
-        db.execute("INSERT INTO attrs (dn, name, value) VALUES (?,?,?)", (dn, "msRTCSIP-UserEnabled", value))
+        db.execute("INSERT INTO attrs (dn, name, value) VALUES (?,?,?)", (dn, name, value))
     db.commit()
     db.close()
+
+
+def _ad_enabled(lab_dir, guid: str, value: str | None) -> None:
+    """Set (or with None remove) msRTCSIP-UserEnabled of the user with objectGUID ``guid``."""
+    _ad_set(lab_dir, guid, "msRTCSIP-UserEnabled", value)
 
 
 def test_the_probe_reads_lcs_only_for_users_whose_ad_entry_does_not_say_enabled(tmp_path):
@@ -115,6 +121,7 @@ def test_after_a_rollback_ad_is_not_trusted_and_a_user_without_ad_guid_is_refuse
     # what a lagging DC shows after disable_lcs_users: AD TRUE, LCS without the user
     for u in users:
         _ad_enabled(tmp_path / "lab", u.ad_guid, "TRUE")
+        _ad_set(tmp_path / "lab", u.ad_guid, "msRTCSIP-PrimaryHomeServer", inv.vars["lcs_home_server_dn"])
     step = DisableExchangeIm()
     trips.clear()
     out = step.probe_many([(ctx, u) for u in users])
@@ -140,8 +147,42 @@ def test_an_ad_entry_that_says_false_is_checked_on_lcs_and_refused_when_lcs_agre
     _ad_enabled(tmp_path / "lab", user.ad_guid, "FALSE")
     out = DisableExchangeIm().probe_many([(ctx, user)])
     assert isinstance(out[0], Exception) and "is not enabled on LCS" in str(out[0])
-    # AD's TRUE stands for LCS's own read (on a real pool they are one record; the lab writes
-    # both in one transaction): here it is set by hand, with no user in the lab's LCS store
+    # AD's TRUE, homed on the configured pool, stands for LCS's own read (on a real pool they
+    # are one record; the lab writes both in one transaction): here it is set by hand, with no
+    # user in the lab's LCS store
     _ad_enabled(tmp_path / "lab", user.ad_guid, "true")
+    _ad_set(tmp_path / "lab", user.ad_guid, "msRTCSIP-PrimaryHomeServer", inv.vars["lcs_home_server_dn"].upper())
     out = DisableExchangeIm().probe_many([(ctx, user)])
     assert out[0] is not None and not isinstance(out[0], Exception)
+
+
+def test_ad_is_trusted_only_for_an_enable_on_the_configured_home_server(tmp_path):
+    """An entry that says TRUE but is homed on another pool (or in an estate without var
+    lcs_home_server_dn, where there is nothing to compare with) is read on LCS: with the
+    lab's LCS store empty for that user, the disable is refused."""
+    inv_path = generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=2, seed=9)
+    inv = load_inventory(inv_path)
+    user = next(iter(inv.users.values()))
+    trips: Counter = Counter()
+    conns = {h: Counted(LabConnection(inv.hosts[h], inv, None), h, trips) for h in ("lcs01", "exim01")}
+    home_dn = inv.vars["lcs_home_server_dn"]
+    _ad_enabled(tmp_path / "lab", user.ad_guid, "TRUE")
+    other = "CN=LC Services,CN=Microsoft,CN=lcs02,CN=Pools,CN=RTC Service,CN=Microsoft,CN=System,DC=contoso,DC=com"
+    _ad_set(tmp_path / "lab", user.ad_guid, "msRTCSIP-PrimaryHomeServer", other)
+    step = DisableExchangeIm()
+    cases = [(dict(inv.vars), "another pool"),
+             ({k: v for k, v in inv.vars.items() if k != "lcs_home_server_dn"}, "no var")]
+    for vars_, why in cases:
+        ctx = StepCtx(inv, conns, tmp_path, vars=vars_, args={"contacts_recreated_by_users": True})
+        trips.clear()
+        out = step.probe_many([(ctx, user)])
+        assert trips["lcs01"] >= 1, why
+        assert isinstance(out[0], Exception) and "is not enabled on LCS" in str(out[0]), (why, out)
+        with pytest.raises(Exception, match="is not enabled on LCS"):
+            step.probe(ctx, user)
+    # the same entry homed on the configured pool is trusted: no LCS trip
+    _ad_set(tmp_path / "lab", user.ad_guid, "msRTCSIP-PrimaryHomeServer", home_dn)
+    ctx = StepCtx(inv, conns, tmp_path, vars=inv.vars, args={"contacts_recreated_by_users": True})
+    trips.clear()
+    out = step.probe_many([(ctx, user)])
+    assert trips["lcs01"] == 0 and out[0] is not None and not isinstance(out[0], Exception), out

@@ -225,10 +225,13 @@ def rtc_missing(entries: Sequence[ldif.Entry], user_dn: str, uri: str, home_dn: 
     return out
 
 
-def enabled_in_ad(entry: ldif.Entry) -> bool:
+def enabled_in_ad(entry: ldif.Entry, home_dn: str | None = None) -> bool:
     """The AD object says LCS has enabled the user: ``msRTCSIP-UserEnabled`` is TRUE, which is
-    where LCS 2005 keeps MSFT_SIPESUserSetting's ``Enabled``."""
-    return [v.upper() for v in entry.get("msRTCSIP-UserEnabled")] == ["TRUE"]
+    where LCS 2005 keeps MSFT_SIPESUserSetting's ``Enabled``; with ``home_dn``, also homed there
+    (``msRTCSIP-PrimaryHomeServer``, compared as :func:`rtc_missing` compares it)."""
+    if [v.upper() for v in entry.get("msRTCSIP-UserEnabled")] != ["TRUE"]:
+        return False
+    return home_dn is None or [v.lower() for v in entry.get("msRTCSIP-PrimaryHomeServer")] == [home_dn.lower()]
 
 
 def clear_im_change(entry: ldif.Entry) -> ldif.Change:

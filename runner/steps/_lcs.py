@@ -140,10 +140,12 @@ def rolled_back_at(ctx: StepContext, user: User) -> float:
     return max(ends, default=0.0)
 
 
-def verified(ctx: StepContext, user: User) -> bool:
+def verified(ctx: StepContext, user: User, since: float | None = None) -> bool:
     """True when verify_contacts passed for ``user`` in this or an earlier run, after their
-    latest rollback if any (a rolled-back user is verified again before being disabled)."""
-    since = rolled_back_at(ctx, user)
+    latest rollback if any (a rolled-back user is verified again before being disabled);
+    ``since``: that rollback's :func:`rolled_back_at`, when the caller has read it already."""
+    if since is None:
+        since = rolled_back_at(ctx, user)
     return any(r.status in ("ok", "changed") and (r.data or {}).get("verified")
                and (not since or float(getattr(r, "ended", 0) or 0) > since)
                for r in ctx.previous("verify_contacts", user.alias))

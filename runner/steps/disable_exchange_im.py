@@ -11,8 +11,9 @@ without clients: nothing proves their contacts are on LCS).
 LDIF modify (delete of each msExchIM* attribute still present) put on the
 Exchange IM server, applied with ``ldifde -i -f`` and read back in the same
 line. Round trips: the probe reads the directory (and, only when there is
-something to clear and the entry's ``msRTCSIP-UserEnabled`` is not TRUE or the
-user was rolled back, the user's LCS setting: one line per home server); apply puts
+something to clear and the entry's ``msRTCSIP-UserEnabled`` is not TRUE, its
+``msRTCSIP-PrimaryHomeServer`` is not var ``lcs_home_server_dn``, or the user was
+rolled back, the user's LCS setting: one line per home server); apply puts
 the file and runs one line. The probe's line also deletes this user's scratch
 ``.ldf`` files that a killed run left on the server (runner.lcs.exchange).
 
@@ -92,9 +93,11 @@ class DisableExchangeIm(StepModule):
         # (_ad_enabled says when it is trusted); LCS is asked about the others, one read per
         # home server
         trusted: dict[str, bool] = {}
+        since: dict[str, float] = {}
         for _, ctx, user, entry, _ in todo:
             try:
-                trusted[user.alias] = self._ad_enabled(ctx, user, entry)
+                since[user.alias] = rolled_back_at(ctx, user)
+                trusted[user.alias] = self._ad_enabled(ctx, entry, since[user.alias])
             except Exception:  # noqa: BLE001 - e.g. a damaged record: _pending reports it for this user
                 trusted[user.alias] = False
         states = self._lcs_states([(ctx, user) for _, ctx, user, *_ in todo if not trusted[user.alias]])
@@ -107,7 +110,8 @@ class DisableExchangeIm(StepModule):
                         raise state
                 out[i] = self._diff(ctx, user, entry, change,
                                     self._pending(ctx, user, state, acl=entry.get("msExchIMACL"),
-                                                  enabled=trusted[user.alias] or None), host)
+                                                  enabled=trusted[user.alias] or None,
+                                                  since=since.get(user.alias)), host)
             except Exception as exc:  # noqa: BLE001
                 out[i] = exc
         return out
@@ -230,22 +234,30 @@ class DisableExchangeIm(StepModule):
         change = clear_im_change(entry)
         if not change.mods:
             return None
+        since = rolled_back_at(ctx, target)
         return self._diff(ctx, target, entry, change, self._pending(
-            ctx, target, acl=entry.get("msExchIMACL"), enabled=self._ad_enabled(ctx, target, entry) or None), host)
+            ctx, target, acl=entry.get("msExchIMACL"), enabled=self._ad_enabled(ctx, entry, since) or None,
+            since=since), host)
 
     @staticmethod
-    def _ad_enabled(ctx: StepContext, user: User, entry: ldif.Entry) -> bool:
-        """Whether the entry's ``msRTCSIP-UserEnabled`` TRUE stands for reading LCS: not after
-        the user was rolled back, since a domain controller that has not yet replicated the
-        rollback's disable would still say TRUE (an entry that is not TRUE is read on LCS anyway)."""
-        return enabled_in_ad(entry) and not rolled_back_at(ctx, user)
+    def _ad_enabled(ctx: StepContext, entry: ldif.Entry, since: float) -> bool:
+        """Whether the entry's ``msRTCSIP-UserEnabled`` TRUE stands for reading LCS: only when its
+        ``msRTCSIP-PrimaryHomeServer`` is the configured home server (var ``lcs_home_server_dn``:
+        an enable on another pool, or an estate without the var, is read on LCS), and not after the
+        user was rolled back (``since``, :func:`rolled_back_at`), since a domain controller that has
+        not yet replicated the rollback's disable would still say TRUE (an entry that is not TRUE
+        is read on LCS anyway)."""
+        home_dn = ctx.vars.get("lcs_home_server_dn")
+        return bool(home_dn) and not since and enabled_in_ad(entry, str(home_dn))
 
     @staticmethod
     def _pending(ctx: StepContext, user: User, state: UserState | None = None, *,
-                 acl: list[str] | None = None, enabled: bool | None = None) -> str | None:
+                 acl: list[str] | None = None, enabled: bool | None = None,
+                 since: float | None = None) -> str | None:
         """Why the user is not yet safe to disable, or None (``state``: their LCS setting, when read;
         ``enabled``: True when AD already says LCS enabled them, so LCS is not read;
-        ``acl``: their msExchIMACL values, which verify_permissions must have passed on)."""
+        ``acl``: their msExchIMACL values, which verify_permissions must have passed on;
+        ``since``: their rolled_back_at, when already read)."""
         host = home_server(user, ctx.inventory, ctx.vars)
         instance_id(user)  # a user without ad_guid is refused, LCS read or not (no rollback could find them)
         if enabled is None:
@@ -257,7 +269,7 @@ class DisableExchangeIm(StepModule):
             return f"{user.alias} is not enabled on LCS ({host})"
         if recreated_by_users(ctx):
             return None
-        if not verified(ctx, user):
+        if not verified(ctx, user, since):
             return f"verify_contacts has not passed for {user.alias}"
         found = latest_export(ctx, user)
         if found is not None and not machines_read(ctx, user, found[1]):
