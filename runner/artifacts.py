@@ -206,13 +206,28 @@ class ArtifactStore:
 _STARTED = time.time()
 
 
+#: The folders :func:`remove_stale_temporaries` has swept in this process.
+_SWEPT: set[str] = set()
+
+
 def remove_stale_temporaries(directory: Path) -> None:
     """Delete the ``.<name>.*.tmp`` files a killed run left in ``directory`` (never one
-    of this run's: a write in flight on another thread is younger than the process)."""
+    of this run's: a write in flight on another thread is younger than the process).
+
+    Each folder is swept once per process: what a killed run left was there before this
+    process started, and this process leaves none while it lives (``atomic_write`` removes
+    its own on any failure). Sweeping before every write listed a folder such as
+    ``exim-backup/``, one file per user, once per user: a fifth of the runner's time by
+    wave 2 of a 10,000-client run. A folder that cannot be listed (not made yet) is not
+    marked, and is swept at its next write."""
+    key = str(directory)
+    if key in _SWEPT:
+        return
     try:
         entries = list(os.scandir(directory))
     except OSError:
         return
+    _SWEPT.add(key)
     for entry in entries:
         if entry.name.startswith(".") and entry.name.endswith(".tmp"):
             try:

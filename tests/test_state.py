@@ -112,6 +112,40 @@ def test_a_temporary_file_left_by_a_killed_write_is_removed_by_the_next_write(tm
     assert not stale.exists() and young.exists()
 
 
+def test_a_folder_is_swept_for_temporaries_once_not_at_every_write(tmp_path, monkeypatch):
+    """One file per user in one folder (exim-backup/): listing the folder before each write
+    made the writes quadratic in users. What a killed run left is removed by the first."""
+    import os
+    import time
+    import runner.artifacts as artifacts_mod
+    folder = tmp_path / "artifacts" / "exim-backup"
+    folder.mkdir(parents=True)
+    stale = folder / ".u0.json.k1.tmp"
+    stale.write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    listed: list[str] = []
+    real = os.scandir
+
+    def counting(path):
+        listed.append(str(path))
+        return real(path)
+
+    with StateStore(tmp_path) as store:   # (opening a store walks the folder: not counted)
+        monkeypatch.setattr(artifacts_mod.os, "scandir", counting)
+        arts = ArtifactStore(store)
+        for i in range(30):
+            arts.write(f"exim-backup/u{i}.json", b"{}" + str(i).encode())
+        arts.write("contacts/u1/pc01.reg", b"x")   # a folder made by this write: swept at the next
+        arts.write("contacts/u1/pc02.reg", b"y")
+        arts.write("contacts/u1/pc03.reg", b"z")
+    assert not stale.exists()
+    assert listed.count(str(folder)) == 1, listed
+    # listed at its first write (not there yet: not marked) and at its second, then never
+    assert listed.count(str(tmp_path / "artifacts" / "contacts" / "u1")) == 2, listed
+    assert len(list(folder.iterdir())) == 30
+
+
 def test_artifact_read_detects_a_file_changed_on_disk(tmp_path):
     with StateStore(tmp_path) as store:
         arts = ArtifactStore(store)
