@@ -125,6 +125,24 @@ def test_sectioned_output_is_split_per_command_with_success_flags() -> None:
     assert sections[2] is None
 
 
+def test_sectioned_lines_render_as_the_nested_markers_did_and_check_the_nonce() -> None:
+    """The wrapped commands are built flat, without re-checking the markers' bits: the line
+    is the same, a secret stays masked, and a nonce that would end the line is refused."""
+    cmds = [Command("reg", "query", Quoted("HKU\\a b & c")), Command("echo", Secret("pw")), "ver"]
+    wrapped, _ = sectioned(cmds, nonce="n2", start=4)
+    nested = [Command(Command("echo", "@@runnern2", str(i)), "&", c if isinstance(c, Command) else c, "&&",
+                      Command("echo", "@@runnern2", str(i), "ok"), "||", Command("echo", "@@runnern2", str(i), "fail"))
+              for i, c in enumerate(cmds, 4)]
+    assert [w.render() for w in wrapped] == [n.render() for n in nested]
+    assert [w.display() for w in wrapped] == [n.display() for n in nested]
+    assert "pw" not in wrapped[1].display() and "pw" in wrapped[1].render()
+    assert len(wrapped[0]) == len(nested[0].render())
+    with pytest.raises(UnsafeValueError):
+        sectioned(cmds, nonce="x\r\necho pwned")
+    with pytest.raises(UnsafeValueError):
+        sectioned(["ver\r\nformat c:"])
+
+
 def test_section_markers_cannot_be_forged_without_the_nonce() -> None:
     stdout = "@@runnerAA 0 \r\n    x    REG_SZ    @@runnerBB 0 fail\r\n@@runnerAA 0 ok\r\n"
     (s,) = split_sections(stdout, 1, "AA")

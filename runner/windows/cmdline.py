@@ -176,6 +176,16 @@ class Command:
         #: measured and joined into longer lines again and again (``batch_groups``)
         self._line: str | None = None
 
+    @classmethod
+    def _of_checked(cls, bits: tuple[Bit, ...]) -> "Command":
+        """A command of bits the caller has already checked (a literal holds no line end,
+        anything else is a Quoted, Secret or Command): the section markers, built by the
+        hundred thousand in a large run, and chains of commands already made."""
+        cmd = cls.__new__(cls)
+        cmd.bits = bits
+        cmd._line = None
+        return cmd
+
     def _join(self, attr: str) -> str:
         out = []
         for bit in self.bits:
@@ -231,7 +241,7 @@ def chain(commands: Iterable[Command | str], op: str = "&") -> Command:
         bits.append(cmd if isinstance(cmd, Command) else Command(cmd))
     if not bits:
         raise ValueError("chain() needs at least one command")
-    return Command(*bits)
+    return Command._of_checked(tuple(bits))  # commands and a chain operator: nothing to check
 
 
 def batch(commands: Sequence[Command], op: str = "&", *,
@@ -296,11 +306,15 @@ def sectioned(commands: Sequence[Command], nonce: str | None = None, *,
     """
     nonce = nonce or secrets.token_hex(4)
     tag = f"{_MARK}{nonce}"
+    Command(tag)  # the one literal here a caller gives: refused once if it holds a line end
     wrapped = []
     for i, cmd in enumerate(commands, start):
-        wrapped.append(Command(Command("echo", tag, str(i)), "&", cmd,
-                               "&&", Command("echo", tag, str(i), "ok"),
-                               "||", Command("echo", tag, str(i), "fail")))
+        if not isinstance(cmd, Command):
+            cmd = Command(cmd)  # a literal (checked) or a bit, as a bit of the old nested form
+        n = str(i)
+        # flat bits render as the nested echo commands did (bits are joined by spaces)
+        wrapped.append(Command._of_checked(("echo", tag, n, "&", cmd, "&&", "echo", tag, n, "ok",
+                                            "||", "echo", tag, n, "fail")))
     return wrapped, nonce
 
 
