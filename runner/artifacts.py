@@ -220,21 +220,25 @@ def remove_stale_temporaries(directory: Path) -> None:
     ``exim-backup/``, one file per user, once per user: a fifth of the runner's time by
     wave 2 of a 10,000-client run. A folder that cannot be listed (not made yet) is not
     marked, and is swept at its next write."""
-    key = str(directory)
+    key = os.path.abspath(directory)  # a relative --state or outbox names another folder after a chdir
     if key in _SWEPT:
         return
     try:
         entries = list(os.scandir(directory))
     except OSError:
         return
-    _SWEPT.add(key)
+    failed = False
     for entry in entries:
         if entry.name.startswith(".") and entry.name.endswith(".tmp"):
             try:
                 if entry.stat().st_mtime < _STARTED:
                     os.unlink(entry.path)
+            except FileNotFoundError:
+                pass  # gone already (a write in flight renamed its own)
             except OSError:
-                pass
+                failed = True  # tried again at the folder's next write
+    if not failed:
+        _SWEPT.add(key)
 
 
 def _sha_of(path: Path) -> str:

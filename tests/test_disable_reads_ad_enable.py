@@ -138,12 +138,17 @@ def test_after_a_rollback_ad_is_not_trusted_and_a_user_without_ad_guid_is_refuse
         step.probe(ctx, no_guid)
 
 
-def test_an_ad_entry_that_says_false_is_checked_on_lcs_and_refused_when_lcs_agrees(tmp_path):
-    inv_path = generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=2, seed=9)
-    inv = load_inventory(inv_path)
+
+def _one_user_lab(tmp_path):
+    """A two-client lab and the context a disable of its first user runs in."""
+    inv = load_inventory(generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=2, seed=9))
     user = next(iter(inv.users.values()))
     conns = {h: LabConnection(inv.hosts[h], inv, None) for h in ("lcs01", "exim01")}
-    ctx = StepCtx(inv, conns, tmp_path, vars=inv.vars, args={"contacts_recreated_by_users": True})
+    return inv, user, StepCtx(inv, conns, tmp_path, vars=inv.vars, args={"contacts_recreated_by_users": True})
+
+
+def test_an_ad_entry_that_says_false_is_checked_on_lcs_and_refused_when_lcs_agrees(tmp_path):
+    inv, user, ctx = _one_user_lab(tmp_path)
     _ad_enabled(tmp_path / "lab", user.ad_guid, "FALSE")
     out = DisableExchangeIm().probe_many([(ctx, user)])
     assert isinstance(out[0], Exception) and "is not enabled on LCS" in str(out[0])
@@ -186,3 +191,21 @@ def test_ad_is_trusted_only_for_an_enable_on_the_configured_home_server(tmp_path
     trips.clear()
     out = step.probe_many([(ctx, user)])
     assert trips["lcs01"] == 0 and out[0] is not None and not isinstance(out[0], Exception), out
+
+
+def test_a_damaged_rollback_record_reads_lcs_in_both_probe_paths(tmp_path, monkeypatch):
+    """When the rollback record cannot be read, the single-user probe decides as the chunk's
+    does: LCS is read (not enabled there: refused), rather than failing on the record."""
+    import runner.steps.disable_exchange_im as dis
+    inv, user, ctx = _one_user_lab(tmp_path)
+    _ad_enabled(tmp_path / "lab", user.ad_guid, "FALSE")
+
+    def damaged(ctx, user):
+        raise ValueError("damaged record")
+
+    monkeypatch.setattr(dis, "rolled_back_at", damaged)
+    step = DisableExchangeIm()
+    out = step.probe_many([(ctx, user)])
+    assert isinstance(out[0], Exception) and "is not enabled on LCS" in str(out[0]), out
+    with pytest.raises(Exception, match="is not enabled on LCS"):
+        step.probe(ctx, user)

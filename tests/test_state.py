@@ -146,6 +146,40 @@ def test_a_folder_is_swept_for_temporaries_once_not_at_every_write(tmp_path, mon
     assert len(list(folder.iterdir())) == 30
 
 
+def test_the_sweep_knows_folders_by_their_real_path_and_retries_a_failed_delete(tmp_path, monkeypatch):
+    """A relative folder names another folder after a chdir (a relative --state, notify's
+    default outbox); and a folder whose stale file could not be deleted is swept again."""
+    import os
+    import time
+    from runner.artifacts import remove_stale_temporaries
+    old = time.time() - 3600
+    stale = {}
+    for d in ("a", "b"):
+        folder = tmp_path / d / "out"
+        folder.mkdir(parents=True)
+        stale[d] = folder / ".x.txt.k1.tmp"
+        stale[d].write_bytes(b"half")
+        os.utime(stale[d], (old, old))
+    monkeypatch.chdir(tmp_path / "a")
+    remove_stale_temporaries(Path("out"))
+    monkeypatch.chdir(tmp_path / "b")
+    remove_stale_temporaries(Path("out"))
+    assert not stale["a"].exists() and not stale["b"].exists()
+
+    c = tmp_path / "c"
+    c.mkdir()
+    left = c / ".y.json.k2.tmp"
+    left.write_bytes(b"half")
+    os.utime(left, (old, old))
+    real = os.unlink
+    monkeypatch.setattr(os, "unlink", lambda p: (_ for _ in ()).throw(PermissionError(13, "held open")))
+    remove_stale_temporaries(c)
+    assert left.exists()
+    monkeypatch.setattr(os, "unlink", real)
+    remove_stale_temporaries(c)
+    assert not left.exists()
+
+
 def test_artifact_read_detects_a_file_changed_on_disk(tmp_path):
     with StateStore(tmp_path) as store:
         arts = ArtifactStore(store)

@@ -234,10 +234,13 @@ class DisableExchangeIm(StepModule):
         change = clear_im_change(entry)
         if not change.mods:
             return None
-        since = rolled_back_at(ctx, target)
+        try:
+            since: float | None = rolled_back_at(ctx, target)
+        except Exception:  # noqa: BLE001 - as probe_many: LCS is read, and _pending reports it
+            since = None
+        enabled = self._ad_enabled(ctx, entry, since) if since is not None else False
         return self._diff(ctx, target, entry, change, self._pending(
-            ctx, target, acl=entry.get("msExchIMACL"), enabled=self._ad_enabled(ctx, entry, since) or None,
-            since=since), host)
+            ctx, target, acl=entry.get("msExchIMACL"), enabled=enabled or None, since=since), host)
 
     @staticmethod
     def _ad_enabled(ctx: StepContext, entry: ldif.Entry, since: float) -> bool:
