@@ -138,7 +138,6 @@ def test_after_a_rollback_ad_is_not_trusted_and_a_user_without_ad_guid_is_refuse
         step.probe(ctx, no_guid)
 
 
-
 def _one_user_lab(tmp_path):
     """A two-client lab and the context a disable of its first user runs in."""
     inv = load_inventory(generate(tmp_path / "lab", clients=2, users_per_client=1, contacts=2, seed=9))
