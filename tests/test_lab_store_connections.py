@@ -97,3 +97,40 @@ def test_a_connection_inside_a_write_transaction_is_not_closed_by_eviction(tmp_p
         assert first.processes() == {"a.exe", "b.exe"}
     finally:
         close_thread_connections()
+
+
+def test_generated_files_are_born_in_wal_mode(tmp_path: Path) -> None:
+    """Every host.db and hive the generator writes is a WAL database already, so that its
+    first open is not a switch from rollback mode (a journal written and deleted for each of
+    a run's thousands of files), and it still opens, reads and takes writes as before."""
+    from runner.lab.generator import generate
+
+    generate(tmp_path / "lab", clients=3, users_per_client=2, contacts=4, seed=7)
+    files = [p for p in (tmp_path / "lab").rglob("*")
+             if p.is_file() and p.read_bytes()[:16] == b"SQLite format 3\x00"]
+    names = {p.name for p in files}
+    assert "host.db" in names and "NTUSER.DAT" in names, names
+    for p in files:
+        if p.name in ("host.db", "NTUSER.DAT"):
+            assert p.read_bytes()[18:20] == b"\x02\x02", p
+    lab = Lab(tmp_path / "lab")
+    try:
+        client = next(n for n, c in lab.hosts_config.items() if c.get("role") == "client")
+        host = lab.host(client)
+        host.record("reg", "reg add after birth")
+        assert "reg add after birth" in [e.command for e in host.journal()]
+    finally:
+        close_thread_connections()
+
+
+def test_wal_image_marks_only_a_rollback_sqlite_header() -> None:
+    conn = store.memory_db(store.SCHEMA_HIVE)
+    try:
+        image = conn.serialize()
+    finally:
+        conn.close()
+    assert image[18:20] == b"\x01\x01"
+    marked = store.wal_image(image)
+    assert marked[18:20] == b"\x02\x02" and marked[:18] == image[:18] and marked[20:] == image[20:]
+    assert store.wal_image(marked) == marked
+    assert store.wal_image(b"not a database") == b"not a database"
