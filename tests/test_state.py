@@ -295,3 +295,30 @@ def test_an_artifact_row_pointing_outside_the_artifacts_folder_is_refused(tmp_pa
             arts.read("contacts/alice/merged.json")
         with pytest.raises(RunnerError, match="points outside"):
             arts.write("contacts/alice/merged.json", b"{}")
+
+
+def test_artifacts_under_reads_a_range_of_the_index_and_finds_exactly_the_prefix(tmp_path):
+    """artifacts_under() is a range of the name index, not a scan, and still returns exactly
+    the names that start with the prefix, newest version of each, whatever their characters."""
+    from runner.state import _prefix_end
+
+    names = ["contacts/a/x.reg", "contacts/a/y.reg", "contacts/a0/x.reg", "contacts/a.b/x.reg",
+             "contacts/a/\u00e9\u4e2d\U0001f600.reg", "contacts/b/x.reg", "contacts/a", "contacts/",
+             "lcs-imported/a.json", "contacts/\U0010ffff/x", "contacts/\U0010ffff\U0010ffff/y",
+             "contacts/\ud7ff/z", "contacts/\ue000/w"]
+    with StateStore(tmp_path) as store:
+        for n, name in enumerate(names):
+            store.add_artifact(name, f"v/{n}", f"{n:064x}", n)
+        store.add_artifact("contacts/a/x.reg", "v/new", "f" * 64, 99)
+        for prefix in ("contacts/a/", "contacts/a", "contacts/", "contacts/\U0010ffff", "contacts/\ud7ff",
+                       "", "lcs-imported/", "zzz/"):
+            got = [r.name for r in store.artifacts_under(prefix)]
+            assert got == sorted({n for n in names if n.startswith(prefix)}), prefix
+        assert store.artifacts_under("contacts/a/")[0].path == "v/new"
+        plan = " ".join(str(tuple(r)) for r in store._read(
+            "EXPLAIN QUERY PLAN SELECT MAX(id) FROM artifacts WHERE name >= ? AND name < ?"
+            " AND substr(name, 1, ?) = ? GROUP BY name", ("contacts/a/", _prefix_end("contacts/a/"), 11,
+                                                             "contacts/a/")))
+        assert "artifacts_name" in plan and "name>? AND name<?" in plan.replace("=", ""), plan
+    assert _prefix_end("a/") == "a0" and _prefix_end("\ud7ff") == "\ue000"
+    assert _prefix_end("x\U0010ffff") == "y" and _prefix_end("\U0010ffff") is None and _prefix_end("") is None
