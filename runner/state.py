@@ -977,11 +977,10 @@ class StateStore:
         first string past every name it starts), not a ``substr`` test of every row: at
         10,000 clients that scan was 44 ms a call, and ``runner report`` makes two."""
         upper = _prefix_end(prefix)
-        bound = " AND name < ?" if upper is not None else ""
+        bound, ends = (" AND name < ?", [upper]) if upper is not None else ("", [])
         rows = self._read("SELECT name, path, sha256, size FROM artifacts WHERE id IN (SELECT MAX(id) FROM"
                           f" artifacts WHERE name >= ?{bound} AND substr(name, 1, ?) = ? GROUP BY name)"
-                          " ORDER BY name",
-                          (prefix, *((upper,) if upper is not None else ()), len(prefix), prefix))
+                          " ORDER BY name", [prefix, *ends, len(prefix), prefix])
         return [ArtifactRow(r["name"], r["path"], r["sha256"], r["size"]) for r in rows]
 
     def export_tasks(self, module: str, alias: str) -> int:

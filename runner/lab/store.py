@@ -641,9 +641,9 @@ def wal_image(image: bytes) -> bytes:
     Every lab file is opened in WAL mode (see ``_connect``). A file written in rollback mode,
     as ``serialize()`` gives it, was switched on its first open, which writes the header
     through a rollback journal: an exclusive lock, a journal file made and deleted, for each
-    of the thousands of hives and host.db files a run opens once (12 % of the lab workers'
-    busy time at 1,000 clients). Marked here, the file is born in WAL mode; with no ``-wal``
-    file beside it SQLite reads it as it is.
+    of the thousands of hives and host.db files a run opens. Marked here, the file is born
+    in WAL mode; with no ``-wal`` file beside it SQLite reads it as it is. (On 400 generated
+    hives, a first open with its read and close: 0.24 ms, against 0.31 ms switched.)
     """
     if len(image) >= 100 and image[:16] == b"SQLite format 3\x00" and image[18:20] == b"\x01\x01":
         return image[:18] + b"\x02\x02" + image[20:]
@@ -653,13 +653,14 @@ def wal_image(image: bytes) -> bytes:
 def write_db_file(conn: sqlite3.Connection, real_path: Path, *, atomic: bool = True) -> None:
     """Serialize an in-memory database to ``real_path`` atomically (or directly into a new,
     unshared lab), born in WAL mode."""
+    image = wal_image(conn.serialize())
     if not atomic:
         with open(real_path, "wb") as f:
-            f.write(wal_image(conn.serialize()))
+            f.write(image)
         return
     real_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = real_path.with_name(real_path.name + ".tmp%d.%d" % (os.getpid(), threading.get_ident()))
-    tmp.write_bytes(wal_image(conn.serialize()))
+    tmp.write_bytes(image)
     os.replace(tmp, real_path)
 
 
